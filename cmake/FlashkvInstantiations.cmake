@@ -1,0 +1,16 @@
+# Checks the head-dim and dtype lists that select compiled kernel instantiations.
+set(FLASHKV_ALL_HEAD_DIMS 32 64 96 128 192 256)
+set(FLASHKV_ALL_DTYPES fp16 bf16 fp32)
+
+function(flashkv_check_instantiation_lists head_dims_var dtypes_var)
+  foreach(d IN LISTS ${head_dims_var})
+    if(NOT d IN_LIST FLASHKV_ALL_HEAD_DIMS)
+      message(FATAL_ERROR "${head_dims_var}: ${d} is not one of ${FLASHKV_ALL_HEAD_DIMS}")
+    endif()
+  endforeach()
+  foreach(t IN LISTS ${dtypes_var})
+    if(NOT t IN_LIST FLASHKV_ALL_DTYPES)
+      message(FATAL_ERROR "${dtypes_var}: ${t} is not one of ${FLASHKV_ALL_DTYPES}")
+    endif()
+  endforeach()
+endfunction()

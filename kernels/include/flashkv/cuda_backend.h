@@ -1,0 +1,62 @@
+#pragma once
+
+// The CUDA implementation of the attention API (flashkv/attention.h), and the few runtime calls
+// the rest of flashkv needs (memory, streams, device queries), so that no component above the
+// kernels includes CUDA headers. Without a CUDA build every function returns kUnavailable
+// ("flashkv was built without CUDA") and DeviceCount() is 0.
+//
+// Launch functions are asynchronous on `stream` (nullptr = the legacy default stream) and return
+// argument errors and launch errors as values. Devices older than sm_80 are refused with
+// kFailedPrecondition.
+
+#include <cstddef>
+#include <string>
+
+#include "flashkv/attention.h"
+
+struct CUstream_st;  // cudaStream_t is CUstream_st*
+
+namespace flashkv::cuda {
+
+using Stream = CUstream_st*;
+
+KernelStatus Attention(const FixedAttentionArgs& args, Stream stream);
+KernelStatus AttentionVarlen(const VarlenAttentionArgs& args, Stream stream);
+KernelStatus AttentionPaged(const PagedAttentionArgs& args, Stream stream);
+KernelStatus AppendKv(const KvAppendArgs& args, Stream stream);
+
+// Whether (dtype, head_dim) was compiled in (FLASHKV_CUDA_DTYPES / FLASHKV_CUDA_HEAD_DIMS).
+bool IsCompiled(DType dtype, int head_dim);
+bool IsBuilt();
+
+struct DeviceInfo {
+  std::string name;
+  int compute_capability_major = 0;
+  int compute_capability_minor = 0;
+  int multiprocessor_count = 0;
+  size_t total_memory_bytes = 0;
+  size_t l2_cache_bytes = 0;
+  size_t shared_memory_per_block_optin = 0;
+};
+
+// Number of visible CUDA devices; 0 without a CUDA build, driver or device.
+int DeviceCount();
+KernelStatus GetDeviceInfo(int device, DeviceInfo* info);
+// Checks that `device` exists and is sm_80 or newer.
+KernelStatus CheckDevice(int device);
+KernelStatus SetDevice(int device);
+KernelStatus MemGetInfo(size_t* free_bytes, size_t* total_bytes);
+
+KernelStatus Malloc(void** ptr, size_t bytes);
+KernelStatus Free(void* ptr);
+KernelStatus MallocHost(void** ptr, size_t bytes);  // pinned
+KernelStatus FreeHost(void* ptr);
+KernelStatus MemcpyHostToDevice(void* dst, const void* src, size_t bytes, Stream stream);
+KernelStatus MemcpyDeviceToHost(void* dst, const void* src, size_t bytes, Stream stream);
+KernelStatus MemcpyDeviceToDevice(void* dst, const void* src, size_t bytes, Stream stream);
+KernelStatus Memset(void* ptr, int value, size_t bytes, Stream stream);
+KernelStatus StreamCreate(Stream* stream);
+KernelStatus StreamDestroy(Stream stream);
+KernelStatus StreamSynchronize(Stream stream);
+
+}  // namespace flashkv::cuda
