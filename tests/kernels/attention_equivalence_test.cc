@@ -23,7 +23,7 @@ namespace {
 // Whether two outputs of `backend` on the same logical problem agree as that backend promises.
 ::testing::AssertionResult Agree(Backend backend, const HostTensor& a_out,
                                  const std::vector<float>& a_lse, const HostTensor& b_out,
-                                 const std::vector<float>& b_lse, DType dtype,
+                                 const std::vector<float>& b_lse, const AttentionConfig& config,
                                  const RowLabels& labels) {
   if (backend == Backend::kCpu) {
     ::testing::AssertionResult out = BitwiseEqual(a_out, b_out, labels);
@@ -31,7 +31,7 @@ namespace {
     return BitwiseEqual(a_lse, b_lse);
   }
   return CheckAttentionOutput(a_out, &a_lse, AsReference(b_out, b_lse), nullptr,
-                              CrossBackendTolerance(dtype), labels);
+                              CrossBackendToleranceFor(config), labels);
 }
 
 using EquivalenceParam = std::tuple<Backend, DType, bool /*causal*/, int /*page size*/>;
@@ -69,7 +69,7 @@ TEST_P(PagedEqualsVarlen, OnTheSameLogicalKv) {
   VarlenProblem varlen = paged.AsVarlen();
   ASSERT_TRUE(RunAndCheck(backend, &paged));
   ASSERT_TRUE(RunAndCheck(backend, &varlen));
-  EXPECT_TRUE(Agree(backend, paged.out, paged.lse, varlen.out, varlen.lse, dtype,
+  EXPECT_TRUE(Agree(backend, paged.out, paged.lse, varlen.out, varlen.lse, config,
                     RowLabels{&paged.cu_seqlens_q}));
 }
 
@@ -135,7 +135,7 @@ TEST_P(VarlenEqualsFixed, OnEqualLengths) {
   ASSERT_TRUE(RunAndCheck(backend, &varlen));
   EXPECT_TRUE(Agree(backend, PackBatch(fixed.out),
                     PackLse(fixed.lse, shape.batch, config.num_heads_q, shape.seqlen_q), varlen.out,
-                    varlen.lse, dtype, RowLabels{&varlen.cu_seqlens_q}));
+                    varlen.lse, config, RowLabels{&varlen.cu_seqlens_q}));
 }
 
 std::string FixedEquivalenceName(const ::testing::TestParamInfo<FixedEquivalenceParam>& info) {

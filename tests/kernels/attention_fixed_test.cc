@@ -13,38 +13,15 @@
 namespace flashkv::testbed {
 namespace {
 
-struct FixedCase {
-  int batch;
-  int seqlen_q;
-  int seqlen_kv;
-  int group;  // Hq / Hkv
-  int num_heads_kv;
-};
-
-// Lengths that are no multiple of any tile, Sq < Skv and Sq > Skv, decode (Sq = 1), one exact
-// tile multiple; GQA groups 1..16. Sizes stay small: the float64 reference runs on the CPU.
-const std::vector<FixedCase> kFixedCases = {
-    {2, 1, 200, 8, 1},    // decode, GQA 8
-    {2, 17, 63, 2, 2},    //
-    {1, 65, 17, 4, 1},    // Sq > Skv: under causal the first 48 rows see no key
-    {2, 63, 129, 1, 2},   //
-    {1, 129, 65, 2, 1},   // Sq > Skv
-    {3, 1, 1, 16, 1},     // decode over one key, GQA 16
-    {1, 200, 200, 1, 1},  //
-    {1, 64, 128, 4, 2},   // tile multiples
-};
-
 class FixedSweep : public ::testing::TestWithParam<SweepParam> {};
 
 TEST_P(FixedSweep, MatchesReference) {
   const SweepParam& param = GetParam();
   FLASHKV_SKIP_UNLESS_RUNNABLE(param.backend, param.dtype, param.head_dim);
-  const FixedCase& c = Pick(kFixedCases, SweepRotation(param));
   SeededRng seeded;
-  FixedProblem p = FixedProblem::Random(SweepConfig(param, c.group, c.num_heads_kv), c.batch,
-                                        c.seqlen_q, c.seqlen_kv, seeded.rng());
-  SCOPED_TRACE("B=" + std::to_string(c.batch) + " Sq=" + std::to_string(c.seqlen_q) +
-               " Skv=" + std::to_string(c.seqlen_kv) + " " + p.config.ToString());
+  std::string description;
+  FixedProblem p = SweepFixedProblem(param, seeded.rng(), &description);
+  SCOPED_TRACE(description);
   EXPECT_TRUE(RunAndCheck(param.backend, &p));
 }
 

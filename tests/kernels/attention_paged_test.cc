@@ -14,52 +14,15 @@
 namespace flashkv::testbed {
 namespace {
 
-struct PagedCase {
-  std::vector<int> q_lengths;
-  std::vector<int> kv_lengths;  // context, new tokens included
-  int group;
-  int num_heads_kv;
-};
-
-// Prefill chunks over longer contexts, decodes, sequences with no queries or no context, contexts
-// that end anywhere in a page, one sequence with more queries than context (allowed by the API:
-// under causal its first rows see no key).
-const std::vector<PagedCase> kPagedCases = {
-    {{17, 0, 1, 63}, {80, 5, 200, 63}, 2, 2},
-    {{1, 1, 1, 1, 1, 1}, {1, 17, 129, 65, 256, 33}, 8, 1},  // decode batch
-    {{65, 3, 0}, {65, 40, 0}, 1, 2},
-    {{129, 1}, {129, 200}, 4, 1},
-    {{1, 33, 0, 20}, {65, 33, 129, 1}, 16, 1},  // GQA 16; 20 queries over 1 key
-    {{63, 64, 65}, {63, 64, 65}, 2, 1},
-    {{7, 0, 1}, {0, 0, 19}, 1, 1},  // queries without context
-    {{5, 1, 40}, {21, 257, 40}, 4, 2},
-};
-
-const std::vector<int> kPageSizes = {1, 16, 19, 256};
-
-std::string Describe(const PagedCase& c, const PagedCacheOptions& cache) {
-  std::string s = "page " + std::to_string(cache.page_size) + " shared_pages " +
-                  std::to_string(cache.shared_prefix_pages) + " q_lens {";
-  for (int l : c.q_lengths) s += std::to_string(l) + " ";
-  s += "} kv_lens {";
-  for (int l : c.kv_lengths) s += std::to_string(l) + " ";
-  return s + "}";
-}
-
 class PagedSweep : public ::testing::TestWithParam<SweepParam> {};
 
 TEST_P(PagedSweep, MatchesReference) {
   const SweepParam& param = GetParam();
   FLASHKV_SKIP_UNLESS_RUNNABLE(param.backend, param.dtype, param.head_dim);
-  const int rotation = SweepRotation(param);
-  const PagedCase& c = Pick(kPagedCases, rotation);
-  PagedCacheOptions cache;
-  cache.page_size = Pick(kPageSizes, rotation + 1);
-  cache.shared_prefix_pages = rotation % 3 == 0 ? 2 : 0;
   SeededRng seeded;
-  PagedProblem p = PagedProblem::Random(SweepConfig(param, c.group, c.num_heads_kv), c.q_lengths,
-                                        c.kv_lengths, cache, seeded.rng());
-  SCOPED_TRACE(Describe(c, cache) + " " + p.config.ToString());
+  std::string description;
+  PagedProblem p = SweepPagedProblem(param, seeded.rng(), &description);
+  SCOPED_TRACE(description);
   EXPECT_TRUE(RunAndCheck(param.backend, &p));
 }
 
@@ -113,7 +76,7 @@ TEST_P(PagedEdges, WideBlockTableAndManySpareBlocks) {
 TEST_P(PagedEdges, DecodeOverEveryPageSizeAndPoolLayout) {
   FLASHKV_SKIP_UNLESS_RUNNABLE(GetParam(), DType::kFloat16, 128);
   for (Layout layout : {Layout::kRowMajor, Layout::kHeadMajor, Layout::kPadded}) {
-    for (int page : kPageSizes) {
+    for (int page : kSweepPageSizes) {
       AttentionConfig config = Config();
       config.kv_layout = layout;
       PagedCacheOptions cache;

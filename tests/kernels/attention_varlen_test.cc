@@ -13,44 +13,15 @@
 namespace flashkv::testbed {
 namespace {
 
-struct VarlenCase {
-  std::vector<int> q_lengths;
-  std::vector<int> kv_lengths;
-  int group;
-  int num_heads_kv;
-};
-
-// Uneven lengths in one batch, zero-length sequences (no queries; queries but no keys), Sq > Skv
-// within a sequence, decode batches, lengths that are no multiple of any tile.
-const std::vector<VarlenCase> kVarlenCases = {
-    {{17, 0, 1, 63}, {63, 5, 200, 63}, 2, 2},
-    {{1, 1, 1, 1, 1}, {1, 17, 0, 129, 65}, 8, 1},  // decodes, one with no context
-    {{65, 3, 0}, {17, 0, 0}, 1, 2},                // Sq > Skv; queries without keys
-    {{129, 17}, {129, 200}, 4, 1},
-    {{1, 33, 0, 200}, {65, 33, 129, 1}, 16, 1},  // GQA 16
-    {{63, 64, 65}, {63, 64, 65}, 2, 1},
-    {{200, 0}, {17, 0}, 1, 1},
-    {{5, 1, 40, 0}, {5, 257, 40, 0}, 4, 2},
-};
-
-std::string Describe(const VarlenCase& c) {
-  std::string s = "q_lens {";
-  for (int l : c.q_lengths) s += std::to_string(l) + " ";
-  s += "} kv_lens {";
-  for (int l : c.kv_lengths) s += std::to_string(l) + " ";
-  return s + "}";
-}
-
 class VarlenSweep : public ::testing::TestWithParam<SweepParam> {};
 
 TEST_P(VarlenSweep, MatchesReference) {
   const SweepParam& param = GetParam();
   FLASHKV_SKIP_UNLESS_RUNNABLE(param.backend, param.dtype, param.head_dim);
-  const VarlenCase& c = Pick(kVarlenCases, SweepRotation(param));
   SeededRng seeded;
-  VarlenProblem p = VarlenProblem::Random(SweepConfig(param, c.group, c.num_heads_kv), c.q_lengths,
-                                          c.kv_lengths, seeded.rng());
-  SCOPED_TRACE(Describe(c) + " " + p.config.ToString());
+  std::string description;
+  VarlenProblem p = SweepVarlenProblem(param, seeded.rng(), &description);
+  SCOPED_TRACE(description);
   EXPECT_TRUE(RunAndCheck(param.backend, &p));
 }
 

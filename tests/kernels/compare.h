@@ -30,10 +30,11 @@ struct Tolerance {
   double naive_slack = 0;
 };
 
-// The tolerances of the attention tests, per dtype (the reasoning is in compare.cc).
-Tolerance DefaultTolerance(DType dtype);
+// The tolerances of the attention tests, per dtype, for unit-normal inputs attended with
+// `softmax_scale` over `head_dim` (the reasoning is in compare.cc).
+Tolerance DefaultTolerance(DType dtype, double softmax_scale, int head_dim);
 // Tolerance between two kernels' outputs, each within `DefaultTolerance` of the float64 truth.
-Tolerance CrossBackendTolerance(DType dtype);
+Tolerance CrossBackendTolerance(DType dtype, double softmax_scale, int head_dim);
 
 // Labels query rows in messages. For packed (varlen/paged) outputs, `cu_seqlens_q` names the
 // sequence and position of a row as well.

@@ -43,4 +43,12 @@ const T& Pick(const std::vector<T>& options, int rotation) {
 // rotated layout set, softmax scale (default, 0.3, or 1.0 for peaked scores) and LSE request.
 AttentionConfig SweepConfig(const SweepParam& param, int group, int num_heads_kv);
 
+inline const std::vector<int> kSweepPageSizes = {1, 16, 19, 256};
+
+// The random problem of a sweep point, its shape (and page size) chosen by rotation from the
+// case tables in sweep.cc. `description` receives the shape for failure messages.
+FixedProblem SweepFixedProblem(const SweepParam& param, Rng& rng, std::string* description);
+VarlenProblem SweepVarlenProblem(const SweepParam& param, Rng& rng, std::string* description);
+PagedProblem SweepPagedProblem(const SweepParam& param, Rng& rng, std::string* description);
+
 }  // namespace flashkv::testbed

@@ -44,7 +44,7 @@ bool NeedsHostCopies(Backend backend, HostCopies host_copies) {
                                  const std::vector<float>& lse, const ReferenceOutput& want,
                                  const ReferenceOutput* naive, const RowLabels& labels) {
   ::testing::AssertionResult result = CheckAttentionOutput(
-      out, config.with_lse ? &lse : nullptr, want, naive, DefaultTolerance(config.dtype), labels);
+      out, config.with_lse ? &lse : nullptr, want, naive, ToleranceFor(config), labels);
   if (result) return result;
   return ::testing::AssertionFailure() << config.ToString() << "\n" << result.message();
 }
@@ -71,6 +71,14 @@ void CopyRows(const HostTensor& src, int64_t src_outer, int64_t src_row, HostTen
       }
     }
   }
+}
+
+Tolerance ToleranceFor(const AttentionConfig& c) {
+  return DefaultTolerance(c.dtype, ResolveSoftmaxScale(c.Options(), c.head_dim), c.head_dim);
+}
+
+Tolerance CrossBackendToleranceFor(const AttentionConfig& c) {
+  return CrossBackendTolerance(c.dtype, ResolveSoftmaxScale(c.Options(), c.head_dim), c.head_dim);
 }
 
 std::string AttentionConfig::ToString() const {

@@ -44,6 +44,10 @@ struct AttentionConfig {
   std::string ToString() const;
 };
 
+// DefaultTolerance / CrossBackendTolerance for a problem's dtype, scale and head dim.
+Tolerance ToleranceFor(const AttentionConfig& config);
+Tolerance CrossBackendToleranceFor(const AttentionConfig& config);
+
 // --- Builders -----------------------------------------------------------------------------------
 
 // Copies `rows` rows (every head and dim, bit for bit) from src[src_outer, src_row...] to
@@ -174,7 +178,7 @@ ReferenceOutput Reference(const VarlenProblem& problem, Precision precision = Pr
 ReferenceOutput Reference(const PagedProblem& problem, Precision precision = Precision::kFloat64);
 
 // Checks the last Run's output against the float64 reference (plus the naive same-dtype bound for
-// fp16/bf16) with DefaultTolerance.
+// fp16/bf16) with ToleranceFor(config).
 ::testing::AssertionResult CheckAgainstReference(const FixedProblem& problem);
 ::testing::AssertionResult CheckAgainstReference(const VarlenProblem& problem);
 ::testing::AssertionResult CheckAgainstReference(const PagedProblem& problem);
@@ -201,7 +205,7 @@ template <typename Problem>
   const ReferenceOutput cpu_output = AsReference(on_cpu.out, on_cpu.lse);
   ::testing::AssertionResult vs_cpu = CheckAttentionOutput(
       problem->out, problem->config.with_lse ? &problem->lse : nullptr, cpu_output, nullptr,
-      CrossBackendTolerance(problem->config.dtype), RowLabels{cu});
+      CrossBackendToleranceFor(problem->config), RowLabels{cu});
   if (!vs_cpu) return ::testing::AssertionFailure() << "Cuda vs Cpu: " << vs_cpu.message();
   return vs_cpu;
 }

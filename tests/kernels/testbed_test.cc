@@ -53,7 +53,7 @@ class ComparisonNegatives : public ::testing::TestWithParam<DType> {
   ::testing::AssertionResult Check() const {
     return CheckAttentionOutput(problem_.out, &problem_.lse, want_,
                                 GetParam() == DType::kFloat32 ? nullptr : &naive_,
-                                DefaultTolerance(GetParam()));
+                                ToleranceFor(problem_.config));
   }
 
   SeededRng seeded_;
@@ -67,7 +67,7 @@ TEST_P(ComparisonNegatives, ReferenceRoundedToTheDtypePasses) { EXPECT_TRUE(Chec
 TEST_P(ComparisonNegatives, OneCorruptedElementFailsAndIsNamed) {
   // Batch 1, query 7 (which sees keys), head 3, d 17: off by 30 x the tolerance.
   const double want = want_.out[want_.OutIndex(1, 7, 3, 17)];
-  const Tolerance tol = DefaultTolerance(GetParam());
+  const Tolerance tol = ToleranceFor(problem_.config);
   problem_.out.Set(1, 7, 3, 17,
                    static_cast<float>(want + 30 * (tol.atol + tol.rtol * std::fabs(want))));
   const ::testing::AssertionResult result = Check();
