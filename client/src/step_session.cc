@@ -83,13 +83,17 @@ class StepSession::Reactor : public grpc::ClientBidiReactor<v1::StepRequest, v1:
     return absl::OkStatus();
   }
 
-  // Waits for the next response, or for the end of the stream when none is left.
-  absl::StatusOr<v1::StepResponse> Read() {
+  // Waits for the next response, or for the end of the stream when none is left, or `timeout`.
+  absl::StatusOr<v1::StepResponse> Read(absl::Duration timeout) {
     absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(
-        +[](Reactor* r)
-             ABSL_EXCLUSIVE_LOCKS_REQUIRED(r->mu_) { return !r->responses_.empty() || r->done_; },
-        this));
+    auto ready = +[](Reactor* r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r->mu_) {
+      return !r->responses_.empty() || r->done_;
+    };
+    if (!mu_.AwaitWithTimeout(absl::Condition(ready, this), timeout)) {
+      context_.TryCancel();
+      return absl::DeadlineExceededError(absl::StrCat(
+          "StepStream: no response within ", absl::FormatDuration(timeout), "; stream cancelled"));
+    }
     if (!responses_.empty()) {
       v1::StepResponse response = std::move(responses_.front());
       responses_.pop_front();
@@ -221,7 +225,7 @@ absl::StatusOr<v1::StepResponse> StepSession::Receive() {
     }
     reactor = reactor_.get();
   }
-  absl::StatusOr<v1::StepResponse> response = reactor->Read();
+  absl::StatusOr<v1::StepResponse> response = reactor->Read(options_.response_timeout);
   absl::MutexLock lock(&mu_);
   if (expected_.empty()) return absl::FailedPreconditionError("StepSession finished meanwhile");
   StepExpectation expected = std::move(expected_.front());

@@ -43,6 +43,9 @@ struct StepSessionOptions {
   int max_in_flight = 64;
   // Deadline of the whole stream; InfiniteDuration: none.
   absl::Duration timeout = absl::InfiniteDuration();
+  // Longest wait in Receive() for one response. Past it the stream is cancelled and Receive()
+  // fails with DEADLINE_EXCEEDED, so a stalled server never hangs a runner.
+  absl::Duration response_timeout = absl::InfiniteDuration();
   bool wait_for_ready = false;
 };
 
