@@ -22,8 +22,7 @@ using nlohmann::json;
 // script reading stdout always gets an object.
 int Fail(const absl::Status& status, int exit_code, const OutputOptions& output, std::ostream& out,
          std::ostream& err) {
-  err << "flashkv: " << absl::StatusCodeToString(status.code()) << ": " << status.message()
-      << "\n";
+  err << "flashkv: " << absl::StatusCodeToString(status.code()) << ": " << status.message() << "\n";
   if (output.json) {
     out << json{{"error",
                  {{"code", absl::StatusCodeToString(status.code())},
@@ -82,10 +81,10 @@ int RunInfo(Client& client, const OutputOptions& output, std::ostream& out, std:
   const uint64_t used = info->blocks_total() - std::min(info->blocks_total(), info->blocks_free());
   const absl::StatusOr<DType> dtype = FromProtoDType(info->dtype(), "dtype");
   // One block holds page_size tokens of K and V for every layer.
-  const uint64_t block_bytes = dtype.ok() ? 2ull * info->num_layers() * info->num_kv_heads() *
-                                                info->page_size() * info->head_dim() *
-                                                DTypeSize(*dtype)
-                                          : 0;
+  const uint64_t block_bytes = dtype.ok()
+                                   ? 2ull * info->num_layers() * info->num_kv_heads() *
+                                         info->page_size() * info->head_dim() * DTypeSize(*dtype)
+                                   : 0;
   if (output.json) {
     out << json{{"num_layers", info->num_layers()},
                 {"num_q_heads", info->num_q_heads()},
@@ -106,23 +105,22 @@ int RunInfo(Client& client, const OutputOptions& output, std::ostream& out, std:
         << "\n";
     return kExitOk;
   }
-  PrintRows({{"model", absl::StrFormat("%u layers, %u q heads, %u kv heads, head dim %u, %s",
-                                       info->num_layers(), info->num_q_heads(),
-                                       info->num_kv_heads(), info->head_dim(),
-                                       DTypeLabel(info->dtype()))},
-             {"backend", absl::StrCat(info->backend(), " (", info->num_devices(), " device",
-                                      info->num_devices() == 1 ? "" : "s", ")")},
-             {"page size", absl::StrCat(info->page_size(), " tokens")},
-             {"max context", absl::StrCat(info->max_context(), " tokens")},
-             {"blocks", absl::StrFormat("%u total, %u used (%s), %u free, of which %u hold "
-                                        "cached prefixes",
-                                        info->blocks_total(), used,
-                                        Percent(used, info->blocks_total()), info->blocks_free(),
-                                        info->blocks_cached())},
-             {"capacity", absl::StrFormat("%u tokens, %.1f MiB of KV",
-                                          info->blocks_total() * info->page_size(),
-                                          block_bytes * double(info->blocks_total()) / (1 << 20))}},
-            out);
+  PrintRows(
+      {{"model", absl::StrFormat("%u layers, %u q heads, %u kv heads, head dim %u, %s",
+                                 info->num_layers(), info->num_q_heads(), info->num_kv_heads(),
+                                 info->head_dim(), DTypeLabel(info->dtype()))},
+       {"backend", absl::StrCat(info->backend(), " (", info->num_devices(), " device",
+                                info->num_devices() == 1 ? "" : "s", ")")},
+       {"page size", absl::StrCat(info->page_size(), " tokens")},
+       {"max context", absl::StrCat(info->max_context(), " tokens")},
+       {"blocks", absl::StrFormat("%u total, %u used (%s), %u free, of which %u hold "
+                                  "cached prefixes",
+                                  info->blocks_total(), used, Percent(used, info->blocks_total()),
+                                  info->blocks_free(), info->blocks_cached())},
+       {"capacity",
+        absl::StrFormat("%u tokens, %.1f MiB of KV", info->blocks_total() * info->page_size(),
+                        block_bytes * double(info->blocks_total()) / (1 << 20))}},
+      out);
   return kExitOk;
 }
 
@@ -177,9 +175,9 @@ int RunStats(Client& client, const OutputOptions& output, std::ostream& out, std
                                 s->swap_bytes_out() / double(1 << 20), s->swaps_in(),
                                 s->swap_bytes_in() / double(1 << 20))},
       {"steps", absl::StrCat(s->steps())},
-      {"batches", absl::StrFormat("%u, mean %.2f entries / %.1f tokens, max %u entries",
-                                  s->batches(), mean_entries, mean_tokens,
-                                  s->max_batch_entries())}};
+      {"batches",
+       absl::StrFormat("%u, mean %.2f entries / %.1f tokens, max %u entries", s->batches(),
+                       mean_entries, mean_tokens, s->max_batch_entries())}};
   for (const v1::DeviceStats& d : s->devices()) {
     rows.push_back({absl::StrCat("device ", d.device()),
                     absl::StrFormat("%u sequences, %u of %u blocks used", d.sequences(),
@@ -272,9 +270,8 @@ int RunAttention(Client& client, const AttentionCommand& c, const OutputOptions&
 
   HostTensor lse;
   const absl::Time cpu_start = absl::Now();
-  absl::StatusOr<HostTensor> want =
-      tools::CpuAttention(request.q, request.k, request.v, c.causal, c.softmax_scale,
-                          c.return_lse ? &lse : nullptr);
+  absl::StatusOr<HostTensor> want = tools::CpuAttention(
+      request.q, request.k, request.v, c.causal, c.softmax_scale, c.return_lse ? &lse : nullptr);
   const double cpu_ms = absl::ToDoubleMilliseconds(absl::Now() - cpu_start);
   // The server accepted the call, so a local refusal is this tool's limitation (e.g. a head dim
   // not compiled into the CPU implementation): say so rather than claim a mismatch.
@@ -301,16 +298,17 @@ int RunAttention(Client& client, const AttentionCommand& c, const OutputOptions&
   }
 
   if (output.json) {
-    json j = {{"dtype", DTypeName(*dtype)},
-              {"q_shape", std::vector<int64_t>(request.q.shape().begin(), request.q.shape().end())},
-              {"kv_shape", std::vector<int64_t>(request.k.shape().begin(), request.k.shape().end())},
-              {"causal", c.causal},
-              {"calls", c.repeat},
-              {"server_ms_min", server_ms.front()},
-              {"server_ms_p50", server_ms[server_ms.size() / 2]},
-              {"cpu_ms", cpu_ms},
-              {"out", ComparisonJson(comparison, tolerance)},
-              {"match", match}};
+    json j = {
+        {"dtype", DTypeName(*dtype)},
+        {"q_shape", std::vector<int64_t>(request.q.shape().begin(), request.q.shape().end())},
+        {"kv_shape", std::vector<int64_t>(request.k.shape().begin(), request.k.shape().end())},
+        {"causal", c.causal},
+        {"calls", c.repeat},
+        {"server_ms_min", server_ms.front()},
+        {"server_ms_p50", server_ms[server_ms.size() / 2]},
+        {"cpu_ms", cpu_ms},
+        {"out", ComparisonJson(comparison, tolerance)},
+        {"match", match}};
     if (lse_comparison) j["lse"] = ComparisonJson(*lse_comparison, lse_tolerance);
     out << j.dump(2) << "\n";
   } else {
@@ -318,9 +316,10 @@ int RunAttention(Client& client, const AttentionCommand& c, const OutputOptions&
         "attention %s q %s kv %s%s: server %.3f ms (p50 of %d), local CPU %.3f ms\n",
         DTypeName(*dtype), ShapeString(request.q.shape()), ShapeString(request.k.shape()),
         c.causal ? " causal" : "", server_ms[server_ms.size() / 2], c.repeat, cpu_ms);
-    out << absl::StrFormat("out: %d of %d elements beyond atol %.1e + rtol %.1e, max |error| %.3e\n",
-                           comparison.mismatches, comparison.elements, tolerance.atol,
-                           tolerance.rtol, comparison.max_abs_error);
+    out << absl::StrFormat(
+        "out: %d of %d elements beyond atol %.1e + rtol %.1e, max |error| %.3e\n",
+        comparison.mismatches, comparison.elements, tolerance.atol, tolerance.rtol,
+        comparison.max_abs_error);
     if (lse_comparison) {
       out << absl::StrFormat("lse: %d of %d elements beyond tolerance, max |error| %.3e\n",
                              lse_comparison->mismatches, lse_comparison->elements,

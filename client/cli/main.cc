@@ -31,8 +31,7 @@ int main(int argc, char** argv) {
   cli::HealthCommand health;
   CLI::App* health_cmd = app.add_subcommand("health", "grpc.health.v1 check");
   health_cmd->add_option("--service", health.service, "service name (empty: the server)");
-  health_cmd->add_option("--wait", health.wait_s,
-                         "poll until SERVING for up to this many seconds")
+  health_cmd->add_option("--wait", health.wait_s, "poll until SERVING for up to this many seconds")
       ->check(CLI::NonNegativeNumber);
   CLI::App* info_cmd = app.add_subcommand("info", "model shape and KV cache usage");
   CLI::App* stats_cmd = app.add_subcommand("stats", "server counters: batches, KV, prefix cache");
@@ -40,21 +39,37 @@ int main(int argc, char** argv) {
   cli::AttentionCommand attention;
   CLI::App* attention_cmd = app.add_subcommand(
       "attention", "one stateless Attention call, checked against the local CPU implementation");
-  attention_cmd->add_option("--dtype", attention.dtype, "fp16, bf16 or fp32")->capture_default_str();
-  attention_cmd->add_option("--batch", attention.batch)->capture_default_str()->check(CLI::PositiveNumber);
-  attention_cmd->add_option("--seqlen-q", attention.seqlen_q)->capture_default_str()->check(CLI::NonNegativeNumber);
-  attention_cmd->add_option("--seqlen-kv", attention.seqlen_kv)->capture_default_str()->check(CLI::NonNegativeNumber);
-  attention_cmd->add_option("--heads-q", attention.heads_q)->capture_default_str()->check(CLI::PositiveNumber);
-  attention_cmd->add_option("--heads-kv", attention.heads_kv)->capture_default_str()->check(CLI::PositiveNumber);
-  attention_cmd->add_option("--head-dim", attention.head_dim)->capture_default_str()->check(CLI::PositiveNumber);
+  attention_cmd->add_option("--dtype", attention.dtype, "fp16, bf16 or fp32")
+      ->capture_default_str();
+  attention_cmd->add_option("--batch", attention.batch)
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  attention_cmd->add_option("--seqlen-q", attention.seqlen_q)
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  attention_cmd->add_option("--seqlen-kv", attention.seqlen_kv)
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  attention_cmd->add_option("--heads-q", attention.heads_q)
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  attention_cmd->add_option("--heads-kv", attention.heads_kv)
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  attention_cmd->add_option("--head-dim", attention.head_dim)
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   attention_cmd->add_flag("--causal", attention.causal, "causal mask, aligned bottom-right");
-  attention_cmd->add_option("--scale", attention.softmax_scale, "softmax scale (default 1/sqrt(D))");
+  attention_cmd->add_option("--scale", attention.softmax_scale,
+                            "softmax scale (default 1/sqrt(D))");
   attention_cmd->add_flag("--lse", attention.return_lse, "also fetch and check the log-sum-exp");
-  attention_cmd->add_option("--seed", attention.seed, "seed of the random inputs")->capture_default_str();
+  attention_cmd->add_option("--seed", attention.seed, "seed of the random inputs")
+      ->capture_default_str();
   attention_cmd->add_option("--q", attention.q_file, "q [B,Sq,Hq,D] from a .npy or raw file");
   attention_cmd->add_option("--k", attention.k_file, "k [B,Skv,Hkv,D] from a .npy or raw file");
   attention_cmd->add_option("--v", attention.v_file, "v [B,Skv,Hkv,D] from a .npy or raw file");
-  attention_cmd->add_option("--save-out", attention.save_out, "write the server's output (.npy or raw)");
+  attention_cmd->add_option("--save-out", attention.save_out,
+                            "write the server's output (.npy or raw)");
   attention_cmd->add_option("--atol", attention.atol, "absolute tolerance (default per dtype)");
   attention_cmd->add_option("--rtol", attention.rtol, "relative tolerance (default per dtype)");
   attention_cmd->add_option("--repeat", attention.repeat, "calls to time (the last is checked)")

@@ -4,12 +4,12 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "absl/strings/ascii.h"
 
 namespace flashkv::cli {
 namespace {
@@ -33,9 +33,8 @@ absl::StatusOr<std::string> HeaderValue(const std::string& header, const std::st
     return absl::InvalidArgumentError(absl::StrCat(path, ": .npy header lacks ", quoted));
   }
   at = header.find(':', at) + 1;
-  size_t end = header[header.find_first_not_of(' ', at)] == '('
-                   ? header.find(')', at) + 1
-                   : header.find_first_of(",}", at);
+  size_t end = header[header.find_first_not_of(' ', at)] == '(' ? header.find(')', at) + 1
+                                                                : header.find_first_of(",}", at);
   return std::string(absl::StripAsciiWhitespace(header.substr(at, end - at)));
 }
 
@@ -66,7 +65,8 @@ absl::StatusOr<HostTensor> ParseNpy(const std::string& path, std::string bytes, 
     if (!s->ok()) return s->status();
   }
   if (*fortran != "False") {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": Fortran-order arrays are not supported"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": Fortran-order arrays are not supported"));
   }
   DType file_dtype;
   if (*descr == "'<f2'") {
@@ -82,8 +82,8 @@ absl::StatusOr<HostTensor> ParseNpy(const std::string& path, std::string bytes, 
                                                    "bf16) a 2-byte type"));
   }
   if (file_dtype != dtype) {
-    return absl::InvalidArgumentError(absl::StrCat(path, " holds ", DTypeName(file_dtype),
-                                                   " but --dtype is ", DTypeName(dtype)));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, " holds ", DTypeName(file_dtype), " but --dtype is ", DTypeName(dtype)));
   }
   Shape shape;
   const std::string inner(absl::StripSuffix(absl::StripPrefix(*shape_text, "("), ")"));
@@ -104,8 +104,9 @@ absl::StatusOr<HostTensor> ReadTensorFile(const std::string& path, DType dtype,
   absl::StatusOr<std::string> bytes = Slurp(path);
   if (!bytes.ok()) return bytes.status();
   absl::StatusOr<HostTensor> tensor =
-      absl::EndsWith(path, ".npy") ? ParseNpy(path, *std::move(bytes), dtype)
-                                   : HostTensor::FromBytes(dtype, expected_shape, *std::move(bytes));
+      absl::EndsWith(path, ".npy")
+          ? ParseNpy(path, *std::move(bytes), dtype)
+          : HostTensor::FromBytes(dtype, expected_shape, *std::move(bytes));
   if (!tensor.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": ", tensor.status().message()));
   }
@@ -140,7 +141,8 @@ absl::Status WriteTensorFile(const std::string& path, const HostTensor& tensor) 
     out.put(static_cast<char>(header.size() >> 8));
     out << header;
   }
-  out.write(reinterpret_cast<const char*>(tensor.data()), static_cast<std::streamsize>(tensor.num_bytes()));
+  out.write(reinterpret_cast<const char*>(tensor.data()),
+            static_cast<std::streamsize>(tensor.num_bytes()));
   if (!out) return absl::InternalError(absl::StrCat("writing '", path, "' failed"));
   return absl::OkStatus();
 }

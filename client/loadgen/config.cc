@@ -9,10 +9,11 @@ absl::Status LoadgenConfig::Validate() const {
     if (v >= 1) return absl::OkStatus();
     return absl::InvalidArgumentError(absl::StrCat(name, " (", v, ") must be >= 1"));
   };
-  for (const auto& [name, v] :
-       {std::pair<const char*, int64_t>{"--runners", runners}, {"--max-batch", max_batch},
-        {"--prefill-chunk", prefill_chunk}, {"--max-pass-tokens", max_pass_tokens},
-        {"--pipeline-depth", pipeline_depth}}) {
+  for (const auto& [name, v] : {std::pair<const char*, int64_t>{"--runners", runners},
+                                {"--max-batch", max_batch},
+                                {"--prefill-chunk", prefill_chunk},
+                                {"--max-pass-tokens", max_pass_tokens},
+                                {"--pipeline-depth", pipeline_depth}}) {
     if (absl::Status s = positive(name, v); !s.ok()) return s;
   }
   if (max_pass_tokens < max_batch) {

@@ -57,15 +57,17 @@ absl::StatusOr<LengthDistribution> LengthDistribution::Parse(const std::string& 
     const double scale = numbers.empty() ? 1.0 : numbers[0];
     // Shapes seen in chat traffic: most turns short, a long tail of pasted documents (prompts)
     // or long answers (outputs). The log-normal spread keeps each mode wide.
-    struct Mode { double weight, median, sigma; };
+    struct Mode {
+      double weight, median, sigma;
+    };
     const std::vector<Mode> modes =
-        kind == "chat-prompt" ? std::vector<Mode>{{0.70, 128, 0.8}, {0.25, 1024, 0.5}, {0.05, 4096, 0.3}}
-                              : std::vector<Mode>{{0.60, 64, 0.8}, {0.35, 256, 0.5}, {0.05, 1024, 0.4}};
+        kind == "chat-prompt"
+            ? std::vector<Mode>{{0.70, 128, 0.8}, {0.25, 1024, 0.5}, {0.05, 4096, 0.3}}
+            : std::vector<Mode>{{0.60, 64, 0.8}, {0.35, 256, 0.5}, {0.05, 1024, 0.4}};
     for (const Mode& m : modes) {
       const double median = std::max(1.0, m.median * scale);
-      d.components_.push_back(Component{m.weight, true, 1,
-                                        static_cast<int64_t>(std::ceil(median * 8)), median,
-                                        m.sigma});
+      d.components_.push_back(Component{
+          m.weight, true, 1, static_cast<int64_t>(std::ceil(median * 8)), median, m.sigma});
     }
   } else {
     return Bad(spec, "unknown form");

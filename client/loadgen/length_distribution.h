@@ -36,7 +36,7 @@ class LengthDistribution {
   struct Component {
     double weight = 1;
     bool lognormal = false;
-    int64_t lo = 1, hi = 1;      // uniform bounds (fixed: lo == hi); lognormal: clip [lo, hi]
+    int64_t lo = 1, hi = 1;  // uniform bounds (fixed: lo == hi); lognormal: clip [lo, hi]
     double median = 0, sigma = 0;
   };
   std::string spec_;

@@ -12,7 +12,8 @@
 namespace flashkv::loadgen {
 namespace {
 
-absl::StatusOr<ModelShape> LearnShape(Client& client, absl::Duration timeout, std::string* backend) {
+absl::StatusOr<ModelShape> LearnShape(Client& client, absl::Duration timeout,
+                                      std::string* backend) {
   CallOptions options;
   options.timeout = timeout;
   options.wait_for_ready = false;
@@ -23,9 +24,12 @@ absl::StatusOr<ModelShape> LearnShape(Client& client, absl::Duration timeout, st
   }
   absl::StatusOr<DType> dtype = FromProtoDType(info->dtype(), "CacheInfo.dtype");
   if (!dtype.ok()) return dtype.status();
-  ModelShape shape{static_cast<int>(info->num_layers()), static_cast<int>(info->num_q_heads()),
-                   static_cast<int>(info->num_kv_heads()), static_cast<int>(info->head_dim()),
-                   *dtype, static_cast<int>(info->page_size()),
+  ModelShape shape{static_cast<int>(info->num_layers()),
+                   static_cast<int>(info->num_q_heads()),
+                   static_cast<int>(info->num_kv_heads()),
+                   static_cast<int>(info->head_dim()),
+                   *dtype,
+                   static_cast<int>(info->page_size()),
                    static_cast<int64_t>(info->max_context())};
   if (shape.num_layers < 1 || shape.num_q_heads < 1 || shape.num_kv_heads < 1 ||
       shape.head_dim < 1 || shape.page_size < 1 || shape.max_context < 2 ||
@@ -72,8 +76,8 @@ class ProgressPrinter {
       bar = absl::StrCat("[", std::string(filled, '#'), std::string(kWidth - filled, '.'), "] ");
     }
     // \r and clear-to-end-of-line redraw one line; the final draw ends it.
-    out << "\r\033[K" << bar << absl::StrFormat("%.0fs ", absl::ToDoubleSeconds(elapsed))
-        << rates << " | " << totals << (final ? "\n" : "");
+    out << "\r\033[K" << bar << absl::StrFormat("%.0fs ", absl::ToDoubleSeconds(elapsed)) << rates
+        << " | " << totals << (final ? "\n" : "");
     out.flush();
   }
 
@@ -140,7 +144,8 @@ absl::StatusOr<Report> RunLoadgen(const LoadgenConfig& config, absl::Span<Client
   while (running.load() > 0) {
     absl::SleepFor(absl::Milliseconds(20));
     const absl::Time now = absl::Now();
-    const bool past_deadline = config.duration > absl::ZeroDuration() && now - start >= config.duration;
+    const bool past_deadline =
+        config.duration > absl::ZeroDuration() && now - start >= config.duration;
     if ((past_deadline || (interrupt != nullptr && interrupt->load())) && !stop.load()) {
       stop.store(true);
       source.Stop();

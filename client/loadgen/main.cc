@@ -62,8 +62,10 @@ absl::StatusOr<std::set<absl::StatusCode>> ParseCodes(const std::vector<std::str
 
 int main(int argc, char** argv) {
   using namespace flashkv;
-  CLI::App app("flashkv-loadgen: simulated model runners against a flashkv server; every "
-               "checked output is recomputed with the CPU implementation", "flashkv-loadgen");
+  CLI::App app(
+      "flashkv-loadgen: simulated model runners against a flashkv server; every "
+      "checked output is recomputed with the CPU implementation",
+      "flashkv-loadgen");
   app.footer(kFooter);
   tools::ConnectionFlags connection;
   tools::AddConnectionFlags(&app, &connection);
@@ -78,7 +80,8 @@ int main(int argc, char** argv) {
   auto* c = &config;
 
   app.add_option("--connections", connections, "TCP connections the runners spread over")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app.add_option("--runners", c->runners, "simulated model runners (one stream each)")
       ->capture_default_str();
   app.add_option("--max-batch", c->max_batch, "sequences a runner steps together")
@@ -86,7 +89,8 @@ int main(int argc, char** argv) {
   app.add_option("--rate", c->rate, "open loop: Poisson arrivals per second (0: closed loop)")
       ->capture_default_str();
   app.add_option("--duration", duration_s, "seconds to run (0: until --requests are done)")
-      ->capture_default_str()->check(CLI::NonNegativeNumber);
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--requests", c->requests, "requests to run (0: no bound)")->capture_default_str();
   app.add_option("--prompt-len", prompt_len,
                  "N | uniform:A:B | lognormal:MEDIAN:SIGMA[:MAX] | chat-prompt[:SCALE]")
@@ -104,7 +108,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--prefix-len", prefix_len, "length distribution of the shared prefixes")
       ->capture_default_str();
-  app.add_option("--prefix-fraction", c->prefix_fraction, "requests that start with a shared prefix")
+  app.add_option("--prefix-fraction", c->prefix_fraction,
+                 "requests that start with a shared prefix")
       ->capture_default_str();
   app.add_flag("--no-token-ids", no_token_ids, "send no token ids (no prefix caching)");
   app.add_option("--verify", verify, "all | none | fraction of Step calls recomputed")
@@ -115,7 +120,8 @@ int main(int argc, char** argv) {
                  "status codes that are expected, e.g. RESOURCE_EXHAUSTED under deliberate "
                  "memory pressure (repeatable)");
   app.add_option("--rpc-timeout", rpc_timeout_s, "deadline of each call and step, seconds")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app.add_option("--seed", c->seed, "seed of lengths, prompts and queries")->capture_default_str();
   app.add_option("--run-id", c->run_id, "prefix of sequence ids (default: random)");
   app.add_option("--cpu-threads", cpu_threads, "threads of the CPU verifier (0: all cores)");
@@ -123,7 +129,8 @@ int main(int argc, char** argv) {
   app.add_flag("--json", json_stdout, "print the JSON report instead of the table");
   app.add_option("--progress", progress, "auto | bar | lines | none")->capture_default_str();
   app.add_option("--progress-interval", progress_interval_s, "seconds between progress lines")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -135,7 +142,8 @@ int main(int argc, char** argv) {
     return kExitUsage;
   };
   for (auto [text, target] : {std::pair{&prompt_len, &c->prompt_len},
-                              {&output_len, &c->output_len}, {&prefix_len, &c->prefix_len}}) {
+                              {&output_len, &c->output_len},
+                              {&prefix_len, &c->prefix_len}}) {
     absl::StatusOr<loadgen::LengthDistribution> d = loadgen::LengthDistribution::Parse(*text);
     if (!d.ok()) return usage(d.status());
     *target = *std::move(d);
@@ -149,7 +157,8 @@ int main(int argc, char** argv) {
   c->duration = absl::Seconds(duration_s);
   c->rpc_timeout = absl::Seconds(rpc_timeout_s);
   c->send_token_ids = !no_token_ids;
-  if (c->run_id.empty()) c->run_id = absl::StrCat("lg", absl::Hex(std::random_device()() & 0xffffff));
+  if (c->run_id.empty())
+    c->run_id = absl::StrCat("lg", absl::Hex(std::random_device()() & 0xffffff));
   if (absl::Status s = c->Validate(); !s.ok()) return usage(s);
   if (progress != "auto" && progress != "bar" && progress != "lines" && progress != "none") {
     return usage(absl::InvalidArgumentError("--progress must be auto, bar, lines or none"));

@@ -13,23 +13,26 @@ using nlohmann::json;
 
 // Latency rows in report order, with their table labels.
 const std::vector<std::pair<std::string, std::string>>& LatencyRows() {
-  static const auto* rows = new std::vector<std::pair<std::string, std::string>>{
-      {"Step", "Step (one layer)"},
-      {"CreateSequence", "CreateSequence"},
-      {"FreeSequence", "FreeSequence"},
-      {"ttft", "time to first token"},
-      {"tpot", "time per output token"},
-      {"request", "request (end to end)"},
-      {"queue", "queue wait"}};
+  static const auto* rows =
+      new std::vector<std::pair<std::string, std::string>>{{"Step", "Step (one layer)"},
+                                                           {"CreateSequence", "CreateSequence"},
+                                                           {"FreeSequence", "FreeSequence"},
+                                                           {"ttft", "time to first token"},
+                                                           {"tpot", "time per output token"},
+                                                           {"request", "request (end to end)"},
+                                                           {"queue", "queue wait"}};
   return *rows;
 }
 
 json HistogramJson(const LatencyHistogram& h) {
   json cdf = json::array();
   for (const auto& [ms, fraction] : h.Cdf()) cdf.push_back({ms, fraction});
-  return {{"count", h.count()},           {"mean_ms", h.MeanMs()},
-          {"p50_ms", h.PercentileMs(0.5)}, {"p90_ms", h.PercentileMs(0.9)},
-          {"p99_ms", h.PercentileMs(0.99)}, {"max_ms", h.MaxMs()},
+  return {{"count", h.count()},
+          {"mean_ms", h.MeanMs()},
+          {"p50_ms", h.PercentileMs(0.5)},
+          {"p90_ms", h.PercentileMs(0.9)},
+          {"p99_ms", h.PercentileMs(0.99)},
+          {"max_ms", h.MaxMs()},
           {"cdf", cdf}};
 }
 
@@ -118,70 +121,71 @@ json Report::ToJson() const {
                      {"prefix_hit_rate", delta.HitRate()}};
   }
   if (!server_stats_status.ok()) server["error"] = server_stats_status.ToString();
-  return {
-      {"target", target},
-      {"backend", backend},
-      {"model",
-       {{"num_layers", shape.num_layers},
-        {"num_q_heads", shape.num_q_heads},
-        {"num_kv_heads", shape.num_kv_heads},
-        {"head_dim", shape.head_dim},
-        {"dtype", DTypeName(shape.dtype)},
-        {"page_size", shape.page_size},
-        {"max_context", shape.max_context}}},
-      {"config",
-       {{"runners", config.runners},
-        {"max_batch", config.max_batch},
-        {"mode", config.rate > 0 ? "open" : "closed"},
-        {"rate", config.rate},
-        {"duration_s", absl::ToDoubleSeconds(config.duration)},
-        {"requests", config.requests},
-        {"prompt_len", config.prompt_len.spec()},
-        {"output_len", config.output_len.spec()},
-        {"prefill_chunk", config.prefill_chunk},
-        {"max_pass_tokens", config.max_pass_tokens},
-        {"pipeline_depth", config.pipeline_depth},
-        {"prefix_pool", config.prefix_pool},
-        {"prefix_len", config.prefix_len.spec()},
-        {"prefix_fraction", config.prefix_fraction},
-        {"verify", config.verify_fraction},
-        {"seed", config.seed}}},
-      {"duration_s", duration_s},
-      {"requests",
-       {{"started", t.requests_started},
-        {"completed", t.requests_completed},
-        {"aborted", t.requests_aborted},
-        {"rejected", t.requests_rejected},
-        {"incomplete", t.requests_incomplete}}},
-      {"tokens",
-       {{"prompt", t.prompt_tokens},
-        {"cached", t.cached_tokens},
-        {"prefill", t.prefill_tokens},
-        {"decode", t.decode_tokens}}},
-      {"throughput",
-       {{"prefill_tokens_per_s", t.prefill_tokens / d},
-        {"decode_tokens_per_s", t.decode_tokens / d},
-        {"steps_per_s", t.steps / d},
-        {"passes_per_s", t.passes / d},
-        {"requests_per_s", t.requests_completed / d}}},
-      {"latency", latency},
-      {"errors", {{"expected", t.expected_errors}, {"unexpected", t.unexpected_errors},
-                  {"examples", t.error_examples}}},
-      {"verification",
-       {{"fraction", config.verify_fraction},
-        {"atol", tolerance.atol},
-        {"rtol", tolerance.rtol},
-        {"steps", v.steps_seen},
-        {"steps_checked", v.steps_checked},
-        {"entries_checked", v.entries_checked},
-        {"elements_checked", v.elements_checked},
-        {"mismatched_entries", v.mismatched_entries},
-        {"mismatched_elements", v.mismatched_elements},
-        {"max_abs_error", v.max_abs_error},
-        {"examples", v.examples}}},
-      {"server", server},
-      {"timeline", timeline},
-      {"clean", clean()}};
+  return {{"target", target},
+          {"backend", backend},
+          {"model",
+           {{"num_layers", shape.num_layers},
+            {"num_q_heads", shape.num_q_heads},
+            {"num_kv_heads", shape.num_kv_heads},
+            {"head_dim", shape.head_dim},
+            {"dtype", DTypeName(shape.dtype)},
+            {"page_size", shape.page_size},
+            {"max_context", shape.max_context}}},
+          {"config",
+           {{"runners", config.runners},
+            {"max_batch", config.max_batch},
+            {"mode", config.rate > 0 ? "open" : "closed"},
+            {"rate", config.rate},
+            {"duration_s", absl::ToDoubleSeconds(config.duration)},
+            {"requests", config.requests},
+            {"prompt_len", config.prompt_len.spec()},
+            {"output_len", config.output_len.spec()},
+            {"prefill_chunk", config.prefill_chunk},
+            {"max_pass_tokens", config.max_pass_tokens},
+            {"pipeline_depth", config.pipeline_depth},
+            {"prefix_pool", config.prefix_pool},
+            {"prefix_len", config.prefix_len.spec()},
+            {"prefix_fraction", config.prefix_fraction},
+            {"verify", config.verify_fraction},
+            {"seed", config.seed}}},
+          {"duration_s", duration_s},
+          {"requests",
+           {{"started", t.requests_started},
+            {"completed", t.requests_completed},
+            {"aborted", t.requests_aborted},
+            {"rejected", t.requests_rejected},
+            {"incomplete", t.requests_incomplete}}},
+          {"tokens",
+           {{"prompt", t.prompt_tokens},
+            {"cached", t.cached_tokens},
+            {"prefill", t.prefill_tokens},
+            {"decode", t.decode_tokens}}},
+          {"throughput",
+           {{"prefill_tokens_per_s", t.prefill_tokens / d},
+            {"decode_tokens_per_s", t.decode_tokens / d},
+            {"steps_per_s", t.steps / d},
+            {"passes_per_s", t.passes / d},
+            {"requests_per_s", t.requests_completed / d}}},
+          {"latency", latency},
+          {"errors",
+           {{"expected", t.expected_errors},
+            {"unexpected", t.unexpected_errors},
+            {"examples", t.error_examples}}},
+          {"verification",
+           {{"fraction", config.verify_fraction},
+            {"atol", tolerance.atol},
+            {"rtol", tolerance.rtol},
+            {"steps", v.steps_seen},
+            {"steps_checked", v.steps_checked},
+            {"entries_checked", v.entries_checked},
+            {"elements_checked", v.elements_checked},
+            {"mismatched_entries", v.mismatched_entries},
+            {"mismatched_elements", v.mismatched_elements},
+            {"max_abs_error", v.max_abs_error},
+            {"examples", v.examples}}},
+          {"server", server},
+          {"timeline", timeline},
+          {"clean", clean()}};
 }
 
 void Report::PrintTable(std::ostream& out) const {
@@ -209,8 +213,8 @@ void Report::PrintTable(std::ostream& out) const {
   out << absl::StrFormat(
       "tokens        %d prompt (%d from the prefix cache), %d prefilled, %d decoded\n",
       t.prompt_tokens, t.cached_tokens, t.prefill_tokens, t.decode_tokens);
-  out << absl::StrFormat("%-24s %9s %9s %9s %9s %9s %9s\n", "latency (ms)", "count", "p50",
-                         "p90", "p99", "max", "mean");
+  out << absl::StrFormat("%-24s %9s %9s %9s %9s %9s %9s\n", "latency (ms)", "count", "p50", "p90",
+                         "p99", "max", "mean");
   for (const auto& [key, label] : LatencyRows()) {
     auto it = t.latency.find(key);
     if (it == t.latency.end() || it->second.count() == 0) continue;
@@ -235,10 +239,11 @@ void Report::PrintTable(std::ostream& out) const {
     out << absl::StrFormat(
         "server        %d steps in %d batches: mean %.2f entries / %.1f tokens per batch, max %d "
         "entries; prefix hits %.1f%%\n",
-        delta.steps, delta.batches, delta.MeanEntries(), delta.MeanTokens(),
-        a.max_batch_entries(), 100 * delta.HitRate());
+        delta.steps, delta.batches, delta.MeanEntries(), delta.MeanTokens(), a.max_batch_entries(),
+        100 * delta.HitRate());
     out << absl::StrFormat(
-        "server KV     %d blocks: %d used, %d free (%d cached); %d sequences; swaps %d out, %d in\n",
+        "server KV     %d blocks: %d used, %d free (%d cached); %d sequences; swaps %d out, %d "
+        "in\n",
         a.blocks_total(), a.blocks_used(), a.blocks_free(), a.blocks_cached(), a.sequences(),
         a.swaps_out(), a.swaps_in());
   } else {

@@ -27,8 +27,8 @@ struct TimelineBucket {
 };
 
 struct VerificationStats {
-  uint64_t steps_seen = 0;        // Step calls answered
-  uint64_t steps_checked = 0;     // of them, recomputed
+  uint64_t steps_seen = 0;     // Step calls answered
+  uint64_t steps_checked = 0;  // of them, recomputed
   uint64_t entries_checked = 0;
   uint64_t elements_checked = 0;
   uint64_t mismatched_entries = 0;
@@ -57,8 +57,8 @@ struct RunStats {
   uint64_t cached_tokens = 0;        // served by the prefix cache
   uint64_t prefill_tokens = 0;       // sent in prefill chunks
   uint64_t decode_tokens = 0;
-  uint64_t steps = 0;                // Step calls (one layer each)
-  uint64_t passes = 0;               // forward passes (all layers)
+  uint64_t steps = 0;   // Step calls (one layer each)
+  uint64_t passes = 0;  // forward passes (all layers)
   VerificationStats verification;
   std::vector<TimelineBucket> timeline;
 

@@ -101,11 +101,11 @@ absl::Status Runner::CreateOne(Request request) {
 
   const absl::Time start = absl::Now();
   stats_.latency["queue"].Record(start - request.arrival);
-  absl::StatusOr<uint32_t> cached = client_->CreateSequence(
-      sequence.id,
-      config_.send_token_ids ? absl::Span<const int64_t>(request.prompt)
-                             : absl::Span<const int64_t>(),
-      Call());
+  absl::StatusOr<uint32_t> cached =
+      client_->CreateSequence(sequence.id,
+                              config_.send_token_ids ? absl::Span<const int64_t>(request.prompt)
+                                                     : absl::Span<const int64_t>(),
+                              Call());
   stats_.latency["CreateSequence"].Record(absl::Now() - start);
   if (!cached.ok()) return cached.status();
   ++stats_.requests_started;
@@ -349,8 +349,8 @@ void Runner::AbortPass(const absl::Status& status) {
   // Some layers of this pass may have been applied and others not: these sequences can no longer
   // be stepped consistently, so they go.
   for (auto it = active_.begin(); it != active_.end();) {
-    const bool in_pass = std::any_of(pass_.begin(), pass_.end(),
-                                     [&](const Entry& e) { return e.sequence == &*it; });
+    const bool in_pass =
+        std::any_of(pass_.begin(), pass_.end(), [&](const Entry& e) { return e.sequence == &*it; });
     if (!in_pass) {
       ++it;
       continue;

@@ -42,7 +42,8 @@ Comparison Compare(const TensorView& got, const TensorView& want, Tolerance tole
     ConvertToFloat(want.dtype(), want.data() + begin * ws, w.data(), count);
     for (int64_t i = 0; i < count; ++i) {
       const double diff = std::fabs(double(g[i]) - double(w[i]));
-      const bool bad = !std::isfinite(g[i]) || !(diff <= tolerance.atol + tolerance.rtol * std::fabs(w[i]));
+      const bool bad =
+          !std::isfinite(g[i]) || !(diff <= tolerance.atol + tolerance.rtol * std::fabs(w[i]));
       if (std::isfinite(diff)) result.max_abs_error = std::max(result.max_abs_error, diff);
       if (!bad) continue;
       if (!result.first_index.has_value()) {
@@ -74,8 +75,8 @@ absl::StatusOr<HostTensor> CpuAttention(const TensorView& q, const TensorView& k
     return absl::InvalidArgumentError("q, k and v must have one dtype");
   }
   if (k.shape() != v.shape()) {
-    return absl::InvalidArgumentError(absl::StrCat("k.shape ", ShapeString(ks), " != v.shape ",
-                                                   ShapeString(v.shape())));
+    return absl::InvalidArgumentError(
+        absl::StrCat("k.shape ", ShapeString(ks), " != v.shape ", ShapeString(v.shape())));
   }
   if (ks[0] != qs[0] || ks[3] != qs[3]) {
     return absl::InvalidArgumentError(absl::StrCat("k.shape ", ShapeString(ks),
@@ -89,8 +90,8 @@ absl::StatusOr<HostTensor> CpuAttention(const TensorView& q, const TensorView& k
   options.softmax_scale = softmax_scale;
   FixedAttentionArgs args = MakeDenseFixedArgs(
       q.dtype(), static_cast<int>(qs[0]), static_cast<int>(qs[1]), static_cast<int>(ks[1]),
-      static_cast<int>(qs[2]), static_cast<int>(ks[2]), static_cast<int>(qs[3]), q.data(),
-      k.data(), v.data(), out.mutable_data(),
+      static_cast<int>(qs[2]), static_cast<int>(ks[2]), static_cast<int>(qs[3]), q.data(), k.data(),
+      v.data(), out.mutable_data(),
       lse != nullptr ? reinterpret_cast<float*>(lse->mutable_data()) : nullptr, options);
   if (absl::Status s = FromKernelStatus(cpu::Attention(args)); !s.ok()) return s;
   return out;

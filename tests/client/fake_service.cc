@@ -7,10 +7,18 @@
 #include "absl/strings/str_cat.h"
 #include "flashkv/client/status.h"
 #include "flashkv/client/tensor.h"
+#include "flashkv/cpu_backend.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/server_builder.h"
 
 namespace flashkv::testing {
+
+int CompiledHeadDim(DType dtype) {
+  for (int d : kSupportedHeadDims) {
+    if (cpu::IsCompiled(dtype, d)) return d;
+  }
+  return 0;
+}
 
 std::vector<float> NaiveAttention(const std::vector<float>& q, const std::vector<float>& k,
                                   const std::vector<float>& v, int64_t sq, int64_t skv, int hq,
@@ -99,6 +107,10 @@ void FakeKvCacheService::SetStepDelay(absl::Duration delay) {
 void FakeKvCacheService::SetStepIdEcho(bool echo) {
   absl::MutexLock lock(&mu_);
   echo_step_id_ = echo;
+}
+void FakeKvCacheService::PerturbAttention(float delta) {
+  absl::MutexLock lock(&mu_);
+  attention_delta_ = delta;
 }
 std::vector<SeenCall> FakeKvCacheService::seen() const {
   absl::MutexLock lock(&mu_);
@@ -353,6 +365,10 @@ grpc::Status FakeKvCacheService::Attention(grpc::ServerContext* context,
         slice(qf, sq, hq, d), slice(kf, skv, hkv, d), slice(vf, skv, hkv, d), sq, skv,
         static_cast<int>(hq), static_cast<int>(hkv), static_cast<int>(d), request->causal(), scale);
     out.insert(out.end(), o.begin(), o.end());
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    if (!out.empty()) out[0] += attention_delta_;
   }
   SetFloats(static_cast<DType>(q.dtype()), {b, sq, hq, d}, out, response->mutable_out());
   return grpc::Status::OK;

@@ -24,11 +24,15 @@
 
 namespace flashkv::testing {
 
+// The smallest head dim the CPU implementation was built with for `dtype` (the build may narrow
+// FLASHKV_HEAD_DIMS), so the client's verification can run; 0 when none.
+int CompiledHeadDim(DType dtype);
+
 struct FakeModel {
   int num_layers = 2;
   int num_q_heads = 4;
   int num_kv_heads = 2;
-  int head_dim = 32;
+  int head_dim = CompiledHeadDim(DType::kFloat16);
   DType dtype = DType::kFloat16;
   int page_size = 4;
   int max_context = 4096;
@@ -51,7 +55,8 @@ class FakeKvCacheService final : public v1::KvCacheService::Service,
   void FailStep(uint64_t step_number, absl::Status status);
   void PerturbStep(uint64_t step_number, float delta);  // adds delta to out[0] element 0
   void SetStepDelay(absl::Duration delay);
-  void SetStepIdEcho(bool echo);  // false: answer with a wrong step_id
+  void SetStepIdEcho(bool echo);       // false: answer with a wrong step_id
+  void PerturbAttention(float delta);  // adds delta to element 0 of every Attention answer
 
   std::vector<SeenCall> seen() const;
   uint64_t steps() const;
@@ -101,6 +106,7 @@ class FakeKvCacheService final : public v1::KvCacheService::Service,
   std::map<uint64_t, float> perturbations_ ABSL_GUARDED_BY(mu_);
   absl::Duration delay_ ABSL_GUARDED_BY(mu_) = absl::ZeroDuration();
   bool echo_step_id_ ABSL_GUARDED_BY(mu_) = true;
+  float attention_delta_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // The fake served on 127.0.0.1:<ephemeral port> with the standard health service.
