@@ -165,3 +165,17 @@ TEST_F(CliTest, LoadgenBinaryExitCodesAndReport) {
 
 }  // namespace
 }  // namespace flashkv::testing
+
+namespace flashkv::testing {
+namespace {
+
+TEST_F(CliTest, ModelRunnerExampleMatches) {
+  RunResult r = RunCommand(std::string(FLASHKV_MODEL_RUNNER) + " --target " + server_.target() +
+                           " --sequences 3 --prompt 9 --decode 3");
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("max |server - CPU|"), std::string::npos) << r.out;
+  EXPECT_EQ(server_.service().live_sequences(), 0);
+}
+
+}  // namespace
+}  // namespace flashkv::testing
