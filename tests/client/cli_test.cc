@@ -149,6 +149,13 @@ TEST_F(CliTest, LoadgenBinaryExitCodesAndReport) {
   nlohmann::json j = nlohmann::json::parse(in);
   EXPECT_EQ(j["requests"]["completed"], 8);
   EXPECT_TRUE(j["clean"].get<bool>());
+  // The plot script reads it: a PNG with matplotlib (exit 0), a text summary without (exit 2).
+  if (RunCommand("command -v python3").exit_code == 0) {
+    r = RunCommand("python3 " FLASHKV_PLOT_SCRIPT " " + report + " -o " +
+                   (dir_ / "report.png").string());
+    EXPECT_TRUE(r.exit_code == 0 || r.exit_code == 2) << r.exit_code << r.out;
+    EXPECT_NE(r.out.find(r.exit_code == 0 ? "wrote" : "steps/s"), std::string::npos) << r.out;
+  }
 
   server_.service().PerturbStep(server_.service().steps() + 3, 1.0f);
   r = RunCommand(loadgen + " --requests 4 --duration 0 --prompt-len 6 --output-len 2 --verify all");
