@@ -149,6 +149,13 @@ TEST_F(CliTest, LoadgenBinaryExitCodesAndReport) {
   nlohmann::json j = nlohmann::json::parse(in);
   EXPECT_EQ(j["requests"]["completed"], 8);
   EXPECT_TRUE(j["clean"].get<bool>());
+  // The plot script reads it: a PNG with matplotlib (exit 0), a text summary without (exit 2).
+  if (RunCommand("command -v python3").exit_code == 0) {
+    r = RunCommand("python3 " FLASHKV_PLOT_SCRIPT " " + report + " -o " +
+                   (dir_ / "report.png").string());
+    EXPECT_TRUE(r.exit_code == 0 || r.exit_code == 2) << r.exit_code << r.out;
+    EXPECT_NE(r.out.find(r.exit_code == 0 ? "wrote" : "steps/s"), std::string::npos) << r.out;
+  }
 
   server_.service().PerturbStep(server_.service().steps() + 3, 1.0f);
   r = RunCommand(loadgen + " --requests 4 --duration 0 --prompt-len 6 --output-len 2 --verify all");
@@ -161,6 +168,20 @@ TEST_F(CliTest, LoadgenBinaryExitCodesAndReport) {
                        " --target 127.0.0.1:1 --rpc-timeout 2 --requests 1")
                 .exit_code,
             1);
+}
+
+}  // namespace
+}  // namespace flashkv::testing
+
+namespace flashkv::testing {
+namespace {
+
+TEST_F(CliTest, ModelRunnerExampleMatches) {
+  RunResult r = RunCommand(std::string(FLASHKV_MODEL_RUNNER) + " --target " + server_.target() +
+                           " --sequences 3 --prompt 9 --decode 3");
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("max |server - CPU|"), std::string::npos) << r.out;
+  EXPECT_EQ(server_.service().live_sequences(), 0);
 }
 
 }  // namespace
