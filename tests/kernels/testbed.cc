@@ -90,8 +90,9 @@ std::string AttentionConfig::ToString() const {
   } else {
     s << "default";
   }
-  s << " q=" << LayoutName(q_layout) << " kv=" << LayoutName(kv_layout)
-    << " out=" << LayoutName(out_layout) << (with_lse ? " lse" : " no-lse");
+  s << " q=" << LayoutName(q_layout) << " k=" << LayoutName(kv_layout)
+    << " v=" << LayoutName(VLayout()) << " out=" << LayoutName(out_layout)
+    << (with_lse ? " lse" : " no-lse");
   return s.str();
 }
 
@@ -163,7 +164,7 @@ FixedProblem FixedProblem::Random(const AttentionConfig& config, int batch, int 
   const DType t = config.dtype;
   p.q = HostTensor(t, {batch, seqlen_q, config.num_heads_q, config.head_dim}, config.q_layout);
   p.k = HostTensor(t, {batch, seqlen_kv, config.num_heads_kv, config.head_dim}, config.kv_layout);
-  p.v = HostTensor(t, {batch, seqlen_kv, config.num_heads_kv, config.head_dim}, config.kv_layout);
+  p.v = HostTensor(t, {batch, seqlen_kv, config.num_heads_kv, config.head_dim}, config.VLayout());
   p.out = HostTensor(t, {batch, seqlen_q, config.num_heads_q, config.head_dim}, config.out_layout);
   p.q.FillNormal(rng);
   p.k.FillNormal(rng);
@@ -206,7 +207,7 @@ VarlenProblem VarlenProblem::Random(const AttentionConfig& config,
   const int64_t total_kv = p.cu_seqlens_kv.back();
   p.q = HostTensor(t, {1, total_q, config.num_heads_q, config.head_dim}, config.q_layout);
   p.k = HostTensor(t, {1, total_kv, config.num_heads_kv, config.head_dim}, config.kv_layout);
-  p.v = HostTensor(t, {1, total_kv, config.num_heads_kv, config.head_dim}, config.kv_layout);
+  p.v = HostTensor(t, {1, total_kv, config.num_heads_kv, config.head_dim}, config.VLayout());
   p.out = HostTensor(t, {1, total_q, config.num_heads_q, config.head_dim}, config.out_layout);
   p.q.FillNormal(rng);
   p.k.FillNormal(rng);
@@ -227,7 +228,7 @@ VarlenProblem VarlenProblem::FromFixed(const FixedProblem& f) {
   const int64_t total_kv = static_cast<int64_t>(f.batch) * f.seqlen_kv;
   p.q = HostTensor(c.dtype, {1, total_q, c.num_heads_q, c.head_dim}, c.q_layout);
   p.k = HostTensor(c.dtype, {1, total_kv, c.num_heads_kv, c.head_dim}, c.kv_layout);
-  p.v = HostTensor(c.dtype, {1, total_kv, c.num_heads_kv, c.head_dim}, c.kv_layout);
+  p.v = HostTensor(c.dtype, {1, total_kv, c.num_heads_kv, c.head_dim}, c.VLayout());
   p.out = HostTensor(c.dtype, {1, total_q, c.num_heads_q, c.head_dim}, c.out_layout);
   for (int b = 0; b < f.batch; ++b) {
     CopyRows(f.q, b, 0, &p.q, 0, static_cast<int64_t>(b) * f.seqlen_q, f.seqlen_q);
