@@ -135,6 +135,40 @@ struct WarpMainloop {
     }
 
     // S = Q K^T.
+#if FLASHKV_SM80_PREFETCH
+    // The fragments of head-dim step kk + 1 are requested before the MMAs of step kk, so the
+    // ldmatrix latency hides behind tensor-core work (registers: two steps of A and B fragments).
+    uint32_t a[2][kMmaM][4];
+    uint32_t b[2][kNTiles / 2][4];
+    auto load_step = [&](int kk, int buf) {
+#pragma unroll
+      for (int mi = 0; mi < kMmaM; ++mi) {
+        if constexpr (kQInRegisters) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) a[buf][mi][e] = q_frag[mi][kk][e];
+        } else {
+          LoadQFragment(a[buf][mi], q_smem, mi, kk);
+        }
+      }
+#pragma unroll
+      for (int nj = 0; nj < kNTiles / 2; ++nj) {
+        Ldmatrix4(b[buf][nj], k_smem + Tr::KvTile::Ldsm(k_offsets, 16 * nj, kk));
+      }
+    };
+    load_step(0, 0);
+#pragma unroll
+    for (int kk = 0; kk < kKSteps; ++kk) {
+      if (kk + 1 < kKSteps) load_step(kk + 1, (kk + 1) % 2);
+#pragma unroll
+      for (int nj = 0; nj < kNTiles / 2; ++nj) {
+#pragma unroll
+        for (int mi = 0; mi < kMmaM; ++mi) {
+          Mma16816<Element>(s[mi][2 * nj], a[kk % 2][mi], b[kk % 2][nj][0], b[kk % 2][nj][1]);
+          Mma16816<Element>(s[mi][2 * nj + 1], a[kk % 2][mi], b[kk % 2][nj][2], b[kk % 2][nj][3]);
+        }
+      }
+    }
+#else
 #pragma unroll
     for (int kk = 0; kk < kKSteps; ++kk) {
       uint32_t a[kMmaM][4];
@@ -158,6 +192,8 @@ struct WarpMainloop {
         }
       }
     }
+
+#endif
 
     if (masked) {
       const int t = lane % 4;
@@ -208,25 +244,29 @@ struct WarpMainloop {
       }
     }
 
-    // O += P V.
+    // O += P V. P is packed to 16-bit pairs first (all of it, before any MMA), so that the float
+    // scores die here instead of staying live across the P V MMAs (32 registers: no spills).
+    uint32_t pa[kMmaM][kCols / 16][4];
+#pragma unroll
+    for (int mi = 0; mi < kMmaM; ++mi) {
+#pragma unroll
+      for (int kk = 0; kk < kCols / 16; ++kk) {
+        pa[mi][kk][0] = PackPair<Element>(s[mi][2 * kk][0], s[mi][2 * kk][1]);
+        pa[mi][kk][1] = PackPair<Element>(s[mi][2 * kk][2], s[mi][2 * kk][3]);
+        pa[mi][kk][2] = PackPair<Element>(s[mi][2 * kk + 1][0], s[mi][2 * kk + 1][1]);
+        pa[mi][kk][3] = PackPair<Element>(s[mi][2 * kk + 1][2], s[mi][2 * kk + 1][3]);
+      }
+    }
 #pragma unroll
     for (int kk = 0; kk < kCols / 16; ++kk) {
-      uint32_t a[kMmaM][4];
-#pragma unroll
-      for (int mi = 0; mi < kMmaM; ++mi) {
-        a[mi][0] = PackPair<Element>(s[mi][2 * kk][0], s[mi][2 * kk][1]);
-        a[mi][1] = PackPair<Element>(s[mi][2 * kk][2], s[mi][2 * kk][3]);
-        a[mi][2] = PackPair<Element>(s[mi][2 * kk + 1][0], s[mi][2 * kk + 1][1]);
-        a[mi][3] = PackPair<Element>(s[mi][2 * kk + 1][2], s[mi][2 * kk + 1][3]);
-      }
 #pragma unroll
       for (int dj = 0; dj < kDTiles / 2; ++dj) {
         uint32_t b[4];
         Ldmatrix4Trans(b, v_smem + Tr::KvTile::Ldsm(v_offsets, 16 * kk, dj));
 #pragma unroll
         for (int mi = 0; mi < kMmaM; ++mi) {
-          Mma16816<Element>(o[mi][2 * dj], a[mi], b[0], b[1]);
-          Mma16816<Element>(o[mi][2 * dj + 1], a[mi], b[2], b[3]);
+          Mma16816<Element>(o[mi][2 * dj], pa[mi][kk], b[0], b[1]);
+          Mma16816<Element>(o[mi][2 * dj + 1], pa[mi][kk], b[2], b[3]);
         }
       }
     }
