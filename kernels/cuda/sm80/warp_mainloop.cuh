@@ -215,6 +215,63 @@ struct WarpMainloop {
     }
 
     // Online softmax: rescale what was accumulated, then P = 2^(S * scale_log2 - reference).
+#if FLASHKV_SM80_TREE
+    // In phases over all of the thread's rows, with tree reductions, so that the four rows'
+    // dependency chains interleave (the warp has no other work to hide them behind).
+    float reference[kMmaM][2], correction[kMmaM][2], tile_max[kMmaM][2];
+#pragma unroll
+    for (int mi = 0; mi < kMmaM; ++mi) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float m[kNTiles];
+#pragma unroll
+        for (int j = 0; j < kNTiles; ++j) m[j] = fmaxf(s[mi][j][2 * h], s[mi][j][2 * h + 1]);
+#pragma unroll
+        for (int width = kNTiles / 2; width >= 1; width /= 2) {
+#pragma unroll
+          for (int j = 0; j < width; ++j) m[j] = fmaxf(m[j], m[j + width]);
+        }
+        tile_max[mi][h] = m[0];
+      }
+    }
+#pragma unroll
+    for (int mi = 0; mi < kMmaM; ++mi) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        tile_max[mi][h] = QuadMax(tile_max[mi][h]);
+        correction[mi][h] = rows[mi][h].Update(tile_max[mi][h], scale_log2, &reference[mi][h]);
+      }
+    }
+#pragma unroll
+    for (int mi = 0; mi < kMmaM; ++mi) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float partial[kNTiles];
+#pragma unroll
+        for (int j = 0; j < kNTiles; ++j) {
+          s[mi][j][2 * h] = Exp2Approx(fmaf(s[mi][j][2 * h], scale_log2, -reference[mi][h]));
+          s[mi][j][2 * h + 1] = Exp2Approx(fmaf(s[mi][j][2 * h + 1], scale_log2, -reference[mi][h]));
+          partial[j] = s[mi][j][2 * h] + s[mi][j][2 * h + 1];
+        }
+#pragma unroll
+        for (int width = kNTiles / 2; width >= 1; width /= 2) {
+#pragma unroll
+          for (int j = 0; j < width; ++j) partial[j] += partial[j + width];
+        }
+        rows[mi][h].sum += partial[0];
+      }
+    }
+#pragma unroll
+    for (int mi = 0; mi < kMmaM; ++mi) {
+#pragma unroll
+      for (int d = 0; d < kDTiles; ++d) {
+        o[mi][d][0] *= correction[mi][0];
+        o[mi][d][1] *= correction[mi][0];
+        o[mi][d][2] *= correction[mi][1];
+        o[mi][d][3] *= correction[mi][1];
+      }
+    }
+#else
 #pragma unroll
     for (int mi = 0; mi < kMmaM; ++mi) {
 #pragma unroll
@@ -243,6 +300,8 @@ struct WarpMainloop {
         rows[mi][h].sum += partial;
       }
     }
+
+#endif
 
     // O += P V. P is packed to 16-bit pairs first (all of it, before any MMA), so that the float
     // scores die here instead of staying live across the P V MMAs (32 registers: no spills).
