@@ -283,6 +283,9 @@ struct WarpMainloop {
         }
         float reference;
         const float correction = rows[mi][h].Update(QuadMax(tile_max), scale_log2, &reference);
+#if FLASHKV_SM80_SKIPRESCALE
+        if (__any_sync(0xffffffffu, correction != 1.f))
+#endif
 #pragma unroll
         for (int d = 0; d < kDTiles; ++d) {
           o[mi][d][2 * h] *= correction;
