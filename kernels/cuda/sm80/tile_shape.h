@@ -44,11 +44,7 @@ constexpr TileShape ChooseTileShape(int head_dim) {
     case 128:
       // FlashAttention-2's shape: accumulator 128 + scores 64 registers (mma_m = 2); Q re-read
       // from shared memory. Smem 96 KB, so two CTAs (8 warps) per SM on sm90 (one on A100).
-#if FLASHKV_SM80_BM256
-      return TileShape{256, 64, 8, 2, false};
-#else
       return TileShape{128, 64, 4, 2, false};
-#endif
     case 192:
       // mma_m = 2 would need 192 accumulator registers: 8 warps of 16 rows instead, so the M tile
       // stays 128 (K/V bytes per FLOP as for 128). Smem 144 KB, one CTA per SM.

@@ -135,7 +135,6 @@ struct WarpMainloop {
     }
 
     // S = Q K^T.
-#if FLASHKV_SM80_PREFETCH
     // The fragments of head-dim step kk + 1 are requested before the MMAs of step kk, so the
     // ldmatrix latency hides behind tensor-core work (registers: two steps of A and B fragments).
     uint32_t a[2][kMmaM][4];
@@ -168,32 +167,6 @@ struct WarpMainloop {
         }
       }
     }
-#else
-#pragma unroll
-    for (int kk = 0; kk < kKSteps; ++kk) {
-      uint32_t a[kMmaM][4];
-#pragma unroll
-      for (int mi = 0; mi < kMmaM; ++mi) {
-        if constexpr (kQInRegisters) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) a[mi][e] = q_frag[mi][kk][e];
-        } else {
-          LoadQFragment(a[mi], q_smem, mi, kk);
-        }
-      }
-#pragma unroll
-      for (int nj = 0; nj < kNTiles / 2; ++nj) {
-        uint32_t b[4];
-        Ldmatrix4(b, k_smem + Tr::KvTile::Ldsm(k_offsets, 16 * nj, kk));
-#pragma unroll
-        for (int mi = 0; mi < kMmaM; ++mi) {
-          Mma16816<Element>(s[mi][2 * nj], a[mi], b[0], b[1]);
-          Mma16816<Element>(s[mi][2 * nj + 1], a[mi], b[2], b[3]);
-        }
-      }
-    }
-
-#endif
 
     if (masked) {
       const int t = lane % 4;
@@ -215,63 +188,6 @@ struct WarpMainloop {
     }
 
     // Online softmax: rescale what was accumulated, then P = 2^(S * scale_log2 - reference).
-#if FLASHKV_SM80_TREE
-    // In phases over all of the thread's rows, with tree reductions, so that the four rows'
-    // dependency chains interleave (the warp has no other work to hide them behind).
-    float reference[kMmaM][2], correction[kMmaM][2], tile_max[kMmaM][2];
-#pragma unroll
-    for (int mi = 0; mi < kMmaM; ++mi) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float m[kNTiles];
-#pragma unroll
-        for (int j = 0; j < kNTiles; ++j) m[j] = fmaxf(s[mi][j][2 * h], s[mi][j][2 * h + 1]);
-#pragma unroll
-        for (int width = kNTiles / 2; width >= 1; width /= 2) {
-#pragma unroll
-          for (int j = 0; j < width; ++j) m[j] = fmaxf(m[j], m[j + width]);
-        }
-        tile_max[mi][h] = m[0];
-      }
-    }
-#pragma unroll
-    for (int mi = 0; mi < kMmaM; ++mi) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        tile_max[mi][h] = QuadMax(tile_max[mi][h]);
-        correction[mi][h] = rows[mi][h].Update(tile_max[mi][h], scale_log2, &reference[mi][h]);
-      }
-    }
-#pragma unroll
-    for (int mi = 0; mi < kMmaM; ++mi) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float partial[kNTiles];
-#pragma unroll
-        for (int j = 0; j < kNTiles; ++j) {
-          s[mi][j][2 * h] = Exp2Approx(fmaf(s[mi][j][2 * h], scale_log2, -reference[mi][h]));
-          s[mi][j][2 * h + 1] = Exp2Approx(fmaf(s[mi][j][2 * h + 1], scale_log2, -reference[mi][h]));
-          partial[j] = s[mi][j][2 * h] + s[mi][j][2 * h + 1];
-        }
-#pragma unroll
-        for (int width = kNTiles / 2; width >= 1; width /= 2) {
-#pragma unroll
-          for (int j = 0; j < width; ++j) partial[j] += partial[j + width];
-        }
-        rows[mi][h].sum += partial[0];
-      }
-    }
-#pragma unroll
-    for (int mi = 0; mi < kMmaM; ++mi) {
-#pragma unroll
-      for (int d = 0; d < kDTiles; ++d) {
-        o[mi][d][0] *= correction[mi][0];
-        o[mi][d][1] *= correction[mi][0];
-        o[mi][d][2] *= correction[mi][1];
-        o[mi][d][3] *= correction[mi][1];
-      }
-    }
-#else
 #pragma unroll
     for (int mi = 0; mi < kMmaM; ++mi) {
 #pragma unroll
@@ -283,13 +199,15 @@ struct WarpMainloop {
         }
         float reference;
         const float correction = rows[mi][h].Update(QuadMax(tile_max), scale_log2, &reference);
-#if FLASHKV_SM80_SKIPRESCALE
-        if (__any_sync(0xffffffffu, correction != 1.f))
-#endif
+        // Once the running maxima settle, most tiles change no row's maximum: skip the 2 x head_dim
+        // multiplies then (a warp-uniform test, so no divergence). This also freed the registers
+        // whose lack made ptxas spill the wide path's accumulators.
+        if (__any_sync(0xffffffffu, correction != 1.f)) {
 #pragma unroll
-        for (int d = 0; d < kDTiles; ++d) {
-          o[mi][d][2 * h] *= correction;
-          o[mi][d][2 * h + 1] *= correction;
+          for (int d = 0; d < kDTiles; ++d) {
+            o[mi][d][2 * h] *= correction;
+            o[mi][d][2 * h + 1] *= correction;
+          }
         }
         float partial = 0.f;
 #pragma unroll
@@ -303,8 +221,6 @@ struct WarpMainloop {
         rows[mi][h].sum += partial;
       }
     }
-
-#endif
 
     // O += P V. P is packed to 16-bit pairs first (all of it, before any MMA), so that the float
     // scores die here instead of staying live across the P V MMAs (32 registers: no spills).
