@@ -23,4 +23,20 @@ bool IsCompiled(DType dtype, int head_dim);
 void SetNumThreads(int num_threads);
 int NumThreads();
 
+// Instruction sets the kernels are compiled for. x86-64 builds carry all three (where the compiler
+// supports them) and use the best one the running CPU has; other architectures have kGeneric only.
+enum class Isa : int {
+  kGeneric = 0,  // the build's baseline target (SSE2 on x86-64, NEON on aarch64)
+  kAvx2 = 1,     // AVX2 + FMA + F16C
+  kAvx512 = 2,   // AVX-512 F/BW/DQ/VL
+};
+const char* IsaName(Isa isa);  // "generic", "avx2", "avx512"
+// Whether this build has kernels for `isa` and the running CPU can execute them.
+bool IsaAvailable(Isa isa);
+// The instruction set later calls use: the best available one unless SetIsa chose another.
+Isa ActiveIsa();
+// Makes later calls use `isa` (tests cover every code path on one machine; benchmarks compare
+// them). kFailedPrecondition, changing nothing, when !IsaAvailable(isa).
+KernelStatus SetIsa(Isa isa);
+
 }  // namespace flashkv::cpu
