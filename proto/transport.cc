@@ -1,9 +1,9 @@
 #include "flashkv/transport.h"
 
+#include <grpc/grpc.h>
+
 #include <utility>
 #include <vector>
-
-#include <grpc/grpc.h>
 
 namespace flashkv {
 namespace {
@@ -71,6 +71,9 @@ void ApplyServerTransportOptions(const TransportOptions& options, grpc::ServerBu
                               min_ping_interval_ms);
   builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder->AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  // gRPC sets SO_REUSEPORT by default, so a second server on the same port would start and
+  // silently share the traffic; a port in use must be an error instead.
+  builder->AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
 }
 
 }  // namespace flashkv

@@ -1,16 +1,16 @@
 // flashkv-server: parses flags into a ServerConfig, starts the server, and drains it on SIGTERM or
 // SIGINT (a second signal exits at once). Every flag is described in docs/operations.md.
 
+#include <pthread.h>
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
-#include <pthread.h>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <CLI/CLI.hpp>
-#include <spdlog/spdlog.h>
 
 #include "absl/time/time.h"
 #include "flashkv/server/config.h"
@@ -29,7 +29,8 @@ CLI::Option* AddDuration(CLI::App& app, const std::string& name, absl::Duration*
           name,
           [target, name](const std::string& text) {
             if (!absl::ParseDuration(text, target)) {
-              throw CLI::ValidationError(name, "'" + text + "' is not a duration (e.g. 250us, 30s, 10m)");
+              throw CLI::ValidationError(name,
+                                         "'" + text + "' is not a duration (e.g. 250us, 30s, 10m)");
             }
           },
           help + " [default: " + absl::FormatDuration(*target) + "]")
@@ -77,8 +78,7 @@ void AddFlags(CLI::App& app, ServerConfig& c, std::string& dtype, std::string& b
                  "Largest request")
       ->transform(CLI::AsSizeValue(false))
       ->capture_default_str();
-  app.add_option("--max-send-message-bytes", c.transport.max_send_message_bytes,
-                 "Largest response")
+  app.add_option("--max-send-message-bytes", c.transport.max_send_message_bytes, "Largest response")
       ->transform(CLI::AsSizeValue(false))
       ->capture_default_str();
   app.add_option("--keepalive-time-ms", c.transport.keepalive_time_ms,
@@ -91,13 +91,14 @@ void AddFlags(CLI::App& app, ServerConfig& c, std::string& dtype, std::string& b
                "Use gRPC's default HTTP/2 windows, frames and reads (for comparison)");
   app.add_option("--max-entries-per-step", c.max_entries_per_step, "Entries in one Step request")
       ->capture_default_str();
-  app.add_option("--metrics-address", c.metrics_address,
-                 "Prometheus endpoint host:port (empty: off)")
-      ->capture_default_str();
+  app.add_option_function<std::string>(
+         "--metrics-address",
+         [&c](const std::string& value) { c.metrics_address = value == "off" ? "" : value; },
+         "Prometheus endpoint host:port, or off [default: " + c.metrics_address + "]")
+      ->type_name("ADDRESS");
   AddDuration(app, "--drain-deadline", &c.drain_deadline,
               "On SIGTERM, time in-flight calls get to finish");
-  app.add_option("--attention-threads", c.attention_threads,
-                 "Threads for stateless Attention RPCs")
+  app.add_option("--attention-threads", c.attention_threads, "Threads for stateless Attention RPCs")
       ->capture_default_str();
   app.add_option("--log-level", c.log_level, "trace, debug, info, warn, error, critical, off")
       ->capture_default_str();

@@ -17,6 +17,11 @@
 //
 // Needs nothing but its own binary and shared libraries.
 
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -25,11 +30,6 @@
 #include <random>
 #include <string>
 #include <vector>
-
-#include <CLI/CLI.hpp>
-#include <grpcpp/generic/generic_stub.h>
-#include <grpcpp/grpcpp.h>
-#include <unistd.h>
 
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
@@ -108,7 +108,8 @@ void EchoProto(const v1::StepRequest& request, v1::StepResponse* response) {
 
 class ProtoEchoService final : public v1::KvCacheService::CallbackService {
  public:
-  grpc::ServerUnaryReactor* Step(grpc::CallbackServerContext* context, const v1::StepRequest* request,
+  grpc::ServerUnaryReactor* Step(grpc::CallbackServerContext* context,
+                                 const v1::StepRequest* request,
                                  v1::StepResponse* response) override {
     EchoProto(*request, response);
     auto* reactor = context->DefaultReactor();
@@ -160,8 +161,8 @@ absl::Status EchoWire(const grpc::ByteBuffer& request, grpc::ByteBuffer* respons
       offset += t->data.size;
     }
     const int64_t heads = e.q.shape.at(1) + e.k.shape.at(1) + e.v.shape.at(1);
-    out.push_back(wire::TensorData{kFloat16, {1, heads, kHeadDim}, buffer.get() + start,
-                                   offset - start, buffer});
+    out.push_back(wire::TensorData{
+        kFloat16, {1, heads, kHeadDim}, buffer.get() + start, offset - start, buffer});
   }
   *response = wire::EncodeStepResponse(out, view.step_id);
   return absl::OkStatus();
@@ -185,8 +186,9 @@ class WireEchoService final : public KvCacheRawStepService {
                                  grpc::ByteBuffer* response) override {
     const absl::Status status = EchoWire(*request, response);
     auto* reactor = context->DefaultReactor();
-    reactor->Finish(status.ok() ? grpc::Status::OK
-                                : grpc::Status(grpc::StatusCode::INTERNAL, std::string(status.message())));
+    reactor->Finish(status.ok()
+                        ? grpc::Status::OK
+                        : grpc::Status(grpc::StatusCode::INTERNAL, std::string(status.message())));
     return reactor;
   }
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* StepStream(
@@ -275,7 +277,8 @@ bool CheckProtoResponse(const Payload& p, uint64_t step_id, const v1::StepRespon
   if (r.step_id() != step_id || size_t(r.out_size()) != p.entries.size()) return false;
   for (size_t i = 0; i < p.entries.size(); ++i) {
     const std::string& d = r.out(int(i)).data();
-    if (!CheckEntry(p, i, reinterpret_cast<const uint8_t*>(d.data()), d.size(), nullptr)) return false;
+    if (!CheckEntry(p, i, reinterpret_cast<const uint8_t*>(d.data()), d.size(), nullptr))
+      return false;
   }
   return true;
 }
@@ -385,7 +388,8 @@ class Bench {
     flashkv::ApplyServerTransportOptions(options, &builder);
     std::string address = "127.0.0.1:0";
     if (unix_socket) {
-      socket_path_ = "/tmp/flashkv-transport-" + std::to_string(getpid()) + "-" + variant.name + ".sock";
+      socket_path_ =
+          "/tmp/flashkv-transport-" + std::to_string(getpid()) + "-" + variant.name + ".sock";
       address = "unix:" + socket_path_;
     }
     int port = 0;
@@ -424,7 +428,10 @@ class Bench {
       if (variant_.wire_codec) {
         grpc::ByteBuffer request = BuildWireRequest(p, step_id), response;
         generic_->UnaryCall(&context, kStepMethod, grpc::StubOptions(), &request, &response,
-                            [&](grpc::Status s) { status = s; done.Notify(); });
+                            [&](grpc::Status s) {
+                              status = s;
+                              done.Notify();
+                            });
         done.WaitForNotification();
         const DecodedResponse decoded = DecodeWireResponse(response);
         t1 = Clock::now();
@@ -433,22 +440,26 @@ class Bench {
         v1::StepRequest request;
         v1::StepResponse response;
         BuildProtoRequest(p, step_id, &request);
-        stub_->async()->Step(&context, &request, &response,
-                             [&](grpc::Status s) { status = s; done.Notify(); });
+        stub_->async()->Step(&context, &request, &response, [&](grpc::Status s) {
+          status = s;
+          done.Notify();
+        });
         done.WaitForNotification();
         t1 = Clock::now();
         ok = status.ok() && CheckProtoResponse(p, step_id, response);
       }
       // Latency covers building the request and decoding the response, not the check.
       if (i >= warmup) micros.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
-      if (!status.ok()) std::fprintf(stderr, "%s unary: %s\n", variant_.name, status.error_message().c_str());
+      if (!status.ok())
+        std::fprintf(stderr, "%s unary: %s\n", variant_.name, status.error_message().c_str());
     }
     return Finish(micros, p.bytes, measured_begin, ok);
   }
 
   Result Stream(const Payload& p, int warmup, int iterations) {
-    return variant_.wire_codec ? StreamWith<grpc::ByteBuffer, grpc::ByteBuffer>(p, warmup, iterations)
-                               : StreamWith<v1::StepRequest, v1::StepResponse>(p, warmup, iterations);
+    return variant_.wire_codec
+               ? StreamWith<grpc::ByteBuffer, grpc::ByteBuffer>(p, warmup, iterations)
+               : StreamWith<v1::StepRequest, v1::StepResponse>(p, warmup, iterations);
   }
 
  private:
@@ -487,13 +498,15 @@ class Bench {
       if (i >= warmup) micros.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
     }
     const grpc::Status status = client.Close();
-    if (!status.ok()) std::fprintf(stderr, "%s stream: %s\n", variant_.name, status.error_message().c_str());
+    if (!status.ok())
+      std::fprintf(stderr, "%s stream: %s\n", variant_.name, status.error_message().c_str());
     return Finish(micros, p.bytes, measured_begin, ok && status.ok());
   }
 
   Result Finish(const std::vector<double>& micros, size_t bytes, Clock::time_point begin, bool ok) {
     if (micros.empty()) return Result{0, 0, 0, false};
-    Result r = Summarize(micros, bytes, std::chrono::duration<double>(Clock::now() - begin).count());
+    Result r =
+        Summarize(micros, bytes, std::chrono::duration<double>(Clock::now() - begin).count());
     r.ok = ok;
     return r;
   }
@@ -520,7 +533,8 @@ int main(int argc, char** argv) {
   bool quick = false, unix_socket = false;
   std::vector<std::string> size_names = {"1KiB", "1MiB", "8MiB"};
   double scale = 1.0;
-  CLI::App app{"flashkv transport benchmark: Step round trips, gRPC defaults vs flashkv's transport"};
+  CLI::App app{
+      "flashkv transport benchmark: Step round trips, gRPC defaults vs flashkv's transport"};
   app.add_flag("--quick", quick, "Fewer iterations; only grpc-default and flashkv");
   app.add_flag("--unix", unix_socket, "Unix domain socket instead of loopback TCP");
   app.add_option("--sizes", size_names, "Payload sizes (bytes each way)")->delimiter(',');

@@ -71,7 +71,8 @@ bool FieldReader::Next(Field* field) {
   uint64_t tag;
   if (!ReadVarint(&tag)) return false;
   const uint64_t number = tag >> 3;
-  if (number == 0 || number > 0x1fffffff) return Fail("invalid field number " + std::to_string(number));
+  if (number == 0 || number > 0x1fffffff)
+    return Fail("invalid field number " + std::to_string(number));
   field->number = static_cast<uint32_t>(number);
   field->type = static_cast<WireType>(tag & 7);
   field->value = 0;

@@ -18,7 +18,9 @@ size_t VarintSize(uint64_t value) {
   return size;
 }
 
-size_t TagSize(uint32_t field_number) { return VarintSize(static_cast<uint64_t>(field_number) << 3); }
+size_t TagSize(uint32_t field_number) {
+  return VarintSize(static_cast<uint64_t>(field_number) << 3);
+}
 
 size_t LengthDelimitedFieldSize(uint32_t field_number, size_t payload_size) {
   return TagSize(field_number) + VarintSize(payload_size) + payload_size;

@@ -232,7 +232,8 @@ size_t PackedVarintsSize(const std::vector<int64_t>& values) {
 size_t TensorPayloadSize(const TensorData& tensor) {
   size_t size = 0;
   if (tensor.dtype != 0) {
-    size += TagSize(tensor::kDType) + VarintSize(static_cast<uint64_t>(static_cast<int64_t>(tensor.dtype)));
+    size += TagSize(tensor::kDType) +
+            VarintSize(static_cast<uint64_t>(static_cast<int64_t>(tensor.dtype)));
   }
   if (!tensor.shape.empty()) {
     size += LengthDelimitedFieldSize(tensor::kShape, PackedVarintsSize(tensor.shape));

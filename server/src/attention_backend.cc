@@ -60,7 +60,8 @@ class CudaAttentionBackend final : public AttentionBackend {
 
   absl::Status RunFixed(const FixedAttentionArgs& host) override {
     const size_t elem = DTypeSize(host.dtype);
-    const size_t q_bytes = size_t(host.batch) * host.seqlen_q * host.num_heads_q * host.head_dim * elem;
+    const size_t q_bytes =
+        size_t(host.batch) * host.seqlen_q * host.num_heads_q * host.head_dim * elem;
     const size_t kv_bytes =
         size_t(host.batch) * host.seqlen_kv * host.num_heads_kv * host.head_dim * elem;
     const size_t lse_bytes =
@@ -77,7 +78,8 @@ class CudaAttentionBackend final : public AttentionBackend {
     dev.v = At(v);
     dev.out = At(out);
     dev.lse = host.lse ? static_cast<float*>(At(lse)) : nullptr;
-    if (auto s = Upload({{host.q, dev.q, q_bytes}, {host.k, dev.k, kv_bytes}, {host.v, dev.v, kv_bytes}});
+    if (auto s = Upload(
+            {{host.q, dev.q, q_bytes}, {host.k, dev.k, kv_bytes}, {host.v, dev.v, kv_bytes}});
         !s.ok()) {
       return s;
     }
@@ -139,9 +141,9 @@ class CudaAttentionBackend final : public AttentionBackend {
       capacity_ = 0;
     }
     if (auto s = FromKernelStatus(cuda::Malloc(&scratch_, bytes)); !s.ok()) {
-      return absl::ResourceExhaustedError("device scratch of " + std::to_string(bytes) +
-                                          " bytes for a stateless attention call: " +
-                                          std::string(s.message()));
+      return absl::ResourceExhaustedError(
+          "device scratch of " + std::to_string(bytes) +
+          " bytes for a stateless attention call: " + std::string(s.message()));
     }
     capacity_ = bytes;
     return absl::OkStatus();

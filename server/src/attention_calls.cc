@@ -26,11 +26,12 @@ absl::Status CheckHeads(int64_t hq, int64_t hkv, int64_t d) {
     return Invalid("q.shape[-1] (D) = " + std::to_string(d) +
                    " must be one of 32, 64, 96, 128, 192, 256");
   }
-  if (hq < 1 || hkv < 1) return Invalid("head counts (Hq " + std::to_string(hq) + ", Hkv " +
-                                        std::to_string(hkv) + ") must be >= 1");
+  if (hq < 1 || hkv < 1)
+    return Invalid("head counts (Hq " + std::to_string(hq) + ", Hkv " + std::to_string(hkv) +
+                   ") must be >= 1");
   if (hq % hkv != 0) {
-    return Invalid("q heads (Hq = " + std::to_string(hq) + ") must be a multiple of k/v heads (Hkv = " +
-                   std::to_string(hkv) + ")");
+    return Invalid("q heads (Hq = " + std::to_string(hq) +
+                   ") must be a multiple of k/v heads (Hkv = " + std::to_string(hkv) + ")");
   }
   return absl::OkStatus();
 }
@@ -46,8 +47,8 @@ absl::Status CheckScale(const std::optional<float>& scale) {
 absl::Status CheckCuSeqlens(const char* name, const std::vector<int32_t>& cu, size_t expected_size,
                             int64_t total, const char* total_source, int* max_len) {
   if (cu.size() != expected_size) {
-    return Invalid(std::string(name) + " has " + std::to_string(cu.size()) + " entries, must have " +
-                   std::to_string(expected_size) + " (cu_seqlens_q's)");
+    return Invalid(std::string(name) + " has " + std::to_string(cu.size()) +
+                   " entries, must have " + std::to_string(expected_size) + " (cu_seqlens_q's)");
   }
   if (cu.empty() || cu[0] != 0) return Invalid(std::string(name) + "[0] must be 0");
   *max_len = 0;
@@ -77,10 +78,11 @@ absl::StatusOr<AttentionCall> PrepareAttention(wire::MessageBytes message) {
   absl::StatusOr<DType> dtype = CheckTensor(request.q, q_spec);
   if (!dtype.ok()) return dtype.status();
   const std::vector<int64_t>& q = request.q.shape;
-  TensorSpec k_spec{"k",
-                    {Same("B", q[0], "q.shape[0]"), Any("Skv"), Any("Hkv"), Same("D", q[3], "q.shape[3]")},
-                    *dtype,
-                    "q.dtype"};
+  TensorSpec k_spec{
+      "k",
+      {Same("B", q[0], "q.shape[0]"), Any("Skv"), Any("Hkv"), Same("D", q[3], "q.shape[3]")},
+      *dtype,
+      "q.dtype"};
   if (auto s = CheckTensor(request.k, k_spec); !s.ok()) return s.status();
   const std::vector<int64_t>& k = request.k.shape;
   TensorSpec v_spec{"v",
@@ -114,7 +116,8 @@ absl::StatusOr<AttentionCall> PrepareAttentionVarlen(wire::MessageBytes message)
   absl::StatusOr<DType> dtype = CheckTensor(request.q, q_spec);
   if (!dtype.ok()) return dtype.status();
   const std::vector<int64_t>& q = request.q.shape;
-  TensorSpec k_spec{"k", {Any("Tkv"), Any("Hkv"), Same("D", q[2], "q.shape[2]")}, *dtype, "q.dtype"};
+  TensorSpec k_spec{
+      "k", {Any("Tkv"), Any("Hkv"), Same("D", q[2], "q.shape[2]")}, *dtype, "q.dtype"};
   if (auto s = CheckTensor(request.k, k_spec); !s.ok()) return s.status();
   const std::vector<int64_t>& k = request.k.shape;
   TensorSpec v_spec{"v",
@@ -135,7 +138,8 @@ absl::StatusOr<AttentionCall> PrepareAttentionVarlen(wire::MessageBytes message)
       !s.ok()) {
     return s;
   }
-  if (auto s = CheckCuSeqlens("cu_seqlens_kv", request.cu_seqlens_kv, n, k[0], "k.shape[0]", &max_kv);
+  if (auto s =
+          CheckCuSeqlens("cu_seqlens_kv", request.cu_seqlens_kv, n, k[0], "k.shape[0]", &max_kv);
       !s.ok()) {
     return s;
   }

@@ -1,10 +1,10 @@
 #include "flashkv/server/attention_service.h"
 
+#include <spdlog/spdlog.h>
+
 #include <memory>
 #include <string>
 #include <utility>
-
-#include <spdlog/spdlog.h>
 
 #include "absl/time/clock.h"
 #include "flashkv/server/attention_calls.h"
@@ -65,9 +65,9 @@ grpc::ServerUnaryReactor* AttentionService::Handle(const char* rpc, bool varlen,
     finish(RunAttention(*shared_call, backend, response));
   });
   if (!queued) {
-    finish(absl::ResourceExhaustedError(
-        "stateless attention queue is full (" + std::to_string(executor_->max_queued()) +
-        " calls waiting); retry later"));
+    finish(absl::ResourceExhaustedError("stateless attention queue is full (" +
+                                        std::to_string(executor_->max_queued()) +
+                                        " calls waiting); retry later"));
   }
   return reactor;
 }

@@ -26,12 +26,13 @@ absl::Status ValidateModel(const ModelShape& m) {
     return Invalid("kv-heads", std::to_string(m.num_kv_heads), "must be in [1, 1024]");
   }
   if (m.num_q_heads < 1 || m.num_q_heads > 1024 || m.num_q_heads % m.num_kv_heads != 0) {
-    return Invalid("q-heads", std::to_string(m.num_q_heads),
-                   "must be in [1, 1024] and a multiple of kv-heads (" +
-                       std::to_string(m.num_kv_heads) + ")");
+    return Invalid(
+        "q-heads", std::to_string(m.num_q_heads),
+        "must be in [1, 1024] and a multiple of kv-heads (" + std::to_string(m.num_kv_heads) + ")");
   }
   if (!IsSupportedHeadDim(m.head_dim)) {
-    return Invalid("head-dim", std::to_string(m.head_dim), "must be one of 32, 64, 96, 128, 192, 256");
+    return Invalid("head-dim", std::to_string(m.head_dim),
+                   "must be one of 32, 64, 96, 128, 192, 256");
   }
   if (m.page_size < 1 || m.page_size > 4096) {
     return Invalid("page-size", std::to_string(m.page_size), "must be in [1, 4096]");
@@ -83,13 +84,15 @@ absl::Status ValidateMemory(const ServerConfig& c) {
     return Invalid("kv-cache-bytes", std::to_string(c.kv_cache_bytes), "must be >= 0");
   }
   if (c.kv_cache_fraction < 0.0 || c.kv_cache_fraction > 0.98) {
-    return Invalid("kv-cache-fraction", std::to_string(c.kv_cache_fraction), "must be in [0, 0.98]");
+    return Invalid("kv-cache-fraction", std::to_string(c.kv_cache_fraction),
+                   "must be in [0, 0.98]");
   }
   if (c.kv_cache_bytes > 0 && c.kv_cache_fraction > 0.0) {
     return absl::InvalidArgumentError("set at most one of kv-cache-bytes and kv-cache-fraction");
   }
   if (c.swap_bytes < 0) return Invalid("swap-bytes", std::to_string(c.swap_bytes), "must be >= 0");
-  if (c.max_context < 0) return Invalid("max-context", std::to_string(c.max_context), "must be >= 0");
+  if (c.max_context < 0)
+    return Invalid("max-context", std::to_string(c.max_context), "must be >= 0");
   return absl::OkStatus();
 }
 
@@ -119,7 +122,7 @@ absl::Status ValidateService(const ServerConfig& c) {
   if (c.attention_threads < 1 || c.attention_threads > 256) {
     return Invalid("attention-threads", std::to_string(c.attention_threads), "must be in [1, 256]");
   }
-  static const char* const kLevels[] = {"trace", "debug", "info", "warn",
+  static const char* const kLevels[] = {"trace", "debug",    "info", "warn",
                                         "error", "critical", "off"};
   for (const char* level : kLevels) {
     if (c.log_level == level) return absl::OkStatus();

@@ -11,8 +11,8 @@ using prometheus::Histogram;
 
 // Latencies from 50 µs (a loopback round trip) to 10 s (a very long prefill).
 Histogram::BucketBoundaries LatencyBuckets() {
-  return {5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
-          2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0};
+  return {5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2,
+          5e-2, 0.1,  0.25,   0.5,  1.0,  2.5,    5.0,  10.0};
 }
 Histogram::BucketBoundaries EntryBuckets() {
   return {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096};
@@ -27,10 +27,11 @@ double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
 
 Metrics::Metrics()
     : registry_(std::make_shared<prometheus::Registry>()),
-      rpc_requests_(prometheus::BuildCounter()
-                        .Name("flashkv_rpc_requests_total")
-                        .Help("Finished RPCs (StepStream: request messages) by method and status code")
-                        .Register(*registry_)),
+      rpc_requests_(
+          prometheus::BuildCounter()
+              .Name("flashkv_rpc_requests_total")
+              .Help("Finished RPCs (StepStream: request messages) by method and status code")
+              .Register(*registry_)),
       rpc_latency_(prometheus::BuildHistogram()
                        .Name("flashkv_rpc_latency_seconds")
                        .Help("Time from receiving a request to its response, by method")

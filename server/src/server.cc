@@ -1,16 +1,15 @@
 #include "flashkv/server/server.h"
 
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <spdlog/spdlog.h>
+
 #include <cmath>
 #include <exception>
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/grpcpp.h>
-#include <grpcpp/health_check_service_interface.h>
-#include <prometheus/exposer.h>
-#include <spdlog/spdlog.h>
 
 #include "absl/strings/match.h"
 #include "absl/synchronization/mutex.h"
@@ -20,6 +19,7 @@
 #include "flashkv/server/attention_service.h"
 #include "flashkv/server/executor.h"
 #include "flashkv/server/metrics.h"
+#include "flashkv/server/metrics_endpoint.h"
 #include "flashkv/server/status.h"
 
 namespace flashkv::server {
@@ -44,7 +44,8 @@ absl::StatusOr<DevicePlan> PlanDevices(const ServerConfig& config) {
     if (!cuda::IsBuilt()) {
       return absl::FailedPreconditionError("backend cuda: flashkv was built without CUDA");
     }
-    if (visible == 0) return absl::FailedPreconditionError("backend cuda: no CUDA device is visible");
+    if (visible == 0)
+      return absl::FailedPreconditionError("backend cuda: no CUDA device is visible");
     plan.cuda = true;
     plan.ids = config.cuda_devices;
     if (plan.ids.empty()) {
@@ -67,9 +68,9 @@ absl::StatusOr<DevicePlan> PlanDevices(const ServerConfig& config) {
 // is finite: proves the kernels for this shape are compiled in and the device works.
 absl::Status WarmUp(AttentionBackend* backend, const ModelShape& model) {
   if (!backend->IsCompiled(model.dtype, model.head_dim)) {
-    return absl::FailedPreconditionError(std::string("the model's dtype ") + DTypeName(model.dtype) +
-                                         " with head dim " + std::to_string(model.head_dim) +
-                                         " is not compiled into " + backend->name());
+    return absl::FailedPreconditionError(
+        std::string("the model's dtype ") + DTypeName(model.dtype) + " with head dim " +
+        std::to_string(model.head_dim) + " is not compiled into " + backend->name());
   }
   const int s = 4;
   const size_t q_elems = size_t(s) * model.num_q_heads * model.head_dim;
@@ -79,10 +80,9 @@ absl::Status WarmUp(AttentionBackend* backend, const ModelShape& model) {
   // Bytes of 0x10 are small finite normal numbers in all three dtypes.
   for (size_t i = 0; i < q.size(); ++i) q[i] = 0x10;
   for (size_t i = 0; i < k.size(); ++i) k[i] = v[i] = 0x10;
-  FixedAttentionArgs args = MakeDenseFixedArgs(model.dtype, 1, s, s, model.num_q_heads,
-                                               model.num_kv_heads, model.head_dim, q.data(),
-                                               k.data(), v.data(), out.data(), nullptr,
-                                               AttentionOptions{true, std::nullopt});
+  FixedAttentionArgs args = MakeDenseFixedArgs(
+      model.dtype, 1, s, s, model.num_q_heads, model.num_kv_heads, model.head_dim, q.data(),
+      k.data(), v.data(), out.data(), nullptr, AttentionOptions{true, std::nullopt});
   if (auto status = backend->RunFixed(args); !status.ok()) {
     return absl::Status(status.code(), "warm-up launch on " + backend->name() + ": " +
                                            std::string(status.message()));
@@ -115,9 +115,9 @@ class Server::Impl {
       if (auto s = WarmUp(backend.get(), config_.model); !s.ok()) return s;
     }
     SetServing(true);
-    spdlog::info("serving on {} ({} backend, {} device(s)); metrics on {}", config_.listen_address,
+    spdlog::info("serving on {} ({} backend, {} device(s)); metrics on {}", listening_address(),
                  backend_name(), plan_.ids.size(),
-                 metrics_address_.empty() ? std::string("(off)") : metrics_address_);
+                 metrics_endpoint_ ? metrics_endpoint_->address() : std::string("(off)"));
     return absl::OkStatus();
   }
 
@@ -135,7 +135,7 @@ class Server::Impl {
       grpc_server_->Wait();
     }
     executor_.reset();  // runs anything still queued (their calls are already cancelled)
-    exposer_.reset();
+    metrics_endpoint_.reset();
     spdlog::info("stopped");
     absl::MutexLock lock(&mu_);
     stopped_ = true;
@@ -147,7 +147,15 @@ class Server::Impl {
   }
 
   int port() const { return port_; }
-  const std::string& metrics_address() const { return metrics_address_; }
+  // The listen address with the port actually bound.
+  std::string listening_address() const {
+    if (port_ == 0) return config_.listen_address;
+    return config_.listen_address.substr(0, config_.listen_address.rfind(':') + 1) +
+           std::to_string(port_);
+  }
+  std::string metrics_address() const {
+    return metrics_endpoint_ ? metrics_endpoint_->address() : std::string();
+  }
   std::string backend_name() const { return plan_.cuda ? "cuda" : "cpu"; }
   int num_devices() const { return static_cast<int>(plan_.ids.size()); }
   Metrics& metrics() { return metrics_; }
@@ -155,16 +163,10 @@ class Server::Impl {
  private:
   absl::Status StartMetrics() {
     if (config_.metrics_address.empty()) return absl::OkStatus();
-    try {
-      exposer_ = std::make_unique<prometheus::Exposer>(config_.metrics_address, 1);
-    } catch (const std::exception& e) {
-      return absl::UnavailableError("metrics-address " + config_.metrics_address +
-                                    ": cannot listen: " + e.what());
-    }
-    exposer_->RegisterCollectable(metrics_.registry());
-    const std::vector<int> ports = exposer_->GetListeningPorts();
-    const std::string host = config_.metrics_address.substr(0, config_.metrics_address.rfind(':'));
-    metrics_address_ = host + ":" + (ports.empty() ? std::string("?") : std::to_string(ports[0]));
+    absl::StatusOr<std::unique_ptr<MetricsEndpoint>> endpoint =
+        MetricsEndpoint::Start(config_.metrics_address, metrics_.registry());
+    if (!endpoint.ok()) return endpoint.status();
+    metrics_endpoint_ = *std::move(endpoint);
     return absl::OkStatus();
   }
 
@@ -211,8 +213,7 @@ class Server::Impl {
   const ServerConfig config_;
   DevicePlan plan_;
   Metrics metrics_;
-  std::unique_ptr<prometheus::Exposer> exposer_;
-  std::string metrics_address_;
+  std::unique_ptr<MetricsEndpoint> metrics_endpoint_;
   std::vector<std::unique_ptr<AttentionBackend>> attention_backends_;
   std::unique_ptr<Executor> executor_;
   std::unique_ptr<AttentionService> attention_service_;

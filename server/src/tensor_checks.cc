@@ -27,7 +27,8 @@ std::string DimsString(const TensorSpec& spec) {
 
 absl::StatusOr<DType> CheckDType(const wire::TensorView& tensor, const TensorSpec& spec) {
   const int32_t wire = tensor.dtype;
-  if (wire != static_cast<int32_t>(DType::kFloat16) && wire != static_cast<int32_t>(DType::kBFloat16) &&
+  if (wire != static_cast<int32_t>(DType::kFloat16) &&
+      wire != static_cast<int32_t>(DType::kBFloat16) &&
       wire != static_cast<int32_t>(DType::kFloat32)) {
     return Invalid(spec.name + ".dtype (" + WireDTypeName(wire) +
                    ") must be DTYPE_FLOAT16, DTYPE_BFLOAT16 or DTYPE_FLOAT32");
@@ -35,7 +36,8 @@ absl::StatusOr<DType> CheckDType(const wire::TensorView& tensor, const TensorSpe
   const DType dtype = static_cast<DType>(wire);
   if (spec.dtype.has_value() && dtype != *spec.dtype) {
     return Invalid(spec.name + ".dtype (" + WireDTypeName(wire) + ") must match " +
-                   spec.dtype_source + " (" + WireDTypeName(static_cast<int32_t>(*spec.dtype)) + ")");
+                   spec.dtype_source + " (" + WireDTypeName(static_cast<int32_t>(*spec.dtype)) +
+                   ")");
   }
   return dtype;
 }
@@ -70,8 +72,7 @@ absl::StatusOr<DType> CheckTensor(const wire::TensorView& tensor, const TensorSp
   for (size_t i = 0; i < spec.dims.size(); ++i) {
     const int64_t d = tensor.shape[i];
     const DimSpec& dim = spec.dims[i];
-    const std::string field =
-        spec.name + ".shape[" + std::to_string(i) + "] (" + dim.name + ")";
+    const std::string field = spec.name + ".shape[" + std::to_string(i) + "] (" + dim.name + ")";
     if (d < 0 || d > kMaxDim) {
       return Invalid(field + " = " + std::to_string(d) + " must be in [0, " +
                      std::to_string(kMaxDim) + "]");
@@ -84,9 +85,9 @@ absl::StatusOr<DType> CheckTensor(const wire::TensorView& tensor, const TensorSp
     bytes = (extent != 0 && bytes > UINT64_MAX / extent) ? UINT64_MAX : bytes * extent;
   }
   if (bytes != tensor.data.size) {
-    return Invalid(spec.name + ".data has " + std::to_string(tensor.data.size) +
-                   " bytes; shape " + ShapeString(tensor.shape) + " of " + DTypeName(*dtype) +
-                   " needs " + std::to_string(bytes));
+    return Invalid(spec.name + ".data has " + std::to_string(tensor.data.size) + " bytes; shape " +
+                   ShapeString(tensor.shape) + " of " + DTypeName(*dtype) + " needs " +
+                   std::to_string(bytes));
   }
   return dtype;
 }

@@ -3,14 +3,13 @@
 // hand-written decoder easily gets wrong: unknown fields, unpacked repeated scalars, a repeated
 // singular message merging, wrong wire types, truncation.
 
+#include <google/protobuf/unknown_field_set.h>
+#include <gtest/gtest.h>
+
 #include <cstring>
 #include <random>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
-
-#include <google/protobuf/unknown_field_set.h>
 
 #include "flashkv/v1/attention.pb.h"
 #include "flashkv/v1/kvcache.pb.h"
@@ -39,7 +38,8 @@ class Random {
       return MessageBytes::FromSlices(std::move(slices));
     }
     std::vector<size_t> cuts = {0, bytes.size()};
-    for (int i = Int(0, 7); i > 0; --i) cuts.push_back(bytes.empty() ? 0 : Int(0, int(bytes.size())));
+    for (int i = Int(0, 7); i > 0; --i)
+      cuts.push_back(bytes.empty() ? 0 : Int(0, int(bytes.size())));
     std::sort(cuts.begin(), cuts.end());
     for (size_t i = 0; i + 1 < cuts.size(); ++i) {
       slices.emplace_back(bytes.data() + cuts[i], cuts[i + 1] - cuts[i]);
@@ -78,8 +78,8 @@ std::string DataOf(const MessageBytes& message, Span span) {
   return out;
 }
 
-void ExpectTensorEq(const MessageBytes& message, const TensorView& got, bool has, const v1::Tensor& want,
-                    const std::string& where) {
+void ExpectTensorEq(const MessageBytes& message, const TensorView& got, bool has,
+                    const v1::Tensor& want, const std::string& where) {
   EXPECT_EQ(got.present, has) << where;
   EXPECT_EQ(got.dtype, int32_t(want.dtype())) << where;
   EXPECT_EQ(got.shape, std::vector<int64_t>(want.shape().begin(), want.shape().end())) << where;
@@ -135,12 +135,13 @@ TEST(WireMessagesTest, EncodesStepRequestsAndResponsesThatProtobufParses) {
     const v1::StepRequest want = RandomStepRequest(r);
     std::vector<StepEntryData> entries;
     for (const v1::StepEntry& e : want.entries()) {
-      entries.push_back(StepEntryData{e.sequence_id(), ToData(e.q(), owner), ToData(e.k(), owner),
-                                      ToData(e.v(), owner),
-                                      std::vector<int64_t>(e.token_ids().begin(), e.token_ids().end())});
+      entries.push_back(StepEntryData{
+          e.sequence_id(), ToData(e.q(), owner), ToData(e.k(), owner), ToData(e.v(), owner),
+          std::vector<int64_t>(e.token_ids().begin(), e.token_ids().end())});
     }
     v1::StepRequest parsed;
-    ASSERT_TRUE(parsed.ParseFromString(Flatten(EncodeStepRequest(want.layer(), want.step_id(), entries))));
+    ASSERT_TRUE(
+        parsed.ParseFromString(Flatten(EncodeStepRequest(want.layer(), want.step_id(), entries))));
     // An absent tensor and an empty one encode alike; compare through a canonical copy.
     v1::StepRequest canonical = want;
     for (auto& e : *canonical.mutable_entries()) {
@@ -191,8 +192,10 @@ TEST(WireMessagesTest, AttentionRequestsAndResponses) {
     ExpectTensorEq(message, got.q, true, want.q(), "q");
     ExpectTensorEq(message, got.k, true, want.k(), "k");
     ExpectTensorEq(message, got.v, want.has_v(), want.v(), "v");
-    EXPECT_EQ(got.cu_seqlens_q, std::vector<int32_t>(want.cu_seqlens_q().begin(), want.cu_seqlens_q().end()));
-    EXPECT_EQ(got.cu_seqlens_kv, std::vector<int32_t>(want.cu_seqlens_kv().begin(), want.cu_seqlens_kv().end()));
+    EXPECT_EQ(got.cu_seqlens_q,
+              std::vector<int32_t>(want.cu_seqlens_q().begin(), want.cu_seqlens_q().end()));
+    EXPECT_EQ(got.cu_seqlens_kv,
+              std::vector<int32_t>(want.cu_seqlens_kv().begin(), want.cu_seqlens_kv().end()));
     EXPECT_EQ(got.causal, want.causal());
     EXPECT_EQ(got.softmax_scale.has_value(), want.has_softmax_scale());
     if (want.has_softmax_scale()) EXPECT_EQ(*got.softmax_scale, want.softmax_scale());
@@ -264,11 +267,11 @@ TEST(WireMessagesTest, SkipsUnknownFieldsAndWrongWireTypes) {
 TEST(WireMessagesTest, AcceptsUnpackedRepeatedScalarsAndMergesRepeatedTensors) {
   // token_ids 5 as three separate varints; shape of q as two separate varints plus a packed run.
   std::string entry;
-  entry += std::string("\x0a\x01s", 3);                   // sequence_id "s"
-  entry += std::string("\x28\x07\x28\x08\x28\x09", 6);   // token_ids 7, 8, 9 unpacked
+  entry += std::string("\x0a\x01s", 3);                         // sequence_id "s"
+  entry += std::string("\x28\x07\x28\x08\x28\x09", 6);          // token_ids 7, 8, 9 unpacked
   entry += std::string("\x12\x06\x08\x01\x10\x02\x10\x03", 8);  // q: dtype 1, shape 2, 3 unpacked
   entry += std::string("\x12\x05\x12\x01\x04\x1a\x00", 7);  // q again: shape [4] packed, data ""
-  entry += std::string("\x12\x04\x08\x02\x1a\x00", 6);   // q again: dtype 2
+  entry += std::string("\x12\x04\x08\x02\x1a\x00", 6);      // q again: dtype 2
   const std::string bytes = std::string("\x12") + char(entry.size()) + entry;
   v1::StepRequest want;
   ASSERT_TRUE(want.ParseFromString(bytes));
@@ -291,7 +294,8 @@ TEST(WireMessagesTest, TruncatedMessagesFailLikeProtobuf) {
       const bool proto_ok = proto.ParseFromString(prefix);
       StepRequestView got;
       const absl::Status status = DecodeStepRequest(r.Slices(prefix), &got);
-      ASSERT_EQ(status.ok(), proto_ok) << "prefix " << n << " of " << bytes.size() << ": " << status;
+      ASSERT_EQ(status.ok(), proto_ok)
+          << "prefix " << n << " of " << bytes.size() << ": " << status;
       if (!status.ok()) {
         EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
         EXPECT_NE(status.message().find("malformed"), std::string::npos) << status;

@@ -1,12 +1,12 @@
 // MessageBytes, FieldReader and MessageBuilder on hand-made inputs: slice boundaries everywhere,
 // every wire type, and malformed bytes.
 
+#include <gtest/gtest.h>
+
 #include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "flashkv/wire/field_reader.h"
 #include "flashkv/wire/message_builder.h"
@@ -50,7 +50,7 @@ TEST(MessageBytesTest, LocatesCopiesAndVisitsAcrossSlices) {
   const uint8_t* inside = bytes.Contiguous(Span{4, 5});
   ASSERT_NE(inside, nullptr);
   EXPECT_EQ(std::string(reinterpret_cast<const char*>(inside), 5), "45678");
-  EXPECT_EQ(bytes.Contiguous(Span{2, 5}), nullptr);  // crosses a boundary
+  EXPECT_EQ(bytes.Contiguous(Span{2, 5}), nullptr);   // crosses a boundary
   EXPECT_NE(bytes.Contiguous(Span{16, 0}), nullptr);  // empty ranges are always contiguous
   for (size_t offset = 0; offset <= text.size(); ++offset) {
     for (size_t size = 0; offset + size <= text.size(); ++size) {
@@ -109,7 +109,10 @@ TEST(FieldReaderTest, RejectsMalformedInputNamingTheOffset) {
       {std::string("\x00\x01", 2), "invalid field number 0"},
       {std::string("\x0b", 1), "unsupported wire type 3"},
       {std::string("\x0e", 1), "unsupported wire type 6"},
-      {std::string("\x12\x05" "ab", 4), "runs past the end"},
+      {std::string("\x12\x05"
+                   "ab",
+                   4),
+       "runs past the end"},
       {std::string("\x0d\x01\x02", 3), "truncated fixed-width"},
   };
   for (const auto& c : cases) {

@@ -7,10 +7,10 @@
 // the wire, so tuning only one side gains little. See docs/operations.md and
 // benchmarks/server/transport_benchmark for the figures.
 
-#include <cstdint>
-
 #include <grpcpp/server_builder.h>
 #include <grpcpp/support/channel_arguments.h>
+
+#include <cstdint>
 
 namespace flashkv {
 

@@ -4,14 +4,14 @@
 // referenced in place rather than copied: small fields go into owned buffers, and a tensor's
 // data becomes its own slice that keeps its owner alive until gRPC has written it to the socket.
 
+#include <grpcpp/support/byte_buffer.h>
+#include <grpcpp/support/slice.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <grpcpp/support/byte_buffer.h>
-#include <grpcpp/support/slice.h>
 
 #include "flashkv/wire/field_reader.h"
 

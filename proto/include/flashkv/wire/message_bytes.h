@@ -5,13 +5,13 @@
 // once, straight to where they are needed (a staging buffer, a KV page), or read in place when
 // they happen to lie in one slice.
 
+#include <grpcpp/support/byte_buffer.h>
+#include <grpcpp/support/slice.h>
+
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
-
-#include <grpcpp/support/byte_buffer.h>
-#include <grpcpp/support/slice.h>
 
 #include "absl/status/statusor.h"
 

@@ -11,6 +11,8 @@
 // Field values are decoded as they are on the wire; checking them against the server's model
 // (dtype, shapes, sizes) is the caller's job.
 
+#include <grpcpp/support/byte_buffer.h>
+
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -18,12 +20,10 @@
 #include <string_view>
 #include <vector>
 
-#include <grpcpp/support/byte_buffer.h>
-
 #include "absl/status/status.h"
 #include "absl/types/span.h"
-#include "flashkv/wire/message_bytes.h"
 #include "flashkv/wire/message_builder.h"
+#include "flashkv/wire/message_bytes.h"
 
 namespace flashkv::wire {
 

@@ -5,10 +5,10 @@
 // Split this way so that the checks run on the gRPC thread (a bad request costs microseconds)
 // and the compute on the service's executor.
 
+#include <grpcpp/support/byte_buffer.h>
+
 #include <cstdint>
 #include <vector>
-
-#include <grpcpp/support/byte_buffer.h>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"

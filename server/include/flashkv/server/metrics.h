@@ -7,16 +7,16 @@
 // families lock internally when a new label set appears). Ownership: the registry and its
 // metrics live as long as the Metrics object.
 
-#include <memory>
-#include <string>
-#include <string_view>
-
 #include <grpcpp/support/status.h>
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
+
+#include <memory>
+#include <string>
+#include <string_view>
 
 #include "absl/time/time.h"
 

@@ -8,10 +8,14 @@
 
 #include "absl/status/status.h"
 #include "flashkv/kernel_status.h"
+#include "flashkv/kvcache/status.h"
 
 namespace flashkv::server {
 
-absl::Status FromKernelStatus(const KernelStatus& status);
+// Kernel errors become absl::Status with the same code and message (kvcache owns that mapping).
+inline absl::Status FromKernelStatus(const KernelStatus& status) {
+  return kvcache::ToAbslStatus(status);
+}
 
 grpc::Status ToGrpcStatus(const absl::Status& status);
 inline grpc::Status ToGrpcStatus(const KernelStatus& status) {
