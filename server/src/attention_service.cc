@@ -34,9 +34,11 @@ grpc::ServerUnaryReactor* AttentionService::Handle(const char* rpc, bool varlen,
                                                    grpc::ByteBuffer* response) {
   const absl::Time start = absl::Now();
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  metrics_->CallStarted(rpc);
   auto finish = [this, rpc, start, reactor](const absl::Status& status) {
     const grpc::Status grpc_status = ToGrpcStatus(status);
     const absl::Duration latency = absl::Now() - start;
+    metrics_->CallFinished(rpc);
     metrics_->RecordRpc(rpc, grpc_status.error_code(), latency);
     spdlog::debug("{} {} in {}", rpc, status.ok() ? "OK" : status.ToString(),
                   absl::FormatDuration(latency));

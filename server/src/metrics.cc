@@ -36,6 +36,10 @@ Metrics::Metrics()
                        .Name("flashkv_rpc_latency_seconds")
                        .Help("Time from receiving a request to its response, by method")
                        .Register(*registry_)),
+      rpc_in_flight_(prometheus::BuildGauge()
+                         .Name("flashkv_rpc_in_flight")
+                         .Help("Calls started and not yet answered (StepStream: request messages)")
+                         .Register(*registry_)),
       step_latency_(prometheus::BuildHistogram()
                         .Name("flashkv_step_latency_seconds")
                         .Help("Step requests (unary and stream) from receipt to response")
@@ -73,6 +77,14 @@ void Metrics::RecordRpc(std::string_view rpc, grpc::StatusCode code, absl::Durat
   const std::string method(rpc);
   rpc_requests_.Add({{"rpc", method}, {"code", GrpcCodeName(code)}}).Increment();
   rpc_latency_.Add({{"rpc", method}}, LatencyBuckets()).Observe(Seconds(latency));
+}
+
+void Metrics::CallStarted(std::string_view rpc) {
+  rpc_in_flight_.Add({{"rpc", std::string(rpc)}}).Increment();
+}
+
+void Metrics::CallFinished(std::string_view rpc) {
+  rpc_in_flight_.Add({{"rpc", std::string(rpc)}}).Decrement();
 }
 
 void Metrics::RecordStep(absl::Duration latency, absl::Duration queue_wait) {

@@ -28,6 +28,9 @@ class Metrics {
 
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
+  // Calls whose handler has started and not yet answered (StepStream: request messages).
+  void CallStarted(std::string_view rpc);
+  void CallFinished(std::string_view rpc);
   // One finished RPC (a StepStream counts once per request message, as rpc "StepStream").
   void RecordRpc(std::string_view rpc, grpc::StatusCode code, absl::Duration latency);
   // A Step (unary or stream message) from receipt to response: total and time queued before its
@@ -43,6 +46,7 @@ class Metrics {
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Counter>& rpc_requests_;
   prometheus::Family<prometheus::Histogram>& rpc_latency_;
+  prometheus::Family<prometheus::Gauge>& rpc_in_flight_;
   prometheus::Histogram& step_latency_;
   prometheus::Histogram& step_queue_wait_;
   prometheus::Family<prometheus::Histogram>& batch_entries_;
