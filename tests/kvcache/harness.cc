@@ -3,6 +3,8 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "flashkv/cuda_backend.h"
+#include "flashkv/kvcache/status.h"
 
 namespace flashkv::kvcache::kvtest {
 namespace {
@@ -86,6 +88,47 @@ std::vector<float> ToFloats(DType dtype, const void* data, size_t count) {
   return out;
 }
 
+BackendBuffer::BackendBuffer(Backend backend, size_t bytes) : backend_(backend), bytes_(bytes) {
+  if (backend_ == Backend::kCpu) {
+    data_ = ::operator new(bytes == 0 ? 1 : bytes);
+  } else {
+    const KernelStatus s = cuda::Malloc(&data_, bytes == 0 ? 1 : bytes);
+    EXPECT_TRUE(s.ok()) << s.ToString();
+  }
+}
+
+BackendBuffer::~BackendBuffer() {
+  if (backend_ == Backend::kCpu) {
+    ::operator delete(data_);
+  } else if (data_ != nullptr) {
+    (void)cuda::Free(data_);
+  }
+}
+
+absl::Status BackendBuffer::Upload(const void* src, size_t bytes) {
+  if (backend_ == Backend::kCpu) {
+    std::memcpy(data_, src, bytes);
+    return absl::OkStatus();
+  }
+  KernelStatus s = cuda::MemcpyHostToDevice(data_, src, bytes, nullptr);
+  if (s.ok()) s = cuda::StreamSynchronize(nullptr);
+  return ToAbslStatus(s);
+}
+
+absl::Status BackendBuffer::Download(void* dst, size_t bytes) const {
+  return ReadBackend(backend_, data_, dst, bytes);
+}
+
+absl::Status ReadBackend(Backend backend, const void* src, void* dst, size_t bytes) {
+  if (backend == Backend::kCpu) {
+    std::memcpy(dst, src, bytes);
+    return absl::OkStatus();
+  }
+  KernelStatus s = cuda::MemcpyDeviceToHost(dst, src, bytes, nullptr);
+  if (s.ok()) s = cuda::StreamSynchronize(nullptr);
+  return ToAbslStatus(s);
+}
+
 CacheConfig TestConfig(int num_layers, int page_size, int64_t blocks, int64_t swap_blocks,
                        DType dtype, int num_kv_heads, int head_dim) {
   CacheConfig c;
@@ -111,6 +154,11 @@ Harness::Harness(CacheConfig config) : config_(std::move(config)) {
   absl::StatusOr<std::unique_ptr<KvCache>> cache = KvCache::Create(config_);
   EXPECT_TRUE(cache.ok()) << cache.status();
   if (cache.ok()) cache_ = *std::move(cache);
+  if (cache_ != nullptr && config_.backend == Backend::kCuda) {
+    absl::StatusOr<std::unique_ptr<StepWorkspace>> workspace = StepWorkspace::Create(*cache_);
+    EXPECT_TRUE(workspace.ok()) << workspace.status();
+    if (workspace.ok()) workspace_ = *std::move(workspace);
+  }
 }
 
 Harness::~Harness() {
@@ -268,10 +316,13 @@ std::vector<float> Harness::KvFloats(const std::string& id, int layer, int kv,
 absl::Status Harness::Write(const LayerBatch& batch, int layer, const std::vector<Step>& steps) {
   const std::vector<char> k = PackedKv(layer, 0, steps);
   const std::vector<char> v = PackedKv(layer, 1, steps);
+  BackendBuffer k_buf(config_.backend, k.size()), v_buf(config_.backend, v.size());
+  absl::Status s = k_buf.Upload(k.data(), k.size());
+  if (s.ok()) s = v_buf.Upload(v.data(), v.size());
   StepTensors t;
-  t.k = TensorRef{config_.dtype, batch.total_q(), config_.num_kv_heads, config_.head_dim, k.data()};
-  t.v = TensorRef{config_.dtype, batch.total_q(), config_.num_kv_heads, config_.head_dim, v.data()};
-  absl::Status s = RunLayerStep(*cache_, batch, t, nullptr);
+  t.k = TensorRef{config_.dtype, batch.total_q(), config_.num_kv_heads, config_.head_dim, k_buf.data()};
+  t.v = TensorRef{config_.dtype, batch.total_q(), config_.num_kv_heads, config_.head_dim, v_buf.data()};
+  if (s.ok()) s = RunLayerStep(*cache_, batch, t, workspace_.get());
   Check();
   return s;
 }
@@ -336,21 +387,25 @@ void Harness::Verify(const std::string& id) {
   const int heads = config_.num_kv_heads, dim = config_.head_dim, page = config_.page_size;
   const int es = DTypeSize(config_.dtype);
   const std::vector<uint64_t> hashes = PrefixHashes(seq, seq.len[0]);
-  std::vector<char> expected(es);
+  const size_t block_bytes = static_cast<size_t>(BlockBytesPerLayer(config_));
+  std::vector<char> block(block_bytes), expected(es);
   for (int layer = 0; layer < config_.num_layers; ++layer) {
     const LayerPools pools = cache_->layer_pools(layer);
-    for (int p = 0; p < seq.len[layer]; ++p) {
-      const int64_t block = info->blocks.at(p / page);
-      for (int kv = 0; kv < 2; ++kv) {
-        const char* pool = static_cast<const char*>(kv == 0 ? pools.k : pools.v);
+    for (int kv = 0; kv < 2; ++kv) {
+      const char* pool = static_cast<const char*>(kv == 0 ? pools.k : pools.v);
+      for (int p = 0; p < seq.len[layer]; ++p) {
+        const int64_t b = info->blocks.at(p / page);
+        if (p % page == 0) {
+          FLASHKV_ASSERT_OK(ReadBackend(config_.backend, pool + b * pools.strides.batch * es,
+                                        block.data(), block_bytes));
+        }
         for (int h = 0; h < heads; ++h) {
-          const char* row = pool + (block * pools.strides.batch + (p % page) * pools.strides.row +
-                                    h * pools.strides.head) * es;
+          const char* row = block.data() + ((p % page) * pools.strides.row + h * pools.strides.head) * es;
           for (int d = 0; d < dim; ++d) {
             StoreAs(config_.dtype, KvValue(hashes[p], layer, kv, h, d), expected.data());
             ASSERT_EQ(std::memcmp(row + d * es, expected.data(), es), 0)
                 << "sequence " << id << " layer " << layer << (kv ? " V" : " K") << " position "
-                << p << " head " << h << " dim " << d << " (block " << block << ")";
+                << p << " head " << h << " dim " << d << " (block " << b << ")";
           }
         }
       }

@@ -36,6 +36,27 @@
 
 namespace flashkv::kvcache::kvtest {
 
+// Memory where `backend` computes: host memory on the CPU backend, device memory with CUDA (the
+// copies go through the flashkv::cuda wrappers, synchronously).
+class BackendBuffer {
+ public:
+  BackendBuffer(Backend backend, size_t bytes);
+  ~BackendBuffer();
+  BackendBuffer(const BackendBuffer&) = delete;
+  BackendBuffer& operator=(const BackendBuffer&) = delete;
+  void* data() const { return data_; }
+  size_t size() const { return bytes_; }
+  absl::Status Upload(const void* src, size_t bytes);
+  absl::Status Download(void* dst, size_t bytes) const;
+
+ private:
+  Backend backend_;
+  size_t bytes_;
+  void* data_ = nullptr;
+};
+// Copies `bytes` from `src`, which lives where `backend` computes, to host memory.
+absl::Status ReadBackend(Backend backend, const void* src, void* dst, size_t bytes);
+
 // A small CPU cache: `blocks` usable blocks, `swap_blocks` blocks of swap space.
 CacheConfig TestConfig(int num_layers, int page_size, int64_t blocks, int64_t swap_blocks = 0,
                        DType dtype = DType::kFloat32, int num_kv_heads = 1, int head_dim = 32);
@@ -71,6 +92,7 @@ class Harness {
   Harness& operator=(const Harness&) = delete;
 
   KvCache& cache() { return *cache_; }
+  StepWorkspace* workspace() { return workspace_.get(); }
   const CacheConfig& config() const { return config_; }
   absl::Time now() const { return now_; }
   void Advance(absl::Duration d) { now_ += d; }
@@ -119,6 +141,7 @@ class Harness {
   // The model sequences a pending batch (keyed by its buffer) was prepared for: an id freed and
   // created again meanwhile names another sequence.
   std::map<const void*, std::vector<uint64_t>> pending_uids_;
+  std::unique_ptr<StepWorkspace> workspace_;  // CUDA only
   absl::Time now_ = absl::FromUnixSeconds(1'000'000);
   std::unique_ptr<KvCache> cache_;
   uint64_t next_uid_ = 1;
