@@ -8,6 +8,7 @@
 #include "flashkv/client/status.h"
 #include "flashkv/client/tensor.h"
 #include "flashkv/cpu_backend.h"
+#include "flashkv/transport.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
@@ -398,8 +399,7 @@ FakeServer::FakeServer(FakeModel model, const FakeServerOptions& options) : serv
   if (!options.unix_path.empty()) {
     builder.AddListeningPort("unix:" + options.unix_path, grpc::InsecureServerCredentials());
   }
-  builder.SetMaxReceiveMessageSize(1 << 30);
-  builder.SetMaxSendMessageSize(1 << 30);
+  ApplyServerTransportOptions(TransportOptions{}, &builder);
   builder.RegisterService(static_cast<v1::KvCacheService::Service*>(&service_));
   builder.RegisterService(static_cast<v1::AttentionService::Service*>(&service_));
   server_ = builder.BuildAndStart();
