@@ -120,7 +120,7 @@ def check_routing(report, replicas, upstreams, kv_calls, not_found_lines):
         if len(where) != 1 or "," in next(iter(where)):
             problems.append(f"routing key {key!r} reached {sorted(where)}")
     used = {next(iter(w)) for w in upstreams.values() if len(w) == 1}
-    if len(replicas) > 1 and len(used) < 2:
+    if len(replicas) > 1 and len(used) == 1 and all(len(w) == 1 for w in upstreams.values()):
         problems.append(f"all {len(upstreams)} routing keys reached one replica ({sorted(used)})")
     if not_found_lines:
         problems.append(f"{len(not_found_lines)} calls answered NOT_FOUND at the proxy, e.g. "
