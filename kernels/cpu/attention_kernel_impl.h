@@ -30,18 +30,21 @@ struct AttentionTraits {
   static constexpr TileShape kShape = ChooseTileShape(IsaTag::kIsa, kHeadDim);
   static constexpr WorkspaceLayout kLayout = MakeWorkspaceLayout(kShape, kHeadDim);
   static constexpr int kLanes = kShape.vector_floats;
-  static constexpr int kMicroRows = kShape.micro_rows;
-  static constexpr int kMicroCols = kShape.micro_cols;
   static constexpr int kBlockN = kShape.block_n;
   static constexpr int kMaxRows = kShape.max_rows;
   static constexpr int kDotRows = kShape.dot_rows;
+  using ScoreGemm = MicroGemm<IsaTag, kShape.score.cols>;  // Sᵀ (keys, padded rows)
+  using PvGemm = MicroGemm<IsaTag, kShape.pv.cols>;        // O (rows, D)
 
   static_assert(kLanes == Simd<IsaTag>::kLanes, "tile shape and SIMD width disagree");
-  static_assert(kHeadDim % kMicroCols == 0, "output columns must split into micro tiles");
+  static_assert(kHeadDim % kShape.pv.cols == 0, "output columns must split into micro tiles");
   static_assert(kHeadDim % kLanes == 0, "query and key rows are whole vectors");
-  static_assert(kMaxRows % kMicroCols == 0, "padded rows must fit the workspace");
-  static_assert(kMicroCols % kLanes == 0, "micro tiles are whole vectors wide");
-  static_assert(kDotRows <= kMaxRows && kMicroRows >= 1 && kBlockN >= 1, "degenerate tiles");
+  static_assert(kMaxRows % kShape.score.cols == 0, "padded rows must fit the workspace");
+  static_assert(kShape.score.cols % kLanes == 0 && kShape.pv.cols % kLanes == 0,
+                "micro tiles are whole vectors wide");
+  static_assert(kDotRows <= kMaxRows && kShape.score.rows >= 1 && kShape.pv.rows >= 1 &&
+                    kBlockN >= 1,
+                "degenerate tiles");
 };
 
 template <class IsaTag, class T, int kHeadDim, bool kPaged>
@@ -49,13 +52,10 @@ class AttentionTile {
   using Traits = AttentionTraits<IsaTag, T, kHeadDim>;
   using V = Simd<IsaTag>;
   using F = typename V::F;
-  using Gemm = MicroGemm<IsaTag, Traits::kMicroCols>;
   static constexpr int kD = kHeadDim;
   static constexpr int kN = Traits::kBlockN;
   static constexpr int kLanes = Traits::kLanes;
   static constexpr float kNegInf = -__builtin_inff();
-  // float32 K/V in one contiguous tensor are read in place; others are converted tile by tile.
-  static constexpr bool kKvInPlace = std::is_same_v<T, float> && !kPaged;
 
  public:
   static void Run(const AttentionProblem& p, const TileTask& task, float* workspace) {
@@ -64,7 +64,7 @@ class AttentionTile {
     const SequenceView& seq = p.seqs[task.seq];
     const int rows = task.num_heads * (task.q_end - task.q_begin);
     const bool dot_scores = rows < Traits::kDotRows;
-    const int padded = RoundUp(rows, dot_scores ? kLanes : Traits::kMicroCols);
+    const int padded = RoundUp(rows, dot_scores ? kLanes : Traits::kShape.score.cols);
     const int64_t diagonal = int64_t{seq.kv_len} - seq.q_len;  // query i sees keys <= i + diagonal
 
     float* __restrict q = workspace + Traits::kLayout.q;  // (D, padded) or (rows, D)
@@ -84,15 +84,15 @@ class AttentionTile {
 
     int64_t kv_end = seq.kv_len;
     if (p.causal) kv_end = Clamp(task.q_end - 1 + diagonal + 1, 0, seq.kv_len);
-    if (kv_end > 0) PrefetchKvTile(p, seq, task.kv_head, 0, kv_end < kN ? kv_end : kN);
+    for (int64_t t = 0; t < kv_end && t < kN; ++t) PrefetchKv(p, seq, task.kv_head, t);
     for (int64_t j0 = 0; j0 < kv_end; j0 += kN) {
       const int n = static_cast<int>(kv_end - j0 < kN ? kv_end - j0 : kN);
       const KvTile kv = LoadKvTile(p, seq, task.kv_head, j0, n, kv_end, workspace);
       if (dot_scores) {
         DotScores(q, rows, padded, kv.k, kv.k_stride, n, st);
       } else {
-        Gemm::template Gemm<Traits::kMicroRows, false>(n, padded, kD, kv.k, kv.k_stride, 1, q,
-                                                       padded, st, padded, nullptr);
+        Traits::ScoreGemm::template Gemm<Traits::kShape.score.rows, false>(
+            n, padded, kD, kv.k, kv.k_stride, 1, q, padded, st, padded, nullptr);
       }
       // Rows whose last visible key falls inside this tile need a mask (causal only).
       const bool masked = p.causal && j0 + n - 1 > task.q_begin + diagonal;
@@ -103,13 +103,15 @@ class AttentionTile {
       }
       OnlineSoftmax(st, n, padded, masked ? row_limit : nullptr, row_max, row_sum, row_scale);
       // P (rows, n) is Sᵀ read with row stride 1 and key stride `padded`.
-      Gemm::template Gemm<Traits::kMicroRows, true>(rows, kD, n, st, 1, padded, kv.v, kv.v_stride,
-                                                    o, kD, row_scale);
+      Traits::PvGemm::template Gemm<Traits::kShape.pv.rows, true>(
+          rows, kD, n, st, 1, padded, kv.v, kv.v_stride, o, kD, row_scale);
     }
     StoreOutputs(p, seq, task, o, row_max, row_sum);
   }
 
  private:
+  // float32 K and V tiles. (They are copied even from float32 tensors: read in place, rows of one
+  // head a multiple of 4 KiB apart all land in the same L1 sets, and decode runs slower.)
   struct KvTile {
     const float* k;  // (n, D) with row stride k_stride
     int64_t k_stride;
@@ -158,61 +160,46 @@ class AttentionTile {
     }
   }
 
-  // Asks for the rows of keys and values [j0, j0 + n) in cache. Rows of one head are a whole
-  // row stride apart (often a 4 KiB page), which hardware stream prefetchers do not follow.
-  static void PrefetchKvTile(const AttentionProblem& p, const SequenceView& seq, int kv_head,
-                             int64_t j0, int n) {
+  // Asks for key and value `t` in cache. Rows of one head are a whole row stride apart (often a
+  // 4 KiB page or more), which hardware stream prefetchers do not follow.
+  static FLASHKV_CPU_INLINE void PrefetchKv(const AttentionProblem& p, const SequenceView& seq,
+                                            int kv_head, int64_t t) {
     constexpr int kRowBytes = kD * static_cast<int>(sizeof(T));
-    const char* k = static_cast<const char*>(p.k);
-    const char* v = static_cast<const char*>(p.v);
-    for (int c = 0; c < n; ++c) {
-      const int64_t t = j0 + c;
-      const char* k_row = k + sizeof(T) * KeyOffset(p, seq, kv_head, t, p.k_row_stride,
-                                                    p.k_head_stride, seq.k_offset);
-      const char* v_row = v + sizeof(T) * KeyOffset(p, seq, kv_head, t, p.v_row_stride,
-                                                    p.v_head_stride, seq.v_offset);
-      for (int b = 0; b < kRowBytes; b += 64) {
-        __builtin_prefetch(k_row + b);
-        __builtin_prefetch(v_row + b);
-      }
+    const T* k_row = static_cast<const T*>(p.k) +
+                     KeyOffset(p, seq, kv_head, t, p.k_row_stride, p.k_head_stride, seq.k_offset);
+    const T* v_row = static_cast<const T*>(p.v) +
+                     KeyOffset(p, seq, kv_head, t, p.v_row_stride, p.v_head_stride, seq.v_offset);
+    for (int b = 0; b < kRowBytes; b += 64) {
+      __builtin_prefetch(reinterpret_cast<const char*>(k_row) + b);
+      __builtin_prefetch(reinterpret_cast<const char*>(v_row) + b);
     }
   }
 
-  // Keys and values [j0, j0 + n) as float32 rows: in place when the tensors already are, else
-  // converted into the workspace. Prefetches the next tile (up to kv_end) meanwhile.
+  // Keys and values [j0, j0 + n) converted to float32 rows (n, D) in the workspace. Row c of the
+  // next tile (below kv_end) is prefetched along with row c of this one, so that prefetches stay
+  // spread out and arrive a tile ahead.
   static KvTile LoadKvTile(const AttentionProblem& p, const SequenceView& seq, int kv_head,
                            int64_t j0, int n, int64_t kv_end, float* workspace) {
-    const int64_t next = j0 + kN;
-    const int next_n = static_cast<int>(kv_end - next < kN ? kv_end - next : kN);
-    if (next_n > 0) PrefetchKvTile(p, seq, kv_head, next, next_n);
     const T* k = static_cast<const T*>(p.k);
     const T* v = static_cast<const T*>(p.v);
-    if constexpr (kKvInPlace) {
-      return KvTile{k + KeyOffset(p, seq, kv_head, j0, p.k_row_stride, p.k_head_stride,
-                                  seq.k_offset),
-                    p.k_row_stride,
-                    v + KeyOffset(p, seq, kv_head, j0, p.v_row_stride, p.v_head_stride,
-                                  seq.v_offset),
-                    p.v_row_stride};
-    } else {
-      float* __restrict k_tile = workspace + Traits::kLayout.k;  // (n, D)
-      float* __restrict v_tile = workspace + Traits::kLayout.v;  // (n, D)
-      for (int c = 0; c < n; ++c) {
-        const int64_t t = j0 + c;
-        const T* k_src =
-            k + KeyOffset(p, seq, kv_head, t, p.k_row_stride, p.k_head_stride, seq.k_offset);
-        const T* v_src =
-            v + KeyOffset(p, seq, kv_head, t, p.v_row_stride, p.v_head_stride, seq.v_offset);
-        float* k_dst = k_tile + int64_t{c} * kD;
-        float* v_dst = v_tile + int64_t{c} * kD;
+    float* __restrict k_tile = workspace + Traits::kLayout.k;  // (n, D)
+    float* __restrict v_tile = workspace + Traits::kLayout.v;  // (n, D)
+    for (int c = 0; c < n; ++c) {
+      const int64_t t = j0 + c;
+      if (t + kN < kv_end) PrefetchKv(p, seq, kv_head, t + kN);
+      const T* k_src =
+          k + KeyOffset(p, seq, kv_head, t, p.k_row_stride, p.k_head_stride, seq.k_offset);
+      const T* v_src =
+          v + KeyOffset(p, seq, kv_head, t, p.v_row_stride, p.v_head_stride, seq.v_offset);
+      float* k_dst = k_tile + int64_t{c} * kD;
+      float* v_dst = v_tile + int64_t{c} * kD;
 #pragma GCC unroll 4
-        for (int d = 0; d < kD; d += kLanes) {
-          V::Store(k_dst + d, V::Load(k_src + d));
-          V::Store(v_dst + d, V::Load(v_src + d));
-        }
+      for (int d = 0; d < kD; d += kLanes) {
+        V::Store(k_dst + d, V::Load(k_src + d));
+        V::Store(v_dst + d, V::Load(v_src + d));
       }
-      return KvTile{k_tile, kD, v_tile, kD};
     }
+    return KvTile{k_tile, kD, v_tile, kD};
   }
 
   // Sᵀ (n, padded): st[c·padded + r] = q_r · k_c, for tasks too small for the score GEMM. Padding
