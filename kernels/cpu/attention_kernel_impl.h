@@ -82,10 +82,12 @@ class AttentionTile {
     }
     for (int64_t i = 0; i < int64_t{rows} * kD; ++i) o[i] = 0;
 
-    int64_t kv_end = seq.kv_len;
-    if (p.causal) kv_end = Clamp(task.q_end - 1 + diagonal + 1, 0, seq.kv_len);
-    for (int64_t t = 0; t < kv_end && t < kN; ++t) PrefetchKv(p, seq, task.kv_head, t);
-    for (int64_t j0 = 0; j0 < kv_end; j0 += kN) {
+    int64_t kv_end = task.kv_end;
+    if (p.causal) kv_end = Clamp(task.q_end - 1 + diagonal + 1, 0, kv_end);
+    for (int64_t t = task.kv_begin; t < kv_end && t < task.kv_begin + kN; ++t) {
+      PrefetchKv(p, seq, task.kv_head, t);
+    }
+    for (int64_t j0 = task.kv_begin; j0 < kv_end; j0 += kN) {
       const int n = static_cast<int>(kv_end - j0 < kN ? kv_end - j0 : kN);
       const KvTile kv = LoadKvTile(p, seq, task.kv_head, j0, n, kv_end, workspace);
       if (dot_scores) {
@@ -106,10 +108,54 @@ class AttentionTile {
       Traits::PvGemm::template Gemm<Traits::kShape.pv.rows, true>(
           rows, kD, n, st, 1, padded, kv.v, kv.v_stride, o, kD, row_scale);
     }
+    if (task.partial >= 0) {
+      float* slot = p.partials + task.partial * p.partial_stride;
+      for (int64_t i = 0; i < int64_t{rows} * kD; ++i) slot[i] = o[i];
+      for (int r = 0; r < rows; ++r) {
+        slot[kPartialMax + r] = row_max[r];
+        slot[kPartialSum + r] = row_sum[r];
+      }
+    } else {
+      StoreOutputs(p, seq, task, o, row_max, row_sum);
+    }
+  }
+
+  // Split-KV: each chunk left (O_s, m_s, l_s) per row; with m = max m_s and w_s = 2^(m_s - m),
+  // the whole range has l = Σ w_s · l_s and O = Σ w_s · O_s (then divided by l as usual).
+  static void Merge(const AttentionProblem& p, const SplitMerge& merge, float* workspace) {
+    const TileTask& task = merge.task;
+    const SequenceView& seq = p.seqs[task.seq];
+    const int rows = task.num_heads * (task.q_end - task.q_begin);
+    float* __restrict o = workspace + Traits::kLayout.o;              // (rows, D)
+    float* __restrict row_max = workspace + Traits::kLayout.row_max;  // (rows)
+    float* __restrict row_sum = workspace + Traits::kLayout.row_sum;  // (rows)
+    for (int r = 0; r < rows; ++r) {
+      float max = kNegInf;
+      for (int s = 0; s < merge.num_partials; ++s) {
+        const float* slot = p.partials + (merge.first_partial + s) * p.partial_stride;
+        max = slot[kPartialMax + r] > max ? slot[kPartialMax + r] : max;
+      }
+      const float shift = max == kNegInf ? 0.0f : max;
+      float sum = 0;
+      F acc[kD / kLanes] = {};
+      for (int s = 0; s < merge.num_partials; ++s) {
+        const float* slot = p.partials + (merge.first_partial + s) * p.partial_stride;
+        const float weight = V::Exp2(V::Broadcast(slot[kPartialMax + r] - shift))[0];
+        sum += weight * slot[kPartialSum + r];
+        const float* o_s = slot + int64_t{r} * kD;
+        for (int v = 0; v < kD / kLanes; ++v) acc[v] += V::Load(o_s + v * kLanes) * weight;
+      }
+      for (int v = 0; v < kD / kLanes; ++v) V::Store(o + int64_t{r} * kD + v * kLanes, acc[v]);
+      row_max[r] = max;
+      row_sum[r] = sum;
+    }
     StoreOutputs(p, seq, task, o, row_max, row_sum);
   }
 
  private:
+  // Offsets of the running max and sum inside a partial slot (see AttentionProblem::partials).
+  static constexpr int64_t kPartialMax = int64_t{Traits::kMaxRows} * kD;
+  static constexpr int64_t kPartialSum = kPartialMax + Traits::kMaxRows;
   // float32 K and V tiles. (They are copied even from float32 tensors: read in place, rows of one
   // head a multiple of 4 KiB apart all land in the same L1 sets, and decode runs slower.)
   struct KvTile {
@@ -283,6 +329,13 @@ class AttentionTile {
     }
   }
 };
+
+template <class IsaTag, class T, int kHeadDim>
+void AttentionKernel<IsaTag, T, kHeadDim>::MergeSplits(const AttentionProblem& problem,
+                                                       const SplitMerge& merge, float* workspace) {
+  // The merge never reads K/V, so the contiguous-K/V instantiation serves paged calls too.
+  AttentionTile<IsaTag, T, kHeadDim, false>::Merge(problem, merge, workspace);
+}
 
 template <class IsaTag, class T, int kHeadDim>
 void AttentionKernel<IsaTag, T, kHeadDim>::RunTask(const AttentionProblem& problem,

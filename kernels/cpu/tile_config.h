@@ -82,6 +82,11 @@ struct WorkspaceLayout {
 
 constexpr int64_t AlignFloats(int64_t n) { return (n + 15) / 16 * 16; }
 
+// Floats of one split-KV partial slot: output (max_rows, D), running max and sum (max_rows each).
+constexpr int64_t PartialSlotFloats(const TileShape& s, int head_dim) {
+  return AlignFloats(int64_t{s.max_rows} * (head_dim + 2));
+}
+
 constexpr WorkspaceLayout MakeWorkspaceLayout(const TileShape& s, int head_dim) {
   WorkspaceLayout w;
   const int64_t rows = s.max_rows;  // padded never exceeds max_rows (a multiple of score.cols)
