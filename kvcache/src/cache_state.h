@@ -127,10 +127,10 @@ class CacheState {
   absl::Time Now() const { return config.clock ? config.clock() : absl::Now(); }
 
   // Sequences and the LRU list.
-  Sequence* Find(std::string_view id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  Sequence* Find(absl::string_view id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   void Touch(Sequence* seq, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   void LruUnlink(Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
-  int32_t TenantId(std::string_view tenant) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  int32_t TenantId(absl::string_view tenant) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   // Gives back the sequence's blocks and swap slots, unlinks and deletes it (it must already be
   // out of `sequences`: `owner` holds it).
   void Destroy(std::unique_ptr<Sequence> owner) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
@@ -143,11 +143,23 @@ class CacheState {
   // and in use elsewhere are shared again instead).
   int32_t SwapInNeed(const Sequence& seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   absl::Status SwapOutLocked(Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  // Swap-in in two steps, so that a batch revives the cached blocks of all its swapped sequences
+  // before it allocates anything (an allocation could otherwise reclaim a block another entry
+  // counted on): ReviveCached sets `blocks` to the table with the still-cached published blocks
+  // referenced again and kNullBlock elsewhere; LoadSwapped allocates and loads the rest.
+  void ReviveCached(Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  absl::Status LoadSwapped(Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  // Both steps for one sequence; RESOURCE_EXHAUSTED (nothing changed) without the blocks.
   absl::Status SwapInLocked(Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  // Blocks of swapped `seq` that SwapInNeed counted as free because others hold them.
+  void SharedRevivable(const Sequence& seq, absl::flat_hash_set<int32_t>* out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   // Makes `needed` blocks available, swapping out least recently used sequences that are
-  // resident, not pending and not marked with `exclude_mark`, fitting the swap space. On failure
-  // nothing changed: RESOURCE_EXHAUSTED prefixed by `what` with needed, free and swappable.
-  absl::Status MakeRoom(int64_t needed, uint64_t exclude_mark, std::string_view what)
+  // resident, not pending and not marked with `exclude_mark`, fitting the swap space. Releases
+  // of `keep` blocks are not counted as freeing anything (a swap-in will share them again). On
+  // failure nothing changed: RESOURCE_EXHAUSTED prefixed by `what` with needed, free, swappable.
+  absl::Status MakeRoom(int64_t needed, uint64_t exclude_mark,
+                        const absl::flat_hash_set<int32_t>& keep, absl::string_view what)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   // Publishes the sequence's blocks that are full on every layer and whose token ids are known.
   void Publish(Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);

@@ -44,7 +44,7 @@
 #include <memory>
 #include <optional>
 #include <string>
-#include <string_view>
+#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/status/status.h"
@@ -66,7 +66,7 @@ struct SequenceOptions {
   // positions need no token_ids). At most max_context.
   absl::Span<const int64_t> prompt_token_ids;
   // Tenants never share or see each other's cached blocks. Empty is a tenant like any other.
-  std::string_view tenant;
+  absl::string_view tenant;
 };
 
 // A snapshot of one sequence, for tests, logs and the service's introspection.
@@ -100,23 +100,23 @@ class KvCache {
   // cached for this tenant, at the length they cover. Returns that length: a multiple of
   // page_size, and at most prompt length - 1 so the runner always computes the prompt's last
   // position (whose output it needs). ALREADY_EXISTS for a live id.
-  absl::StatusOr<int> CreateSequence(std::string_view id, const SequenceOptions& options = {});
+  absl::StatusOr<int> CreateSequence(absl::string_view id, const SequenceOptions& options = {});
   // The child shares every block of the parent (copy-on-write: a shared block is copied on the
   // first write into it by either side), its lengths, token ids and tenant. NOT_FOUND,
   // ALREADY_EXISTS, ABORTED (parent in a pending batch), RESOURCE_EXHAUSTED (a swapped parent
   // could not be brought back).
-  absl::Status ForkSequence(std::string_view parent_id, std::string_view child_id);
+  absl::Status ForkSequence(absl::string_view parent_id, absl::string_view child_id);
   // Releases the sequence's blocks (at Commit/Abort if it is in a pending batch). The id is free
   // for reuse at once. NOT_FOUND for an unknown id.
-  absl::Status FreeSequence(std::string_view id);
+  absl::Status FreeSequence(absl::string_view id);
   // Frees every sequence last used at or before now - ttl (and not in a pending batch); returns
   // their ids, least recently used first.
   std::vector<std::string> ExpireIdle(absl::Time now, absl::Duration ttl);
   // Moves a resident sequence's blocks to host memory now. NOT_FOUND, ABORTED (pending batch),
   // FAILED_PRECONDITION (already swapped out), RESOURCE_EXHAUSTED (swap space full).
-  absl::Status SwapOut(std::string_view id);
+  absl::Status SwapOut(absl::string_view id);
 
-  absl::StatusOr<SequenceInfo> GetSequence(std::string_view id) const;
+  absl::StatusOr<SequenceInfo> GetSequence(absl::string_view id) const;
 
   // The two-phase batch (see the file comment). INVALID_ARGUMENT: layer out of range, no entries,
   // num_tokens < 1, token_ids of the wrong size or disagreeing with ids known for those

@@ -7,7 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <string_view>
+#include "absl/strings/string_view.h"
 
 #include "absl/types/span.h"
 #include "flashkv/attention.h"
@@ -24,7 +24,7 @@ struct BatchRecord;
 // whole context. `token_ids` is empty or holds the ids of exactly those new tokens (they make the
 // sequence's blocks publishable to the prefix cache). Views only: read during Prepare.
 struct BatchEntry {
-  std::string_view sequence_id;
+  absl::string_view sequence_id;
   int num_tokens = 0;
   absl::Span<const int64_t> token_ids;
 };

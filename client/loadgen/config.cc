@@ -1,0 +1,39 @@
+#include "config.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace flashkv::loadgen {
+
+absl::Status LoadgenConfig::Validate() const {
+  auto positive = [](const char* name, int64_t v) -> absl::Status {
+    if (v >= 1) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat(name, " (", v, ") must be >= 1"));
+  };
+  for (const auto& [name, v] : {std::pair<const char*, int64_t>{"--runners", runners},
+                                {"--max-batch", max_batch},
+                                {"--prefill-chunk", prefill_chunk},
+                                {"--max-pass-tokens", max_pass_tokens},
+                                {"--pipeline-depth", pipeline_depth}}) {
+    if (absl::Status s = positive(name, v); !s.ok()) return s;
+  }
+  if (max_pass_tokens < max_batch) {
+    return absl::InvalidArgumentError(absl::StrCat("--max-pass-tokens (", max_pass_tokens,
+                                                   ") must be >= --max-batch (", max_batch,
+                                                   ") so every decode fits a pass"));
+  }
+  if (duration <= absl::ZeroDuration() && requests <= 0) {
+    return absl::InvalidArgumentError("give --duration or --requests (or both) to bound the run");
+  }
+  if (rate < 0) return absl::InvalidArgumentError("--rate must be >= 0");
+  if (verify_fraction < 0 || verify_fraction > 1) {
+    return absl::InvalidArgumentError("--verify must be all, none or a fraction in [0, 1]");
+  }
+  if (prefix_fraction < 0 || prefix_fraction > 1) {
+    return absl::InvalidArgumentError("--prefix-fraction must be in [0, 1]");
+  }
+  if (prefix_pool < 0) return absl::InvalidArgumentError("--prefix-pool must be >= 0");
+  if (run_id.empty()) return absl::InvalidArgumentError("run_id must not be empty");
+  return absl::OkStatus();
+}
+
+}  // namespace flashkv::loadgen

@@ -1,0 +1,131 @@
+#pragma once
+
+// One simulated model runner. It owns up to max_batch sequences and runs forward passes over
+// them, the way a serving engine with continuous batching does: each pass carries a prefill
+// chunk for sequences still reading their prompt and one decode token for the others, and calls
+// Step for every layer 0..L-1 in order on its StepStream, with fresh random q per layer and the
+// deterministic K/V of the pass's tokens (synthetic_data.h). Finished sequences are freed and
+// replaced from the request source.
+//
+// Every answer it checks is recomputed with the CPU implementation over the K/V the runner keeps
+// for each sequence and layer (what it sent, plus the regenerated prefix the server reported as
+// cached); mismatches are counted and described, never dropped. A failed step aborts the pass's
+// sequences (their layers are no longer in step), frees them and opens a new stream.
+//
+// Thread-safety: a Runner is driven by one thread (Run()); it shares only the RequestSource,
+// the LiveCounters and the stop flag, which are thread-safe.
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <list>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "config.h"
+#include "flashkv/client/client.h"
+#include "request_source.h"
+#include "run_stats.h"
+#include "verify.h"
+
+namespace flashkv::loadgen {
+
+// The server's model, from GetCacheInfo.
+struct ModelShape {
+  int num_layers = 0;
+  int num_q_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  DType dtype = DType::kFloat16;
+  int page_size = 0;
+  int64_t max_context = 0;
+};
+
+// What all runners share. Everything but the pointees is read-only during the run.
+struct RunContext {
+  const LoadgenConfig* config = nullptr;
+  ModelShape shape;
+  tools::Tolerance tolerance;
+  RequestSource* source = nullptr;
+  LiveCounters* live = nullptr;
+  const std::atomic<bool>* stop = nullptr;
+  absl::Time start;
+};
+
+class Runner {
+ public:
+  Runner(int index, Client* client, const RunContext& context);
+  Runner(const Runner&) = delete;
+  Runner& operator=(const Runner&) = delete;
+
+  // Runs until the stop flag is raised or the source is exhausted and every sequence finished,
+  // then frees what is left.
+  void Run();
+  const RunStats& stats() const { return stats_; }
+
+ private:
+  struct Sequence {
+    std::string id;
+    Request request;
+    std::vector<int64_t> tokens;  // prompt, then one id per decode
+    std::vector<uint64_t> chain;  // ChainHash of tokens[0..t], per position
+    int64_t context = 0;          // tokens whose K/V the server holds on every layer
+    int64_t prompt_done = 0;      // prompt tokens on the server (cached ones included)
+    int64_t produced = 0;         // output tokens
+    absl::Time last_token;
+    // Per layer, the K and V rows [context, Hkv, D] the server should hold (verification).
+    std::vector<std::string> k, v;
+  };
+  // n tokens of one sequence in this pass, positions [start, start + n).
+  struct Entry {
+    Sequence* sequence;
+    int64_t start;
+    int64_t n;
+    bool prefill;
+  };
+  // A layer request on the wire.
+  struct InFlight {
+    int layer;
+    uint64_t step_id;
+    absl::Time sent;
+    bool check;
+    std::vector<std::string> q;  // the entries' q bytes, when checked
+  };
+
+  void Admit();
+  absl::Status CreateOne(Request request);
+  void PlanPass();
+  v1::StepRequest BuildLayer(int layer, InFlight* in_flight);
+  absl::Status RunPass();
+  absl::Status ReceiveOne(std::deque<InFlight>* in_flight);
+  void Check(const InFlight& in_flight, const v1::StepResponse& response);
+  void FinishPass();
+  void AbortPass(const absl::Status& status);
+  void Release(Sequence* sequence);  // FreeSequence, counted
+  // Counts a failed call; returns whether it was expected.
+  bool CountError(const char* rpc, const absl::Status& status);
+  void AppendKv(Sequence* sequence, int layer, int64_t start, int64_t n, std::string* k,
+                std::string* v);
+  double Seconds(absl::Time t) const { return absl::ToDoubleSeconds(t - context_.start); }
+  CallOptions Call() const;
+
+  const int index_;
+  Client* const client_;
+  const RunContext context_;
+  const LoadgenConfig& config_;
+  const ModelShape shape_;
+  const bool keep_kv_;  // verification on: keep every sequence's K/V
+  const std::string routing_key_;
+  std::mt19937_64 rng_;
+  std::unique_ptr<StepSession> session_;
+  std::list<Sequence> active_;
+  std::vector<Entry> pass_;
+  std::vector<std::byte> want_;  // CPU output buffer
+  RunStats stats_;
+};
+
+}  // namespace flashkv::loadgen

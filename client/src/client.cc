@@ -1,0 +1,299 @@
+#include "flashkv/client/client.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "flashkv/client/status.h"
+
+namespace flashkv {
+
+absl::string_view HealthStateName(HealthState state) {
+  switch (state) {
+    case HealthState::kServing:
+      return "SERVING";
+    case HealthState::kNotServing:
+      return "NOT_SERVING";
+    case HealthState::kServiceUnknown:
+      return "SERVICE_UNKNOWN";
+    case HealthState::kUnknown:
+      break;
+  }
+  return "UNKNOWN";
+}
+
+absl::Status ValidateRoutingKey(absl::string_view key, absl::string_view field) {
+  constexpr size_t kMaxRoutingKeyBytes = 256;
+  if (key.size() > kMaxRoutingKeyBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(field, " (", key.size(),
+                                                   " bytes) must be at most ", kMaxRoutingKeyBytes,
+                                                   " bytes to route on"));
+  }
+  for (char c : key) {
+    if (c < 0x20 || c > 0x7e) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, " must be printable ASCII to travel in the ", kSequenceHeader, " header"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientConfig& config) {
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = CreateChannel(config.channel);
+  if (!channel.ok()) return channel.status();
+  return FromChannel(*std::move(channel), config);
+}
+
+std::unique_ptr<Client> Client::FromChannel(std::shared_ptr<grpc::Channel> channel,
+                                            const ClientConfig& config) {
+  return std::unique_ptr<Client>(new Client(std::move(channel), config));
+}
+
+Client::Client(std::shared_ptr<grpc::Channel> channel, const ClientConfig& config)
+    : channel_(std::move(channel)),
+      bearer_token_(config.bearer_token),
+      default_timeout_(config.default_timeout),
+      attention_(v1::AttentionService::NewStub(channel_)),
+      kvcache_(v1::KvCacheService::NewStub(channel_)),
+      health_(grpc::health::v1::Health::NewStub(channel_)) {}
+
+absl::Status Client::Prepare(grpc::ClientContext* context, const CallOptions& options,
+                             const std::string* routing_key) const {
+  const absl::Duration timeout = options.timeout.value_or(default_timeout_);
+  if (timeout != absl::InfiniteDuration() && timeout > absl::ZeroDuration()) {
+    context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  }
+  if (options.wait_for_ready) context->set_wait_for_ready(true);
+  if (!bearer_token_.empty()) context->AddMetadata("authorization", "Bearer " + bearer_token_);
+  if (routing_key != nullptr) {
+    const std::string& key = options.routing_key.empty() ? *routing_key : options.routing_key;
+    if (absl::Status s = ValidateRoutingKey(key, "routing key"); !s.ok()) return s;
+    context->AddMetadata(kSequenceHeader, key);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<HealthState> Client::CheckHealth(absl::string_view service,
+                                                const CallOptions& options) {
+  grpc::ClientContext context;
+  if (absl::Status s = Prepare(&context, options, nullptr); !s.ok()) return s;
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(std::string(service));
+  grpc::health::v1::HealthCheckResponse response;
+  const grpc::Status status = health_->Check(&context, request, &response);
+  if (status.error_code() == grpc::StatusCode::NOT_FOUND) return HealthState::kServiceUnknown;
+  if (!status.ok()) return FromGrpcStatus(status, "Health.Check");
+  switch (response.status()) {
+    case grpc::health::v1::HealthCheckResponse::SERVING:
+      return HealthState::kServing;
+    case grpc::health::v1::HealthCheckResponse::NOT_SERVING:
+      return HealthState::kNotServing;
+    case grpc::health::v1::HealthCheckResponse::SERVICE_UNKNOWN:
+      return HealthState::kServiceUnknown;
+    default:
+      return HealthState::kUnknown;
+  }
+}
+
+absl::StatusOr<v1::CacheInfo> Client::GetCacheInfo(const CallOptions& options) {
+  grpc::ClientContext context;
+  if (absl::Status s = Prepare(&context, options, nullptr); !s.ok()) return s;
+  v1::CacheInfo info;
+  const grpc::Status status = kvcache_->GetCacheInfo(&context, v1::GetCacheInfoRequest(), &info);
+  if (!status.ok()) return FromGrpcStatus(status, "GetCacheInfo");
+  return info;
+}
+
+absl::StatusOr<v1::ServerStats> Client::GetStats(const CallOptions& options) {
+  grpc::ClientContext context;
+  if (absl::Status s = Prepare(&context, options, nullptr); !s.ok()) return s;
+  v1::ServerStats stats;
+  const grpc::Status status = kvcache_->GetStats(&context, v1::GetStatsRequest(), &stats);
+  if (!status.ok()) return FromGrpcStatus(status, "GetStats");
+  return stats;
+}
+
+absl::StatusOr<uint32_t> Client::CreateSequence(absl::string_view sequence_id,
+                                                absl::Span<const int64_t> prompt_token_ids,
+                                                const CallOptions& options) {
+  v1::CreateSequenceRequest request;
+  request.set_sequence_id(std::string(sequence_id));
+  request.mutable_token_ids()->Assign(prompt_token_ids.begin(), prompt_token_ids.end());
+  grpc::ClientContext context;
+  if (absl::Status s = Prepare(&context, options, &request.sequence_id()); !s.ok()) return s;
+  v1::CreateSequenceResponse response;
+  const grpc::Status status = kvcache_->CreateSequence(&context, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status, "CreateSequence");
+  if (response.cached_tokens() > prompt_token_ids.size()) {
+    return absl::InternalError(absl::StrCat("CreateSequence: cached_tokens (",
+                                            response.cached_tokens(), ") exceeds the prompt (",
+                                            prompt_token_ids.size(), " tokens)"));
+  }
+  return response.cached_tokens();
+}
+
+absl::Status Client::ForkSequence(absl::string_view parent_id, absl::string_view child_id,
+                                  const CallOptions& options) {
+  v1::ForkSequenceRequest request;
+  request.set_parent_id(std::string(parent_id));
+  request.set_child_id(std::string(child_id));
+  grpc::ClientContext context;
+  // The child is created where the parent lives.
+  if (absl::Status s = Prepare(&context, options, &request.parent_id()); !s.ok()) return s;
+  v1::ForkSequenceResponse response;
+  return FromGrpcStatus(kvcache_->ForkSequence(&context, request, &response), "ForkSequence");
+}
+
+absl::Status Client::FreeSequence(absl::string_view sequence_id, const CallOptions& options) {
+  v1::FreeSequenceRequest request;
+  request.set_sequence_id(std::string(sequence_id));
+  grpc::ClientContext context;
+  if (absl::Status s = Prepare(&context, options, &request.sequence_id()); !s.ok()) return s;
+  v1::FreeSequenceResponse response;
+  return FromGrpcStatus(kvcache_->FreeSequence(&context, request, &response), "FreeSequence");
+}
+
+absl::StatusOr<v1::StepResponse> Client::Step(const v1::StepRequest& request,
+                                              const CallOptions& options) {
+  static const std::string kNoEntries;
+  const std::string& key =
+      request.entries_size() > 0 ? request.entries(0).sequence_id() : kNoEntries;
+  grpc::ClientContext context;
+  if (absl::Status s = Prepare(&context, options, &key); !s.ok()) return s;
+  v1::StepResponse response;
+  const grpc::Status status = kvcache_->Step(&context, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status, "Step");
+  if (absl::Status s = CheckStepResponse(ExpectationFor(request), response); !s.ok()) return s;
+  return response;
+}
+
+absl::StatusOr<std::vector<HostTensor>> Client::Step(uint32_t layer,
+                                                     absl::Span<const StepInput> entries,
+                                                     const CallOptions& options) {
+  v1::StepRequest request;
+  request.set_layer(layer);
+  for (const StepInput& input : entries) {
+    v1::StepEntry* entry = request.add_entries();
+    entry->set_sequence_id(input.sequence_id);
+    CopyToProto(input.q, entry->mutable_q());
+    CopyToProto(input.k, entry->mutable_k());
+    CopyToProto(input.v, entry->mutable_v());
+    entry->mutable_token_ids()->Assign(input.token_ids.begin(), input.token_ids.end());
+  }
+  absl::StatusOr<v1::StepResponse> response = Step(request, options);
+  if (!response.ok()) return response.status();
+  std::vector<HostTensor> outputs;
+  outputs.reserve(response->out_size());
+  for (int i = 0; i < response->out_size(); ++i) {
+    absl::StatusOr<HostTensor> out =
+        HostTensor::FromProto(std::move(*response->mutable_out(i)), absl::StrCat("out[", i, "]"));
+    if (!out.ok()) return out.status();  // already checked by Step(); kept for safety
+    outputs.push_back(*std::move(out));
+  }
+  return outputs;
+}
+
+absl::StatusOr<std::unique_ptr<StepSession>> Client::OpenStepSession(StepSessionOptions options) {
+  if (options.max_in_flight < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_in_flight (", options.max_in_flight, ") must be >= 1"));
+  }
+  if (!options.routing_key.empty()) {
+    if (absl::Status s = ValidateRoutingKey(options.routing_key, "routing_key"); !s.ok()) return s;
+  }
+  CallOptions call;
+  call.timeout = options.timeout;
+  call.wait_for_ready = options.wait_for_ready;
+  auto start = [this, call](grpc::ClientContext* context,
+                            grpc::ClientBidiReactor<v1::StepRequest, v1::StepResponse>* reactor,
+                            const std::string& routing_key) -> absl::Status {
+    if (absl::Status s = Prepare(context, call, &routing_key); !s.ok()) return s;
+    kvcache_->async()->StepStream(context, reactor);
+    return absl::OkStatus();
+  };
+  return std::unique_ptr<StepSession>(new StepSession(std::move(options), std::move(start)));
+}
+
+namespace {
+
+void FillCommon(const AttentionInput& input, v1::Tensor* q, v1::Tensor* k, v1::Tensor* v) {
+  CopyToProto(input.q, q);
+  CopyToProto(input.k, k);
+  CopyToProto(input.v, v);
+}
+
+// The response must carry out shaped like q in q's dtype, and lse when asked for.
+absl::StatusOr<AttentionResult> TakeResult(v1::AttentionResponse&& response, const TensorView& q,
+                                           bool want_lse) {
+  absl::StatusOr<HostTensor> out = HostTensor::FromProto(std::move(*response.mutable_out()), "out");
+  if (!out.ok()) return absl::InternalError(out.status().message());
+  if (out->dtype() != q.dtype() || out->shape() != q.shape()) {
+    return absl::InternalError(absl::StrCat("out is ", DTypeName(out->dtype()), " ",
+                                            ShapeString(out->shape()), ", expected ",
+                                            DTypeName(q.dtype()), " ", ShapeString(q.shape())));
+  }
+  AttentionResult result{*std::move(out), std::nullopt};
+  if (want_lse) {
+    absl::StatusOr<HostTensor> lse =
+        HostTensor::FromProto(std::move(*response.mutable_lse()), "lse");
+    if (!lse.ok()) return absl::InternalError(lse.status().message());
+    if (lse->dtype() != DType::kFloat32 ||
+        lse->num_elements() != q.num_elements() / q.shape().back()) {
+      return absl::InternalError(absl::StrCat("lse is ", DTypeName(lse->dtype()), " ",
+                                              ShapeString(lse->shape()),
+                                              ", expected float32 with one value per query row "
+                                              "and head"));
+    }
+    result.lse = *std::move(lse);
+  }
+  return result;
+}
+
+}  // namespace
+
+absl::StatusOr<v1::AttentionResponse> Client::Attention(const v1::AttentionRequest& request,
+                                                        const CallOptions& options) {
+  grpc::ClientContext context;
+  if (absl::Status s = Prepare(&context, options, nullptr); !s.ok()) return s;
+  v1::AttentionResponse response;
+  const grpc::Status status = attention_->Attention(&context, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status, "Attention");
+  return response;
+}
+
+absl::StatusOr<AttentionResult> Client::Attention(const AttentionInput& input,
+                                                  const CallOptions& options) {
+  v1::AttentionRequest request;
+  FillCommon(input, request.mutable_q(), request.mutable_k(), request.mutable_v());
+  request.set_causal(input.causal);
+  if (input.softmax_scale.has_value()) request.set_softmax_scale(*input.softmax_scale);
+  request.set_return_lse(input.return_lse);
+  absl::StatusOr<v1::AttentionResponse> response = Attention(request, options);
+  if (!response.ok()) return response.status();
+  return TakeResult(*std::move(response), input.q, input.return_lse);
+}
+
+absl::StatusOr<v1::AttentionResponse> Client::AttentionVarlen(
+    const v1::AttentionVarlenRequest& request, const CallOptions& options) {
+  grpc::ClientContext context;
+  if (absl::Status s = Prepare(&context, options, nullptr); !s.ok()) return s;
+  v1::AttentionResponse response;
+  const grpc::Status status = attention_->AttentionVarlen(&context, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status, "AttentionVarlen");
+  return response;
+}
+
+absl::StatusOr<AttentionResult> Client::AttentionVarlen(const AttentionInput& input,
+                                                        const CallOptions& options) {
+  v1::AttentionVarlenRequest request;
+  FillCommon(input, request.mutable_q(), request.mutable_k(), request.mutable_v());
+  request.mutable_cu_seqlens_q()->Assign(input.cu_seqlens_q.begin(), input.cu_seqlens_q.end());
+  request.mutable_cu_seqlens_kv()->Assign(input.cu_seqlens_kv.begin(), input.cu_seqlens_kv.end());
+  request.set_causal(input.causal);
+  if (input.softmax_scale.has_value()) request.set_softmax_scale(*input.softmax_scale);
+  request.set_return_lse(input.return_lse);
+  absl::StatusOr<v1::AttentionResponse> response = AttentionVarlen(request, options);
+  if (!response.ok()) return response.status();
+  return TakeResult(*std::move(response), input.q, input.return_lse);
+}
+
+}  // namespace flashkv

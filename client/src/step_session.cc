@@ -1,0 +1,277 @@
+#include "flashkv/client/step_session.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "flashkv/client/status.h"
+
+namespace flashkv {
+
+StepExpectation ExpectationFor(const v1::StepRequest& request) {
+  StepExpectation expected;
+  expected.step_id = request.step_id();
+  expected.out_shapes.reserve(request.entries_size());
+  expected.out_dtypes.reserve(request.entries_size());
+  for (const v1::StepEntry& entry : request.entries()) {
+    expected.out_shapes.emplace_back(entry.q().shape().begin(), entry.q().shape().end());
+    expected.out_dtypes.push_back(entry.q().dtype());
+  }
+  return expected;
+}
+
+absl::Status CheckStepResponse(const StepExpectation& expected, const v1::StepResponse& response) {
+  if (response.step_id() != expected.step_id) {
+    return absl::InternalError(absl::StrCat("step response out of order: expected step_id ",
+                                            expected.step_id, ", got ", response.step_id()));
+  }
+  if (static_cast<size_t>(response.out_size()) != expected.out_shapes.size()) {
+    return absl::InternalError(absl::StrCat("step ", expected.step_id, ": ", response.out_size(),
+                                            " outputs for ", expected.out_shapes.size(),
+                                            " entries"));
+  }
+  for (int i = 0; i < response.out_size(); ++i) {
+    const v1::Tensor& out = response.out(i);
+    const std::string field = absl::StrCat("step ", expected.step_id, " out[", i, "]");
+    if (absl::Status s = ValidateTensorProto(out, field); !s.ok()) {
+      return absl::InternalError(s.message());
+    }
+    if (out.dtype() != expected.out_dtypes[i]) {
+      return absl::InternalError(absl::StrCat(field, ".dtype (", out.dtype(),
+                                              ") != the entry's q dtype (", expected.out_dtypes[i],
+                                              ")"));
+    }
+    if (!std::equal(out.shape().begin(), out.shape().end(), expected.out_shapes[i].begin(),
+                    expected.out_shapes[i].end())) {
+      return absl::InternalError(absl::StrCat(field, ".shape ", ShapeString(out.shape()),
+                                              " != the entry's q shape ",
+                                              ShapeString(expected.out_shapes[i])));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The gRPC side of the stream. Writes go out one at a time (gRPC allows one outstanding write)
+// from a queue; a read is always outstanding, so responses are drained even while the caller is
+// busy, and the server never stalls on a full flow-control window waiting for us.
+//
+// Start* calls are made without holding mu_: gRPC may run the reaction inline in the calling
+// thread, and reactions take mu_.
+class StepSession::Reactor : public grpc::ClientBidiReactor<v1::StepRequest, v1::StepResponse> {
+ public:
+  grpc::ClientContext* context() { return &context_; }
+
+  // After the RPC is issued on this reactor (stub->async()->StepStream).
+  void Start() {
+    StartRead(&read_buffer_);
+    StartCall();
+  }
+
+  // Queues a write. Returns the stream's status instead when it already failed.
+  absl::Status Write(v1::StepRequest request) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (done_ && !status_.ok()) return FromGrpcStatus(status_, "StepStream");
+      if (done_) return absl::FailedPreconditionError("StepStream already finished");
+      if (write_in_flight_) {
+        queue_.push_back(std::move(request));
+        return absl::OkStatus();
+      }
+      write_in_flight_ = true;
+      writing_ = std::move(request);
+    }
+    StartWrite(&writing_);
+    return absl::OkStatus();
+  }
+
+  // Waits for the next response, or for the end of the stream when none is left, or `timeout`.
+  absl::StatusOr<v1::StepResponse> Read(absl::Duration timeout) {
+    absl::MutexLock lock(&mu_);
+    auto ready = +[](Reactor* r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r->mu_) {
+      return !r->responses_.empty() || r->done_;
+    };
+    if (!mu_.AwaitWithTimeout(absl::Condition(ready, this), timeout)) {
+      context_.TryCancel();
+      return absl::DeadlineExceededError(absl::StrCat(
+          "StepStream: no response within ", absl::FormatDuration(timeout), "; stream cancelled"));
+    }
+    if (!responses_.empty()) {
+      v1::StepResponse response = std::move(responses_.front());
+      responses_.pop_front();
+      return response;
+    }
+    if (!status_.ok()) return FromGrpcStatus(status_, "StepStream");
+    return absl::InternalError("StepStream ended with OK before answering every request");
+  }
+
+  // Half-closes once every queued write has gone out.
+  void CloseWrites() {
+    {
+      absl::MutexLock lock(&mu_);
+      if (done_ || writes_done_) return;
+      writes_done_ = true;
+      if (write_in_flight_) return;  // OnWriteDone issues it
+    }
+    StartWritesDone();
+  }
+
+  grpc::Status AwaitDone() {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(&done_));
+    return status_;
+  }
+
+  bool done() {
+    absl::MutexLock lock(&mu_);
+    return done_;
+  }
+
+  void OnWriteDone(bool ok) override {
+    bool issue_write = false;
+    bool issue_writes_done = false;
+    {
+      absl::MutexLock lock(&mu_);
+      // !ok: the stream is broken; OnDone brings the status. Drop what is queued.
+      if (ok && !queue_.empty()) {
+        writing_ = std::move(queue_.front());
+        queue_.pop_front();
+        issue_write = true;
+      } else {
+        queue_.clear();
+        write_in_flight_ = false;
+        issue_writes_done = ok && writes_done_;
+      }
+    }
+    if (issue_write) StartWrite(&writing_);
+    if (issue_writes_done) StartWritesDone();
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) return;  // end of stream; OnDone follows
+    {
+      absl::MutexLock lock(&mu_);
+      responses_.push_back(std::move(read_buffer_));
+    }
+    read_buffer_.Clear();
+    StartRead(&read_buffer_);
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    absl::MutexLock lock(&mu_);
+    status_ = status;
+    done_ = true;
+  }
+
+ private:
+  grpc::ClientContext context_;
+  v1::StepResponse read_buffer_;  // owned by the outstanding read
+  v1::StepRequest writing_;       // owned by the outstanding write
+
+  absl::Mutex mu_;
+  std::deque<v1::StepRequest> queue_ ABSL_GUARDED_BY(mu_);
+  bool write_in_flight_ ABSL_GUARDED_BY(mu_) = false;
+  bool writes_done_ ABSL_GUARDED_BY(mu_) = false;
+  std::deque<v1::StepResponse> responses_ ABSL_GUARDED_BY(mu_);
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Status status_ ABSL_GUARDED_BY(mu_);
+};
+
+StepSession::StepSession(StepSessionOptions options, Starter start)
+    : options_(std::move(options)), start_(std::move(start)) {}
+
+StepSession::~StepSession() {
+  if (reactor_ == nullptr) return;
+  if (!reactor_->done()) reactor_->context()->TryCancel();
+  reactor_->AwaitDone();  // gRPC may still call into the reactor until OnDone
+}
+
+absl::StatusOr<uint64_t> StepSession::Send(v1::StepRequest request) {
+  absl::MutexLock lock(&mu_);
+  if (finished_) return absl::FailedPreconditionError("StepSession already finished");
+  if (static_cast<int>(expected_.size()) >= options_.max_in_flight) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "StepSession: max_in_flight (", options_.max_in_flight, ") requests await Receive()"));
+  }
+  if (reactor_ == nullptr) {
+    std::string routing_key = options_.routing_key;
+    if (routing_key.empty()) {
+      if (request.entries_size() == 0) {
+        return absl::InvalidArgumentError(
+            "StepSession: the first request has no entries to take the routing key from; set "
+            "StepSessionOptions::routing_key");
+      }
+      routing_key = request.entries(0).sequence_id();
+    }
+    auto reactor = std::make_unique<Reactor>();
+    if (absl::Status s = start_(reactor->context(), reactor.get(), routing_key); !s.ok()) {
+      return s;
+    }
+    reactor_ = std::move(reactor);
+    reactor_->Start();
+  }
+  if (request.step_id() == 0) request.set_step_id(next_step_id_++);
+  const uint64_t step_id = request.step_id();
+  StepExpectation expectation = ExpectationFor(request);
+  if (absl::Status s = reactor_->Write(std::move(request)); !s.ok()) return s;
+  expected_.push_back(std::move(expectation));
+  return step_id;
+}
+
+absl::StatusOr<v1::StepResponse> StepSession::Receive() {
+  Reactor* reactor;
+  {
+    absl::MutexLock lock(&mu_);
+    if (expected_.empty()) {
+      return absl::FailedPreconditionError("StepSession: no request in flight");
+    }
+    reactor = reactor_.get();
+  }
+  absl::StatusOr<v1::StepResponse> response = reactor->Read(options_.response_timeout);
+  absl::MutexLock lock(&mu_);
+  if (expected_.empty()) return absl::FailedPreconditionError("StepSession finished meanwhile");
+  StepExpectation expected = std::move(expected_.front());
+  expected_.pop_front();
+  if (!response.ok()) return response.status();
+  if (absl::Status s = CheckStepResponse(expected, *response); !s.ok()) {
+    // The stream no longer matches our requests; nothing after this can be trusted.
+    reactor->context()->TryCancel();
+    return s;
+  }
+  return response;
+}
+
+absl::StatusOr<v1::StepResponse> StepSession::Step(v1::StepRequest request) {
+  absl::StatusOr<uint64_t> sent = Send(std::move(request));
+  if (!sent.ok()) return sent.status();
+  return Receive();
+}
+
+int StepSession::in_flight() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int>(expected_.size());
+}
+
+absl::Status StepSession::Finish() {
+  Reactor* reactor;
+  {
+    absl::MutexLock lock(&mu_);
+    if (finished_) return finish_status_;
+    finished_ = true;
+    reactor = reactor_.get();
+  }
+  absl::Status status;
+  if (reactor != nullptr) {
+    reactor->CloseWrites();
+    status = FromGrpcStatus(reactor->AwaitDone(), "StepStream");
+  }
+  absl::MutexLock lock(&mu_);
+  finish_status_ = status;
+  expected_.clear();
+  return status;
+}
+
+void StepSession::Cancel() {
+  absl::MutexLock lock(&mu_);
+  if (reactor_ != nullptr) reactor_->context()->TryCancel();
+}
+
+}  // namespace flashkv

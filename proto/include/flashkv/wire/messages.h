@@ -1,0 +1,118 @@
+#pragma once
+
+// Decoders and encoders for the flashkv.v1 messages that carry tensors (proto/flashkv/v1/*.proto),
+// written against the wire format so that tensor bytes are never copied into or out of protobuf
+// strings: a decoded tensor is a Span of the received slices, and an encoded one references the
+// caller's buffer. They follow protobuf's parsing rules (unknown fields skipped, repeated scalars
+// packed or not, a repeated singular message merged, the last scalar winning), and the tests
+// check them against protobuf's own serializer. Messages without tensors use the generated
+// classes.
+//
+// Field values are decoded as they are on the wire; checking them against the server's model
+// (dtype, shapes, sizes) is the caller's job.
+
+#include <grpcpp/support/byte_buffer.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "flashkv/wire/message_builder.h"
+#include "flashkv/wire/message_bytes.h"
+
+namespace flashkv::wire {
+
+// flashkv.v1.Tensor as received.
+struct TensorView {
+  bool present = false;  // the field appeared on the wire
+  int32_t dtype = 0;     // flashkv.v1.DType value, unchecked
+  std::vector<int64_t> shape;
+  Span data;
+};
+
+struct StepEntryView {
+  std::string sequence_id;
+  TensorView q;
+  TensorView k;
+  TensorView v;
+  std::vector<int64_t> token_ids;
+};
+
+struct StepRequestView {
+  uint32_t layer = 0;
+  uint64_t step_id = 0;
+  std::vector<StepEntryView> entries;
+};
+
+struct StepResponseView {
+  std::vector<TensorView> out;
+  uint64_t step_id = 0;
+};
+
+struct AttentionRequestView {
+  TensorView q;
+  TensorView k;
+  TensorView v;
+  bool causal = false;
+  std::optional<float> softmax_scale;
+  bool return_lse = false;
+};
+
+struct AttentionVarlenRequestView {
+  TensorView q;
+  TensorView k;
+  TensorView v;
+  std::vector<int32_t> cu_seqlens_q;
+  std::vector<int32_t> cu_seqlens_kv;
+  bool causal = false;
+  std::optional<float> softmax_scale;
+  bool return_lse = false;
+};
+
+struct AttentionResponseView {
+  TensorView out;
+  TensorView lse;
+};
+
+// Errors are INVALID_ARGUMENT naming the message and the byte offset of the malformation.
+absl::Status DecodeStepRequest(const MessageBytes& message, StepRequestView* request);
+absl::Status DecodeStepResponse(const MessageBytes& message, StepResponseView* response);
+absl::Status DecodeAttentionRequest(const MessageBytes& message, AttentionRequestView* request);
+absl::Status DecodeAttentionVarlenRequest(const MessageBytes& message,
+                                          AttentionVarlenRequestView* request);
+absl::Status DecodeAttentionResponse(const MessageBytes& message, AttentionResponseView* response);
+
+// A tensor to encode. `owner` keeps `data` alive until gRPC has sent it; without an owner the
+// bytes are copied.
+struct TensorData {
+  int32_t dtype = 0;
+  std::vector<int64_t> shape;
+  const void* data = nullptr;
+  size_t size = 0;  // bytes
+  std::shared_ptr<const void> owner;
+};
+
+struct StepEntryData {
+  std::string_view sequence_id;
+  TensorData q;
+  TensorData k;
+  TensorData v;
+  std::vector<int64_t> token_ids;
+};
+
+// Appends `tensor` as field `field_number` of the message being built.
+void AppendTensorField(uint32_t field_number, const TensorData& tensor, MessageBuilder* builder);
+size_t TensorFieldSize(uint32_t field_number, const TensorData& tensor);
+
+grpc::ByteBuffer EncodeStepRequest(uint32_t layer, uint64_t step_id,
+                                   absl::Span<const StepEntryData> entries);
+grpc::ByteBuffer EncodeStepResponse(absl::Span<const TensorData> out, uint64_t step_id);
+// `lse` may be null (not requested).
+grpc::ByteBuffer EncodeAttentionResponse(const TensorData& out, const TensorData* lse);
+
+}  // namespace flashkv::wire

@@ -1,0 +1,147 @@
+#include "flashkv/wire/field_reader.h"
+
+#include <cstring>
+
+namespace flashkv::wire {
+
+FieldReader::FieldReader(const MessageBytes& message, Span span)
+    : message_(message), position_(span.offset), end_(span.offset + span.size) {}
+
+bool FieldReader::Fail(const std::string& what) {
+  status_ = absl::InvalidArgumentError(what + " at byte " + std::to_string(position_));
+  end_ = position_;  // every later Next() returns false
+  return false;
+}
+
+bool FieldReader::ReadByte(uint8_t* byte) {
+  if (position_ >= end_) return false;
+  if (cursor_ == nullptr || position_ < cursor_start_ || position_ >= cursor_end_) {
+    const size_t i = message_.SliceIndex(position_);
+    cursor_ = message_.slice(i).begin();
+    cursor_start_ = message_.slice_start(i);
+    cursor_end_ = cursor_start_ + message_.slice(i).size();
+  }
+  *byte = cursor_[position_ - cursor_start_];
+  ++position_;
+  return true;
+}
+
+bool FieldReader::ReadVarint(uint64_t* value) {
+  // Fast path: the whole varint (at most 10 bytes) lies in the current slice and the span.
+  if (cursor_ != nullptr && position_ >= cursor_start_ && position_ + 10 <= cursor_end_ &&
+      position_ + 10 <= end_) {
+    const uint8_t* p = cursor_ + (position_ - cursor_start_);
+    uint64_t result = 0;
+    for (int i = 0; i < 10; ++i) {
+      result |= static_cast<uint64_t>(p[i] & 0x7f) << (7 * i);
+      if ((p[i] & 0x80) == 0) {
+        position_ += static_cast<size_t>(i) + 1;
+        *value = result;
+        return true;
+      }
+    }
+    return Fail("varint longer than 10 bytes");
+  }
+  uint64_t result = 0;
+  for (int shift = 0; shift < 64; shift += 7) {
+    uint8_t byte;
+    if (!ReadByte(&byte)) return Fail("truncated varint");
+    result |= static_cast<uint64_t>(byte & 0x7f) << shift;
+    if ((byte & 0x80) == 0) {
+      *value = result;
+      return true;
+    }
+  }
+  return Fail("varint longer than 10 bytes");
+}
+
+bool FieldReader::ReadFixed(int num_bytes, uint64_t* value) {
+  uint64_t result = 0;
+  for (int i = 0; i < num_bytes; ++i) {
+    uint8_t byte;
+    if (!ReadByte(&byte)) return Fail("truncated fixed-width field");
+    result |= static_cast<uint64_t>(byte) << (8 * i);
+  }
+  *value = result;
+  return true;
+}
+
+bool FieldReader::Next(Field* field) {
+  if (position_ >= end_) return false;
+  uint64_t tag;
+  if (!ReadVarint(&tag)) return false;
+  const uint64_t number = tag >> 3;
+  if (number == 0 || number > 0x1fffffff)
+    return Fail("invalid field number " + std::to_string(number));
+  field->number = static_cast<uint32_t>(number);
+  field->type = static_cast<WireType>(tag & 7);
+  field->value = 0;
+  field->bytes = Span{};
+  switch (field->type) {
+    case WireType::kVarint:
+      return ReadVarint(&field->value);
+    case WireType::kFixed64:
+      return ReadFixed(8, &field->value);
+    case WireType::kFixed32:
+      return ReadFixed(4, &field->value);
+    case WireType::kLengthDelimited: {
+      uint64_t length;
+      if (!ReadVarint(&length)) return false;
+      if (length > end_ - position_) {
+        return Fail("length " + std::to_string(length) + " of field " + std::to_string(number) +
+                    " runs past the end of its message");
+      }
+      field->bytes = Span{position_, static_cast<size_t>(length)};
+      position_ += length;
+      return true;
+    }
+    default:
+      // Groups are proto2-only and never appear in flashkv's messages.
+      return Fail("unsupported wire type " + std::to_string(tag & 7) + " of field " +
+                  std::to_string(number));
+  }
+}
+
+absl::Status AppendRepeatedVarint(const MessageBytes& message, const Field& field,
+                                  std::vector<int64_t>* out) {
+  if (field.type == WireType::kVarint) {
+    out->push_back(static_cast<int64_t>(field.value));
+    return absl::OkStatus();
+  }
+  if (field.type != WireType::kLengthDelimited) {
+    return absl::InvalidArgumentError("field " + std::to_string(field.number) +
+                                      " must be a varint or a packed list of varints");
+  }
+  // A packed list: the payload is a plain run of varints, without tags.
+  std::vector<uint8_t> small;
+  const uint8_t* data = message.Contiguous(field.bytes);
+  if (data == nullptr) {
+    small.resize(field.bytes.size);
+    message.CopyTo(field.bytes, small.data());
+    data = small.data();
+  }
+  const uint8_t* end = data + field.bytes.size;
+  while (data < end) {
+    uint64_t value = 0;
+    int shift = 0;
+    for (;; shift += 7) {
+      if (data == end || shift >= 64) {
+        return absl::InvalidArgumentError("malformed packed varints in field " +
+                                          std::to_string(field.number));
+      }
+      const uint8_t byte = *data++;
+      value |= static_cast<uint64_t>(byte & 0x7f) << shift;
+      if ((byte & 0x80) == 0) break;
+    }
+    out->push_back(static_cast<int64_t>(value));
+  }
+  return absl::OkStatus();
+}
+
+std::string ReadString(const MessageBytes& message, const Field& field) {
+  std::string out(field.bytes.size, '\0');
+  message.CopyTo(field.bytes, out.data());
+  return out;
+}
+
+}  // namespace flashkv::wire

@@ -1,0 +1,316 @@
+#include "flashkv/wire/messages.h"
+
+#include <cstring>
+#include <utility>
+
+#include "flashkv/wire/field_reader.h"
+
+namespace flashkv::wire {
+namespace {
+
+// Field numbers, from proto/flashkv/v1/*.proto.
+namespace tensor {
+constexpr uint32_t kDType = 1, kShape = 2, kData = 3;
+}
+namespace step_entry {
+constexpr uint32_t kSequenceId = 1, kQ = 2, kK = 3, kV = 4, kTokenIds = 5;
+}
+namespace step_request {
+constexpr uint32_t kLayer = 1, kEntries = 2, kStepId = 3;
+}
+namespace step_response {
+constexpr uint32_t kOut = 1, kStepId = 2;
+}
+namespace attention_request {
+constexpr uint32_t kQ = 1, kK = 2, kV = 3, kCausal = 4, kSoftmaxScale = 5, kReturnLse = 6;
+}
+namespace varlen_request {
+constexpr uint32_t kQ = 1, kK = 2, kV = 3, kCuSeqlensQ = 4, kCuSeqlensKv = 5, kCausal = 6,
+                   kSoftmaxScale = 7, kReturnLse = 8;
+}
+namespace attention_response {
+constexpr uint32_t kOut = 1, kLse = 2;
+}
+
+bool IsVarint(const Field& f) { return f.type == WireType::kVarint; }
+bool IsBytes(const Field& f) { return f.type == WireType::kLengthDelimited; }
+bool IsFixed32(const Field& f) { return f.type == WireType::kFixed32; }
+
+float FloatFromBits(uint64_t bits) {
+  const uint32_t low = static_cast<uint32_t>(bits);
+  float value;
+  std::memcpy(&value, &low, sizeof value);
+  return value;
+}
+
+absl::Status Malformed(const char* message, const absl::Status& status) {
+  return absl::InvalidArgumentError(std::string("malformed ") + message + ": " +
+                                    std::string(status.message()));
+}
+
+// Merges one occurrence of a Tensor field into `tensor`, as protobuf merges a repeated singular
+// message: scalars and bytes overwrite, repeated fields append.
+absl::Status DecodeTensor(const MessageBytes& message, Span span, TensorView* tensor) {
+  tensor->present = true;
+  FieldReader reader(message, span);
+  Field field;
+  while (reader.Next(&field)) {
+    if (field.number == tensor::kDType && IsVarint(field)) {
+      tensor->dtype = static_cast<int32_t>(field.value);
+    } else if (field.number == tensor::kShape) {
+      if (auto s = AppendRepeatedVarint(message, field, &tensor->shape); !s.ok()) return s;
+    } else if (field.number == tensor::kData && IsBytes(field)) {
+      tensor->data = field.bytes;
+    }
+  }
+  if (!reader.status().ok()) return Malformed("Tensor", reader.status());
+  return absl::OkStatus();
+}
+
+absl::Status AppendInt32s(const MessageBytes& message, const Field& field,
+                          std::vector<int32_t>* out) {
+  std::vector<int64_t> values;
+  if (auto s = AppendRepeatedVarint(message, field, &values); !s.ok()) return s;
+  // int32 fields truncate to 32 bits, as protobuf does (negative values are sign-extended).
+  for (int64_t v : values) out->push_back(static_cast<int32_t>(v));
+  return absl::OkStatus();
+}
+
+absl::Status DecodeStepEntry(const MessageBytes& message, Span span, StepEntryView* entry) {
+  FieldReader reader(message, span);
+  Field field;
+  while (reader.Next(&field)) {
+    absl::Status status;
+    switch (field.number) {
+      case step_entry::kSequenceId:
+        if (IsBytes(field)) entry->sequence_id = ReadString(message, field);
+        break;
+      case step_entry::kQ:
+        if (IsBytes(field)) status = DecodeTensor(message, field.bytes, &entry->q);
+        break;
+      case step_entry::kK:
+        if (IsBytes(field)) status = DecodeTensor(message, field.bytes, &entry->k);
+        break;
+      case step_entry::kV:
+        if (IsBytes(field)) status = DecodeTensor(message, field.bytes, &entry->v);
+        break;
+      case step_entry::kTokenIds:
+        status = AppendRepeatedVarint(message, field, &entry->token_ids);
+        break;
+      default:
+        break;
+    }
+    if (!status.ok()) return status;
+  }
+  if (!reader.status().ok()) return Malformed("StepEntry", reader.status());
+  return absl::OkStatus();
+}
+
+// The three tensors and the flags shared by AttentionRequest and AttentionVarlenRequest.
+template <typename View>
+bool DecodeCommonAttentionField(const MessageBytes& message, const Field& field, uint32_t q,
+                                uint32_t causal, uint32_t scale, uint32_t return_lse, View* view,
+                                absl::Status* status) {
+  if (field.number == q || field.number == q + 1 || field.number == q + 2) {
+    TensorView* tensor = field.number == q ? &view->q : field.number == q + 1 ? &view->k : &view->v;
+    if (IsBytes(field)) *status = DecodeTensor(message, field.bytes, tensor);
+    return true;
+  }
+  if (field.number == causal && IsVarint(field)) {
+    view->causal = field.value != 0;
+    return true;
+  }
+  if (field.number == scale && IsFixed32(field)) {
+    view->softmax_scale = FloatFromBits(field.value);
+    return true;
+  }
+  if (field.number == return_lse && IsVarint(field)) {
+    view->return_lse = field.value != 0;
+    return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+absl::Status DecodeStepRequest(const MessageBytes& message, StepRequestView* request) {
+  FieldReader reader(message, message.whole());
+  Field field;
+  while (reader.Next(&field)) {
+    if (field.number == step_request::kLayer && IsVarint(field)) {
+      request->layer = static_cast<uint32_t>(field.value);
+    } else if (field.number == step_request::kStepId && IsVarint(field)) {
+      request->step_id = field.value;
+    } else if (field.number == step_request::kEntries && IsBytes(field)) {
+      request->entries.emplace_back();
+      if (auto s = DecodeStepEntry(message, field.bytes, &request->entries.back()); !s.ok()) {
+        return s;
+      }
+    }
+  }
+  if (!reader.status().ok()) return Malformed("StepRequest", reader.status());
+  return absl::OkStatus();
+}
+
+absl::Status DecodeStepResponse(const MessageBytes& message, StepResponseView* response) {
+  FieldReader reader(message, message.whole());
+  Field field;
+  while (reader.Next(&field)) {
+    if (field.number == step_response::kOut && IsBytes(field)) {
+      response->out.emplace_back();
+      if (auto s = DecodeTensor(message, field.bytes, &response->out.back()); !s.ok()) return s;
+    } else if (field.number == step_response::kStepId && IsVarint(field)) {
+      response->step_id = field.value;
+    }
+  }
+  if (!reader.status().ok()) return Malformed("StepResponse", reader.status());
+  return absl::OkStatus();
+}
+
+absl::Status DecodeAttentionRequest(const MessageBytes& message, AttentionRequestView* request) {
+  namespace f = attention_request;
+  FieldReader reader(message, message.whole());
+  Field field;
+  while (reader.Next(&field)) {
+    absl::Status status;
+    DecodeCommonAttentionField(message, field, f::kQ, f::kCausal, f::kSoftmaxScale, f::kReturnLse,
+                               request, &status);
+    if (!status.ok()) return status;
+  }
+  if (!reader.status().ok()) return Malformed("AttentionRequest", reader.status());
+  return absl::OkStatus();
+}
+
+absl::Status DecodeAttentionVarlenRequest(const MessageBytes& message,
+                                          AttentionVarlenRequestView* request) {
+  namespace f = varlen_request;
+  FieldReader reader(message, message.whole());
+  Field field;
+  while (reader.Next(&field)) {
+    absl::Status status;
+    if (DecodeCommonAttentionField(message, field, f::kQ, f::kCausal, f::kSoftmaxScale,
+                                   f::kReturnLse, request, &status)) {
+    } else if (field.number == f::kCuSeqlensQ) {
+      status = AppendInt32s(message, field, &request->cu_seqlens_q);
+    } else if (field.number == f::kCuSeqlensKv) {
+      status = AppendInt32s(message, field, &request->cu_seqlens_kv);
+    }
+    if (!status.ok()) return status;
+  }
+  if (!reader.status().ok()) return Malformed("AttentionVarlenRequest", reader.status());
+  return absl::OkStatus();
+}
+
+absl::Status DecodeAttentionResponse(const MessageBytes& message, AttentionResponseView* response) {
+  namespace f = attention_response;
+  FieldReader reader(message, message.whole());
+  Field field;
+  while (reader.Next(&field)) {
+    absl::Status status;
+    if (field.number == f::kOut && IsBytes(field)) {
+      status = DecodeTensor(message, field.bytes, &response->out);
+    } else if (field.number == f::kLse && IsBytes(field)) {
+      status = DecodeTensor(message, field.bytes, &response->lse);
+    }
+    if (!status.ok()) return status;
+  }
+  if (!reader.status().ok()) return Malformed("AttentionResponse", reader.status());
+  return absl::OkStatus();
+}
+
+// ---- Encoding ------------------------------------------------------------------------------
+
+namespace {
+
+size_t PackedVarintsSize(const std::vector<int64_t>& values) {
+  size_t size = 0;
+  for (int64_t v : values) size += VarintSize(static_cast<uint64_t>(v));
+  return size;
+}
+
+// Proto3 leaves out fields holding their default, as protobuf's serializer does.
+size_t TensorPayloadSize(const TensorData& tensor) {
+  size_t size = 0;
+  if (tensor.dtype != 0) {
+    size += TagSize(tensor::kDType) +
+            VarintSize(static_cast<uint64_t>(static_cast<int64_t>(tensor.dtype)));
+  }
+  if (!tensor.shape.empty()) {
+    size += LengthDelimitedFieldSize(tensor::kShape, PackedVarintsSize(tensor.shape));
+  }
+  if (tensor.size > 0) size += LengthDelimitedFieldSize(tensor::kData, tensor.size);
+  return size;
+}
+
+void AppendPackedVarints(uint32_t field_number, const std::vector<int64_t>& values,
+                         MessageBuilder* builder) {
+  if (values.empty()) return;
+  builder->LengthDelimitedHeader(field_number, PackedVarintsSize(values));
+  for (int64_t v : values) builder->Varint(static_cast<uint64_t>(v));
+}
+
+size_t StepEntryPayloadSize(const StepEntryData& entry) {
+  size_t size = 0;
+  if (!entry.sequence_id.empty()) {
+    size += LengthDelimitedFieldSize(step_entry::kSequenceId, entry.sequence_id.size());
+  }
+  size += TensorFieldSize(step_entry::kQ, entry.q) + TensorFieldSize(step_entry::kK, entry.k) +
+          TensorFieldSize(step_entry::kV, entry.v);
+  if (!entry.token_ids.empty()) {
+    size += LengthDelimitedFieldSize(step_entry::kTokenIds, PackedVarintsSize(entry.token_ids));
+  }
+  return size;
+}
+
+}  // namespace
+
+size_t TensorFieldSize(uint32_t field_number, const TensorData& tensor) {
+  return LengthDelimitedFieldSize(field_number, TensorPayloadSize(tensor));
+}
+
+void AppendTensorField(uint32_t field_number, const TensorData& tensor, MessageBuilder* builder) {
+  builder->LengthDelimitedHeader(field_number, TensorPayloadSize(tensor));
+  if (tensor.dtype != 0) {
+    builder->VarintField(tensor::kDType, static_cast<uint64_t>(static_cast<int64_t>(tensor.dtype)));
+  }
+  AppendPackedVarints(tensor::kShape, tensor.shape, builder);
+  if (tensor.size > 0) {
+    builder->LengthDelimitedHeader(tensor::kData, tensor.size);
+    builder->Alias(tensor.data, tensor.size, tensor.owner);
+  }
+}
+
+grpc::ByteBuffer EncodeStepRequest(uint32_t layer, uint64_t step_id,
+                                   absl::Span<const StepEntryData> entries) {
+  MessageBuilder builder;
+  if (layer != 0) builder.VarintField(step_request::kLayer, layer);
+  for (const StepEntryData& entry : entries) {
+    builder.LengthDelimitedHeader(step_request::kEntries, StepEntryPayloadSize(entry));
+    if (!entry.sequence_id.empty()) {
+      builder.LengthDelimitedHeader(step_entry::kSequenceId, entry.sequence_id.size());
+      builder.Copy(entry.sequence_id.data(), entry.sequence_id.size());
+    }
+    AppendTensorField(step_entry::kQ, entry.q, &builder);
+    AppendTensorField(step_entry::kK, entry.k, &builder);
+    AppendTensorField(step_entry::kV, entry.v, &builder);
+    AppendPackedVarints(step_entry::kTokenIds, entry.token_ids, &builder);
+  }
+  if (step_id != 0) builder.VarintField(step_request::kStepId, step_id);
+  return builder.Finish();
+}
+
+grpc::ByteBuffer EncodeStepResponse(absl::Span<const TensorData> out, uint64_t step_id) {
+  MessageBuilder builder;
+  for (const TensorData& tensor : out) AppendTensorField(step_response::kOut, tensor, &builder);
+  if (step_id != 0) builder.VarintField(step_response::kStepId, step_id);
+  return builder.Finish();
+}
+
+grpc::ByteBuffer EncodeAttentionResponse(const TensorData& out, const TensorData* lse) {
+  MessageBuilder builder;
+  AppendTensorField(attention_response::kOut, out, &builder);
+  if (lse != nullptr) AppendTensorField(attention_response::kLse, *lse, &builder);
+  return builder.Finish();
+}
+
+}  // namespace flashkv::wire

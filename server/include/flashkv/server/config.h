@@ -1,0 +1,91 @@
+#pragma once
+
+// Everything that configures one flashkv-server process. Flags are parsed into it in main only
+// (server/main.cc); tests and embedders fill it directly. ValidateConfig checks every field.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "flashkv/dtype.h"
+#include "flashkv/transport.h"
+
+namespace flashkv::server {
+
+enum class BackendChoice {
+  kAuto,  // CUDA when a device is visible and flashkv was built with CUDA, else CPU
+  kCpu,
+  kCuda,
+};
+
+const char* BackendChoiceName(BackendChoice choice);
+
+// The one model shape a server instance serves.
+struct ModelShape {
+  int num_layers = 32;
+  int num_q_heads = 32;
+  int num_kv_heads = 8;
+  int head_dim = 128;
+  DType dtype = DType::kFloat16;
+  int page_size = 16;  // tokens per KV block
+};
+
+struct SchedulerConfig {
+  // How long a device's scheduler may wait for more Step calls to merge once it has work and is
+  // idle. Zero: launch at once (work that arrives during a launch still merges into the next).
+  absl::Duration batch_window = absl::ZeroDuration();
+  // Most new tokens (rows of q) in one launch.
+  int max_batch_tokens = 8192;
+  // A Step's rows are computed in launches of at most this many tokens, so that decodes of other
+  // calls run between the chunks of a long prefill. See docs/api.md ("Long prefills").
+  int prefill_chunk_tokens = 512;
+};
+
+inline constexpr int64_t kDefaultCpuKvCacheBytes = int64_t{1} << 30;
+
+struct ServerConfig {
+  ModelShape model;
+
+  // Devices. With kCuda, `cuda_devices` lists the ordinals (empty: every visible device). With
+  // kCpu, `cpu_devices` independent caches ("devices") share the host: one is the normal setting,
+  // several exercise multi-device placement without GPUs.
+  BackendChoice backend = BackendChoice::kAuto;
+  std::vector<int> cuda_devices;
+  int cpu_devices = 1;
+  int cpu_threads = 0;  // worker threads of the CPU kernels; 0: hardware concurrency
+
+  // KV memory (K and V pools of all layers) per device: at most one of `kv_cache_bytes` or a
+  // fraction of free device memory (CUDA) / of physical host memory (CPU). Neither set: 90% of
+  // free device memory with CUDA, kDefaultCpuKvCacheBytes on the CPU backend.
+  int64_t kv_cache_bytes = 0;
+  double kv_cache_fraction = 0.0;
+  // Host memory per device for sequences swapped out under pressure; 0 disables swapping.
+  int64_t swap_bytes = 0;
+  // Longest context a sequence may reach; 0: as many tokens as the pool holds.
+  int max_context = 0;
+
+  SchedulerConfig scheduler;
+  // Sequences not stepped for this long are freed; zero disables expiry.
+  absl::Duration sequence_ttl = absl::Minutes(30);
+
+  // gRPC listening address: "host:port" (port 0 picks one) or "unix:/path/to.sock".
+  std::string listen_address = "0.0.0.0:50051";
+  TransportOptions transport;
+  // Limits on what one request may carry, checked before anything is allocated.
+  int max_entries_per_step = 4096;
+  // Prometheus pull endpoint "host:port" (port 0 picks one); empty disables it.
+  std::string metrics_address = "0.0.0.0:9464";
+  // On SIGTERM/SIGINT: stop accepting calls, then give in-flight calls this long to finish.
+  absl::Duration drain_deadline = absl::Seconds(30);
+  // Threads running the stateless Attention RPCs (each call also uses the CPU kernels' pool).
+  int attention_threads = 2;
+  // spdlog level: trace, debug, info, warn, error, critical, off.
+  std::string log_level = "info";
+};
+
+// Every field checked; errors name the flag-level field and its limit (INVALID_ARGUMENT).
+absl::Status ValidateConfig(const ServerConfig& config);
+
+}  // namespace flashkv::server

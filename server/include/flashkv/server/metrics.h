@@ -1,0 +1,59 @@
+#pragma once
+
+// The server's Prometheus metrics (names and meanings in docs/operations.md). One Metrics object
+// per server; the exporter (prometheus-cpp's pull endpoint) scrapes registry() on its own port.
+//
+// Thread-safety: every method may be called from any thread (prometheus-cpp metrics are atomic;
+// families lock internally when a new label set appears). Ownership: the registry and its
+// metrics live as long as the Metrics object.
+
+#include <grpcpp/support/status.h>
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "absl/time/time.h"
+
+namespace flashkv::server {
+
+class Metrics {
+ public:
+  Metrics();
+
+  std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
+
+  // Calls whose handler has started and not yet answered (StepStream: request messages).
+  void CallStarted(std::string_view rpc);
+  void CallFinished(std::string_view rpc);
+  // One finished RPC (a StepStream counts once per request message, as rpc "StepStream").
+  void RecordRpc(std::string_view rpc, grpc::StatusCode code, absl::Duration latency);
+  // A Step (unary or stream message) from receipt to response: total and time queued before its
+  // first launch.
+  void RecordStep(absl::Duration latency, absl::Duration queue_wait);
+  // One scheduler launch on `device`.
+  void RecordBatch(int device, int entries, int64_t tokens, absl::Duration kernel_time);
+  void RecordExpiredSequences(int count);
+  // Devices' sequence gauge, kept by the service as sequences come and go.
+  void SetSequences(int device, int64_t count);
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  prometheus::Family<prometheus::Counter>& rpc_requests_;
+  prometheus::Family<prometheus::Histogram>& rpc_latency_;
+  prometheus::Family<prometheus::Gauge>& rpc_in_flight_;
+  prometheus::Histogram& step_latency_;
+  prometheus::Histogram& step_queue_wait_;
+  prometheus::Family<prometheus::Histogram>& batch_entries_;
+  prometheus::Family<prometheus::Histogram>& batch_tokens_;
+  prometheus::Family<prometheus::Histogram>& kernel_seconds_;
+  prometheus::Counter& expired_sequences_;
+  prometheus::Family<prometheus::Gauge>& sequences_;
+};
+
+}  // namespace flashkv::server

@@ -1,0 +1,197 @@
+#include "flashkv/server/attention_backend.h"
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "flashkv/cpu_backend.h"
+#include "flashkv/cuda_backend.h"
+#include "flashkv/server/status.h"
+
+namespace flashkv::server {
+namespace {
+
+class CpuAttentionBackend final : public AttentionBackend {
+ public:
+  std::string name() const override { return "cpu"; }
+  bool IsCompiled(DType dtype, int head_dim) const override {
+    return cpu::IsCompiled(dtype, head_dim);
+  }
+  absl::Status RunFixed(const FixedAttentionArgs& args) override {
+    return FromKernelStatus(cpu::Attention(args));
+  }
+  absl::Status RunVarlen(const VarlenAttentionArgs& args) override {
+    return FromKernelStatus(cpu::AttentionVarlen(args));
+  }
+};
+
+// Regions of one scratch allocation, 256-byte aligned like cudaMalloc's own results.
+class ScratchLayout {
+ public:
+  size_t Add(size_t bytes) {
+    const size_t offset = size_;
+    size_ += (bytes + 255) / 256 * 256;
+    return offset;
+  }
+  size_t size() const { return size_; }
+
+ private:
+  size_t size_ = 0;
+};
+
+// One device: one stream and a grow-only scratch area, both used under `mu_` so that calls
+// serialise (the device runs one kernel of ours at a time anyway).
+class CudaAttentionBackend final : public AttentionBackend {
+ public:
+  explicit CudaAttentionBackend(int device, cuda::Stream stream)
+      : device_(device), stream_(stream) {}
+  ~CudaAttentionBackend() override {
+    (void)cuda::SetDevice(device_);
+    if (scratch_ != nullptr) (void)cuda::Free(scratch_);
+    (void)cuda::StreamDestroy(stream_);
+  }
+
+  std::string name() const override { return "cuda:" + std::to_string(device_); }
+  bool IsCompiled(DType dtype, int head_dim) const override {
+    return cuda::IsCompiled(dtype, head_dim);
+  }
+
+  absl::Status RunFixed(const FixedAttentionArgs& host) override {
+    const size_t elem = DTypeSize(host.dtype);
+    const size_t q_bytes =
+        size_t(host.batch) * host.seqlen_q * host.num_heads_q * host.head_dim * elem;
+    const size_t kv_bytes =
+        size_t(host.batch) * host.seqlen_kv * host.num_heads_kv * host.head_dim * elem;
+    const size_t lse_bytes =
+        host.lse ? size_t(host.batch) * host.num_heads_q * host.seqlen_q * sizeof(float) : 0;
+    ScratchLayout layout;
+    const size_t q = layout.Add(q_bytes), k = layout.Add(kv_bytes), v = layout.Add(kv_bytes);
+    const size_t out = layout.Add(q_bytes), lse = layout.Add(lse_bytes);
+
+    absl::MutexLock lock(&mu_);
+    if (auto s = Prepare(layout.size()); !s.ok()) return s;
+    FixedAttentionArgs dev = host;
+    dev.q = At(q);
+    dev.k = At(k);
+    dev.v = At(v);
+    dev.out = At(out);
+    dev.lse = host.lse ? static_cast<float*>(At(lse)) : nullptr;
+    if (auto s = Upload(
+            {{host.q, dev.q, q_bytes}, {host.k, dev.k, kv_bytes}, {host.v, dev.v, kv_bytes}});
+        !s.ok()) {
+      return s;
+    }
+    if (auto s = FromKernelStatus(cuda::Attention(dev, stream_)); !s.ok()) return s;
+    return Download({{dev.out, host.out, q_bytes}, {dev.lse, host.lse, lse_bytes}});
+  }
+
+  absl::Status RunVarlen(const VarlenAttentionArgs& host) override {
+    const size_t elem = DTypeSize(host.dtype);
+    const size_t q_bytes = size_t(host.total_q) * host.num_heads_q * host.head_dim * elem;
+    const size_t kv_bytes = size_t(host.total_kv) * host.num_heads_kv * host.head_dim * elem;
+    const size_t lse_bytes = host.lse ? size_t(host.num_heads_q) * host.total_q * sizeof(float) : 0;
+    const size_t cu_bytes = size_t(host.num_seqs + 1) * sizeof(int32_t);
+    ScratchLayout layout;
+    const size_t q = layout.Add(q_bytes), k = layout.Add(kv_bytes), v = layout.Add(kv_bytes);
+    const size_t out = layout.Add(q_bytes), lse = layout.Add(lse_bytes);
+    const size_t cu_q = layout.Add(cu_bytes), cu_kv = layout.Add(cu_bytes);
+
+    absl::MutexLock lock(&mu_);
+    if (auto s = Prepare(layout.size()); !s.ok()) return s;
+    VarlenAttentionArgs dev = host;
+    dev.q = At(q);
+    dev.k = At(k);
+    dev.v = At(v);
+    dev.out = At(out);
+    dev.lse = host.lse ? static_cast<float*>(At(lse)) : nullptr;
+    dev.cu_seqlens_q = static_cast<const int32_t*>(At(cu_q));
+    dev.cu_seqlens_kv = static_cast<const int32_t*>(At(cu_kv));
+    // The kernels validate indices through the host copies before launching.
+    dev.host_cu_seqlens_q = host.cu_seqlens_q;
+    dev.host_cu_seqlens_kv = host.cu_seqlens_kv;
+    if (auto s = Upload({{host.q, dev.q, q_bytes},
+                         {host.k, dev.k, kv_bytes},
+                         {host.v, dev.v, kv_bytes},
+                         {host.cu_seqlens_q, dev.cu_seqlens_q, cu_bytes},
+                         {host.cu_seqlens_kv, dev.cu_seqlens_kv, cu_bytes}});
+        !s.ok()) {
+      return s;
+    }
+    if (auto s = FromKernelStatus(cuda::AttentionVarlen(dev, stream_)); !s.ok()) return s;
+    return Download({{dev.out, host.out, q_bytes}, {dev.lse, host.lse, lse_bytes}});
+  }
+
+ private:
+  struct Copy {
+    const void* src;
+    const void* dst;
+    size_t bytes;
+  };
+
+  void* At(size_t offset) const { return static_cast<uint8_t*>(scratch_) + offset; }
+
+  absl::Status Prepare(size_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (auto s = FromKernelStatus(cuda::SetDevice(device_)); !s.ok()) return s;
+    if (bytes <= capacity_) return absl::OkStatus();
+    if (scratch_ != nullptr) {
+      if (auto s = FromKernelStatus(cuda::Free(scratch_)); !s.ok()) return s;
+      scratch_ = nullptr;
+      capacity_ = 0;
+    }
+    if (auto s = FromKernelStatus(cuda::Malloc(&scratch_, bytes)); !s.ok()) {
+      return absl::ResourceExhaustedError(
+          "device scratch of " + std::to_string(bytes) +
+          " bytes for a stateless attention call: " + std::string(s.message()));
+    }
+    capacity_ = bytes;
+    return absl::OkStatus();
+  }
+
+  absl::Status Upload(std::initializer_list<Copy> copies) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    for (const Copy& c : copies) {
+      if (c.bytes == 0) continue;
+      if (auto s = FromKernelStatus(
+              cuda::MemcpyHostToDevice(const_cast<void*>(c.dst), c.src, c.bytes, stream_));
+          !s.ok()) {
+        return s;
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Download(std::initializer_list<Copy> copies) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    for (const Copy& c : copies) {
+      if (c.bytes == 0) continue;
+      if (auto s = FromKernelStatus(
+              cuda::MemcpyDeviceToHost(const_cast<void*>(c.dst), c.src, c.bytes, stream_));
+          !s.ok()) {
+        return s;
+      }
+    }
+    return FromKernelStatus(cuda::StreamSynchronize(stream_));
+  }
+
+  const int device_;
+  const cuda::Stream stream_;
+  absl::Mutex mu_;
+  void* scratch_ ABSL_GUARDED_BY(mu_) = nullptr;
+  size_t capacity_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<AttentionBackend> NewCpuAttentionBackend() {
+  return std::make_unique<CpuAttentionBackend>();
+}
+
+absl::StatusOr<std::unique_ptr<AttentionBackend>> NewCudaAttentionBackend(int device) {
+  if (auto s = FromKernelStatus(cuda::CheckDevice(device)); !s.ok()) return s;
+  if (auto s = FromKernelStatus(cuda::SetDevice(device)); !s.ok()) return s;
+  cuda::Stream stream = nullptr;
+  if (auto s = FromKernelStatus(cuda::StreamCreate(&stream)); !s.ok()) return s;
+  return std::unique_ptr<AttentionBackend>(new CudaAttentionBackend(device, stream));
+}
+
+}  // namespace flashkv::server

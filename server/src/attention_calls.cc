@@ -1,0 +1,231 @@
+#include "flashkv/server/attention_calls.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <utility>
+
+#include "flashkv/server/tensor_checks.h"
+#include "flashkv/wire/messages.h"
+
+namespace flashkv::server {
+namespace {
+
+absl::Status Invalid(std::string message) { return absl::InvalidArgumentError(std::move(message)); }
+
+DimSpec Any(const char* name) { return DimSpec{name, kAnyDim, ""}; }
+DimSpec Same(const char* name, int64_t value, std::string source) {
+  return DimSpec{name, value, std::move(source)};
+}
+
+// Head counts and head dim shared by both RPCs, read from q and k (already shape-checked).
+absl::Status CheckHeads(int64_t hq, int64_t hkv, int64_t d) {
+  bool supported = false;
+  for (int s : kSupportedHeadDims) supported = supported || s == d;
+  if (!supported) {
+    return Invalid("q.shape[-1] (D) = " + std::to_string(d) +
+                   " must be one of 32, 64, 96, 128, 192, 256");
+  }
+  if (hq < 1 || hkv < 1)
+    return Invalid("head counts (Hq " + std::to_string(hq) + ", Hkv " + std::to_string(hkv) +
+                   ") must be >= 1");
+  if (hq % hkv != 0) {
+    return Invalid("q heads (Hq = " + std::to_string(hq) +
+                   ") must be a multiple of k/v heads (Hkv = " + std::to_string(hkv) + ")");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckScale(const std::optional<float>& scale) {
+  if (scale.has_value() && !(std::isfinite(*scale) && *scale > 0.0f)) {
+    return Invalid("softmax_scale (" + std::to_string(*scale) + ") must be finite and > 0");
+  }
+  return absl::OkStatus();
+}
+
+// cu_seqlens must have num_seqs + 1 entries, start at 0, never decrease and end at `total`.
+absl::Status CheckCuSeqlens(const char* name, const std::vector<int32_t>& cu, size_t expected_size,
+                            int64_t total, const char* total_source, int* max_len) {
+  if (cu.size() != expected_size) {
+    return Invalid(std::string(name) + " has " + std::to_string(cu.size()) +
+                   " entries, must have " + std::to_string(expected_size) + " (cu_seqlens_q's)");
+  }
+  if (cu.empty() || cu[0] != 0) return Invalid(std::string(name) + "[0] must be 0");
+  *max_len = 0;
+  for (size_t i = 1; i < cu.size(); ++i) {
+    if (cu[i] < cu[i - 1]) {
+      return Invalid(std::string(name) + "[" + std::to_string(i) + "] (" + std::to_string(cu[i]) +
+                     ") must be >= " + name + "[" + std::to_string(i - 1) + "] (" +
+                     std::to_string(cu[i - 1]) + ")");
+    }
+    *max_len = std::max(*max_len, cu[i] - cu[i - 1]);
+  }
+  if (cu.back() != total) {
+    return Invalid(std::string(name) + "[" + std::to_string(cu.size() - 1) + "] (" +
+                   std::to_string(cu.back()) + ") must equal " + total_source + " (" +
+                   std::to_string(total) + ")");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<AttentionCall> PrepareAttention(wire::MessageBytes message) {
+  wire::AttentionRequestView request;
+  if (auto s = wire::DecodeAttentionRequest(message, &request); !s.ok()) return s;
+
+  TensorSpec q_spec{"q", {Any("B"), Any("Sq"), Any("Hq"), Any("D")}, std::nullopt, ""};
+  absl::StatusOr<DType> dtype = CheckTensor(request.q, q_spec);
+  if (!dtype.ok()) return dtype.status();
+  const std::vector<int64_t>& q = request.q.shape;
+  TensorSpec k_spec{
+      "k",
+      {Same("B", q[0], "q.shape[0]"), Any("Skv"), Any("Hkv"), Same("D", q[3], "q.shape[3]")},
+      *dtype,
+      "q.dtype"};
+  if (auto s = CheckTensor(request.k, k_spec); !s.ok()) return s.status();
+  const std::vector<int64_t>& k = request.k.shape;
+  TensorSpec v_spec{"v",
+                    {Same("B", q[0], "q.shape[0]"), Same("Skv", k[1], "k.shape[1]"),
+                     Same("Hkv", k[2], "k.shape[2]"), Same("D", q[3], "q.shape[3]")},
+                    *dtype,
+                    "q.dtype"};
+  if (auto s = CheckTensor(request.v, v_spec); !s.ok()) return s.status();
+  if (auto s = CheckHeads(q[2], k[2], q[3]); !s.ok()) return s;
+  if (auto s = CheckScale(request.softmax_scale); !s.ok()) return s;
+
+  AttentionCall call;
+  call.message = std::move(message);
+  call.q = request.q.data;
+  call.k = request.k.data;
+  call.v = request.v.data;
+  call.return_lse = request.return_lse;
+  call.out_shape = q;
+  call.lse_shape = {q[0], q[2], q[1]};  // [B, Hq, Sq]
+  AttentionOptions options{request.causal, request.softmax_scale};
+  call.fixed = MakeDenseFixedArgs(*dtype, int(q[0]), int(q[1]), int(k[1]), int(q[2]), int(k[2]),
+                                  int(q[3]), nullptr, nullptr, nullptr, nullptr, nullptr, options);
+  return call;
+}
+
+absl::StatusOr<AttentionCall> PrepareAttentionVarlen(wire::MessageBytes message) {
+  wire::AttentionVarlenRequestView request;
+  if (auto s = wire::DecodeAttentionVarlenRequest(message, &request); !s.ok()) return s;
+
+  TensorSpec q_spec{"q", {Any("Tq"), Any("Hq"), Any("D")}, std::nullopt, ""};
+  absl::StatusOr<DType> dtype = CheckTensor(request.q, q_spec);
+  if (!dtype.ok()) return dtype.status();
+  const std::vector<int64_t>& q = request.q.shape;
+  TensorSpec k_spec{
+      "k", {Any("Tkv"), Any("Hkv"), Same("D", q[2], "q.shape[2]")}, *dtype, "q.dtype"};
+  if (auto s = CheckTensor(request.k, k_spec); !s.ok()) return s.status();
+  const std::vector<int64_t>& k = request.k.shape;
+  TensorSpec v_spec{"v",
+                    {Same("Tkv", k[0], "k.shape[0]"), Same("Hkv", k[1], "k.shape[1]"),
+                     Same("D", q[2], "q.shape[2]")},
+                    *dtype,
+                    "q.dtype"};
+  if (auto s = CheckTensor(request.v, v_spec); !s.ok()) return s.status();
+  if (auto s = CheckHeads(q[1], k[1], q[2]); !s.ok()) return s;
+  if (auto s = CheckScale(request.softmax_scale); !s.ok()) return s;
+  if (request.cu_seqlens_q.size() < 2) {
+    return Invalid("cu_seqlens_q has " + std::to_string(request.cu_seqlens_q.size()) +
+                   " entries, must have num_seqs + 1 >= 2");
+  }
+  int max_q = 0, max_kv = 0;
+  const size_t n = request.cu_seqlens_q.size();
+  if (auto s = CheckCuSeqlens("cu_seqlens_q", request.cu_seqlens_q, n, q[0], "q.shape[0]", &max_q);
+      !s.ok()) {
+    return s;
+  }
+  if (auto s =
+          CheckCuSeqlens("cu_seqlens_kv", request.cu_seqlens_kv, n, k[0], "k.shape[0]", &max_kv);
+      !s.ok()) {
+    return s;
+  }
+
+  AttentionCall call;
+  call.message = std::move(message);
+  call.varlen = true;
+  call.q = request.q.data;
+  call.k = request.k.data;
+  call.v = request.v.data;
+  call.return_lse = request.return_lse;
+  call.out_shape = q;
+  call.lse_shape = {q[1], q[0]};  // [Hq, Tq]
+  call.cu_seqlens_q = std::move(request.cu_seqlens_q);
+  call.cu_seqlens_kv = std::move(request.cu_seqlens_kv);
+  VarlenAttentionArgs& a = call.varlen_args;
+  a.dtype = *dtype;
+  a.num_seqs = static_cast<int>(n - 1);
+  a.num_heads_q = int(q[1]);
+  a.num_heads_kv = int(k[1]);
+  a.head_dim = int(q[2]);
+  a.total_q = q[0];
+  a.total_kv = k[0];
+  a.max_seqlen_q = max_q;
+  a.max_seqlen_kv = max_kv;
+  a.q_strides = DenseStrides(0, a.num_heads_q, a.head_dim);
+  a.k_strides = DenseStrides(0, a.num_heads_kv, a.head_dim);
+  a.v_strides = a.k_strides;
+  a.out_strides = a.q_strides;
+  a.options = AttentionOptions{request.causal, request.softmax_scale};
+  return call;
+}
+
+absl::Status RunAttention(const AttentionCall& call, AttentionBackend* backend,
+                          grpc::ByteBuffer* response) {
+  const DType dtype = call.varlen ? call.varlen_args.dtype : call.fixed.dtype;
+  const int head_dim = call.varlen ? call.varlen_args.head_dim : call.fixed.head_dim;
+  if (!backend->IsCompiled(dtype, head_dim)) {
+    return absl::UnimplementedError(std::string("attention for ") + DTypeName(dtype) +
+                                    " with head dim " + std::to_string(head_dim) +
+                                    " is not compiled into this server (" + backend->name() + ")");
+  }
+  const TensorBytes q = TensorBytes::Get(call.message, call.q, dtype);
+  const TensorBytes k = TensorBytes::Get(call.message, call.k, dtype);
+  const TensorBytes v = TensorBytes::Get(call.message, call.v, dtype);
+  std::shared_ptr<HostBytes> out = HostBytes::Allocate(call.q.size);
+  std::shared_ptr<HostBytes> lse;
+  if (call.return_lse) {
+    int64_t rows = 1;
+    for (int64_t d : call.lse_shape) rows *= d;
+    lse = HostBytes::Allocate(static_cast<size_t>(rows) * sizeof(float));
+  }
+  float* lse_data = lse ? reinterpret_cast<float*>(lse->data()) : nullptr;
+
+  absl::Status status;
+  if (call.varlen) {
+    VarlenAttentionArgs args = call.varlen_args;
+    args.q = q.data();
+    args.k = k.data();
+    args.v = v.data();
+    args.out = out->data();
+    args.lse = lse_data;
+    args.cu_seqlens_q = call.cu_seqlens_q.data();
+    args.cu_seqlens_kv = call.cu_seqlens_kv.data();
+    status = backend->RunVarlen(args);
+  } else {
+    FixedAttentionArgs args = call.fixed;
+    args.q = q.data();
+    args.k = k.data();
+    args.v = v.data();
+    args.out = out->data();
+    args.lse = lse_data;
+    status = backend->RunFixed(args);
+  }
+  if (!status.ok()) return status;
+
+  wire::TensorData out_tensor{static_cast<int32_t>(dtype), call.out_shape, out->data(), out->size(),
+                              out};
+  if (!call.return_lse) {
+    *response = wire::EncodeAttentionResponse(out_tensor, nullptr);
+    return absl::OkStatus();
+  }
+  wire::TensorData lse_tensor{static_cast<int32_t>(DType::kFloat32), call.lse_shape, lse->data(),
+                              lse->size(), lse};
+  *response = wire::EncodeAttentionResponse(out_tensor, &lse_tensor);
+  return absl::OkStatus();
+}
+
+}  // namespace flashkv::server

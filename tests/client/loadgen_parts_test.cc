@@ -1,0 +1,82 @@
+// The load generator's building blocks: length distributions, the latency histogram and the
+// synthetic data.
+
+#include <cmath>
+#include <random>
+#include <set>
+
+#include "flashkv/client/tensor.h"
+#include "gtest/gtest.h"
+#include "histogram.h"
+#include "length_distribution.h"
+#include "synthetic_data.h"
+
+namespace flashkv::loadgen {
+namespace {
+
+TEST(LengthDistributionTest, FormsAndBounds) {
+  std::mt19937_64 rng(1);
+  EXPECT_EQ(LengthDistribution::Parse("17")->Sample(rng), 17);
+  EXPECT_EQ(LengthDistribution::Parse("fixed:9")->Sample(rng), 9);
+  LengthDistribution u = *LengthDistribution::Parse("uniform:3:5");
+  std::set<int64_t> seen;
+  for (int i = 0; i < 200; ++i) seen.insert(u.Sample(rng));
+  EXPECT_EQ(seen, (std::set<int64_t>{3, 4, 5}));
+  LengthDistribution chat = *LengthDistribution::Parse("chat-prompt:0.5");
+  int64_t long_ones = 0;
+  for (int i = 0; i < 2000; ++i) {
+    const int64_t n = chat.Sample(rng);
+    ASSERT_GE(n, 1);
+    ASSERT_LE(n, chat.max());
+    long_ones += n > 1000;
+  }
+  EXPECT_GT(long_ones, 10);  // the tail exists
+  EXPECT_LT(long_ones, 400);
+  LengthDistribution ln = *LengthDistribution::Parse("lognormal:100:0.5:150");
+  for (int i = 0; i < 500; ++i) ASSERT_LE(ln.Sample(rng), 150);
+  for (const char* bad : {"0", "uniform:5:3", "uniform:1", "zipf:3", "lognormal:-1:1", "fixed:x"}) {
+    EXPECT_FALSE(LengthDistribution::Parse(bad).ok()) << bad;
+  }
+}
+
+TEST(LatencyHistogramTest, PercentilesWithinBucketPrecision) {
+  LatencyHistogram h, other;
+  for (int i = 1; i <= 1000; ++i) (i % 2 ? h : other).Record(absl::Microseconds(i));
+  h.Merge(other);
+  EXPECT_EQ(h.count(), 1000u);
+  EXPECT_NEAR(h.PercentileMs(0.5), 0.5, 0.5 * 0.03);
+  EXPECT_NEAR(h.PercentileMs(0.99), 0.99, 0.99 * 0.03);
+  EXPECT_DOUBLE_EQ(h.MaxMs(), 1.0);
+  EXPECT_DOUBLE_EQ(h.MinMs(), 0.001);
+  EXPECT_NEAR(h.MeanMs(), 0.5005, 1e-9);
+  const auto cdf = h.Cdf();
+  ASSERT_FALSE(cdf.empty());
+  EXPECT_DOUBLE_EQ(cdf.back().second, 1.0);
+  for (size_t i = 1; i < cdf.size(); ++i) EXPECT_GT(cdf[i].first, cdf[i - 1].first);
+  EXPECT_EQ(LatencyHistogram().PercentileMs(0.5), 0);
+}
+
+TEST(SyntheticDataTest, DeterministicNonZeroAndSpread) {
+  for (DType dtype : {DType::kFloat16, DType::kBFloat16, DType::kFloat32}) {
+    std::vector<std::byte> a(1001 * 4), b(1001 * 4);
+    FillValues(dtype, 42, 1001, a.data());
+    FillValues(dtype, 42, 1001, b.data());
+    EXPECT_EQ(a, b);
+    std::vector<float> f(1001);
+    ConvertToFloat(dtype, a.data(), f.data(), 1001);
+    double sum = 0;
+    for (float x : f) {
+      ASSERT_NE(x, 0.0f);
+      ASSERT_LE(std::fabs(x), 1.0f);
+      sum += x;
+    }
+    EXPECT_LT(std::fabs(sum / 1001), 0.1);  // centred
+    FillValues(dtype, 43, 1001, b.data());
+    EXPECT_NE(a, b);
+  }
+  // A chain hash depends on every earlier token.
+  EXPECT_NE(ChainHash(ChainHash(kChainStart, 1), 2), ChainHash(ChainHash(kChainStart, 2), 2));
+}
+
+}  // namespace
+}  // namespace flashkv::loadgen

@@ -1,0 +1,197 @@
+// The flashkv-server binary on SIGTERM: health turns NOT_SERVING, calls in flight finish with
+// their results, new calls are refused, and the process exits 0 within the drain deadline.
+
+#include <arpa/inet.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <future>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "flashkv/transport.h"
+#include "flashkv/v1/attention.grpc.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "testing/http_get.h"
+#include "testing/reference.h"
+
+namespace flashkv::testing {
+namespace {
+
+namespace v1 = flashkv::v1;
+using Clock = std::chrono::steady_clock;
+
+// The server process, killed (SIGKILL) if a test leaves it running.
+class ServerProcess {
+ public:
+  explicit ServerProcess(const std::vector<std::string>& args) {
+    pid_ = fork();
+    if (pid_ == 0) {
+      std::vector<char*> argv;
+      argv.push_back(const_cast<char*>(FLASHKV_SERVER_BINARY));
+      for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      execv(FLASHKV_SERVER_BINARY, argv.data());
+      _exit(127);
+    }
+  }
+  ~ServerProcess() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+  void Signal(int signal) { kill(pid_, signal); }
+  // The exit status, or -1 if it did not exit within `timeout`.
+  int WaitForExit(std::chrono::seconds timeout) {
+    const auto end = Clock::now() + timeout;
+    while (Clock::now() < end) {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+// A port nothing listens on right now (the kernel's next ephemeral one; a race with other
+// processes is possible but harmless in tests).
+int FreePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  inet_pton(AF_INET, "127.0.0.1", &address.sin_addr);
+  bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address);
+  socklen_t size = sizeof address;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size);
+  close(fd);
+  return ntohs(address.sin_port);
+}
+
+// The value of one sample in Prometheus text, 0 when absent.
+double MetricValue(const std::string& text, const std::string& sample) {
+  const size_t at = text.find("\n" + sample + " ");
+  if (at == std::string::npos) return 0;
+  return std::stod(text.substr(at + sample.size() + 2));
+}
+
+bool WaitForServing(const std::shared_ptr<grpc::Channel>& channel, std::chrono::seconds timeout) {
+  auto stub = grpc::health::v1::Health::NewStub(channel);
+  const auto end = Clock::now() + timeout;
+  while (Clock::now() < end) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
+    grpc::health::v1::HealthCheckRequest request;
+    grpc::health::v1::HealthCheckResponse response;
+    if (stub->Check(&context, request, &response).ok() &&
+        response.status() == grpc::health::v1::HealthCheckResponse::SERVING) {
+      return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+TEST(DrainTest, SigtermFinishesCallsInFlightThenExitsZero) {
+  const std::string socket = "/tmp/flashkv-drain-test-" + std::to_string(getpid()) + ".sock";
+  const std::string metrics_address = "127.0.0.1:" + std::to_string(FreePort());
+  ServerProcess process({"--backend=cpu", "--listen=unix:" + socket,
+                         "--metrics-address=" + metrics_address, "--layers=2", "--q-heads=4",
+                         "--kv-heads=2", "--head-dim=64", "--dtype=fp32", "--page-size=4",
+                         "--kv-cache-bytes=4MiB", "--cpu-threads=2", "--attention-threads=1",
+                         "--drain-deadline=20s", "--log-level=warn"});
+  // Connect only once the socket exists: a first attempt that fails puts the channel into gRPC's
+  // reconnect backoff, which waits seconds.
+  for (int i = 0; i < 600 && access(socket.c_str(), F_OK) != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  grpc::ChannelArguments channel_args = MakeChannelArguments(TransportOptions{});
+  channel_args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 50);
+  channel_args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 50);
+  channel_args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 50);
+  auto channel =
+      grpc::CreateCustomChannel("unix:" + socket, grpc::InsecureChannelCredentials(), channel_args);
+  ASSERT_TRUE(WaitForServing(channel, std::chrono::seconds(30)));
+  auto stub = v1::AttentionService::NewStub(channel);
+
+  // Calls queued behind one attention thread. The signal lands once the server has started all of
+  // them (its in-flight gauge says so) and before most have finished, whatever the machine's
+  // speed; every one must complete. (Calls the server has not started yet when a drain begins
+  // are refused by gRPC, as new calls are.)
+  std::mt19937_64 rng(1);
+  v1::AttentionRequest request;
+  const int s = 1024;
+  RandomTensor(DType::kFloat32, {1, s, 8, 64}, rng).ToProto(request.mutable_q());
+  RandomTensor(DType::kFloat32, {1, s, 8, 64}, rng).ToProto(request.mutable_k());
+  RandomTensor(DType::kFloat32, {1, s, 8, 64}, rng).ToProto(request.mutable_v());
+  constexpr int kCalls = 8;
+  struct Call {
+    grpc::ClientContext context;
+    v1::AttentionResponse response;
+    grpc::Status status;
+    absl::Notification done;
+  } calls[kCalls];
+  absl::Mutex mu;
+  int finished = 0;
+  for (Call& call : calls) {
+    stub->async()->Attention(&call.context, &request, &call.response, [&](grpc::Status s) {
+      call.status = s;
+      absl::MutexLock lock(&mu);
+      ++finished;
+      call.done.Notify();
+    });
+  }
+  for (;;) {
+    absl::StatusOr<std::string> metrics = HttpGet(metrics_address, "/metrics");
+    if (metrics.ok()) {
+      const double in_flight = MetricValue(*metrics, "flashkv_rpc_in_flight{rpc=\"Attention\"}");
+      const double answered =
+          MetricValue(*metrics, "flashkv_rpc_requests_total{code=\"OK\",rpc=\"Attention\"}");
+      if (in_flight >= 1 && in_flight + answered == kCalls) break;
+    }
+    absl::MutexLock lock(&mu);
+    ASSERT_LT(finished, kCalls) << "all calls finished before the signal";
+  }
+  process.Signal(SIGTERM);
+  for (Call& call : calls) {
+    call.done.WaitForNotification();
+    EXPECT_TRUE(call.status.ok()) << call.status.error_message();
+    EXPECT_EQ(call.response.out().data().size(), size_t(s) * 8 * 64 * 4);
+  }
+
+  // New calls are refused once the drain began.
+  grpc::ClientContext late_context;
+  v1::AttentionResponse late_response;
+  const grpc::Status late = stub->Attention(&late_context, request, &late_response);
+  EXPECT_EQ(late.error_code(), grpc::StatusCode::UNAVAILABLE) << late.error_message();
+
+  EXPECT_EQ(process.WaitForExit(std::chrono::seconds(25)), 0);
+  unlink(socket.c_str());
+}
+
+TEST(DrainTest, BadFlagsExitNonZeroWithAMessage) {
+  ServerProcess process({"--backend=cpu", "--q-heads=3", "--kv-heads=2", "--metrics-address=off",
+                         "--listen=127.0.0.1:0", "--log-level=off"});
+  EXPECT_EQ(process.WaitForExit(std::chrono::seconds(20)), 1);
+  ServerProcess unknown({"--no-such-flag"});
+  EXPECT_NE(unknown.WaitForExit(std::chrono::seconds(20)), 0);
+}
+
+}  // namespace
+}  // namespace flashkv::testing

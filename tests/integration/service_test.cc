@@ -1,0 +1,152 @@
+// What every flashkv server offers besides its two services: grpc.health.v1, server reflection,
+// and the Prometheus endpoint counting RPCs by method and code.
+
+#include <grpcpp/generic/generic_stub.h>
+#include <gtest/gtest.h>
+
+#include <string>
+#include <thread>
+
+#include "absl/synchronization/notification.h"
+#include "flashkv/wire/message_builder.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "testing/http_get.h"
+#include "testing/reference.h"
+#include "testing/test_server.h"
+
+namespace flashkv::testing {
+namespace {
+
+namespace v1 = flashkv::v1;
+using grpc::health::v1::Health;
+using grpc::health::v1::HealthCheckRequest;
+using grpc::health::v1::HealthCheckResponse;
+
+HealthCheckResponse::ServingStatus Check(TestServer& server, const std::string& service,
+                                         grpc::Status* status) {
+  auto stub = Health::NewStub(server.channel());
+  grpc::ClientContext context;
+  HealthCheckRequest request;
+  request.set_service(service);
+  HealthCheckResponse response;
+  *status = stub->Check(&context, request, &response);
+  return response.status();
+}
+
+TEST(ServiceTest, HealthIsServingOnceStartedAndNotServingWhileDraining) {
+  absl::StatusOr<std::unique_ptr<TestServer>> server = TestServer::Start(SmallModelConfig());
+  ASSERT_TRUE(server.ok()) << server.status();
+  grpc::Status status;
+  for (const char* service : {"", "flashkv.v1.AttentionService", "flashkv.v1.KvCacheService"}) {
+    EXPECT_EQ(Check(**server, service, &status), HealthCheckResponse::SERVING) << service;
+    EXPECT_TRUE(status.ok()) << service;
+  }
+  Check(**server, "no.such.Service", &status);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
+
+  // A Watch started before the drain sees NOT_SERVING when the drain begins.
+  auto stub = Health::NewStub((*server)->channel());
+  grpc::ClientContext watch_context;
+  HealthCheckRequest request;
+  auto reader = stub->Watch(&watch_context, request);
+  HealthCheckResponse update;
+  ASSERT_TRUE(reader->Read(&update));
+  EXPECT_EQ(update.status(), HealthCheckResponse::SERVING);
+  std::thread drain([&] { (*server)->server().Shutdown(absl::Milliseconds(500)); });
+  bool saw_not_serving = false;
+  while (reader->Read(&update)) {
+    if (update.status() == HealthCheckResponse::NOT_SERVING) saw_not_serving = true;
+  }
+  drain.join();
+  EXPECT_TRUE(saw_not_serving);
+}
+
+TEST(ServiceTest, ReflectionListsTheServices) {
+  absl::StatusOr<std::unique_ptr<TestServer>> server = TestServer::Start(SmallModelConfig());
+  ASSERT_TRUE(server.ok()) << server.status();
+  // grpc.reflection.v1alpha.ServerReflectionRequest{list_services: ""}, by hand: the reflection
+  // messages are compiled into libgrpc++_reflection and must not be generated twice.
+  wire::MessageBuilder builder;
+  builder.LengthDelimitedHeader(7, 0);
+  grpc::ByteBuffer request = builder.Finish();
+
+  class Reactor : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+   public:
+    void OnReadDone(bool ok) override {
+      read_ok = ok;
+      StartWritesDone();
+    }
+    void OnDone(const grpc::Status& s) override {
+      status = s;
+      done.Notify();
+    }
+    grpc::ByteBuffer response;
+    bool read_ok = false;
+    grpc::Status status;
+    absl::Notification done;
+  } reactor;
+  grpc::GenericStub stub((*server)->channel());
+  grpc::ClientContext context;
+  stub.PrepareBidiStreamingCall(&context,
+                                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                                grpc::StubOptions(), &reactor);
+  reactor.StartRead(&reactor.response);
+  reactor.StartWrite(&request);
+  reactor.StartCall();
+  reactor.done.WaitForNotification();
+  ASSERT_TRUE(reactor.status.ok()) << reactor.status.error_message();
+  ASSERT_TRUE(reactor.read_ok);
+  grpc::Slice flat;
+  ASSERT_TRUE(reactor.response.DumpToSingleSlice(&flat).ok());
+  const std::string bytes(reinterpret_cast<const char*>(flat.begin()), flat.size());
+  for (const char* name : {"flashkv.v1.AttentionService", "grpc.health.v1.Health"}) {
+    EXPECT_NE(bytes.find(name), std::string::npos) << name << " not in " << bytes;
+  }
+}
+
+TEST(ServiceTest, MetricsCountRpcsByMethodAndCode) {
+  absl::StatusOr<std::unique_ptr<TestServer>> server = TestServer::Start(SmallModelConfig());
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::mt19937_64 rng(3);
+  v1::AttentionRequest request;
+  RandomTensor(DType::kFloat32, {1, 2, 2, 64}, rng).ToProto(request.mutable_q());
+  RandomTensor(DType::kFloat32, {1, 2, 2, 64}, rng).ToProto(request.mutable_k());
+  RandomTensor(DType::kFloat32, {1, 2, 2, 64}, rng).ToProto(request.mutable_v());
+  for (int i = 0; i < 3; ++i) {
+    grpc::ClientContext context;
+    v1::AttentionResponse response;
+    ASSERT_TRUE((*server)->attention().Attention(&context, request, &response).ok());
+  }
+  request.clear_v();
+  grpc::ClientContext context;
+  v1::AttentionResponse response;
+  ASSERT_FALSE((*server)->attention().Attention(&context, request, &response).ok());
+
+  absl::StatusOr<std::string> body = HttpGet((*server)->server().metrics_address(), "/metrics");
+  ASSERT_TRUE(body.ok()) << body.status();
+  EXPECT_NE(body->find("flashkv_rpc_requests_total{code=\"OK\",rpc=\"Attention\"} 3"),
+            std::string::npos)
+      << *body;
+  EXPECT_NE(body->find("flashkv_rpc_requests_total{code=\"INVALID_ARGUMENT\",rpc=\"Attention\"} 1"),
+            std::string::npos);
+  EXPECT_NE(body->find("flashkv_rpc_latency_seconds_count{rpc=\"Attention\"} 4"),
+            std::string::npos);
+}
+
+TEST(ServiceTest, RefusesToStartOnABadConfigOrAnAddressInUse) {
+  server::ServerConfig config = SmallModelConfig();
+  config.model.num_q_heads = 3;
+  absl::StatusOr<std::unique_ptr<TestServer>> bad = TestServer::Start(config);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("q-heads (3)"), std::string::npos) << bad.status();
+
+  absl::StatusOr<std::unique_ptr<TestServer>> first = TestServer::Start(SmallModelConfig());
+  ASSERT_TRUE(first.ok());
+  config = SmallModelConfig();
+  config.listen_address = (*first)->target();
+  absl::StatusOr<std::unique_ptr<TestServer>> second = TestServer::Start(config);
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable) << second.status();
+}
+
+}  // namespace
+}  // namespace flashkv::testing
