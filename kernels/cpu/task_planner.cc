@@ -58,11 +58,11 @@ TaskPlan PlanTileTasks(const AttentionProblem& p, const TileShape& shape, int nu
   }
 
   // Two tasks per thread at least, so that no thread idles while another runs the last one.
+  const int64_t num_whole = static_cast<int64_t>(whole.size());
   const int64_t wanted = 2 * int64_t{num_threads};
   const int64_t split_ways =
-      num_threads > 1 && static_cast<int64_t>(whole.size()) < wanted
-          ? (wanted + static_cast<int64_t>(whole.size()) - 1) / static_cast<int64_t>(whole.size())
-          : 1;
+      num_threads > 1 && num_whole > 0 && num_whole < wanted ? (wanted + num_whole - 1) / num_whole
+                                                             : 1;
   const int64_t min_chunk = int64_t{kMinSplitTiles} * shape.block_n;
 
   TaskPlan plan;
