@@ -35,11 +35,16 @@ struct AttentionConfig {
   bool causal = false;
   std::optional<float> softmax_scale;  // default 1/sqrt(head_dim)
   Layout q_layout = Layout::kRowMajor;
-  Layout kv_layout = Layout::kRowMajor;  // K and V tensors, or both cache pools
+  Layout kv_layout = Layout::kRowMajor;  // K (and V unless v_layout is set), or both cache pools
+  // V of fixed-length and varlen calls, when it differs from K (the API gives V its own strides; a
+  // kernel reading V through K's strides passes every test where they agree). Paged pools share
+  // one set of strides.
+  std::optional<Layout> v_layout;
   Layout out_layout = Layout::kRowMajor;
   bool with_lse = true;
 
   AttentionOptions Options() const { return AttentionOptions{causal, softmax_scale}; }
+  Layout VLayout() const { return v_layout.value_or(kv_layout); }
   // "fp16 d64 causal Hq8/Hkv2 scale=0.3 q=padded kv=headmajor out=rowmajor lse"
   std::string ToString() const;
 };
