@@ -93,13 +93,15 @@ fail() {
 }
 
 free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])'
 }
 
 # --- base: Debian 12 minbase, set up like debian:bookworm-slim ------------------------------------
 make_base() {
   local rootfs=$work/rootfs conf
-  debootstrap --variant=minbase bookworm "$rootfs" http://deb.debian.org/debian >"$work/debootstrap.log" 2>&1 ||
+  debootstrap --variant=minbase bookworm "$rootfs" http://deb.debian.org/debian \
+    >"$work/debootstrap.log" 2>&1 ||
     { tail -n 20 "$work/debootstrap.log" >&2 && fail "debootstrap"; }
   # The host's sources (bookworm-updates, bookworm-security, its mirror) and its apt network
   # settings (proxies, Acquire::*), so the image build fetches what this host can fetch.
@@ -120,7 +122,9 @@ path-exclude /usr/share/info/*
 path-exclude /usr/share/locale/*
 EOF
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-  tar -C "$rootfs" -c . | "${podman[@]}" import --change 'CMD ["bash"]' - "$base" >/dev/null
+  tar -C "$rootfs" -c . | "${podman[@]}" import --change 'CMD ["bash"]' \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    - "$base" >/dev/null
   rm -rf "$rootfs"
 }
 if ((rebuild_base)) || ! "${podman[@]}" image exists "$base"; then
@@ -143,13 +147,14 @@ echo "container-test: $image is $((size >> 20)) MiB"
 
 # --- run, health ------------------------------------------------------------------------------
 port=$(free_port)
-"${podman[@]}" run -d --name "$name" -p "127.0.0.1:$port:50051" "$image" \
+# No health timer (podman drives those through systemd, absent here): the loop below runs the
+# image's HEALTHCHECK command itself.
+"${podman[@]}" run -d --name "$name" --health-interval=disable -p "127.0.0.1:$port:50051" "$image" \
   flashkv-server --backend=cpu --listen=0.0.0.0:50051 --metrics-address=0.0.0.0:9464 \
   --layers=4 --q-heads=8 --kv-heads=2 --head-dim=64 --dtype=fp16 --kv-cache-bytes=256MiB \
   --cpu-threads=2 --drain-deadline=10s >/dev/null || fail "podman run"
 healthy=0
 for ((t = 0; t < 120; t++)); do
-  # The image's own HEALTHCHECK command, run inside the container (no systemd timer here).
   if "${podman[@]}" healthcheck run "$name" >/dev/null 2>&1; then
     healthy=1
     break
@@ -165,9 +170,10 @@ phase_done "start until healthy"
 
 # --- the load test, from the same image, through the published port --------------------------
 loadgen_status=0
-"${podman[@]}" run --rm --network host "$image" flashkv-loadgen --target "127.0.0.1:$port" \
-  --duration "$duration" --runners 4 --max-batch 4 --prompt-len uniform:16:128 \
-  --output-len uniform:8:32 --verify all --cpu-threads 1 --progress none \
+"${podman[@]}" run --rm --no-healthcheck --network host "$image" \
+  flashkv-loadgen --target "127.0.0.1:$port" --duration "$duration" --runners 4 --max-batch 4 \
+  --prompt-len uniform:16:128 --output-len uniform:8:32 --verify all --cpu-threads 1 \
+  --progress none \
   >"$work/loadgen.txt" 2>&1 || loadgen_status=$?
 sed 's/^/  /' "$work/loadgen.txt"
 ((loadgen_status == 0)) || fail "the load test is not clean (exit status $loadgen_status)"
