@@ -77,7 +77,7 @@ podman=(podman --root "$storage/root" --runroot "$storage/runroot")
 
 status=1
 cleanup() {
-  "${podman[@]}" rm -f -t 0 "$name" >/dev/null 2>&1 || true
+  "${podman[@]}" rm -f -t 0 "$name" >/dev/null 2>>"$work/podman.log" || true
   if ((keep || status != 0)); then
     echo "container-test: files kept in $work"
   else
@@ -147,12 +147,12 @@ echo "container-test: $image is $((size >> 20)) MiB"
 
 # --- run, health ------------------------------------------------------------------------------
 port=$(free_port)
-# No health timer (podman drives those through systemd, absent here): the loop below runs the
-# image's HEALTHCHECK command itself.
+# No health timer (podman drives those through systemd, absent here, and logs that it cannot to
+# podman.log): the loop below runs the image's HEALTHCHECK command itself.
 "${podman[@]}" run -d --name "$name" --health-interval=disable -p "127.0.0.1:$port:50051" "$image" \
   flashkv-server --backend=cpu --listen=0.0.0.0:50051 --metrics-address=0.0.0.0:9464 \
   --layers=4 --q-heads=8 --kv-heads=2 --head-dim=64 --dtype=fp16 --kv-cache-bytes=256MiB \
-  --cpu-threads=2 --drain-deadline=10s >/dev/null || fail "podman run"
+  --cpu-threads=2 --drain-deadline=10s >/dev/null 2>>"$work/podman.log" || fail "podman run"
 healthy=0
 for ((t = 0; t < 120; t++)); do
   if "${podman[@]}" healthcheck run "$name" >/dev/null 2>&1; then
@@ -180,11 +180,12 @@ sed 's/^/  /' "$work/loadgen.txt"
 phase_done "load test (${duration} s, verify all)"
 
 # --- stop: SIGTERM, drain, exit 0 ----------------------------------------------------------------
-"${podman[@]}" stop -t 30 "$name" >/dev/null
+"${podman[@]}" stop -t 30 "$name" >/dev/null 2>>"$work/podman.log"
 exit_code=$("${podman[@]}" inspect --format '{{.State.ExitCode}}' "$name")
 ((exit_code == 0)) || fail "the server exited with status $exit_code after SIGTERM"
-"${podman[@]}" logs "$name" 2>&1 | grep -q 'received SIGTERM' ||
-  fail "the server did not see SIGTERM"
+server_log=$("${podman[@]}" logs "$name" 2>&1)
+grep -q 'received SIGTERM' <<<"$server_log" || fail "the server did not see SIGTERM"
+grep -q 'stopped$' <<<"$server_log" || fail "the server did not finish its drain"
 phase_done "SIGTERM until exit 0"
 
 status=0
