@@ -56,7 +56,7 @@ const char* Sm90Rejection(DType dtype, int head_dim, bool paged, bool sm90_compi
   }
   const int block_m = sm90::ChooseTileShape(head_dim).block_m;
   const int64_t tiles = sm90::CountTiles(p, info, block_m);
-  if (tiles >= (int64_t{1} << 31)) return "more tiles than the sm90 schedule numbers";
+  if (tiles > sm90::kMaxTiles) return "more tiles than the sm90 schedule numbers";
   // Short queries (decodes, short chunks) fill few of a tile's 128 rows; sm80 packs the GQA
   // group into its rows and has a 16-row decode path.
   const int64_t queries = varlen ? info.host_cu_seqlens_q[p.num_seqs] : p.total_q;

@@ -148,7 +148,7 @@ KernelStatus BuildSchedule(const AttentionParams& p, const LaunchInfo& info, int
                            int element_bytes, const DeviceProps& props, Schedule* schedule) {
   const TileShape shape = ChooseTileShape(head_dim);
   const int64_t tiles = CountTiles(p, info, shape.block_m);
-  if (tiles >= (int64_t{1} << 31)) return InvalidArgument("sm90 schedule: too many tiles");
+  if (tiles > kMaxTiles) return InvalidArgument("sm90 schedule: too many tiles");
   *schedule = Schedule{};
   schedule->num_tiles = static_cast<int>(tiles);
   if (p.cu_seqlens_q == nullptr) {

@@ -16,6 +16,8 @@
 // Budgets: 227 KB of shared memory per block; 240 registers a consumer thread hold O (head_dim / 2
 // floats), S (block_n / 2 floats), P (block_n / 4 16-bit pairs) and addressing.
 
+#include <cstdint>
+
 namespace flashkv::cuda::sm90 {
 
 struct TileShape {
@@ -85,5 +87,9 @@ constexpr int SmemBytes(int head_dim, int element_bytes) {
 // Varlen launches carry their longest-first sequence order in the kernel parameters (see
 // sm90/params.h); larger batches take the sm80 path.
 inline constexpr int kMaxVarlenSequences = 512;
+
+// Tile numbers are int, and a CTA's next tile is its current one + gridDim.x: staying below
+// 2^30 keeps that sum from overflowing.
+inline constexpr int64_t kMaxTiles = int64_t{1} << 30;
 
 }  // namespace flashkv::cuda::sm90
