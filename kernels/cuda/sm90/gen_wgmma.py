@@ -25,34 +25,42 @@ def acc_operands(count, per_line=6):
     return ",\n        ".join(lines)
 
 
-def ss(n, ctype, ptype):
+def ss(n):
     acc = n // 2
-    return f"""template <>
-__device__ __forceinline__ void WgmmaSS<{ctype}, {n}>(float (&d)[{acc}], uint64_t desc_a,
-                                                   uint64_t desc_b, int scale_d) {{
+    body = f"""template <>
+__device__ __forceinline__ void WgmmaSS<CTYPE, {n}>(float (&d)[{acc}], uint64_t desc_a,
+                                                 uint64_t desc_b, int scale_d) {{
   asm volatile(
       "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{acc + 2}, 0;\\n"
-      "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptype}.{ptype} {{"
+      "wgmma.mma_async.sync.aligned.m64n{n}k16.f32." PTYPE "." PTYPE " {{"
       "{regs(0, acc)}}}, %{acc}, %{acc + 1}, p, 1, 1, 0, 0;\\n}}\\n"
       : {acc_operands(acc)}
       : "l"(desc_a), "l"(desc_b), "r"(scale_d));
-}}
-"""
+}}"""
+    return macro(f"FLASHKV_WGMMA_SS_{n}", body)
 
 
-def rs(n, ctype, ptype):
+def rs(n):
     acc = n // 2
-    return f"""template <>
-__device__ __forceinline__ void WgmmaRS<{ctype}, {n}>(float (&d)[{acc}], const uint32_t (&a)[4],
-                                                   uint64_t desc_b, int scale_d) {{
+    body = f"""template <>
+__device__ __forceinline__ void WgmmaRS<CTYPE, {n}>(float (&d)[{acc}], const uint32_t (&a)[4],
+                                                 uint64_t desc_b, int scale_d) {{
   asm volatile(
       "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{acc + 5}, 0;\\n"
-      "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptype}.{ptype} {{"
+      "wgmma.mma_async.sync.aligned.m64n{n}k16.f32." PTYPE "." PTYPE " {{"
       "{regs(0, acc)}}}, {{%{acc}, %{acc + 1}, %{acc + 2}, %{acc + 3}}}, %{acc + 4}, p, 1, 1, 1;\\n}}\\n"
       : {acc_operands(acc)}
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
-}}
-"""
+}}"""
+    return macro(f"FLASHKV_WGMMA_RS_{n}", body)
+
+
+# One macro per shape, instantiated for each element type (the PTX type is its only difference).
+def macro(name, body):
+    lines = body.split("\n")
+    width = max(len(line) for line in lines) + 1
+    return f"#define {name}(CTYPE, PTYPE) \\\n" + " \\\n".join(
+        line.ljust(width) for line in lines) + "\n"
 
 
 print("""#pragma once
@@ -85,9 +93,16 @@ template <typename Element, int kN>
 __device__ __forceinline__ void WgmmaRS(float (&d)[kN / 2], const uint32_t (&a)[4],
                                         uint64_t desc_b, int scale_d);
 """)
+names = [f"FLASHKV_WGMMA_SS_{n}" for n in SS_SHAPES] + [f"FLASHKV_WGMMA_RS_{n}" for n in RS_SHAPES]
+for n in SS_SHAPES:
+    print(ss(n))
+for n in RS_SHAPES:
+    print(rs(n))
 for ctype, ptype in TYPES:
-    for n in SS_SHAPES:
-        print(ss(n, ctype, ptype))
-    for n in RS_SHAPES:
-        print(rs(n, ctype, ptype))
+    for name in names:
+        print(f'{name}({ctype}, "{ptype}")')
+    print()
+for name in names:
+    print(f"#undef {name}")
+print()
 print("}  // namespace flashkv::cuda::sm90")
