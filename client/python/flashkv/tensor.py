@@ -38,7 +38,7 @@ MAX_DIM = 2**31 - 1
 def dtype_name(dtype) -> str:
     """"fp16", "bf16" or "fp32" from a name, a flashkv.v1.DType value or a numpy/torch dtype."""
     if isinstance(dtype, str):
-        name = _ALIASES.get(dtype.lower())
+        name = _ALIASES.get(dtype.lower().replace("torch.", ""))
         if name is None:
             raise ValueError(f"dtype '{dtype}' must be one of fp16, bf16, fp32")
         return name
@@ -49,7 +49,7 @@ def dtype_name(dtype) -> str:
             raise ValueError(f"dtype {dtype} must be DTYPE_FLOAT16, DTYPE_BFLOAT16 or "
                              "DTYPE_FLOAT32")
         return table[dtype]
-    return dtype_name(str(dtype).replace("torch.", ""))
+    return dtype_name(str(dtype))  # numpy and torch dtypes print as their names
 
 
 def proto_dtype(dtype) -> int:
