@@ -36,7 +36,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 PACKAGE = "flashkv"
 FLASHKV_PROTOS = ["flashkv/v1/tensor.proto", "flashkv/v1/attention.proto",
-                  "flashkv/v1/kvcache.proto"]
+                  "flashkv/v1/kvcache.proto", "flashkv/v1/region.proto"]
 HEALTH_PROTO = "grpc/health/v1/health.proto"
 HEALTH_SEARCH = ["/usr/share/grpc-proto", "/usr/include", "/usr/local/include"]
 
