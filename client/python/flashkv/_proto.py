@@ -7,7 +7,7 @@ They are made by client/python/generate_protos.py (from a source tree) or by the
 try:
     from ._health_pb2 import HealthCheckRequest, HealthCheckResponse  # noqa: F401
     from .v1 import attention_pb2, attention_pb2_grpc, kvcache_pb2, kvcache_pb2_grpc  # noqa: F401
-    from .v1 import tensor_pb2  # noqa: F401
+    from .v1 import region_pb2, region_pb2_grpc, tensor_pb2  # noqa: F401
 except ImportError as e:  # pragma: no cover - the message is the point
     raise ImportError(
         f"flashkv's generated protobuf modules are missing ({e}). From a source tree run "

@@ -28,8 +28,9 @@ from .channel import ChannelConfig, TlsConfig, TransportOptions, create_channel
 from .errors import FlashkvError, StatusCode, from_rpc_error
 from .routing import SEQUENCE_HEADER, validate_routing_key
 from .step import build_step_request, check_step_response, expectation_for
+from .region import RegionTensor, SharedRegion
 from .step_session import StepSession
-from .tensor import FP32, fill_proto, from_proto, prepare
+from .tensor import FP32, NUMPY, WireArray, fill_proto, from_proto, prepare
 
 HEALTH_STATES = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
 
@@ -59,6 +60,7 @@ class Client:
         self._default_timeout = default_timeout
         self._attention = _proto.attention_pb2_grpc.AttentionServiceStub(channel)
         self._kvcache = _proto.kvcache_pb2_grpc.KvCacheServiceStub(channel)
+        self._regions = _proto.region_pb2_grpc.RegionServiceStub(channel)
         self._health_check = channel.unary_unary(
             _proto.HEALTH_CHECK_METHOD,
             request_serializer=_proto.HealthCheckRequest.SerializeToString,
@@ -219,35 +221,47 @@ class Client:
 
         return StepSession(start, routing_key or "", max_in_flight, response_timeout)
 
+    # ----- shared-memory data plane ---------------------------------------------------------
+
+    def attach_region(self, size: int) -> SharedRegion:
+        """Shares `size` bytes of fresh memory with the server (same host only); see
+        flashkv/region.py. Tensors made in it (region.empty / region.put) go to attention() as
+        descriptors, and `out=` / `lse=` slices receive the outputs in place."""
+        return SharedRegion(self._regions, self._metadata, size, self._default_timeout)
+
     # ----- stateless attention ---------------------------------------------------------------
 
     def attention(self, q, k, v, *, causal: bool = False, softmax_scale: Optional[float] = None,
-                  return_lse: bool = False, dtype=None,
+                  return_lse: bool = False, dtype=None, out: Optional[RegionTensor] = None,
+                  lse: Optional[RegionTensor] = None,
                   timeout: Optional[float] = None) -> AttentionResult:
         """q [B,Sq,Hq,D]; k, v [B,Skv,Hkv,D] -> out [B,Sq,Hq,D] like q, lse [B,Hq,Sq] float32.
-        Causal masks are aligned bottom-right; the default scale is 1/sqrt(D)."""
+        Causal masks are aligned bottom-right; the default scale is 1/sqrt(D). q, k, v may be
+        RegionTensors; `out` / `lse` (RegionTensors) receive the outputs in place."""
         request = _proto.attention_pb2.AttentionRequest(causal=causal, return_lse=return_lse)
-        wq = self._fill_qkv(request, q, k, v, dtype)
+        wq = self._fill_qkv(request, q, k, v, dtype, out, lse)
         if softmax_scale is not None:
             request.softmax_scale = softmax_scale
         response = self.attention_raw(request, timeout=timeout)
-        return self._result(response, wq, return_lse)
+        return self._result(response, wq, return_lse, out, lse)
 
     def attention_varlen(self, q, k, v, cu_seqlens_q: Sequence[int],
                          cu_seqlens_kv: Sequence[int], *, causal: bool = False,
                          softmax_scale: Optional[float] = None, return_lse: bool = False,
-                         dtype=None, timeout: Optional[float] = None) -> AttentionResult:
+                         dtype=None, out: Optional[RegionTensor] = None,
+                         lse: Optional[RegionTensor] = None,
+                         timeout: Optional[float] = None) -> AttentionResult:
         """Sequences packed along the token axis: q [Tq,Hq,D], k, v [Tkv,Hkv,D]; sequence b owns
         rows [cu_seqlens[b], cu_seqlens[b+1]). -> out [Tq,Hq,D] like q, lse [Hq,Tq]."""
         request = _proto.attention_pb2.AttentionVarlenRequest(
             causal=causal, return_lse=return_lse,
             cu_seqlens_q=[int(x) for x in cu_seqlens_q],
             cu_seqlens_kv=[int(x) for x in cu_seqlens_kv])
-        wq = self._fill_qkv(request, q, k, v, dtype)
+        wq = self._fill_qkv(request, q, k, v, dtype, out, lse)
         if softmax_scale is not None:
             request.softmax_scale = softmax_scale
         response = self.attention_varlen_raw(request, timeout=timeout)
-        return self._result(response, wq, return_lse)
+        return self._result(response, wq, return_lse, out, lse)
 
     def attention_raw(self, request, *, timeout: Optional[float] = None):
         return self._invoke("Attention", self._attention.Attention, request, None, timeout)
@@ -257,20 +271,40 @@ class Client:
                             timeout)
 
     @staticmethod
-    def _fill_qkv(request, q, k, v, dtype):
-        wq = prepare(q, dtype, "q")
-        fill_proto(wq, request.q)
-        fill_proto(prepare(k, dtype, "k"), request.k)
-        fill_proto(prepare(v, dtype, "v"), request.v)
+    def _fill_qkv(request, q, k, v, dtype, out, lse):
+        wq = None
+        for name, x in (("q", q), ("k", k), ("v", v)):
+            if isinstance(x, RegionTensor):
+                x.fill_proto(getattr(request, name))
+                wire = WireArray(x.array, x.dtype, NUMPY)
+            else:
+                wire = prepare(x, dtype, name)
+                fill_proto(wire, getattr(request, name))
+            wq = wq or wire
+        if out is not None:
+            out.fill_slice(request.out)
+        if lse is not None:
+            lse.fill_slice(request.lse)
         return wq
 
     @staticmethod
-    def _result(response, wq, want_lse) -> AttentionResult:
+    def _output(message, field, like, dtype, shape, slot: Optional[RegionTensor]):
+        """An output as the response describes it: bytes, or the region slice asked for."""
+        if not message.HasField("region"):
+            return from_proto(message, field, like, dtype, shape)
+        if slot is None or (message.region.region_id, message.region.offset) != (
+                slot.region.region_id, slot.offset):
+            raise FlashkvError(StatusCode.INTERNAL,
+                               f"{field} names a region slice the request did not give")
+        from_proto(message, field, like, dtype, shape, data_in_region=True)
+        return slot.array
+
+    def _result(self, response, wq, want_lse, out_slot=None, lse_slot=None) -> AttentionResult:
         # The answer must carry out shaped like q, in q's dtype, and lse when asked for.
-        out = from_proto(response.out, "out", wq.like, wq.dtype_name, wq.array.shape)
+        out = self._output(response.out, "out", wq.like, wq.dtype_name, wq.array.shape, out_slot)
         if not want_lse:
             return AttentionResult(out)
-        lse = from_proto(response.lse, "lse", wq.like, FP32)
+        lse = self._output(response.lse, "lse", wq.like, FP32, None, lse_slot)
         head_dim = wq.array.shape[-1] if wq.array.ndim else 0
         rows = wq.array.size // head_dim if head_dim else 0
         if (lse.numel() if hasattr(lse, "numel") else lse.size) != rows:

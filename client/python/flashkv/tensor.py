@@ -217,10 +217,11 @@ def shape_string(shape) -> str:
 
 def from_proto(message, field="tensor", like: Like = NUMPY,
                expect_dtype: Optional[str] = None,
-               expect_shape: Optional[Tuple[int, ...]] = None):
+               expect_shape: Optional[Tuple[int, ...]] = None, data_in_region: bool = False):
     """The array (in the form `like`) a received flashkv.v1.Tensor holds. Anything malformed,
     or unlike the expected dtype/shape, is INTERNAL naming `field`: the server broke the
-    contract."""
+    contract. With data_in_region only dtype and shape are checked (None is returned): the
+    bytes are in a shared-memory region."""
     try:
         dtype = dtype_name(message.dtype)
     except ValueError as e:
@@ -237,6 +238,10 @@ def from_proto(message, field="tensor", like: Like = NUMPY,
                            f"{field}.shape {shape_string(shape)} != the request's q shape "
                            f"{shape_string(expect_shape)}")
     count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if data_in_region:
+        if message.data:
+            raise FlashkvError(StatusCode.INTERNAL, f"{field} has both bytes and a region")
+        return None
     data = message.data
     if len(data) != count * _ITEMSIZE[dtype]:
         raise FlashkvError(StatusCode.INTERNAL,
