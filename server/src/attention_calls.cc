@@ -68,6 +68,24 @@ absl::Status CheckCuSeqlens(const char* name, const std::vector<int32_t>& cu, si
   return absl::OkStatus();
 }
 
+// A response tensor: the bytes of `buffer`, or (buffer null: the output went to the caller's
+// region) just dtype, shape and the slice.
+wire::TensorData ResponseTensor(DType dtype, const std::vector<int64_t>& shape,
+                                std::shared_ptr<HostBytes> buffer,
+                                const wire::RegionSliceView& slice) {
+  wire::TensorData tensor;
+  tensor.dtype = static_cast<int32_t>(dtype);
+  tensor.shape = shape;
+  if (buffer) {
+    tensor.data = buffer->data();
+    tensor.size = buffer->size();
+    tensor.owner = std::move(buffer);
+  } else {
+    tensor.region = slice;
+  }
+  return tensor;
+}
+
 // The out / lse slices of a request, bounds-checked for the call's output sizes.
 template <typename Request>
 absl::Status ResolveOutputs(const RegionAccess& regions, const Request& request,
@@ -263,30 +281,14 @@ absl::Status RunAttention(const AttentionCall& call, AttentionBackend* backend,
   }
   if (!status.ok()) return status;
 
-  wire::TensorData out_tensor;
-  out_tensor.dtype = static_cast<int32_t>(dtype);
-  out_tensor.shape = call.out_shape;
-  if (out) {
-    out_tensor.data = out->data();
-    out_tensor.size = out->size();
-    out_tensor.owner = out;
-  } else {
-    out_tensor.region = call.out_slice;
-  }
+  const wire::TensorData out_tensor =
+      ResponseTensor(dtype, call.out_shape, std::move(out), call.out_slice);
   if (!call.return_lse) {
     *response = wire::EncodeAttentionResponse(out_tensor, nullptr);
     return absl::OkStatus();
   }
-  wire::TensorData lse_tensor;
-  lse_tensor.dtype = static_cast<int32_t>(DType::kFloat32);
-  lse_tensor.shape = call.lse_shape;
-  if (lse) {
-    lse_tensor.data = lse->data();
-    lse_tensor.size = lse->size();
-    lse_tensor.owner = lse;
-  } else {
-    lse_tensor.region = call.lse_slice;
-  }
+  const wire::TensorData lse_tensor =
+      ResponseTensor(DType::kFloat32, call.lse_shape, std::move(lse), call.lse_slice);
   *response = wire::EncodeAttentionResponse(out_tensor, &lse_tensor);
   return absl::OkStatus();
 }
