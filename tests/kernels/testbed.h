@@ -201,7 +201,11 @@ template <typename Problem>
     return result;
   }
   Problem on_cpu = *problem;
-  on_cpu.config.with_lse = true;  // the oracle's LSE marks the rows that see no key
+  // The oracle always computes LSE: it marks the rows that see no key. Give it a buffer even when
+  // the run under test asked for none (one float per query row and head).
+  on_cpu.config.with_lse = true;
+  const Shape4& out_shape = problem->out.shape();
+  on_cpu.lse.resize(static_cast<size_t>(out_shape.outer * out_shape.rows * out_shape.heads));
   if (KernelStatus status = RunProblem(Backend::kCpu, &on_cpu); !status.ok()) {
     return ::testing::AssertionFailure() << "Cpu (second oracle): " << status.ToString();
   }
