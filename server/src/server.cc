@@ -20,6 +20,7 @@
 #include "flashkv/server/executor.h"
 #include "flashkv/server/metrics.h"
 #include "flashkv/server/metrics_endpoint.h"
+#include "flashkv/server/region_service.h"
 #include "flashkv/server/status.h"
 
 namespace flashkv::server {
@@ -108,7 +109,8 @@ class Server::Impl {
     executor_ = std::make_unique<Executor>(config_.attention_threads, kMaxQueuedAttentionCalls);
     std::vector<AttentionBackend*> backends;
     for (auto& b : attention_backends_) backends.push_back(b.get());
-    attention_service_ = std::make_unique<AttentionService>(backends, executor_.get(), &metrics_);
+    attention_service_ =
+        std::make_unique<AttentionService>(backends, executor_.get(), &metrics_, &regions_);
     if (auto s = StartGrpc(); !s.ok()) return s;
     // Serving only once every device has run a launch.
     for (auto& backend : attention_backends_) {
@@ -129,6 +131,9 @@ class Server::Impl {
     }
     if (grpc_server_ != nullptr) {
       SetServing(false);
+      // Ends the region streams, which would otherwise hold the drain for its whole deadline;
+      // calls in flight keep the mappings they resolved.
+      regions_.ReleaseAll();
       spdlog::info("draining: no new calls; in-flight calls have {} to finish",
                    absl::FormatDuration(deadline));
       grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + deadline));
@@ -192,6 +197,7 @@ class Server::Impl {
     builder.AddListeningPort(config_.listen_address, grpc::InsecureServerCredentials(),
                              &selected_port);
     builder.RegisterService(attention_service_.get());
+    builder.RegisterService(&region_service_);
     grpc_server_ = builder.BuildAndStart();
     if (grpc_server_ == nullptr) {
       return absl::UnavailableError("listen " + config_.listen_address +
@@ -216,6 +222,8 @@ class Server::Impl {
   std::unique_ptr<MetricsEndpoint> metrics_endpoint_;
   std::vector<std::unique_ptr<AttentionBackend>> attention_backends_;
   std::unique_ptr<Executor> executor_;
+  RegionRegistry regions_;
+  RegionService region_service_{&regions_};
   std::unique_ptr<AttentionService> attention_service_;
   std::unique_ptr<grpc::Server> grpc_server_;
   int port_ = 0;
