@@ -21,6 +21,7 @@
 #include "absl/synchronization/notification.h"
 #include "flashkv/transport.h"
 #include "flashkv/v1/attention.grpc.pb.h"
+#include "flashkv/v1/kvcache.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "testing/http_get.h"
 #include "testing/reference.h"
@@ -181,6 +182,57 @@ TEST(DrainTest, SigtermFinishesCallsInFlightThenExitsZero) {
   const grpc::Status late = stub->Attention(&late_context, request, &late_response);
   EXPECT_EQ(late.error_code(), grpc::StatusCode::UNAVAILABLE) << late.error_message();
 
+  EXPECT_EQ(process.WaitForExit(std::chrono::seconds(25)), 0);
+  unlink(socket.c_str());
+}
+
+// A StepStream with a long prefill in flight: the step completes and is answered, then the
+// stream ends with UNAVAILABLE and the process exits 0.
+TEST(DrainTest, SigtermLetsStepsInFlightFinishThenEndsStreams) {
+  const std::string socket = "/tmp/flashkv-drain-steps-" + std::to_string(getpid()) + ".sock";
+  const std::string metrics_address = "127.0.0.1:" + std::to_string(FreePort());
+  ServerProcess process({"--backend=cpu", "--listen=unix:" + socket,
+                         "--metrics-address=" + metrics_address, "--layers=2", "--q-heads=4",
+                         "--kv-heads=2", "--head-dim=64", "--dtype=fp32", "--page-size=16",
+                         "--kv-cache-bytes=16MiB", "--cpu-threads=2", "--prefill-chunk=16",
+                         "--drain-deadline=20s", "--log-level=warn"});
+  for (int i = 0; i < 600 && access(socket.c_str(), F_OK) != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  auto channel = grpc::CreateCustomChannel("unix:" + socket, grpc::InsecureChannelCredentials(),
+                                           MakeChannelArguments(TransportOptions{}));
+  ASSERT_TRUE(WaitForServing(channel, std::chrono::seconds(30)));
+  auto stub = v1::KvCacheService::NewStub(channel);
+  {
+    grpc::ClientContext context;
+    v1::CreateSequenceRequest request;
+    request.set_sequence_id("s");
+    v1::CreateSequenceResponse response;
+    ASSERT_TRUE(stub->CreateSequence(&context, request, &response).ok());
+  }
+  std::mt19937_64 rng(2);
+  v1::StepRequest request;
+  v1::StepEntry* entry = request.add_entries();
+  entry->set_sequence_id("s");
+  const int n = 1024;  // 64 launches of 16 rows
+  RandomTensor(DType::kFloat32, {n, 4, 64}, rng).ToProto(entry->mutable_q());
+  RandomTensor(DType::kFloat32, {n, 2, 64}, rng).ToProto(entry->mutable_k());
+  RandomTensor(DType::kFloat32, {n, 2, 64}, rng).ToProto(entry->mutable_v());
+  grpc::ClientContext context;
+  auto stream = stub->StepStream(&context);
+  ASSERT_TRUE(stream->Write(request));
+  for (;;) {
+    absl::StatusOr<std::string> metrics = HttpGet(metrics_address, "/metrics");
+    if (metrics.ok() && MetricValue(*metrics, "flashkv_rpc_in_flight{rpc=\"StepStream\"}") >= 1) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  process.Signal(SIGTERM);
+  v1::StepResponse response;
+  ASSERT_TRUE(stream->Read(&response)) << "the step in flight is answered";
+  EXPECT_EQ(response.out(0).data().size(), size_t(n) * 4 * 64 * 4);
+  EXPECT_FALSE(stream->Read(&response));
+  const grpc::Status status = stream->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
   EXPECT_EQ(process.WaitForExit(std::chrono::seconds(25)), 0);
   unlink(socket.c_str());
 }

@@ -99,7 +99,8 @@ TEST(ServiceTest, ReflectionListsTheServices) {
   grpc::Slice flat;
   ASSERT_TRUE(reactor.response.DumpToSingleSlice(&flat).ok());
   const std::string bytes(reinterpret_cast<const char*>(flat.begin()), flat.size());
-  for (const char* name : {"flashkv.v1.AttentionService", "grpc.health.v1.Health"}) {
+  for (const char* name :
+       {"flashkv.v1.AttentionService", "flashkv.v1.KvCacheService", "grpc.health.v1.Health"}) {
     EXPECT_NE(bytes.find(name), std::string::npos) << name << " not in " << bytes;
   }
 }
