@@ -31,10 +31,11 @@ void Add(MetricFamily* family, std::vector<ClientMetric::Label> labels, double v
 }  // namespace
 
 std::vector<MetricFamily> CacheMetrics::Collect() const {
-  MetricFamily blocks = Family("flashkv_kv_blocks", "KV blocks by state (used, free, cached), by device",
-                               MetricType::Gauge);
+  MetricFamily blocks = Family(
+      "flashkv_kv_blocks", "KV blocks by state (used, free, cached), by device", MetricType::Gauge);
   MetricFamily sequences =
-      Family("flashkv_kv_sequences", "Live sequences (resident and swapped), by device", MetricType::Gauge);
+      Family("flashkv_kv_sequences", "Live sequences (resident and swapped), by device",
+             MetricType::Gauge);
   MetricFamily swapped =
       Family("flashkv_kv_sequences_swapped", "Sequences swapped out to host memory, by device",
              MetricType::Gauge);
@@ -42,13 +43,13 @@ std::vector<MetricFamily> CacheMetrics::Collect() const {
                                 "Prompt tokens looked up in the prefix cache", MetricType::Counter);
   MetricFamily hits = Family("flashkv_prefix_hit_tokens_total",
                              "Prompt tokens found in the prefix cache", MetricType::Counter);
-  MetricFamily hit_rate = Family("flashkv_prefix_hit_ratio",
-                                 "Prefix-cache hit tokens / looked-up tokens since start",
-                                 MetricType::Gauge);
+  MetricFamily hit_rate =
+      Family("flashkv_prefix_hit_ratio", "Prefix-cache hit tokens / looked-up tokens since start",
+             MetricType::Gauge);
   MetricFamily swaps = Family("flashkv_swaps_total", "Sequences swapped, by direction (out, in)",
                               MetricType::Counter);
-  MetricFamily swap_bytes = Family("flashkv_swap_bytes_total", "Bytes swapped, by direction",
-                                   MetricType::Counter);
+  MetricFamily swap_bytes =
+      Family("flashkv_swap_bytes_total", "Bytes swapped, by direction", MetricType::Counter);
   MetricFamily cow = Family("flashkv_kv_copy_on_write_total",
                             "Blocks copied on the first write after a fork", MetricType::Counter);
   for (int d = 0; d < caches_->num_devices(); ++d) {

@@ -75,8 +75,8 @@ absl::StatusOr<std::unique_ptr<CacheSet>> CacheSet::Create(const ServerConfig& c
     absl::StatusOr<std::unique_ptr<kvcache::KvCache>> cache = kvcache::KvCache::Create(c);
     if (!cache.ok()) {
       return absl::Status(cache.status().code(),
-                          "device " + std::to_string(plan.ids[i]) + ": KV cache: " +
-                              std::string(cache.status().message()));
+                          "device " + std::to_string(plan.ids[i]) +
+                              ": KV cache: " + std::string(cache.status().message()));
     }
     caches.push_back(*std::move(cache));
   }
@@ -89,9 +89,8 @@ int CacheSet::LeastLoadedDevice() const {
   double best_load = 2.0;
   for (int d = 0; d < num_devices(); ++d) {
     const kvcache::CacheStats stats = caches_[d]->GetStats();
-    const double load = stats.blocks_total > 0
-                            ? double(stats.blocks_used) / double(stats.blocks_total)
-                            : 1.0;
+    const double load =
+        stats.blocks_total > 0 ? double(stats.blocks_used) / double(stats.blocks_total) : 1.0;
     if (load < best_load ||
         (load == best_load && sequences_per_device_[d] < sequences_per_device_[best])) {
       best = d;

@@ -1,10 +1,10 @@
 #include "flashkv/server/device_scheduler.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <string>
 #include <utility>
-
-#include <spdlog/spdlog.h>
 
 #include "absl/strings/match.h"
 #include "flashkv/cuda_backend.h"
@@ -133,9 +133,10 @@ bool DeviceScheduler::PlanLaunch(Plan* plan, std::vector<Item>* doomed, absl::Ti
   std::vector<Candidate> candidates;
   for (const Item& item : active_) candidates.push_back({item, false, 0});
   for (size_t i : eligible) candidates.push_back({pending_[i], true, i});
-  std::stable_sort(candidates.begin(), candidates.end(), [](const Candidate& a, const Candidate& b) {
-    return a.item.part->ready_time < b.item.part->ready_time;
-  });
+  std::stable_sort(candidates.begin(), candidates.end(),
+                   [](const Candidate& a, const Candidate& b) {
+                     return a.item.part->ready_time < b.item.part->ready_time;
+                   });
   const int layer = static_cast<int>(candidates.front().item.step->layer());
 
   if (active_.empty() && config_.batch_window > absl::ZeroDuration()) {
@@ -209,17 +210,16 @@ void DeviceScheduler::Loop() {
         absl::Time wake_at = absl::InfiniteFuture();
         const uint64_t generation = generation_;
         if (PlanLaunch(&plan, &doomed, &wake_at) || !doomed.empty()) break;
-        auto changed = [this, generation]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-          return generation_ != generation;
-        };
+        auto changed = [this, generation]()
+                           ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return generation_ != generation; };
         clock_->AwaitWithDeadline(&mu_, absl::Condition(&changed), wake_at);
       }
     }
     for (const Item& item : doomed) {
       Report(item, stop ? absl::UnavailableError("the server is shutting down")
-               : item.step->cancelled()
-                   ? absl::CancelledError("the call was cancelled")
-                   : absl::AbortedError("another part of the step failed"));
+                   : item.step->cancelled()
+                       ? absl::CancelledError("the call was cancelled")
+                       : absl::AbortedError("another part of the step failed"));
     }
     if (stop) return;
     if (plan.layer >= 0) Execute(plan);

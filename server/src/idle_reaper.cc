@@ -1,10 +1,10 @@
 #include "flashkv/server/idle_reaper.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <string>
 #include <vector>
-
-#include <spdlog/spdlog.h>
 
 namespace flashkv::server {
 
@@ -34,8 +34,7 @@ int IdleReaper::ReapNow() {
 
 void IdleReaper::Loop() {
   // Checking eight times per TTL bounds how long past its TTL a sequence lives (by 1/8).
-  const absl::Duration period =
-      std::clamp(ttl_ / 8, absl::Milliseconds(10), absl::Seconds(5));
+  const absl::Duration period = std::clamp(ttl_ / 8, absl::Milliseconds(10), absl::Seconds(5));
   absl::MutexLock lock(&mu_);
   while (!stopping_) {
     clock_->AwaitWithDeadline(&mu_, absl::Condition(&stopping_), clock_->Now() + period);

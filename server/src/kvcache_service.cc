@@ -1,15 +1,14 @@
 #include "flashkv/server/kvcache_service.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <chrono>
 #include <string>
 #include <thread>
 #include <utility>
 
-#include <spdlog/spdlog.h>
-
 #include "absl/time/clock.h"
-
 #include "flashkv/server/status.h"
 #include "flashkv/server/step_request.h"
 #include "flashkv/server/step_stream.h"
@@ -33,10 +32,9 @@ class StepReactor final : public grpc::ServerUnaryReactor {
   }
 
   void Start(const grpc::ByteBuffer& request) {
-    absl::StatusOr<std::shared_ptr<StepState>> step =
-        service_->NewStep(request, start_, [this](const absl::Status& status, grpc::ByteBuffer r) {
-          Complete(status, std::move(r));
-        });
+    absl::StatusOr<std::shared_ptr<StepState>> step = service_->NewStep(
+        request, start_,
+        [this](const absl::Status& status, grpc::ByteBuffer r) { Complete(status, std::move(r)); });
     if (!step.ok()) {
       Complete(step.status(), grpc::ByteBuffer());
       return;
@@ -125,7 +123,8 @@ grpc::ServerUnaryReactor* KvCacheService::GetCacheInfo(grpc::CallbackServerConte
   for (int d = 0; d < caches_->num_devices(); ++d) {
     const kvcache::CacheStats s = caches_->cache(d).GetStats();
     response->set_blocks_total(response->blocks_total() + s.blocks_total);
-    response->set_blocks_free(response->blocks_free() + s.blocks_free);
+    // As the proto says: cached blocks are free blocks that still hold a reusable prefix.
+    response->set_blocks_free(response->blocks_free() + s.blocks_free + s.blocks_cached);
     response->set_blocks_cached(response->blocks_cached() + s.blocks_cached);
     const int device_context = caches_->cache(d).max_context();
     max_context = d == 0 ? device_context : std::min(max_context, device_context);
@@ -137,9 +136,9 @@ grpc::ServerUnaryReactor* KvCacheService::GetCacheInfo(grpc::CallbackServerConte
   return reactor;
 }
 
-grpc::ServerUnaryReactor* KvCacheService::CreateSequence(
-    grpc::CallbackServerContext* context, const v1::CreateSequenceRequest* request,
-    v1::CreateSequenceResponse* response) {
+grpc::ServerUnaryReactor* KvCacheService::CreateSequence(grpc::CallbackServerContext* context,
+                                                         const v1::CreateSequenceRequest* request,
+                                                         v1::CreateSequenceResponse* response) {
   const absl::Time start = clock_->Now();
   auto* reactor = context->DefaultReactor();
   absl::Status status = Ready();
@@ -170,8 +169,8 @@ grpc::ServerUnaryReactor* KvCacheService::ForkSequence(grpc::CallbackServerConte
   // The parent may be in a step that is still running; the fork then waits for it to resolve
   // (on the executor, not a gRPC thread).
   const bool queued = executor_->TrySubmit([this, context, reactor, request, start] {
-    const absl::Time give_up = std::min(absl::FromChrono(context->deadline()),
-                                        absl::Now() + kForkWaitLimit);
+    const absl::Time give_up =
+        std::min(absl::FromChrono(context->deadline()), absl::Now() + kForkWaitLimit);
     absl::Duration pause = absl::Microseconds(100);
     absl::Status s;
     for (;;) {
@@ -231,7 +230,7 @@ v1::ServerStats KvCacheService::Stats() const {
     const kvcache::CacheStats s = caches_->cache(d).GetStats();
     out.set_sequences(out.sequences() + s.sequences);
     out.set_blocks_total(out.blocks_total() + s.blocks_total);
-    out.set_blocks_free(out.blocks_free() + s.blocks_free);
+    out.set_blocks_free(out.blocks_free() + s.blocks_free + s.blocks_cached);  // cached ones too
     out.set_blocks_cached(out.blocks_cached() + s.blocks_cached);
     out.set_blocks_used(out.blocks_used() + s.blocks_used);
     out.set_prefix_hit_tokens(out.prefix_hit_tokens() + s.prefix_hit_tokens);
@@ -255,8 +254,9 @@ v1::ServerStats KvCacheService::Stats() const {
   return out;
 }
 
-absl::StatusOr<std::shared_ptr<StepState>> KvCacheService::NewStep(
-    const grpc::ByteBuffer& request, absl::Time received, StepCompletion done) {
+absl::StatusOr<std::shared_ptr<StepState>> KvCacheService::NewStep(const grpc::ByteBuffer& request,
+                                                                   absl::Time received,
+                                                                   StepCompletion done) {
   if (absl::Status s = Ready(); !s.ok()) return s;
   absl::StatusOr<wire::MessageBytes> message = wire::MessageBytes::FromByteBuffer(request);
   if (!message.ok()) return message.status();
@@ -281,9 +281,9 @@ std::shared_ptr<StepState> KvCacheService::MakeStep(wire::MessageBytes message, 
     done(status, std::move(response));
   };
   return std::make_shared<StepState>(std::move(message), layer, step_id, std::move(entries),
-                                     out_row_bytes,
-                                     static_cast<int32_t>(m.dtype), m.num_q_heads, m.head_dim,
-                                     received, caches_, releasers_, std::move(completion));
+                                     out_row_bytes, static_cast<int32_t>(m.dtype), m.num_q_heads,
+                                     m.head_dim, received, caches_, releasers_,
+                                     std::move(completion));
 }
 
 void KvCacheService::Submit(const std::shared_ptr<StepState>& step) {

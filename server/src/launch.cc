@@ -33,7 +33,8 @@ std::vector<Segment> Segments(absl::Span<const LaunchWindow> windows) {
     const std::vector<int64_t>& start = w.part->row_start();
     for (size_t i = 0; i + 1 < start.size(); ++i) {
       const int64_t a = std::max(w.begin, start[i]), b = std::min(w.end, start[i + 1]);
-      if (a < b) segments.push_back(Segment{w.part, static_cast<int>(i), a - start[i], b - start[i]});
+      if (a < b)
+        segments.push_back(Segment{w.part, static_cast<int>(i), a - start[i], b - start[i]});
     }
   }
   return segments;
@@ -72,9 +73,12 @@ std::pair<int, int> Stage(const ModelShape& m, const std::vector<Segment>& segme
     std::fill(row + batch_stride, row + stride, 0);  // block 0: the null block
     const StepEntry& e = g.part->step().entries()[g.part->entries()[i]];
     const wire::MessageBytes& message = g.part->step().message();
-    message.CopyTo(wire::Span{e.q.offset + g.a * q_row, rows * q_row}, in + layout.q + cu_q[s] * q_row);
-    message.CopyTo(wire::Span{e.k.offset + g.a * kv_row, rows * kv_row}, in + layout.k + cu_q[s] * kv_row);
-    message.CopyTo(wire::Span{e.v.offset + g.a * kv_row, rows * kv_row}, in + layout.v + cu_q[s] * kv_row);
+    message.CopyTo(wire::Span{e.q.offset + g.a * q_row, rows * q_row},
+                   in + layout.q + cu_q[s] * q_row);
+    message.CopyTo(wire::Span{e.k.offset + g.a * kv_row, rows * kv_row},
+                   in + layout.k + cu_q[s] * kv_row);
+    message.CopyTo(wire::Span{e.v.offset + g.a * kv_row, rows * kv_row},
+                   in + layout.v + cu_q[s] * kv_row);
   }
   return {max_q, max_kv};
 }
@@ -142,7 +146,8 @@ absl::StatusOr<LaunchSummary> RunLaunch(const ModelShape& m, absl::Span<const La
   int64_t total = 0;
   int stride = 1;
   for (const Segment& g : segments) total += g.b - g.a;
-  for (const LaunchWindow& w : windows) stride = std::max(stride, w.part->batch->block_table_stride());
+  for (const LaunchWindow& w : windows)
+    stride = std::max(stride, w.part->batch->block_table_stride());
   const size_t elem = static_cast<size_t>(DTypeSize(m.dtype));
   const size_t q_bytes = total * static_cast<size_t>(m.num_q_heads) * m.head_dim * elem;
   const size_t kv_bytes = total * static_cast<size_t>(m.num_kv_heads) * m.head_dim * elem;

@@ -45,11 +45,12 @@ Metrics::Metrics()
                         .Help("Step requests (unary and stream) from receipt to response")
                         .Register(*registry_)
                         .Add({}, LatencyBuckets())),
-      step_queue_wait_(prometheus::BuildHistogram()
-                           .Name("flashkv_step_queue_wait_seconds")
-                           .Help("Step requests (per device part): time queued before their first launch")
-                           .Register(*registry_)
-                           .Add({}, LatencyBuckets())),
+      step_queue_wait_(
+          prometheus::BuildHistogram()
+              .Name("flashkv_step_queue_wait_seconds")
+              .Help("Step requests (per device part): time queued before their first launch")
+              .Register(*registry_)
+              .Add({}, LatencyBuckets())),
       batch_entries_(prometheus::BuildHistogram()
                          .Name("flashkv_batch_entries")
                          .Help("Sequences per scheduler launch, by device")

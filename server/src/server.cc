@@ -1,13 +1,13 @@
 #include "flashkv/server/server.h"
 
-#include <string>
-#include <utility>
-#include <vector>
-
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <spdlog/spdlog.h>
+
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/synchronization/mutex.h"
@@ -50,8 +50,8 @@ class Server::Impl {
     if (config_.cpu_threads > 0) cpu::SetNumThreads(config_.cpu_threads);
     executor_ = std::make_unique<Executor>(config_.attention_threads, kMaxQueuedCalls);
     if (auto s = CreateAttentionBackends(); !s.ok()) return s;
-    attention_service_ = std::make_unique<AttentionService>(BackendPointers(), executor_.get(),
-                                                            &metrics_);
+    attention_service_ =
+        std::make_unique<AttentionService>(BackendPointers(), executor_.get(), &metrics_);
     // Listening first, NOT_SERVING, so that health probes see the server while the pools are
     // allocated and checked.
     if (auto s = StartGrpc(); !s.ok()) return s;
@@ -72,8 +72,7 @@ class Server::Impl {
         "serving on {} ({} backend, {} device(s), {} KV blocks of {} tokens per device, {} MiB); "
         "metrics on {}",
         listening_address(), caches_->cuda() ? "cuda" : "cpu", caches_->num_devices(),
-        stats.blocks_total, config_.model.page_size,
-        stats.blocks_total * stats.block_bytes >> 20,
+        stats.blocks_total, config_.model.page_size, stats.blocks_total * stats.block_bytes >> 20,
         metrics_endpoint_ ? metrics_endpoint_->address() : std::string("(off)"));
     return absl::OkStatus();
   }
@@ -144,9 +143,9 @@ class Server::Impl {
     caches_ = *std::move(caches);
     std::vector<DeviceScheduler*> schedulers;
     for (int d = 0; d < caches_->num_devices(); ++d) {
-      absl::StatusOr<std::unique_ptr<DeviceScheduler>> scheduler = DeviceScheduler::Create(
-          d, caches_->device_id(d), caches_->cuda(), &caches_->cache(d), config_.model,
-          config_.scheduler, clock_, &metrics_);
+      absl::StatusOr<std::unique_ptr<DeviceScheduler>> scheduler =
+          DeviceScheduler::Create(d, caches_->device_id(d), caches_->cuda(), &caches_->cache(d),
+                                  config_.model, config_.scheduler, clock_, &metrics_);
       if (!scheduler.ok()) return scheduler.status();
       schedulers_.push_back(*std::move(scheduler));
       schedulers.push_back(schedulers_.back().get());

@@ -1,8 +1,8 @@
 #include "flashkv/server/step_stream.h"
 
-#include <utility>
-
 #include <spdlog/spdlog.h>
+
+#include <utility>
 
 #include "flashkv/server/kvcache_service.h"
 #include "flashkv/server/status.h"

@@ -91,19 +91,19 @@ absl::Status WarmUpSteps(KvCacheService* service, CacheSet* caches, int device,
     absl::Notification done;
     absl::Status status;
     grpc::ByteBuffer response;
-    auto step = service->MakeStep(*std::move(message), static_cast<uint32_t>(layer), 1,
-                                  {step_entry}, service->clock().Now(),
-                                  [&](const absl::Status& s, grpc::ByteBuffer r) {
-                                    status = s;
-                                    response = std::move(r);
-                                    done.Notify();
-                                  });
+    auto step =
+        service->MakeStep(*std::move(message), static_cast<uint32_t>(layer), 1, {step_entry},
+                          service->clock().Now(), [&](const absl::Status& s, grpc::ByteBuffer r) {
+                            status = s;
+                            response = std::move(r);
+                            done.Notify();
+                          });
     step->set_urgent();
     service->Submit(step);
     done.WaitForNotification();
     if (!status.ok()) {
-      result = absl::Status(status.code(), "warm-up step on layer " + std::to_string(layer) +
-                                               ": " + std::string(status.message()));
+      result = absl::Status(status.code(), "warm-up step on layer " + std::to_string(layer) + ": " +
+                                               std::string(status.message()));
       break;
     }
     const size_t row = size_t(m.head_dim) * DTypeSize(m.dtype);

@@ -223,7 +223,8 @@ TEST(DrainTest, SigtermLetsStepsInFlightFinishThenEndsStreams) {
   ASSERT_TRUE(stream->Write(request));
   for (;;) {
     absl::StatusOr<std::string> metrics = HttpGet(metrics_address, "/metrics");
-    if (metrics.ok() && MetricValue(*metrics, "flashkv_rpc_in_flight{rpc=\"StepStream\"}") >= 1) break;
+    if (metrics.ok() && MetricValue(*metrics, "flashkv_rpc_in_flight{rpc=\"StepStream\"}") >= 1)
+      break;
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   process.Signal(SIGTERM);

@@ -6,10 +6,10 @@
 //
 // Thread-safety: Collect is called by the exporter's threads; the caches are thread-safe.
 
-#include <vector>
-
 #include <prometheus/collectable.h>
 #include <prometheus/metric_family.h>
+
+#include <vector>
 
 #include "flashkv/server/cache_set.h"
 

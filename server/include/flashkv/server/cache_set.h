@@ -35,8 +35,8 @@ absl::StatusOr<DevicePlan> PlanDevices(const ServerConfig& config);
 class CacheSet {
  public:
   static absl::StatusOr<std::unique_ptr<CacheSet>> Create(const ServerConfig& config,
-                                                         const DevicePlan& plan,
-                                                         std::shared_ptr<Clock> clock);
+                                                          const DevicePlan& plan,
+                                                          std::shared_ptr<Clock> clock);
 
   int num_devices() const { return static_cast<int>(caches_.size()); }
   // Device index (0..num_devices-1) -> its cache and its public id (CUDA ordinal or -1-index).

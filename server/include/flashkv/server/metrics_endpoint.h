@@ -7,12 +7,11 @@
 // Ownership: the exposer holds weak references to what it exports; the owner keeps them alive.
 // Thread-safety: construction and destruction on one thread.
 
-#include <vector>
-
 #include <prometheus/collectable.h>
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 

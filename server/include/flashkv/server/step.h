@@ -12,6 +12,8 @@
 // owned by their step. Thread-safety: ReportPart, Cancel and the accessors may be called from any
 // thread; a part's fields are touched only by its scheduler until the part has reported.
 
+#include <grpcpp/support/byte_buffer.h>
+
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -19,8 +21,6 @@
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <grpcpp/support/byte_buffer.h>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -73,8 +73,8 @@ class StepPart {
   std::optional<kvcache::LayerBatch> batch;
   bool prepared() const { return batch.has_value() && batch->pending(); }
   int64_t rows_done = 0;
-  absl::Time ready_time;           // for fairness: arrival, then end of its last launch
-  absl::Time first_launch;         // for the queue-wait metric
+  absl::Time ready_time;    // for fairness: arrival, then end of its last launch
+  absl::Time first_launch;  // for the queue-wait metric
   bool reported = false;
   bool holds_sequences = false;  // its scheduler counts its sequences as busy
 

@@ -12,10 +12,10 @@
 // Thread-safety: reactions, step completions and Drain may run on different threads; `mu_`
 // guards the state.
 
+#include <grpcpp/support/server_callback.h>
+
 #include <deque>
 #include <memory>
-
-#include <grpcpp/support/server_callback.h>
 
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
