@@ -83,6 +83,16 @@ std::pair<int, int> Stage(const ModelShape& m, const std::vector<Segment>& segme
   return {max_q, max_kv};
 }
 
+// The layer's pools, in the fields KvAppendArgs and PagedAttentionArgs share.
+template <typename Args>
+void SetPools(const kvcache::LayerPools& pools, Args* args) {
+  args->k_cache = pools.k;
+  args->v_cache = pools.v;
+  args->cache_strides = pools.strides;
+  args->num_blocks = pools.num_blocks;
+  args->page_size = pools.page_size;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<LaunchArena>> LaunchArena::Create(bool cuda, int cuda_device) {
@@ -173,11 +183,7 @@ absl::StatusOr<LaunchSummary> RunLaunch(const ModelShape& m, absl::Span<const La
   append.k = dev + layout.k;
   append.v = dev + layout.v;
   append.k_strides = append.v_strides = DenseStrides(0, m.num_kv_heads, m.head_dim);
-  append.k_cache = pools.k;
-  append.v_cache = pools.v;
-  append.cache_strides = pools.strides;
-  append.num_blocks = pools.num_blocks;
-  append.page_size = pools.page_size;
+  SetPools(pools, &append);
   append.slot_mapping = reinterpret_cast<const int64_t*>(dev + layout.slot);
   append.host_slot_mapping = reinterpret_cast<const int64_t*>(host + layout.slot);
 
@@ -193,11 +199,7 @@ absl::StatusOr<LaunchSummary> RunLaunch(const ModelShape& m, absl::Span<const La
   attention.q = dev + layout.q;
   attention.q_strides = attention.out_strides = DenseStrides(0, m.num_q_heads, m.head_dim);
   attention.out = arena->device_out();
-  attention.k_cache = pools.k;
-  attention.v_cache = pools.v;
-  attention.cache_strides = pools.strides;
-  attention.num_blocks = pools.num_blocks;
-  attention.page_size = pools.page_size;
+  SetPools(pools, &attention);
   attention.block_table = reinterpret_cast<const int32_t*>(dev + layout.table);
   attention.block_table_stride = stride;
   attention.cu_seqlens_q = reinterpret_cast<const int32_t*>(dev + layout.cu_q);

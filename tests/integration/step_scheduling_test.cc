@@ -182,18 +182,32 @@ TEST(StepSchedulingTest, BatchingWindowAndTokenBudgetOnAFakeClock) {
   EXPECT_EQ(reference.Apply(0, full, response.out(0)), "");
 }
 
+// A server with one sequence and a 2048-token prefill for it that takes 128 chunks of 16.
+class LongPrefillTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    server::ServerConfig config = SmallModelConfig();
+    config.kv_cache_bytes = 64 << 20;
+    config.scheduler.prefill_chunk_tokens = 16;
+    server_ = StartServer(config);
+    ASSERT_NE(server_, nullptr);
+    reference_ = std::make_unique<ReferenceCache>(config.model);
+    ASSERT_TRUE(Create(*server_, "long").ok());
+    prefill_ = reference_->MakeEntry("long", 2048, rng_);
+  }
+
+  std::unique_ptr<TestServer> server_;
+  std::unique_ptr<ReferenceCache> reference_;
+  std::mt19937_64 rng_{2};
+  v1::StepEntry prefill_;
+};
+
 // A client cancels a stream while its long prefill is being computed in chunks: the step is
 // either wholly applied or not at all (here, almost always not), never in part.
-TEST(StepSchedulingTest, CancellingMidStreamNeverLeavesAHalfAppliedStep) {
-  server::ServerConfig config = SmallModelConfig();
-  config.kv_cache_bytes = 64 << 20;
-  config.scheduler.prefill_chunk_tokens = 16;
-  auto server = StartServer(config);
-  ASSERT_NE(server, nullptr);
-  ReferenceCache reference(config.model);
-  std::mt19937_64 rng(2);
-  ASSERT_TRUE(Create(*server, "long").ok());
-  const v1::StepEntry prefill = reference.MakeEntry("long", 2048, rng);  // 128 chunks
+TEST_F(LongPrefillTest, CancellingMidStreamNeverLeavesAHalfAppliedStep) {
+  TestServer* server = server_.get();
+  ReferenceCache& reference = *reference_;
+  const v1::StepEntry& prefill = prefill_;
   {
     grpc::ClientContext context;
     auto stream = server->kvcache().StepStream(&context);
@@ -210,7 +224,7 @@ TEST(StepSchedulingTest, CancellingMidStreamNeverLeavesAHalfAppliedStep) {
     EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
   }
   // The next step at layer 0 sees either no context or all 2048 tokens.
-  const v1::StepEntry probe = reference.MakeEntry("long", 1, rng);
+  const v1::StepEntry probe = reference.MakeEntry("long", 1, rng_);
   v1::StepResponse response;
   ASSERT_TRUE(Step(*server, MakeStep(0, {probe}), &response).ok());
   const std::vector<double> got = FromProto(response.out(0)).values;
@@ -224,16 +238,9 @@ TEST(StepSchedulingTest, CancellingMidStreamNeverLeavesAHalfAppliedStep) {
 }
 
 // The same with a deadline on a unary call.
-TEST(StepSchedulingTest, AnExpiredDeadlineAbortsTheStep) {
-  server::ServerConfig config = SmallModelConfig();
-  config.kv_cache_bytes = 64 << 20;
-  config.scheduler.prefill_chunk_tokens = 16;
-  auto server = StartServer(config);
-  ASSERT_NE(server, nullptr);
-  ReferenceCache reference(config.model);
-  std::mt19937_64 rng(3);
-  ASSERT_TRUE(Create(*server, "slow").ok());
-  const v1::StepEntry prefill = reference.MakeEntry("slow", 2048, rng);
+TEST_F(LongPrefillTest, AnExpiredDeadlineAbortsTheStep) {
+  TestServer* server = server_.get();
+  const v1::StepEntry& prefill = prefill_;
   {
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(50));
@@ -246,7 +253,7 @@ TEST(StepSchedulingTest, AnExpiredDeadlineAbortsTheStep) {
     absl::SleepFor(absl::Milliseconds(2));
   }
   EXPECT_EQ(Stats(*server).blocks_used(), 0u);
-  EXPECT_EQ(DecodeAllLayers(*server, reference, "slow", 1, rng), "");
+  EXPECT_EQ(DecodeAllLayers(*server, *reference_, "long", 1, rng_), "");
 }
 
 // A pool of 16 blocks (4 tokens each) and no swap space: a step needing more than is free fails
