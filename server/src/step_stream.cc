@@ -73,6 +73,7 @@ void StepStreamReactor::OnReadDone(bool ok) {
 void StepStreamReactor::StepDone(Slot* slot, const absl::Status& status,
                                  grpc::ByteBuffer response) {
   const grpc::Status grpc_status = ToGrpcStatus(status);
+  spdlog::debug("StepStream request: {}", status.ok() ? "OK" : status.ToString());
   service_->metrics().CallFinished(kRpc);
   service_->metrics().RecordRpc(kRpc, grpc_status.error_code(),
                                 service_->clock().Now() - slot->received);

@@ -299,6 +299,35 @@ TEST(StepSchedulingTest, ResourceExhaustedLeavesEverythingIntact) {
   }
 }
 
+// With swap space, a step that needs more blocks than are free swaps idle sequences out to host
+// memory; stepping them later brings them back, with their K/V intact.
+TEST(StepSchedulingTest, SwappingMakesRoomAndBringsSequencesBackIntact) {
+  server::ServerConfig config = SmallModelConfig();
+  const int64_t block_bytes = 2LL * 3 * 2 * 4 * 64 * 4;
+  config.kv_cache_bytes = 17 * block_bytes;  // 16 usable blocks of 4 tokens
+  config.swap_bytes = 32 * block_bytes;
+  auto server = StartServer(config);
+  ASSERT_NE(server, nullptr);
+  ReferenceCache reference(config.model);
+  std::mt19937_64 rng(7);
+  for (const char* id : {"first", "second"}) {
+    ASSERT_TRUE(Create(*server, id).ok());
+    for (int layer = 0; layer < 3; ++layer) {
+      const v1::StepEntry e = reference.MakeEntry(id, 36, rng);  // 9 blocks each: 18 > 16
+      v1::StepResponse response;
+      const grpc::Status status = Step(*server, MakeStep(layer, {e}), &response);
+      ASSERT_TRUE(status.ok()) << id << " layer " << layer << ": " << status.error_message();
+      ASSERT_EQ(reference.Apply(layer, e, response.out(0)), "");
+    }
+  }
+  EXPECT_GE(Stats(*server).swaps_out(), 1u) << "the second sequence needed the first one's blocks";
+  EXPECT_EQ(DecodeAllLayers(*server, reference, "first", 3, rng), "") << "swapped back in intact";
+  EXPECT_EQ(DecodeAllLayers(*server, reference, "second", 3, rng), "");
+  const v1::ServerStats stats = Stats(*server);
+  EXPECT_GE(stats.swaps_in(), 1u);
+  EXPECT_GT(stats.swap_bytes_out(), 0u);
+}
+
 // Three CPU "devices": sequences spread over them; a step spanning devices is right; a step that
 // fails on one device changes nothing on the others.
 TEST(StepSchedulingTest, SeveralDevicesShareTheLoadAndStepsSpanThemAllOrNothing) {
