@@ -8,6 +8,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
   libabsl-dev libspdlog-dev libgtest-dev libgmock-dev
   prometheus-cpp-dev libcli11-dev nlohmann-json3-dev
+  nginx shellcheck python3-yaml
 )
 
 missing=()

@@ -259,17 +259,17 @@ int main(int argc, char** argv) {
               c.causal ? "causal" : "non-causal", threads);
   std::printf("load average before the run: %s\n", LoadAverage().c_str());
   const FmaPeak peak = MeasureFmaPeak(threads, c.peak_seconds);
-  std::printf("FMA peak (%s, %d threads, float32): %.1f GFLOP/s\n", peak.isa, peak.threads,
+  std::printf("FMA peak (%s, %d threads, float32): %.2f GFLOP/s\n", peak.isa, peak.threads,
               peak.gflops);
   if (c.naive_heads > 0) {
     std::printf("naive = plain triple loop (cpu::NaiveAttention), 1 thread, query heads [0, %d) "
                 "of the same inputs, GFLOP/s of that slice\n",
                 c.naive_heads);
   }
-  std::printf("\n| dtype | isa    | time (ms) | GFLOP/s | %% of peak | naive GFLOP/s | speedup "
-              "| max |kernel - naive| |\n");
-  std::printf("|-------|--------|----------:|--------:|----------:|--------------:|--------:"
-              "|-------------------:|\n");
+  std::printf("\n| dtype | isa     | time (ms) | GFLOP/s | %% of peak | naive GFLOP/s | speedup "
+              "| max abs(kernel - naive) |\n");
+  std::printf("|-------|---------|----------:|--------:|----------:|--------------:|--------:"
+              "|------------------------:|\n");
   int failures = 0;
   for (cpu::Isa isa : c.isas) {
     const KernelStatus set = cpu::SetIsa(isa);
@@ -296,14 +296,14 @@ int main(int argc, char** argv) {
         ++failures;
         continue;
       }
-      std::printf("| %-5s | %-6s | %9.1f | %7.1f | %8.1f%% |", DTypeName(dtype), cpu::IsaName(isa),
-                  row.kernel_seconds * 1e3, row.kernel_gflops,
-                  100.0 * row.kernel_gflops / peak.gflops);
+      std::printf("| %-5s | %-7s | %9.1f | %7.1f | %8.1f%% |", DTypeName(dtype),
+                  cpu::IsaName(isa), row.kernel_seconds * 1e3, row.kernel_gflops,
+                  peak.gflops > 0 ? 100.0 * row.kernel_gflops / peak.gflops : 0.0);
       if (c.naive_heads > 0) {
-        std::printf(" %13.2f | %6.0fx | %18.2e |\n", row.naive_gflops,
+        std::printf(" %13.2f | %6.0fx | %23.2e |\n", row.naive_gflops,
                     row.kernel_gflops / row.naive_gflops, row.max_diff);
       } else {
-        std::printf(" %13s | %7s | %18s |\n", "-", "-", "-");
+        std::printf(" %13s | %7s | %23s |\n", "-", "-", "-");
       }
       std::fflush(stdout);
     }

@@ -3,7 +3,8 @@
 // warm-up first, median of --reps (>= 30), inputs rotated over enough copies to exceed the L2
 // cache. Prints markdown tables.
 //
-//   cuda_attention_benchmark [--reps 30] [--dtype fp16|bf16|fp32]
+//   cuda_attention_benchmark [--reps 30] [--dtype fp16|bf16|fp32] [--head-dim D] [--seqlen S]
+//                            [--no-decode]
 
 #include <cuda_runtime_api.h>
 
@@ -100,14 +101,15 @@ double CopyGBs(int reps) {
   return 2.0 * bytes / (ms * 1e-3) / 1e9;
 }
 
-void FixedTable(DType dtype, int reps) {
+void FixedTable(DType dtype, int reps, const std::vector<int>& head_dims,
+                const std::vector<int>& seqlens) {
   std::printf("## Fixed-length (%s, B=2, H=32 (16 at D=256)), TFLOPS = 4*B*H*S^2*D (/2 causal)\n\n",
               DTypeName(dtype));
   std::printf("| D | S | causal | ms | TFLOPS |\n|---|---|---|---|---|\n");
-  for (int d : {64, 128, 256}) {
+  for (int d : head_dims) {
     if (!IsCompiled(dtype, d)) continue;
     const int h = d == 256 ? 16 : 32, b = 2;
-    for (int s : {512, 1024, 2048, 4096, 8192, 16384}) {
+    for (int s : seqlens) {
       const size_t elements = size_t{1} * b * h * s * d;
       const int sets = std::max<int>(1, static_cast<int>(std::ceil(4.0 * kL2Bytes / (4 * elements * DTypeSize(dtype)))));
       std::vector<void*> q, k, v, o;
@@ -225,6 +227,9 @@ int main(int argc, char** argv) {
   using namespace flashkv;
   int reps = 30;
   std::vector<DType> dtypes = {DType::kFloat16, DType::kBFloat16};
+  std::vector<int> head_dims = {64, 128, 256};
+  std::vector<int> seqlens = {512, 1024, 2048, 4096, 8192, 16384};
+  bool decode = true;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--reps") == 0 && i + 1 < argc) reps = std::max(30, std::atoi(argv[++i]));
     if (std::strcmp(argv[i], "--dtype") == 0 && i + 1 < argc) {
@@ -232,6 +237,9 @@ int main(int argc, char** argv) {
       if (!dtype) return std::fprintf(stderr, "unknown dtype %s\n", argv[i]), 2;
       dtypes = {*dtype};
     }
+    if (std::strcmp(argv[i], "--head-dim") == 0 && i + 1 < argc) head_dims = {std::atoi(argv[++i])};
+    if (std::strcmp(argv[i], "--seqlen") == 0 && i + 1 < argc) seqlens = {std::atoi(argv[++i])};
+    if (std::strcmp(argv[i], "--no-decode") == 0) decode = false;
   }
   if (cuda::DeviceCount() == 0) {
     std::printf("no CUDA device: nothing to measure\n");
@@ -243,7 +251,7 @@ int main(int argc, char** argv) {
               info.multiprocessor_count, reps);
   const double copy_gbs = cuda::CopyGBs(reps);
   std::printf("Device-to-device copy (bytes read + written): %.0f GB/s\n\n", copy_gbs);
-  for (DType dtype : dtypes) cuda::FixedTable(dtype, reps);
-  cuda::DecodeTable(reps, copy_gbs);
+  for (DType dtype : dtypes) cuda::FixedTable(dtype, reps, head_dims, seqlens);
+  if (decode) cuda::DecodeTable(reps, copy_gbs);
   return 0;
 }

@@ -2,7 +2,8 @@
 # One device session: build (timed), GPU tests, compute-sanitizer on a small subset, SASS summary,
 # benchmarks. Logs and tables go to $OUT. Knobs (environment):
 #   ARCHS (90a) DTYPES (fp16;bf16;fp32) DIMS (32;...;256) STEPS ("build test sanitize sass bench")
-#   BENCH_ARGS (extra side_by_side.py arguments) GTEST_FILTER (*)
+#   BENCH_ARGS (extra side_by_side.py arguments) CPPBENCH_ARGS GTEST_FILTER (*)
+# Steps: build test ctest sanitize sass bench cppbench
 set -o pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -27,6 +28,12 @@ if has test; then
   $T --gtest_filter="${GTEST_FILTER:-*}" 2>&1 | grep -E "FAILED|Failure|error|PASSED|SKIPPED \]|tests ran|^\[  FAILED" | head -80
   build/tests/kernels/cuda/cuda_split_heuristic_test | tail -1
 fi
+if has ctest; then  # every `gpu`-labelled test of the project (the shared kernel sweeps included)
+  start=$SECONDS
+  ctest --test-dir build -L gpu -j8 --timeout 300 > "$OUT/ctest_gpu.txt" 2>&1
+  grep -E "tests passed|tests failed|Failed|\*\*\*" "$OUT/ctest_gpu.txt" | head -30
+  echo "ctest -L gpu: $((SECONDS - start)) s"
+fi
 if has sanitize; then
   F='AllInstantiations/CudaAttentionTest.FixedMatchesReference/fp16_d128:AllInstantiations/CudaAttentionTest.PagedMixedPrefillAndDecode/bf16_d64:AllInstantiations/CudaAttentionTest.SplitKvDecodeGroup16/fp16_d128:AllInstantiations/CudaAttentionTest.VarlenWithEmptySequences/fp32_d96'
   timeout 240 compute-sanitizer --tool memcheck --leak-check full $T --gtest_filter="$F" 2>&1 | grep -E "ERROR SUMMARY|Invalid|PASSED|FAILED" | head -20
@@ -43,5 +50,5 @@ if has bench; then
     --out "$OUT/side_by_side.md" $BENCH_ARGS 2>&1 | grep -v "^#.*failed" | tail -120
 fi
 if has cppbench; then
-  build/benchmarks/cuda_attention_benchmark > "$OUT/cpp_benchmark.md" 2>&1; tail -40 "$OUT/cpp_benchmark.md"
+  build/benchmarks/cuda_attention_benchmark $CPPBENCH_ARGS > "$OUT/cpp_benchmark.md" 2>&1; tail -60 "$OUT/cpp_benchmark.md"
 fi

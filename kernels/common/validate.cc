@@ -26,18 +26,26 @@ KernelStatus CheckDType(DType dtype) {
                          ") must be fp16, bf16 or fp32");
 }
 
-KernelStatus CheckHeads(int num_heads_q, int num_heads_kv, int head_dim) {
+KernelStatus CheckHeadDim(int head_dim) {
   if (!IsSupportedHeadDim(head_dim)) {
     return InvalidArgument("head_dim (" + Str(head_dim) +
                            ") must be one of 32, 64, 96, 128, 192, 256");
   }
-  if (num_heads_q < 1) return InvalidArgument("num_heads_q (" + Str(num_heads_q) + ") must be >= 1");
-  if (num_heads_kv < 1) {
-    return InvalidArgument("num_heads_kv (" + Str(num_heads_kv) + ") must be >= 1");
-  }
+  return KernelStatus::Ok();
+}
+
+KernelStatus CheckAtLeastOne(const char* name, int value) {
+  if (value < 1) return InvalidArgument(std::string(name) + " (" + Str(value) + ") must be >= 1");
+  return KernelStatus::Ok();
+}
+
+KernelStatus CheckHeads(int num_heads_q, int num_heads_kv, int head_dim) {
+  FLASHKV_RETURN_IF_ERROR(CheckHeadDim(head_dim));
+  FLASHKV_RETURN_IF_ERROR(CheckAtLeastOne("num_heads_q", num_heads_q));
+  FLASHKV_RETURN_IF_ERROR(CheckAtLeastOne("num_heads_kv", num_heads_kv));
   if (num_heads_q % num_heads_kv != 0) {
-    return InvalidArgument("num_heads_q (" + Str(num_heads_q) + ") must be a multiple of num_heads_kv (" +
-                           Str(num_heads_kv) + ")");
+    return InvalidArgument("num_heads_q (" + Str(num_heads_q) +
+                           ") must be a multiple of num_heads_kv (" + Str(num_heads_kv) + ")");
   }
   return KernelStatus::Ok();
 }
@@ -76,7 +84,8 @@ const int32_t* HostView(const int32_t* primary, const int32_t* host, bool primar
 // cu_seqlens must start at 0, never decrease, stay within `total` rows (when total >= 0) and give
 // no sequence more than `max_len` rows.
 KernelStatus CheckCuSeqlens(const char* name, const int32_t* primary, const int32_t* host,
-                            bool primary_is_host, int num_seqs, int64_t total, int max_len) {
+                            bool primary_is_host, int num_seqs, int64_t total,
+                            const char* max_name, int max_len) {
   if (primary == nullptr) return InvalidArgument(std::string(name) + " is null");
   const int32_t* cu = HostView(primary, host, primary_is_host);
   if (cu == nullptr) {
@@ -95,7 +104,7 @@ KernelStatus CheckCuSeqlens(const char* name, const int32_t* primary, const int3
     }
     if (len > max_len) {
       return InvalidArgument(std::string("sequence ") + Str(b) + " has " + Str(len) + " rows in " +
-                             name + ", more than max_seqlen (" + Str(max_len) + ")");
+                             name + ", more than " + max_name + " (" + Str(max_len) + ")");
     }
   }
   if (total >= 0 && cu[num_seqs] > total) {
@@ -138,9 +147,11 @@ KernelStatus ValidateVarlen(const VarlenAttentionArgs& a, bool primary_is_host) 
   FLASHKV_RETURN_IF_ERROR(CheckNonNegative("max_seqlen_kv", a.max_seqlen_kv));
   FLASHKV_RETURN_IF_ERROR(CheckOptions(a.options));
   FLASHKV_RETURN_IF_ERROR(CheckCuSeqlens("cu_seqlens_q", a.cu_seqlens_q, a.host_cu_seqlens_q,
-                                         primary_is_host, a.num_seqs, a.total_q, a.max_seqlen_q));
+                                         primary_is_host, a.num_seqs, a.total_q, "max_seqlen_q",
+                                         a.max_seqlen_q));
   FLASHKV_RETURN_IF_ERROR(CheckCuSeqlens("cu_seqlens_kv", a.cu_seqlens_kv, a.host_cu_seqlens_kv,
-                                         primary_is_host, a.num_seqs, a.total_kv, a.max_seqlen_kv));
+                                         primary_is_host, a.num_seqs, a.total_kv, "max_seqlen_kv",
+                                         a.max_seqlen_kv));
   const bool has_q = a.total_q > 0;
   const bool has_kv = a.total_kv > 0;
   FLASHKV_RETURN_IF_ERROR(CheckTensor("q", a.q, has_q, a.q_strides, false, false));
@@ -158,14 +169,16 @@ KernelStatus ValidatePaged(const PagedAttentionArgs& a, bool primary_is_host) {
   FLASHKV_RETURN_IF_ERROR(CheckNonNegative("max_seqlen_q", a.max_seqlen_q));
   FLASHKV_RETURN_IF_ERROR(CheckNonNegative("max_seqlen_kv", a.max_seqlen_kv));
   FLASHKV_RETURN_IF_ERROR(CheckOptions(a.options));
-  if (a.page_size < 1) return InvalidArgument("page_size (" + Str(a.page_size) + ") must be >= 1");
+  FLASHKV_RETURN_IF_ERROR(CheckAtLeastOne("page_size", a.page_size));
   FLASHKV_RETURN_IF_ERROR(CheckNonNegative("num_blocks", a.num_blocks));
   FLASHKV_RETURN_IF_ERROR(CheckNonNegative("block_table_stride", a.block_table_stride));
   FLASHKV_RETURN_IF_ERROR(CheckCuSeqlens("cu_seqlens_q", a.cu_seqlens_q, a.host_cu_seqlens_q,
-                                         primary_is_host, a.num_seqs, a.total_q, a.max_seqlen_q));
+                                         primary_is_host, a.num_seqs, a.total_q, "max_seqlen_q",
+                                         a.max_seqlen_q));
   // cu_seqlens_kv counts context tokens in the cache, not rows of a packed tensor: no upper end.
   FLASHKV_RETURN_IF_ERROR(CheckCuSeqlens("cu_seqlens_kv", a.cu_seqlens_kv, a.host_cu_seqlens_kv,
-                                         primary_is_host, a.num_seqs, -1, a.max_seqlen_kv));
+                                         primary_is_host, a.num_seqs, -1, "max_seqlen_kv",
+                                         a.max_seqlen_kv));
   const int32_t* cu_kv = HostView(a.cu_seqlens_kv, a.host_cu_seqlens_kv, primary_is_host);
   const bool has_q = a.total_q > 0;
   const bool has_kv = cu_kv[a.num_seqs] > 0;
@@ -201,9 +214,10 @@ KernelStatus ValidatePaged(const PagedAttentionArgs& a, bool primary_is_host) {
 
 KernelStatus ValidateKvAppend(const KvAppendArgs& a, bool primary_is_host) {
   FLASHKV_RETURN_IF_ERROR(CheckDType(a.dtype));
-  FLASHKV_RETURN_IF_ERROR(CheckHeads(a.num_heads_kv, a.num_heads_kv, a.head_dim));
+  FLASHKV_RETURN_IF_ERROR(CheckHeadDim(a.head_dim));
+  FLASHKV_RETURN_IF_ERROR(CheckAtLeastOne("num_heads_kv", a.num_heads_kv));
   FLASHKV_RETURN_IF_ERROR(CheckNonNegative("num_tokens", a.num_tokens));
-  if (a.page_size < 1) return InvalidArgument("page_size (" + Str(a.page_size) + ") must be >= 1");
+  FLASHKV_RETURN_IF_ERROR(CheckAtLeastOne("page_size", a.page_size));
   FLASHKV_RETURN_IF_ERROR(CheckNonNegative("num_blocks", a.num_blocks));
   if (a.num_tokens == 0) return KernelStatus::Ok();
   FLASHKV_RETURN_IF_ERROR(CheckTensor("k", a.k, true, a.k_strides, false, false));

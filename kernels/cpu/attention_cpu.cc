@@ -45,12 +45,21 @@ KernelStatus NotCompiled(DType dtype, int head_dim) {
                        " to FLASHKV_HEAD_DIMS");
 }
 
-KernelStatus Run(DType dtype, int head_dim, const AttentionProblem& problem) {
+KernelStatus Run(DType dtype, int head_dim, AttentionProblem problem) {
   const AttentionKernelEntry kernel = FindAttentionKernel(ActiveIsa(), dtype, head_dim);
   if (kernel.run == nullptr) return NotCompiled(dtype, head_dim);
-  const std::vector<TileTask> tasks = PlanTileTasks(problem, kernel.shape.max_rows);
-  ThreadPool::Global().ParallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t i) {
-    kernel.run(problem, tasks[static_cast<size_t>(i)], ThreadWorkspace(kernel.workspace_floats));
+  ThreadPool& pool = ThreadPool::Global();
+  const TaskPlan plan = PlanTileTasks(problem, kernel.shape, pool.NumThreads());
+  std::vector<float> partials(static_cast<size_t>(plan.num_partials * kernel.partial_slot_floats));
+  problem.partials = partials.data();
+  problem.partial_stride = kernel.partial_slot_floats;
+  pool.ParallelFor(static_cast<int64_t>(plan.tasks.size()), [&](int64_t i) {
+    kernel.run(problem, plan.tasks[static_cast<size_t>(i)],
+               ThreadWorkspace(kernel.workspace_floats));
+  });
+  pool.ParallelFor(static_cast<int64_t>(plan.merges.size()), [&](int64_t i) {
+    kernel.merge(problem, plan.merges[static_cast<size_t>(i)],
+                 ThreadWorkspace(kernel.workspace_floats));
   });
   return KernelStatus::Ok();
 }

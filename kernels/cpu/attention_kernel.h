@@ -11,8 +11,11 @@ namespace flashkv::cpu {
 
 template <class IsaTag, class T, int kHeadDim>
 struct AttentionKernel {
-  // Computes the output rows (and LSE) of one task; see TileTaskFn.
+  // Computes the output rows (and LSE) of one task, or its partial state; see TileTaskFn.
   static void RunTask(const AttentionProblem& problem, const TileTask& task, float* workspace);
+  // Combines the partial states of a split task into its output rows (and LSE).
+  static void MergeSplits(const AttentionProblem& problem, const SplitMerge& merge,
+                          float* workspace);
 };
 
 }  // namespace flashkv::cpu

@@ -49,11 +49,18 @@ struct AttentionProblem {
 
   const SequenceView* seqs = nullptr;
   int32_t num_seqs = 0;
+
+  // Split-KV partial results: slot i is partials + i * partial_stride floats, holding a task's
+  // unnormalised output (max_rows, D), then its running max (max_rows, log2 domain) and running
+  // sum (max_rows). See TileTask::partial.
+  float* partials = nullptr;
+  int64_t partial_stride = 0;
 };
 
 // One unit of parallel work: query heads [head_begin, head_begin + num_heads), all of one KV head,
-// at query positions [q_begin, q_end) of one sequence. Its rows are (position, head) pairs,
-// position-major, at most TileShape::max_rows of them, so one K/V tile load serves them all.
+// at query positions [q_begin, q_end) of one sequence, against keys [kv_begin, kv_end) (further
+// limited by the causal mask). Its rows are (position, head) pairs, position-major, at most
+// TileShape::max_rows of them, so one K/V tile load serves them all.
 struct TileTask {
   int32_t seq = 0;
   int32_t kv_head = 0;
@@ -61,11 +68,26 @@ struct TileTask {
   int32_t num_heads = 0;
   int32_t q_begin = 0;
   int32_t q_end = 0;
+  int32_t kv_begin = 0;
+  int32_t kv_end = 0;
+  // -1: write the final output (and LSE). Otherwise the task covers one chunk of a split key range
+  // and leaves its unnormalised state in partial slot `partial` for a SplitMerge.
+  int32_t partial = -1;
 };
 
-// Runs one task; `workspace` is 64-byte aligned, MakeWorkspaceLayout(...).total floats, private to
-// the calling thread.
+// Combines the partial states of one split task: slots [first_partial, first_partial +
+// num_partials) all belong to `task`'s rows (task.partial and the key range are ignored).
+struct SplitMerge {
+  TileTask task;
+  int32_t first_partial = 0;
+  int32_t num_partials = 0;
+};
+
+// Run one task or merge; `workspace` is 64-byte aligned, MakeWorkspaceLayout(...).total floats,
+// private to the calling thread.
 using TileTaskFn = void (*)(const AttentionProblem& problem, const TileTask& task,
                             float* workspace);
+using SplitMergeFn = void (*)(const AttentionProblem& problem, const SplitMerge& merge,
+                              float* workspace);
 
 }  // namespace flashkv::cpu

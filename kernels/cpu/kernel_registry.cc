@@ -14,8 +14,10 @@ template <class IsaTag, class T, int kHeadDim>
 AttentionKernelEntry MakeEntry() {
   AttentionKernelEntry entry;
   entry.run = &AttentionKernel<IsaTag, T, kHeadDim>::RunTask;
+  entry.merge = &AttentionKernel<IsaTag, T, kHeadDim>::MergeSplits;
   entry.shape = ChooseTileShape(IsaTag::kIsa, kHeadDim);
   entry.workspace_floats = MakeWorkspaceLayout(entry.shape, kHeadDim).total;
+  entry.partial_slot_floats = PartialSlotFloats(entry.shape, kHeadDim);
   return entry;
 }
 

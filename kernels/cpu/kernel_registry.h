@@ -12,8 +12,10 @@ namespace flashkv::cpu {
 
 struct AttentionKernelEntry {
   TileTaskFn run = nullptr;  // null: not compiled
+  SplitMergeFn merge = nullptr;
   TileShape shape;
   int64_t workspace_floats = 0;
+  int64_t partial_slot_floats = 0;  // one split-KV partial slot
 };
 
 // The dispatch site of the attention ops: the kernel for (isa, dtype, head_dim), or an entry with

@@ -1,38 +1,45 @@
 #include "cpu/task_planner.h"
 
 #include <algorithm>
-#include <cstdint>
 #include <numeric>
 
 namespace flashkv::cpu {
 namespace {
 
-// Keys the queries [q_begin, q_end) of `seq` see in total.
-int64_t VisibleKeys(const AttentionProblem& p, const SequenceView& seq, int q_begin, int q_end) {
-  if (!p.causal) return int64_t{q_end - q_begin} * seq.kv_len;
+// Keys at the end of a task's range that its last query still sees.
+int64_t KeyRangeEnd(const AttentionProblem& p, const SequenceView& seq, int q_end) {
+  if (!p.causal) return seq.kv_len;
+  return std::clamp<int64_t>(int64_t{q_end} - 1 + seq.kv_len - seq.q_len + 1, 0, seq.kv_len);
+}
+
+// Keys the queries [q_begin, q_end) of `seq` see in total within keys [kv_begin, kv_end).
+int64_t VisibleKeys(const AttentionProblem& p, const SequenceView& seq, int q_begin, int q_end,
+                    int64_t kv_begin, int64_t kv_end) {
   const int64_t diagonal = int64_t{seq.kv_len} - seq.q_len;
   int64_t total = 0;
   for (int i = q_begin; i < q_end; ++i) {
-    total += std::clamp<int64_t>(i + diagonal + 1, 0, seq.kv_len);
+    const int64_t last = p.causal ? std::min<int64_t>(kv_end, i + diagonal + 1) : kv_end;
+    total += std::max<int64_t>(0, last - kv_begin);
   }
   return total;
 }
 
+// Splitting a key range costs a partial write and a merge per row; chunks of at least this many
+// key tiles keep that under a few percent.
+constexpr int kMinSplitTiles = 4;
+
 }  // namespace
 
-std::vector<TileTask> PlanTileTasks(const AttentionProblem& p, int max_rows) {
+TaskPlan PlanTileTasks(const AttentionProblem& p, const TileShape& shape, int num_threads) {
   const int group = p.num_heads_q / p.num_heads_kv;
-  const int heads_per_task = std::min(group, max_rows);
-  const int positions_per_task = std::max(1, max_rows / heads_per_task);
+  const int heads_per_task = std::min(group, shape.max_rows);
+  const int positions_per_task = std::max(1, shape.max_rows / heads_per_task);
 
-  std::vector<TileTask> tasks;
-  std::vector<int64_t> costs;
+  std::vector<TileTask> whole;
   for (int b = 0; b < p.num_seqs; ++b) {
     const SequenceView& seq = p.seqs[b];
     for (int q0 = 0; q0 < seq.q_len; q0 += positions_per_task) {
       const int q1 = std::min(seq.q_len, q0 + positions_per_task);
-      // Loading queries and storing outputs costs about as much as one key per row.
-      const int64_t keys = VisibleKeys(p, seq, q0, q1) + (q1 - q0);
       for (int kv_head = 0; kv_head < p.num_heads_kv; ++kv_head) {
         for (int g0 = 0; g0 < group; g0 += heads_per_task) {
           TileTask task;
@@ -42,20 +49,67 @@ std::vector<TileTask> PlanTileTasks(const AttentionProblem& p, int max_rows) {
           task.num_heads = std::min(heads_per_task, group - g0);
           task.q_begin = q0;
           task.q_end = q1;
-          tasks.push_back(task);
-          costs.push_back(keys * task.num_heads);
+          task.kv_begin = 0;
+          task.kv_end = seq.kv_len;
+          whole.push_back(task);
         }
       }
     }
   }
-  std::vector<size_t> order(tasks.size());
+
+  // Two tasks per thread at least, so that no thread idles while another runs the last one.
+  const int64_t num_whole = static_cast<int64_t>(whole.size());
+  const int64_t wanted = 2 * int64_t{num_threads};
+  const int64_t split_ways =
+      num_threads > 1 && num_whole > 0 && num_whole < wanted ? (wanted + num_whole - 1) / num_whole
+                                                             : 1;
+  const int64_t min_chunk = int64_t{kMinSplitTiles} * shape.block_n;
+
+  TaskPlan plan;
+  for (const TileTask& task : whole) {
+    const SequenceView& seq = p.seqs[task.seq];
+    const int64_t kv_end = KeyRangeEnd(p, seq, task.q_end);
+    const int64_t ways = std::min<int64_t>(split_ways, kv_end / min_chunk);
+    if (ways < 2) {
+      plan.tasks.push_back(task);
+      continue;
+    }
+    // Chunks of whole key tiles, the last one shorter.
+    const int64_t tiles = (kv_end + shape.block_n - 1) / shape.block_n;
+    const int64_t chunk = (tiles + ways - 1) / ways * shape.block_n;
+    SplitMerge merge;
+    merge.task = task;
+    merge.first_partial = plan.num_partials;
+    for (int64_t k0 = 0; k0 < kv_end; k0 += chunk) {
+      TileTask part = task;
+      part.kv_begin = static_cast<int32_t>(k0);
+      part.kv_end = static_cast<int32_t>(std::min(kv_end, k0 + chunk));
+      part.partial = plan.num_partials++;
+      plan.tasks.push_back(part);
+      ++merge.num_partials;
+    }
+    plan.merges.push_back(merge);
+  }
+
+  // Cost: visible keys per row, plus about one key's worth per row for loading the queries and
+  // storing the outputs.
+  std::vector<int64_t> costs(plan.tasks.size());
+  for (size_t i = 0; i < plan.tasks.size(); ++i) {
+    const TileTask& t = plan.tasks[i];
+    const int64_t keys =
+        VisibleKeys(p, p.seqs[t.seq], t.q_begin, t.q_end, t.kv_begin, t.kv_end) +
+        (t.q_end - t.q_begin);
+    costs[i] = keys * t.num_heads;
+  }
+  std::vector<size_t> order(plan.tasks.size());
   std::iota(order.begin(), order.end(), size_t{0});
   std::stable_sort(order.begin(), order.end(),
                    [&costs](size_t a, size_t b) { return costs[a] > costs[b]; });
   std::vector<TileTask> sorted;
-  sorted.reserve(tasks.size());
-  for (size_t i : order) sorted.push_back(tasks[i]);
-  return sorted;
+  sorted.reserve(plan.tasks.size());
+  for (size_t i : order) sorted.push_back(plan.tasks[i]);
+  plan.tasks = std::move(sorted);
+  return plan;
 }
 
 }  // namespace flashkv::cpu

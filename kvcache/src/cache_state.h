@@ -14,7 +14,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
+#include "mutex.h"
 #include "absl/time/time.h"
 #include "block_store.h"
 #include "flashkv/kvcache/block_allocator.h"
@@ -101,7 +101,7 @@ class CacheState {
              std::unique_ptr<BlockStore> store, std::shared_ptr<MemoryAllocator> staging);
   ~CacheState();
 
-  absl::Mutex mu;
+  Mutex mu;
 
   const CacheConfig config;
   const int page_size;

@@ -3,6 +3,12 @@
 
 #include "flashkv/client/client.h"
 
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
 #include "fake_service.h"
 #include "gtest/gtest.h"
 #include "test_util.h"
@@ -148,6 +154,49 @@ TEST_F(ClientTest, TypedAttentionChecksTheAnswerShape) {
   EXPECT_EQ(result->out.dtype(), DType::kBFloat16);
   EXPECT_EQ(result->out.shape(), q.shape());
   EXPECT_FALSE(result->lse.has_value());
+}
+
+std::string TestData(const std::string& name) {
+  std::ifstream in(std::string(FLASHKV_TESTDATA_DIR) + "/" + name);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+TEST(ChannelTest, UnixSocketTarget) {
+  const std::string path =
+      ::testing::TempDir() + "flashkv_client_" + std::to_string(getpid()) + ".sock";
+  FakeServer server({}, FakeServerOptions{path, "", "", ""});
+  std::unique_ptr<Client> client = ClientFor("unix:" + path);
+  EXPECT_TRUE(client->GetCacheInfo().ok());
+  EXPECT_TRUE(client->CreateSequence("over-unix").ok());
+  std::remove(path.c_str());
+}
+
+TEST(ChannelTest, MutualTlsWithBearerToken) {
+  const std::string dir = FLASHKV_TESTDATA_DIR;
+  FakeServer server({}, FakeServerOptions{"", TestData("server.pem"), TestData("server.key"),
+                                          TestData("ca.pem")});
+  ClientConfig config;
+  config.channel.target = server.target();
+  config.channel.tls.enabled = true;
+  config.channel.tls.root_certs_file = dir + "/ca.pem";
+  config.channel.tls.client_cert_file = dir + "/client.pem";
+  config.channel.tls.client_key_file = dir + "/client.key";
+  config.bearer_token = "t0ken";
+  config.default_timeout = absl::Seconds(10);
+  std::unique_ptr<Client> client = *Client::Create(config);
+  ASSERT_TRUE(client->CreateSequence("secure").ok());
+  EXPECT_EQ(server.service().seen().back().authorization, "Bearer t0ken");
+
+  // Without a client certificate the server refuses the handshake.
+  config.channel.tls.client_cert_file.clear();
+  config.channel.tls.client_key_file.clear();
+  absl::StatusOr<v1::CacheInfo> info = (*Client::Create(config))->GetCacheInfo();
+  EXPECT_EQ(info.status().code(), absl::StatusCode::kUnavailable) << info.status();
+  // Nor does a plaintext client get through.
+  info = ClientFor(server.target())->GetCacheInfo();
+  EXPECT_EQ(info.status().code(), absl::StatusCode::kUnavailable) << info.status();
 }
 
 TEST(ChannelTest, TlsFilesAreCheckedUpFront) {

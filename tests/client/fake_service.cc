@@ -8,7 +8,9 @@
 #include "flashkv/client/status.h"
 #include "flashkv/client/tensor.h"
 #include "flashkv/cpu_backend.h"
+#include "flashkv/transport.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 
 namespace flashkv::testing {
@@ -381,12 +383,23 @@ grpc::Status FakeKvCacheService::AttentionVarlen(grpc::ServerContext* context,
   return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "the fake serves fixed attention only");
 }
 
-FakeServer::FakeServer(FakeModel model) : service_(model) {
+FakeServer::FakeServer(FakeModel model, const FakeServerOptions& options) : service_(model) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
-  builder.SetMaxReceiveMessageSize(1 << 30);
-  builder.SetMaxSendMessageSize(1 << 30);
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (!options.cert_pem.empty()) {
+    grpc::SslServerCredentialsOptions ssl(
+        options.client_ca_pem.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                      : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    ssl.pem_root_certs = options.client_ca_pem;
+    ssl.pem_key_cert_pairs.push_back({options.key_pem, options.cert_pem});
+    credentials = grpc::SslServerCredentials(ssl);
+  }
+  builder.AddListeningPort("127.0.0.1:0", credentials, &port_);
+  if (!options.unix_path.empty()) {
+    builder.AddListeningPort("unix:" + options.unix_path, grpc::InsecureServerCredentials());
+  }
+  ApplyServerTransportOptions(TransportOptions{}, &builder);
   builder.RegisterService(static_cast<v1::KvCacheService::Service*>(&service_));
   builder.RegisterService(static_cast<v1::AttentionService::Service*>(&service_));
   server_ = builder.BuildAndStart();

@@ -109,10 +109,17 @@ class FakeKvCacheService final : public v1::KvCacheService::Service,
   float attention_delta_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
+struct FakeServerOptions {
+  // Also listen on this Unix socket ("unix:" + path reaches it).
+  std::string unix_path;
+  // Serve TLS with these PEM files; with `client_ca_pem`, require client certificates it signed.
+  std::string cert_pem, key_pem, client_ca_pem;
+};
+
 // The fake served on 127.0.0.1:<ephemeral port> with the standard health service.
 class FakeServer {
  public:
-  explicit FakeServer(FakeModel model = {});
+  explicit FakeServer(FakeModel model = {}, const FakeServerOptions& options = {});
   ~FakeServer();
   FakeKvCacheService& service() { return service_; }
   std::string target() const { return "127.0.0.1:" + std::to_string(port_); }

@@ -9,6 +9,7 @@
 #include "gtest/gtest.h"
 #include "histogram.h"
 #include "length_distribution.h"
+#include "request_source.h"
 #include "synthetic_data.h"
 
 namespace flashkv::loadgen {
@@ -76,6 +77,51 @@ TEST(SyntheticDataTest, DeterministicNonZeroAndSpread) {
   }
   // A chain hash depends on every earlier token.
   EXPECT_NE(ChainHash(ChainHash(kChainStart, 1), 2), ChainHash(ChainHash(kChainStart, 2), 2));
+}
+
+TEST(RequestSourceTest, OpenLoopArrivalsArePoissonAtTheRate) {
+  LoadgenConfig config;
+  config.rate = 40;
+  config.run_id = "x";
+  const absl::Time start = absl::UnixEpoch();
+  RequestSource source(config, 4096, start);
+  int64_t arrived = 0;
+  absl::Time last = start;
+  // Poll over 100 simulated seconds; each request keeps its scheduled arrival time.
+  for (absl::Time now = start; now < start + absl::Seconds(100); now += absl::Milliseconds(10)) {
+    while (std::optional<Request> r = source.Next(now)) {
+      ASSERT_LE(r->arrival, now);
+      ASSERT_GE(r->arrival, last);
+      last = r->arrival;
+      ++arrived;
+    }
+  }
+  EXPECT_NEAR(arrived, 4000, 4 * std::sqrt(4000.0));  // 4 sigma
+}
+
+TEST(RequestSourceTest, ClosedLoopBoundsPrefixesAndContext) {
+  LoadgenConfig config;
+  config.requests = 50;
+  config.prefix_pool = 2;
+  config.prefix_len = LengthDistribution::Fixed(20);
+  config.prefix_fraction = 1.0;
+  config.prompt_len = LengthDistribution::Fixed(30);
+  config.output_len = LengthDistribution::Fixed(60);
+  config.run_id = "x";
+  RequestSource source(config, /*max_context=*/64, absl::Now());
+  std::set<std::vector<int64_t>> prefixes;
+  int n = 0;
+  while (std::optional<Request> r = source.Next(absl::Now())) {
+    ++n;
+    EXPECT_TRUE(r->from_pool);
+    EXPECT_EQ(r->prompt.size(), 50u);
+    EXPECT_EQ(r->output_len, 14);  // clipped: prompt + output fit max_context
+    prefixes.insert(std::vector<int64_t>(r->prompt.begin(), r->prompt.begin() + 20));
+  }
+  EXPECT_EQ(n, 50);
+  EXPECT_EQ(prefixes.size(), 2u);
+  EXPECT_TRUE(source.Exhausted());
+  EXPECT_EQ(source.NextAvailable(absl::Now()), absl::InfiniteFuture());
 }
 
 }  // namespace

@@ -131,9 +131,10 @@ TEST_F(LoadgenTest, OpenLoopAndPipelinedLayers) {
   config_.pipeline_depth = 3;
   const Report report = Run();
   EXPECT_TRUE(report.clean()) << report.ToJson().dump(2);
-  EXPECT_GT(report.totals.requests_started, 10u);
+  // Arrival counts are RequestSourceTest's business; here the loop must simply work.
+  EXPECT_GT(report.totals.requests_started, 0u);
   EXPECT_LT(report.totals.requests_started, 120u);
-  EXPECT_GT(report.totals.latency.at("queue").count(), 0u);
+  EXPECT_EQ(report.totals.latency.at("queue").count(), report.totals.requests_started);
   EXPECT_EQ(server_->service().live_sequences(), 0);
 }
 

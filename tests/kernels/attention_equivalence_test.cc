@@ -178,6 +178,7 @@ TEST(CpuDeterminism, SameBitsForAnyThreadCountAndEveryRun) {
   config.causal = true;
   config.num_heads_q = 16;
   config.num_heads_kv = 2;
+  FLASHKV_SKIP_UNLESS_RUNNABLE(Backend::kCpu, config.dtype, config.head_dim);
   PagedCacheOptions cache;
   cache.page_size = 16;
   PagedProblem p = PagedProblem::Random(config, {70, 1, 1, 33, 0, 130}, {200, 90, 1, 33, 8, 130},

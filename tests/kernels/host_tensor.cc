@@ -22,6 +22,12 @@ std::string SeedMessage(uint64_t seed) {
          " (rerun with FLASHKV_TEST_SEED=" + std::to_string(seed) + ")";
 }
 
+const Gaps* GapsOf(Layout layout) {
+  if (layout == Layout::kPadded) return &kPaddedGaps;
+  if (layout == Layout::kOddPadded) return &kOddPaddedGaps;
+  return nullptr;
+}
+
 }  // namespace
 
 SeededRng::SeededRng()
@@ -51,16 +57,6 @@ const char* LayoutName(Layout layout) {
   }
   return "unknown";
 }
-
-namespace {
-
-const Gaps* GapsOf(Layout layout) {
-  if (layout == Layout::kPadded) return &kPaddedGaps;
-  if (layout == Layout::kOddPadded) return &kOddPaddedGaps;
-  return nullptr;
-}
-
-}  // namespace
 
 Strides LayoutStrides(Layout layout, const Shape4& s) {
   if (const Gaps* gaps = GapsOf(layout)) {

@@ -40,13 +40,14 @@ class AppendKvWrites : public ::testing::TestWithParam<AppendParam> {
         for (int64_t d = 0; d < k.shape().dim; ++d) {
           const int64_t at = k_cache.Offset(slots[i] / page, slots[i] % page, h, d);
           written[at] = true;
-          const int64_t from = k.Offset(0, static_cast<int64_t>(i), h, d);
-          if (k_cache.BitsAt(at) != k.BitsAt(from) || v_cache.BitsAt(at) != v.BitsAt(from)) {
+          const int64_t k_from = k.Offset(0, static_cast<int64_t>(i), h, d);
+          const int64_t v_from = v.Offset(0, static_cast<int64_t>(i), h, d);
+          if (k_cache.BitsAt(at) != k.BitsAt(k_from) || v_cache.BitsAt(at) != v.BitsAt(v_from)) {
             if (mismatches++ == 0) {
               ADD_FAILURE() << "token " << i << " (slot " << slots[i] << "), head " << h << ", d "
                             << d << ": cache holds " << k_cache.GetAt(at) << " / "
-                            << v_cache.GetAt(at) << ", want " << k.GetAt(from) << " / "
-                            << v.GetAt(from);
+                            << v_cache.GetAt(at) << ", want " << k.GetAt(k_from) << " / "
+                            << v.GetAt(v_from);
             }
           }
         }
@@ -68,7 +69,7 @@ TEST_P(AppendKvWrites, ExactlyTheMappedSlots) {
   const int64_t num_slots = int64_t{num_blocks} * page;
   for (Layout pool_layout : {Layout::kRowMajor, Layout::kHeadMajor, Layout::kPadded}) {
     for (Layout input_layout : {Layout::kRowMajor, Layout::kPadded}) {
-      SCOPED_TRACE(std::string("pool ") + LayoutName(pool_layout) + ", input " +
+      SCOPED_TRACE(std::string("pool ") + LayoutName(pool_layout) + ", k input " +
                    LayoutName(input_layout));
       // Distinct random slots; every fourth token is padding (slot -1, or another negative).
       std::vector<int64_t> all(static_cast<size_t>(num_slots));
@@ -78,7 +79,10 @@ TEST_P(AppendKvWrites, ExactlyTheMappedSlots) {
       std::vector<int64_t> slots(all.begin(), all.begin() + tokens);
       for (size_t i = 0; i < slots.size(); i += 4) slots[i] = i % 8 == 0 ? -1 : -int64_t{7};
       HostTensor k(dtype, {1, tokens, num_heads, head_dim}, input_layout);
-      HostTensor v(dtype, {1, tokens, num_heads, head_dim}, input_layout);
+      // V in another layout than K: its strides are its own.
+      const Layout v_layout =
+          input_layout == Layout::kRowMajor ? Layout::kHeadMajor : Layout::kRowMajor;
+      HostTensor v(dtype, {1, tokens, num_heads, head_dim}, v_layout);
       k.FillNormal(seeded.rng());
       v.FillNormal(seeded.rng());
       HostTensor k_cache(dtype, {num_blocks, page, num_heads, head_dim}, pool_layout);

@@ -20,7 +20,7 @@ int IndexOf(int head_dim) {
 }
 
 struct LayoutSet {
-  Layout q, kv, out;
+  Layout q, k, v, out;  // v is ignored by paged calls (both pools share strides)
 };
 
 struct FixedCase {
@@ -120,9 +120,9 @@ int SweepRotation(const SweepParam& p) {
 
 AttentionConfig SweepConfig(const SweepParam& p, int group, int num_heads_kv) {
   static const std::vector<LayoutSet> kLayouts = {
-      {Layout::kRowMajor, Layout::kRowMajor, Layout::kRowMajor},
-      {Layout::kPadded, Layout::kHeadMajor, Layout::kPadded},
-      {Layout::kHeadMajor, Layout::kPadded, Layout::kRowMajor},
+      {Layout::kRowMajor, Layout::kRowMajor, Layout::kRowMajor, Layout::kRowMajor},
+      {Layout::kPadded, Layout::kHeadMajor, Layout::kRowMajor, Layout::kPadded},
+      {Layout::kHeadMajor, Layout::kPadded, Layout::kHeadMajor, Layout::kRowMajor},
   };
   static const std::vector<std::optional<float>> kScales = {std::nullopt, 0.3f, 1.0f};
   const int r = SweepRotation(p);
@@ -134,7 +134,8 @@ AttentionConfig SweepConfig(const SweepParam& p, int group, int num_heads_kv) {
   c.num_heads_q = group * num_heads_kv;
   const LayoutSet& layouts = Pick(kLayouts, r);
   c.q_layout = layouts.q;
-  c.kv_layout = layouts.kv;
+  c.kv_layout = layouts.k;
+  c.v_layout = layouts.v;
   c.out_layout = layouts.out;
   c.softmax_scale = Pick(kScales, r / 2 + p.variant);
   c.with_lse = r % 7 != 6;  // now and then no LSE: the null-pointer path

@@ -58,6 +58,28 @@ template <typename Problem>
   return Check(p.config, p.out, p.lse, want, &naive, labels);
 }
 
+// The fields varlen and paged args share, over a problem's host tensors and index arrays (the
+// primary pointers and the host copies alike).
+template <typename Args, typename Problem>
+Args PackedArgs(const Problem& p) {
+  Args a;
+  a.dtype = p.config.dtype;
+  a.num_seqs = p.num_seqs();
+  a.num_heads_q = p.config.num_heads_q;
+  a.num_heads_kv = p.config.num_heads_kv;
+  a.head_dim = p.config.head_dim;
+  a.total_q = p.cu_seqlens_q.back();
+  a.max_seqlen_q = p.max_seqlen_q;
+  a.max_seqlen_kv = p.max_seqlen_kv;
+  a.q = p.q.data();
+  a.q_strides = p.q.strides();
+  a.out_strides = p.out.strides();
+  a.cu_seqlens_q = a.host_cu_seqlens_q = p.cu_seqlens_q.data();
+  a.cu_seqlens_kv = a.host_cu_seqlens_kv = p.cu_seqlens_kv.data();
+  a.options = p.config.Options();
+  return a;
+}
+
 }  // namespace
 
 void CopyRows(const HostTensor& src, int64_t src_outer, int64_t src_row, HostTensor* dst,
@@ -90,8 +112,9 @@ std::string AttentionConfig::ToString() const {
   } else {
     s << "default";
   }
-  s << " q=" << LayoutName(q_layout) << " kv=" << LayoutName(kv_layout)
-    << " out=" << LayoutName(out_layout) << (with_lse ? " lse" : " no-lse");
+  s << " q=" << LayoutName(q_layout) << " k=" << LayoutName(kv_layout)
+    << " v=" << LayoutName(VLayout()) << " out=" << LayoutName(out_layout)
+    << (with_lse ? " lse" : " no-lse");
   return s.str();
 }
 
@@ -163,7 +186,7 @@ FixedProblem FixedProblem::Random(const AttentionConfig& config, int batch, int 
   const DType t = config.dtype;
   p.q = HostTensor(t, {batch, seqlen_q, config.num_heads_q, config.head_dim}, config.q_layout);
   p.k = HostTensor(t, {batch, seqlen_kv, config.num_heads_kv, config.head_dim}, config.kv_layout);
-  p.v = HostTensor(t, {batch, seqlen_kv, config.num_heads_kv, config.head_dim}, config.kv_layout);
+  p.v = HostTensor(t, {batch, seqlen_kv, config.num_heads_kv, config.head_dim}, config.VLayout());
   p.out = HostTensor(t, {batch, seqlen_q, config.num_heads_q, config.head_dim}, config.out_layout);
   p.q.FillNormal(rng);
   p.k.FillNormal(rng);
@@ -206,7 +229,7 @@ VarlenProblem VarlenProblem::Random(const AttentionConfig& config,
   const int64_t total_kv = p.cu_seqlens_kv.back();
   p.q = HostTensor(t, {1, total_q, config.num_heads_q, config.head_dim}, config.q_layout);
   p.k = HostTensor(t, {1, total_kv, config.num_heads_kv, config.head_dim}, config.kv_layout);
-  p.v = HostTensor(t, {1, total_kv, config.num_heads_kv, config.head_dim}, config.kv_layout);
+  p.v = HostTensor(t, {1, total_kv, config.num_heads_kv, config.head_dim}, config.VLayout());
   p.out = HostTensor(t, {1, total_q, config.num_heads_q, config.head_dim}, config.out_layout);
   p.q.FillNormal(rng);
   p.k.FillNormal(rng);
@@ -227,7 +250,7 @@ VarlenProblem VarlenProblem::FromFixed(const FixedProblem& f) {
   const int64_t total_kv = static_cast<int64_t>(f.batch) * f.seqlen_kv;
   p.q = HostTensor(c.dtype, {1, total_q, c.num_heads_q, c.head_dim}, c.q_layout);
   p.k = HostTensor(c.dtype, {1, total_kv, c.num_heads_kv, c.head_dim}, c.kv_layout);
-  p.v = HostTensor(c.dtype, {1, total_kv, c.num_heads_kv, c.head_dim}, c.kv_layout);
+  p.v = HostTensor(c.dtype, {1, total_kv, c.num_heads_kv, c.head_dim}, c.VLayout());
   p.out = HostTensor(c.dtype, {1, total_q, c.num_heads_q, c.head_dim}, c.out_layout);
   for (int b = 0; b < f.batch; ++b) {
     CopyRows(f.q, b, 0, &p.q, 0, static_cast<int64_t>(b) * f.seqlen_q, f.seqlen_q);
@@ -239,26 +262,12 @@ VarlenProblem VarlenProblem::FromFixed(const FixedProblem& f) {
 }
 
 VarlenAttentionArgs VarlenProblem::HostArgs() const {
-  VarlenAttentionArgs a;
-  a.dtype = config.dtype;
-  a.num_seqs = num_seqs();
-  a.num_heads_q = config.num_heads_q;
-  a.num_heads_kv = config.num_heads_kv;
-  a.head_dim = config.head_dim;
-  a.total_q = cu_seqlens_q.back();
+  VarlenAttentionArgs a = PackedArgs<VarlenAttentionArgs>(*this);
   a.total_kv = cu_seqlens_kv.back();
-  a.max_seqlen_q = max_seqlen_q;
-  a.max_seqlen_kv = max_seqlen_kv;
-  a.q = q.data();
-  a.q_strides = q.strides();
   a.k = k.data();
   a.k_strides = k.strides();
   a.v = v.data();
   a.v_strides = v.strides();
-  a.out_strides = out.strides();
-  a.cu_seqlens_q = a.host_cu_seqlens_q = cu_seqlens_q.data();
-  a.cu_seqlens_kv = a.host_cu_seqlens_kv = cu_seqlens_kv.data();
-  a.options = config.Options();
   return a;
 }
 
@@ -331,18 +340,7 @@ VarlenProblem PagedProblem::AsVarlen() const {
 }
 
 PagedAttentionArgs PagedProblem::HostArgs() const {
-  PagedAttentionArgs a;
-  a.dtype = config.dtype;
-  a.num_seqs = num_seqs();
-  a.num_heads_q = config.num_heads_q;
-  a.num_heads_kv = config.num_heads_kv;
-  a.head_dim = config.head_dim;
-  a.total_q = cu_seqlens_q.back();
-  a.max_seqlen_q = max_seqlen_q;
-  a.max_seqlen_kv = max_seqlen_kv;
-  a.q = q.data();
-  a.q_strides = q.strides();
-  a.out_strides = out.strides();
+  PagedAttentionArgs a = PackedArgs<PagedAttentionArgs>(*this);
   a.k_cache = k_cache.data();
   a.v_cache = v_cache.data();
   a.cache_strides = k_cache.strides();
@@ -350,9 +348,6 @@ PagedAttentionArgs PagedProblem::HostArgs() const {
   a.page_size = page_size;
   a.block_table = a.host_block_table = block_table.data();
   a.block_table_stride = block_table_stride;
-  a.cu_seqlens_q = a.host_cu_seqlens_q = cu_seqlens_q.data();
-  a.cu_seqlens_kv = a.host_cu_seqlens_kv = cu_seqlens_kv.data();
-  a.options = config.Options();
   return a;
 }
 

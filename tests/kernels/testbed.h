@@ -35,11 +35,16 @@ struct AttentionConfig {
   bool causal = false;
   std::optional<float> softmax_scale;  // default 1/sqrt(head_dim)
   Layout q_layout = Layout::kRowMajor;
-  Layout kv_layout = Layout::kRowMajor;  // K and V tensors, or both cache pools
+  Layout kv_layout = Layout::kRowMajor;  // K (and V unless v_layout is set), or both cache pools
+  // V of fixed-length and varlen calls, when it differs from K (the API gives V its own strides; a
+  // kernel reading V through K's strides passes every test where they agree). Paged pools share
+  // one set of strides.
+  std::optional<Layout> v_layout;
   Layout out_layout = Layout::kRowMajor;
   bool with_lse = true;
 
   AttentionOptions Options() const { return AttentionOptions{causal, softmax_scale}; }
+  Layout VLayout() const { return v_layout.value_or(kv_layout); }
   // "fp16 d64 causal Hq8/Hkv2 scale=0.3 q=padded kv=headmajor out=rowmajor lse"
   std::string ToString() const;
 };
@@ -196,7 +201,11 @@ template <typename Problem>
     return result;
   }
   Problem on_cpu = *problem;
-  on_cpu.config.with_lse = true;  // the oracle's LSE marks the rows that see no key
+  // The oracle always computes LSE: it marks the rows that see no key. Give it a buffer even when
+  // the run under test asked for none (one float per query row and head).
+  on_cpu.config.with_lse = true;
+  const Shape4& out_shape = problem->out.shape();
+  on_cpu.lse.resize(static_cast<size_t>(out_shape.outer * out_shape.rows * out_shape.heads));
   if (KernelStatus status = RunProblem(Backend::kCpu, &on_cpu); !status.ok()) {
     return ::testing::AssertionFailure() << "Cpu (second oracle): " << status.ToString();
   }

@@ -192,9 +192,9 @@ const std::vector<BadCase<VarlenSetup>>& VarlenCases() {
       {"cu_seqlens_kv_past_the_tensor", [](S& s) { s.args.total_kv = 11; },
        "cu_seqlens_kv[3] (12) is past the end of the tensor (11 rows)"},
       {"sequence_longer_than_max_seqlen_q", [](S& s) { s.args.max_seqlen_q = 4; },
-       "sequence 2 has 5 rows in cu_seqlens_q, more than max_seqlen (4)"},
+       "sequence 2 has 5 rows in cu_seqlens_q, more than max_seqlen_q (4)"},
       {"sequence_longer_than_max_seqlen_kv", [](S& s) { s.args.max_seqlen_kv = 3; },
-       "sequence 0 has 4 rows in cu_seqlens_kv, more than max_seqlen (3)"},
+       "sequence 0 has 4 rows in cu_seqlens_kv, more than max_seqlen_kv (3)"},
       {"q_null", [](S& s) { s.args.q = nullptr; }, "q is null"},
       {"k_null", [](S& s) { s.args.k = nullptr; }, "k is null"},
       {"v_null", [](S& s) { s.args.v = nullptr; }, "v is null"},
@@ -290,9 +290,9 @@ const std::vector<BadCase<PagedSetup>>& PagedCases() {
       {"cu_seqlens_q_past_the_tensor", [](S& s) { s.args.total_q = 37; },
        "cu_seqlens_q[3] (38) is past the end of the tensor (37 rows)"},
       {"sequence_longer_than_max_seqlen_q", [](S& s) { s.args.max_seqlen_q = 32; },
-       "sequence 2 has 33 rows in cu_seqlens_q, more than max_seqlen (32)"},
+       "sequence 2 has 33 rows in cu_seqlens_q, more than max_seqlen_q (32)"},
       {"context_longer_than_max_seqlen_kv", [](S& s) { s.args.max_seqlen_kv = 20; },
-       "sequence 2 has 33 rows in cu_seqlens_kv, more than max_seqlen (20)"},
+       "sequence 2 has 33 rows in cu_seqlens_kv, more than max_seqlen_kv (20)"},
       {"q_null", [](S& s) { s.args.q = nullptr; }, "q is null"},
       {"out_null", [](S& s) { s.args.out = nullptr; }, "out is null"},
       {"k_cache_null", [](S& s) { s.args.k_cache = nullptr; }, "k_cache is null"},
@@ -410,7 +410,11 @@ void ExpectRejected(Target target, const BadCase<Setup>& c) {
   const KernelStatus status = setup.Call(target);
   const bool primary_is_host = target == Target::kValidateHost || target == Target::kCpu;
   if (c.only_device && primary_is_host) {
-    // The primary arrays are host memory here, so the missing copy is no error.
+    // The primary arrays are host memory here, so the missing copy is no error (and the CPU
+    // backend runs the call, when this build compiled it).
+    if (target == Target::kCpu) {
+      FLASHKV_SKIP_UNLESS_RUNNABLE(Backend::kCpu, setup.args.dtype, setup.args.head_dim);
+    }
     EXPECT_TRUE(status.ok()) << status.ToString();
     return;
   }
@@ -474,11 +478,19 @@ FLASHKV_VALIDATION_SUITE(Cuda, AppendValidation, AppendCases, Target::kCuda);
 class ValidArguments : public ::testing::TestWithParam<Target> {};
 
 // Varlen and paged tensors have no batch axis: a garbage batch stride must not matter.
+// The CPU target runs the calls: their (dtype, head dim) must be compiled.
+void SkipUnlessCpuRuns(Target target, DType dtype, int head_dim) {
+  if (target == Target::kCpu) FLASHKV_SKIP_UNLESS_RUNNABLE(Backend::kCpu, dtype, head_dim);
+}
+
 TEST_P(ValidArguments, PackedTensorsIgnoreTheBatchStride) {
   VarlenSetup varlen;
+  PagedSetup paged;
+  SkipUnlessCpuRuns(GetParam(), varlen.args.dtype, varlen.args.head_dim);
+  SkipUnlessCpuRuns(GetParam(), paged.args.dtype, paged.args.head_dim);
+  if (IsSkipped()) return;
   varlen.args.q_strides.batch = varlen.args.out_strides.batch = -5;
   FLASHKV_EXPECT_OK(varlen.Call(GetParam()));
-  PagedSetup paged;
   paged.args.q_strides.batch = paged.args.out_strides.batch = -5;
   FLASHKV_EXPECT_OK(paged.Call(GetParam()));
 }
@@ -489,6 +501,8 @@ TEST_P(ValidArguments, NegativeSlotsAndUnusedTableEntriesAreNotChecked) {
   append.args.slot_mapping = append.args.host_slot_mapping = append.slots.data();
   FLASHKV_EXPECT_OK(append.Call(GetParam()));
   PagedSetup paged;  // entries past each sequence's last page hold -1 (kUnusedBlockId)
+  SkipUnlessCpuRuns(GetParam(), paged.args.dtype, paged.args.head_dim);
+  if (IsSkipped()) return;
   ASSERT_EQ(paged.table[1 * 4 + 1], kUnusedBlockId);
   FLASHKV_EXPECT_OK(paged.Call(GetParam()));
 }

@@ -21,6 +21,7 @@
 
 #include "attention_params.h"
 #include "sequence.cuh"
+#include "sm80/kv_loader.cuh"
 #include "sm80/ptx.cuh"
 #include "sm80/traits.cuh"
 #include "sm80/warp_mainloop.cuh"
@@ -100,53 +101,6 @@ struct TileIo {
         v.w ^= 0x80008000u;
         *chunk = v;
       }
-    }
-  }
-
-  // cp.async of key tile n (K and V) into one stage. Paged rows read their element offsets from
-  // the shared-memory slot StagePagedRows filled.
-  template <bool kPaged>
-  __device__ __forceinline__ void LoadKv(int n, uint32_t k_smem, uint32_t v_smem,
-                                         const int64_t* paged_rows, int tid) const {
-    constexpr int kTotal = Tr::kBlockN * Tr::kChunks;
-    static_assert(kTotal % Tr::kThreads == 0, "K/V tile chunks must divide among the threads");
-    const Element* k = static_cast<const Element*>(p.k);
-    const Element* v = static_cast<const Element*>(p.v);
-    const int64_t k_head = tile.head_kv * p.k_head_stride;
-    const int64_t v_head = tile.head_kv * p.v_head_stride;
-#pragma unroll
-    for (int i = 0; i < kTotal / Tr::kThreads; ++i) {
-      const int idx = tid + i * Tr::kThreads;
-      const int r = idx / Tr::kChunks;
-      const int c = idx % Tr::kChunks;
-      const int key = n * Tr::kBlockN + r;
-      const bool valid = key < tile.seq.kv_len;
-      int64_t k_row, v_row;
-      if constexpr (kPaged) {
-        k_row = paged_rows[r];
-        v_row = k_row;  // both pools share cache_strides
-      } else {
-        k_row = tile.seq.k_offset + key * p.k_row_stride;
-        v_row = tile.seq.v_offset + key * p.v_row_stride;
-      }
-      const uint32_t offset = Tr::KvTile::Offset(r, c);
-      CpAsync16(k_smem + offset, valid ? k + k_row + k_head + c * 8 : k, valid);
-      CpAsync16(v_smem + offset, valid ? v + v_row + v_head + c * 8 : v, valid);
-    }
-  }
-
-  // Paged: the block id of key row `tid` of tile n (one global load, issued early so that its
-  // latency hides behind a tile of MMAs), then its element offset stored for LoadKv.
-  __device__ __forceinline__ int FetchBlock(int n, int tid) const {
-    const int key = n * Tr::kBlockN + tid;
-    if (tid < Tr::kBlockN && key < tile.seq.kv_len) return tile.seq.block_table[key / p.page_size];
-    return 0;
-  }
-  __device__ __forceinline__ void StorePagedRow(int n, int block, int64_t* slot, int tid) const {
-    if (tid < Tr::kBlockN) {
-      const int key = n * Tr::kBlockN + tid;
-      slot[tid] = static_cast<int64_t>(block) * p.k_batch_stride +
-                  static_cast<int64_t>(key % p.page_size) * p.k_row_stride;
     }
   }
 
@@ -349,7 +303,8 @@ __device__ __noinline__ void RunTile(const AttentionParams& p, CtaTile& tile, ch
     tile.tile_end = num_tiles;
   }
   const int count = tile.tile_end - tile.tile_begin;
-  auto tile_of = [&](int i) { return tile.tile_end - 1 - i; };  // iteration i -> key tile
+  const int tile_end = tile.tile_end;
+  auto tile_of = [tile_end](int i) { return tile_end - 1 - i; };  // iteration i -> key tile
 
   TileIo<Tr> io{p, tile};
   char* q_smem_ptr = smem;
@@ -360,22 +315,22 @@ __device__ __noinline__ void RunTile(const AttentionParams& p, CtaTile& tile, ch
   auto k_stage = [&](int i) { return kv_smem + (i % kStages) * Tr::kSmemStage; };
   auto rows_slot = [&](int i) { return paged_rows + (i % kStages) * Tr::kBlockN; };
 
+  KvLoader<Tr, kPaged> kv;
+  kv.Init(p, tile.seq, tile.head_kv, tid);
+
   // Prologue: Q, then key tiles 0 .. kStages-2 (paged: page offsets of tiles 0 .. kStages-1).
   io.template LoadQ<Path::kRows>(q_smem, tid);
   CpAsyncCommit();
   if constexpr (kPaged) {
 #pragma unroll
     for (int i = 0; i < kStages; ++i) {
-      if (i < count) io.StorePagedRow(tile_of(i), io.FetchBlock(tile_of(i), tid), rows_slot(i), tid);
+      if (i < count) kv.StorePagedRow(p, tile_of(i), kv.FetchBlock(p, tile_of(i)), rows_slot(i));
     }
     __syncthreads();
   }
 #pragma unroll
   for (int i = 0; i < kStages - 1; ++i) {
-    if (i < count) {
-      io.template LoadKv<kPaged>(tile_of(i), k_stage(i), k_stage(i) + Tr::KvTile::kBytes,
-                                 rows_slot(i), tid);
-    }
+    if (i < count) kv.Load(p, tile_of(i), k_stage(i), k_stage(i) + Tr::KvTile::kBytes, rows_slot(i));
     CpAsyncCommit();
   }
 
@@ -396,28 +351,28 @@ __device__ __noinline__ void RunTile(const AttentionParams& p, CtaTile& tile, ch
   __syncthreads();
   if (warp_active) warp.LoadQToRegisters(q_smem);
 
+  const int min_key_limit = tile.min_key_limit;
   for (int i = 0; i < count; ++i) {
     const int n = tile_of(i);
     CpAsyncWait<kStages - 2>();  // tile i has landed
     __syncthreads();             // ... for every thread; and every warp is done with tile i-1
     int next_block = 0;
     if constexpr (kPaged) {
-      if (i + kStages < count) next_block = io.FetchBlock(tile_of(i + kStages), tid);
+      if (i + kStages < count) next_block = kv.FetchBlock(p, tile_of(i + kStages));
     }
     if (i + kStages - 1 < count) {
       const int j = i + kStages - 1;
-      io.template LoadKv<kPaged>(tile_of(j), k_stage(j), k_stage(j) + Tr::KvTile::kBytes,
-                                 rows_slot(j), tid);
+      kv.Load(p, tile_of(j), k_stage(j), k_stage(j) + Tr::KvTile::kBytes, rows_slot(j));
     }
     CpAsyncCommit();
     if (warp_active) {
-      const bool masked = (n + 1) * Tr::kBlockN > tile.min_key_limit;
+      const bool masked = (n + 1) * Tr::kBlockN > min_key_limit;
       warp.Step(q_smem, k_stage(i), k_stage(i) + Tr::KvTile::kBytes, warp_col0, n * Tr::kBlockN,
                 masked, key_limit, p.scale_log2, lane);
     }
     if constexpr (kPaged) {
       // Slot of tile i+kStages is tile i's, read when tile i was requested (before this barrier).
-      if (i + kStages < count) io.StorePagedRow(tile_of(i + kStages), next_block, rows_slot(i), tid);
+      if (i + kStages < count) kv.StorePagedRow(p, tile_of(i + kStages), next_block, rows_slot(i));
     }
   }
   CpAsyncWait<0>();

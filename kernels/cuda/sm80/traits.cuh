@@ -38,26 +38,23 @@ struct SmemTile {
   }
 
   // ldmatrix loops address rows row + 8i and chunks 2s + half (half in {0, 1}) for unrolled i and
-  // s. The swizzle then takes only kVariants values per thread, so a thread keeps kVariants
-  // offsets and every address is one of them plus a compile-time constant (ldmatrix's immediate),
-  // instead of the compiler hoisting one register per (i, s).
-  static constexpr int kVariants = kChunksPerBlockRow / 2;
+  // s. Within a swizzle block, ((2s mod B) | half) ^ sw(row) = (2s mod B) ^ (half ^ sw(row)), and
+  // row * rowbytes has no bits where the chunk index sits, so every such address is
+  //   (base ^ ((2s mod B) * 16)) + compile-time constant,  base = row * rowbytes + (half ^ sw(row)) * 16:
+  // one register per operand and thread, one XOR per ldmatrix (ldmatrix takes the constant as its
+  // immediate). Keeping one register per (i, s), or per s, spilled the wide path's accumulators.
   struct LdsmOffsets {
-    uint32_t base[kVariants];
+    uint32_t base;
   };
   __device__ __forceinline__ static LdsmOffsets PrepareLdsm(int row, int half) {
-    LdsmOffsets o;
-#pragma unroll
-    for (int v = 0; v < kVariants; ++v) {
-      o.base[v] = static_cast<uint32_t>(row * (kBlockCols * 2) + Swizzle(row, 2 * v + half) * 16);
-    }
-    return o;
+    return LdsmOffsets{static_cast<uint32_t>(row * (kBlockCols * 2) + Swizzle(row, half) * 16)};
   }
   // Offset of (row + row_add, chunk 2 * step + half); row_add a multiple of 8. Call it with
-  // row_add and step fixed by unrolled loops, so that the index and the additions fold.
+  // row_add and step fixed by unrolled loops, so that the XOR mask and the addition fold.
   __device__ __forceinline__ static uint32_t Ldsm(const LdsmOffsets& o, int row_add, int step) {
     const int block = (2 * step) / kChunksPerBlockRow;
-    return o.base[step % kVariants] +
+    const uint32_t mask = static_cast<uint32_t>(((2 * step) % kChunksPerBlockRow) * 16);
+    return (o.base ^ mask) +
            static_cast<uint32_t>(block * (kRows * kBlockCols * 2) + row_add * (kBlockCols * 2));
   }
 };

@@ -135,26 +135,35 @@ struct WarpMainloop {
     }
 
     // S = Q K^T.
-#pragma unroll
-    for (int kk = 0; kk < kKSteps; ++kk) {
-      uint32_t a[kMmaM][4];
+    // The fragments of head-dim step kk + 1 are requested before the MMAs of step kk, so the
+    // ldmatrix latency hides behind tensor-core work (registers: two steps of A and B fragments).
+    uint32_t a[2][kMmaM][4];
+    uint32_t b[2][kNTiles / 2][4];
+    auto load_step = [&](int kk, int buf) {
 #pragma unroll
       for (int mi = 0; mi < kMmaM; ++mi) {
         if constexpr (kQInRegisters) {
 #pragma unroll
-          for (int e = 0; e < 4; ++e) a[mi][e] = q_frag[mi][kk][e];
+          for (int e = 0; e < 4; ++e) a[buf][mi][e] = q_frag[mi][kk][e];
         } else {
-          LoadQFragment(a[mi], q_smem, mi, kk);
+          LoadQFragment(a[buf][mi], q_smem, mi, kk);
         }
       }
 #pragma unroll
       for (int nj = 0; nj < kNTiles / 2; ++nj) {
-        uint32_t b[4];
-        Ldmatrix4(b, k_smem + Tr::KvTile::Ldsm(k_offsets, 16 * nj, kk));
+        Ldmatrix4(b[buf][nj], k_smem + Tr::KvTile::Ldsm(k_offsets, 16 * nj, kk));
+      }
+    };
+    load_step(0, 0);
+#pragma unroll
+    for (int kk = 0; kk < kKSteps; ++kk) {
+      if (kk + 1 < kKSteps) load_step(kk + 1, (kk + 1) % 2);
+#pragma unroll
+      for (int nj = 0; nj < kNTiles / 2; ++nj) {
 #pragma unroll
         for (int mi = 0; mi < kMmaM; ++mi) {
-          Mma16816<Element>(s[mi][2 * nj], a[mi], b[0], b[1]);
-          Mma16816<Element>(s[mi][2 * nj + 1], a[mi], b[2], b[3]);
+          Mma16816<Element>(s[mi][2 * nj], a[kk % 2][mi], b[kk % 2][nj][0], b[kk % 2][nj][1]);
+          Mma16816<Element>(s[mi][2 * nj + 1], a[kk % 2][mi], b[kk % 2][nj][2], b[kk % 2][nj][3]);
         }
       }
     }
@@ -190,10 +199,15 @@ struct WarpMainloop {
         }
         float reference;
         const float correction = rows[mi][h].Update(QuadMax(tile_max), scale_log2, &reference);
+        // Once the running maxima settle, most tiles change no row's maximum: skip the 2 x head_dim
+        // multiplies then (a warp-uniform test, so no divergence). This also freed the registers
+        // whose lack made ptxas spill the wide path's accumulators.
+        if (__any_sync(0xffffffffu, correction != 1.f)) {
 #pragma unroll
-        for (int d = 0; d < kDTiles; ++d) {
-          o[mi][d][2 * h] *= correction;
-          o[mi][d][2 * h + 1] *= correction;
+          for (int d = 0; d < kDTiles; ++d) {
+            o[mi][d][2 * h] *= correction;
+            o[mi][d][2 * h + 1] *= correction;
+          }
         }
         float partial = 0.f;
 #pragma unroll
@@ -208,25 +222,29 @@ struct WarpMainloop {
       }
     }
 
-    // O += P V.
+    // O += P V. P is packed to 16-bit pairs first (all of it, before any MMA), so that the float
+    // scores die here instead of staying live across the P V MMAs (32 registers: no spills).
+    uint32_t pa[kMmaM][kCols / 16][4];
+#pragma unroll
+    for (int mi = 0; mi < kMmaM; ++mi) {
+#pragma unroll
+      for (int kk = 0; kk < kCols / 16; ++kk) {
+        pa[mi][kk][0] = PackPair<Element>(s[mi][2 * kk][0], s[mi][2 * kk][1]);
+        pa[mi][kk][1] = PackPair<Element>(s[mi][2 * kk][2], s[mi][2 * kk][3]);
+        pa[mi][kk][2] = PackPair<Element>(s[mi][2 * kk + 1][0], s[mi][2 * kk + 1][1]);
+        pa[mi][kk][3] = PackPair<Element>(s[mi][2 * kk + 1][2], s[mi][2 * kk + 1][3]);
+      }
+    }
 #pragma unroll
     for (int kk = 0; kk < kCols / 16; ++kk) {
-      uint32_t a[kMmaM][4];
-#pragma unroll
-      for (int mi = 0; mi < kMmaM; ++mi) {
-        a[mi][0] = PackPair<Element>(s[mi][2 * kk][0], s[mi][2 * kk][1]);
-        a[mi][1] = PackPair<Element>(s[mi][2 * kk][2], s[mi][2 * kk][3]);
-        a[mi][2] = PackPair<Element>(s[mi][2 * kk + 1][0], s[mi][2 * kk + 1][1]);
-        a[mi][3] = PackPair<Element>(s[mi][2 * kk + 1][2], s[mi][2 * kk + 1][3]);
-      }
 #pragma unroll
       for (int dj = 0; dj < kDTiles / 2; ++dj) {
         uint32_t b[4];
         Ldmatrix4Trans(b, v_smem + Tr::KvTile::Ldsm(v_offsets, 16 * kk, dj));
 #pragma unroll
         for (int mi = 0; mi < kMmaM; ++mi) {
-          Mma16816<Element>(o[mi][2 * dj], a[mi], b[0], b[1]);
-          Mma16816<Element>(o[mi][2 * dj + 1], a[mi], b[2], b[3]);
+          Mma16816<Element>(o[mi][2 * dj], pa[mi][kk], b[0], b[1]);
+          Mma16816<Element>(o[mi][2 * dj + 1], pa[mi][kk], b[2], b[3]);
         }
       }
     }

@@ -29,7 +29,7 @@
 // of one takes effect at Commit/Abort. Commit and Abort must come after the batch's kernels have
 // completed: from then on the cache may move or reuse the blocks they touched.
 //
-// Thread-safety: every method may be called from any thread. One absl::Mutex guards all metadata
+// Thread-safety: every method may be called from any thread. One mutex guards all metadata
 // (tables, ref counts, prefix index, LRU lists); it is never held while the step kernels run,
 // which happens between Prepare and Commit without the cache. It IS held while block data moves
 // for copy-on-write (a few blocks, on the first write after a fork) and for swapping (only under

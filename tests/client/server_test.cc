@@ -1,0 +1,140 @@
+// The client library, the CLI and the load generator against the real server, started
+// in-process on 127.0.0.1 (CPU backend) by the server's test helper.
+
+#include <sys/wait.h>
+
+#include <cstdio>
+
+#include "fake_service.h"
+#include "flashkv/client/client.h"
+#include "gtest/gtest.h"
+#include "loadgen.h"
+#include "nlohmann/json.hpp"
+#include "test_util.h"
+#include "testing/test_server.h"
+#include "verify.h"
+
+namespace flashkv::testing {
+namespace {
+
+server::ServerConfig Config(DType dtype) {
+  server::ServerConfig config = SmallModelConfig();
+  config.model.dtype = dtype;
+  config.model.head_dim = CompiledHeadDim(dtype);
+  return config;
+}
+
+int ExitCode(const std::string& command, std::string* out) {
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  char buffer[4096];
+  size_t n;
+  while (pipe != nullptr && (n = fread(buffer, 1, sizeof buffer, pipe)) > 0) out->append(buffer, n);
+  const int status = pipe != nullptr ? pclose(pipe) : -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+class RealServerTest : public ::testing::TestWithParam<DType> {
+ protected:
+  void SetUp() override {
+    if (CompiledHeadDim(GetParam()) == 0) GTEST_SKIP() << "dtype not in this build";
+    absl::StatusOr<std::unique_ptr<TestServer>> server = TestServer::Start(Config(GetParam()));
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    client_ = ClientFor(server_->target());
+  }
+
+  std::unique_ptr<TestServer> server_;
+  std::unique_ptr<Client> client_;
+  std::mt19937 rng_{11};
+};
+
+TEST_P(RealServerTest, HealthAndAttentionMatchTheCpuImplementation) {
+  EXPECT_EQ(*client_->CheckHealth(), HealthState::kServing);
+  const DType dtype = GetParam();
+  const int64_t d = CompiledHeadDim(dtype);
+  for (bool causal : {false, true}) {
+    HostTensor q = RandomTensor(dtype, {2, 5, 4, d}, rng_);
+    HostTensor k = RandomTensor(dtype, {2, 9, 2, d}, rng_);
+    HostTensor v = RandomTensor(dtype, {2, 9, 2, d}, rng_);
+    AttentionInput input;
+    input.q = q.view();
+    input.k = k.view();
+    input.v = v.view();
+    input.causal = causal;
+    input.return_lse = true;
+    absl::StatusOr<AttentionResult> got = client_->Attention(input);
+    ASSERT_TRUE(got.ok()) << got.status();
+    HostTensor lse;
+    absl::StatusOr<HostTensor> want =
+        tools::CpuAttention(q.view(), k.view(), v.view(), causal, std::nullopt, &lse);
+    ASSERT_TRUE(want.ok()) << want.status();
+    const tools::Comparison c =
+        tools::Compare(got->out.view(), want->view(), tools::DefaultTolerance(dtype));
+    EXPECT_TRUE(c.ok()) << c.mismatches << " mismatches, max " << c.max_abs_error;
+    ASSERT_TRUE(got->lse.has_value());
+    EXPECT_TRUE(tools::Compare(got->lse->view(), lse.view(), {1e-3, 1e-4}).ok());
+  }
+}
+
+TEST_P(RealServerTest, ServerValidationErrorsArriveWithCodeAndField) {
+  const int64_t d = CompiledHeadDim(GetParam());
+  HostTensor q = RandomTensor(GetParam(), {5, 4, d}, rng_);  // three dimensions, not four
+  HostTensor kv = RandomTensor(GetParam(), {1, 9, 2, d}, rng_);
+  AttentionInput input;
+  input.q = q.view();
+  input.k = kv.view();
+  input.v = kv.view();
+  absl::StatusOr<AttentionResult> got = client_->Attention(input);
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(got.status().message().find("q"), absl::string_view::npos) << got.status();
+}
+
+TEST_P(RealServerTest, CliHealthAndAttention) {
+  const std::string cli = std::string(FLASHKV_CLI) + " --target " + server_->target() + " ";
+  std::string out;
+  EXPECT_EQ(ExitCode(cli + "health --wait 10", &out), 0) << out;
+  out.clear();
+  const std::string shape =
+      " --heads-q 4 --heads-kv 2 --seqlen-q 7 --seqlen-kv 30 --batch 3 --causal --lse --dtype " +
+      std::string(DTypeName(GetParam())) + " --head-dim " +
+      std::to_string(CompiledHeadDim(GetParam()));
+  EXPECT_EQ(ExitCode(cli + "--json attention" + shape, &out), 0) << out;
+  EXPECT_NE(out.find("\"match\": true"), std::string::npos) << out;
+}
+
+// The whole load generator, every output checked, against the real stateful service.
+TEST_P(RealServerTest, LoadgenRunIsClean) {
+  absl::StatusOr<v1::CacheInfo> info = client_->GetCacheInfo();
+  if (info.status().code() == absl::StatusCode::kUnimplemented) {
+    GTEST_SKIP() << "this server does not serve KvCacheService yet";
+  }
+  ASSERT_TRUE(info.ok()) << info.status();
+  loadgen::LoadgenConfig config;
+  config.runners = 3;
+  config.max_batch = 3;
+  config.duration = absl::ZeroDuration();
+  config.requests = 18;
+  config.prompt_len = *loadgen::LengthDistribution::Parse("uniform:3:40");
+  config.output_len = *loadgen::LengthDistribution::Parse("uniform:1:8");
+  config.prefill_chunk = 16;
+  config.max_pass_tokens = 32;
+  config.prefix_pool = 2;
+  config.prefix_len = loadgen::LengthDistribution::Fixed(8);
+  config.verify_fraction = 1.0;
+  config.run_id = "real";
+  Client* clients[] = {client_.get()};
+  absl::StatusOr<loadgen::Report> report = loadgen::RunLoadgen(config, clients, {});
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_TRUE(report->clean()) << report->ToJson().dump(2);
+  EXPECT_EQ(report->totals.requests_completed, 18u);
+  EXPECT_EQ(report->totals.verification.steps_checked, report->totals.steps);
+  ASSERT_TRUE(report->server_after.has_value());
+  EXPECT_EQ(report->server_after->sequences(), 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, RealServerTest,
+                         ::testing::Values(DType::kFloat16, DType::kBFloat16, DType::kFloat32),
+                         [](const auto& info) { return std::string(DTypeName(info.param)); });
+
+}  // namespace
+}  // namespace flashkv::testing
