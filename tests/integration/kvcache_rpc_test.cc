@@ -252,8 +252,12 @@ TEST_F(KvCacheRpcTest, PrefixHitsGiveTheSameOutputsAsPlainSequences) {
     const grpc::Status status = Step(MakeStep(layer, {tail}), &response);
     ASSERT_TRUE(status.ok()) << status.error_message();
     EXPECT_EQ(reference_->Apply(layer, tail, response.out(0)), "");
-    EXPECT_EQ(response.out(0).data(), first_out[layer].out(0).data().substr(8 * row))
-        << "a prefix hit gives bit-identical outputs";
+    // The same as the first sequence's outputs for those positions (to rounding: the kernel may
+    // sum in another order for 3 new rows over 8 cached than for 11 new rows).
+    const std::vector<double> first = FromProto(first_out[layer].out(0)).values;
+    const std::vector<double> first_tail(first.begin() + 8 * 4 * 64, first.end());
+    EXPECT_EQ(CompareValues(FromProto(response.out(0)).values, first_tail, 1e-5), "")
+        << "layer " << layer;
   }
 }
 
