@@ -153,6 +153,7 @@ json Report::ToJson() const {
            {{"started", t.requests_started},
             {"completed", t.requests_completed},
             {"aborted", t.requests_aborted},
+            {"preempted", t.requests_preempted},
             {"rejected", t.requests_rejected},
             {"incomplete", t.requests_incomplete}}},
           {"tokens",
@@ -202,9 +203,10 @@ void Report::PrintTable(std::ostream& out) const {
       config.max_batch, config.prompt_len.spec(), config.output_len.spec(), config.prefill_chunk,
       config.pipeline_depth);
   out << absl::StrFormat(
-      "requests      %d started, %d completed, %d aborted, %d rejected, %d incomplete\n",
-      t.requests_started, t.requests_completed, t.requests_aborted, t.requests_rejected,
-      t.requests_incomplete);
+      "requests      %d started, %d completed, %d aborted, %d preempted, %d rejected, %d "
+      "incomplete\n",
+      t.requests_started, t.requests_completed, t.requests_aborted, t.requests_preempted,
+      t.requests_rejected, t.requests_incomplete);
   out << absl::StrFormat(
       "throughput    prefill %.1f tok/s, decode %.1f tok/s, %.1f steps/s, %.2f passes/s, "
       "%.2f req/s\n",

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "absl/time/clock.h"
+#include "flashkv/server/region_service.h"
 #include "flashkv/server/status.h"
 #include "flashkv/server/step_request.h"
 #include "flashkv/server/step_stream.h"
@@ -26,14 +27,17 @@ constexpr absl::Duration kForkWaitLimit = absl::Seconds(30);
 // Unary Step: the step's completion finishes the call; a cancellation cancels the step.
 class StepReactor final : public grpc::ServerUnaryReactor {
  public:
-  StepReactor(KvCacheService* service, grpc::ByteBuffer* response)
-      : service_(service), response_(response), start_(service->clock().Now()) {
+  StepReactor(KvCacheService* service, std::string tenant, grpc::ByteBuffer* response)
+      : service_(service),
+        tenant_(std::move(tenant)),
+        response_(response),
+        start_(service->clock().Now()) {
     service_->metrics().CallStarted("Step");
   }
 
   void Start(const grpc::ByteBuffer& request) {
     absl::StatusOr<std::shared_ptr<StepState>> step = service_->NewStep(
-        request, start_,
+        request, tenant_, start_,
         [this](const absl::Status& status, grpc::ByteBuffer r) { Complete(status, std::move(r)); });
     if (!step.ok()) {
       Complete(step.status(), grpc::ByteBuffer());
@@ -69,6 +73,7 @@ class StepReactor final : public grpc::ServerUnaryReactor {
   }
 
   KvCacheService* const service_;
+  const std::string tenant_;
   grpc::ByteBuffer* const response_;
   const absl::Time start_;
   absl::Mutex mu_;
@@ -78,8 +83,12 @@ class StepReactor final : public grpc::ServerUnaryReactor {
 }  // namespace
 
 KvCacheService::KvCacheService(const ServerConfig& config, Executor* executor, Metrics* metrics,
-                               std::shared_ptr<Clock> clock)
-    : config_(config), executor_(executor), metrics_(metrics), clock_(std::move(clock)) {}
+                               std::shared_ptr<Clock> clock, const RegionRegistry* regions)
+    : config_(config),
+      executor_(executor),
+      metrics_(metrics),
+      clock_(std::move(clock)),
+      regions_(regions) {}
 
 void KvCacheService::Attach(CacheSet* caches, std::vector<DeviceScheduler*> schedulers) {
   caches_ = caches;
@@ -200,17 +209,18 @@ grpc::ServerUnaryReactor* KvCacheService::FreeSequence(grpc::CallbackServerConte
   return reactor;
 }
 
-grpc::ServerUnaryReactor* KvCacheService::Step(grpc::CallbackServerContext*,
+grpc::ServerUnaryReactor* KvCacheService::Step(grpc::CallbackServerContext* context,
                                                const grpc::ByteBuffer* request,
                                                grpc::ByteBuffer* response) {
-  auto* reactor = new StepReactor(this, response);
+  auto* reactor =
+      new StepReactor(this, regions_ != nullptr ? TenantOf(*context) : std::string(), response);
   reactor->Start(*request);
   return reactor;
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* KvCacheService::StepStream(
-    grpc::CallbackServerContext*) {
-  return new StepStreamReactor(this);
+    grpc::CallbackServerContext* context) {
+  return new StepStreamReactor(this, regions_ != nullptr ? TenantOf(*context) : std::string());
 }
 
 grpc::ServerUnaryReactor* KvCacheService::GetStats(grpc::CallbackServerContext* context,
@@ -254,15 +264,17 @@ v1::ServerStats KvCacheService::Stats() const {
   return out;
 }
 
-absl::StatusOr<std::shared_ptr<StepState>> KvCacheService::NewStep(const grpc::ByteBuffer& request,
-                                                                   absl::Time received,
-                                                                   StepCompletion done) {
+absl::StatusOr<std::shared_ptr<StepState>> KvCacheService::NewStep(
+    const grpc::ByteBuffer& request, const std::string& tenant, absl::Time received,
+    StepCompletion done) {
   if (absl::Status s = Ready(); !s.ok()) return s;
   absl::StatusOr<wire::MessageBytes> message = wire::MessageBytes::FromByteBuffer(request);
   if (!message.ok()) return message.status();
   wire::StepRequestView view;
   if (auto s = wire::DecodeStepRequest(*message, &view); !s.ok()) return s;
-  absl::StatusOr<std::vector<StepEntry>> entries = CheckStepRequest(view, config_, *caches_);
+  const RegionAccess regions{regions_, tenant};
+  absl::StatusOr<std::vector<StepEntry>> entries =
+      CheckStepRequest(view, config_, *caches_, regions, &*message);
   if (!entries.ok()) return entries.status();
   return MakeStep(*std::move(message), view.layer, view.step_id, *std::move(entries), received,
                   std::move(done));

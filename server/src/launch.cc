@@ -232,7 +232,7 @@ absl::StatusOr<LaunchSummary> RunLaunch(const ModelShape& m, absl::Span<const La
   for (size_t s = 0; s < n; ++s) {
     const Segment& g = segments[s];
     const StepEntry& e = g.part->step().entries()[g.part->entries()[g.index]];
-    std::memcpy(g.part->step().output() + e.out_offset + g.a * out_row,
+    std::memcpy(g.part->step().OutputRows(e) + g.a * out_row,
                 arena->host_out() + static_cast<size_t>(cu_q[s]) * out_row,
                 static_cast<size_t>(g.b - g.a) * out_row);
   }

@@ -22,6 +22,7 @@
 #include "flashkv/server/kvcache_service.h"
 #include "flashkv/server/metrics.h"
 #include "flashkv/server/metrics_endpoint.h"
+#include "flashkv/server/region_service.h"
 #include "flashkv/server/warm_up.h"
 
 namespace flashkv::server {
@@ -85,6 +86,9 @@ class Server::Impl {
     }
     if (grpc_server_ != nullptr) {
       SetServing(false);
+      // Ends the region streams, which would otherwise hold the drain for its whole deadline;
+      // calls in flight keep the mappings they resolved.
+      regions_.ReleaseAll();
       spdlog::info("draining: no new calls; calls in flight have {} to finish",
                    absl::FormatDuration(deadline));
       if (kvcache_service_ != nullptr) kvcache_service_->BeginDrain();
@@ -166,7 +170,7 @@ class Server::Impl {
 
   absl::Status StartGrpc() {
     kvcache_service_ =
-        std::make_unique<KvCacheService>(config_, executor_.get(), &metrics_, clock_);
+        std::make_unique<KvCacheService>(config_, executor_.get(), &metrics_, clock_, &regions_);
     grpc::EnableDefaultHealthCheckService(true);
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
     grpc::ServerBuilder builder;
@@ -176,6 +180,7 @@ class Server::Impl {
                              &selected_port);
     builder.RegisterService(attention_service_.get());
     builder.RegisterService(kvcache_service_.get());
+    builder.RegisterService(&region_service_);
     grpc_server_ = builder.BuildAndStart();
     if (grpc_server_ == nullptr) {
       return absl::UnavailableError("listen " + config_.listen_address +
@@ -205,6 +210,8 @@ class Server::Impl {
   std::unique_ptr<IdleReaper> reaper_;
   std::unique_ptr<Executor> executor_;
   std::vector<std::unique_ptr<AttentionBackend>> attention_backends_;
+  RegionRegistry regions_;
+  RegionService region_service_{&regions_};
   std::unique_ptr<AttentionService> attention_service_;
   std::unique_ptr<KvCacheService> kvcache_service_;
   std::unique_ptr<grpc::Server> grpc_server_;

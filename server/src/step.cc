@@ -18,10 +18,12 @@ void StepPart::AddEntry(int index, const StepEntry& entry) {
 
 namespace {
 
-// Entry i's output rows follow entry i-1's in the step's output buffer.
+// Entry i's output rows follow entry i-1's in the step's output buffer (entries whose output
+// goes to a region take no room there).
 std::vector<StepEntry> WithOutputOffsets(std::vector<StepEntry> entries, int64_t out_row_bytes) {
   size_t offset = 0;
   for (StepEntry& e : entries) {
+    if (e.out_region) continue;
     e.out_offset = offset;
     offset += static_cast<size_t>(e.num_tokens) * static_cast<size_t>(out_row_bytes);
   }
@@ -56,7 +58,9 @@ StepState::StepState(wire::MessageBytes message, uint32_t layer, uint64_t step_i
       part = parts_.back().get();
     }
     part->AddEntry(static_cast<int>(i), e);
-    out_bytes += static_cast<size_t>(e.num_tokens) * static_cast<size_t>(out_row_bytes_);
+    if (!e.out_region) {
+      out_bytes += static_cast<size_t>(e.num_tokens) * static_cast<size_t>(out_row_bytes_);
+    }
   }
   output_ = HostBytes::Allocate(out_bytes);
   for (auto& part : parts_) part->ready_time = received_;
@@ -140,11 +144,17 @@ grpc::ByteBuffer StepState::EncodeResponse() const {
   std::vector<wire::TensorData> out;
   out.reserve(entries_.size());
   for (const StepEntry& e : entries_) {
-    out.push_back(wire::TensorData{wire_dtype_,
-                                   {e.num_tokens, num_q_heads_, head_dim_},
-                                   output_->data() + e.out_offset,
-                                   static_cast<size_t>(e.num_tokens * out_row_bytes_),
-                                   output_});
+    wire::TensorData tensor;
+    tensor.dtype = wire_dtype_;
+    tensor.shape = {e.num_tokens, num_q_heads_, head_dim_};
+    if (e.out_region) {
+      tensor.region = e.out_slice;  // the rows are already in the caller's region
+    } else {
+      tensor.data = output_->data() + e.out_offset;
+      tensor.size = static_cast<size_t>(e.num_tokens * out_row_bytes_);
+      tensor.owner = output_;
+    }
+    out.push_back(std::move(tensor));
   }
   return wire::EncodeStepResponse(out, step_id_);
 }

@@ -1,5 +1,6 @@
 #include "flashkv/server/step_request.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -50,11 +51,20 @@ bool IsUtf8(const std::string& s) {
 
 DimSpec Rows(const char* name) { return DimSpec{name, kAnyDim, ""}; }
 
-absl::StatusOr<StepEntry> CheckEntry(const wire::StepEntryView& view, size_t index,
-                                     const ServerConfig& config, const CacheSet& caches) {
+absl::StatusOr<StepEntry> CheckEntry(wire::StepEntryView& view, size_t index,
+                                     const ServerConfig& config, const CacheSet& caches,
+                                     const RegionAccess& regions, wire::MessageBytes* message) {
   const ModelShape& m = config.model;
   const std::string name = "entries[" + std::to_string(index) + "]";
   if (auto s = CheckSequenceId(view.sequence_id, name + ".sequence_id"); !s.ok()) return s;
+  if (view.q.region.present || view.k.region.present || view.v.region.present) {
+    const std::string q = name + ".q", k = name + ".k", v = name + ".v";
+    if (auto s = ResolveRegionTensors(
+            regions, {{&view.q, q.c_str()}, {&view.k, k.c_str()}, {&view.v, v.c_str()}}, message);
+        !s.ok()) {
+      return s;
+    }
+  }
   const TensorSpec q_spec{name + ".q",
                           {Rows("n"), DimSpec{"Hq", m.num_q_heads, "the model's q heads"},
                            DimSpec{"D", m.head_dim, "the model's head dim"}},
@@ -80,7 +90,13 @@ absl::StatusOr<StepEntry> CheckEntry(const wire::StepEntryView& view, size_t ind
   if (!device.has_value()) {
     return absl::NotFoundError(name + ": sequence '" + view.sequence_id + "' does not exist");
   }
+  const uint64_t out_bytes = uint64_t(n) * m.num_q_heads * m.head_dim * DTypeSize(m.dtype);
+  absl::StatusOr<std::optional<RegionBytes>> out =
+      ResolveOutputSlice(regions, view.out, out_bytes, (name + ".out").c_str());
+  if (!out.ok()) return out.status();
   StepEntry entry;
+  entry.out_region = *std::move(out);
+  entry.out_slice = view.out;
   entry.sequence_id = view.sequence_id;
   entry.num_tokens = static_cast<int>(n);
   entry.q = view.q.data;
@@ -89,6 +105,47 @@ absl::StatusOr<StepEntry> CheckEntry(const wire::StepEntryView& view, size_t ind
   entry.token_ids = view.token_ids;
   entry.device = *device;
   return entry;
+}
+
+// An output region range that overlaps an input in a region, or another output.
+absl::Status CheckOutputsApart(const std::vector<StepEntry>& entries,
+                               const wire::MessageBytes& message, const ModelShape& m) {
+  struct Range {
+    const uint8_t* begin;
+    const uint8_t* end;
+    std::string field;
+    bool output;
+  };
+  std::vector<Range> ranges;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const StepEntry& e = entries[i];
+    if (!e.out_region) continue;
+    const size_t bytes = size_t(e.num_tokens) * m.num_q_heads * m.head_dim * DTypeSize(m.dtype);
+    ranges.push_back({e.out_region->data, e.out_region->data + bytes,
+                      "entries[" + std::to_string(i) + "].out", true});
+  }
+  if (ranges.empty()) return absl::OkStatus();
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const StepEntry& e = entries[i];
+    for (const auto& [span, field] : {std::pair{e.q, ".q"}, std::pair{e.k, ".k"}, std::pair{e.v, ".v"}}) {
+      // Bytes that came in the message cannot overlap a region; region bytes are one slice.
+      const uint8_t* p = message.Contiguous(span);
+      if (p == nullptr || span.size == 0) continue;
+      ranges.push_back({p, p + span.size, "entries[" + std::to_string(i) + "]" + field, false});
+    }
+  }
+  std::sort(ranges.begin(), ranges.end(),
+            [](const Range& a, const Range& b) { return a.begin < b.begin; });
+  for (size_t i = 1; i < ranges.size(); ++i) {
+    const Range& a = ranges[i - 1];
+    const Range& b = ranges[i];
+    if (b.begin < a.end && (a.output || b.output)) {
+      return Invalid((a.output ? a.field : b.field) + " overlaps " + (a.output ? b.field : a.field) +
+                     " in its region; outputs must not share bytes with the step's inputs or "
+                     "other outputs");
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -103,9 +160,11 @@ absl::Status CheckSequenceId(const std::string& id, const std::string& field) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<StepEntry>> CheckStepRequest(const wire::StepRequestView& request,
+absl::StatusOr<std::vector<StepEntry>> CheckStepRequest(wire::StepRequestView& request,
                                                         const ServerConfig& config,
-                                                        const CacheSet& caches) {
+                                                        const CacheSet& caches,
+                                                        const RegionAccess& regions,
+                                                        wire::MessageBytes* message) {
   if (request.layer >= static_cast<uint32_t>(config.model.num_layers)) {
     return Invalid("layer (" + std::to_string(request.layer) + ") must be < the model's layers (" +
                    std::to_string(config.model.num_layers) + ")");
@@ -119,16 +178,17 @@ absl::StatusOr<std::vector<StepEntry>> CheckStepRequest(const wire::StepRequestV
   entries.reserve(request.entries.size());
   absl::flat_hash_map<std::string, size_t> first_index;
   for (size_t i = 0; i < request.entries.size(); ++i) {
-    const wire::StepEntryView& view = request.entries[i];
+    wire::StepEntryView& view = request.entries[i];
     const auto [it, inserted] = first_index.emplace(view.sequence_id, i);
     if (!inserted) {
       return Invalid("entries[" + std::to_string(i) + "].sequence_id '" + view.sequence_id +
                      "' repeats entries[" + std::to_string(it->second) + "]");
     }
-    absl::StatusOr<StepEntry> entry = CheckEntry(view, i, config, caches);
+    absl::StatusOr<StepEntry> entry = CheckEntry(view, i, config, caches, regions, message);
     if (!entry.ok()) return entry.status();
     entries.push_back(*std::move(entry));
   }
+  if (auto s = CheckOutputsApart(entries, *message, config.model); !s.ok()) return s;
   return entries;
 }
 

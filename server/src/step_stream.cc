@@ -11,7 +11,8 @@ namespace flashkv::server {
 
 constexpr const char* kRpc = "StepStream";
 
-StepStreamReactor::StepStreamReactor(KvCacheService* service) : service_(service) {
+StepStreamReactor::StepStreamReactor(KvCacheService* service, std::string tenant)
+    : service_(service), tenant_(std::move(tenant)) {
   StartRead(&request_);
   service_->Register(this);
 }
@@ -38,7 +39,7 @@ void StepStreamReactor::OnReadDone(bool ok) {
       Slot* slot = slots_.back().get();
       slot->received = received;
       absl::StatusOr<std::shared_ptr<StepState>> created = service_->NewStep(
-          request_, received, [this, slot](const absl::Status& s, grpc::ByteBuffer r) {
+          request_, tenant_, received, [this, slot](const absl::Status& s, grpc::ByteBuffer r) {
             StepDone(slot, s, std::move(r));
           });
       if (!created.ok()) {

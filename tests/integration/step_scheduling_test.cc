@@ -187,7 +187,7 @@ class LongPrefillTest : public ::testing::Test {
  protected:
   void SetUp() override {
     server::ServerConfig config = SmallModelConfig();
-    config.kv_cache_bytes = 64 << 20;
+    config.kv_cache_bytes = 64 << 20;  // 5461 blocks of 4 tokens
     config.scheduler.prefill_chunk_tokens = 16;
     server_ = StartServer(config);
     ASSERT_NE(server_, nullptr);
@@ -237,15 +237,17 @@ TEST_F(LongPrefillTest, CancellingMidStreamNeverLeavesAHalfAppliedStep) {
   EXPECT_EQ(Stats(*server).blocks_used(), 1u) << "the aborted step's blocks are back";
 }
 
-// The same with a deadline on a unary call.
+// The same with a deadline on a unary call: the client gives up after 20 ms, long before twice
+// the prefill (4096 tokens, 256 chunks) could be computed, and the step is rolled back.
 TEST_F(LongPrefillTest, AnExpiredDeadlineAbortsTheStep) {
   TestServer* server = server_.get();
-  const v1::StepEntry& prefill = prefill_;
+  v1::StepEntry prefill = reference_->MakeEntry("long", 4096, rng_);
   {
     grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(50));
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(20));
     v1::StepResponse response;
-    const grpc::Status status = server->kvcache().Step(&context, MakeStep(0, {prefill}), &response);
+    const grpc::Status status =
+        server->kvcache().Step(&context, MakeStep(0, {prefill}), &response);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   }
   // Let the server notice (the abort happens at the next chunk boundary).

@@ -20,6 +20,7 @@
 #include "flashkv/server/device_scheduler.h"
 #include "flashkv/server/executor.h"
 #include "flashkv/server/metrics.h"
+#include "flashkv/server/region_registry.h"
 #include "flashkv/server/step.h"
 #include "flashkv/v1/kvcache.grpc.pb.h"
 
@@ -42,8 +43,10 @@ class KvCacheService final : public KvCacheServiceBase {
  public:
   // The service answers UNAVAILABLE until Attach gives it the caches and their schedulers (the
   // server listens before the pools are allocated, so that health probes see it start).
+  // `regions` (not owned; may be null: no data plane) resolves Step tensors and outputs that lie
+  // in shared-memory regions.
   KvCacheService(const ServerConfig& config, Executor* executor, Metrics* metrics,
-                 std::shared_ptr<Clock> clock);
+                 std::shared_ptr<Clock> clock, const RegionRegistry* regions = nullptr);
   ~KvCacheService() override;
   void Attach(CacheSet* caches, std::vector<DeviceScheduler*> schedulers);
 
@@ -69,7 +72,9 @@ class KvCacheService final : public KvCacheServiceBase {
                                      flashkv::v1::ServerStats* response) override;
 
   // Decodes and checks a Step request and builds its state; `done` runs once when it resolves.
+  // `tenant` owns the regions the request may name.
   absl::StatusOr<std::shared_ptr<StepState>> NewStep(const grpc::ByteBuffer& request,
+                                                     const std::string& tenant,
                                                      absl::Time received, StepCompletion done);
   // A step from checked, routed entries (NewStep's second half; the warm-up uses it directly).
   std::shared_ptr<StepState> MakeStep(wire::MessageBytes message, uint32_t layer, uint64_t step_id,
@@ -105,6 +110,7 @@ class KvCacheService final : public KvCacheServiceBase {
   Executor* const executor_;
   Metrics* const metrics_;
   const std::shared_ptr<Clock> clock_;
+  const RegionRegistry* const regions_;
   std::atomic<uint64_t> steps_completed_{0};
 
   absl::Mutex submit_mu_;

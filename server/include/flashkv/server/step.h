@@ -28,7 +28,9 @@
 #include "absl/time/time.h"
 #include "flashkv/kvcache/layer_batch.h"
 #include "flashkv/server/host_bytes.h"
+#include "flashkv/server/region_registry.h"
 #include "flashkv/wire/message_bytes.h"
+#include "flashkv/wire/messages.h"
 
 namespace flashkv::server {
 
@@ -50,8 +52,12 @@ struct StepEntry {
   int num_tokens = 0;
   wire::Span q, k, v;  // in the step's message: [n,Hq,D], [n,Hkv,D], [n,Hkv,D]
   std::vector<int64_t> token_ids;
-  int device = 0;         // device index
-  size_t out_offset = 0;  // bytes into the step's output buffer (set by StepState)
+  int device = 0;  // device index
+  // Where the output rows go: the caller's shared-memory region (StepEntry.out), or bytes
+  // `out_offset` on in the step's output buffer (set by StepState), sent in the response.
+  std::optional<RegionBytes> out_region;
+  wire::RegionSliceView out_slice;
+  size_t out_offset = 0;
 };
 
 class StepPart {
@@ -106,7 +112,10 @@ class StepState : public std::enable_shared_from_this<StepState> {
   uint64_t step_id() const { return step_id_; }
   const std::vector<StepEntry>& entries() const { return entries_; }
   const std::vector<std::unique_ptr<StepPart>>& parts() const { return parts_; }
-  uint8_t* output() const { return output_->data(); }
+  // Where entry `e`'s output rows go.
+  uint8_t* OutputRows(const StepEntry& e) const {
+    return e.out_region ? e.out_region->data : output_->data() + e.out_offset;
+  }
   int64_t out_row_bytes() const { return out_row_bytes_; }
   absl::Time received() const { return received_; }
   int64_t total_rows() const;

@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "flashkv/server/cache_set.h"
 #include "flashkv/server/config.h"
+#include "flashkv/server/region_tensors.h"
 #include "flashkv/server/step.h"
 #include "flashkv/wire/messages.h"
 
@@ -23,8 +24,14 @@ absl::Status CheckSequenceId(const std::string& id, const std::string& field);
 
 // INVALID_ARGUMENT (layer, entries, tensors, token_ids, repeated sequences) or NOT_FOUND (a
 // sequence no device holds). On success, the entries with their devices, in request order.
-absl::StatusOr<std::vector<StepEntry>> CheckStepRequest(const wire::StepRequestView& request,
+// Tensors in shared-memory regions are resolved first (their bytes become slices of `*message`,
+// see region_tensors.h), and StepEntry.out slices are resolved and bounds-checked; an output
+// may not overlap any input or other output of the step (it is written while later chunks of
+// the step are still to be read).
+absl::StatusOr<std::vector<StepEntry>> CheckStepRequest(wire::StepRequestView& request,
                                                         const ServerConfig& config,
-                                                        const CacheSet& caches);
+                                                        const CacheSet& caches,
+                                                        const RegionAccess& regions,
+                                                        wire::MessageBytes* message);
 
 }  // namespace flashkv::server

@@ -16,6 +16,7 @@
 
 #include <deque>
 #include <memory>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
@@ -28,7 +29,8 @@ class KvCacheService;
 
 class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  explicit StepStreamReactor(KvCacheService* service);
+  // `tenant` owns the regions the stream's requests may name.
+  StepStreamReactor(KvCacheService* service, std::string tenant);
 
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
@@ -57,6 +59,7 @@ class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
   }
 
   KvCacheService* const service_;
+  const std::string tenant_;
   grpc::ByteBuffer request_;  // the read in progress
 
   absl::Mutex mu_;
