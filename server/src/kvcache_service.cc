@@ -264,9 +264,10 @@ v1::ServerStats KvCacheService::Stats() const {
   return out;
 }
 
-absl::StatusOr<std::shared_ptr<StepState>> KvCacheService::NewStep(
-    const grpc::ByteBuffer& request, const std::string& tenant, absl::Time received,
-    StepCompletion done) {
+absl::StatusOr<std::shared_ptr<StepState>> KvCacheService::NewStep(const grpc::ByteBuffer& request,
+                                                                   const std::string& tenant,
+                                                                   absl::Time received,
+                                                                   StepCompletion done) {
   if (absl::Status s = Ready(); !s.ok()) return s;
   absl::StatusOr<wire::MessageBytes> message = wire::MessageBytes::FromByteBuffer(request);
   if (!message.ok()) return message.status();

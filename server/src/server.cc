@@ -51,8 +51,8 @@ class Server::Impl {
     if (config_.cpu_threads > 0) cpu::SetNumThreads(config_.cpu_threads);
     executor_ = std::make_unique<Executor>(config_.attention_threads, kMaxQueuedCalls);
     if (auto s = CreateAttentionBackends(); !s.ok()) return s;
-    attention_service_ =
-        std::make_unique<AttentionService>(BackendPointers(), executor_.get(), &metrics_);
+    attention_service_ = std::make_unique<AttentionService>(BackendPointers(), executor_.get(),
+                                                            &metrics_, &regions_);
     // Listening first, NOT_SERVING, so that health probes see the server while the pools are
     // allocated and checked.
     if (auto s = StartGrpc(); !s.ok()) return s;

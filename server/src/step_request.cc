@@ -127,7 +127,8 @@ absl::Status CheckOutputsApart(const std::vector<StepEntry>& entries,
   if (ranges.empty()) return absl::OkStatus();
   for (size_t i = 0; i < entries.size(); ++i) {
     const StepEntry& e = entries[i];
-    for (const auto& [span, field] : {std::pair{e.q, ".q"}, std::pair{e.k, ".k"}, std::pair{e.v, ".v"}}) {
+    for (const auto& [span, field] :
+         {std::pair{e.q, ".q"}, std::pair{e.k, ".k"}, std::pair{e.v, ".v"}}) {
       // Bytes that came in the message cannot overlap a region; region bytes are one slice.
       const uint8_t* p = message.Contiguous(span);
       if (p == nullptr || span.size == 0) continue;
@@ -140,7 +141,8 @@ absl::Status CheckOutputsApart(const std::vector<StepEntry>& entries,
     const Range& a = ranges[i - 1];
     const Range& b = ranges[i];
     if (b.begin < a.end && (a.output || b.output)) {
-      return Invalid((a.output ? a.field : b.field) + " overlaps " + (a.output ? b.field : a.field) +
+      return Invalid((a.output ? a.field : b.field) + " overlaps " +
+                     (a.output ? b.field : a.field) +
                      " in its region; outputs must not share bytes with the step's inputs or "
                      "other outputs");
     }

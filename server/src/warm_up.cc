@@ -109,7 +109,8 @@ absl::Status WarmUpSteps(KvCacheService* service, CacheSet* caches, int device,
     const size_t row = size_t(m.head_dim) * DTypeSize(m.dtype);
     for (int h = 0; h < m.num_q_heads && result.ok(); ++h) {
       const int kv_head = h / (m.num_q_heads / m.num_kv_heads);
-      if (std::memcmp(step->OutputRows(step->entries()[0]) + h * row, &v[kv_head * row], row) != 0) {
+      if (std::memcmp(step->OutputRows(step->entries()[0]) + h * row, &v[kv_head * row], row) !=
+          0) {
         result = absl::InternalError("warm-up step on layer " + std::to_string(layer) +
                                      ": wrong output for head " + std::to_string(h));
       }

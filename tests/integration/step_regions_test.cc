@@ -3,14 +3,13 @@
 // with an ordinary entry in the same step; outputs that overlap inputs are refused.
 
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <cstring>
 #include <random>
 #include <string>
-
-#include <gtest/gtest.h>
 
 #include "flashkv/v1/region.grpc.pb.h"
 #include "testing/conversation.h"

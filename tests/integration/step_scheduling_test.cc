@@ -246,8 +246,7 @@ TEST_F(LongPrefillTest, AnExpiredDeadlineAbortsTheStep) {
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(20));
     v1::StepResponse response;
-    const grpc::Status status =
-        server->kvcache().Step(&context, MakeStep(0, {prefill}), &response);
+    const grpc::Status status = server->kvcache().Step(&context, MakeStep(0, {prefill}), &response);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   }
   // Let the server notice (the abort happens at the next chunk boundary).

@@ -74,8 +74,8 @@ class KvCacheService final : public KvCacheServiceBase {
   // Decodes and checks a Step request and builds its state; `done` runs once when it resolves.
   // `tenant` owns the regions the request may name.
   absl::StatusOr<std::shared_ptr<StepState>> NewStep(const grpc::ByteBuffer& request,
-                                                     const std::string& tenant,
-                                                     absl::Time received, StepCompletion done);
+                                                     const std::string& tenant, absl::Time received,
+                                                     StepCompletion done);
   // A step from checked, routed entries (NewStep's second half; the warm-up uses it directly).
   std::shared_ptr<StepState> MakeStep(wire::MessageBytes message, uint32_t layer, uint64_t step_id,
                                       std::vector<StepEntry> entries, absl::Time received,
