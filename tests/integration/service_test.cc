@@ -10,6 +10,7 @@
 #include "absl/synchronization/notification.h"
 #include "flashkv/wire/message_builder.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "testing/conversation.h"
 #include "testing/http_get.h"
 #include "testing/reference.h"
 #include "testing/test_server.h"
