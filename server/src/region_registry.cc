@@ -67,14 +67,15 @@ absl::StatusOr<uint64_t> RegionRegistry::AttachHost(absl::string_view tenant, in
   const int seals = fcntl(file.fd, F_GET_SEALS);
   if (seals < 0 || (seals & F_SEAL_SHRINK) == 0) {
     return absl::FailedPreconditionError(
-        absl::StrCat(path, " must be a memfd sealed with F_SEAL_SHRINK (memfd_create with "
-                           "MFD_ALLOW_SEALING, then F_ADD_SEALS), so it cannot shrink under the "
-                           "server's mapping"));
+        absl::StrCat(path,
+                     " must be a memfd sealed with F_SEAL_SHRINK (memfd_create with "
+                     "MFD_ALLOW_SEALING, then F_ADD_SEALS), so it cannot shrink under the "
+                     "server's mapping"));
   }
   struct stat st {};
   if (fstat(file.fd, &st) != 0 || uint64_t(st.st_size) < size) {
-    return absl::FailedPreconditionError(absl::StrCat("size (", size, ") exceeds the memfd's ",
-                                                      uint64_t(st.st_size), " bytes"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("size (", size, ") exceeds the memfd's ", uint64_t(st.st_size), " bytes"));
   }
   {
     absl::MutexLock lock(&mu_);
@@ -82,8 +83,8 @@ absl::StatusOr<uint64_t> RegionRegistry::AttachHost(absl::string_view tenant, in
   }
   void* data = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, file.fd, 0);
   if (data == MAP_FAILED) {
-    return absl::ResourceExhaustedError(absl::StrCat("mmap of ", size, " bytes failed: ",
-                                                     std::strerror(errno)));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("mmap of ", size, " bytes failed: ", std::strerror(errno)));
   }
   return Insert(tenant, std::make_shared<HostRegion>(static_cast<uint8_t*>(data), size),
                 std::move(on_release));
@@ -112,8 +113,8 @@ absl::StatusOr<uint64_t> RegionRegistry::AttachCuda(absl::string_view tenant,
   KernelStatus status = cuda::SetDevice(device);
   if (status.ok()) status = cuda::IpcOpenMemHandle(raw, &data);
   if (!status.ok()) {
-    return absl::FailedPreconditionError(absl::StrCat("cannot open the CUDA IPC handle on device ",
-                                                      device, ": ", status.message()));
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot open the CUDA IPC handle on device ", device, ": ", status.message()));
   }
   // The exporting allocation's size is not queryable through IPC: the client states it, and a
   // wrong statement can only hurt its own memory (reads and writes stay within its allocation
@@ -130,12 +131,11 @@ absl::Status RegionRegistry::CheckLimits(absl::string_view tenant, uint64_t size
     ++count;
     bytes += entry.region->size();
   }
-  if (count + 1 > limits_.max_regions_per_tenant ||
-      bytes + size > limits_.max_bytes_per_tenant) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the tenant holds ", count, " regions of ", bytes, " bytes; one more of ", size,
-        " would pass the limits (", limits_.max_regions_per_tenant, " regions, ",
-        limits_.max_bytes_per_tenant, " bytes)"));
+  if (count + 1 > limits_.max_regions_per_tenant || bytes + size > limits_.max_bytes_per_tenant) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the tenant holds ", count, " regions of ", bytes, " bytes; one more of ",
+                     size, " would pass the limits (", limits_.max_regions_per_tenant, " regions, ",
+                     limits_.max_bytes_per_tenant, " bytes)"));
   }
   return absl::OkStatus();
 }
@@ -198,13 +198,13 @@ absl::StatusOr<RegionBytes> RegionRegistry::Resolve(absl::string_view tenant,
   }
   // offset + bytes <= size, written so that it cannot overflow.
   if (slice.offset > region->size() || bytes > region->size() - slice.offset) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        field, ": [", slice.offset, ", ", slice.offset, " + ", bytes, ") lies outside region ",
-        slice.region_id, " of ", region->size(), " bytes"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": [", slice.offset, ", ", slice.offset, " + ", bytes,
+                     ") lies outside region ", slice.region_id, " of ", region->size(), " bytes"));
   }
   if (alignment > 1 && slice.offset % alignment != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(field, ".offset (", slice.offset,
-                                                   ") must be a multiple of ", alignment));
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ".offset (", slice.offset, ") must be a multiple of ", alignment));
   }
   return RegionBytes{region, region->data() + slice.offset, bytes};
 }

@@ -27,8 +27,8 @@ class AttachReactor : public grpc::ServerWriteReactor<v1::AttachRegionResponse> 
     absl::StatusOr<uint64_t> id;
     switch (request.memory_case()) {
       case v1::AttachRegionRequest::kHost:
-        id = registry->AttachHost(tenant, request.host().pid(), request.host().fd(),
-                                  request.size(), on_release);
+        id = registry->AttachHost(tenant, request.host().pid(), request.host().fd(), request.size(),
+                                  on_release);
         break;
       case v1::AttachRegionRequest::kCuda:
         id = registry->AttachCuda(tenant, request.cuda().handle(), request.cuda().device(),

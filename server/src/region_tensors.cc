@@ -20,9 +20,10 @@ absl::StatusOr<RegionBytes> ResolveHost(const RegionAccess& access,
       access.registry->Resolve(access.tenant, slice, bytes, field);
   if (!resolved.ok()) return resolved.status();
   if (resolved->region->device() >= 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        field, ": region ", slice.region_id, " is CUDA device memory; this call reads host "
-        "memory regions only"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(field, ": region ", slice.region_id,
+                     " is CUDA device memory; this call reads host "
+                     "memory regions only"));
   }
   return resolved;
 }
@@ -69,9 +70,9 @@ absl::Status ResolveRegionTensors(
   for (const auto& [tensor, name] : tensors) {
     if (!tensor->present || !tensor->region.present) continue;
     if (tensor->data.size != 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(name, ".data (", tensor->data.size, " bytes) must be empty when ", name,
-                       ".region is set"));
+      return absl::InvalidArgumentError(absl::StrCat(name, ".data (", tensor->data.size,
+                                                     " bytes) must be empty when ", name,
+                                                     ".region is set"));
     }
     absl::StatusOr<uint64_t> bytes = TensorByteCount(tensor->dtype, tensor->shape, name);
     if (!bytes.ok()) return bytes.status();
@@ -82,9 +83,9 @@ absl::Status ResolveRegionTensors(
     if (*bytes == 0) continue;  // MessageBytes holds no empty slices
     // The slice pins the mapping for as long as anything references the request's bytes.
     auto* pin = new std::shared_ptr<MappedRegion>(resolved->region);
-    extra.emplace_back(resolved->data, size_t(*bytes),
-                       [](void* p) { delete static_cast<std::shared_ptr<MappedRegion>*>(p); },
-                       pin);
+    extra.emplace_back(
+        resolved->data, size_t(*bytes),
+        [](void* p) { delete static_cast<std::shared_ptr<MappedRegion>*>(p); }, pin);
     end += *bytes;
   }
   if (spans.empty()) return absl::OkStatus();

@@ -6,6 +6,8 @@
 #include <google/protobuf/unknown_field_set.h>
 #include <gtest/gtest.h>
 
+#include "flatten.h"
+
 #include <cstring>
 #include <random>
 #include <string>
@@ -124,13 +126,6 @@ void ExpectStepRequestEq(const MessageBytes& message, const StepRequestView& got
   }
 }
 
-std::string Flatten(const grpc::ByteBuffer& buffer) {
-  std::vector<grpc::Slice> slices;
-  EXPECT_TRUE(buffer.Dump(&slices).ok());
-  std::string out;
-  for (const auto& s : slices) out.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  return out;
-}
 
 TensorData ToData(const v1::Tensor& t, std::shared_ptr<const void> owner) {
   return TensorData{int32_t(t.dtype()),

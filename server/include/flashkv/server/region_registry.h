@@ -19,11 +19,11 @@
 #include <functional>
 #include <memory>
 #include <string>
-#include "absl/strings/string_view.h"
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "flashkv/wire/messages.h"
 
@@ -73,8 +73,9 @@ class RegionRegistry {
   absl::StatusOr<uint64_t> AttachHost(absl::string_view tenant, int pid, int fd, uint64_t size,
                                       std::function<void()> on_release = nullptr);
   // Opens a CUDA IPC handle on `device`; UNAVAILABLE without CUDA.
-  absl::StatusOr<uint64_t> AttachCuda(absl::string_view tenant, absl::string_view handle, int device,
-                                      uint64_t size, std::function<void()> on_release = nullptr);
+  absl::StatusOr<uint64_t> AttachCuda(absl::string_view tenant, absl::string_view handle,
+                                      int device, uint64_t size,
+                                      std::function<void()> on_release = nullptr);
 
   // NOT_FOUND when the id is unknown or belongs to another tenant (the same answer, so ids of
   // other tenants cannot be probed).
