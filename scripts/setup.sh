@@ -9,6 +9,7 @@ packages=(
   libabsl-dev libspdlog-dev libgtest-dev libgmock-dev
   prometheus-cpp-dev libcli11-dev nlohmann-json3-dev
   nginx shellcheck python3-yaml
+  python3-grpcio python3-protobuf python3-numpy python3-pytest
 )
 
 missing=()

@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <time.h>
+
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -176,10 +178,19 @@ std::vector<T> RandomTensor(size_t n, std::mt19937& rng) {
   return t;
 }
 
+double ProcessCpuSeconds() {
+  timespec t;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
 struct Row {
   double kernel_seconds = 0;
   double kernel_gflops = 0;
-  double naive_gflops = 0;
+  // FLOPs per CPU-second of the process (pool workers park on a condition variable, so CPU time
+  // is compute time), times the thread count.
+  double kernel_gflops_cpu_time = 0;
+  double naive_gflops = 0;  // per CPU time, one thread
   double max_diff = 0;  // kernel vs naive on the naive slice
 };
 
@@ -208,19 +219,24 @@ bool RunRow(const Config& c, DType dtype, Row* row) {
     return false;
   }
   row->kernel_seconds = 1e30;
+  double cpu_seconds = 1e30;
   for (int r = 0; r < c.repeats; ++r) {
+    const double cpu_start = ProcessCpuSeconds();
     const auto start = std::chrono::steady_clock::now();
     status = cpu::Attention(args);
     row->kernel_seconds = std::min(row->kernel_seconds, Seconds(start));
+    cpu_seconds = std::min(cpu_seconds, ProcessCpuSeconds() - cpu_start);
   }
-  row->kernel_gflops = flops_per_head * c.heads_q / row->kernel_seconds / 1e9;
+  const double flops = flops_per_head * c.heads_q;
+  row->kernel_gflops = flops / row->kernel_seconds / 1e9;
+  row->kernel_gflops_cpu_time = flops / cpu_seconds * cpu::NumThreads() / 1e9;
 
   if (c.naive_heads > 0) {
     FixedAttentionArgs naive_args = args;
     naive_args.out = naive_out.data();
-    const auto start = std::chrono::steady_clock::now();
-    cpu::NaiveAttention(naive_args, 0, c.naive_heads);
-    row->naive_gflops = flops_per_head * c.naive_heads / Seconds(start) / 1e9;
+    const double cpu_start = ProcessCpuSeconds();
+    cpu::NaiveAttention(naive_args, 0, c.naive_heads);  // one thread: process CPU time is its own
+    row->naive_gflops = flops_per_head * c.naive_heads / (ProcessCpuSeconds() - cpu_start) / 1e9;
     for (int b = 0; b < c.batch; ++b) {
       for (int i = 0; i < c.seqlen_q; ++i) {
         for (int h = 0; h < c.naive_heads; ++h) {
@@ -259,17 +275,21 @@ int main(int argc, char** argv) {
               c.causal ? "causal" : "non-causal", threads);
   std::printf("load average before the run: %s\n", LoadAverage().c_str());
   const FmaPeak peak = MeasureFmaPeak(threads, c.peak_seconds);
-  std::printf("FMA peak (%s, %d threads, float32): %.2f GFLOP/s\n", peak.isa, peak.threads,
-              peak.gflops);
+  std::printf("FMA peak (%s, %d threads, float32): %.2f GFLOP/s wall clock, %.2f GFLOP/s per "
+              "CPU time\n",
+              peak.isa, peak.threads, peak.gflops, peak.gflops_cpu_time);
   if (c.naive_heads > 0) {
     std::printf("naive = plain triple loop (cpu::NaiveAttention), 1 thread, query heads [0, %d) "
-                "of the same inputs, GFLOP/s of that slice\n",
+                "of the same inputs, GFLOP/s of that slice per CPU time; speed-up = kernel (all "
+                "threads) / naive, both per CPU time\n",
                 c.naive_heads);
   }
-  std::printf("\n| dtype | isa     | time (ms) | GFLOP/s | %% of peak | naive GFLOP/s | speedup "
-              "| max abs(kernel - naive) |\n");
-  std::printf("|-------|---------|----------:|--------:|----------:|--------------:|--------:"
-              "|------------------------:|\n");
+  std::printf("(wall: elapsed time; CPU time: FLOPs per CPU-second x threads, unaffected by "
+              "other processes taking turns on the cores)\n");
+  std::printf("\n| dtype | isa     | time (ms) | GFLOP/s | %% of peak | CPU-time GFLOP/s | "
+              "%% of peak | naive GFLOP/s | speedup | max abs(kernel - naive) |\n");
+  std::printf("|-------|---------|----------:|--------:|----------:|-----------------:|"
+              "----------:|--------------:|--------:|------------------------:|\n");
   int failures = 0;
   for (cpu::Isa isa : c.isas) {
     const KernelStatus set = cpu::SetIsa(isa);
@@ -296,17 +316,22 @@ int main(int argc, char** argv) {
         ++failures;
         continue;
       }
-      std::printf("| %-5s | %-7s | %9.1f | %7.1f | %8.1f%% |", DTypeName(dtype),
+      std::printf("| %-5s | %-7s | %9.1f | %7.1f | %8.1f%% | %16.1f | %8.1f%% |", DTypeName(dtype),
                   cpu::IsaName(isa), row.kernel_seconds * 1e3, row.kernel_gflops,
-                  peak.gflops > 0 ? 100.0 * row.kernel_gflops / peak.gflops : 0.0);
+                  peak.gflops > 0 ? 100.0 * row.kernel_gflops / peak.gflops : 0.0,
+                  row.kernel_gflops_cpu_time,
+                  peak.gflops_cpu_time > 0
+                      ? 100.0 * row.kernel_gflops_cpu_time / peak.gflops_cpu_time
+                      : 0.0);
       if (c.naive_heads > 0) {
         std::printf(" %13.2f | %6.0fx | %23.2e |\n", row.naive_gflops,
-                    row.kernel_gflops / row.naive_gflops, row.max_diff);
+                    row.kernel_gflops_cpu_time / row.naive_gflops, row.max_diff);
       } else {
         std::printf(" %13s | %7s | %23s |\n", "-", "-", "-");
       }
       std::fflush(stdout);
     }
   }
+  std::printf("\nload average after the run: %s\n", LoadAverage().c_str());
   return failures == 0 ? 0 : 1;
 }

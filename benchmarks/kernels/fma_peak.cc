@@ -1,5 +1,8 @@
 #include "fma_peak.h"
 
+#include <time.h>
+
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <thread>
@@ -28,11 +31,23 @@ LoopFn BestLoop(const char** isa) {
   return FmaLoopGeneric;
 }
 
-// FLOP/s of `threads` threads each running `iterations` rounds, started together.
-double RunRound(LoopFn loop, int threads, long iterations) {
+double ThreadCpuSeconds() {
+  timespec t;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
+struct RoundResult {
+  double flops_per_second = 0;      // wall clock
+  double flops_per_cpu_second = 0;  // per thread, CPU time
+};
+
+// `threads` threads each running `iterations` rounds, started together.
+RoundResult RunRound(LoopFn loop, int threads, long iterations) {
   std::atomic<int> ready{0};
   std::atomic<bool> go{false};
   std::vector<double> flops(static_cast<size_t>(threads));
+  std::vector<double> cpu_seconds(static_cast<size_t>(threads));
   std::vector<float> sinks(static_cast<size_t>(threads));
   std::vector<std::thread> pool;
   for (int t = 0; t < threads; ++t) {
@@ -40,7 +55,9 @@ double RunRound(LoopFn loop, int threads, long iterations) {
       ready.fetch_add(1);
       while (!go.load(std::memory_order_acquire)) {
       }
+      const double start = ThreadCpuSeconds();
       flops[static_cast<size_t>(t)] = loop(iterations, &sinks[static_cast<size_t>(t)]);
+      cpu_seconds[static_cast<size_t>(t)] = ThreadCpuSeconds() - start;
     });
   }
   while (ready.load() < threads) {
@@ -50,10 +67,14 @@ double RunRound(LoopFn loop, int threads, long iterations) {
   for (std::thread& th : pool) th.join();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   double total = 0;
-  for (double f : flops) total += f;
+  double total_cpu = 0;
+  for (int t = 0; t < threads; ++t) {
+    total += flops[static_cast<size_t>(t)];
+    total_cpu += cpu_seconds[static_cast<size_t>(t)];
+  }
   volatile float keep = 0;
   for (float s : sinks) keep = keep + s;
-  return total / seconds;
+  return RoundResult{total / seconds, total / total_cpu};
 }
 
 }  // namespace
@@ -94,8 +115,9 @@ FmaPeak MeasureFmaPeak(int threads, double seconds) {
     iterations *= 4;
   }
   for (int round = 0; round < 3; ++round) {
-    const double flops = RunRound(loop, threads, iterations);
-    if (flops / 1e9 > peak.gflops) peak.gflops = flops / 1e9;
+    const RoundResult r = RunRound(loop, threads, iterations);
+    peak.gflops = std::max(peak.gflops, r.flops_per_second / 1e9);
+    peak.gflops_cpu_time = std::max(peak.gflops_cpu_time, r.flops_per_cpu_second * threads / 1e9);
   }
   return peak;
 }

@@ -8,7 +8,10 @@ namespace flashkv::bench {
 struct FmaPeak {
   const char* isa = "";  // "avx512", "avx2" or "generic" (multiply + add where FMA is unknown)
   int threads = 0;
-  double gflops = 0;
+  double gflops = 0;  // all threads, wall clock
+  // FLOPs per second of CPU time the threads got, times the thread count: the peak of `threads`
+  // cores while the benchmark runs on them, whatever else shares the machine.
+  double gflops_cpu_time = 0;
 };
 
 // Runs independent FMA chains on `threads` threads for about `seconds`, best of three rounds.

@@ -1,5 +1,7 @@
 #include "loadgen.h"
 
+#include <sys/resource.h>
+
 #include <memory>
 #include <thread>
 
@@ -89,6 +91,14 @@ class ProgressPrinter {
   uint64_t last_prefill_ = 0, last_decode_ = 0, last_steps_ = 0;
 };
 
+// User + system CPU seconds of this process so far.
+double ProcessCpuSeconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& t) { return t.tv_sec + t.tv_usec * 1e-6; };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
+
 absl::StatusOr<v1::ServerStats> FetchStats(Client& client, absl::Duration timeout) {
   CallOptions options;
   options.timeout = timeout;
@@ -123,6 +133,7 @@ absl::StatusOr<Report> RunLoadgen(const LoadgenConfig& config, absl::Span<Client
   LiveCounters live;
   std::atomic<bool> stop{false};
   const absl::Time start = absl::Now();
+  const double cpu_start = ProcessCpuSeconds();
   RequestSource source(config, shape->max_context, start);
   RunContext context{&config, *shape, report.tolerance, &source, &live, &stop, start};
   std::vector<std::unique_ptr<Runner>> runners;
@@ -159,6 +170,7 @@ absl::StatusOr<Report> RunLoadgen(const LoadgenConfig& config, absl::Span<Client
   const absl::Time end = absl::Now();
   printer.Print(end - start, true);
   report.duration_s = absl::ToDoubleSeconds(end - start);
+  report.client_cpu_s = ProcessCpuSeconds() - cpu_start;
   for (const auto& runner : runners) report.totals.Merge(runner->stats());
 
   absl::StatusOr<v1::ServerStats> after = FetchStats(*clients[0], config.rpc_timeout);

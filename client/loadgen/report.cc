@@ -149,10 +149,12 @@ json Report::ToJson() const {
             {"verify", config.verify_fraction},
             {"seed", config.seed}}},
           {"duration_s", duration_s},
+          {"client_cpu_s", client_cpu_s},
           {"requests",
            {{"started", t.requests_started},
             {"completed", t.requests_completed},
             {"aborted", t.requests_aborted},
+            {"preempted", t.requests_preempted},
             {"rejected", t.requests_rejected},
             {"incomplete", t.requests_incomplete}}},
           {"tokens",
@@ -202,14 +204,19 @@ void Report::PrintTable(std::ostream& out) const {
       config.max_batch, config.prompt_len.spec(), config.output_len.spec(), config.prefill_chunk,
       config.pipeline_depth);
   out << absl::StrFormat(
-      "requests      %d started, %d completed, %d aborted, %d rejected, %d incomplete\n",
-      t.requests_started, t.requests_completed, t.requests_aborted, t.requests_rejected,
-      t.requests_incomplete);
+      "requests      %d started, %d completed, %d aborted, %d preempted, %d rejected, %d "
+      "incomplete\n",
+      t.requests_started, t.requests_completed, t.requests_aborted, t.requests_preempted,
+      t.requests_rejected, t.requests_incomplete);
   out << absl::StrFormat(
       "throughput    prefill %.1f tok/s, decode %.1f tok/s, %.1f steps/s, %.2f passes/s, "
       "%.2f req/s\n",
       t.prefill_tokens / d, t.decode_tokens / d, t.steps / d, t.passes / d,
       t.requests_completed / d);
+  out << absl::StrFormat(
+      "client        %.1f CPU seconds (%.2f cores) generating, sending and "
+      "verifying\n",
+      client_cpu_s, client_cpu_s / d);
   out << absl::StrFormat(
       "tokens        %d prompt (%d from the prefix cache), %d prefilled, %d decoded\n",
       t.prompt_tokens, t.cached_tokens, t.prefill_tokens, t.decode_tokens);

@@ -35,6 +35,7 @@ void RunStats::Merge(const RunStats& o) {
   requests_started += o.requests_started;
   requests_completed += o.requests_completed;
   requests_aborted += o.requests_aborted;
+  requests_preempted += o.requests_preempted;
   requests_rejected += o.requests_rejected;
   requests_incomplete += o.requests_incomplete;
   prompt_tokens += o.prompt_tokens;

@@ -51,6 +51,7 @@ struct RunStats {
   uint64_t requests_started = 0;
   uint64_t requests_completed = 0;
   uint64_t requests_aborted = 0;     // dropped after a failed step
+  uint64_t requests_preempted = 0;   // dropped to free KV memory (RESOURCE_EXHAUSTED)
   uint64_t requests_rejected = 0;    // CreateSequence failed
   uint64_t requests_incomplete = 0;  // still running when the run ended
   uint64_t prompt_tokens = 0;        // of started requests

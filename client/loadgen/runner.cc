@@ -211,6 +211,7 @@ v1::StepRequest Runner::BuildLayer(int layer, InFlight* in_flight) {
 }
 
 absl::Status Runner::RunPass() {
+  answered_in_pass_ = 0;
   if (session_ == nullptr) {
     StepSessionOptions options;
     options.routing_key = routing_key_;
@@ -246,6 +247,7 @@ absl::Status Runner::ReceiveOne(std::deque<InFlight>* in_flight) {
   const InFlight f = std::move(in_flight->front());
   in_flight->pop_front();
   if (!response.ok()) return response.status();
+  ++answered_in_pass_;
   stats_.latency["Step"].Record(now - f.sent);
   ++stats_.steps;
   ++stats_.verification.steps_seen;
@@ -346,22 +348,52 @@ void Runner::FinishPass() {
 void Runner::AbortPass(const absl::Status& status) {
   const bool expected = CountError("Step", status);
   session_.reset();  // cancels the stream; the next pass opens a new one
-  // Some layers of this pass may have been applied and others not: these sequences can no longer
-  // be stepped consistently, so they go.
-  for (auto it = active_.begin(); it != active_.end();) {
-    const bool in_pass =
-        std::any_of(pass_.begin(), pass_.end(), [&](const Entry& e) { return e.sequence == &*it; });
-    if (!in_pass) {
-      ++it;
-      continue;
-    }
-    ++stats_.requests_aborted;
+  auto in_pass = [this](const Sequence& s) {
+    return std::any_of(pass_.begin(), pass_.end(),
+                       [&](const Entry& e) { return e.sequence == &s; });
+  };
+  if (status.code() == absl::StatusCode::kResourceExhausted && answered_in_pass_ == 0) {
+    // The server refused layer 0 for lack of KV memory. A Step is all-or-nothing and no layer can
+    // apply before the one below it, so nothing of this pass reached the cache: like a serving
+    // engine under memory pressure, preempt the newest sequence and retry the others.
+    RollBackPass();
+    auto newest = std::find_if(active_.rbegin(), active_.rend(), in_pass);
+    ++stats_.requests_preempted;
     context_.live->active_sequences.fetch_sub(1, std::memory_order_relaxed);
-    Release(&*it);
-    it = active_.erase(it);
+    Release(&*newest);
+    active_.erase(std::next(newest).base());
+  } else {
+    // Some layers of this pass may have been applied and others not: these sequences can no
+    // longer be stepped consistently, so they go.
+    for (auto it = active_.begin(); it != active_.end();) {
+      if (!in_pass(*it)) {
+        ++it;
+        continue;
+      }
+      ++stats_.requests_aborted;
+      context_.live->active_sequences.fetch_sub(1, std::memory_order_relaxed);
+      Release(&*it);
+      it = active_.erase(it);
+    }
   }
   pass_.clear();
   absl::SleepFor(expected ? kBackoffExpected : kBackoffUnexpected);
+}
+
+void Runner::RollBackPass() {
+  const size_t row_bytes =
+      static_cast<size_t>(shape_.num_kv_heads) * shape_.head_dim * DTypeSize(shape_.dtype);
+  for (const Entry& e : pass_) {
+    Sequence& s = *e.sequence;
+    if (!e.prefill) {  // PlanPass appended the decode's token
+      s.tokens.pop_back();
+      s.chain.pop_back();
+    }
+    for (int layer = 0; keep_kv_ && layer < shape_.num_layers; ++layer) {
+      s.k[layer].resize(std::min(s.k[layer].size(), e.start * row_bytes));
+      s.v[layer].resize(std::min(s.v[layer].size(), e.start * row_bytes));
+    }
+  }
 }
 
 void Runner::Release(Sequence* sequence) {

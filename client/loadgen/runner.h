@@ -10,7 +10,9 @@
 // Every answer it checks is recomputed with the CPU implementation over the K/V the runner keeps
 // for each sequence and layer (what it sent, plus the regenerated prefix the server reported as
 // cached); mismatches are counted and described, never dropped. A failed step aborts the pass's
-// sequences (their layers are no longer in step), frees them and opens a new stream.
+// sequences (their layers are no longer in step), frees them and opens a new stream — except when
+// the server refused the pass's first layer for lack of KV memory: then nothing was applied, and
+// the runner preempts its newest sequence and retries the rest, as a serving engine does.
 //
 // Thread-safety: a Runner is driven by one thread (Run()); it shares only the RequestSource,
 // the LiveCounters and the stop flag, which are thread-safe.
@@ -104,7 +106,11 @@ class Runner {
   absl::Status ReceiveOne(std::deque<InFlight>* in_flight);
   void Check(const InFlight& in_flight, const v1::StepResponse& response);
   void FinishPass();
+  // After a failed step: preempts the newest sequence when nothing of the pass was applied
+  // (RESOURCE_EXHAUSTED on layer 0), else aborts every sequence of the pass.
   void AbortPass(const absl::Status& status);
+  // Undoes what PlanPass and BuildLayer recorded for the pass (decode tokens, kept K/V).
+  void RollBackPass();
   void Release(Sequence* sequence);  // FreeSequence, counted
   // Counts a failed call; returns whether it was expected.
   bool CountError(const char* rpc, const absl::Status& status);
@@ -124,6 +130,7 @@ class Runner {
   std::unique_ptr<StepSession> session_;
   std::list<Sequence> active_;
   std::vector<Entry> pass_;
+  int answered_in_pass_ = 0;     // layer responses received in the current pass
   std::vector<std::byte> want_;  // CPU output buffer
   RunStats stats_;
 };

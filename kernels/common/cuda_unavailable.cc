@@ -32,5 +32,8 @@ KernelStatus Memset(void*, int, size_t, Stream) { return NotBuilt(); }
 KernelStatus StreamCreate(Stream*) { return NotBuilt(); }
 KernelStatus StreamDestroy(Stream) { return NotBuilt(); }
 KernelStatus StreamSynchronize(Stream) { return NotBuilt(); }
+KernelStatus IpcGetMemHandle(void*, IpcMemHandle*) { return NotBuilt(); }
+KernelStatus IpcOpenMemHandle(const IpcMemHandle&, void**) { return NotBuilt(); }
+KernelStatus IpcCloseMemHandle(void*) { return NotBuilt(); }
 
 }  // namespace flashkv::cuda

@@ -109,12 +109,7 @@ class AttentionTile {
           rows, kD, n, st, 1, padded, kv.v, kv.v_stride, o, kD, row_scale);
     }
     if (task.partial >= 0) {
-      float* slot = p.partials + task.partial * p.partial_stride;
-      for (int64_t i = 0; i < int64_t{rows} * kD; ++i) slot[i] = o[i];
-      for (int r = 0; r < rows; ++r) {
-        slot[kPartialMax + r] = row_max[r];
-        slot[kPartialSum + r] = row_sum[r];
-      }
+      StorePartial(p, task.partial, rows, o, row_max, row_sum);
     } else {
       StoreOutputs(p, seq, task, o, row_max, row_sum);
     }
@@ -302,6 +297,18 @@ class AttentionTile {
       V::Store(row_scale + r, scale);
       V::Store(row_sum + r, V::Load(row_sum + r) * scale + sum);
       V::Store(row_max + r, new_max);
+    }
+  }
+
+  // A split task's unnormalised state, for Merge.
+  static void StorePartial(const AttentionProblem& p, int partial, int rows,
+                           const float* __restrict o, const float* __restrict row_max,
+                           const float* __restrict row_sum) {
+    float* __restrict slot = p.partials + partial * p.partial_stride;
+    for (int64_t i = 0; i < int64_t{rows} * kD; ++i) slot[i] = o[i];
+    for (int r = 0; r < rows; ++r) {
+      slot[kPartialMax + r] = row_max[r];
+      slot[kPartialSum + r] = row_sum[r];
     }
   }
 

@@ -93,20 +93,40 @@ TaskPlan PlanTileTasks(const AttentionProblem& p, const TileShape& shape, int nu
 
   // Cost: visible keys per row, plus about one key's worth per row for loading the queries and
   // storing the outputs.
-  std::vector<int64_t> costs(plan.tasks.size());
-  for (size_t i = 0; i < plan.tasks.size(); ++i) {
+  const size_t num_tasks = plan.tasks.size();
+  std::vector<int64_t> costs(num_tasks);
+  for (size_t i = 0; i < num_tasks; ++i) {
     const TileTask& t = plan.tasks[i];
     const int64_t keys =
         VisibleKeys(p, p.seqs[t.seq], t.q_begin, t.q_end, t.kv_begin, t.kv_end) +
         (t.q_end - t.q_begin);
     costs[i] = keys * t.num_heads;
   }
-  std::vector<size_t> order(plan.tasks.size());
+  // Order: tasks of one (sequence, KV head) together, most expensive first, and those groups by
+  // their most expensive task. The last tasks handed out are still small ones (longest first
+  // within the group that runs last), while consecutive tasks reread the same K/V, which then
+  // stays in L2 instead of cycling every head's K/V through L3.
+  auto group_of = [&](size_t i) {
+    return int64_t{plan.tasks[i].seq} * p.num_heads_kv + plan.tasks[i].kv_head;
+  };
+  std::vector<int64_t> group_cost(static_cast<size_t>(int64_t{p.num_seqs} * p.num_heads_kv), 0);
+  for (size_t i = 0; i < num_tasks; ++i) {
+    int64_t& g = group_cost[static_cast<size_t>(group_of(i))];
+    g = std::max(g, costs[i]);
+  }
+  std::vector<size_t> order(num_tasks);
   std::iota(order.begin(), order.end(), size_t{0});
-  std::stable_sort(order.begin(), order.end(),
-                   [&costs](size_t a, size_t b) { return costs[a] > costs[b]; });
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    const int64_t ga = group_of(a);
+    const int64_t gb = group_of(b);
+    const int64_t ca = group_cost[static_cast<size_t>(ga)];
+    const int64_t cb = group_cost[static_cast<size_t>(gb)];
+    if (ca != cb) return ca > cb;
+    if (ga != gb) return ga < gb;
+    return costs[a] > costs[b];
+  });
   std::vector<TileTask> sorted;
-  sorted.reserve(plan.tasks.size());
+  sorted.reserve(num_tasks);
   for (size_t i : order) sorted.push_back(plan.tasks[i]);
   plan.tasks = std::move(sorted);
   return plan;

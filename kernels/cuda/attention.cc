@@ -6,9 +6,11 @@
 #include "device_state.h"
 #include "flashkv/attention.h"
 #include "flashkv/cuda_backend.h"
+#include "kernel_path.h"
 #include "launch.h"
 #include "params_builder.h"
 #include "reference.h"
+#include "sm90/entry_points.h"
 
 namespace flashkv::cuda {
 namespace {
@@ -33,10 +35,59 @@ KernelStatus Dispatch(DType dtype, int head_dim, bool paged, const AttentionPara
   }
 }
 
-KernelStatus Run(DType dtype, int head_dim, bool paged, const AttentionParams& params,
-                 LaunchInfo info, Stream stream) {
-  info.aligned16 = IsAligned16(params, DTypeSize(dtype));
-  return Dispatch(dtype, head_dim, paged, params, info, stream);
+// The sm90 launchers compiled in (flashkv_cuda_sm90_instances.inc; empty without
+// FLASHKV_ENABLE_SM90 / 90a). ChooseKernelPath only picks sm90 for these.
+KernelStatus DispatchSm90(DType dtype, int head_dim, const AttentionParams& params,
+                          const LaunchInfo& info, Stream stream) {
+  switch (Key(dtype, head_dim)) {
+#define FLASHKV_CUDA_SM90_INSTANCE(DTYPE_ENUM, HEAD_DIM) \
+  case Key(DType::DTYPE_ENUM, HEAD_DIM):                 \
+    return LaunchAttentionSm90<DType::DTYPE_ENUM, HEAD_DIM>(params, info, stream);
+#include "flashkv_cuda_sm90_instances.inc"
+#undef FLASHKV_CUDA_SM90_INSTANCE
+    default:
+      return Internal(std::string("no sm90 kernel for dtype ") + DTypeName(dtype) +
+                      " and head_dim " + std::to_string(head_dim));
+  }
+}
+
+// Everything a launch decides on the host before choosing a kernel.
+struct Prepared {
+  DType dtype;
+  int head_dim;
+  bool paged;
+  AttentionParams params;
+  LaunchInfo info;
+};
+
+template <class Args>
+Prepared Prepare(const Args& args, bool paged, LaunchInfo info) {
+  Prepared prep{args.dtype, args.head_dim, paged, BuildParams(args), info};
+  prep.info.aligned16 = IsAligned16(prep.params, DTypeSize(args.dtype));
+  return prep;
+}
+
+KernelStatus PathOfPrepared(const Prepared& prep, KernelPath* path) {
+  DeviceProps props;
+  FLASHKV_RETURN_IF_ERROR(CurrentDevice(&props));
+  *path = ChooseKernelPath(prep.dtype, prep.head_dim, prep.paged, prep.params, prep.info, props);
+  return KernelStatus::Ok();
+}
+
+KernelStatus Run(const Prepared& prep, Stream stream) {
+  KernelPath path = KernelPath::kSm80;
+  FLASHKV_RETURN_IF_ERROR(PathOfPrepared(prep, &path));
+  if (path == KernelPath::kSm90) {
+    return DispatchSm90(prep.dtype, prep.head_dim, prep.params, prep.info, stream);
+  }
+  return Dispatch(prep.dtype, prep.head_dim, prep.paged, prep.params, prep.info, stream);
+}
+
+LaunchInfo VarlenInfo(const int32_t* host_cu_seqlens_q, const int32_t* host_cu_seqlens_kv) {
+  LaunchInfo info;
+  info.host_cu_seqlens_q = host_cu_seqlens_q;
+  info.host_cu_seqlens_kv = host_cu_seqlens_kv;
+  return info;
 }
 
 }  // namespace
@@ -56,21 +107,19 @@ bool IsCompiled(DType dtype, int head_dim) {
 
 KernelStatus Attention(const FixedAttentionArgs& args, Stream stream) {
   FLASHKV_RETURN_IF_ERROR(ValidateFixed(args));
-  return Run(args.dtype, args.head_dim, false, BuildParams(args), LaunchInfo{}, stream);
+  return Run(Prepare(args, false, LaunchInfo{}), stream);
 }
 
 KernelStatus AttentionVarlen(const VarlenAttentionArgs& args, Stream stream) {
   FLASHKV_RETURN_IF_ERROR(ValidateVarlen(args, /*primary_is_host=*/false));
-  LaunchInfo info;
-  info.host_cu_seqlens_q = args.host_cu_seqlens_q;
-  return Run(args.dtype, args.head_dim, false, BuildParams(args), info, stream);
+  return Run(Prepare(args, false, VarlenInfo(args.host_cu_seqlens_q, args.host_cu_seqlens_kv)),
+             stream);
 }
 
 KernelStatus AttentionPaged(const PagedAttentionArgs& args, Stream stream) {
   FLASHKV_RETURN_IF_ERROR(ValidatePaged(args, /*primary_is_host=*/false));
-  LaunchInfo info;
-  info.host_cu_seqlens_q = args.host_cu_seqlens_q;
-  return Run(args.dtype, args.head_dim, true, BuildParams(args), info, stream);
+  return Run(Prepare(args, true, VarlenInfo(args.host_cu_seqlens_q, args.host_cu_seqlens_kv)),
+             stream);
 }
 
 namespace testing {
@@ -88,6 +137,23 @@ KernelStatus AttentionPagedSimtReference(const PagedAttentionArgs& args, Stream 
   info.host_cu_seqlens_q = args.host_cu_seqlens_q;
   info.force_simt = true;
   return Dispatch(args.dtype, args.head_dim, true, BuildParams(args), info, stream);
+}
+
+KernelStatus PathOf(const FixedAttentionArgs& args, KernelPath* path) {
+  FLASHKV_RETURN_IF_ERROR(ValidateFixed(args));
+  return PathOfPrepared(Prepare(args, false, LaunchInfo{}), path);
+}
+
+KernelStatus PathOf(const VarlenAttentionArgs& args, KernelPath* path) {
+  FLASHKV_RETURN_IF_ERROR(ValidateVarlen(args, /*primary_is_host=*/false));
+  return PathOfPrepared(
+      Prepare(args, false, VarlenInfo(args.host_cu_seqlens_q, args.host_cu_seqlens_kv)), path);
+}
+
+KernelStatus PathOf(const PagedAttentionArgs& args, KernelPath* path) {
+  FLASHKV_RETURN_IF_ERROR(ValidatePaged(args, /*primary_is_host=*/false));
+  return PathOfPrepared(
+      Prepare(args, true, VarlenInfo(args.host_cu_seqlens_q, args.host_cu_seqlens_kv)), path);
 }
 
 }  // namespace testing

@@ -33,6 +33,8 @@ KernelStatus QueryDevice(int device, DeviceProps* props) {
       cudaDeviceGetAttribute(&props->multiprocessors, cudaDevAttrMultiProcessorCount, device));
   FLASHKV_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(
       &props->max_smem_per_block_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  FLASHKV_CUDA_RETURN_IF_ERROR(
+      cudaDeviceGetAttribute(&props->l2_bytes, cudaDevAttrL2CacheSize, device));
   return KernelStatus::Ok();
 }
 

@@ -27,6 +27,7 @@ struct DeviceProps {
   int minor = 0;
   int multiprocessors = 0;
   int max_smem_per_block_optin = 0;
+  int l2_bytes = 0;
 };
 
 // Properties of the current device; kFailedPrecondition when it is older than sm_80.

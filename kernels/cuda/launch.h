@@ -16,6 +16,7 @@ namespace flashkv::cuda {
 // Host-side facts the launch heuristics use (the kernels read only AttentionParams).
 struct LaunchInfo {
   const int32_t* host_cu_seqlens_q = nullptr;  // varlen and paged: [num_seqs + 1]
+  const int32_t* host_cu_seqlens_kv = nullptr;
   // Every pointer and non-unit stride of q, k, v and out allows 16-byte vector access. When false,
   // 16-bit inputs take the SIMT kernel (cp.async cannot load them).
   bool aligned16 = true;

@@ -3,6 +3,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstring>
 #include <string>
 
 #include "cuda_status.h"
@@ -104,6 +105,26 @@ KernelStatus StreamDestroy(Stream stream) {
 }
 KernelStatus StreamSynchronize(Stream stream) {
   FLASHKV_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  return KernelStatus::Ok();
+}
+
+
+static_assert(sizeof(cudaIpcMemHandle_t) == kIpcHandleBytes, "IpcMemHandle must hold the handle");
+
+KernelStatus IpcGetMemHandle(void* ptr, IpcMemHandle* handle) {
+  cudaIpcMemHandle_t raw;
+  FLASHKV_CUDA_RETURN_IF_ERROR(cudaIpcGetMemHandle(&raw, ptr));
+  std::memcpy(handle->bytes, &raw, sizeof raw);
+  return KernelStatus::Ok();
+}
+KernelStatus IpcOpenMemHandle(const IpcMemHandle& handle, void** ptr) {
+  cudaIpcMemHandle_t raw;
+  std::memcpy(&raw, handle.bytes, sizeof raw);
+  FLASHKV_CUDA_RETURN_IF_ERROR(cudaIpcOpenMemHandle(ptr, raw, cudaIpcMemLazyEnablePeerAccess));
+  return KernelStatus::Ok();
+}
+KernelStatus IpcCloseMemHandle(void* ptr) {
+  FLASHKV_CUDA_RETURN_IF_ERROR(cudaIpcCloseMemHandle(ptr));
   return KernelStatus::Ok();
 }
 

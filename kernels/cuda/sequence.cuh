@@ -18,6 +18,7 @@ struct SequenceView {
   int64_t v_offset = 0;
   int64_t lse_offset = 0;  // floats from params.lse to (head 0, token 0)
   int64_t token_begin = 0; // launch-wide index of token 0 (rows of the split-KV workspace)
+  int64_t kv_begin = 0;    // varlen: row of key 0 in the packed K/V tensors (TMA coordinates)
   const int32_t* block_table = nullptr;  // paged only: this sequence's row of the table
 };
 
@@ -34,6 +35,7 @@ __device__ __forceinline__ SequenceView LoadSequence(const AttentionParams& p, i
     s.v_offset = kv0 * p.v_row_stride;
     s.lse_offset = q0;
     s.token_begin = q0;
+    s.kv_begin = kv0;
   } else {
     s.q_len = p.seqlen_q;
     s.kv_len = p.seqlen_kv;

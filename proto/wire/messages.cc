@@ -10,10 +10,13 @@ namespace {
 
 // Field numbers, from proto/flashkv/v1/*.proto.
 namespace tensor {
-constexpr uint32_t kDType = 1, kShape = 2, kData = 3;
+constexpr uint32_t kDType = 1, kShape = 2, kData = 3, kRegion = 4;
+}
+namespace region_slice {
+constexpr uint32_t kRegionId = 1, kOffset = 2;
 }
 namespace step_entry {
-constexpr uint32_t kSequenceId = 1, kQ = 2, kK = 3, kV = 4, kTokenIds = 5;
+constexpr uint32_t kSequenceId = 1, kQ = 2, kK = 3, kV = 4, kTokenIds = 5, kOut = 6;
 }
 namespace step_request {
 constexpr uint32_t kLayer = 1, kEntries = 2, kStepId = 3;
@@ -22,11 +25,12 @@ namespace step_response {
 constexpr uint32_t kOut = 1, kStepId = 2;
 }
 namespace attention_request {
-constexpr uint32_t kQ = 1, kK = 2, kV = 3, kCausal = 4, kSoftmaxScale = 5, kReturnLse = 6;
+constexpr uint32_t kQ = 1, kK = 2, kV = 3, kCausal = 4, kSoftmaxScale = 5, kReturnLse = 6,
+                   kOut = 7, kLse = 8;
 }
 namespace varlen_request {
 constexpr uint32_t kQ = 1, kK = 2, kV = 3, kCuSeqlensQ = 4, kCuSeqlensKv = 5, kCausal = 6,
-                   kSoftmaxScale = 7, kReturnLse = 8;
+                   kSoftmaxScale = 7, kReturnLse = 8, kOut = 9, kLse = 10;
 }
 namespace attention_response {
 constexpr uint32_t kOut = 1, kLse = 2;
@@ -48,6 +52,22 @@ absl::Status Malformed(const char* message, const absl::Status& status) {
                                     std::string(status.message()));
 }
 
+// Merges one occurrence of a RegionSlice field into `slice` (scalars overwrite).
+absl::Status DecodeRegionSlice(const MessageBytes& message, Span span, RegionSliceView* slice) {
+  slice->present = true;
+  FieldReader reader(message, span);
+  Field field;
+  while (reader.Next(&field)) {
+    if (field.number == region_slice::kRegionId && IsVarint(field)) {
+      slice->region_id = field.value;
+    } else if (field.number == region_slice::kOffset && IsVarint(field)) {
+      slice->offset = field.value;
+    }
+  }
+  if (!reader.status().ok()) return Malformed("RegionSlice", reader.status());
+  return absl::OkStatus();
+}
+
 // Merges one occurrence of a Tensor field into `tensor`, as protobuf merges a repeated singular
 // message: scalars and bytes overwrite, repeated fields append.
 absl::Status DecodeTensor(const MessageBytes& message, Span span, TensorView* tensor) {
@@ -61,6 +81,8 @@ absl::Status DecodeTensor(const MessageBytes& message, Span span, TensorView* te
       if (auto s = AppendRepeatedVarint(message, field, &tensor->shape); !s.ok()) return s;
     } else if (field.number == tensor::kData && IsBytes(field)) {
       tensor->data = field.bytes;
+    } else if (field.number == tensor::kRegion && IsBytes(field)) {
+      if (auto s = DecodeRegionSlice(message, field.bytes, &tensor->region); !s.ok()) return s;
     }
   }
   if (!reader.status().ok()) return Malformed("Tensor", reader.status());
@@ -97,6 +119,9 @@ absl::Status DecodeStepEntry(const MessageBytes& message, Span span, StepEntryVi
       case step_entry::kTokenIds:
         status = AppendRepeatedVarint(message, field, &entry->token_ids);
         break;
+      case step_entry::kOut:
+        if (IsBytes(field)) status = DecodeRegionSlice(message, field.bytes, &entry->out);
+        break;
       default:
         break;
     }
@@ -106,11 +131,17 @@ absl::Status DecodeStepEntry(const MessageBytes& message, Span span, StepEntryVi
   return absl::OkStatus();
 }
 
-// The three tensors and the flags shared by AttentionRequest and AttentionVarlenRequest.
+// The three tensors, the flags and the output slices (`out`, then lse at out + 1) shared by
+// AttentionRequest and AttentionVarlenRequest.
 template <typename View>
 bool DecodeCommonAttentionField(const MessageBytes& message, const Field& field, uint32_t q,
-                                uint32_t causal, uint32_t scale, uint32_t return_lse, View* view,
-                                absl::Status* status) {
+                                uint32_t causal, uint32_t scale, uint32_t return_lse, uint32_t out,
+                                View* view, absl::Status* status) {
+  if (field.number == out || field.number == out + 1) {
+    RegionSliceView* slice = field.number == out ? &view->out : &view->lse;
+    if (IsBytes(field)) *status = DecodeRegionSlice(message, field.bytes, slice);
+    return true;
+  }
   if (field.number == q || field.number == q + 1 || field.number == q + 2) {
     TensorView* tensor = field.number == q ? &view->q : field.number == q + 1 ? &view->k : &view->v;
     if (IsBytes(field)) *status = DecodeTensor(message, field.bytes, tensor);
@@ -174,7 +205,7 @@ absl::Status DecodeAttentionRequest(const MessageBytes& message, AttentionReques
   while (reader.Next(&field)) {
     absl::Status status;
     DecodeCommonAttentionField(message, field, f::kQ, f::kCausal, f::kSoftmaxScale, f::kReturnLse,
-                               request, &status);
+                               f::kOut, request, &status);
     if (!status.ok()) return status;
   }
   if (!reader.status().ok()) return Malformed("AttentionRequest", reader.status());
@@ -189,7 +220,7 @@ absl::Status DecodeAttentionVarlenRequest(const MessageBytes& message,
   while (reader.Next(&field)) {
     absl::Status status;
     if (DecodeCommonAttentionField(message, field, f::kQ, f::kCausal, f::kSoftmaxScale,
-                                   f::kReturnLse, request, &status)) {
+                                   f::kReturnLse, f::kOut, request, &status)) {
     } else if (field.number == f::kCuSeqlensQ) {
       status = AppendInt32s(message, field, &request->cu_seqlens_q);
     } else if (field.number == f::kCuSeqlensKv) {
@@ -228,6 +259,21 @@ size_t PackedVarintsSize(const std::vector<int64_t>& values) {
   return size;
 }
 
+size_t RegionSlicePayloadSize(const RegionSliceView& slice) {
+  size_t size = 0;
+  if (slice.region_id != 0) size += TagSize(region_slice::kRegionId) + VarintSize(slice.region_id);
+  if (slice.offset != 0) size += TagSize(region_slice::kOffset) + VarintSize(slice.offset);
+  return size;
+}
+
+void AppendRegionSliceField(uint32_t field_number, const RegionSliceView& slice,
+                            MessageBuilder* builder) {
+  if (!slice.present) return;
+  builder->LengthDelimitedHeader(field_number, RegionSlicePayloadSize(slice));
+  if (slice.region_id != 0) builder->VarintField(region_slice::kRegionId, slice.region_id);
+  if (slice.offset != 0) builder->VarintField(region_slice::kOffset, slice.offset);
+}
+
 // Proto3 leaves out fields holding their default, as protobuf's serializer does.
 size_t TensorPayloadSize(const TensorData& tensor) {
   size_t size = 0;
@@ -239,6 +285,9 @@ size_t TensorPayloadSize(const TensorData& tensor) {
     size += LengthDelimitedFieldSize(tensor::kShape, PackedVarintsSize(tensor.shape));
   }
   if (tensor.size > 0) size += LengthDelimitedFieldSize(tensor::kData, tensor.size);
+  if (tensor.region.present) {
+    size += LengthDelimitedFieldSize(tensor::kRegion, RegionSlicePayloadSize(tensor.region));
+  }
   return size;
 }
 
@@ -259,6 +308,9 @@ size_t StepEntryPayloadSize(const StepEntryData& entry) {
   if (!entry.token_ids.empty()) {
     size += LengthDelimitedFieldSize(step_entry::kTokenIds, PackedVarintsSize(entry.token_ids));
   }
+  if (entry.out.present) {
+    size += LengthDelimitedFieldSize(step_entry::kOut, RegionSlicePayloadSize(entry.out));
+  }
   return size;
 }
 
@@ -278,6 +330,7 @@ void AppendTensorField(uint32_t field_number, const TensorData& tensor, MessageB
     builder->LengthDelimitedHeader(tensor::kData, tensor.size);
     builder->Alias(tensor.data, tensor.size, tensor.owner);
   }
+  AppendRegionSliceField(tensor::kRegion, tensor.region, builder);
 }
 
 grpc::ByteBuffer EncodeStepRequest(uint32_t layer, uint64_t step_id,
@@ -294,6 +347,7 @@ grpc::ByteBuffer EncodeStepRequest(uint32_t layer, uint64_t step_id,
     AppendTensorField(step_entry::kK, entry.k, &builder);
     AppendTensorField(step_entry::kV, entry.v, &builder);
     AppendPackedVarints(step_entry::kTokenIds, entry.token_ids, &builder);
+    AppendRegionSliceField(step_entry::kOut, entry.out, &builder);
   }
   if (step_id != 0) builder.VarintField(step_request::kStepId, step_id);
   return builder.Finish();

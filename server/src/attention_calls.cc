@@ -68,11 +68,57 @@ absl::Status CheckCuSeqlens(const char* name, const std::vector<int32_t>& cu, si
   return absl::OkStatus();
 }
 
+// A response tensor: the bytes of `buffer`, or (buffer null: the output went to the caller's
+// region) just dtype, shape and the slice.
+wire::TensorData ResponseTensor(DType dtype, const std::vector<int64_t>& shape,
+                                std::shared_ptr<HostBytes> buffer,
+                                const wire::RegionSliceView& slice) {
+  wire::TensorData tensor;
+  tensor.dtype = static_cast<int32_t>(dtype);
+  tensor.shape = shape;
+  if (buffer) {
+    tensor.data = buffer->data();
+    tensor.size = buffer->size();
+    tensor.owner = std::move(buffer);
+  } else {
+    tensor.region = slice;
+  }
+  return tensor;
+}
+
+// The out / lse slices of a request, bounds-checked for the call's output sizes.
+template <typename Request>
+absl::Status ResolveOutputs(const RegionAccess& regions, const Request& request,
+                            AttentionCall* call) {
+  if (request.lse.present && !request.return_lse) {
+    return Invalid("lse (a region slice) is set but return_lse is false");
+  }
+  absl::StatusOr<uint64_t> out_bytes = TensorByteCount(request.q.dtype, call->out_shape, "out");
+  if (!out_bytes.ok()) return out_bytes.status();
+  auto out = ResolveOutputSlice(regions, request.out, *out_bytes, "out");
+  if (!out.ok()) return out.status();
+  absl::StatusOr<uint64_t> lse_bytes = TensorByteCount(3, call->lse_shape, "lse");
+  if (!lse_bytes.ok()) return lse_bytes.status();
+  auto lse = ResolveOutputSlice(regions, request.lse, *lse_bytes, "lse");
+  if (!lse.ok()) return lse.status();
+  call->out_region = *std::move(out);
+  call->lse_region = *std::move(lse);
+  call->out_slice = request.out;
+  call->lse_slice = request.lse;
+  return absl::OkStatus();
+}
+
 }  // namespace
 
-absl::StatusOr<AttentionCall> PrepareAttention(wire::MessageBytes message) {
+absl::StatusOr<AttentionCall> PrepareAttention(wire::MessageBytes message,
+                                               const RegionAccess& regions) {
   wire::AttentionRequestView request;
   if (auto s = wire::DecodeAttentionRequest(message, &request); !s.ok()) return s;
+  if (auto s = ResolveRegionTensors(
+          regions, {{&request.q, "q"}, {&request.k, "k"}, {&request.v, "v"}}, &message);
+      !s.ok()) {
+    return s;
+  }
 
   TensorSpec q_spec{"q", {Any("B"), Any("Sq"), Any("Hq"), Any("D")}, std::nullopt, ""};
   absl::StatusOr<DType> dtype = CheckTensor(request.q, q_spec);
@@ -102,15 +148,22 @@ absl::StatusOr<AttentionCall> PrepareAttention(wire::MessageBytes message) {
   call.return_lse = request.return_lse;
   call.out_shape = q;
   call.lse_shape = {q[0], q[2], q[1]};  // [B, Hq, Sq]
+  if (auto s = ResolveOutputs(regions, request, &call); !s.ok()) return s;
   AttentionOptions options{request.causal, request.softmax_scale};
   call.fixed = MakeDenseFixedArgs(*dtype, int(q[0]), int(q[1]), int(k[1]), int(q[2]), int(k[2]),
                                   int(q[3]), nullptr, nullptr, nullptr, nullptr, nullptr, options);
   return call;
 }
 
-absl::StatusOr<AttentionCall> PrepareAttentionVarlen(wire::MessageBytes message) {
+absl::StatusOr<AttentionCall> PrepareAttentionVarlen(wire::MessageBytes message,
+                                                     const RegionAccess& regions) {
   wire::AttentionVarlenRequestView request;
   if (auto s = wire::DecodeAttentionVarlenRequest(message, &request); !s.ok()) return s;
+  if (auto s = ResolveRegionTensors(
+          regions, {{&request.q, "q"}, {&request.k, "k"}, {&request.v, "v"}}, &message);
+      !s.ok()) {
+    return s;
+  }
 
   TensorSpec q_spec{"q", {Any("Tq"), Any("Hq"), Any("D")}, std::nullopt, ""};
   absl::StatusOr<DType> dtype = CheckTensor(request.q, q_spec);
@@ -153,6 +206,7 @@ absl::StatusOr<AttentionCall> PrepareAttentionVarlen(wire::MessageBytes message)
   call.return_lse = request.return_lse;
   call.out_shape = q;
   call.lse_shape = {q[1], q[0]};  // [Hq, Tq]
+  if (auto s = ResolveOutputs(regions, request, &call); !s.ok()) return s;
   call.cu_seqlens_q = std::move(request.cu_seqlens_q);
   call.cu_seqlens_kv = std::move(request.cu_seqlens_kv);
   VarlenAttentionArgs& a = call.varlen_args;
@@ -185,14 +239,25 @@ absl::Status RunAttention(const AttentionCall& call, AttentionBackend* backend,
   const TensorBytes q = TensorBytes::Get(call.message, call.q, dtype);
   const TensorBytes k = TensorBytes::Get(call.message, call.k, dtype);
   const TensorBytes v = TensorBytes::Get(call.message, call.v, dtype);
-  std::shared_ptr<HostBytes> out = HostBytes::Allocate(call.q.size);
+  // Outputs go to the caller's region when it named one, else to buffers the response sends.
+  std::shared_ptr<HostBytes> out;
+  void* out_data = nullptr;
+  if (call.out_region) {
+    out_data = call.out_region->data;
+  } else {
+    out = HostBytes::Allocate(call.q.size);
+    out_data = out->data();
+  }
   std::shared_ptr<HostBytes> lse;
-  if (call.return_lse) {
+  float* lse_data = nullptr;
+  if (call.return_lse && call.lse_region) {
+    lse_data = reinterpret_cast<float*>(call.lse_region->data);
+  } else if (call.return_lse) {
     int64_t rows = 1;
     for (int64_t d : call.lse_shape) rows *= d;
     lse = HostBytes::Allocate(static_cast<size_t>(rows) * sizeof(float));
+    lse_data = reinterpret_cast<float*>(lse->data());
   }
-  float* lse_data = lse ? reinterpret_cast<float*>(lse->data()) : nullptr;
 
   absl::Status status;
   if (call.varlen) {
@@ -200,7 +265,7 @@ absl::Status RunAttention(const AttentionCall& call, AttentionBackend* backend,
     args.q = q.data();
     args.k = k.data();
     args.v = v.data();
-    args.out = out->data();
+    args.out = out_data;
     args.lse = lse_data;
     args.cu_seqlens_q = call.cu_seqlens_q.data();
     args.cu_seqlens_kv = call.cu_seqlens_kv.data();
@@ -210,20 +275,20 @@ absl::Status RunAttention(const AttentionCall& call, AttentionBackend* backend,
     args.q = q.data();
     args.k = k.data();
     args.v = v.data();
-    args.out = out->data();
+    args.out = out_data;
     args.lse = lse_data;
     status = backend->RunFixed(args);
   }
   if (!status.ok()) return status;
 
-  wire::TensorData out_tensor{static_cast<int32_t>(dtype), call.out_shape, out->data(), out->size(),
-                              out};
+  const wire::TensorData out_tensor =
+      ResponseTensor(dtype, call.out_shape, std::move(out), call.out_slice);
   if (!call.return_lse) {
     *response = wire::EncodeAttentionResponse(out_tensor, nullptr);
     return absl::OkStatus();
   }
-  wire::TensorData lse_tensor{static_cast<int32_t>(DType::kFloat32), call.lse_shape, lse->data(),
-                              lse->size(), lse};
+  const wire::TensorData lse_tensor =
+      ResponseTensor(DType::kFloat32, call.lse_shape, std::move(lse), call.lse_slice);
   *response = wire::EncodeAttentionResponse(out_tensor, &lse_tensor);
   return absl::OkStatus();
 }

@@ -8,13 +8,14 @@
 
 #include "absl/time/clock.h"
 #include "flashkv/server/attention_calls.h"
+#include "flashkv/server/region_service.h"
 #include "flashkv/server/status.h"
 
 namespace flashkv::server {
 
 AttentionService::AttentionService(std::vector<AttentionBackend*> backends, Executor* executor,
-                                   Metrics* metrics)
-    : backends_(std::move(backends)), executor_(executor), metrics_(metrics) {}
+                                   Metrics* metrics, const RegionRegistry* regions)
+    : backends_(std::move(backends)), executor_(executor), metrics_(metrics), regions_(regions) {}
 
 grpc::ServerUnaryReactor* AttentionService::Attention(grpc::CallbackServerContext* context,
                                                       const grpc::ByteBuffer* request,
@@ -50,8 +51,9 @@ grpc::ServerUnaryReactor* AttentionService::Handle(const char* rpc, bool varlen,
     finish(message.status());
     return reactor;
   }
-  absl::StatusOr<AttentionCall> call =
-      varlen ? PrepareAttentionVarlen(*std::move(message)) : PrepareAttention(*std::move(message));
+  const RegionAccess regions{regions_, regions_ != nullptr ? TenantOf(*context) : std::string()};
+  absl::StatusOr<AttentionCall> call = varlen ? PrepareAttentionVarlen(*std::move(message), regions)
+                                              : PrepareAttention(*std::move(message), regions);
   if (!call.ok()) {
     finish(call.status());
     return reactor;

@@ -45,11 +45,12 @@ Metrics::Metrics()
                         .Help("Step requests (unary and stream) from receipt to response")
                         .Register(*registry_)
                         .Add({}, LatencyBuckets())),
-      step_queue_wait_(prometheus::BuildHistogram()
-                           .Name("flashkv_step_queue_wait_seconds")
-                           .Help("Step requests: time queued before their first launch")
-                           .Register(*registry_)
-                           .Add({}, LatencyBuckets())),
+      step_queue_wait_(
+          prometheus::BuildHistogram()
+              .Name("flashkv_step_queue_wait_seconds")
+              .Help("Step requests (per device part): time queued before their first launch")
+              .Register(*registry_)
+              .Add({}, LatencyBuckets())),
       batch_entries_(prometheus::BuildHistogram()
                          .Name("flashkv_batch_entries")
                          .Help("Sequences per scheduler launch, by device")
@@ -67,11 +68,7 @@ Metrics::Metrics()
                              .Name("flashkv_sequences_expired_total")
                              .Help("Sequences freed after --sequence-ttl without a step")
                              .Register(*registry_)
-                             .Add({})),
-      sequences_(prometheus::BuildGauge()
-                     .Name("flashkv_sequences")
-                     .Help("Live sequences, by device")
-                     .Register(*registry_)) {}
+                             .Add({})) {}
 
 void Metrics::RecordRpc(std::string_view rpc, grpc::StatusCode code, absl::Duration latency) {
   const std::string method(rpc);
@@ -87,10 +84,9 @@ void Metrics::CallFinished(std::string_view rpc) {
   rpc_in_flight_.Add({{"rpc", std::string(rpc)}}).Decrement();
 }
 
-void Metrics::RecordStep(absl::Duration latency, absl::Duration queue_wait) {
-  step_latency_.Observe(Seconds(latency));
-  step_queue_wait_.Observe(Seconds(queue_wait));
-}
+void Metrics::RecordStep(absl::Duration latency) { step_latency_.Observe(Seconds(latency)); }
+
+void Metrics::RecordQueueWait(absl::Duration wait) { step_queue_wait_.Observe(Seconds(wait)); }
 
 void Metrics::RecordBatch(int device, int entries, int64_t tokens, absl::Duration kernel_time) {
   const prometheus::Labels labels = {{"device", std::to_string(device)}};
@@ -100,9 +96,5 @@ void Metrics::RecordBatch(int device, int entries, int64_t tokens, absl::Duratio
 }
 
 void Metrics::RecordExpiredSequences(int count) { expired_sequences_.Increment(count); }
-
-void Metrics::SetSequences(int device, int64_t count) {
-  sequences_.Add({{"device", std::to_string(device)}}).Set(static_cast<double>(count));
-}
 
 }  // namespace flashkv::server

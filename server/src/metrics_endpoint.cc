@@ -30,14 +30,15 @@ void Poke(int port) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
-    const std::string& address, const std::shared_ptr<prometheus::Registry>& registry) {
+    const std::string& address,
+    const std::vector<std::shared_ptr<prometheus::Collectable>>& collectables) {
   std::unique_ptr<prometheus::Exposer> exposer;
   try {
     exposer = std::make_unique<prometheus::Exposer>(address, /*num_threads=*/2);
   } catch (const std::exception& e) {
     return absl::UnavailableError("metrics-address " + address + ": cannot listen: " + e.what());
   }
-  exposer->RegisterCollectable(registry);
+  for (const auto& collectable : collectables) exposer->RegisterCollectable(collectable);
   const std::vector<int> ports = exposer->GetListeningPorts();
   const int port = ports.empty() ? 0 : ports.front();
   const std::string host = address.substr(0, address.rfind(':'));

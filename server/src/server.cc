@@ -5,8 +5,6 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <spdlog/spdlog.h>
 
-#include <cmath>
-#include <exception>
 #include <string>
 #include <utility>
 #include <vector>
@@ -14,87 +12,35 @@
 #include "absl/strings/match.h"
 #include "absl/synchronization/mutex.h"
 #include "flashkv/cpu_backend.h"
-#include "flashkv/cuda_backend.h"
 #include "flashkv/server/attention_backend.h"
 #include "flashkv/server/attention_service.h"
+#include "flashkv/server/cache_metrics.h"
+#include "flashkv/server/cache_set.h"
+#include "flashkv/server/device_scheduler.h"
 #include "flashkv/server/executor.h"
+#include "flashkv/server/idle_reaper.h"
+#include "flashkv/server/kvcache_service.h"
 #include "flashkv/server/metrics.h"
 #include "flashkv/server/metrics_endpoint.h"
-#include "flashkv/server/status.h"
+#include "flashkv/server/region_service.h"
+#include "flashkv/server/warm_up.h"
 
 namespace flashkv::server {
 namespace {
 
 constexpr const char* kAttentionServiceName = "flashkv.v1.AttentionService";
 constexpr const char* kKvCacheServiceName = "flashkv.v1.KvCacheService";
-// Stateless calls allowed to wait for an executor thread before new ones are refused.
-constexpr size_t kMaxQueuedAttentionCalls = 1024;
-
-struct DevicePlan {
-  bool cuda = false;
-  std::vector<int> ids;  // CUDA ordinals, or CPU device ids -1, -2, ...
-};
-
-absl::StatusOr<DevicePlan> PlanDevices(const ServerConfig& config) {
-  DevicePlan plan;
-  const int visible = cuda::DeviceCount();
-  const bool want_cuda = config.backend == BackendChoice::kCuda ||
-                         (config.backend == BackendChoice::kAuto && cuda::IsBuilt() && visible > 0);
-  if (want_cuda) {
-    if (!cuda::IsBuilt()) {
-      return absl::FailedPreconditionError("backend cuda: flashkv was built without CUDA");
-    }
-    if (visible == 0)
-      return absl::FailedPreconditionError("backend cuda: no CUDA device is visible");
-    plan.cuda = true;
-    plan.ids = config.cuda_devices;
-    if (plan.ids.empty()) {
-      for (int i = 0; i < visible; ++i) plan.ids.push_back(i);
-    }
-    for (int id : plan.ids) {
-      if (id >= visible) {
-        return absl::InvalidArgumentError("devices: CUDA device " + std::to_string(id) +
-                                          " does not exist (" + std::to_string(visible) +
-                                          " visible)");
-      }
-    }
-    return plan;
-  }
-  for (int i = 0; i < config.cpu_devices; ++i) plan.ids.push_back(-1 - i);
-  return plan;
-}
-
-// Runs a small attention on `backend` with the model's dtype and head dim and checks the output
-// is finite: proves the kernels for this shape are compiled in and the device works.
-absl::Status WarmUp(AttentionBackend* backend, const ModelShape& model) {
-  if (!backend->IsCompiled(model.dtype, model.head_dim)) {
-    return absl::FailedPreconditionError(
-        std::string("the model's dtype ") + DTypeName(model.dtype) + " with head dim " +
-        std::to_string(model.head_dim) + " is not compiled into " + backend->name());
-  }
-  const int s = 4;
-  const size_t q_elems = size_t(s) * model.num_q_heads * model.head_dim;
-  const size_t kv_elems = size_t(s) * model.num_kv_heads * model.head_dim;
-  const size_t elem = DTypeSize(model.dtype);
-  std::vector<uint8_t> q(q_elems * elem), k(kv_elems * elem), v(kv_elems * elem), out(q.size());
-  // Bytes of 0x10 are small finite normal numbers in all three dtypes.
-  for (size_t i = 0; i < q.size(); ++i) q[i] = 0x10;
-  for (size_t i = 0; i < k.size(); ++i) k[i] = v[i] = 0x10;
-  FixedAttentionArgs args = MakeDenseFixedArgs(
-      model.dtype, 1, s, s, model.num_q_heads, model.num_kv_heads, model.head_dim, q.data(),
-      k.data(), v.data(), out.data(), nullptr, AttentionOptions{true, std::nullopt});
-  if (auto status = backend->RunFixed(args); !status.ok()) {
-    return absl::Status(status.code(), "warm-up launch on " + backend->name() + ": " +
-                                           std::string(status.message()));
-  }
-  return absl::OkStatus();
-}
+// Blocking work (stateless attention, forks waiting for a running step) allowed to queue before
+// new calls are refused.
+constexpr size_t kMaxQueuedCalls = 1024;
 
 }  // namespace
 
+// Members are declared in dependency order: each is destroyed before what it uses.
 class Server::Impl {
  public:
-  explicit Impl(const ServerConfig& config) : config_(config) {}
+  explicit Impl(const ServerConfig& config)
+      : config_(config), clock_(config.clock ? config.clock : RealClock()) {}
 
   ~Impl() { Shutdown(absl::ZeroDuration()); }
 
@@ -103,21 +49,32 @@ class Server::Impl {
     if (!plan.ok()) return plan.status();
     plan_ = *std::move(plan);
     if (config_.cpu_threads > 0) cpu::SetNumThreads(config_.cpu_threads);
-    if (auto s = StartMetrics(); !s.ok()) return s;
-    if (auto s = CreateBackends(); !s.ok()) return s;
-    executor_ = std::make_unique<Executor>(config_.attention_threads, kMaxQueuedAttentionCalls);
-    std::vector<AttentionBackend*> backends;
-    for (auto& b : attention_backends_) backends.push_back(b.get());
-    attention_service_ = std::make_unique<AttentionService>(backends, executor_.get(), &metrics_);
+    executor_ = std::make_unique<Executor>(config_.attention_threads, kMaxQueuedCalls);
+    if (auto s = CreateAttentionBackends(); !s.ok()) return s;
+    attention_service_ = std::make_unique<AttentionService>(BackendPointers(), executor_.get(),
+                                                            &metrics_, &regions_);
+    // Listening first, NOT_SERVING, so that health probes see the server while the pools are
+    // allocated and checked.
     if (auto s = StartGrpc(); !s.ok()) return s;
-    // Serving only once every device has run a launch.
+    if (auto s = CreateCaches(); !s.ok()) return s;
+    if (auto s = StartMetrics(); !s.ok()) return s;
     for (auto& backend : attention_backends_) {
-      if (auto s = WarmUp(backend.get(), config_.model); !s.ok()) return s;
+      if (auto s = WarmUpAttention(backend.get(), config_.model); !s.ok()) return s;
     }
+    for (int d = 0; d < caches_->num_devices(); ++d) {
+      if (auto s = WarmUpSteps(kvcache_service_.get(), caches_.get(), d, config_.model); !s.ok()) {
+        return s;
+      }
+    }
+    reaper_ = std::make_unique<IdleReaper>(caches_.get(), clock_, config_.sequence_ttl, &metrics_);
     SetServing(true);
-    spdlog::info("serving on {} ({} backend, {} device(s)); metrics on {}", listening_address(),
-                 backend_name(), plan_.ids.size(),
-                 metrics_endpoint_ ? metrics_endpoint_->address() : std::string("(off)"));
+    const kvcache::CacheStats stats = caches_->cache(0).GetStats();
+    spdlog::info(
+        "serving on {} ({} backend, {} device(s), {} KV blocks of {} tokens per device, {} MiB); "
+        "metrics on {}",
+        listening_address(), caches_->cuda() ? "cuda" : "cpu", caches_->num_devices(),
+        stats.blocks_total, config_.model.page_size, stats.blocks_total * stats.block_bytes >> 20,
+        metrics_endpoint_ ? metrics_endpoint_->address() : std::string("(off)"));
     return absl::OkStatus();
   }
 
@@ -129,12 +86,17 @@ class Server::Impl {
     }
     if (grpc_server_ != nullptr) {
       SetServing(false);
-      spdlog::info("draining: no new calls; in-flight calls have {} to finish",
+      // Ends the region streams, which would otherwise hold the drain for its whole deadline;
+      // calls in flight keep the mappings they resolved.
+      regions_.ReleaseAll();
+      spdlog::info("draining: no new calls; calls in flight have {} to finish",
                    absl::FormatDuration(deadline));
+      if (kvcache_service_ != nullptr) kvcache_service_->BeginDrain();
       grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + deadline));
       grpc_server_->Wait();
     }
-    executor_.reset();  // runs anything still queued (their calls are already cancelled)
+    reaper_.reset();
+    executor_.reset();  // runs anything still queued (their calls are already over)
     metrics_endpoint_.reset();
     spdlog::info("stopped");
     absl::MutexLock lock(&mu_);
@@ -147,7 +109,6 @@ class Server::Impl {
   }
 
   int port() const { return port_; }
-  // The listen address with the port actually bound.
   std::string listening_address() const {
     if (port_ == 0) return config_.listen_address;
     return config_.listen_address.substr(0, config_.listen_address.rfind(':') + 1) +
@@ -161,16 +122,7 @@ class Server::Impl {
   Metrics& metrics() { return metrics_; }
 
  private:
-  absl::Status StartMetrics() {
-    if (config_.metrics_address.empty()) return absl::OkStatus();
-    absl::StatusOr<std::unique_ptr<MetricsEndpoint>> endpoint =
-        MetricsEndpoint::Start(config_.metrics_address, metrics_.registry());
-    if (!endpoint.ok()) return endpoint.status();
-    metrics_endpoint_ = *std::move(endpoint);
-    return absl::OkStatus();
-  }
-
-  absl::Status CreateBackends() {
+  absl::Status CreateAttentionBackends() {
     for (int id : plan_.ids) {
       if (!plan_.cuda) {
         attention_backends_.push_back(NewCpuAttentionBackend());
@@ -183,7 +135,42 @@ class Server::Impl {
     return absl::OkStatus();
   }
 
+  std::vector<AttentionBackend*> BackendPointers() const {
+    std::vector<AttentionBackend*> out;
+    for (const auto& b : attention_backends_) out.push_back(b.get());
+    return out;
+  }
+
+  absl::Status CreateCaches() {
+    absl::StatusOr<std::unique_ptr<CacheSet>> caches = CacheSet::Create(config_, plan_, clock_);
+    if (!caches.ok()) return caches.status();
+    caches_ = *std::move(caches);
+    std::vector<DeviceScheduler*> schedulers;
+    for (int d = 0; d < caches_->num_devices(); ++d) {
+      absl::StatusOr<std::unique_ptr<DeviceScheduler>> scheduler =
+          DeviceScheduler::Create(d, caches_->device_id(d), caches_->cuda(), &caches_->cache(d),
+                                  config_.model, config_.scheduler, clock_, &metrics_);
+      if (!scheduler.ok()) return scheduler.status();
+      schedulers_.push_back(*std::move(scheduler));
+      schedulers.push_back(schedulers_.back().get());
+    }
+    kvcache_service_->Attach(caches_.get(), std::move(schedulers));
+    cache_metrics_ = std::make_shared<CacheMetrics>(caches_.get());
+    return absl::OkStatus();
+  }
+
+  absl::Status StartMetrics() {
+    if (config_.metrics_address.empty()) return absl::OkStatus();
+    absl::StatusOr<std::unique_ptr<MetricsEndpoint>> endpoint =
+        MetricsEndpoint::Start(config_.metrics_address, {metrics_.registry(), cache_metrics_});
+    if (!endpoint.ok()) return endpoint.status();
+    metrics_endpoint_ = *std::move(endpoint);
+    return absl::OkStatus();
+  }
+
   absl::Status StartGrpc() {
+    kvcache_service_ =
+        std::make_unique<KvCacheService>(config_, executor_.get(), &metrics_, clock_, &regions_);
     grpc::EnableDefaultHealthCheckService(true);
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
     grpc::ServerBuilder builder;
@@ -192,6 +179,8 @@ class Server::Impl {
     builder.AddListeningPort(config_.listen_address, grpc::InsecureServerCredentials(),
                              &selected_port);
     builder.RegisterService(attention_service_.get());
+    builder.RegisterService(kvcache_service_.get());
+    builder.RegisterService(&region_service_);
     grpc_server_ = builder.BuildAndStart();
     if (grpc_server_ == nullptr) {
       return absl::UnavailableError("listen " + config_.listen_address +
@@ -211,12 +200,20 @@ class Server::Impl {
   }
 
   const ServerConfig config_;
+  const std::shared_ptr<Clock> clock_;
   DevicePlan plan_;
   Metrics metrics_;
+  std::unique_ptr<CacheSet> caches_;
+  std::shared_ptr<CacheMetrics> cache_metrics_;
   std::unique_ptr<MetricsEndpoint> metrics_endpoint_;
-  std::vector<std::unique_ptr<AttentionBackend>> attention_backends_;
+  std::vector<std::unique_ptr<DeviceScheduler>> schedulers_;
+  std::unique_ptr<IdleReaper> reaper_;
   std::unique_ptr<Executor> executor_;
+  std::vector<std::unique_ptr<AttentionBackend>> attention_backends_;
+  RegionRegistry regions_;
+  RegionService region_service_{&regions_};
   std::unique_ptr<AttentionService> attention_service_;
+  std::unique_ptr<KvCacheService> kvcache_service_;
   std::unique_ptr<grpc::Server> grpc_server_;
   int port_ = 0;
 

@@ -57,6 +57,7 @@ TEST_F(LoadgenTest, ClosedLoopRunChecksEveryOutputAndFreesEverything) {
   EXPECT_GT(t.verification.elements_checked, 0u);
   EXPECT_GT(t.verification.max_abs_error, 0.0);  // the fake rounds differently: not a tautology
   EXPECT_EQ(t.prefill_tokens, t.prompt_tokens);
+  EXPECT_GT(report.client_cpu_s, 0.0);
   EXPECT_EQ(server_->service().live_sequences(), 0);
   // Every sequence call named the runner's routing key.
   for (const SeenCall& call : server_->service().seen()) {
@@ -112,7 +113,7 @@ TEST_F(LoadgenTest, FailuresAreCountedByCodeAsExpectedOrNot) {
   Report report = Run();
   EXPECT_EQ(report.unexpected_errors(), 1u);
   EXPECT_EQ(report.totals.unexpected_errors.at("Step RESOURCE_EXHAUSTED"), 1u);
-  EXPECT_GE(report.totals.requests_aborted, 1u);
+  EXPECT_GE(report.totals.requests_aborted + report.totals.requests_preempted, 1u);
   EXPECT_EQ(report.mismatches(), 0u);
   EXPECT_EQ(server_->service().live_sequences(), 0);
 
@@ -122,6 +123,34 @@ TEST_F(LoadgenTest, FailuresAreCountedByCodeAsExpectedOrNot) {
   report = Run();
   EXPECT_TRUE(report.clean()) << report.ToJson().dump(2);
   EXPECT_EQ(report.totals.expected_errors.at("Step RESOURCE_EXHAUSTED"), 1u);
+}
+
+// One runner, three layers: pass 1 is steps 1-3, pass 2 starts with step 4.
+TEST_F(LoadgenTest, RefusedFirstLayerPreemptsTheNewestSequenceAndTheRestStayCorrect) {
+  config_.runners = 1;
+  config_.requests = 9;
+  config_.expected_codes = {absl::StatusCode::kResourceExhausted};
+  server_->service().FailStep(4, absl::ResourceExhaustedError("no free KV blocks"));
+  const Report report = Run();
+  // Every later output of the surviving sequences is checked: a rollback that left a decode
+  // token or a K/V row behind would show as mismatches here.
+  EXPECT_TRUE(report.clean()) << report.ToJson().dump(2);
+  EXPECT_EQ(report.totals.requests_preempted, 1u);
+  EXPECT_EQ(report.totals.requests_aborted, 0u);
+  EXPECT_EQ(report.totals.requests_completed, 8u);
+  EXPECT_EQ(server_->service().live_sequences(), 0);
+}
+
+TEST_F(LoadgenTest, FailureAfterALayerAppliedAbortsThePass) {
+  config_.runners = 1;
+  config_.requests = 9;
+  config_.expected_codes = {absl::StatusCode::kResourceExhausted};
+  server_->service().FailStep(5, absl::ResourceExhaustedError("no free KV blocks"));
+  const Report report = Run();
+  EXPECT_TRUE(report.clean()) << report.ToJson().dump(2);
+  EXPECT_EQ(report.totals.requests_preempted, 0u);
+  EXPECT_EQ(report.totals.requests_aborted, 3u);  // the whole batch of the pass
+  EXPECT_EQ(server_->service().live_sequences(), 0);
 }
 
 TEST_F(LoadgenTest, OpenLoopAndPipelinedLayers) {

@@ -102,12 +102,88 @@ TEST_P(RealServerTest, CliHealthAndAttention) {
   EXPECT_NE(out.find("\"match\": true"), std::string::npos) << out;
 }
 
+TEST_P(RealServerTest, VarlenAttentionMatchesPerSequenceAttention) {
+  const DType dtype = GetParam();
+  const int64_t d = CompiledHeadDim(dtype);
+  const std::vector<int32_t> cu_q = {0, 3, 3, 10}, cu_kv = {0, 5, 9, 21};  // one empty query run
+  HostTensor q = RandomTensor(dtype, {cu_q.back(), 4, d}, rng_);
+  HostTensor k = RandomTensor(dtype, {cu_kv.back(), 2, d}, rng_);
+  HostTensor v = RandomTensor(dtype, {cu_kv.back(), 2, d}, rng_);
+  AttentionInput input;
+  input.q = q.view();
+  input.k = k.view();
+  input.v = v.view();
+  input.causal = true;
+  input.cu_seqlens_q = cu_q;
+  input.cu_seqlens_kv = cu_kv;
+  absl::StatusOr<AttentionResult> got = client_->AttentionVarlen(input);
+  ASSERT_TRUE(got.ok()) << got.status();
+  const int64_t q_row = 4 * d * DTypeSize(dtype), kv_row = 2 * d * DTypeSize(dtype);
+  for (size_t b = 0; b + 1 < cu_q.size(); ++b) {
+    const int64_t sq = cu_q[b + 1] - cu_q[b], skv = cu_kv[b + 1] - cu_kv[b];
+    if (sq == 0) continue;
+    auto slice = [](const HostTensor& t, int64_t first, int64_t rows, int64_t heads,
+                    int64_t row_bytes, int64_t dd) {
+      return TensorView(t.dtype(), {1, rows, heads, dd}, t.data() + first * row_bytes);
+    };
+    absl::StatusOr<HostTensor> want = tools::CpuAttention(
+        slice(q, cu_q[b], sq, 4, q_row, d), slice(k, cu_kv[b], skv, 2, kv_row, d),
+        slice(v, cu_kv[b], skv, 2, kv_row, d), true, std::nullopt);
+    ASSERT_TRUE(want.ok()) << want.status();
+    const tools::Comparison c = tools::Compare(slice(got->out, cu_q[b], sq, 4, q_row, d),
+                                               want->view(), tools::DefaultTolerance(dtype));
+    EXPECT_TRUE(c.ok()) << "sequence " << b << ": " << c.mismatches << " mismatches";
+  }
+}
+
+// Prefill, fork, then both branches decode: each sees the shared prefix plus its own tokens.
+TEST_P(RealServerTest, ForkedSequencesShareTheirPrefix) {
+  absl::StatusOr<v1::CacheInfo> info = client_->GetCacheInfo();
+  ASSERT_TRUE(info.ok()) << info.status();
+  const DType dtype = GetParam();
+  const int64_t hq = info->num_q_heads(), hkv = info->num_kv_heads(), d = info->head_dim();
+  ASSERT_TRUE(client_->CreateSequence("parent").ok());
+  // Per layer, the K/V each branch's context holds, as float32 rows.
+  std::vector<std::vector<float>> k(info->num_layers()), v(info->num_layers());
+  auto step = [&](const std::string& id, int64_t n, std::vector<std::vector<float>>* ks,
+                  std::vector<std::vector<float>>* vs) {
+    for (uint32_t layer = 0; layer < info->num_layers(); ++layer) {
+      HostTensor q = RandomTensor(dtype, {n, hq, d}, rng_);
+      HostTensor kt = RandomTensor(dtype, {n, hkv, d}, rng_);
+      HostTensor vt = RandomTensor(dtype, {n, hkv, d}, rng_);
+      absl::StatusOr<std::vector<HostTensor>> out =
+          client_->Step(layer, {StepInput{id, q.view(), kt.view(), vt.view(), {}}});
+      ASSERT_TRUE(out.ok()) << id << " layer " << layer << ": " << out.status();
+      const std::vector<float> kf = kt.ToFloats(), vf = vt.ToFloats();
+      (*ks)[layer].insert((*ks)[layer].end(), kf.begin(), kf.end());
+      (*vs)[layer].insert((*vs)[layer].end(), vf.begin(), vf.end());
+      const int64_t context = static_cast<int64_t>((*ks)[layer].size()) / (hkv * d);
+      HostTensor kc = *HostTensor::FromFloats(dtype, {1, context, hkv, d}, (*ks)[layer]);
+      HostTensor vc = *HostTensor::FromFloats(dtype, {1, context, hkv, d}, (*vs)[layer]);
+      absl::StatusOr<HostTensor> want = tools::CpuAttention(
+          TensorView(dtype, {1, n, hq, d}, q.data()), kc.view(), vc.view(), true, std::nullopt);
+      ASSERT_TRUE(want.ok()) << want.status();
+      const tools::Comparison c =
+          tools::Compare((*out)[0].view(), want->view(), tools::DefaultTolerance(dtype));
+      EXPECT_TRUE(c.ok()) << id << " layer " << layer << ": " << c.mismatches << " mismatches";
+    }
+  };
+  step("parent", 6, &k, &v);  // a prefill of 6 tokens: one whole page of 4 and a partial one
+  ASSERT_TRUE(client_->ForkSequence("parent", "child").ok());
+  std::vector<std::vector<float>> child_k = k, child_v = v;
+  for (int i = 0; i < 3; ++i) {
+    step("parent", 1, &k, &v);
+    step("child", 1, &child_k, &child_v);
+  }
+  EXPECT_EQ(client_->ForkSequence("nobody", "orphan").code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(client_->FreeSequence("parent").ok());
+  ASSERT_TRUE(client_->FreeSequence("child").ok());
+  EXPECT_EQ(client_->FreeSequence("child").code(), absl::StatusCode::kNotFound);
+}
+
 // The whole load generator, every output checked, against the real stateful service.
 TEST_P(RealServerTest, LoadgenRunIsClean) {
   absl::StatusOr<v1::CacheInfo> info = client_->GetCacheInfo();
-  if (info.status().code() == absl::StatusCode::kUnimplemented) {
-    GTEST_SKIP() << "this server does not serve KvCacheService yet";
-  }
   ASSERT_TRUE(info.ok()) << info.status();
   loadgen::LoadgenConfig config;
   config.runners = 3;
@@ -123,13 +199,31 @@ TEST_P(RealServerTest, LoadgenRunIsClean) {
   config.verify_fraction = 1.0;
   config.run_id = "real";
   Client* clients[] = {client_.get()};
-  absl::StatusOr<loadgen::Report> report = loadgen::RunLoadgen(config, clients, {});
-  ASSERT_TRUE(report.ok()) << report.status();
-  EXPECT_TRUE(report->clean()) << report->ToJson().dump(2);
-  EXPECT_EQ(report->totals.requests_completed, 18u);
-  EXPECT_EQ(report->totals.verification.steps_checked, report->totals.steps);
-  ASSERT_TRUE(report->server_after.has_value());
-  EXPECT_EQ(report->server_after->sequences(), 0u);
+  for (int depth : {1, 3}) {  // 3: layers overlap on each stream
+    config.pipeline_depth = depth;
+    absl::StatusOr<loadgen::Report> report = loadgen::RunLoadgen(config, clients, {});
+    ASSERT_TRUE(report.ok()) << report.status();
+    EXPECT_TRUE(report->clean()) << report->ToJson().dump(2);
+    EXPECT_EQ(report->totals.requests_completed, 18u);
+    EXPECT_EQ(report->totals.verification.steps_checked, report->totals.steps);
+    ASSERT_TRUE(report->server_after.has_value());
+    EXPECT_EQ(report->server_after->sequences(), 0u);
+    EXPECT_GT(report->server_after->steps(), report->server_before->steps());
+  }
+}
+
+TEST_P(RealServerTest, CliInfoAndStatsJson) {
+  const std::string cli = std::string(FLASHKV_CLI) + " --target " + server_->target() + " --json ";
+  std::string out;
+  ASSERT_EQ(ExitCode(cli + "info", &out), 0) << out;
+  nlohmann::json info = nlohmann::json::parse(out);
+  EXPECT_EQ(info["num_layers"], server_->config().model.num_layers);
+  EXPECT_EQ(info["dtype"], DTypeName(GetParam()));
+  EXPECT_EQ(info["backend"], "cpu");
+  EXPECT_GT(info["blocks_total"].get<int64_t>(), 0);
+  out.clear();
+  ASSERT_EQ(ExitCode(cli + "stats", &out), 0) << out;
+  EXPECT_EQ(nlohmann::json::parse(out)["sequences"], 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, RealServerTest,

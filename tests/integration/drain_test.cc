@@ -21,6 +21,7 @@
 #include "absl/synchronization/notification.h"
 #include "flashkv/transport.h"
 #include "flashkv/v1/attention.grpc.pb.h"
+#include "flashkv/v1/kvcache.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "testing/http_get.h"
 #include "testing/reference.h"
@@ -108,27 +109,52 @@ bool WaitForServing(const std::shared_ptr<grpc::Channel>& channel, std::chrono::
   return false;
 }
 
-TEST(DrainTest, SigtermFinishesCallsInFlightThenExitsZero) {
-  const std::string socket = "/tmp/flashkv-drain-test-" + std::to_string(getpid()) + ".sock";
-  const std::string metrics_address = "127.0.0.1:" + std::to_string(FreePort());
-  ServerProcess process({"--backend=cpu", "--listen=unix:" + socket,
-                         "--metrics-address=" + metrics_address, "--layers=2", "--q-heads=4",
-                         "--kv-heads=2", "--head-dim=64", "--dtype=fp32", "--page-size=4",
-                         "--kv-cache-bytes=4MiB", "--cpu-threads=2", "--attention-threads=1",
-                         "--drain-deadline=20s", "--log-level=warn"});
+// flashkv-server on its own Unix socket (small fp32 model, CPU backend, a metrics port), and a
+// channel to it once it is SERVING.
+struct RunningServer {
+  std::string socket;
+  std::string metrics_address;
+  std::unique_ptr<ServerProcess> process;
+  std::shared_ptr<grpc::Channel> channel;
+  ~RunningServer() { unlink(socket.c_str()); }
+};
+
+std::unique_ptr<RunningServer> StartServing(const std::string& name,
+                                            const std::vector<std::string>& flags) {
+  auto s = std::make_unique<RunningServer>();
+  s->socket = "/tmp/flashkv-" + name + "-" + std::to_string(getpid()) + ".sock";
+  s->metrics_address = "127.0.0.1:" + std::to_string(FreePort());
+  std::vector<std::string> args = {"--backend=cpu",
+                                   "--listen=unix:" + s->socket,
+                                   "--metrics-address=" + s->metrics_address,
+                                   "--layers=2",
+                                   "--q-heads=4",
+                                   "--kv-heads=2",
+                                   "--head-dim=64",
+                                   "--dtype=fp32",
+                                   "--cpu-threads=2",
+                                   "--drain-deadline=20s",
+                                   "--log-level=warn"};
+  args.insert(args.end(), flags.begin(), flags.end());
+  s->process = std::make_unique<ServerProcess>(args);
   // Connect only once the socket exists: a first attempt that fails puts the channel into gRPC's
   // reconnect backoff, which waits seconds.
-  for (int i = 0; i < 600 && access(socket.c_str(), F_OK) != 0; ++i) {
+  for (int i = 0; i < 600 && access(s->socket.c_str(), F_OK) != 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  grpc::ChannelArguments channel_args = MakeChannelArguments(TransportOptions{});
-  channel_args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 50);
-  channel_args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 50);
-  channel_args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 50);
-  auto channel =
-      grpc::CreateCustomChannel("unix:" + socket, grpc::InsecureChannelCredentials(), channel_args);
-  ASSERT_TRUE(WaitForServing(channel, std::chrono::seconds(30)));
-  auto stub = v1::AttentionService::NewStub(channel);
+  s->channel = grpc::CreateCustomChannel("unix:" + s->socket, grpc::InsecureChannelCredentials(),
+                                         MakeChannelArguments(TransportOptions{}));
+  if (!WaitForServing(s->channel, std::chrono::seconds(30))) return nullptr;
+  return s;
+}
+
+TEST(DrainTest, SigtermFinishesCallsInFlightThenExitsZero) {
+  auto server = StartServing("drain-attention",
+                             {"--page-size=4", "--kv-cache-bytes=4MiB", "--attention-threads=1"});
+  ASSERT_NE(server, nullptr);
+  ServerProcess& process = *server->process;
+  const std::string& metrics_address = server->metrics_address;
+  auto stub = v1::AttentionService::NewStub(server->channel);
 
   // Calls queued behind one attention thread. The signal lands once the server has started all of
   // them (its in-flight gauge says so) and before most have finished, whatever the machine's
@@ -182,7 +208,49 @@ TEST(DrainTest, SigtermFinishesCallsInFlightThenExitsZero) {
   EXPECT_EQ(late.error_code(), grpc::StatusCode::UNAVAILABLE) << late.error_message();
 
   EXPECT_EQ(process.WaitForExit(std::chrono::seconds(25)), 0);
-  unlink(socket.c_str());
+}
+
+// A StepStream with a long prefill in flight: the step completes and is answered, then the
+// stream ends with UNAVAILABLE and the process exits 0.
+TEST(DrainTest, SigtermLetsStepsInFlightFinishThenEndsStreams) {
+  auto server = StartServing("drain-steps",
+                             {"--page-size=16", "--kv-cache-bytes=16MiB", "--prefill-chunk=16"});
+  ASSERT_NE(server, nullptr);
+  ServerProcess& process = *server->process;
+  const std::string& metrics_address = server->metrics_address;
+  auto stub = v1::KvCacheService::NewStub(server->channel);
+  {
+    grpc::ClientContext context;
+    v1::CreateSequenceRequest request;
+    request.set_sequence_id("s");
+    v1::CreateSequenceResponse response;
+    ASSERT_TRUE(stub->CreateSequence(&context, request, &response).ok());
+  }
+  std::mt19937_64 rng(2);
+  v1::StepRequest request;
+  v1::StepEntry* entry = request.add_entries();
+  entry->set_sequence_id("s");
+  const int n = 1024;  // 64 launches of 16 rows
+  RandomTensor(DType::kFloat32, {n, 4, 64}, rng).ToProto(entry->mutable_q());
+  RandomTensor(DType::kFloat32, {n, 2, 64}, rng).ToProto(entry->mutable_k());
+  RandomTensor(DType::kFloat32, {n, 2, 64}, rng).ToProto(entry->mutable_v());
+  grpc::ClientContext context;
+  auto stream = stub->StepStream(&context);
+  ASSERT_TRUE(stream->Write(request));
+  for (;;) {
+    absl::StatusOr<std::string> metrics = HttpGet(metrics_address, "/metrics");
+    if (metrics.ok() && MetricValue(*metrics, "flashkv_rpc_in_flight{rpc=\"StepStream\"}") >= 1)
+      break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  process.Signal(SIGTERM);
+  v1::StepResponse response;
+  ASSERT_TRUE(stream->Read(&response)) << "the step in flight is answered";
+  EXPECT_EQ(response.out(0).data().size(), size_t(n) * 4 * 64 * 4);
+  EXPECT_FALSE(stream->Read(&response));
+  const grpc::Status status = stream->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+  EXPECT_EQ(process.WaitForExit(std::chrono::seconds(25)), 0);
 }
 
 TEST(DrainTest, BadFlagsExitNonZeroWithAMessage) {

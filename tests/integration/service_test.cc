@@ -10,6 +10,7 @@
 #include "absl/synchronization/notification.h"
 #include "flashkv/wire/message_builder.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "testing/conversation.h"
 #include "testing/http_get.h"
 #include "testing/reference.h"
 #include "testing/test_server.h"
@@ -99,7 +100,8 @@ TEST(ServiceTest, ReflectionListsTheServices) {
   grpc::Slice flat;
   ASSERT_TRUE(reactor.response.DumpToSingleSlice(&flat).ok());
   const std::string bytes(reinterpret_cast<const char*>(flat.begin()), flat.size());
-  for (const char* name : {"flashkv.v1.AttentionService", "grpc.health.v1.Health"}) {
+  for (const char* name :
+       {"flashkv.v1.AttentionService", "flashkv.v1.KvCacheService", "grpc.health.v1.Health"}) {
     EXPECT_NE(bytes.find(name), std::string::npos) << name << " not in " << bytes;
   }
 }

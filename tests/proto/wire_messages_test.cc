@@ -6,6 +6,8 @@
 #include <google/protobuf/unknown_field_set.h>
 #include <gtest/gtest.h>
 
+#include "flatten.h"
+
 #include <cstring>
 #include <random>
 #include <string>
@@ -51,10 +53,17 @@ class Random {
   std::mt19937_64 rng_;
 };
 
+// Sometimes defaults (an empty submessage), sometimes 64-bit values.
+void FillRegionSlice(Random& r, v1::RegionSlice* s) {
+  if (r.Bool()) s->set_region_id((uint64_t(r.Int(0, 1 << 30)) << 33) | uint64_t(r.Int(1, 9)));
+  if (r.Bool()) s->set_offset(uint64_t(r.Int(0, 1 << 30)) << r.Int(0, 30));
+}
+
 void FillTensor(Random& r, v1::Tensor* t) {
   if (r.Int(0, 5) > 0) t->set_dtype(static_cast<v1::DType>(r.Int(0, 3)));
   for (int i = r.Int(0, 4); i > 0; --i) t->add_shape(r.Int(-3, 1 << 20));
   if (r.Int(0, 5) > 0) t->set_data(r.Bytes(r.Int(0, 9000)));
+  if (r.Int(0, 3) == 0) FillRegionSlice(r, t->mutable_region());
 }
 
 v1::StepRequest RandomStepRequest(Random& r) {
@@ -68,6 +77,7 @@ v1::StepRequest RandomStepRequest(Random& r) {
     if (r.Int(0, 4) > 0) FillTensor(r, e->mutable_k());
     if (r.Int(0, 4) > 0) FillTensor(r, e->mutable_v());
     for (int j = r.Int(0, 20); j > 0; --j) e->add_token_ids(r.Int(-5, 1 << 30));
+    if (r.Int(0, 3) == 0) FillRegionSlice(r, e->mutable_out());
   }
   return m;
 }
@@ -78,12 +88,24 @@ std::string DataOf(const MessageBytes& message, Span span) {
   return out;
 }
 
+void ExpectRegionSliceEq(const RegionSliceView& got, bool has, const v1::RegionSlice& want,
+                         const std::string& where) {
+  EXPECT_EQ(got.present, has) << where;
+  EXPECT_EQ(got.region_id, want.region_id()) << where;
+  EXPECT_EQ(got.offset, want.offset()) << where;
+}
+
+RegionSliceView ToView(bool has, const v1::RegionSlice& s) {
+  return RegionSliceView{has, s.region_id(), s.offset()};
+}
+
 void ExpectTensorEq(const MessageBytes& message, const TensorView& got, bool has,
                     const v1::Tensor& want, const std::string& where) {
   EXPECT_EQ(got.present, has) << where;
   EXPECT_EQ(got.dtype, int32_t(want.dtype())) << where;
   EXPECT_EQ(got.shape, std::vector<int64_t>(want.shape().begin(), want.shape().end())) << where;
   EXPECT_EQ(DataOf(message, got.data), want.data()) << where;
+  ExpectRegionSliceEq(got.region, want.has_region(), want.region(), where + ".region");
 }
 
 void ExpectStepRequestEq(const MessageBytes& message, const StepRequestView& got,
@@ -100,20 +122,18 @@ void ExpectStepRequestEq(const MessageBytes& message, const StepRequestView& got
     ExpectTensorEq(message, g.k, w.has_k(), w.k(), where + ".k");
     ExpectTensorEq(message, g.v, w.has_v(), w.v(), where + ".v");
     EXPECT_EQ(g.token_ids, std::vector<int64_t>(w.token_ids().begin(), w.token_ids().end()));
+    ExpectRegionSliceEq(g.out, w.has_out(), w.out(), where + ".out");
   }
 }
 
-std::string Flatten(const grpc::ByteBuffer& buffer) {
-  std::vector<grpc::Slice> slices;
-  EXPECT_TRUE(buffer.Dump(&slices).ok());
-  std::string out;
-  for (const auto& s : slices) out.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  return out;
-}
 
 TensorData ToData(const v1::Tensor& t, std::shared_ptr<const void> owner) {
-  return TensorData{int32_t(t.dtype()), std::vector<int64_t>(t.shape().begin(), t.shape().end()),
-                    t.data().data(), t.data().size(), std::move(owner)};
+  return TensorData{int32_t(t.dtype()),
+                    std::vector<int64_t>(t.shape().begin(), t.shape().end()),
+                    t.data().data(),
+                    t.data().size(),
+                    std::move(owner),
+                    ToView(t.has_region(), t.region())};
 }
 
 TEST(WireMessagesTest, DecodesStepRequestsAsProtobufParsesThem) {
@@ -137,7 +157,8 @@ TEST(WireMessagesTest, EncodesStepRequestsAndResponsesThatProtobufParses) {
     for (const v1::StepEntry& e : want.entries()) {
       entries.push_back(StepEntryData{
           e.sequence_id(), ToData(e.q(), owner), ToData(e.k(), owner), ToData(e.v(), owner),
-          std::vector<int64_t>(e.token_ids().begin(), e.token_ids().end())});
+          std::vector<int64_t>(e.token_ids().begin(), e.token_ids().end()),
+          ToView(e.has_out(), e.out())});
     }
     v1::StepRequest parsed;
     ASSERT_TRUE(
@@ -185,6 +206,8 @@ TEST(WireMessagesTest, AttentionRequestsAndResponses) {
     want.set_causal(r.Bool());
     if (r.Bool()) want.set_softmax_scale(float(r.Int(-100, 100)) / 7.0f);
     want.set_return_lse(r.Bool());
+    if (r.Bool()) FillRegionSlice(r, want.mutable_out());
+    if (r.Bool()) FillRegionSlice(r, want.mutable_lse());
     const std::string bytes = want.SerializeAsString();
     const MessageBytes message = r.Slices(bytes);
     AttentionVarlenRequestView got;
@@ -200,6 +223,8 @@ TEST(WireMessagesTest, AttentionRequestsAndResponses) {
     EXPECT_EQ(got.softmax_scale.has_value(), want.has_softmax_scale());
     if (want.has_softmax_scale()) EXPECT_EQ(*got.softmax_scale, want.softmax_scale());
     EXPECT_EQ(got.return_lse, want.return_lse());
+    ExpectRegionSliceEq(got.out, want.has_out(), want.out(), "out");
+    ExpectRegionSliceEq(got.lse, want.has_lse(), want.lse(), "lse");
 
     // The same fields in the fixed-length request.
     v1::AttentionRequest fixed;
@@ -208,6 +233,8 @@ TEST(WireMessagesTest, AttentionRequestsAndResponses) {
     fixed.set_causal(want.causal());
     if (want.has_softmax_scale()) fixed.set_softmax_scale(want.softmax_scale());
     fixed.set_return_lse(want.return_lse());
+    if (want.has_out()) *fixed.mutable_out() = want.out();
+    if (want.has_lse()) *fixed.mutable_lse() = want.lse();
     const std::string fixed_bytes = fixed.SerializeAsString();
     AttentionRequestView fixed_got;
     ASSERT_TRUE(DecodeAttentionRequest(r.Slices(fixed_bytes), &fixed_got).ok());
@@ -215,6 +242,8 @@ TEST(WireMessagesTest, AttentionRequestsAndResponses) {
     EXPECT_EQ(fixed_got.causal, fixed.causal());
     EXPECT_EQ(fixed_got.softmax_scale.has_value(), fixed.has_softmax_scale());
     EXPECT_FALSE(fixed_got.v.present);
+    ExpectRegionSliceEq(fixed_got.out, fixed.has_out(), fixed.out(), "fixed out");
+    ExpectRegionSliceEq(fixed_got.lse, fixed.has_lse(), fixed.lse(), "fixed lse");
 
     // Responses, with and without lse.
     auto owner = std::make_shared<int>(0);

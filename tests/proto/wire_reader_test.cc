@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include "flatten.h"
+
 #include <cstring>
 #include <memory>
 #include <string>
@@ -34,13 +36,6 @@ MessageBytes EveryByteASlice(const std::string& bytes) {
   return Split(bytes, cuts);
 }
 
-std::string Flatten(const grpc::ByteBuffer& buffer) {
-  std::vector<grpc::Slice> slices;
-  EXPECT_TRUE(buffer.Dump(&slices).ok());
-  std::string out;
-  for (const auto& s : slices) out.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  return out;
-}
 
 TEST(MessageBytesTest, LocatesCopiesAndVisitsAcrossSlices) {
   const std::string text = "0123456789abcdef";

@@ -59,4 +59,19 @@ KernelStatus StreamCreate(Stream* stream);
 KernelStatus StreamDestroy(Stream stream);
 KernelStatus StreamSynchronize(Stream stream);
 
+// CUDA IPC: a process exports device memory it allocated with Malloc as an opaque handle, and
+// another process on the same host opens it as a device pointer (the shared-memory data plane:
+// a model runner's buffers read and written by the server without copies through gRPC).
+// The handle's bytes are opaque and travel as they are.
+inline constexpr size_t kIpcHandleBytes = 64;  // sizeof(cudaIpcMemHandle_t)
+struct IpcMemHandle {
+  unsigned char bytes[kIpcHandleBytes] = {};
+};
+// `ptr` must be the base of a Malloc allocation on the current device.
+KernelStatus IpcGetMemHandle(void* ptr, IpcMemHandle* handle);
+// Opens a handle exported by another process, on the current device (with peer access when the
+// memory lives on another device). The pointer stays valid until IpcCloseMemHandle.
+KernelStatus IpcOpenMemHandle(const IpcMemHandle& handle, void** ptr);
+KernelStatus IpcCloseMemHandle(void* ptr);
+
 }  // namespace flashkv::cuda

@@ -12,6 +12,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cuda_test_runs.h"
 #include "cuda_test_util.h"
 #include "flashkv/attention.h"
 #include "flashkv/cuda_backend.h"
@@ -20,87 +21,6 @@
 
 namespace flashkv::cuda::test {
 namespace {
-
-struct Result {
-  std::vector<float> out;  // [Tq, Hq, D]
-  std::vector<float> lse;  // [Hq, Tq]
-};
-
-// Fixed layout needs equal lengths: dense [B, S, H, D] is then the packed layout.
-Result RunFixed(const Problem& p, bool simt_reference = false) {
-  const int batch = static_cast<int>(p.q_lens.size());
-  const int sq = p.q_lens[0], skv = p.kv_lens[0];
-  std::vector<float> q = p.q, k = p.k, v = p.v;
-  DeviceBuffer dq(q.size() * DTypeSize(p.dtype)), dk(k.size() * DTypeSize(p.dtype) + 16),
-      dv(v.size() * DTypeSize(p.dtype) + 16), dout(q.size() * DTypeSize(p.dtype)),
-      dlse(p.total_q() * p.heads_q * 4);
-  dq.Upload(Encode(p.dtype, q));
-  dk.Upload(Encode(p.dtype, k));
-  dv.Upload(Encode(p.dtype, v));
-  dout.Poison();
-  dlse.Poison();
-  FixedAttentionArgs a = MakeDenseFixedArgs(p.dtype, batch, sq, skv, p.heads_q, p.heads_kv,
-                                            p.head_dim, dq.get(), dk.get(), dv.get(), dout.get(),
-                                            static_cast<float*>(dlse.get()), p.options());
-  const KernelStatus status = simt_reference ? testing::AttentionSimtReference(a, nullptr)
-                                             : Attention(a, nullptr);
-  EXPECT_TRUE(status.ok()) << status.ToString();
-  EXPECT_TRUE(StreamSynchronize(nullptr).ok());
-  Result r;
-  r.out = Decode(p.dtype, dout.Download<uint8_t>(dout.bytes()));
-  // [B, Hq, Sq] -> [Hq, Tq]
-  const std::vector<float> lse = dlse.Download<float>(p.total_q() * p.heads_q);
-  r.lse.resize(lse.size());
-  for (int b = 0; b < batch; ++b) {
-    for (int h = 0; h < p.heads_q; ++h) {
-      for (int i = 0; i < sq; ++i) {
-        r.lse[static_cast<int64_t>(h) * p.total_q() + b * sq + i] =
-            lse[(static_cast<int64_t>(b) * p.heads_q + h) * sq + i];
-      }
-    }
-  }
-  return r;
-}
-
-Result RunVarlen(const Problem& p) {
-  std::vector<float> q = p.q, k = p.k, v = p.v;
-  const int es = DTypeSize(p.dtype);
-  DeviceBuffer dq(q.size() * es), dk(k.size() * es + 16), dv(v.size() * es + 16),
-      dout(q.size() * es), dlse(p.total_q() * p.heads_q * 4), dcq(p.cu_q.size() * 4),
-      dckv(p.cu_kv.size() * 4);
-  dq.Upload(Encode(p.dtype, q));
-  dk.Upload(Encode(p.dtype, k));
-  dv.Upload(Encode(p.dtype, v));
-  dcq.Upload(p.cu_q);
-  dckv.Upload(p.cu_kv);
-  dout.Poison();
-  dlse.Poison();
-  VarlenAttentionArgs a;
-  a.dtype = p.dtype;
-  a.num_seqs = static_cast<int>(p.q_lens.size());
-  a.num_heads_q = p.heads_q;
-  a.num_heads_kv = p.heads_kv;
-  a.head_dim = p.head_dim;
-  a.total_q = p.total_q();
-  a.total_kv = p.total_kv();
-  a.max_seqlen_q = *std::max_element(p.q_lens.begin(), p.q_lens.end());
-  a.max_seqlen_kv = *std::max_element(p.kv_lens.begin(), p.kv_lens.end());
-  a.q = dq.get(), a.q_strides = DenseStrides(0, p.heads_q, p.head_dim);
-  a.k = dk.get(), a.k_strides = DenseStrides(0, p.heads_kv, p.head_dim);
-  a.v = dv.get(), a.v_strides = DenseStrides(0, p.heads_kv, p.head_dim);
-  a.out = dout.get(), a.out_strides = DenseStrides(0, p.heads_q, p.head_dim);
-  a.lse = static_cast<float*>(dlse.get());
-  a.cu_seqlens_q = static_cast<const int32_t*>(dcq.get());
-  a.cu_seqlens_kv = static_cast<const int32_t*>(dckv.get());
-  a.host_cu_seqlens_q = p.cu_q.data();
-  a.host_cu_seqlens_kv = p.cu_kv.data();
-  a.options = p.options();
-  const KernelStatus status = AttentionVarlen(a, nullptr);
-  EXPECT_TRUE(status.ok()) << status.ToString();
-  EXPECT_TRUE(StreamSynchronize(nullptr).ok());
-  return Result{Decode(p.dtype, dout.Download<uint8_t>(dout.bytes())),
-                dlse.Download<float>(p.total_q() * p.heads_q)};
-}
 
 // Paged: K/V scattered over a pool of shuffled blocks [blocks, Hkv, page, D], written through
 // AppendKv (so the append kernel is exercised too, with padding slots of -1 mixed in).
@@ -201,13 +121,6 @@ Result RunPaged(const Problem& p, int page_size, bool simt_reference = false) {
   EXPECT_TRUE(StreamSynchronize(nullptr).ok());
   return Result{Decode(p.dtype, dout.Download<uint8_t>(dout.bytes())),
                 dlse.Download<float>(p.total_q() * p.heads_q)};
-}
-
-void CheckAgainstReference(const Problem& p, const Result& r, const std::string& what) {
-  std::vector<double> out, lse;
-  Reference(p, &out, &lse);
-  ExpectClose(p.dtype, r.out, out, what + " out");
-  ExpectLseClose(p.dtype, r.lse, lse, what + " lse");
 }
 
 using Case = std::tuple<DType, int>;  // dtype, head dim

@@ -27,12 +27,20 @@
 
 namespace flashkv::wire {
 
+// flashkv.v1.RegionSlice (shared-memory data plane): bytes of a registered region.
+struct RegionSliceView {
+  bool present = false;  // the field appeared on the wire
+  uint64_t region_id = 0;
+  uint64_t offset = 0;
+};
+
 // flashkv.v1.Tensor as received.
 struct TensorView {
   bool present = false;  // the field appeared on the wire
   int32_t dtype = 0;     // flashkv.v1.DType value, unchecked
   std::vector<int64_t> shape;
   Span data;
+  RegionSliceView region;  // when present, the bytes lie there instead of in `data`
 };
 
 struct StepEntryView {
@@ -41,6 +49,7 @@ struct StepEntryView {
   TensorView k;
   TensorView v;
   std::vector<int64_t> token_ids;
+  RegionSliceView out;  // where to write the output, if not into the response
 };
 
 struct StepRequestView {
@@ -61,6 +70,8 @@ struct AttentionRequestView {
   bool causal = false;
   std::optional<float> softmax_scale;
   bool return_lse = false;
+  RegionSliceView out;  // where to write out / lse, if not into the response
+  RegionSliceView lse;
 };
 
 struct AttentionVarlenRequestView {
@@ -72,6 +83,8 @@ struct AttentionVarlenRequestView {
   bool causal = false;
   std::optional<float> softmax_scale;
   bool return_lse = false;
+  RegionSliceView out;
+  RegionSliceView lse;
 };
 
 struct AttentionResponseView {
@@ -95,6 +108,8 @@ struct TensorData {
   const void* data = nullptr;
   size_t size = 0;  // bytes
   std::shared_ptr<const void> owner;
+  // Encoded as Tensor.region when present (then `size` is normally 0: the bytes are there).
+  RegionSliceView region;
 };
 
 struct StepEntryData {
@@ -103,6 +118,7 @@ struct StepEntryData {
   TensorData k;
   TensorData v;
   std::vector<int64_t> token_ids;
+  RegionSliceView out;
 };
 
 // Appends `tensor` as field `field_number` of the message being built.

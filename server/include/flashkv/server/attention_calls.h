@@ -8,12 +8,14 @@
 #include <grpcpp/support/byte_buffer.h>
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "flashkv/attention.h"
 #include "flashkv/server/attention_backend.h"
+#include "flashkv/server/region_tensors.h"
 #include "flashkv/wire/message_bytes.h"
 
 namespace flashkv::server {
@@ -31,11 +33,19 @@ struct AttentionCall {
   bool return_lse = false;
   std::vector<int64_t> out_shape;
   std::vector<int64_t> lse_shape;
+  // Shared-memory data plane: where out / lse go instead of the response (see region_tensors.h).
+  std::optional<RegionBytes> out_region;
+  std::optional<RegionBytes> lse_region;
+  wire::RegionSliceView out_slice;
+  wire::RegionSliceView lse_slice;
 };
 
-// INVALID_ARGUMENT naming the field for anything malformed or inconsistent.
-absl::StatusOr<AttentionCall> PrepareAttention(wire::MessageBytes message);
-absl::StatusOr<AttentionCall> PrepareAttentionVarlen(wire::MessageBytes message);
+// INVALID_ARGUMENT naming the field for anything malformed or inconsistent. Tensors and output
+// slices in shared-memory regions are resolved through `regions` (none without a registry).
+absl::StatusOr<AttentionCall> PrepareAttention(wire::MessageBytes message,
+                                               const RegionAccess& regions = {});
+absl::StatusOr<AttentionCall> PrepareAttentionVarlen(wire::MessageBytes message,
+                                                     const RegionAccess& regions = {});
 
 // UNIMPLEMENTED when (dtype, head dim) is not compiled into the backend; kernel errors as they
 // come. On success `response` holds the serialized AttentionResponse, whose tensors reference

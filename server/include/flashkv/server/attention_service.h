@@ -13,6 +13,7 @@
 #include "flashkv/server/attention_backend.h"
 #include "flashkv/server/executor.h"
 #include "flashkv/server/metrics.h"
+#include "flashkv/server/region_registry.h"
 #include "flashkv/v1/attention.grpc.pb.h"
 
 namespace flashkv::server {
@@ -23,8 +24,10 @@ using AttentionServiceBase = flashkv::v1::AttentionService::WithRawCallbackMetho
 
 class AttentionService final : public AttentionServiceBase {
  public:
-  // Calls are spread round-robin over `backends` (one per device).
-  AttentionService(std::vector<AttentionBackend*> backends, Executor* executor, Metrics* metrics);
+  // Calls are spread round-robin over `backends` (one per device). `regions` (not owned; may be
+  // null) resolves tensors and outputs in shared-memory regions.
+  AttentionService(std::vector<AttentionBackend*> backends, Executor* executor, Metrics* metrics,
+                   const RegionRegistry* regions = nullptr);
 
   grpc::ServerUnaryReactor* Attention(grpc::CallbackServerContext* context,
                                       const grpc::ByteBuffer* request,
@@ -41,6 +44,7 @@ class AttentionService final : public AttentionServiceBase {
   const std::vector<AttentionBackend*> backends_;
   Executor* const executor_;
   Metrics* const metrics_;
+  const RegionRegistry* const regions_;
   std::atomic<size_t> next_backend_{0};
 };
 

@@ -4,12 +4,14 @@
 // (server/main.cc); tests and embedders fill it directly. ValidateConfig checks every field.
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "flashkv/dtype.h"
+#include "flashkv/server/clock.h"
 #include "flashkv/transport.h"
 
 namespace flashkv::server {
@@ -83,6 +85,8 @@ struct ServerConfig {
   int attention_threads = 2;
   // spdlog level: trace, debug, info, warn, error, critical, off.
   std::string log_level = "info";
+  // Time source of the scheduler and sequence expiry; null: the real clock. (Tests only.)
+  std::shared_ptr<Clock> clock;
 };
 
 // Every field checked; errors name the flag-level field and its limit (INVALID_ARGUMENT).

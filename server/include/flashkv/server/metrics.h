@@ -33,14 +33,13 @@ class Metrics {
   void CallFinished(std::string_view rpc);
   // One finished RPC (a StepStream counts once per request message, as rpc "StepStream").
   void RecordRpc(std::string_view rpc, grpc::StatusCode code, absl::Duration latency);
-  // A Step (unary or stream message) from receipt to response: total and time queued before its
-  // first launch.
-  void RecordStep(absl::Duration latency, absl::Duration queue_wait);
+  // A Step (unary or stream message) from receipt to response.
+  void RecordStep(absl::Duration latency);
+  // A Step part's wait from receipt to its first launch.
+  void RecordQueueWait(absl::Duration wait);
   // One scheduler launch on `device`.
   void RecordBatch(int device, int entries, int64_t tokens, absl::Duration kernel_time);
   void RecordExpiredSequences(int count);
-  // Devices' sequence gauge, kept by the service as sequences come and go.
-  void SetSequences(int device, int64_t count);
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -53,7 +52,6 @@ class Metrics {
   prometheus::Family<prometheus::Histogram>& batch_tokens_;
   prometheus::Family<prometheus::Histogram>& kernel_seconds_;
   prometheus::Counter& expired_sequences_;
-  prometheus::Family<prometheus::Gauge>& sequences_;
 };
 
 }  // namespace flashkv::server

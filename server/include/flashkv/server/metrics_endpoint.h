@@ -4,13 +4,14 @@
 // address. civetweb's listener wakes every 2 s to notice a stop request; the destructor connects
 // to the endpoint to wake it at once, so that a shutdown does not stall for 2 s.
 //
-// Ownership: keeps the registry alive through the exposer's weak reference only; the owner keeps
-// the registry. Thread-safety: construction and destruction on one thread.
+// Ownership: the exposer holds weak references to what it exports; the owner keeps them alive.
+// Thread-safety: construction and destruction on one thread.
 
-#include <prometheus/registry.h>
+#include <prometheus/collectable.h>
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
@@ -22,9 +23,11 @@ namespace flashkv::server {
 
 class MetricsEndpoint {
  public:
-  // `address` is "host:port" (port 0 picks one). UNAVAILABLE when it cannot listen.
+  // `address` is "host:port" (port 0 picks one). UNAVAILABLE when it cannot listen. The exporter
+  // keeps weak references: the caller keeps the collectables alive while the endpoint runs.
   static absl::StatusOr<std::unique_ptr<MetricsEndpoint>> Start(
-      const std::string& address, const std::shared_ptr<prometheus::Registry>& registry);
+      const std::string& address,
+      const std::vector<std::shared_ptr<prometheus::Collectable>>& collectables);
   ~MetricsEndpoint();
   MetricsEndpoint(const MetricsEndpoint&) = delete;
   MetricsEndpoint& operator=(const MetricsEndpoint&) = delete;

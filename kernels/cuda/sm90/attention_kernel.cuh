@@ -1,0 +1,89 @@
+#pragma once
+
+// The sm90 (Hopper, sm_90a) flash-attention forward kernel for fp16/bf16, fixed-length and
+// varlen, float32 accumulation. Persistent: each CTA walks tiles blockIdx.x, +gridDim.x, ... of
+// the schedule (sm90/params.h); a tile is 128 query rows of one (sequence, head).
+//
+// Warp specialisation (384 threads, one CTA per SM):
+//   warpgroup 0: producer. setmaxnreg lowers it to 24 registers; one thread issues every TMA
+//     load (sm90/producer.cuh), the other warps leave.
+//   warpgroups 1, 2: consumers. setmaxnreg raises them to 240 registers; each owns 64 rows of
+//     the tile (sm90/consumer_mainloop.cuh, sm90/epilogue.cuh).
+// Policies (template flags): kCausal (bottom-right mask, key tiles past the diagonal skipped),
+// kVarlen (3-d tensor maps over packed rows, the longest-first sequence order, plain stores for
+// the rows of a tile that end inside a sequence). GQA maps query head h to K/V head h / group.
+
+#include <cstdint>
+
+#include "sm90/consumer_mainloop.cuh"
+#include "sm90/epilogue.cuh"
+#include "sm90/params.h"
+#include "sm90/producer.cuh"
+#include "sm90/ptx.cuh"
+#include "sm90/smem.cuh"
+#include "sm90/tile_scheduler.cuh"
+#include "sm90/traits.cuh"
+
+namespace flashkv::cuda::sm90 {
+
+template <class Tr, bool kCausal, bool kVarlen>
+__device__ __forceinline__ void Consume(const Sm90Params& params, const Smem<Tr>& smem, int wg) {
+  const AttentionParams& p = params.p;
+  const int tid = static_cast<int>(threadIdx.x) % 128;
+  const int lane = tid % 32;
+  const int row_in_group = 16 * (tid / 32) + lane / 4;  // this thread's first row of the 64
+  constexpr int kTurnThreads = 128 * kConsumerWarpgroups;
+  // Warpgroup 0 takes the first turn: warpgroup 1 hands it over before its first wait.
+  if (wg == 1) NamedBarrierArrive(kTurnBarrier + 0, kTurnThreads);
+
+  ConsumerMainloop<Tr> ml;
+  PipelineState<Tr::kStages> pipe;
+  int local_tile = 0;
+  for (int tile = blockIdx.x; tile < params.schedule.num_tiles; tile += gridDim.x, ++local_tile) {
+    const WorkTile w =
+        DecodeTile<kVarlen, kCausal, Tr::kBlockM, Tr::kBlockN>(p, params.schedule, tile);
+    ml.Init();
+    MbarrierWait(smem.QFull(), static_cast<uint32_t>(local_tile) & 1u);
+    if (p.negate_q) NegateQ(smem, wg, tid);
+    // Sequence lengths come from memory in varlen launches: broadcast what steers the wgmma
+    // loop so that ptxas sees it warp-uniform.
+    const int key_tiles = WarpUniform(w.key_tiles);
+    if (key_tiles > 0) {
+      const int first_token = w.row0 + wg * Tr::kRowsPerConsumer;
+      const int token = first_token + row_in_group;
+      RunKeyTiles(ml, smem, pipe, key_tiles, wg, KeyLimit<kCausal>(w.seq, token),
+                  KeyLimit<kCausal>(w.seq, token + 8),
+                  WarpUniform(KeyLimit<kCausal>(w.seq, first_token)), p.scale_log2, lane);
+    }
+    if constexpr (Tr::kSeparateO) {
+      // Every warp of the group is past its last S = Q K^T (the final P V took a turn barrier
+      // after it): the producer may load the next tile's Q while this one's O is stored.
+      if (tid == 0) MbarrierArrive(smem.QFree());
+      __syncwarp();
+    }
+    StoreTile<Tr, kVarlen>(ml, params, smem, w, wg, tid);
+  }
+  // Take warpgroup 1's last hand-over, so that no arrival is left pending on the barrier.
+  if (wg == 0) NamedBarrierSync(kTurnBarrier + 0, kTurnThreads);
+  if (tid == 0) TmaStoreWaitAll();  // this group's O stores reach global memory before exit
+}
+
+template <class Tr, bool kCausal, bool kVarlen>
+__global__ void __launch_bounds__(kThreads, 1)
+    AttentionKernel(const __grid_constant__ Sm90Params params) {
+  extern __shared__ __align__(1024) char smem_raw[];
+  const Smem<Tr> smem = Smem<Tr>::Locate(smem_raw);
+  if (threadIdx.x == 0) smem.InitBarriers();
+  __syncthreads();
+
+  const int warpgroup = WarpUniform(static_cast<int>(threadIdx.x) / 128);
+  if (warpgroup == 0) {
+    SetMaxRegistersDecrease<kProducerRegisters>();
+    if (threadIdx.x == 0) Produce<Tr, kCausal, kVarlen>(params, smem);
+  } else {
+    SetMaxRegistersIncrease<kConsumerRegisters>();
+    Consume<Tr, kCausal, kVarlen>(params, smem, warpgroup - 1);
+  }
+}
+
+}  // namespace flashkv::cuda::sm90

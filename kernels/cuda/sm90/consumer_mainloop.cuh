@@ -1,0 +1,241 @@
+#pragma once
+
+// One consumer warpgroup's share of a tile: 64 query rows against the tile's key tiles, with
+// S = Q K^T and O += P V on wgmma and the online softmax in registers.
+//
+// Schedule of one key tile (FlashAttention-3's intra-warpgroup overlap and ping-pong):
+//   wait K[i] landed
+//   [my turn]  issue S = Q K[i]^T; issue O += P[i-1] V[i-1]   [hand the turn to the other group]
+//   wait S (the P V product keeps running), release K[i]
+//   mask + softmax of S -> P[i] (float, in S's registers) while P[i-1] V[i-1] and the other
+//     group's two GEMMs run on the tensor cores
+//   wait P V, release V[i-1]; rescale O; round P[i] to 16 bits (P[i-1]'s registers are free now)
+// Within the group, S of tile i is issued together with the P V of tile i-1, so that product
+// runs under tile i's softmax (FlashAttention-3, Algorithm 2). The turn (two named barriers)
+// makes the two groups issue their GEMMs alternately, so one group's softmax also overlaps the
+// other group's GEMMs. Every GEMM batch takes one turn, so both groups take the same number of
+// turns per tile (key_tiles + 1) and the hand-over never deadlocks.
+
+#include <cstdint>
+
+#include "sm80/ptx.cuh"
+#include "sm80/warp_mainloop.cuh"
+#include "sm90/ptx.cuh"
+#include "sm90/smem.cuh"
+#include "sm90/traits.cuh"
+#include "sm90/wgmma.cuh"
+
+namespace flashkv::cuda::sm90 {
+
+using sm80::Exp2Approx;
+using sm80::PackPair;
+using sm80::QuadMax;
+using sm80::QuadSum;
+using sm80::RowState;
+
+// The warp's lane 0 releases a stage once the whole warp's wgmma reads of it are done.
+__device__ __forceinline__ void ReleaseStage(uint32_t bar, int lane) {
+  if (lane == 0) MbarrierArrive(bar);
+  __syncwarp();
+}
+
+template <class Tr>
+struct ConsumerMainloop {
+  using Element = typename Tr::Element;
+
+  float o[Tr::kORegs];           // (64, head_dim) accumulator of the warpgroup
+  float s[Tr::kSRegs];           // (64, block_n) scores, then probabilities
+  uint32_t p[Tr::kPVSteps][4];   // (64, block_n) probabilities as 16-bit A fragments
+  RowState rows[2];              // this thread's rows: g and g + 8 of its warp's 16
+
+  // Pins the registers of the operands around wgmma issue and wait points (CUTLASS's
+  // warpgroup_fence_operand): without it the compiler may place copies of them between the
+  // wgmma.fence and the wgmma, and ptxas then injects its own fence (or serialises the wgmmas).
+  __device__ __forceinline__ void PinS() {
+#pragma unroll
+    for (int i = 0; i < Tr::kSRegs; ++i) PinRegister(s[i]);
+  }
+  __device__ __forceinline__ void PinO() {
+#pragma unroll
+    for (int i = 0; i < Tr::kORegs; ++i) PinRegister(o[i]);
+  }
+  __device__ __forceinline__ void PinP() {
+#pragma unroll
+    for (int kk = 0; kk < Tr::kPVSteps; ++kk) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) PinRegister(p[kk][e]);
+    }
+  }
+
+  __device__ __forceinline__ void Init() {
+#pragma unroll
+    for (int i = 0; i < Tr::kORegs; ++i) o[i] = 0.f;
+    rows[0] = RowState{};
+    rows[1] = RowState{};
+  }
+
+  // q_rows: shared address of the warpgroup's first Q row in chunk 0. The base descriptors go
+  // through an opaque move each time, so the compiler derives the per-step descriptors here
+  // instead of hoisting all of them out of the key loop (16 x 64-bit registers at head dim 256,
+  // which made the consumers spill).
+  __device__ __forceinline__ void IssueQK(uint32_t q_rows, uint32_t k_tile) {
+    uint64_t q_desc = Tr::KMajorDescriptor(q_rows);
+    uint64_t k_desc = Tr::KMajorDescriptor(k_tile);
+    asm volatile("" : "+l"(q_desc), "+l"(k_desc));
+#pragma unroll
+    for (int kk = 0; kk < Tr::kQKSteps; ++kk) {
+      WgmmaSS<Element, Tr::kBlockN>(s, q_desc + Tr::template KStep<Tr::kQChunkBytes>(kk),
+                                    k_desc + Tr::template KStep<Tr::kKvChunkBytes>(kk),
+                                    kk == 0 ? 0 : 1);
+    }
+  }
+
+  __device__ __forceinline__ void IssuePV(uint32_t v_tile) {
+    uint64_t v_desc = Tr::VDescriptor(v_tile);
+    asm volatile("" : "+l"(v_desc));
+#pragma unroll
+    for (int kk = 0; kk < Tr::kPVSteps; ++kk) {
+      WgmmaRS<Element, Tr::kHeadDim>(o, p[kk], v_desc + Tr::VStep(kk), 1);
+    }
+  }
+
+  // Removes keys at or past each row's limit (only tail and causal-diagonal tiles are `masked`),
+  // then folds the tile into the running softmax: P = 2^(S * scale_log2 - reference).
+  // `key0` is the tile's first key relative to the limits; t = lane % 4.
+  __device__ __forceinline__ void Softmax(bool masked, int key0, int limit0, int limit1,
+                                          float scale_log2, int t, float (&correction)[2]) {
+    if (masked) {
+#pragma unroll
+      for (int j = 0; j < Tr::kBlockN / 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = key0 + 8 * j + 2 * t + (e & 1);
+          if (key >= (e < 2 ? limit0 : limit1)) s[4 * j + e] = -INFINITY;
+        }
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float tile_max = -INFINITY;
+#pragma unroll
+      for (int j = 0; j < Tr::kBlockN / 8; ++j) {
+        tile_max = fmaxf(tile_max, fmaxf(s[4 * j + 2 * h], s[4 * j + 2 * h + 1]));
+      }
+      float reference;
+      correction[h] = rows[h].Update(QuadMax(tile_max), scale_log2, &reference);
+      float partial = 0.f;
+#pragma unroll
+      for (int j = 0; j < Tr::kBlockN / 8; ++j) {
+#pragma unroll
+        for (int e = 2 * h; e < 2 * h + 2; ++e) {
+          s[4 * j + e] = Exp2Approx(fmaf(s[4 * j + e], scale_log2, -reference));
+          partial += s[4 * j + e];
+        }
+      }
+      rows[h].sum += partial;
+    }
+  }
+
+  __device__ __forceinline__ void RescaleO(const float (&correction)[2]) {
+#pragma unroll
+    for (int j = 0; j < Tr::kHeadDim / 8; ++j) {
+      o[4 * j + 0] *= correction[0];
+      o[4 * j + 1] *= correction[0];
+      o[4 * j + 2] *= correction[1];
+      o[4 * j + 3] *= correction[1];
+    }
+  }
+
+  // Two adjacent 8-key accumulator blocks are one k-step of the A fragment (see sm90/wgmma.cuh).
+  __device__ __forceinline__ void ConvertP() {
+#pragma unroll
+    for (int kk = 0; kk < Tr::kPVSteps; ++kk) {
+      p[kk][0] = PackPair<Element>(s[8 * kk + 0], s[8 * kk + 1]);
+      p[kk][1] = PackPair<Element>(s[8 * kk + 2], s[8 * kk + 3]);
+      p[kk][2] = PackPair<Element>(s[8 * kk + 4], s[8 * kk + 5]);
+      p[kk][3] = PackPair<Element>(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+  }
+};
+
+// Runs the key tiles [0, key_tiles) of one tile, last first, for consumer warpgroup `wg`.
+// `pipe` is the CTA-wide ring position (shared with the producer's count); row limits are
+// exclusive key ends of this thread's two rows; `unmasked_below` is the smallest limit of the
+// warpgroup's rows (tiles entirely below it need no mask).
+template <class Tr>
+__device__ __forceinline__ void RunKeyTiles(ConsumerMainloop<Tr>& ml, const Smem<Tr>& smem,
+                                            PipelineState<Tr::kStages>& pipe, int key_tiles,
+                                            int wg, int limit0, int limit1, int unmasked_below,
+                                            float scale_log2, int lane) {
+  const int my_turn = kTurnBarrier + wg;
+  const int other_turn = kTurnBarrier + (1 - wg);
+  constexpr int kTurnThreads = 128 * kConsumerWarpgroups;
+  const int t = lane % 4;
+  const uint32_t q_rows = smem.Q() + wg * Tr::kRowsPerConsumer * Tr::kChunkRowBytes;
+  auto masked = [&](int n) { return (n + 1) * Tr::kBlockN > unmasked_below; };
+  float correction[2];
+
+  // First key tile: S only.
+  int n = key_tiles - 1;
+  int stage = pipe.Stage();
+  MbarrierWait(smem.KFull(stage), pipe.Phase());
+  NamedBarrierSync(my_turn, kTurnThreads);
+  ml.PinS();
+  WgmmaFence();
+  ml.IssueQK(q_rows, smem.K(stage));
+  WgmmaCommit();
+  NamedBarrierArrive(other_turn, kTurnThreads);
+  WgmmaWait<0>();
+  ml.PinS();
+  ReleaseStage(smem.KEmpty(stage), lane);
+  ml.Softmax(masked(n), n * Tr::kBlockN, limit0, limit1, scale_log2, t, correction);
+  ml.ConvertP();
+  int prev_stage = stage;
+  uint32_t prev_phase = pipe.Phase();
+  ++pipe.it;
+
+  for (int i = 1; i < key_tiles; ++i, ++pipe.it) {
+    n = key_tiles - 1 - i;
+    stage = pipe.Stage();
+    MbarrierWait(smem.KFull(stage), pipe.Phase());
+    NamedBarrierSync(my_turn, kTurnThreads);
+    ml.PinS();
+    ml.PinO();
+    ml.PinP();
+    WgmmaFence();
+    ml.IssueQK(q_rows, smem.K(stage));
+    WgmmaCommit();
+    MbarrierWait(smem.VFull(prev_stage), prev_phase);
+    WgmmaFence();  // the wait's loop ends the previous fence's region for ptxas
+    ml.IssuePV(smem.V(prev_stage));
+    WgmmaCommit();
+    NamedBarrierArrive(other_turn, kTurnThreads);
+    WgmmaWait<1>();  // S of this tile
+    ml.PinS();
+    ReleaseStage(smem.KEmpty(stage), lane);
+    ml.Softmax(masked(n), n * Tr::kBlockN, limit0, limit1, scale_log2, t, correction);
+    WgmmaWait<0>();  // P V of the previous tile
+    ml.PinO();
+    ml.PinP();
+    ReleaseStage(smem.VEmpty(prev_stage), lane);
+    ml.RescaleO(correction);
+    ml.ConvertP();
+    prev_stage = stage;
+    prev_phase = pipe.Phase();
+  }
+
+  // Last P V.
+  MbarrierWait(smem.VFull(prev_stage), prev_phase);
+  NamedBarrierSync(my_turn, kTurnThreads);
+  ml.PinO();
+  ml.PinP();
+  WgmmaFence();
+  ml.IssuePV(smem.V(prev_stage));
+  WgmmaCommit();
+  NamedBarrierArrive(other_turn, kTurnThreads);
+  WgmmaWait<0>();
+  ml.PinO();
+  ReleaseStage(smem.VEmpty(prev_stage), lane);
+}
+
+}  // namespace flashkv::cuda::sm90

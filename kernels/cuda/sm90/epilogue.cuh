@@ -1,0 +1,138 @@
+#pragma once
+
+// End of one consumer warpgroup's tile: normalise O, write LSE, stage O (16-bit, swizzled like Q)
+// in the warpgroup's rows of the O buffer (its own, or Q's space: Traits::kSeparateO), and store
+// it: one TMA store per 64-column chunk, or, for varlen rows that end inside the warpgroup's 64
+// (the next sequence's rows follow in memory), 16-byte stores of the valid rows.
+// With a separate O buffer the TMA stores are left in flight; the next tile's epilogue waits for
+// them to have read the buffer before overwriting it. Sharing Q's space, the stores are waited
+// for here and Q's space is then released to the producer (q_free).
+
+#include <cstdint>
+
+#include "attention_params.h"
+#include "sm90/consumer_mainloop.cuh"
+#include "sm90/params.h"
+#include "sm90/ptx.cuh"
+#include "sm90/smem.cuh"
+#include "sm90/tile_scheduler.cuh"
+
+namespace flashkv::cuda::sm90 {
+
+// Flips the sign of the warpgroup's Q rows (a negative softmax scale: the softmax then works on
+// raw maxima as for a positive one). Generic stores that wgmma reads next: fence, then barrier.
+template <class Tr>
+__device__ __forceinline__ void NegateQ(const Smem<Tr>& smem, int wg, int tid) {
+  char* rows = smem.base_ptr + Tr::kQOffset + wg * Tr::kRowsPerConsumer * Tr::kChunkRowBytes;
+  constexpr int kUnits = Tr::kRowsPerConsumer * Tr::kChunkRowBytes / 16;  // per chunk
+  static_assert(kUnits % 128 == 0, "units divide among the warpgroup");
+#pragma unroll
+  for (int c = 0; c < Tr::kChunks; ++c) {
+#pragma unroll
+    for (int i = 0; i < kUnits / 128; ++i) {
+      uint4* unit = reinterpret_cast<uint4*>(rows + c * Tr::kQChunkBytes + 16 * (tid + 128 * i));
+      uint4 v = *unit;
+      v.x ^= 0x80008000u;
+      v.y ^= 0x80008000u;
+      v.z ^= 0x80008000u;
+      v.w ^= 0x80008000u;
+      *unit = v;
+    }
+  }
+  FenceProxyAsyncShared();
+  NamedBarrierSync(kWarpgroupBarrier + wg, 128);
+}
+
+template <class Tr, bool kVarlen>
+__device__ __forceinline__ void StoreTile(ConsumerMainloop<Tr>& ml, const Sm90Params& params,
+                                          const Smem<Tr>& smem, const WorkTile& w, int wg,
+                                          int tid) {
+  using Element = typename Tr::Element;
+  const AttentionParams& p = params.p;
+  const int lane = tid % 32;
+  const int t = lane % 4;
+  const int row = 16 * (tid / 32) + lane / 4;        // this thread's first row in the group's 64
+  const int first_token = w.row0 + wg * Tr::kRowsPerConsumer;
+
+  float inv[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    RowState& r = ml.rows[h];
+    r.sum = QuadSum(r.sum);
+    inv[h] = r.sum > 0.f ? 1.f / r.sum : 0.f;
+    const int token = first_token + row + 8 * h;
+    if (t == 0 && p.lse != nullptr && token < w.seq.q_len) {
+      p.lse[w.seq.lse_offset + w.head * p.lse_head_stride + token] = r.Lse();
+    }
+  }
+
+  const uint32_t rows_addr =
+      smem.O() + wg * Tr::kRowsPerConsumer * Tr::kChunkRowBytes;  // group's row 0, chunk 0
+  char* rows_ptr = smem.base_ptr + (rows_addr - smem.base);
+  if constexpr (Tr::kSeparateO) {
+    // The previous tile's O stores (issued by this thread) must have read the buffer.
+    if (tid == 0) TmaStoreWaitRead();
+    NamedBarrierSync(kWarpgroupBarrier + wg, 128);
+  }
+  // Row r's 16-byte unit u sits at unit u ^ (r % 8) (sm90/traits.cuh). Rows start on 128-byte
+  // boundaries and units are 16 bytes, so with A = row start | ((r % 8) << 4) | 4t the pair of
+  // unit u is at A ^ (u << 4), plus the chunk's offset: one XOR with an immediate per store,
+  // instead of 64 swizzled addresses held beside O (which spilled at head dim 256).
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = row + 8 * h;
+    const uint32_t a = (rows_addr + r * Tr::kChunkRowBytes) | ((r % 8) << 4) | (4 * t);
+#pragma unroll
+    for (int j = 0; j < Tr::kHeadDim / 8; ++j) {
+      const uint32_t pair = PackPair<Element>(ml.o[4 * j + 2 * h] * inv[h],
+                                              ml.o[4 * j + 2 * h + 1] * inv[h]);
+      StoreShared32((a ^ ((j % 8) << 4)) + (j / 8) * Tr::kQChunkBytes, pair);
+    }
+  }
+  FenceProxyAsyncShared();
+  NamedBarrierSync(kWarpgroupBarrier + wg, 128);
+
+  const bool whole_rows = !kVarlen || first_token + Tr::kRowsPerConsumer <= w.seq.q_len;
+  if (whole_rows) {
+    // Fixed layout: rows past seqlen_q lie outside the tensor map's row extent and are dropped.
+    if (tid == 0) {
+#pragma unroll
+      for (int c = 0; c < Tr::kChunks; ++c) {
+        const uint32_t src = rows_addr + c * Tr::kQChunkBytes;
+        if constexpr (kVarlen) {
+          TmaStore3d(&params.o_map, src, 64 * c, static_cast<int>(w.seq.token_begin + first_token),
+                     w.head);
+        } else {
+          TmaStore4d(&params.o_map, src, 64 * c, first_token, w.head, w.batch);
+        }
+      }
+      TmaStoreCommit();
+      if constexpr (!Tr::kSeparateO) {
+        TmaStoreWaitRead();
+        MbarrierArrive(smem.QFree());
+      }
+    }
+    __syncwarp();
+    return;
+  }
+  constexpr int kUnitsPerRow = Tr::kHeadDim / 8;
+  Element* out = static_cast<Element*>(p.out) + w.seq.out_offset + w.head * p.out_head_stride;
+  for (int idx = tid; idx < Tr::kRowsPerConsumer * kUnitsPerRow; idx += 128) {
+    const int r = idx / kUnitsPerRow;
+    const int u = idx - r * kUnitsPerRow;
+    const int token = first_token + r;
+    if (token < w.seq.q_len) {
+      *reinterpret_cast<uint4*>(out + token * p.out_row_stride + 8 * u) =
+          *reinterpret_cast<const uint4*>(rows_ptr +
+                                          Tr::template UnitOffset<Tr::kQChunkBytes>(r, u));
+    }
+  }
+  if constexpr (!Tr::kSeparateO) {
+    NamedBarrierSync(kWarpgroupBarrier + wg, 128);  // every thread's reads of Q's space are done
+    if (tid == 0) MbarrierArrive(smem.QFree());
+    __syncwarp();
+  }
+  // (A separate O buffer is next written after the barrier that opens the next epilogue.)
+}
+
+}  // namespace flashkv::cuda::sm90

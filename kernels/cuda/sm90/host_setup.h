@@ -1,0 +1,40 @@
+#pragma once
+
+// Host side of an sm90 launch, apart from the kernel templates so it compiles once: the
+// persistent tile schedule and the four TMA descriptors. The tensor maps are encoded with
+// cuTensorMapEncodeTiled, found through the runtime's driver entry point query, so flashkv links
+// only the CUDA runtime (no -lcuda).
+
+#include <cstdint>
+
+#include "attention_params.h"
+#include "device_state.h"
+#include "flashkv/dtype.h"
+#include "flashkv/kernel_status.h"
+#include "launch.h"
+#include "sm90/params.h"
+#include "sm90/tile_shape.h"
+
+namespace flashkv::cuda::sm90 {
+
+// Query tiles (block_m rows of one head) of a launch, without building the schedule; the path
+// choice uses it. Varlen reads info.host_cu_seqlens_q.
+int64_t CountTiles(const AttentionParams& p, const LaunchInfo& info, int block_m);
+
+// Fixed length: heads grouped in sections whose K/V fit half the L2, m-blocks heaviest first
+// under causal. Varlen: sequences with queries ordered by context length (longest first),
+// m-blocks heaviest first under causal. kInvalidArgument past the schedule's limits (the path
+// choice keeps such launches on sm80, so reaching it is a caller bug).
+KernelStatus BuildSchedule(const AttentionParams& p, const LaunchInfo& info, int head_dim,
+                           int element_bytes, const DeviceProps& props, Schedule* schedule);
+
+// Q, K, V and O maps: fixed [batch, head, row, dim] as 4-d maps, varlen [head, packed row, dim]
+// as 3-d maps; boxes of 64 dims (128 bytes, swizzled 128B) x block_m / block_n / 64 rows.
+KernelStatus EncodeTensorMaps(const AttentionParams& p, const LaunchInfo& info, DType dtype,
+                              Sm90Params* params);
+
+// Whether every stride the maps use is a positive multiple of 16 bytes below 2^40 (strides of
+// dimensions of extent 1 are not used). The path choice calls it before picking sm90.
+bool TmaCanDescribe(const AttentionParams& p, const LaunchInfo& info, int element_bytes);
+
+}  // namespace flashkv::cuda::sm90

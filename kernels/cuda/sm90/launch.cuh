@@ -1,0 +1,59 @@
+#pragma once
+
+// Launch of the sm90 kernel for one (dtype, head dim): schedule and tensor maps (host_setup.h),
+// the shared-memory opt-in, and a persistent grid of one CTA per SM (or fewer, when there are
+// fewer tiles).
+
+#include <algorithm>
+
+#include "cuda_status.h"
+#include "device_state.h"
+#include "element.cuh"
+#include "sm90/attention_kernel.cuh"
+#include "sm90/host_setup.h"
+#include "sm90/entry_points.h"
+#include "sm90/traits.cuh"
+
+namespace flashkv::cuda {
+namespace sm90 {
+
+template <class Tr, bool kCausal, bool kVarlen>
+KernelStatus Run(const Sm90Params& params, const DeviceProps& props, cudaStream_t stream) {
+  const auto kernel = AttentionKernel<Tr, kCausal, kVarlen>;
+  int ctas_per_sm = 0;
+  FLASHKV_RETURN_IF_ERROR(PrepareKernel(reinterpret_cast<const void*>(kernel), kThreads,
+                                        Tr::kSmemBytes, props, &ctas_per_sm));
+  const int grid = std::min(params.schedule.num_tiles, props.multiprocessors * ctas_per_sm);
+  kernel<<<grid, kThreads, Tr::kSmemBytes, stream>>>(params);
+  FLASHKV_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return KernelStatus::Ok();
+}
+
+}  // namespace sm90
+
+template <DType kDType, int kHeadDim>
+KernelStatus LaunchAttentionSm90(const AttentionParams& params, const LaunchInfo& info,
+                                 Stream stream) {
+  using Tr = sm90::Traits<typename DeviceElement<kDType>::Type, kHeadDim>;
+  DeviceProps props;
+  FLASHKV_RETURN_IF_ERROR(CurrentDevice(&props));
+  // Built per call (about 5 KB with the varlen order table): launches may come from several
+  // threads at once, and the kernel copies it at launch.
+  sm90::Sm90Params sp;
+  sp.p = params;
+  sp.p.pack = 1;  // one query head per tile (GQA only maps heads to K/V heads)
+  sp.p.num_splits = 1;
+  FLASHKV_RETURN_IF_ERROR(sm90::BuildSchedule(sp.p, info, kHeadDim, sizeof(typename Tr::Element),
+                                              props, &sp.schedule));
+  if (sp.schedule.num_tiles == 0) return KernelStatus::Ok();
+  FLASHKV_RETURN_IF_ERROR(sm90::EncodeTensorMaps(sp.p, info, kDType, &sp));
+  const bool varlen = sp.p.cu_seqlens_q != nullptr;
+  if (sp.p.causal) {
+    return varlen ? sm90::Run<Tr, true, true>(sp, props, stream)
+                  : sm90::Run<Tr, true, false>(sp, props, stream);
+  }
+  return varlen ? sm90::Run<Tr, false, true>(sp, props, stream)
+                : sm90::Run<Tr, false, false>(sp, props, stream);
+}
+
+}  // namespace flashkv::cuda

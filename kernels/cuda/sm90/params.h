@@ -1,0 +1,46 @@
+#pragma once
+
+// The sm90 kernel's parameter struct: the common AttentionParams, the four TMA descriptors built
+// on the host (sm90/tensor_maps.h), and the persistent tile schedule. Passed by value as one
+// __grid_constant__ argument, so the tensor maps live in parameter space (TMA requires that or
+// global memory) and the varlen order table costs no device allocation, stays valid under CUDA
+// graph capture and needs no copy.
+//
+// Host code includes this without nvcc: <cuda.h> only declares CUtensorMap.
+
+#include <cuda.h>
+
+#include <cstdint>
+
+#include "attention_params.h"
+#include "sm90/tile_shape.h"
+
+namespace flashkv::cuda::sm90 {
+
+// Which tiles a CTA computes. Tiles are numbered in the order they should start (longest
+// first); CTA c of G takes tiles c, c + G, c + 2G, ... (a static round-robin: no global counter
+// to reset between launches).
+struct Schedule {
+  int num_tiles = 0;
+  // Fixed length: tile -> (head section, m-block, batch x head). Sections of `section_heads`
+  // consecutive (batch, head) pairs keep the K/V of the heads in flight within L2; inside a
+  // section the m-blocks run heaviest first under causal (the last query rows see the most keys).
+  int m_blocks = 0;
+  int section_heads = 1;
+  // Varlen: tile = unit * num_heads_q + head, units = the m-blocks of the sequences in `order`
+  // (longest context first), unit_start[k] = first unit of order[k]; unit_start[count] = units.
+  int count = 0;
+  int32_t order[kMaxVarlenSequences];
+  int32_t unit_start[kMaxVarlenSequences + 1];
+};
+
+struct Sm90Params {
+  AttentionParams p;
+  CUtensorMap q_map;  // box (64 dims, block_m rows)
+  CUtensorMap k_map;  // box (64 dims, block_n rows)
+  CUtensorMap v_map;  // box (64 dims, block_n rows)
+  CUtensorMap o_map;  // box (64 dims, 64 rows): one consumer warpgroup's rows
+  Schedule schedule;
+};
+
+}  // namespace flashkv::cuda::sm90

@@ -1,0 +1,84 @@
+#pragma once
+
+// Shared-memory addresses of one sm90 CTA (layout in sm90/traits.cuh) and its mbarriers:
+//   q_full        TMA of a tile's Q has landed (1 arrival + Q bytes)
+//   q_free        both consumers are done with the tile's Q (2 arrivals): after their last
+//                 S = Q K^T with a separate O buffer, else once their O stores have read it
+//   k_full[s]     K tile in stage s has landed (1 arrival + K bytes); v_full likewise
+//   k_empty[s]    every consumer warp is done reading K stage s (8 arrivals); v_empty likewise
+// Phases: the u-th use of a barrier completes its phase u, so waiters pass parity u & 1 and
+// producers of use u wait for the release of use u - 1 (parity (u & 1) ^ 1, which a fresh
+// barrier reports complete).
+
+#include <cstdint>
+
+#include "sm90/ptx.cuh"
+#include "sm90/tile_shape.h"
+
+namespace flashkv::cuda::sm90 {
+
+// Named barriers (0 is __syncthreads): the ping-pong turn of each consumer warpgroup, and a
+// 128-thread barrier per consumer warpgroup.
+inline constexpr int kTurnBarrier = 1;        // + consumer warpgroup (1, 2)
+inline constexpr int kWarpgroupBarrier = 3;   // + consumer warpgroup (3, 4)
+inline constexpr int kConsumerWarps = 4 * kConsumerWarpgroups;
+
+template <class Tr>
+struct Smem {
+  uint32_t base;  // 1024-aligned shared address of the Q tile
+  char* base_ptr; // the same, as a generic pointer
+
+  __device__ __forceinline__ static Smem Locate(char* raw) {
+    const uint32_t raw_addr = SmemAddress(raw);
+    const uint32_t aligned = (raw_addr + 1023u) & ~1023u;
+    return Smem{aligned, raw + (aligned - raw_addr)};
+  }
+
+  __device__ __forceinline__ uint32_t Q() const { return base + Tr::kQOffset; }
+  __device__ __forceinline__ uint32_t K(int stage) const {
+    return base + Tr::kKOffset + stage * Tr::kKvBytes;
+  }
+  __device__ __forceinline__ uint32_t V(int stage) const {
+    return base + Tr::kVOffset + stage * Tr::kKvBytes;
+  }
+
+  // O staging: its own buffer, or Q's space (Traits::kSeparateO).
+  __device__ __forceinline__ uint32_t O() const { return base + Tr::kOOffset; }
+
+  __device__ __forceinline__ uint32_t Barrier(int index) const {
+    return base + Tr::kBarrierOffset + 8 * index;
+  }
+  __device__ __forceinline__ uint32_t QFull() const { return Barrier(0); }
+  __device__ __forceinline__ uint32_t QFree() const { return Barrier(1); }
+  __device__ __forceinline__ uint32_t KFull(int s) const { return Barrier(2 + s); }
+  __device__ __forceinline__ uint32_t KEmpty(int s) const { return Barrier(2 + Tr::kStages + s); }
+  __device__ __forceinline__ uint32_t VFull(int s) const { return Barrier(2 + 2 * Tr::kStages + s); }
+  __device__ __forceinline__ uint32_t VEmpty(int s) const {
+    return Barrier(2 + 3 * Tr::kStages + s);
+  }
+
+  // One thread, before the CTA's first __syncthreads.
+  __device__ __forceinline__ void InitBarriers() const {
+    MbarrierInit(QFull(), 1);
+    MbarrierInit(QFree(), kConsumerWarpgroups);
+#pragma unroll
+    for (int s = 0; s < Tr::kStages; ++s) {
+      MbarrierInit(KFull(s), 1);
+      MbarrierInit(VFull(s), 1);
+      MbarrierInit(KEmpty(s), kConsumerWarps);
+      MbarrierInit(VEmpty(s), kConsumerWarps);
+    }
+    FenceBarrierInit();
+  }
+};
+
+// Position in the K/V ring: the it-th key tile a CTA processes uses stage it % kStages for the
+// (it / kStages)-th time.
+template <int kStages>
+struct PipelineState {
+  uint32_t it = 0;
+  __device__ __forceinline__ int Stage() const { return static_cast<int>(it % kStages); }
+  __device__ __forceinline__ uint32_t Phase() const { return (it / kStages) & 1u; }
+};
+
+}  // namespace flashkv::cuda::sm90

@@ -1,0 +1,74 @@
+#pragma once
+
+// Device side of the persistent schedule (sm90/params.h): tile number -> (sequence, head, m-block)
+// and the key tiles that tile visits. The producer and both consumer warpgroups evaluate the same
+// function on the same tile numbers, so their pipelines stay in step without communicating.
+
+#include <cstdint>
+
+#include "attention_params.h"
+#include "sequence.cuh"
+#include "sm90/params.h"
+
+namespace flashkv::cuda::sm90 {
+
+struct WorkTile {
+  SequenceView seq;
+  int batch = 0;      // sequence index
+  int head = 0;       // query head
+  int head_kv = 0;
+  int m_block = 0;
+  int row0 = 0;       // first query token of the tile within the sequence
+  int key_tiles = 0;  // key tiles [0, key_tiles) hold keys some row of the tile sees
+};
+
+template <bool kVarlen>
+__device__ __forceinline__ void DecodeTileIndex(const Schedule& s, int num_heads_q, int tile,
+                                                bool causal, int* batch, int* head, int* m_block) {
+  if constexpr (kVarlen) {
+    const int unit = tile / num_heads_q;
+    *head = tile - unit * num_heads_q;
+    // Last k with unit_start[k] <= unit (unit_start is increasing over non-empty sequences).
+    int lo = 0, hi = s.count - 1;
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (s.unit_start[mid] <= unit) {
+        lo = mid;
+      } else {
+        hi = mid - 1;
+      }
+    }
+    const int m_idx = unit - s.unit_start[lo];
+    const int m_blocks = s.unit_start[lo + 1] - s.unit_start[lo];
+    *batch = s.order[lo];
+    *m_block = causal ? m_blocks - 1 - m_idx : m_idx;
+  } else {
+    const int per_section = s.section_heads * s.m_blocks;
+    const int section = tile / per_section;
+    const int r = tile - section * per_section;
+    const int total_heads = s.num_tiles / s.m_blocks;  // batch x heads
+    const int heads_here = min(s.section_heads, total_heads - section * s.section_heads);
+    const int m_idx = r / heads_here;
+    const int bh = section * s.section_heads + (r - m_idx * heads_here);
+    *batch = bh / num_heads_q;
+    *head = bh - *batch * num_heads_q;
+    *m_block = causal ? s.m_blocks - 1 - m_idx : m_idx;
+  }
+}
+
+template <bool kVarlen, bool kCausal, int kBlockM, int kBlockN>
+__device__ __forceinline__ WorkTile DecodeTile(const AttentionParams& p, const Schedule& s,
+                                               int tile) {
+  WorkTile w;
+  DecodeTileIndex<kVarlen>(s, p.num_heads_q, tile, kCausal, &w.batch, &w.head, &w.m_block);
+  w.seq = LoadSequence(p, w.batch);
+  w.head_kv = w.head / p.group;
+  w.row0 = w.m_block * kBlockM;
+  // The tile's last valid row sees the most keys (bottom-right causal alignment).
+  const int last_token = min(w.seq.q_len, w.row0 + kBlockM) - 1;
+  const int limit = KeyLimit<kCausal>(w.seq, last_token);
+  w.key_tiles = limit > 0 ? (limit + kBlockN - 1) / kBlockN : 0;
+  return w;
+}
+
+}  // namespace flashkv::cuda::sm90

@@ -1,0 +1,95 @@
+#pragma once
+
+// Every tile choice of the sm90 (Hopper: wgmma + TMA, warp-specialised) attention kernel, with the
+// reason for each. Host code (launch, path choice) and device code (Traits) read the same table.
+//
+// Fixed by the design, for every head dim:
+//   - 3 warpgroups per CTA: one producer (one thread issues every TMA load) and two consumers.
+//     Each consumer owns 64 query rows (wgmma's M), so block_m = 128 and both consumers read the
+//     same K/V stage: a K/V byte feeds 128 rows, as in FlashAttention-2's 128-row tile.
+//   - One CTA per SM (setmaxnreg moves the producer's registers to the consumers: 24 + 2 x 240
+//     per thread-slot = the 168 x 384 a 384-thread CTA starts with), persistent over the tiles.
+//   - Shared memory: Q (block_m x head_dim), then `stages` K tiles and `stages` V tiles of
+//     block_n x head_dim, every operand in 128-byte-swizzled 64-column chunks (TMA writes them,
+//     wgmma reads them). O is staged for its TMA store in its own buffer where that fits
+//     (SeparateO), else in Q's space, which the last S = Q K^T of a tile frees.
+// Budgets: 227 KB of shared memory per block; 240 registers a consumer thread hold O (head_dim / 2
+// floats), S (block_n / 2 floats), P (block_n / 4 16-bit pairs) and addressing.
+
+#include <cstdint>
+
+namespace flashkv::cuda::sm90 {
+
+struct TileShape {
+  int block_m;  // query rows per CTA tile (64 per consumer warpgroup)
+  int block_n;  // keys per K/V tile (the N of S = Q K^T, the K of O += P V)
+  int stages;   // K/V tiles in flight (TMA pipeline depth)
+};
+
+inline constexpr int kConsumerWarpgroups = 2;
+inline constexpr int kThreads = 128 * (1 + kConsumerWarpgroups);
+inline constexpr int kProducerRegisters = 24;
+inline constexpr int kConsumerRegisters = 240;
+
+constexpr TileShape ChooseTileShape(int head_dim) {
+  switch (head_dim) {
+    case 64:
+      // Registers: O 32 + S 64 + P 32 leave room; smem is small (Q 16 KB, 32 KB per stage), so
+      // 4 stages keep 3 K/V tiles in flight behind the short (K = 64) GEMMs. 144 KB.
+      return TileShape{128, 128, 4};
+    case 128:
+      // O 64 + S 64 + P 32 registers. Q 32 KB + 2 x 64 KB stages = 160 KB; a third stage would
+      // fit (224 KB) but the two GEMMs of a tile already outlast one tile's load at 3 TB/s.
+      return TileShape{128, 128, 2};
+    case 256:
+      // O alone is 128 registers, so S is kept to 40 (80 keys, FlashAttention-3's choice):
+      // Q 64 KB + 2 x 80 KB stages = 224 KB, the most that fits beside the barriers.
+      return TileShape{128, 80, 2};
+    default:
+      // 32 and 96 stay on sm80: they are not multiples of the 64-column chunk a 128-byte-swizzled
+      // TMA box holds (32 would need the 64-byte swizzle mode, 96 a mixed chunk layout). 192
+      // would fit (block_n 96: Q 48 KB + 2 x 72 KB stages; 128 keys would need 240 KB) but is not
+      // a target shape yet and each head dim costs four kernels of build time.
+      return TileShape{0, 0, 0};
+  }
+}
+
+constexpr bool HasTileShape(int head_dim) { return ChooseTileShape(head_dim).block_m != 0; }
+
+inline constexpr int kMaxSmemBytes = 227 * 1024;
+
+// Bytes of dynamic shared memory without a separate O buffer: operands, barriers, and 1 KB of
+// slack to align the base to the 1024-byte swizzle atom.
+constexpr int SmemBytesSharingQ(int head_dim, int element_bytes) {
+  const TileShape s = ChooseTileShape(head_dim);
+  const int q = s.block_m * head_dim * element_bytes;
+  const int kv = 2 * s.stages * s.block_n * head_dim * element_bytes;
+  const int barriers = 8 * (2 + 4 * s.stages);
+  return q + kv + barriers + 1024;
+}
+
+// O gets its own buffer where it fits (head dims 64, 128): the next tile's Q then loads while
+// this tile's O is stored, instead of after it (FlashAttention-3 does the same). At 256 it does
+// not fit, and O is staged in Q's space.
+constexpr bool SeparateO(int head_dim, int element_bytes) {
+  return SmemBytesSharingQ(head_dim, element_bytes) +
+             ChooseTileShape(head_dim).block_m * head_dim * element_bytes <=
+         kMaxSmemBytes;
+}
+
+constexpr int SmemBytes(int head_dim, int element_bytes) {
+  return SmemBytesSharingQ(head_dim, element_bytes) +
+         (SeparateO(head_dim, element_bytes)
+              ? ChooseTileShape(head_dim).block_m * head_dim * element_bytes
+              : 0);
+}
+
+// Varlen launches carry their longest-first sequence order in the kernel parameters (see
+// sm90/params.h); larger batches take the sm80 path.
+inline constexpr int kMaxVarlenSequences = 512;
+
+// Tile numbers are int, and a CTA's next tile is its current one + gridDim.x: staying below
+// 2^30 keeps that sum from overflowing.
+inline constexpr int64_t kMaxTiles = int64_t{1} << 30;
+
+}  // namespace flashkv::cuda::sm90

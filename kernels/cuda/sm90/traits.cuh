@@ -1,0 +1,93 @@
+#pragma once
+
+// Compile-time facts of one sm90 instantiation (element type x head dim): tile sizes, the shared
+// memory map, TMA transaction sizes and the wgmma operand addressing. Every tile is stored as
+// 64-column chunks of 128-byte rows, 128-byte swizzled (16-byte unit u of row r sits at unit
+// u ^ (r % 8)): the layout TMA's SWIZZLE_128B writes and wgmma's swizzle mode 1 reads.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "sm90/ptx.cuh"
+#include "sm90/tile_shape.h"
+
+namespace flashkv::cuda::sm90 {
+
+template <typename Element_, int kHeadDim_>
+struct Traits {
+  using Element = Element_;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr TileShape kShape = ChooseTileShape(kHeadDim);
+  static constexpr int kBlockM = kShape.block_m;
+  static constexpr int kBlockN = kShape.block_n;
+  static constexpr int kStages = kShape.stages;
+  static constexpr int kRowsPerConsumer = 64;  // wgmma M
+
+  static_assert(std::is_same_v<Element, __half> || std::is_same_v<Element, __nv_bfloat16>,
+                "the sm90 kernel computes 16-bit inputs");
+  static_assert(HasTileShape(kHeadDim), "head dim without an sm90 tile shape");
+  static_assert(kBlockM == kRowsPerConsumer * kConsumerWarpgroups, "64 rows per consumer");
+  static_assert(kHeadDim % 64 == 0, "tiles are stored as 64-column (128-byte) swizzle chunks");
+  static_assert(kBlockN % 16 == 0 && kBlockN <= 256, "P V steps over keys 16 at a time");
+  static_assert(kBlockN % 8 == 0 && kBlockM % 8 == 0, "8-row swizzle atoms");
+
+  static constexpr int kChunks = kHeadDim / 64;     // 64-column chunks of a row
+  static constexpr int kChunkRowBytes = 128;
+  static constexpr int kQKSteps = kHeadDim / 16;    // k-steps of S = Q K^T
+  static constexpr int kPVSteps = kBlockN / 16;     // k-steps of O += P V
+  static constexpr int kSRegs = kBlockN / 2;        // S accumulator floats per thread
+  static constexpr int kORegs = kHeadDim / 2;       // O accumulator floats per thread
+
+  // Bytes of one chunk of a tile of `rows` rows, and of the whole tile.
+  static constexpr int kQChunkBytes = kBlockM * kChunkRowBytes;
+  static constexpr int kKvChunkBytes = kBlockN * kChunkRowBytes;
+  static constexpr int kQBytes = kQChunkBytes * kChunks;  // = block_m * head_dim * 2
+  static constexpr int kKvBytes = kKvChunkBytes * kChunks;
+  static_assert(kQChunkBytes % 1024 == 0 && kKvChunkBytes % 1024 == 0,
+                "every chunk starts on a swizzle atom");
+
+  // Shared memory map (offsets from the 1024-aligned base): Q, K stages, V stages, O (when it
+  // has its own buffer), barriers.
+  static constexpr bool kSeparateO = SeparateO(kHeadDim, sizeof(Element));
+  static constexpr int kQOffset = 0;
+  static constexpr int kKOffset = kQBytes;
+  static constexpr int kVOffset = kKOffset + kStages * kKvBytes;
+  static constexpr int kOOffset = kSeparateO ? kVOffset + kStages * kKvBytes : kQOffset;
+  static constexpr int kBarrierOffset = kVOffset + kStages * kKvBytes + (kSeparateO ? kQBytes : 0);
+  static constexpr int kSmemBytes = SmemBytes(kHeadDim, sizeof(Element));
+  static_assert(kBarrierOffset + 8 * (2 + 4 * kStages) + 1024 <= kSmemBytes, "smem map");
+  static_assert(kSmemBytes <= kMaxSmemBytes, "fits one Hopper CTA");
+
+  // K-major descriptor (Q as A, K as B) of a tile whose 64-column chunks are kChunkBytes apart,
+  // at its first k-step. Step kk (16 columns) is the step's 32 bytes inside the swizzled 128-byte
+  // row of chunk kk / 4: KStep<kChunkBytes>(kk) added to the descriptor (the address field is in
+  // 16-byte units and never carries: shared addresses stay below 2^18).
+  __device__ __forceinline__ static uint64_t KMajorDescriptor(uint32_t tile) {
+    return MatrixDescriptor(tile, 16, 1024);
+  }
+  template <int kChunkBytes>
+  static constexpr uint64_t KStep(int kk) {
+    return static_cast<uint64_t>(((kk / 4) * kChunkBytes + (kk % 4) * 32) >> 4);
+  }
+
+  // N-major descriptor of V (keys x head dim): the head dimension's 64-column chunks are
+  // kKvChunkBytes apart, 8-key groups 1024 bytes. Step kk (keys 16 kk .. 16 kk + 15) starts
+  // 16 rows further: VStep(kk) added to the descriptor.
+  __device__ __forceinline__ static uint64_t VDescriptor(uint32_t v_tile) {
+    return MatrixDescriptor(v_tile, kKvChunkBytes, 1024);
+  }
+  static constexpr uint64_t VStep(int kk) {
+    return static_cast<uint64_t>((kk * 16 * kChunkRowBytes) >> 4);
+  }
+
+  // Byte offset of 16-byte unit `unit` (8 columns) of `row`.
+  template <int kChunkBytes>
+  __device__ __forceinline__ static uint32_t UnitOffset(int row, int unit) {
+    return (unit / 8) * kChunkBytes + row * kChunkRowBytes + (((unit % 8) ^ (row % 8)) << 4);
+  }
+};
+
+}  // namespace flashkv::cuda::sm90

@@ -1,0 +1,108 @@
+#pragma once
+
+// The batch scheduler of one device. Step parts queue here in arrival order (the same order on
+// every device: the service enqueues a step's parts under one lock). One thread forms launches:
+//
+// - Per sequence, steps apply in arrival order: a part waits while an earlier part (queued or
+//   still unresolved) names one of its sequences.
+// - A launch holds parts of one layer: the layer of the part that has waited longest. Parts join
+//   in waiting order until the token budget (max_batch_tokens) is used. A part contributes a
+//   window of at most prefill_chunk_tokens rows per launch; a longer one stays active and joins
+//   later launches, behind work that arrived meanwhile, so decodes never wait behind a whole
+//   long prefill. A part's kvcache batch is prepared (every block reserved) when it first joins a
+//   launch and stays pending until its step resolves: see step.h for all-or-nothing.
+// - Batching window: with no part already computing and fewer waiting tokens than the budget,
+//   the thread waits until the oldest waiting part is batch_window old (zero: not at all).
+// - A part whose step is cancelled or failed elsewhere stops at the next launch boundary.
+//
+// Ownership: does not own the cache, metrics or clock. Thread-safety: Enqueue, Wake and
+// ReleasePart from any thread. Lifetime: the destructor fails whatever is still queued with
+// UNAVAILABLE and joins the thread; every step must resolve before the caches are destroyed.
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "flashkv/kvcache/kv_cache.h"
+#include "flashkv/server/clock.h"
+#include "flashkv/server/config.h"
+#include "flashkv/server/launch.h"
+#include "flashkv/server/metrics.h"
+#include "flashkv/server/step.h"
+
+namespace flashkv::server {
+
+struct SchedulerCounters {
+  uint64_t launches = 0;
+  uint64_t entries = 0;  // sequences over all launches
+  uint64_t tokens = 0;
+  uint64_t max_entries = 0;
+  uint64_t parts_completed = 0;
+};
+
+class DeviceScheduler final : public PartReleaser {
+ public:
+  // `device` is the index in the CacheSet, `device_id` its public id (for metrics and logs).
+  static absl::StatusOr<std::unique_ptr<DeviceScheduler>> Create(
+      int device, int device_id, bool cuda, kvcache::KvCache* cache, const ModelShape& model,
+      const SchedulerConfig& config, std::shared_ptr<Clock> clock, Metrics* metrics);
+  ~DeviceScheduler() override;
+
+  void Enqueue(std::shared_ptr<StepState> step, StepPart* part);
+  // Re-examines the queues now (after a cancellation).
+  void Wake();
+  void ReleasePart(const StepPart& part) override;
+  SchedulerCounters counters() const;
+
+ private:
+  struct Item {
+    std::shared_ptr<StepState> step;
+    StepPart* part;
+  };
+  struct Plan {
+    int layer = -1;
+    std::vector<Item> fresh;  // to prepare
+    std::vector<LaunchWindow> windows;
+    std::vector<Item> items;  // every part in the launch, fresh ones included
+  };
+
+  DeviceScheduler(int device, int device_id, kvcache::KvCache* cache, const ModelShape& model,
+                  const SchedulerConfig& config, std::shared_ptr<Clock> clock, Metrics* metrics,
+                  std::unique_ptr<LaunchArena> arena);
+  void Loop();
+  // Under mu_: takes doomed parts out (into `finished`), then plans the next launch. Returns
+  // false to wait: nothing to do, or the batching window asks to wait until `*wake_at`.
+  bool PlanLaunch(Plan* plan, std::vector<Item>* doomed, absl::Time* wake_at)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Execute(Plan& plan);
+  void Report(const Item& item, absl::Status status);
+
+  const int device_;
+  const int device_id_;
+  kvcache::KvCache* const cache_;
+  const ModelShape model_;
+  const SchedulerConfig config_;
+  const std::shared_ptr<Clock> clock_;
+  Metrics* const metrics_;
+  const std::unique_ptr<LaunchArena> arena_;  // used by the scheduler thread only
+
+  mutable absl::Mutex mu_;
+  std::deque<Item> pending_ ABSL_GUARDED_BY(mu_);  // not yet in a launch, arrival order
+  std::vector<Item> active_ ABSL_GUARDED_BY(mu_);  // prepared, rows left
+  absl::flat_hash_map<std::string, int> busy_ ABSL_GUARDED_BY(mu_);
+  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;  // bumped by Enqueue, Wake, ReleasePart
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  SchedulerCounters counters_ ABSL_GUARDED_BY(mu_);
+  std::thread thread_;
+};
+
+}  // namespace flashkv::server

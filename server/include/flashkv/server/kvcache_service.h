@@ -1,0 +1,122 @@
+#pragma once
+
+// flashkv.v1.KvCacheService: sequences (create, fork, free), Step and StepStream over the batch
+// schedulers, cache info and stats. Step and StepStream take raw bytes (decoded without copying
+// tensors, flashkv/wire/messages.h); the other RPCs use the generated messages.
+//
+// Ownership: does not own the caches, schedulers, executor or metrics; they outlive the gRPC
+// server it is registered with. Thread-safety: gRPC calls it from many threads. Lock order:
+// streams_mu_, then a stream reactor's lock; submit_mu_ is taken alone.
+
+#include <atomic>
+#include <memory>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/synchronization/mutex.h"
+#include "flashkv/server/cache_set.h"
+#include "flashkv/server/clock.h"
+#include "flashkv/server/config.h"
+#include "flashkv/server/device_scheduler.h"
+#include "flashkv/server/executor.h"
+#include "flashkv/server/metrics.h"
+#include "flashkv/server/region_registry.h"
+#include "flashkv/server/step.h"
+#include "flashkv/v1/kvcache.grpc.pb.h"
+
+namespace flashkv::server {
+
+// Step and StepStream raw, the rest typed. (A raw method cannot override a typed one of the same
+// signature, so the bases are listed one by one instead of wrapping CallbackService.)
+using KvCacheServiceBase = flashkv::v1::KvCacheService::WithCallbackMethod_GetCacheInfo<
+    flashkv::v1::KvCacheService::WithCallbackMethod_CreateSequence<
+        flashkv::v1::KvCacheService::WithCallbackMethod_ForkSequence<
+            flashkv::v1::KvCacheService::WithCallbackMethod_FreeSequence<
+                flashkv::v1::KvCacheService::WithRawCallbackMethod_Step<
+                    flashkv::v1::KvCacheService::WithRawCallbackMethod_StepStream<
+                        flashkv::v1::KvCacheService::WithCallbackMethod_GetStats<
+                            flashkv::v1::KvCacheService::Service>>>>>>>;
+
+class StepStreamReactor;
+
+class KvCacheService final : public KvCacheServiceBase {
+ public:
+  // The service answers UNAVAILABLE until Attach gives it the caches and their schedulers (the
+  // server listens before the pools are allocated, so that health probes see it start).
+  // `regions` (not owned; may be null: no data plane) resolves Step tensors and outputs that lie
+  // in shared-memory regions.
+  KvCacheService(const ServerConfig& config, Executor* executor, Metrics* metrics,
+                 std::shared_ptr<Clock> clock, const RegionRegistry* regions = nullptr);
+  ~KvCacheService() override;
+  void Attach(CacheSet* caches, std::vector<DeviceScheduler*> schedulers);
+
+  grpc::ServerUnaryReactor* GetCacheInfo(grpc::CallbackServerContext* context,
+                                         const flashkv::v1::GetCacheInfoRequest* request,
+                                         flashkv::v1::CacheInfo* response) override;
+  grpc::ServerUnaryReactor* CreateSequence(grpc::CallbackServerContext* context,
+                                           const flashkv::v1::CreateSequenceRequest* request,
+                                           flashkv::v1::CreateSequenceResponse* response) override;
+  grpc::ServerUnaryReactor* ForkSequence(grpc::CallbackServerContext* context,
+                                         const flashkv::v1::ForkSequenceRequest* request,
+                                         flashkv::v1::ForkSequenceResponse* response) override;
+  grpc::ServerUnaryReactor* FreeSequence(grpc::CallbackServerContext* context,
+                                         const flashkv::v1::FreeSequenceRequest* request,
+                                         flashkv::v1::FreeSequenceResponse* response) override;
+  grpc::ServerUnaryReactor* Step(grpc::CallbackServerContext* context,
+                                 const grpc::ByteBuffer* request,
+                                 grpc::ByteBuffer* response) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* StepStream(
+      grpc::CallbackServerContext* context) override;
+  grpc::ServerUnaryReactor* GetStats(grpc::CallbackServerContext* context,
+                                     const flashkv::v1::GetStatsRequest* request,
+                                     flashkv::v1::ServerStats* response) override;
+
+  // Decodes and checks a Step request and builds its state; `done` runs once when it resolves.
+  // `tenant` owns the regions the request may name.
+  absl::StatusOr<std::shared_ptr<StepState>> NewStep(const grpc::ByteBuffer& request,
+                                                     const std::string& tenant, absl::Time received,
+                                                     StepCompletion done);
+  // A step from checked, routed entries (NewStep's second half; the warm-up uses it directly).
+  std::shared_ptr<StepState> MakeStep(wire::MessageBytes message, uint32_t layer, uint64_t step_id,
+                                      std::vector<StepEntry> entries, absl::Time received,
+                                      StepCompletion done);
+  // Queues every part of `step` on its device's scheduler (all steps in one global order).
+  void Submit(const std::shared_ptr<StepState>& step);
+  void Cancel(StepState& step);
+  // Streams end once their requests in flight are answered; new requests on them are refused.
+  void BeginDrain();
+
+  Metrics& metrics() { return *metrics_; }
+  Clock& clock() { return *clock_; }
+  flashkv::v1::ServerStats Stats() const;
+
+ private:
+  friend class StepStreamReactor;
+  void Register(StepStreamReactor* reactor);
+  void Unregister(StepStreamReactor* reactor);
+  // Finishes a unary call with `status`, recording its metrics.
+  void FinishUnary(grpc::ServerUnaryReactor* reactor, const char* rpc, absl::Time start,
+                   const absl::Status& status);
+
+  // Whether Attach has run; an error for the client when not.
+  absl::Status Ready() const;
+
+  const ServerConfig config_;
+  // Set once by Attach, before `attached_` turns true (release); read after it (acquire).
+  CacheSet* caches_ = nullptr;
+  std::vector<DeviceScheduler*> schedulers_;
+  std::vector<PartReleaser*> releasers_;
+  std::atomic<bool> attached_{false};
+  Executor* const executor_;
+  Metrics* const metrics_;
+  const std::shared_ptr<Clock> clock_;
+  const RegionRegistry* const regions_;
+  std::atomic<uint64_t> steps_completed_{0};
+
+  absl::Mutex submit_mu_;
+  absl::Mutex streams_mu_;
+  absl::flat_hash_set<StepStreamReactor*> streams_ ABSL_GUARDED_BY(streams_mu_);
+  bool draining_ ABSL_GUARDED_BY(streams_mu_) = false;
+};
+
+}  // namespace flashkv::server

@@ -1,0 +1,49 @@
+#pragma once
+
+// Region-backed tensors in requests (the shared-memory data plane): a tensor whose bytes lie in a
+// registered region (Tensor.region) is resolved, bounds-checked, into extra slices of the
+// request's MessageBytes that point at the region's memory (pinning it), so that everything
+// downstream reads it as it reads bytes that came over the wire, in place and without copies.
+
+#include <cstdint>
+#include <initializer_list>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "flashkv/server/region_registry.h"
+#include "flashkv/wire/message_bytes.h"
+#include "flashkv/wire/messages.h"
+
+namespace flashkv::server {
+
+// What a call may reach: the registry (null: the server has no data plane) and its tenant.
+struct RegionAccess {
+  const RegionRegistry* registry = nullptr;
+  std::string tenant;
+};
+
+// For every (tensor, field name) whose region is set: checks that its data is empty, resolves
+// prod(shape) * element size bytes at the slice (host memory only) and points tensor->data at
+// them inside `*message`, which is rebuilt with the regions' bytes appended. Tensors without a
+// region are left alone. Errors name the field: INVALID_ARGUMENT (bytes and region both set, out
+// of bounds, a bad dtype or shape), NOT_FOUND (unknown region), FAILED_PRECONDITION (no data
+// plane, device memory).
+absl::Status ResolveRegionTensors(
+    const RegionAccess& access,
+    std::initializer_list<std::pair<wire::TensorView*, const char*>> tensors,
+    wire::MessageBytes* message);
+
+// An output slice: `bytes` of host memory at `slice`, or nullopt when the slice is not set.
+absl::StatusOr<std::optional<RegionBytes>> ResolveOutputSlice(const RegionAccess& access,
+                                                              const wire::RegionSliceView& slice,
+                                                              uint64_t bytes, const char* field);
+
+// Bytes of a tensor of `dtype` (a flashkv.v1.DType value) and `shape`; INVALID_ARGUMENT naming
+// `field` for an unknown dtype, a negative dimension or a size past 2^62.
+absl::StatusOr<uint64_t> TensorByteCount(int32_t dtype, const std::vector<int64_t>& shape,
+                                         const char* field);
+
+}  // namespace flashkv::server

@@ -1,0 +1,37 @@
+#pragma once
+
+// Checks a decoded StepRequest against the served model and the limits, and routes its entries
+// to the devices that hold their sequences. Every error names the field as the client wrote it.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "flashkv/server/cache_set.h"
+#include "flashkv/server/config.h"
+#include "flashkv/server/region_tensors.h"
+#include "flashkv/server/step.h"
+#include "flashkv/wire/messages.h"
+
+namespace flashkv::server {
+
+// The longest sequence id accepted, in bytes.
+inline constexpr size_t kMaxSequenceIdBytes = 256;
+
+// INVALID_ARGUMENT for a bad id (empty, too long, not UTF-8); `field` names it in the message.
+absl::Status CheckSequenceId(const std::string& id, const std::string& field);
+
+// INVALID_ARGUMENT (layer, entries, tensors, token_ids, repeated sequences) or NOT_FOUND (a
+// sequence no device holds). On success, the entries with their devices, in request order.
+// Tensors in shared-memory regions are resolved first (their bytes become slices of `*message`,
+// see region_tensors.h), and StepEntry.out slices are resolved and bounds-checked; an output
+// may not overlap any input or other output of the step (it is written while later chunks of
+// the step are still to be read).
+absl::StatusOr<std::vector<StepEntry>> CheckStepRequest(wire::StepRequestView& request,
+                                                        const ServerConfig& config,
+                                                        const CacheSet& caches,
+                                                        const RegionAccess& regions,
+                                                        wire::MessageBytes* message);
+
+}  // namespace flashkv::server

@@ -1,0 +1,297 @@
+#include "flashkv/server/device_scheduler.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <string>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "flashkv/cuda_backend.h"
+#include "flashkv/server/status.h"
+
+namespace flashkv::server {
+namespace {
+
+// kvcache names entries by their index in the batch it was given (this part's entries); the
+// client knows them by their index in its request.
+absl::Status InRequestTerms(absl::Status status, const StepPart& part) {
+  const std::optional<int> index = kvcache::FailedEntryIndex(status);
+  if (!index.has_value() || *index < 0 || *index >= static_cast<int>(part.entries().size())) {
+    return status;
+  }
+  const std::string local = "entries[" + std::to_string(*index) + "]";
+  std::string message(status.message());
+  const std::string global = "entries[" + std::to_string(part.entries()[*index]) + "]";
+  if (absl::StartsWith(message, local)) {
+    message = global + message.substr(local.size());
+  } else {
+    message = global + ": " + message;
+  }
+  return absl::Status(status.code(), message);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<DeviceScheduler>> DeviceScheduler::Create(
+    int device, int device_id, bool cuda, kvcache::KvCache* cache, const ModelShape& model,
+    const SchedulerConfig& config, std::shared_ptr<Clock> clock, Metrics* metrics) {
+  absl::StatusOr<std::unique_ptr<LaunchArena>> arena = LaunchArena::Create(cuda, device_id);
+  if (!arena.ok()) return arena.status();
+  return std::unique_ptr<DeviceScheduler>(new DeviceScheduler(
+      device, device_id, cache, model, config, std::move(clock), metrics, *std::move(arena)));
+}
+
+DeviceScheduler::DeviceScheduler(int device, int device_id, kvcache::KvCache* cache,
+                                 const ModelShape& model, const SchedulerConfig& config,
+                                 std::shared_ptr<Clock> clock, Metrics* metrics,
+                                 std::unique_ptr<LaunchArena> arena)
+    : device_(device),
+      device_id_(device_id),
+      cache_(cache),
+      model_(model),
+      config_(config),
+      clock_(std::move(clock)),
+      metrics_(metrics),
+      arena_(std::move(arena)) {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+DeviceScheduler::~DeviceScheduler() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    ++generation_;
+  }
+  thread_.join();
+}
+
+void DeviceScheduler::Enqueue(std::shared_ptr<StepState> step, StepPart* part) {
+  absl::MutexLock lock(&mu_);
+  pending_.push_back(Item{std::move(step), part});
+  ++generation_;
+}
+
+void DeviceScheduler::Wake() {
+  absl::MutexLock lock(&mu_);
+  ++generation_;
+}
+
+void DeviceScheduler::ReleasePart(const StepPart& part) {
+  absl::MutexLock lock(&mu_);
+  if (part.holds_sequences) {
+    for (const std::string& id : part.sequence_ids()) {
+      auto it = busy_.find(id);
+      if (it != busy_.end() && --it->second == 0) busy_.erase(it);
+    }
+  }
+  ++generation_;
+}
+
+SchedulerCounters DeviceScheduler::counters() const {
+  absl::MutexLock lock(&mu_);
+  return counters_;
+}
+
+void DeviceScheduler::Report(const Item& item, absl::Status status) {
+  item.step->ReportPart(item.part, std::move(status));
+}
+
+bool DeviceScheduler::PlanLaunch(Plan* plan, std::vector<Item>* doomed, absl::Time* wake_at) {
+  auto is_doomed = [](const Item& item) { return item.step->doomed(); };
+  for (const Item& item : pending_) {
+    if (is_doomed(item)) doomed->push_back(item);
+  }
+  for (const Item& item : active_) {
+    if (is_doomed(item)) doomed->push_back(item);
+  }
+  if (!doomed->empty()) {
+    pending_.erase(std::remove_if(pending_.begin(), pending_.end(), is_doomed), pending_.end());
+    active_.erase(std::remove_if(active_.begin(), active_.end(), is_doomed), active_.end());
+    return false;
+  }
+
+  // Parts that may start: none of their sequences is held by a started part or named by an
+  // earlier waiting one.
+  absl::flat_hash_set<absl::string_view> claimed;
+  std::vector<size_t> eligible;
+  for (size_t i = 0; i < pending_.size(); ++i) {
+    bool free = true;
+    for (const std::string& id : pending_[i].part->sequence_ids()) {
+      if (busy_.contains(id) || !claimed.insert(id).second) free = false;
+    }
+    if (free) eligible.push_back(i);
+  }
+  if (active_.empty() && eligible.empty()) return false;
+
+  // The layer of whoever has waited longest.
+  struct Candidate {
+    Item item;
+    bool fresh;
+    size_t pending_index;
+  };
+  std::vector<Candidate> candidates;
+  for (const Item& item : active_) candidates.push_back({item, false, 0});
+  for (size_t i : eligible) candidates.push_back({pending_[i], true, i});
+  std::stable_sort(candidates.begin(), candidates.end(),
+                   [](const Candidate& a, const Candidate& b) {
+                     return a.item.part->ready_time < b.item.part->ready_time;
+                   });
+  const int layer = static_cast<int>(candidates.front().item.step->layer());
+
+  if (active_.empty() && config_.batch_window > absl::ZeroDuration()) {
+    int64_t waiting = 0;
+    bool urgent = false;
+    absl::Time oldest = absl::InfiniteFuture();
+    for (const Candidate& c : candidates) {
+      if (static_cast<int>(c.item.step->layer()) != layer) continue;
+      waiting += c.item.part->total_rows();
+      urgent = urgent || c.item.step->urgent();
+      oldest = std::min(oldest, c.item.part->ready_time);
+    }
+    const absl::Time launch_at = oldest + config_.batch_window;
+    if (!urgent && waiting < config_.max_batch_tokens && clock_->Now() < launch_at) {
+      *wake_at = launch_at;
+      return false;
+    }
+  }
+
+  int64_t budget = config_.max_batch_tokens;
+  std::vector<bool> taken(pending_.size(), false);
+  for (const Candidate& c : candidates) {
+    if (budget == 0) break;
+    if (static_cast<int>(c.item.step->layer()) != layer) continue;
+    StepPart* part = c.item.part;
+    const int64_t rows = std::min<int64_t>(
+        {part->total_rows() - part->rows_done, config_.prefill_chunk_tokens, budget});
+    plan->windows.push_back(LaunchWindow{part, part->rows_done, part->rows_done + rows});
+    plan->items.push_back(c.item);
+    budget -= rows;
+    if (c.fresh) {
+      taken[c.pending_index] = true;
+      part->holds_sequences = true;
+      for (const std::string& id : part->sequence_ids()) ++busy_[id];
+      plan->fresh.push_back(c.item);
+    } else {
+      active_.erase(std::find_if(active_.begin(), active_.end(),
+                                 [part](const Item& i) { return i.part == part; }));
+    }
+  }
+  std::deque<Item> still_pending;
+  for (size_t i = 0; i < pending_.size(); ++i) {
+    if (!taken[i]) still_pending.push_back(std::move(pending_[i]));
+  }
+  pending_.swap(still_pending);
+  plan->layer = layer;
+  return true;
+}
+
+void DeviceScheduler::Loop() {
+  if (arena_->cuda()) {
+    if (KernelStatus s = cuda::SetDevice(device_id_); !s.ok()) {
+      spdlog::error("device {}: scheduler cannot select its device: {}", device_id_, s.ToString());
+    }
+  }
+  for (;;) {
+    Plan plan;
+    std::vector<Item> doomed;
+    bool stop = false;
+    {
+      absl::MutexLock lock(&mu_);
+      for (;;) {
+        if (stopping_) {
+          doomed.assign(pending_.begin(), pending_.end());
+          doomed.insert(doomed.end(), active_.begin(), active_.end());
+          pending_.clear();
+          active_.clear();
+          stop = true;
+          break;
+        }
+        absl::Time wake_at = absl::InfiniteFuture();
+        const uint64_t generation = generation_;
+        if (PlanLaunch(&plan, &doomed, &wake_at) || !doomed.empty()) break;
+        auto changed = [this, generation]()
+                           ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return generation_ != generation; };
+        clock_->AwaitWithDeadline(&mu_, absl::Condition(&changed), wake_at);
+      }
+    }
+    for (const Item& item : doomed) {
+      Report(item, stop ? absl::UnavailableError("the server is shutting down")
+                   : item.step->cancelled()
+                       ? absl::CancelledError("the call was cancelled")
+                       : absl::AbortedError("another part of the step failed"));
+    }
+    if (stop) return;
+    if (plan.layer >= 0) Execute(plan);
+  }
+}
+
+void DeviceScheduler::Execute(Plan& plan) {
+  const absl::Time prepared_at = clock_->Now();
+  std::vector<std::pair<Item, absl::Status>> failed;
+  for (const Item& item : plan.fresh) {
+    StepPart* part = item.part;
+    absl::StatusOr<kvcache::LayerBatch> batch =
+        cache_->PrepareLayerBatch(plan.layer, part->batch_entries());
+    if (!batch.ok()) {
+      failed.emplace_back(item, InRequestTerms(batch.status(), *part));
+      continue;
+    }
+    part->batch.emplace(*std::move(batch));
+    part->first_launch = prepared_at;
+    metrics_->RecordQueueWait(prepared_at - item.step->received());
+  }
+  std::vector<LaunchWindow> windows;
+  std::vector<Item> launched;
+  for (size_t i = 0; i < plan.windows.size(); ++i) {
+    if (plan.items[i].part->prepared()) {
+      windows.push_back(plan.windows[i]);
+      launched.push_back(plan.items[i]);
+    }
+  }
+  absl::Status launch_status;
+  if (!windows.empty()) {
+    const absl::Time start = absl::Now();
+    absl::StatusOr<LaunchSummary> summary =
+        RunLaunch(model_, windows, cache_->layer_pools(plan.layer), arena_.get());
+    const absl::Duration elapsed = absl::Now() - start;
+    launch_status = summary.status();
+    if (summary.ok()) {
+      metrics_->RecordBatch(device_id_, summary->entries, summary->tokens, elapsed);
+      spdlog::trace("device {} layer {}: {} sequences, {} tokens in {}", device_id_, plan.layer,
+                    summary->entries, summary->tokens, absl::FormatDuration(elapsed));
+      absl::MutexLock lock(&mu_);
+      ++counters_.launches;
+      counters_.entries += summary->entries;
+      counters_.tokens += summary->tokens;
+      counters_.max_entries = std::max<uint64_t>(counters_.max_entries, summary->entries);
+    } else {
+      spdlog::warn("device {} layer {}: launch failed: {}", device_id_, plan.layer,
+                   launch_status.ToString());
+    }
+  }
+  std::vector<Item> completed;
+  {
+    const absl::Time now = clock_->Now();
+    absl::MutexLock lock(&mu_);
+    for (size_t i = 0; i < windows.size(); ++i) {
+      if (!launch_status.ok()) {
+        failed.emplace_back(launched[i], launch_status);
+        continue;
+      }
+      StepPart* part = windows[i].part;
+      part->rows_done = windows[i].end;
+      if (part->rows_done == part->total_rows()) {
+        completed.push_back(launched[i]);
+        ++counters_.parts_completed;
+      } else {
+        part->ready_time = now;  // behind whatever arrived meanwhile
+        active_.push_back(launched[i]);
+      }
+    }
+  }
+  for (auto& [item, status] : failed) Report(item, status);
+  for (const Item& item : completed) Report(item, absl::OkStatus());
+}
+
+}  // namespace flashkv::server

@@ -1,0 +1,331 @@
+#include "flashkv/server/kvcache_service.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <string>
+#include <thread>
+#include <utility>
+
+#include "absl/time/clock.h"
+#include "flashkv/server/region_service.h"
+#include "flashkv/server/status.h"
+#include "flashkv/server/step_request.h"
+#include "flashkv/server/step_stream.h"
+#include "flashkv/wire/messages.h"
+
+namespace flashkv::server {
+namespace {
+
+namespace v1 = flashkv::v1;
+
+// A fork whose parent is in a running step waits for the step to end (it answers ABORTED only
+// past this, or the call's deadline).
+constexpr absl::Duration kForkWaitLimit = absl::Seconds(30);
+
+// Unary Step: the step's completion finishes the call; a cancellation cancels the step.
+class StepReactor final : public grpc::ServerUnaryReactor {
+ public:
+  StepReactor(KvCacheService* service, std::string tenant, grpc::ByteBuffer* response)
+      : service_(service),
+        tenant_(std::move(tenant)),
+        response_(response),
+        start_(service->clock().Now()) {
+    service_->metrics().CallStarted("Step");
+  }
+
+  void Start(const grpc::ByteBuffer& request) {
+    absl::StatusOr<std::shared_ptr<StepState>> step = service_->NewStep(
+        request, tenant_, start_,
+        [this](const absl::Status& status, grpc::ByteBuffer r) { Complete(status, std::move(r)); });
+    if (!step.ok()) {
+      Complete(step.status(), grpc::ByteBuffer());
+      return;
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      step_ = *step;
+    }
+    service_->Submit(*step);
+  }
+
+  void OnCancel() override {
+    std::shared_ptr<StepState> step;
+    {
+      absl::MutexLock lock(&mu_);
+      step = step_;
+    }
+    if (step != nullptr) service_->Cancel(*step);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void Complete(const absl::Status& status, grpc::ByteBuffer response) {
+    *response_ = std::move(response);
+    const grpc::Status grpc_status = ToGrpcStatus(status);
+    service_->metrics().CallFinished("Step");
+    service_->metrics().RecordRpc("Step", grpc_status.error_code(),
+                                  service_->clock().Now() - start_);
+    spdlog::debug("Step: {}", status.ok() ? "OK" : status.ToString());
+    Finish(grpc_status);
+  }
+
+  KvCacheService* const service_;
+  const std::string tenant_;
+  grpc::ByteBuffer* const response_;
+  const absl::Time start_;
+  absl::Mutex mu_;
+  std::shared_ptr<StepState> step_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace
+
+KvCacheService::KvCacheService(const ServerConfig& config, Executor* executor, Metrics* metrics,
+                               std::shared_ptr<Clock> clock, const RegionRegistry* regions)
+    : config_(config),
+      executor_(executor),
+      metrics_(metrics),
+      clock_(std::move(clock)),
+      regions_(regions) {}
+
+void KvCacheService::Attach(CacheSet* caches, std::vector<DeviceScheduler*> schedulers) {
+  caches_ = caches;
+  schedulers_ = std::move(schedulers);
+  for (DeviceScheduler* s : schedulers_) releasers_.push_back(s);
+  attached_.store(true, std::memory_order_release);
+}
+
+absl::Status KvCacheService::Ready() const {
+  if (attached_.load(std::memory_order_acquire)) return absl::OkStatus();
+  return absl::UnavailableError("the server is starting: its KV caches are not ready yet");
+}
+
+KvCacheService::~KvCacheService() = default;
+
+void KvCacheService::FinishUnary(grpc::ServerUnaryReactor* reactor, const char* rpc,
+                                 absl::Time start, const absl::Status& status) {
+  const grpc::Status grpc_status = ToGrpcStatus(status);
+  metrics_->RecordRpc(rpc, grpc_status.error_code(), clock_->Now() - start);
+  spdlog::debug("{}: {}", rpc, status.ok() ? "OK" : status.ToString());
+  reactor->Finish(grpc_status);
+}
+
+grpc::ServerUnaryReactor* KvCacheService::GetCacheInfo(grpc::CallbackServerContext* context,
+                                                       const v1::GetCacheInfoRequest*,
+                                                       v1::CacheInfo* response) {
+  const absl::Time start = clock_->Now();
+  auto* reactor = context->DefaultReactor();
+  if (absl::Status s = Ready(); !s.ok()) {
+    FinishUnary(reactor, "GetCacheInfo", start, s);
+    return reactor;
+  }
+  const ModelShape& m = config_.model;
+  response->set_num_layers(m.num_layers);
+  response->set_num_q_heads(m.num_q_heads);
+  response->set_num_kv_heads(m.num_kv_heads);
+  response->set_head_dim(m.head_dim);
+  response->set_dtype(static_cast<v1::DType>(static_cast<int>(m.dtype)));
+  response->set_page_size(m.page_size);
+  int max_context = 0;
+  for (int d = 0; d < caches_->num_devices(); ++d) {
+    const kvcache::CacheStats s = caches_->cache(d).GetStats();
+    response->set_blocks_total(response->blocks_total() + s.blocks_total);
+    // As the proto says: cached blocks are free blocks that still hold a reusable prefix.
+    response->set_blocks_free(response->blocks_free() + s.blocks_free + s.blocks_cached);
+    response->set_blocks_cached(response->blocks_cached() + s.blocks_cached);
+    const int device_context = caches_->cache(d).max_context();
+    max_context = d == 0 ? device_context : std::min(max_context, device_context);
+  }
+  response->set_max_context(max_context);
+  response->set_num_devices(caches_->num_devices());
+  response->set_backend(caches_->cuda() ? "cuda" : "cpu");
+  FinishUnary(reactor, "GetCacheInfo", start, absl::OkStatus());
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* KvCacheService::CreateSequence(grpc::CallbackServerContext* context,
+                                                         const v1::CreateSequenceRequest* request,
+                                                         v1::CreateSequenceResponse* response) {
+  const absl::Time start = clock_->Now();
+  auto* reactor = context->DefaultReactor();
+  absl::Status status = Ready();
+  if (status.ok()) status = CheckSequenceId(request->sequence_id(), "sequence_id");
+  if (status.ok()) {
+    absl::StatusOr<int> cached = caches_->CreateSequence(
+        request->sequence_id(),
+        absl::MakeConstSpan(request->token_ids().data(), request->token_ids().size()));
+    status = cached.status();
+    if (cached.ok()) response->set_cached_tokens(static_cast<uint32_t>(*cached));
+  }
+  FinishUnary(reactor, "CreateSequence", start, status);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* KvCacheService::ForkSequence(grpc::CallbackServerContext* context,
+                                                       const v1::ForkSequenceRequest* request,
+                                                       v1::ForkSequenceResponse*) {
+  const absl::Time start = clock_->Now();
+  auto* reactor = context->DefaultReactor();
+  absl::Status status = Ready();
+  if (status.ok()) status = CheckSequenceId(request->parent_id(), "parent_id");
+  if (status.ok()) status = CheckSequenceId(request->child_id(), "child_id");
+  if (!status.ok()) {
+    FinishUnary(reactor, "ForkSequence", start, status);
+    return reactor;
+  }
+  // The parent may be in a step that is still running; the fork then waits for it to resolve
+  // (on the executor, not a gRPC thread).
+  const bool queued = executor_->TrySubmit([this, context, reactor, request, start] {
+    const absl::Time give_up =
+        std::min(absl::FromChrono(context->deadline()), absl::Now() + kForkWaitLimit);
+    absl::Duration pause = absl::Microseconds(100);
+    absl::Status s;
+    for (;;) {
+      s = caches_->ForkSequence(request->parent_id(), request->child_id());
+      if (!absl::IsAborted(s) || context->IsCancelled() || absl::Now() + pause > give_up) break;
+      absl::SleepFor(pause);
+      pause = std::min(pause * 2, absl::Milliseconds(10));
+    }
+    FinishUnary(reactor, "ForkSequence", start, s);
+  });
+  if (!queued) {
+    FinishUnary(reactor, "ForkSequence", start,
+                absl::ResourceExhaustedError("the server's work queue is full; retry later"));
+  }
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* KvCacheService::FreeSequence(grpc::CallbackServerContext* context,
+                                                       const v1::FreeSequenceRequest* request,
+                                                       v1::FreeSequenceResponse*) {
+  const absl::Time start = clock_->Now();
+  auto* reactor = context->DefaultReactor();
+  absl::Status status = Ready();
+  if (status.ok()) status = CheckSequenceId(request->sequence_id(), "sequence_id");
+  if (status.ok()) status = caches_->FreeSequence(request->sequence_id());
+  FinishUnary(reactor, "FreeSequence", start, status);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* KvCacheService::Step(grpc::CallbackServerContext* context,
+                                               const grpc::ByteBuffer* request,
+                                               grpc::ByteBuffer* response) {
+  auto* reactor =
+      new StepReactor(this, regions_ != nullptr ? TenantOf(*context) : std::string(), response);
+  reactor->Start(*request);
+  return reactor;
+}
+
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* KvCacheService::StepStream(
+    grpc::CallbackServerContext* context) {
+  return new StepStreamReactor(this, regions_ != nullptr ? TenantOf(*context) : std::string());
+}
+
+grpc::ServerUnaryReactor* KvCacheService::GetStats(grpc::CallbackServerContext* context,
+                                                   const v1::GetStatsRequest*,
+                                                   v1::ServerStats* response) {
+  const absl::Time start = clock_->Now();
+  auto* reactor = context->DefaultReactor();
+  absl::Status status = Ready();
+  if (status.ok()) *response = Stats();
+  FinishUnary(reactor, "GetStats", start, status);
+  return reactor;
+}
+
+v1::ServerStats KvCacheService::Stats() const {
+  v1::ServerStats out;
+  for (int d = 0; d < caches_->num_devices(); ++d) {
+    const kvcache::CacheStats s = caches_->cache(d).GetStats();
+    out.set_sequences(out.sequences() + s.sequences);
+    out.set_blocks_total(out.blocks_total() + s.blocks_total);
+    out.set_blocks_free(out.blocks_free() + s.blocks_free + s.blocks_cached);  // cached ones too
+    out.set_blocks_cached(out.blocks_cached() + s.blocks_cached);
+    out.set_blocks_used(out.blocks_used() + s.blocks_used);
+    out.set_prefix_hit_tokens(out.prefix_hit_tokens() + s.prefix_hit_tokens);
+    out.set_prefix_query_tokens(out.prefix_query_tokens() + s.prefix_lookup_tokens);
+    out.set_swaps_out(out.swaps_out() + s.swap_outs);
+    out.set_swaps_in(out.swaps_in() + s.swap_ins);
+    out.set_swap_bytes_out(out.swap_bytes_out() + s.swap_out_bytes);
+    out.set_swap_bytes_in(out.swap_bytes_in() + s.swap_in_bytes);
+    const SchedulerCounters c = schedulers_[d]->counters();
+    out.set_batches(out.batches() + c.launches);
+    out.set_batched_entries(out.batched_entries() + c.entries);
+    out.set_batched_tokens(out.batched_tokens() + c.tokens);
+    out.set_max_batch_entries(std::max<uint64_t>(out.max_batch_entries(), c.max_entries));
+    v1::DeviceStats* device = out.add_devices();
+    device->set_device(caches_->device_id(d));
+    device->set_sequences(s.sequences);
+    device->set_blocks_total(s.blocks_total);
+    device->set_blocks_used(s.blocks_used);
+  }
+  out.set_steps(steps_completed_.load());
+  return out;
+}
+
+absl::StatusOr<std::shared_ptr<StepState>> KvCacheService::NewStep(const grpc::ByteBuffer& request,
+                                                                   const std::string& tenant,
+                                                                   absl::Time received,
+                                                                   StepCompletion done) {
+  if (absl::Status s = Ready(); !s.ok()) return s;
+  absl::StatusOr<wire::MessageBytes> message = wire::MessageBytes::FromByteBuffer(request);
+  if (!message.ok()) return message.status();
+  wire::StepRequestView view;
+  if (auto s = wire::DecodeStepRequest(*message, &view); !s.ok()) return s;
+  const RegionAccess regions{regions_, tenant};
+  absl::StatusOr<std::vector<StepEntry>> entries =
+      CheckStepRequest(view, config_, *caches_, regions, &*message);
+  if (!entries.ok()) return entries.status();
+  return MakeStep(*std::move(message), view.layer, view.step_id, *std::move(entries), received,
+                  std::move(done));
+}
+
+std::shared_ptr<StepState> KvCacheService::MakeStep(wire::MessageBytes message, uint32_t layer,
+                                                    uint64_t step_id,
+                                                    std::vector<StepEntry> entries,
+                                                    absl::Time received, StepCompletion done) {
+  const ModelShape& m = config_.model;
+  const int64_t out_row_bytes = int64_t{m.num_q_heads} * m.head_dim * DTypeSize(m.dtype);
+  auto completion = [this, received, done = std::move(done)](const absl::Status& status,
+                                                             grpc::ByteBuffer response) {
+    if (status.ok()) steps_completed_.fetch_add(1);
+    metrics_->RecordStep(clock_->Now() - received);
+    done(status, std::move(response));
+  };
+  return std::make_shared<StepState>(std::move(message), layer, step_id, std::move(entries),
+                                     out_row_bytes, static_cast<int32_t>(m.dtype), m.num_q_heads,
+                                     m.head_dim, received, caches_, releasers_,
+                                     std::move(completion));
+}
+
+void KvCacheService::Submit(const std::shared_ptr<StepState>& step) {
+  // One global order: two steps meet in the same order on every device, so a step never waits
+  // on a device for one that waits for it on another.
+  absl::MutexLock lock(&submit_mu_);
+  for (const auto& part : step->parts()) schedulers_[part->device()]->Enqueue(step, part.get());
+}
+
+void KvCacheService::Cancel(StepState& step) {
+  step.Cancel();
+  for (const auto& part : step.parts()) schedulers_[part->device()]->Wake();
+}
+
+void KvCacheService::Register(StepStreamReactor* reactor) {
+  absl::MutexLock lock(&streams_mu_);
+  streams_.insert(reactor);
+  if (draining_) reactor->Drain();
+}
+
+void KvCacheService::Unregister(StepStreamReactor* reactor) {
+  absl::MutexLock lock(&streams_mu_);
+  streams_.erase(reactor);
+}
+
+void KvCacheService::BeginDrain() {
+  absl::MutexLock lock(&streams_mu_);
+  draining_ = true;
+  for (StepStreamReactor* reactor : streams_) reactor->Drain();
+}
+
+}  // namespace flashkv::server

@@ -1,0 +1,115 @@
+#include "flashkv/server/region_service.h"
+
+#include <spdlog/spdlog.h>
+
+#include <memory>
+#include <utility>
+
+#include "absl/synchronization/mutex.h"
+#include "flashkv/server/status.h"
+
+namespace flashkv::server {
+namespace {
+
+namespace v1 = flashkv::v1;
+
+// One AttachRegion stream. It writes the region's id once and then stays open until the region
+// is released (Finish OK) or the client goes away (OnCancel). The registry's release callback
+// may run on any thread at any time, so it reaches the reactor through `finish_`, which allows
+// one Finish() only; OnDone (which follows Finish) deletes the reactor.
+class AttachReactor : public grpc::ServerWriteReactor<v1::AttachRegionResponse> {
+ public:
+  AttachReactor(RegionRegistry* registry, grpc::CallbackServerContext* context,
+                const v1::AttachRegionRequest& request)
+      : registry_(registry), finish_(std::make_shared<Finisher>(this)) {
+    const std::string tenant = TenantOf(*context);
+    auto on_release = [finish = finish_] { finish->Run(grpc::Status::OK); };
+    absl::StatusOr<uint64_t> id;
+    switch (request.memory_case()) {
+      case v1::AttachRegionRequest::kHost:
+        id = registry->AttachHost(tenant, request.host().pid(), request.host().fd(), request.size(),
+                                  on_release);
+        break;
+      case v1::AttachRegionRequest::kCuda:
+        id = registry->AttachCuda(tenant, request.cuda().handle(), request.cuda().device(),
+                                  request.size(), on_release);
+        break;
+      default:
+        id = absl::InvalidArgumentError("memory must be set (host or cuda)");
+    }
+    if (!id.ok()) {
+      finish_->Run(ToGrpcStatus(id.status()));
+      return;
+    }
+    id_ = *id;
+    spdlog::debug("region {} attached ({} bytes)", id_, request.size());
+    response_.set_region_id(id_);
+    response_.set_size(request.size());
+    StartWrite(&response_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) Drop(grpc::Status(grpc::StatusCode::CANCELLED, "client gone"));
+  }
+  void OnCancel() override { Drop(grpc::Status::CANCELLED); }
+  void OnDone() override {
+    registry_->Forget(id_);
+    delete this;
+  }
+
+ private:
+  class Finisher {
+   public:
+    explicit Finisher(AttachReactor* reactor) : reactor_(reactor) {}
+    void Run(const grpc::Status& status) {
+      {
+        absl::MutexLock lock(&mu_);
+        if (finished_) return;
+        finished_ = true;
+      }
+      reactor_->Finish(status);
+    }
+
+   private:
+    AttachReactor* const reactor_;
+    absl::Mutex mu_;
+    bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  };
+
+  // The client cancelled or disconnected: the region goes, and the stream ends.
+  void Drop(const grpc::Status& status) {
+    if (id_ != 0) {
+      registry_->Forget(id_);
+      spdlog::debug("region {} released: client gone", id_);
+    }
+    finish_->Run(status);
+  }
+
+  RegionRegistry* const registry_;
+  std::shared_ptr<Finisher> finish_;
+  uint64_t id_ = 0;
+  v1::AttachRegionResponse response_;
+};
+
+}  // namespace
+
+std::string TenantOf(const grpc::CallbackServerContext& context) {
+  const auto& metadata = context.client_metadata();
+  auto it = metadata.find("authorization");
+  return it == metadata.end() ? std::string() : std::string(it->second.data(), it->second.size());
+}
+
+grpc::ServerWriteReactor<v1::AttachRegionResponse>* RegionService::AttachRegion(
+    grpc::CallbackServerContext* context, const v1::AttachRegionRequest* request) {
+  return new AttachReactor(registry_, context, *request);
+}
+
+grpc::ServerUnaryReactor* RegionService::ReleaseRegion(grpc::CallbackServerContext* context,
+                                                       const v1::ReleaseRegionRequest* request,
+                                                       v1::ReleaseRegionResponse*) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(registry_->Release(TenantOf(*context), request->region_id())));
+  return reactor;
+}
+
+}  // namespace flashkv::server

@@ -1,0 +1,110 @@
+#include "flashkv/server/region_tensors.h"
+
+#include <memory>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "flashkv/dtype.h"
+
+namespace flashkv::server {
+namespace {
+
+absl::StatusOr<RegionBytes> ResolveHost(const RegionAccess& access,
+                                        const wire::RegionSliceView& slice, uint64_t bytes,
+                                        const std::string& field) {
+  if (access.registry == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(field, " names a shared-memory region, but this server has no data plane"));
+  }
+  absl::StatusOr<RegionBytes> resolved =
+      access.registry->Resolve(access.tenant, slice, bytes, field);
+  if (!resolved.ok()) return resolved.status();
+  if (resolved->region->device() >= 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(field, ": region ", slice.region_id,
+                     " is CUDA device memory; this call reads host "
+                     "memory regions only"));
+  }
+  return resolved;
+}
+
+}  // namespace
+
+absl::StatusOr<uint64_t> TensorByteCount(int32_t dtype, const std::vector<int64_t>& shape,
+                                         const char* field) {
+  uint64_t element = 0;
+  switch (dtype) {
+    case 1:
+    case 2:
+      element = 2;
+      break;
+    case 3:
+      element = 4;
+      break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ".dtype (", dtype, ") must be DTYPE_FLOAT16, DTYPE_BFLOAT16 or DTYPE_FLOAT32"));
+  }
+  constexpr uint64_t kMax = uint64_t{1} << 62;
+  uint64_t bytes = element;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (shape[i] < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".shape[", i, "] (", shape[i], ") must be >= 0"));
+    }
+    if (shape[i] != 0 && bytes > kMax / uint64_t(shape[i])) {
+      return absl::InvalidArgumentError(absl::StrCat(field, " is larger than 2^62 bytes"));
+    }
+    bytes *= uint64_t(shape[i]);
+  }
+  return bytes;
+}
+
+absl::Status ResolveRegionTensors(
+    const RegionAccess& access,
+    std::initializer_list<std::pair<wire::TensorView*, const char*>> tensors,
+    wire::MessageBytes* message) {
+  std::vector<grpc::Slice> extra;
+  std::vector<std::pair<wire::TensorView*, wire::Span>> spans;
+  size_t end = message->size();
+  for (const auto& [tensor, name] : tensors) {
+    if (!tensor->present || !tensor->region.present) continue;
+    if (tensor->data.size != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(name, ".data (", tensor->data.size,
+                                                     " bytes) must be empty when ", name,
+                                                     ".region is set"));
+    }
+    absl::StatusOr<uint64_t> bytes = TensorByteCount(tensor->dtype, tensor->shape, name);
+    if (!bytes.ok()) return bytes.status();
+    absl::StatusOr<RegionBytes> resolved =
+        ResolveHost(access, tensor->region, *bytes, absl::StrCat(name, ".region"));
+    if (!resolved.ok()) return resolved.status();
+    spans.emplace_back(tensor, wire::Span{end, size_t(*bytes)});
+    if (*bytes == 0) continue;  // MessageBytes holds no empty slices
+    // The slice pins the mapping for as long as anything references the request's bytes.
+    auto* pin = new std::shared_ptr<MappedRegion>(resolved->region);
+    extra.emplace_back(
+        resolved->data, size_t(*bytes),
+        [](void* p) { delete static_cast<std::shared_ptr<MappedRegion>*>(p); }, pin);
+    end += *bytes;
+  }
+  if (spans.empty()) return absl::OkStatus();
+  std::vector<grpc::Slice> slices;
+  slices.reserve(message->num_slices() + extra.size());
+  for (size_t i = 0; i < message->num_slices(); ++i) slices.push_back(message->slice(i));
+  for (grpc::Slice& s : extra) slices.push_back(std::move(s));
+  *message = wire::MessageBytes::FromSlices(std::move(slices));
+  for (auto& [tensor, span] : spans) tensor->data = span;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<RegionBytes>> ResolveOutputSlice(const RegionAccess& access,
+                                                              const wire::RegionSliceView& slice,
+                                                              uint64_t bytes, const char* field) {
+  if (!slice.present) return std::optional<RegionBytes>();
+  absl::StatusOr<RegionBytes> resolved = ResolveHost(access, slice, bytes, field);
+  if (!resolved.ok()) return resolved.status();
+  return std::optional<RegionBytes>(*std::move(resolved));
+}
+
+}  // namespace flashkv::server

@@ -1,0 +1,162 @@
+#include "flashkv/server/step.h"
+
+#include <utility>
+
+#include "flashkv/server/cache_set.h"
+#include "flashkv/wire/messages.h"
+
+namespace flashkv::server {
+
+void StepPart::AddEntry(int index, const StepEntry& entry) {
+  entries_.push_back(index);
+  row_start_.push_back(row_start_.back() + entry.num_tokens);
+  sequence_ids_.push_back(entry.sequence_id);
+  // The BatchEntry views point into the step's entries, which never move after construction.
+  batch_entries_.push_back(kvcache::BatchEntry{entry.sequence_id, entry.num_tokens,
+                                               absl::MakeConstSpan(entry.token_ids)});
+}
+
+namespace {
+
+// Entry i's output rows follow entry i-1's in the step's output buffer (entries whose output
+// goes to a region take no room there).
+std::vector<StepEntry> WithOutputOffsets(std::vector<StepEntry> entries, int64_t out_row_bytes) {
+  size_t offset = 0;
+  for (StepEntry& e : entries) {
+    if (e.out_region) continue;
+    e.out_offset = offset;
+    offset += static_cast<size_t>(e.num_tokens) * static_cast<size_t>(out_row_bytes);
+  }
+  return entries;
+}
+
+}  // namespace
+
+StepState::StepState(wire::MessageBytes message, uint32_t layer, uint64_t step_id,
+                     std::vector<StepEntry> entries, int64_t out_row_bytes, int32_t wire_dtype,
+                     int num_q_heads, int head_dim, absl::Time received, CacheSet* caches,
+                     std::vector<PartReleaser*> releasers, StepCompletion done)
+    : message_(std::move(message)),
+      layer_(layer),
+      step_id_(step_id),
+      entries_(WithOutputOffsets(std::move(entries), out_row_bytes)),
+      out_row_bytes_(out_row_bytes),
+      wire_dtype_(wire_dtype),
+      num_q_heads_(num_q_heads),
+      head_dim_(head_dim),
+      received_(received),
+      caches_(caches),
+      releasers_(std::move(releasers)),
+      done_(std::move(done)) {
+  size_t out_bytes = 0;
+  std::vector<StepPart*> part_of_device(releasers_.size(), nullptr);
+  for (size_t i = 0; i < entries_.size(); ++i) {
+    const StepEntry& e = entries_[i];
+    StepPart*& part = part_of_device[e.device];
+    if (part == nullptr) {
+      parts_.push_back(std::make_unique<StepPart>(this, e.device));
+      part = parts_.back().get();
+    }
+    part->AddEntry(static_cast<int>(i), e);
+    if (!e.out_region) {
+      out_bytes += static_cast<size_t>(e.num_tokens) * static_cast<size_t>(out_row_bytes_);
+    }
+  }
+  output_ = HostBytes::Allocate(out_bytes);
+  for (auto& part : parts_) part->ready_time = received_;
+  outstanding_parts_ = static_cast<int>(parts_.size());
+}
+
+int64_t StepState::total_rows() const {
+  int64_t rows = 0;
+  for (const StepEntry& e : entries_) rows += e.num_tokens;
+  return rows;
+}
+
+void StepState::set_predecessor(std::shared_ptr<StepState> predecessor) {
+  absl::MutexLock lock(&mu_);
+  predecessor_ = std::move(predecessor);
+}
+
+void StepState::ReportPart(StepPart* part, absl::Status status) {
+  part->reported = true;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!status.ok()) {
+      if (failure_.ok()) failure_ = std::move(status);
+      failed_.store(true);
+    }
+    if (--outstanding_parts_ > 0) return;
+    computed_ = true;
+    if (predecessor_ != nullptr) {
+      // Lock order: a successor's mu_ before its predecessor's.
+      absl::MutexLock predecessor_lock(&predecessor_->mu_);
+      if (!predecessor_->resolved_) {
+        predecessor_->successor_ = shared_from_this();
+        return;  // the predecessor resolves this step when it is done
+      }
+    }
+  }
+  std::shared_ptr<StepState> next = Resolve();
+  while (next != nullptr) next = next->Resolve();
+}
+
+std::shared_ptr<StepState> StepState::Resolve() {
+  absl::Status status;
+  {
+    absl::MutexLock lock(&mu_);
+    status = failure_;
+    if (status.ok() && cancelled_.load()) {
+      status = absl::CancelledError("the call was cancelled before its step was applied");
+    }
+    if (status.ok() && predecessor_ != nullptr) {
+      absl::MutexLock predecessor_lock(&predecessor_->mu_);
+      if (!predecessor_->succeeded_) {
+        status = absl::AbortedError("not applied: the request before it on this stream (step_id " +
+                                    std::to_string(predecessor_->step_id_) + ") failed");
+      }
+    }
+    predecessor_.reset();  // resolved: the chain behind this step can go
+  }
+  for (auto& part : parts_) {
+    if (!part->prepared()) continue;
+    kvcache::KvCache& cache = caches_->cache(part->device());
+    if (status.ok()) {
+      cache.Commit(std::move(*part->batch));
+    } else {
+      cache.Abort(std::move(*part->batch));
+    }
+    part->batch.reset();
+  }
+  for (auto& part : parts_) releasers_[part->device()]->ReleasePart(*part);
+  std::shared_ptr<StepState> successor;
+  {
+    absl::MutexLock lock(&mu_);
+    resolved_ = true;
+    succeeded_ = status.ok();
+    successor = std::move(successor_);
+  }
+  done_(status, status.ok() ? EncodeResponse() : grpc::ByteBuffer());
+  return successor;
+}
+
+grpc::ByteBuffer StepState::EncodeResponse() const {
+  std::vector<wire::TensorData> out;
+  out.reserve(entries_.size());
+  for (const StepEntry& e : entries_) {
+    wire::TensorData tensor;
+    tensor.dtype = wire_dtype_;
+    tensor.shape = {e.num_tokens, num_q_heads_, head_dim_};
+    if (e.out_region) {
+      tensor.region = e.out_slice;  // the rows are already in the caller's region
+    } else {
+      tensor.data = output_->data() + e.out_offset;
+      tensor.size = static_cast<size_t>(e.num_tokens * out_row_bytes_);
+      tensor.owner = output_;
+    }
+    out.push_back(std::move(tensor));
+  }
+  return wire::EncodeStepResponse(out, step_id_);
+}
+
+}  // namespace flashkv::server

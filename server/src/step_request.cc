@@ -1,0 +1,197 @@
+#include "flashkv/server/step_request.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "flashkv/server/tensor_checks.h"
+
+namespace flashkv::server {
+namespace {
+
+absl::Status Invalid(std::string message) { return absl::InvalidArgumentError(std::move(message)); }
+
+// Well-formed UTF-8 (protobuf requires it of string fields), without overlong forms or
+// surrogates.
+bool IsUtf8(const std::string& s) {
+  static constexpr uint32_t kSmallest[] = {0, 0x80, 0x800, 0x10000};  // per continuation count
+  size_t i = 0;
+  while (i < s.size()) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    size_t extra;
+    uint32_t code;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xe0) == 0xc0) {
+      extra = 1;
+      code = c & 0x1f;
+    } else if ((c & 0xf0) == 0xe0) {
+      extra = 2;
+      code = c & 0x0f;
+    } else if ((c & 0xf8) == 0xf0) {
+      extra = 3;
+      code = c & 0x07;
+    } else {
+      return false;
+    }
+    if (s.size() - i <= extra) return false;
+    for (size_t k = 1; k <= extra; ++k) {
+      const unsigned char d = static_cast<unsigned char>(s[i + k]);
+      if ((d & 0xc0) != 0x80) return false;
+      code = (code << 6) | (d & 0x3f);
+    }
+    if (code < kSmallest[extra] || code > 0x10ffff || (code >= 0xd800 && code <= 0xdfff)) {
+      return false;
+    }
+    i += extra + 1;
+  }
+  return true;
+}
+
+DimSpec Rows(const char* name) { return DimSpec{name, kAnyDim, ""}; }
+
+absl::StatusOr<StepEntry> CheckEntry(wire::StepEntryView& view, size_t index,
+                                     const ServerConfig& config, const CacheSet& caches,
+                                     const RegionAccess& regions, wire::MessageBytes* message) {
+  const ModelShape& m = config.model;
+  const std::string name = "entries[" + std::to_string(index) + "]";
+  if (auto s = CheckSequenceId(view.sequence_id, name + ".sequence_id"); !s.ok()) return s;
+  if (view.q.region.present || view.k.region.present || view.v.region.present) {
+    const std::string q = name + ".q", k = name + ".k", v = name + ".v";
+    if (auto s = ResolveRegionTensors(
+            regions, {{&view.q, q.c_str()}, {&view.k, k.c_str()}, {&view.v, v.c_str()}}, message);
+        !s.ok()) {
+      return s;
+    }
+  }
+  const TensorSpec q_spec{name + ".q",
+                          {Rows("n"), DimSpec{"Hq", m.num_q_heads, "the model's q heads"},
+                           DimSpec{"D", m.head_dim, "the model's head dim"}},
+                          m.dtype,
+                          "the model's dtype"};
+  if (auto s = CheckTensor(view.q, q_spec); !s.ok()) return s.status();
+  const int64_t n = view.q.shape[0];
+  if (n < 1) return Invalid(name + ".q.shape[0] (n) = 0 must be >= 1");
+  for (const auto& [tensor, field] : {std::pair{&view.k, ".k"}, std::pair{&view.v, ".v"}}) {
+    const TensorSpec spec{name + field,
+                          {DimSpec{"n", n, name + ".q.shape[0]"},
+                           DimSpec{"Hkv", m.num_kv_heads, "the model's kv heads"},
+                           DimSpec{"D", m.head_dim, "the model's head dim"}},
+                          m.dtype,
+                          "the model's dtype"};
+    if (auto s = CheckTensor(*tensor, spec); !s.ok()) return s.status();
+  }
+  if (!view.token_ids.empty() && static_cast<int64_t>(view.token_ids.size()) != n) {
+    return Invalid(name + ".token_ids has " + std::to_string(view.token_ids.size()) +
+                   " ids; it must be empty or have one per new token (" + std::to_string(n) + ")");
+  }
+  const std::optional<int> device = caches.DeviceOf(view.sequence_id);
+  if (!device.has_value()) {
+    return absl::NotFoundError(name + ": sequence '" + view.sequence_id + "' does not exist");
+  }
+  const uint64_t out_bytes = uint64_t(n) * m.num_q_heads * m.head_dim * DTypeSize(m.dtype);
+  absl::StatusOr<std::optional<RegionBytes>> out =
+      ResolveOutputSlice(regions, view.out, out_bytes, (name + ".out").c_str());
+  if (!out.ok()) return out.status();
+  StepEntry entry;
+  entry.out_region = *std::move(out);
+  entry.out_slice = view.out;
+  entry.sequence_id = view.sequence_id;
+  entry.num_tokens = static_cast<int>(n);
+  entry.q = view.q.data;
+  entry.k = view.k.data;
+  entry.v = view.v.data;
+  entry.token_ids = view.token_ids;
+  entry.device = *device;
+  return entry;
+}
+
+// An output region range that overlaps an input in a region, or another output.
+absl::Status CheckOutputsApart(const std::vector<StepEntry>& entries,
+                               const wire::MessageBytes& message, const ModelShape& m) {
+  struct Range {
+    const uint8_t* begin;
+    const uint8_t* end;
+    std::string field;
+    bool output;
+  };
+  std::vector<Range> ranges;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const StepEntry& e = entries[i];
+    if (!e.out_region) continue;
+    const size_t bytes = size_t(e.num_tokens) * m.num_q_heads * m.head_dim * DTypeSize(m.dtype);
+    ranges.push_back({e.out_region->data, e.out_region->data + bytes,
+                      "entries[" + std::to_string(i) + "].out", true});
+  }
+  if (ranges.empty()) return absl::OkStatus();
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const StepEntry& e = entries[i];
+    for (const auto& [span, field] :
+         {std::pair{e.q, ".q"}, std::pair{e.k, ".k"}, std::pair{e.v, ".v"}}) {
+      // Bytes that came in the message cannot overlap a region; region bytes are one slice.
+      const uint8_t* p = message.Contiguous(span);
+      if (p == nullptr || span.size == 0) continue;
+      ranges.push_back({p, p + span.size, "entries[" + std::to_string(i) + "]" + field, false});
+    }
+  }
+  std::sort(ranges.begin(), ranges.end(),
+            [](const Range& a, const Range& b) { return a.begin < b.begin; });
+  for (size_t i = 1; i < ranges.size(); ++i) {
+    const Range& a = ranges[i - 1];
+    const Range& b = ranges[i];
+    if (b.begin < a.end && (a.output || b.output)) {
+      return Invalid((a.output ? a.field : b.field) + " overlaps " +
+                     (a.output ? b.field : a.field) +
+                     " in its region; outputs must not share bytes with the step's inputs or "
+                     "other outputs");
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status CheckSequenceId(const std::string& id, const std::string& field) {
+  if (id.empty()) return Invalid(field + " is empty");
+  if (id.size() > kMaxSequenceIdBytes) {
+    return Invalid(field + " has " + std::to_string(id.size()) + " bytes; at most " +
+                   std::to_string(kMaxSequenceIdBytes) + " are allowed");
+  }
+  if (!IsUtf8(id)) return Invalid(field + " is not valid UTF-8");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<StepEntry>> CheckStepRequest(wire::StepRequestView& request,
+                                                        const ServerConfig& config,
+                                                        const CacheSet& caches,
+                                                        const RegionAccess& regions,
+                                                        wire::MessageBytes* message) {
+  if (request.layer >= static_cast<uint32_t>(config.model.num_layers)) {
+    return Invalid("layer (" + std::to_string(request.layer) + ") must be < the model's layers (" +
+                   std::to_string(config.model.num_layers) + ")");
+  }
+  if (request.entries.empty()) return Invalid("entries is empty");
+  if (request.entries.size() > static_cast<size_t>(config.max_entries_per_step)) {
+    return Invalid("entries has " + std::to_string(request.entries.size()) + " items; at most " +
+                   std::to_string(config.max_entries_per_step) + " (--max-entries-per-step)");
+  }
+  std::vector<StepEntry> entries;
+  entries.reserve(request.entries.size());
+  absl::flat_hash_map<std::string, size_t> first_index;
+  for (size_t i = 0; i < request.entries.size(); ++i) {
+    wire::StepEntryView& view = request.entries[i];
+    const auto [it, inserted] = first_index.emplace(view.sequence_id, i);
+    if (!inserted) {
+      return Invalid("entries[" + std::to_string(i) + "].sequence_id '" + view.sequence_id +
+                     "' repeats entries[" + std::to_string(it->second) + "]");
+    }
+    absl::StatusOr<StepEntry> entry = CheckEntry(view, i, config, caches, regions, message);
+    if (!entry.ok()) return entry.status();
+    entries.push_back(*std::move(entry));
+  }
+  if (auto s = CheckOutputsApart(entries, *message, config.model); !s.ok()) return s;
+  return entries;
+}
+
+}  // namespace flashkv::server

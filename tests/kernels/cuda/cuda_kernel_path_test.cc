@@ -1,0 +1,147 @@
+// The kernel-path decision (kernel_path.h) as host arithmetic: which launches the sm90 kernel
+// takes and why the others stay on sm80 or SIMT. No GPU needed (label `cpu`): the device is
+// described by a DeviceProps value and "compiled" is passed in.
+
+#include <vector>
+
+#include "attention_params.h"
+#include "device_state.h"
+#include "gtest/gtest.h"
+#include "kernel_path.h"
+#include "launch.h"
+#include "sm90/host_setup.h"
+
+namespace flashkv::cuda {
+namespace {
+
+DeviceProps H100() {
+  DeviceProps props;
+  props.major = 9;
+  props.minor = 0;
+  props.multiprocessors = 132;
+  props.l2_bytes = 50 << 20;
+  return props;
+}
+
+// Dense [B, S, H, D] fixed-length parameters.
+AttentionParams Fixed(int batch, int sq, int skv, int hq, int hkv, int d) {
+  AttentionParams p;
+  p.num_seqs = batch;
+  p.seqlen_q = p.max_seqlen_q = sq;
+  p.seqlen_kv = p.max_seqlen_kv = skv;
+  p.num_heads_q = hq;
+  p.num_heads_kv = hkv;
+  p.group = hq / hkv;
+  p.head_dim = d;
+  p.total_q = static_cast<int64_t>(batch) * sq;
+  p.q_row_stride = p.out_row_stride = static_cast<int64_t>(hq) * d;
+  p.q_head_stride = p.out_head_stride = d;
+  p.q_batch_stride = p.out_batch_stride = static_cast<int64_t>(sq) * hq * d;
+  p.k_row_stride = p.v_row_stride = static_cast<int64_t>(hkv) * d;
+  p.k_head_stride = p.v_head_stride = d;
+  p.k_batch_stride = p.v_batch_stride = static_cast<int64_t>(skv) * hkv * d;
+  return p;
+}
+
+const char* Reject(const AttentionParams& p, const LaunchInfo& info = {},
+                   const DeviceProps& props = H100(), bool paged = false) {
+  return Sm90Rejection(DType::kFloat16, p.head_dim, paged, /*sm90_compiled=*/true, p, info, props);
+}
+
+TEST(KernelPathTest, PrefillOnHopperTakesSm90) {
+  EXPECT_EQ(Reject(Fixed(2, 4096, 4096, 32, 32, 128)), nullptr);
+  EXPECT_EQ(Reject(Fixed(1, 77, 200, 4, 2, 64)), nullptr);  // 77 of 128 rows hold queries
+}
+
+TEST(KernelPathTest, OtherDevicesAndBuildsStayOnSm80) {
+  const AttentionParams p = Fixed(2, 4096, 4096, 32, 32, 128);
+  DeviceProps a100 = H100();
+  a100.major = 8;
+  EXPECT_NE(Reject(p, {}, a100), nullptr);
+  DeviceProps sm100 = H100();
+  sm100.major = 10;  // sm_90a code does not run on later architectures
+  EXPECT_NE(Reject(p, {}, sm100), nullptr);
+  EXPECT_NE(Sm90Rejection(DType::kFloat16, 128, false, /*sm90_compiled=*/false, p, {}, H100()),
+            nullptr);
+  EXPECT_NE(Reject(p, {}, H100(), /*paged=*/true), nullptr);
+}
+
+TEST(KernelPathTest, ShortQueriesAndFewLongTilesStayOnSm80) {
+  // Decode-like: one query row per 128-row tile.
+  EXPECT_NE(Reject(Fixed(64, 1, 4096, 32, 8, 128)), nullptr);
+  // 40 of 128 rows.
+  EXPECT_NE(Reject(Fixed(1, 40, 90, 2, 2, 128)), nullptr);
+  // 8 tiles over 32k keys: sm80 splits the keys across the SMs.
+  EXPECT_NE(Reject(Fixed(1, 256, 32768, 4, 4, 128)), nullptr);
+  // The same tiles over short keys have nothing to split.
+  EXPECT_EQ(Reject(Fixed(1, 256, 1024, 4, 4, 128)), nullptr);
+}
+
+TEST(KernelPathTest, StridesTheTmaCannotDescribe) {
+  AttentionParams p = Fixed(2, 512, 512, 8, 8, 128);
+  p.k_head_stride = 0;  // a broadcast K head: not a TMA tensor
+  EXPECT_NE(Reject(p), nullptr);
+  AttentionParams one_head = Fixed(2, 512, 512, 1, 1, 128);
+  one_head.k_head_stride = 0;  // extent 1: the stride is never applied
+  EXPECT_EQ(Reject(one_head), nullptr);
+  LaunchInfo unaligned;
+  unaligned.aligned16 = false;
+  EXPECT_NE(Reject(p, unaligned), nullptr);
+}
+
+TEST(KernelPathTest, VarlenNeedsHostLengthsAndAFittingTable) {
+  std::vector<int32_t> cu_q = {0, 300, 300, 812}, cu_kv = {0, 400, 410, 1500};
+  AttentionParams p = Fixed(3, 512, 1090, 8, 2, 128);
+  p.cu_seqlens_q = cu_q.data();  // any non-null pointer marks varlen; the host copies are read
+  p.cu_seqlens_kv = cu_kv.data();
+  p.total_q = 812;
+  LaunchInfo info;
+  EXPECT_NE(Reject(p, info), nullptr);
+  info.host_cu_seqlens_q = cu_q.data();
+  info.host_cu_seqlens_kv = cu_kv.data();
+  EXPECT_EQ(Reject(p, info), nullptr);
+  EXPECT_EQ(sm90::CountTiles(p, info, 128), (3 + 0 + 4) * 8);
+  p.num_seqs = sm90::kMaxVarlenSequences + 1;
+  std::vector<int32_t> many(p.num_seqs + 1);
+  for (int b = 0; b <= p.num_seqs; ++b) many[b] = 128 * b;
+  info.host_cu_seqlens_q = info.host_cu_seqlens_kv = many.data();
+  EXPECT_NE(Reject(p, info), nullptr);
+}
+
+TEST(KernelPathTest, ScheduleOrdersSequencesLongestContextFirst) {
+  std::vector<int32_t> cu_q = {0, 100, 100, 400, 528}, cu_kv = {0, 50, 60, 160, 4000};
+  AttentionParams p = Fixed(4, 300, 3840, 4, 4, 128);
+  p.cu_seqlens_q = cu_q.data();
+  p.cu_seqlens_kv = cu_kv.data();
+  LaunchInfo info;
+  info.host_cu_seqlens_q = cu_q.data();
+  info.host_cu_seqlens_kv = cu_kv.data();
+  sm90::Schedule s;
+  ASSERT_TRUE(sm90::BuildSchedule(p, info, 128, 2, H100(), &s).ok());
+  // Sequence 1 has no queries; 3 (3840 keys), 2 (100), 0 (50).
+  ASSERT_EQ(s.count, 3);
+  EXPECT_EQ(s.order[0], 3);
+  EXPECT_EQ(s.order[1], 2);
+  EXPECT_EQ(s.order[2], 0);
+  EXPECT_EQ(s.unit_start[0], 0);
+  EXPECT_EQ(s.unit_start[1], 1);  // 128 queries: one m-block
+  EXPECT_EQ(s.unit_start[2], 4);  // 300 queries: three
+  EXPECT_EQ(s.unit_start[3], 5);
+  EXPECT_EQ(s.num_tiles, 5 * 4);
+}
+
+TEST(KernelPathTest, FixedScheduleSectionsFitHalfTheL2) {
+  sm90::Schedule s;
+  // K + V of one head at 4096 x 128 fp16: 2 MiB; half of 50 MiB holds 12 heads.
+  ASSERT_TRUE(
+      sm90::BuildSchedule(Fixed(2, 4096, 4096, 32, 32, 128), {}, 128, 2, H100(), &s).ok());
+  EXPECT_EQ(s.m_blocks, 32);
+  EXPECT_EQ(s.num_tiles, 32 * 64);
+  EXPECT_EQ(s.section_heads, 12);
+  // GQA group 4: query heads sharing a K/V head share its bytes.
+  ASSERT_TRUE(sm90::BuildSchedule(Fixed(2, 4096, 4096, 32, 8, 128), {}, 128, 2, H100(), &s).ok());
+  EXPECT_EQ(s.section_heads, 48);
+}
+
+}  // namespace
+}  // namespace flashkv::cuda

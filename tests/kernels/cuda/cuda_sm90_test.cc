@@ -1,0 +1,116 @@
+// GPU tests of the sm90 (Hopper) kernels: every compiled (dtype, head dim) of the sm90 path, fixed
+// and varlen, causal or not, against the float64 reference on fresh random inputs with poisoned
+// outputs. Each case first checks that the public call takes the sm90 kernel (kernel_path.h), so
+// a heuristic change cannot silently move these tests to sm80. They skip without a compute
+// capability 9.0 device or without sm90 kernels in the build (FLASHKV_ENABLE_SM90 and 90a).
+//
+// Shapes exercise what the sm90 kernel adds: partial M and key tiles (TMA zero fill and clipped
+// stores), rows that see no key, GQA groups 1..8, more tiles than SMs (persistent CTAs running
+// several tiles, so the pipeline and Q-buffer phases carry across tiles), [B, H, S, D] strides,
+// varlen rows that end inside a consumer's 64 (plain stores) or fill it (TMA stores), empty
+// sequences, negative and zero softmax scales.
+
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "cuda_test_runs.h"
+#include "cuda_test_util.h"
+#include "flashkv/attention.h"
+#include "flashkv/cuda_backend.h"
+#include "gtest/gtest.h"
+#include "kernel_path.h"
+
+namespace flashkv::cuda::test {
+namespace {
+
+using Case = std::tuple<DType, int>;  // dtype, head dim
+
+class CudaSm90Test : public ::testing::TestWithParam<Case> {
+ protected:
+  void SetUp() override {
+    if (!HaveDevice()) GTEST_SKIP() << "no CUDA device (sm_80+)";
+    DeviceInfo info;
+    ASSERT_TRUE(GetDeviceInfo(0, &info).ok());
+    if (info.compute_capability_major != 9 || info.compute_capability_minor != 0) {
+      GTEST_SKIP() << "the sm90 kernels run on compute capability 9.0 only";
+    }
+    dtype_ = std::get<0>(GetParam());
+    head_dim_ = std::get<1>(GetParam());
+    if (!IsSm90Compiled(dtype_, head_dim_)) GTEST_SKIP() << "no sm90 kernel compiled";
+  }
+
+  // Runs and checks one problem, after checking that it takes the sm90 kernel.
+  void Check(const Problem& p, bool varlen, const std::string& what, bool heads_outer = false) {
+    KernelPath path = KernelPath::kSimt;
+    RunOptions opt;
+    opt.path = &path;
+    opt.heads_outer = heads_outer;
+    const Result r = varlen ? RunVarlen(p, opt) : RunFixed(p, opt);
+    ASSERT_EQ(path, KernelPath::kSm90) << what << " took " << KernelPathName(path);
+    CheckAgainstReference(p, r, what);
+  }
+
+  DType dtype_ = DType::kFloat16;
+  int head_dim_ = 128;
+};
+
+TEST_P(CudaSm90Test, FixedPartialTiles) {
+  for (bool causal : {false, true}) {
+    const std::string name = causal ? "causal" : "full";
+    // Sq != Skv, partial last M tile and key tile, GQA group 2.
+    Check(MakeProblem(dtype_, 4, 2, head_dim_, {200, 200}, {333, 333}, causal, 21), false,
+          name + " 200x333");
+    // Sq > Skv: under causal the first 170 rows see no key (O = 0, LSE = -inf).
+    Check(MakeProblem(dtype_, 2, 1, head_dim_, {300}, {130}, causal, 22), false, name + " sq>skv");
+    // Several key tiles per row and a diagonal crossing tiles; GQA group 8.
+    Check(MakeProblem(dtype_, 8, 1, head_dim_, {520}, {700}, causal, 23), false, name + " 520x700");
+  }
+}
+
+TEST_P(CudaSm90Test, FixedMoreTilesThanSms) {
+  // 8 x 32 heads x 1 M tile = 256 tiles: every CTA of the persistent grid runs two or more.
+  for (bool causal : {false, true}) {
+    Check(MakeProblem(dtype_, 32, 8, head_dim_, std::vector<int>(8, 128), std::vector<int>(8, 160),
+                      causal, 24),
+          false, causal ? "causal many tiles" : "full many tiles");
+  }
+}
+
+TEST_P(CudaSm90Test, FixedHeadsOuterLayout) {
+  // [B, H, S, D] (as PyTorch's SDPA takes it): the TMA walks rows with the smaller stride.
+  Check(MakeProblem(dtype_, 4, 4, head_dim_, {150, 150}, {260, 260}, true, 25), false,
+        "heads outer", /*heads_outer=*/true);
+}
+
+TEST_P(CudaSm90Test, VarlenMixedLengths) {
+  for (bool causal : {false, true}) {
+    // An empty sequence, one without keys (O = 0, LSE = -inf), rows ending inside a consumer's
+    // 64 and rows filling it, a context much longer than its queries.
+    Problem p = MakeProblem(dtype_, 8, 2, head_dim_, {130, 0, 257, 64, 300, 192},
+                            {200, 5, 257, 0, 700, 1000}, causal, 26);
+    Check(p, true, causal ? "varlen causal" : "varlen");
+  }
+}
+
+TEST_P(CudaSm90Test, NegativeAndZeroScale) {
+  for (float scale : {-0.3f, 0.f}) {
+    Problem p = MakeProblem(dtype_, 2, 2, head_dim_, {150}, {150}, true, 27);
+    p.default_scale = false;
+    p.scale = scale;
+    Check(p, false, "scale " + std::to_string(scale));
+  }
+}
+
+std::string CaseName(const ::testing::TestParamInfo<Case>& info) {
+  return std::string(DTypeName(std::get<0>(info.param))) + "_d" +
+         std::to_string(std::get<1>(info.param));
+}
+
+INSTANTIATE_TEST_SUITE_P(Sm90Instantiations, CudaSm90Test,
+                         ::testing::Combine(::testing::Values(DType::kFloat16, DType::kBFloat16),
+                                            ::testing::Values(64, 128, 256)),
+                         CaseName);
+
+}  // namespace
+}  // namespace flashkv::cuda::test

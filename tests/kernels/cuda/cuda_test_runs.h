@@ -1,0 +1,158 @@
+#pragma once
+
+// Runs of the public CUDA calls on a test Problem (cuda_test_util.h): inputs uploaded in the
+// dtype, outputs and LSE poisoned first and read back as [Tq, Hq, D] / [Hq, Tq]. Optionally
+// reports which kernel the call takes (kernel_path.h) before running it.
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "cuda_test_util.h"
+#include "flashkv/attention.h"
+#include "flashkv/cuda_backend.h"
+#include "gtest/gtest.h"
+#include "kernel_path.h"
+#include "reference.h"
+
+namespace flashkv::cuda::test {
+
+struct Result {
+  std::vector<float> out;  // [Tq, Hq, D]
+  std::vector<float> lse;  // [Hq, Tq]
+};
+
+struct RunOptions {
+  bool simt_reference = false;  // run the SIMT kernel instead of the public call
+  // Fixed layout only: q, k, v and out as [B, H, S, D] (head stride > row stride) instead of the
+  // dense [B, S, H, D].
+  bool heads_outer = false;
+  KernelPath* path = nullptr;  // receives the kernel the public call takes
+};
+
+// [B, S, H, D] <-> [B, H, S, D] for equal-length sequences.
+inline std::vector<float> SwapRowsAndHeads(const std::vector<float>& x, int batch, int rows,
+                                           int heads, int dim, bool to_heads_outer) {
+  std::vector<float> y(x.size());
+  for (int b = 0; b < batch; ++b) {
+    for (int s = 0; s < rows; ++s) {
+      for (int h = 0; h < heads; ++h) {
+        const int64_t bshd = ((static_cast<int64_t>(b) * rows + s) * heads + h) * dim;
+        const int64_t bhsd = ((static_cast<int64_t>(b) * heads + h) * rows + s) * dim;
+        for (int e = 0; e < dim; ++e) {
+          if (to_heads_outer) {
+            y[bhsd + e] = x[bshd + e];
+          } else {
+            y[bshd + e] = x[bhsd + e];
+          }
+        }
+      }
+    }
+  }
+  return y;
+}
+
+// Fixed layout needs equal lengths: dense [B, S, H, D] is then the packed layout.
+inline Result RunFixed(const Problem& p, const RunOptions& opt = {}) {
+  const int batch = static_cast<int>(p.q_lens.size());
+  const int sq = p.q_lens[0], skv = p.kv_lens[0];
+  const int d = p.head_dim;
+  std::vector<float> q = p.q, k = p.k, v = p.v;
+  if (opt.heads_outer) {
+    q = SwapRowsAndHeads(q, batch, sq, p.heads_q, d, true);
+    k = SwapRowsAndHeads(k, batch, skv, p.heads_kv, d, true);
+    v = SwapRowsAndHeads(v, batch, skv, p.heads_kv, d, true);
+  }
+  DeviceBuffer dq(q.size() * DTypeSize(p.dtype)), dk(k.size() * DTypeSize(p.dtype) + 16),
+      dv(v.size() * DTypeSize(p.dtype) + 16), dout(q.size() * DTypeSize(p.dtype)),
+      dlse(p.total_q() * p.heads_q * 4);
+  dq.Upload(Encode(p.dtype, q));
+  dk.Upload(Encode(p.dtype, k));
+  dv.Upload(Encode(p.dtype, v));
+  dout.Poison();
+  dlse.Poison();
+  FixedAttentionArgs a = MakeDenseFixedArgs(p.dtype, batch, sq, skv, p.heads_q, p.heads_kv, d,
+                                            dq.get(), dk.get(), dv.get(), dout.get(),
+                                            static_cast<float*>(dlse.get()), p.options());
+  if (opt.heads_outer) {
+    a.q_strides = a.out_strides = {int64_t{p.heads_q} * sq * d, d, int64_t{sq} * d};
+    a.k_strides = a.v_strides = {int64_t{p.heads_kv} * skv * d, d, int64_t{skv} * d};
+  }
+  if (opt.path != nullptr) {
+    const KernelStatus found = testing::PathOf(a, opt.path);
+    EXPECT_TRUE(found.ok()) << found.ToString();
+  }
+  const KernelStatus status = opt.simt_reference ? testing::AttentionSimtReference(a, nullptr)
+                                                 : Attention(a, nullptr);
+  EXPECT_TRUE(status.ok()) << status.ToString();
+  EXPECT_TRUE(StreamSynchronize(nullptr).ok());
+  Result r;
+  r.out = Decode(p.dtype, dout.Download<uint8_t>(dout.bytes()));
+  if (opt.heads_outer) r.out = SwapRowsAndHeads(r.out, batch, sq, p.heads_q, d, false);
+  // [B, Hq, Sq] -> [Hq, Tq]
+  const std::vector<float> lse = dlse.Download<float>(p.total_q() * p.heads_q);
+  r.lse.resize(lse.size());
+  for (int b = 0; b < batch; ++b) {
+    for (int h = 0; h < p.heads_q; ++h) {
+      for (int i = 0; i < sq; ++i) {
+        r.lse[static_cast<int64_t>(h) * p.total_q() + b * sq + i] =
+            lse[(static_cast<int64_t>(b) * p.heads_q + h) * sq + i];
+      }
+    }
+  }
+  return r;
+}
+
+inline Result RunVarlen(const Problem& p, const RunOptions& opt = {}) {
+  std::vector<float> q = p.q, k = p.k, v = p.v;
+  const int es = DTypeSize(p.dtype);
+  DeviceBuffer dq(q.size() * es), dk(k.size() * es + 16), dv(v.size() * es + 16),
+      dout(q.size() * es), dlse(p.total_q() * p.heads_q * 4), dcq(p.cu_q.size() * 4),
+      dckv(p.cu_kv.size() * 4);
+  dq.Upload(Encode(p.dtype, q));
+  dk.Upload(Encode(p.dtype, k));
+  dv.Upload(Encode(p.dtype, v));
+  dcq.Upload(p.cu_q);
+  dckv.Upload(p.cu_kv);
+  dout.Poison();
+  dlse.Poison();
+  VarlenAttentionArgs a;
+  a.dtype = p.dtype;
+  a.num_seqs = static_cast<int>(p.q_lens.size());
+  a.num_heads_q = p.heads_q;
+  a.num_heads_kv = p.heads_kv;
+  a.head_dim = p.head_dim;
+  a.total_q = p.total_q();
+  a.total_kv = p.total_kv();
+  a.max_seqlen_q = *std::max_element(p.q_lens.begin(), p.q_lens.end());
+  a.max_seqlen_kv = *std::max_element(p.kv_lens.begin(), p.kv_lens.end());
+  a.q = dq.get(), a.q_strides = DenseStrides(0, p.heads_q, p.head_dim);
+  a.k = dk.get(), a.k_strides = DenseStrides(0, p.heads_kv, p.head_dim);
+  a.v = dv.get(), a.v_strides = DenseStrides(0, p.heads_kv, p.head_dim);
+  a.out = dout.get(), a.out_strides = DenseStrides(0, p.heads_q, p.head_dim);
+  a.lse = static_cast<float*>(dlse.get());
+  a.cu_seqlens_q = static_cast<const int32_t*>(dcq.get());
+  a.cu_seqlens_kv = static_cast<const int32_t*>(dckv.get());
+  a.host_cu_seqlens_q = p.cu_q.data();
+  a.host_cu_seqlens_kv = p.cu_kv.data();
+  a.options = p.options();
+  if (opt.path != nullptr) {
+    const KernelStatus found = testing::PathOf(a, opt.path);
+    EXPECT_TRUE(found.ok()) << found.ToString();
+  }
+  const KernelStatus status = AttentionVarlen(a, nullptr);
+  EXPECT_TRUE(status.ok()) << status.ToString();
+  EXPECT_TRUE(StreamSynchronize(nullptr).ok());
+  return Result{Decode(p.dtype, dout.Download<uint8_t>(dout.bytes())),
+                dlse.Download<float>(p.total_q() * p.heads_q)};
+}
+
+inline void CheckAgainstReference(const Problem& p, const Result& r, const std::string& what) {
+  std::vector<double> out, lse;
+  Reference(p, &out, &lse);
+  ExpectClose(p.dtype, r.out, out, what + " out");
+  ExpectLseClose(p.dtype, r.lse, lse, what + " lse");
+}
+
+}  // namespace flashkv::cuda::test
