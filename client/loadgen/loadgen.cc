@@ -51,6 +51,10 @@ class ProgressPrinter {
 
   void Print(absl::Duration elapsed, bool final) {
     if (options_.out == nullptr) return;
+    if (final) {  // the whole run's averages: the last interval may be a fraction of a second
+      last_elapsed_ = absl::ZeroDuration();
+      last_prefill_ = last_decode_ = last_steps_ = 0;
+    }
     const double dt = std::max(1e-9, absl::ToDoubleSeconds(elapsed - last_elapsed_));
     const uint64_t prefill = live_.prefill_tokens.load(), decode = live_.decode_tokens.load();
     const uint64_t steps = live_.steps.load();
@@ -66,7 +70,8 @@ class ProgressPrinter {
     last_steps_ = steps;
     std::ostream& out = *options_.out;
     if (!options_.tty) {
-      out << absl::StrFormat("[%6.1fs] %s | %s\n", absl::ToDoubleSeconds(elapsed), rates, totals);
+      out << absl::StrFormat("[%6.1fs] %s%s | %s\n", absl::ToDoubleSeconds(elapsed),
+                             final ? "average " : "", rates, totals);
       out.flush();
       return;
     }
