@@ -102,7 +102,7 @@ int CacheSet::LeastLoadedDevice() const {
 
 absl::StatusOr<int> CacheSet::CreateSequence(absl::string_view id,
                                              absl::Span<const int64_t> prompt) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (device_of_.contains(id)) {
     return absl::AlreadyExistsError("sequence '" + std::string(id) + "' already exists");
   }
@@ -117,7 +117,7 @@ absl::StatusOr<int> CacheSet::CreateSequence(absl::string_view id,
 }
 
 absl::Status CacheSet::ForkSequence(absl::string_view parent, absl::string_view child) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   const auto it = device_of_.find(parent);
   if (it == device_of_.end()) {
     return absl::NotFoundError("parent sequence '" + std::string(parent) + "' does not exist");
@@ -133,7 +133,7 @@ absl::Status CacheSet::ForkSequence(absl::string_view parent, absl::string_view 
 }
 
 absl::Status CacheSet::FreeSequence(absl::string_view id) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   const auto it = device_of_.find(id);
   if (it == device_of_.end()) {
     return absl::NotFoundError("sequence '" + std::string(id) + "' does not exist");
@@ -146,14 +146,14 @@ absl::Status CacheSet::FreeSequence(absl::string_view id) {
 }
 
 std::optional<int> CacheSet::DeviceOf(absl::string_view id) const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   const auto it = device_of_.find(id);
   if (it == device_of_.end()) return std::nullopt;
   return it->second;
 }
 
 std::vector<std::string> CacheSet::ExpireIdle(absl::Time now, absl::Duration ttl) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   std::vector<std::string> expired;
   for (int d = 0; d < num_devices(); ++d) {
     for (std::string& id : caches_[d]->ExpireIdle(now, ttl)) {
@@ -166,7 +166,7 @@ std::vector<std::string> CacheSet::ExpireIdle(absl::Time now, absl::Duration ttl
 }
 
 int64_t CacheSet::num_sequences(int device) const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return sequences_per_device_[device];
 }
 

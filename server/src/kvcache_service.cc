@@ -44,7 +44,7 @@ class StepReactor final : public grpc::ServerUnaryReactor {
       return;
     }
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       step_ = *step;
     }
     service_->Submit(*step);
@@ -53,7 +53,7 @@ class StepReactor final : public grpc::ServerUnaryReactor {
   void OnCancel() override {
     std::shared_ptr<StepState> step;
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       step = step_;
     }
     if (step != nullptr) service_->Cancel(*step);
@@ -76,7 +76,7 @@ class StepReactor final : public grpc::ServerUnaryReactor {
   const std::string tenant_;
   grpc::ByteBuffer* const response_;
   const absl::Time start_;
-  absl::Mutex mu_;
+  Mutex mu_;
   std::shared_ptr<StepState> step_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -302,7 +302,7 @@ std::shared_ptr<StepState> KvCacheService::MakeStep(wire::MessageBytes message, 
 void KvCacheService::Submit(const std::shared_ptr<StepState>& step) {
   // One global order: two steps meet in the same order on every device, so a step never waits
   // on a device for one that waits for it on another.
-  absl::MutexLock lock(&submit_mu_);
+  MutexLock lock(&submit_mu_);
   for (const auto& part : step->parts()) schedulers_[part->device()]->Enqueue(step, part.get());
 }
 
@@ -312,18 +312,18 @@ void KvCacheService::Cancel(StepState& step) {
 }
 
 void KvCacheService::Register(StepStreamReactor* reactor) {
-  absl::MutexLock lock(&streams_mu_);
+  MutexLock lock(&streams_mu_);
   streams_.insert(reactor);
   if (draining_) reactor->Drain();
 }
 
 void KvCacheService::Unregister(StepStreamReactor* reactor) {
-  absl::MutexLock lock(&streams_mu_);
+  MutexLock lock(&streams_mu_);
   streams_.erase(reactor);
 }
 
 void KvCacheService::BeginDrain() {
-  absl::MutexLock lock(&streams_mu_);
+  MutexLock lock(&streams_mu_);
   draining_ = true;
   for (StepStreamReactor* reactor : streams_) reactor->Drain();
 }

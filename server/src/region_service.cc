@@ -5,7 +5,7 @@
 #include <memory>
 #include <utility>
 
-#include "absl/synchronization/mutex.h"
+#include "flashkv/base/mutex.h"
 #include "flashkv/server/status.h"
 
 namespace flashkv::server {
@@ -63,7 +63,7 @@ class AttachReactor : public grpc::ServerWriteReactor<v1::AttachRegionResponse> 
     explicit Finisher(AttachReactor* reactor) : reactor_(reactor) {}
     void Run(const grpc::Status& status) {
       {
-        absl::MutexLock lock(&mu_);
+        MutexLock lock(&mu_);
         if (finished_) return;
         finished_ = true;
       }
@@ -72,7 +72,7 @@ class AttachReactor : public grpc::ServerWriteReactor<v1::AttachRegionResponse> 
 
    private:
     AttachReactor* const reactor_;
-    absl::Mutex mu_;
+    Mutex mu_;
     bool finished_ ABSL_GUARDED_BY(mu_) = false;
   };
 

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
-#include "absl/synchronization/mutex.h"
+#include "flashkv/base/mutex.h"
 #include "flashkv/cpu_backend.h"
 #include "flashkv/server/attention_backend.h"
 #include "flashkv/server/attention_service.h"
@@ -80,7 +80,7 @@ class Server::Impl {
 
   void Shutdown(absl::Duration deadline) {
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       if (shut_down_) return;
       shut_down_ = true;
     }
@@ -99,13 +99,13 @@ class Server::Impl {
     executor_.reset();  // runs anything still queued (their calls are already over)
     metrics_endpoint_.reset();
     spdlog::info("stopped");
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     stopped_ = true;
   }
 
   void Wait() {
-    absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(&stopped_));
+    MutexLock lock(&mu_);
+    mu_.Await([this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopped_; });
   }
 
   int port() const { return port_; }
@@ -217,7 +217,7 @@ class Server::Impl {
   std::unique_ptr<grpc::Server> grpc_server_;
   int port_ = 0;
 
-  absl::Mutex mu_;
+  Mutex mu_;
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
 };

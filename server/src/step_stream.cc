@@ -20,7 +20,7 @@ StepStreamReactor::StepStreamReactor(KvCacheService* service, std::string tenant
 void StepStreamReactor::OnReadDone(bool ok) {
   if (!ok) {  // the client half-closed, or the call is over
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       client_done_ = true;
     }
     Advance();
@@ -29,7 +29,7 @@ void StepStreamReactor::OnReadDone(bool ok) {
   const absl::Time received = service_->clock().Now();
   std::shared_ptr<StepState> step;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (!Open()) {
       // Draining, failing or cancelled: this request is not taken; the stream's final status
       // tells the client.
@@ -65,7 +65,7 @@ void StepStreamReactor::OnReadDone(bool ok) {
     // stream does not finish: StartRead must not follow Finish.
     service_->Submit(step);
     StartRead(&request_);
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     submitting_ = false;
   }
   Advance();
@@ -79,7 +79,7 @@ void StepStreamReactor::StepDone(Slot* slot, const absl::Status& status,
   service_->metrics().RecordRpc(kRpc, grpc_status.error_code(),
                                 service_->clock().Now() - slot->received);
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     slot->done = true;
     slot->status = status;
     slot->response = std::move(response);
@@ -98,7 +98,7 @@ void StepStreamReactor::Advance() {
   bool finish = false;
   grpc::Status final_status;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (finished_) return;
     // Answered requests at the head: write one, or drop it when the stream is failing.
     while (!writing_ && !slots_.empty() && slots_.front()->done) {
@@ -135,7 +135,7 @@ void StepStreamReactor::Advance() {
 
 void StepStreamReactor::OnWriteDone(bool ok) {
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     writing_ = false;
     slots_.pop_front();
     if (!ok && !cancelled_) {  // the client is gone
@@ -148,7 +148,7 @@ void StepStreamReactor::OnWriteDone(bool ok) {
 
 void StepStreamReactor::OnCancel() {
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     cancelled_ = true;
     CancelSteps();
   }
@@ -157,7 +157,7 @@ void StepStreamReactor::OnCancel() {
 
 void StepStreamReactor::Drain() {
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     draining_ = true;
   }
   Advance();

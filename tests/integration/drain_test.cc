@@ -17,8 +17,8 @@
 #include <thread>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
+#include "flashkv/base/mutex.h"
+#include "flashkv/base/notification.h"
 #include "flashkv/transport.h"
 #include "flashkv/v1/attention.grpc.pb.h"
 #include "flashkv/v1/kvcache.grpc.pb.h"
@@ -171,14 +171,14 @@ TEST(DrainTest, SigtermFinishesCallsInFlightThenExitsZero) {
     grpc::ClientContext context;
     v1::AttentionResponse response;
     grpc::Status status;
-    absl::Notification done;
+    Notification done;
   } calls[kCalls];
-  absl::Mutex mu;
+  Mutex mu;
   int finished = 0;
   for (Call& call : calls) {
     stub->async()->Attention(&call.context, &request, &call.response, [&](grpc::Status s) {
       call.status = s;
-      absl::MutexLock lock(&mu);
+      MutexLock lock(&mu);
       ++finished;
       call.done.Notify();
     });
@@ -191,7 +191,7 @@ TEST(DrainTest, SigtermFinishesCallsInFlightThenExitsZero) {
           MetricValue(*metrics, "flashkv_rpc_requests_total{code=\"OK\",rpc=\"Attention\"}");
       if (in_flight >= 1 && in_flight + answered == kCalls) break;
     }
-    absl::MutexLock lock(&mu);
+    MutexLock lock(&mu);
     ASSERT_LT(finished, kCalls) << "all calls finished before the signal";
   }
   process.Signal(SIGTERM);

@@ -17,7 +17,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
+#include "flashkv/base/mutex.h"
 #include "absl/types/span.h"
 #include "flashkv/kvcache/kv_cache.h"
 #include "flashkv/server/clock.h"
@@ -63,7 +63,7 @@ class CacheSet {
 
   const DevicePlan plan_;
   const std::vector<std::unique_ptr<kvcache::KvCache>> caches_;
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   absl::flat_hash_map<std::string, int> device_of_ ABSL_GUARDED_BY(mu_);
   std::vector<int64_t> sequences_per_device_ ABSL_GUARDED_BY(mu_);
 };

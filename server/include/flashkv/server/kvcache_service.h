@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
-#include "absl/synchronization/mutex.h"
+#include "flashkv/base/mutex.h"
 #include "flashkv/server/cache_set.h"
 #include "flashkv/server/clock.h"
 #include "flashkv/server/config.h"
@@ -113,8 +113,8 @@ class KvCacheService final : public KvCacheServiceBase {
   const RegionRegistry* const regions_;
   std::atomic<uint64_t> steps_completed_{0};
 
-  absl::Mutex submit_mu_;
-  absl::Mutex streams_mu_;
+  Mutex submit_mu_;
+  Mutex streams_mu_;
   absl::flat_hash_set<StepStreamReactor*> streams_ ABSL_GUARDED_BY(streams_mu_);
   bool draining_ ABSL_GUARDED_BY(streams_mu_) = false;
 };

@@ -24,7 +24,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
+#include "flashkv/base/mutex.h"
 #include "absl/time/time.h"
 #include "flashkv/kvcache/layer_batch.h"
 #include "flashkv/server/host_bytes.h"
@@ -161,7 +161,7 @@ class StepState : public std::enable_shared_from_this<StepState> {
   std::atomic<bool> failed_{false};
   bool urgent_ = false;  // set before the step is submitted
 
-  absl::Mutex mu_;
+  Mutex mu_;
   int outstanding_parts_ ABSL_GUARDED_BY(mu_);
   absl::Status failure_ ABSL_GUARDED_BY(mu_);
   bool resolved_ ABSL_GUARDED_BY(mu_) = false;

@@ -19,7 +19,7 @@
 #include <string>
 
 #include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
+#include "flashkv/base/mutex.h"
 #include "absl/time/time.h"
 #include "flashkv/server/step.h"
 
@@ -62,7 +62,7 @@ class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
   const std::string tenant_;
   grpc::ByteBuffer request_;  // the read in progress
 
-  absl::Mutex mu_;
+  Mutex mu_;
   std::deque<std::unique_ptr<Slot>> slots_ ABSL_GUARDED_BY(mu_);  // request order
   std::shared_ptr<StepState> last_step_ ABSL_GUARDED_BY(mu_);
   bool client_done_ ABSL_GUARDED_BY(mu_) = false;  // the client half-closed
