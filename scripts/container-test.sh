@@ -144,7 +144,7 @@ echo "container-test: $image is $((size >> 20)) MiB"
 # --- run, health ------------------------------------------------------------------------------
 port=$(free_port)
 "${podman[@]}" run -d --name "$name" -p "127.0.0.1:$port:50051" "$image" \
-  flashkv-server --backend=cpu --listen=0.0.0.0:50051 --metrics-address=0.0.0.0:9464 \
+  flashkv-server --backend=cpu --plaintext --listen=0.0.0.0:50051 --metrics-address=0.0.0.0:9464 \
   --layers=4 --q-heads=8 --kv-heads=2 --head-dim=64 --dtype=fp16 --kv-cache-bytes=256MiB \
   --cpu-threads=2 --drain-deadline=10s >/dev/null || fail "podman run"
 healthy=0

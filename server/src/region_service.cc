@@ -19,10 +19,15 @@ namespace v1 = flashkv::v1;
 // one Finish() only; OnDone (which follows Finish) deletes the reactor.
 class AttachReactor : public grpc::ServerWriteReactor<v1::AttachRegionResponse> {
  public:
-  AttachReactor(RegionRegistry* registry, grpc::CallbackServerContext* context,
-                const v1::AttachRegionRequest& request)
+  AttachReactor(RegionRegistry* registry, const Authenticator& auth,
+                grpc::CallbackServerContext* context, const v1::AttachRegionRequest& request)
       : registry_(registry), finish_(std::make_shared<Finisher>(this)) {
-    const std::string tenant = TenantOf(*context);
+    absl::StatusOr<std::shared_ptr<const Tenant>> caller = auth.Authenticate(*context);
+    if (!caller.ok()) {
+      finish_->Run(ToGrpcStatus(caller.status()));
+      return;
+    }
+    const std::string& tenant = (*caller)->name;
     auto on_release = [finish = finish_] { finish->Run(grpc::Status::OK); };
     absl::StatusOr<uint64_t> id;
     switch (request.memory_case()) {
@@ -93,22 +98,19 @@ class AttachReactor : public grpc::ServerWriteReactor<v1::AttachRegionResponse> 
 
 }  // namespace
 
-std::string TenantOf(const grpc::CallbackServerContext& context) {
-  const auto& metadata = context.client_metadata();
-  auto it = metadata.find("authorization");
-  return it == metadata.end() ? std::string() : std::string(it->second.data(), it->second.size());
-}
-
 grpc::ServerWriteReactor<v1::AttachRegionResponse>* RegionService::AttachRegion(
     grpc::CallbackServerContext* context, const v1::AttachRegionRequest* request) {
-  return new AttachReactor(registry_, context, *request);
+  return new AttachReactor(registry_, *auth_, context, *request);
 }
 
 grpc::ServerUnaryReactor* RegionService::ReleaseRegion(grpc::CallbackServerContext* context,
                                                        const v1::ReleaseRegionRequest* request,
                                                        v1::ReleaseRegionResponse*) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(registry_->Release(TenantOf(*context), request->region_id())));
+  absl::StatusOr<std::shared_ptr<const Tenant>> caller = auth_->Authenticate(*context);
+  reactor->Finish(ToGrpcStatus(caller.ok() ? registry_->Release((*caller)->name,
+                                                                request->region_id())
+                                           : caller.status()));
   return reactor;
 }
 

@@ -67,6 +67,10 @@ StepState::StepState(wire::MessageBytes message, uint32_t layer, uint64_t step_i
   outstanding_parts_ = static_cast<int>(parts_.size());
 }
 
+StepState::~StepState() {
+  if (reservation_.has_value()) caches_->SettleStep(*reservation_, /*committed=*/false);
+}
+
 int64_t StepState::total_rows() const {
   int64_t rows = 0;
   for (const StepEntry& e : entries_) rows += e.num_tokens;
@@ -127,6 +131,10 @@ std::shared_ptr<StepState> StepState::Resolve() {
       cache.Abort(std::move(*part->batch));
     }
     part->batch.reset();
+  }
+  if (reservation_.has_value()) {
+    caches_->SettleStep(*reservation_, status.ok());
+    reservation_.reset();
   }
   for (auto& part : parts_) releasers_[part->device()]->ReleasePart(*part);
   std::shared_ptr<StepState> successor;

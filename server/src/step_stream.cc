@@ -11,7 +11,8 @@ namespace flashkv::server {
 
 constexpr const char* kRpc = "StepStream";
 
-StepStreamReactor::StepStreamReactor(KvCacheService* service, std::string tenant)
+StepStreamReactor::StepStreamReactor(KvCacheService* service,
+                                     std::shared_ptr<const Tenant> tenant)
     : service_(service), tenant_(std::move(tenant)) {
   StartRead(&request_);
   service_->Register(this);
@@ -39,13 +40,13 @@ void StepStreamReactor::OnReadDone(bool ok) {
       Slot* slot = slots_.back().get();
       slot->received = received;
       absl::StatusOr<std::shared_ptr<StepState>> created = service_->NewStep(
-          request_, tenant_, received, [this, slot](const absl::Status& s, grpc::ByteBuffer r) {
+          request_, *tenant_, received, [this, slot](const absl::Status& s, grpc::ByteBuffer r) {
             StepDone(slot, s, std::move(r));
           });
       if (!created.ok()) {
         // A request that cannot even start ends the stream, in order, like a failed step.
         slot->done = true;
-        slot->status = created.status();
+        slot->status = UnscopeStatus(created.status(), *tenant_);
         service_->metrics().CallFinished(kRpc);
         service_->metrics().RecordRpc(kRpc, ToGrpcStatus(created.status()).error_code(),
                                       absl::ZeroDuration());
@@ -81,7 +82,7 @@ void StepStreamReactor::StepDone(Slot* slot, const absl::Status& status,
   {
     MutexLock lock(&mu_);
     slot->done = true;
-    slot->status = status;
+    slot->status = UnscopeStatus(status, *tenant_);
     slot->response = std::move(response);
   }
   Advance();

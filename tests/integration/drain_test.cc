@@ -125,6 +125,7 @@ std::unique_ptr<RunningServer> StartServing(const std::string& name,
   s->socket = "/tmp/flashkv-" + name + "-" + std::to_string(getpid()) + ".sock";
   s->metrics_address = "127.0.0.1:" + std::to_string(FreePort());
   std::vector<std::string> args = {"--backend=cpu",
+                                   "--plaintext",
                                    "--listen=unix:" + s->socket,
                                    "--metrics-address=" + s->metrics_address,
                                    "--layers=2",
@@ -254,8 +255,8 @@ TEST(DrainTest, SigtermLetsStepsInFlightFinishThenEndsStreams) {
 }
 
 TEST(DrainTest, BadFlagsExitNonZeroWithAMessage) {
-  ServerProcess process({"--backend=cpu", "--q-heads=3", "--kv-heads=2", "--metrics-address=off",
-                         "--listen=127.0.0.1:0", "--log-level=off"});
+  ServerProcess process({"--backend=cpu", "--plaintext", "--q-heads=3", "--kv-heads=2",
+                         "--metrics-address=off", "--listen=127.0.0.1:0", "--log-level=off"});
   EXPECT_EQ(process.WaitForExit(std::chrono::seconds(20)), 1);
   ServerProcess unknown({"--no-such-flag"});
   EXPECT_NE(unknown.WaitForExit(std::chrono::seconds(20)), 0);
