@@ -194,7 +194,7 @@ absl::Status DecodeStepRequest(const MessageBytes& message, StepRequestView* req
       if (request->entries.size() >= limits.max_entries) {
         return absl::InvalidArgumentError("StepRequest.entries: more than " +
                                           std::to_string(limits.max_entries) +
-                                          " entries (the limit)");
+                                          " entries (the server's limit)");
       }
       request->entries.emplace_back();
       if (auto s = DecodeStepEntry(message, field.bytes, limits, &request->entries.back());

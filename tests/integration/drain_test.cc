@@ -254,6 +254,37 @@ TEST(DrainTest, SigtermLetsStepsInFlightFinishThenEndsStreams) {
   EXPECT_EQ(process.WaitForExit(std::chrono::seconds(25)), 0);
 }
 
+// SIGHUP re-reads the token file without a restart; SIGHUP during the drain is ignored.
+TEST(DrainTest, SighupReloadsTheTokenFile) {
+  const std::string tokens = "/tmp/flashkv-sighup-" + std::to_string(getpid()) + ".txt";
+  const std::string old_token = "old-token-0123456789abcdef", new_token = "new-token-0123456789abcd";
+  std::ofstream(tokens) << old_token << " t\n";
+  auto server = StartServing("sighup", {"--tokens-file=" + tokens, "--kv-cache-bytes=4MiB"});
+  ASSERT_NE(server, nullptr);
+  auto stub = v1::KvCacheService::NewStub(server->channel);
+  auto info_with = [&](const std::string& token) {
+    grpc::ClientContext context;
+    context.AddMetadata("authorization", "Bearer " + token);
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::CacheInfo info;
+    return stub->GetCacheInfo(&context, v1::GetCacheInfoRequest(), &info).error_code();
+  };
+  EXPECT_EQ(info_with(old_token), grpc::StatusCode::OK);
+  EXPECT_EQ(info_with(new_token), grpc::StatusCode::UNAUTHENTICATED);
+  std::ofstream(tokens) << new_token << " t\n";
+  server->process->Signal(SIGHUP);
+  const auto end = Clock::now() + std::chrono::seconds(10);
+  while (info_with(new_token) != grpc::StatusCode::OK && Clock::now() < end) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(info_with(new_token), grpc::StatusCode::OK);
+  EXPECT_EQ(info_with(old_token), grpc::StatusCode::UNAUTHENTICATED);
+  server->process->Signal(SIGTERM);
+  server->process->Signal(SIGHUP);
+  EXPECT_EQ(server->process->WaitForExit(std::chrono::seconds(25)), 0);
+  unlink(tokens.c_str());
+}
+
 TEST(DrainTest, BadFlagsExitNonZeroWithAMessage) {
   ServerProcess process({"--backend=cpu", "--plaintext", "--q-heads=3", "--kv-heads=2",
                          "--metrics-address=off", "--listen=127.0.0.1:0", "--log-level=off"});
