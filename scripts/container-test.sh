@@ -77,7 +77,7 @@ podman=(podman --root "$storage/root" --runroot "$storage/runroot")
 
 status=1
 cleanup() {
-  "${podman[@]}" rm -f -t 0 "$name" >/dev/null 2>&1 || true
+  "${podman[@]}" rm -f -t 0 "$name" >/dev/null 2>>"$work/podman.log" || true
   if ((keep || status != 0)); then
     echo "container-test: files kept in $work"
   else
@@ -93,13 +93,15 @@ fail() {
 }
 
 free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])'
 }
 
 # --- base: Debian 12 minbase, set up like debian:bookworm-slim ------------------------------------
 make_base() {
   local rootfs=$work/rootfs conf
-  debootstrap --variant=minbase bookworm "$rootfs" http://deb.debian.org/debian >"$work/debootstrap.log" 2>&1 ||
+  debootstrap --variant=minbase bookworm "$rootfs" http://deb.debian.org/debian \
+    >"$work/debootstrap.log" 2>&1 ||
     { tail -n 20 "$work/debootstrap.log" >&2 && fail "debootstrap"; }
   # The host's sources (bookworm-updates, bookworm-security, its mirror) and its apt network
   # settings (proxies, Acquire::*), so the image build fetches what this host can fetch.
@@ -120,7 +122,9 @@ path-exclude /usr/share/info/*
 path-exclude /usr/share/locale/*
 EOF
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-  tar -C "$rootfs" -c . | "${podman[@]}" import --change 'CMD ["bash"]' - "$base" >/dev/null
+  tar -C "$rootfs" -c . | "${podman[@]}" import --change 'CMD ["bash"]' \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    - "$base" >/dev/null
   rm -rf "$rootfs"
 }
 if ((rebuild_base)) || ! "${podman[@]}" image exists "$base"; then
@@ -143,13 +147,15 @@ echo "container-test: $image is $((size >> 20)) MiB"
 
 # --- run, health ------------------------------------------------------------------------------
 port=$(free_port)
-"${podman[@]}" run -d --name "$name" -p "127.0.0.1:$port:50051" "$image" \
-  flashkv-server --backend=cpu --plaintext --listen=0.0.0.0:50051 --metrics-address=0.0.0.0:9464 \
+# No health timer (podman drives those through systemd, absent here, and logs that it cannot to
+# podman.log): the loop below runs the image's HEALTHCHECK command itself.
+"${podman[@]}" run -d --name "$name" --health-interval=disable -p "127.0.0.1:$port:50051" "$image" \
+  flashkv-server --backend=cpu --plaintext --listen=0.0.0.0:50051 \
+  --metrics-address=0.0.0.0:9464 \
   --layers=4 --q-heads=8 --kv-heads=2 --head-dim=64 --dtype=fp16 --kv-cache-bytes=256MiB \
-  --cpu-threads=2 --drain-deadline=10s >/dev/null || fail "podman run"
+  --cpu-threads=2 --drain-deadline=10s >/dev/null 2>>"$work/podman.log" || fail "podman run"
 healthy=0
 for ((t = 0; t < 120; t++)); do
-  # The image's own HEALTHCHECK command, run inside the container (no systemd timer here).
   if "${podman[@]}" healthcheck run "$name" >/dev/null 2>&1; then
     healthy=1
     break
@@ -165,20 +171,22 @@ phase_done "start until healthy"
 
 # --- the load test, from the same image, through the published port --------------------------
 loadgen_status=0
-"${podman[@]}" run --rm --network host "$image" flashkv-loadgen --target "127.0.0.1:$port" \
-  --duration "$duration" --runners 4 --max-batch 4 --prompt-len uniform:16:128 \
-  --output-len uniform:8:32 --verify all --cpu-threads 1 --progress none \
+"${podman[@]}" run --rm --no-healthcheck --network host "$image" \
+  flashkv-loadgen --target "127.0.0.1:$port" --duration "$duration" --runners 4 --max-batch 4 \
+  --prompt-len uniform:16:128 --output-len uniform:8:32 --verify all --cpu-threads 1 \
+  --progress none \
   >"$work/loadgen.txt" 2>&1 || loadgen_status=$?
 sed 's/^/  /' "$work/loadgen.txt"
 ((loadgen_status == 0)) || fail "the load test is not clean (exit status $loadgen_status)"
 phase_done "load test (${duration} s, verify all)"
 
 # --- stop: SIGTERM, drain, exit 0 ----------------------------------------------------------------
-"${podman[@]}" stop -t 30 "$name" >/dev/null
+"${podman[@]}" stop -t 30 "$name" >/dev/null 2>>"$work/podman.log"
 exit_code=$("${podman[@]}" inspect --format '{{.State.ExitCode}}' "$name")
 ((exit_code == 0)) || fail "the server exited with status $exit_code after SIGTERM"
-"${podman[@]}" logs "$name" 2>&1 | grep -q 'received SIGTERM' ||
-  fail "the server did not see SIGTERM"
+server_log=$("${podman[@]}" logs "$name" 2>&1)
+grep -q 'received SIGTERM' <<<"$server_log" || fail "the server did not see SIGTERM"
+grep -q 'stopped$' <<<"$server_log" || fail "the server did not finish its drain"
 phase_done "SIGTERM until exit 0"
 
 status=0

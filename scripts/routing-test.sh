@@ -39,7 +39,8 @@ server=${server:-$build/server/flashkv-server}
 cli=${cli:-$build/client/flashkv}
 loadgen=${loadgen:-$build/client/flashkv-loadgen}
 for binary in "$server" "$cli" "$loadgen"; do
-  [[ -x $binary ]] || { echo "routing-test: $binary is missing (build first, or --build DIR)" >&2 && exit 2; }
+  [[ -x $binary ]] ||
+    { echo "routing-test: $binary is missing (build first, or --build DIR)" >&2 && exit 2; }
 done
 nginx=$(PATH=$PATH:/usr/sbin command -v nginx) ||
   { echo "routing-test: nginx is missing (scripts/setup.sh installs it)" >&2 && exit 2; }
@@ -76,7 +77,8 @@ fail() {
 }
 
 free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])'
 }
 
 # --- replicas: ports picked by the kernel, read back from the "serving on" line -----------------
@@ -163,7 +165,9 @@ for attempt in 1 2 3; do
   echo "routing-test: nginx did not serve on port $port (attempt $attempt)"
 done
 [[ -n $proxy ]] || fail "nginx did not start"
-echo "routing-test: nginx (pid $nginx_pid) on $proxy$( ((without_hash)) && echo ', hash rule removed')"
+rule='hash on x-flashkv-sequence'
+((without_hash)) && rule='hash rule removed'
+echo "routing-test: nginx (pid $nginx_pid) on $proxy, $rule"
 
 # --- the load test through the proxy ----------------------------------------------------------
 for ((i = 0; i < replicas; i++)); do
@@ -184,7 +188,7 @@ for ((i = 0; i < replicas; i++)); do
     "$work/metrics-$i-after.txt"
 done
 
-# --- stop: nginx at once, replicas with SIGTERM (each must drain and exit 0) -----------------------
+# --- stop: nginx at once, replicas with SIGTERM (each must drain and exit 0) -------------------
 kill -QUIT "$nginx_pid"
 wait "$nginx_pid" || true
 for ((i = 0; i < replicas; i++)); do

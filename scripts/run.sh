@@ -70,8 +70,10 @@ cli=("$build/client/flashkv" --target="$target")
 echo
 
 status=0
+report=$build/loadgen-report.json
 "$build/client/flashkv-loadgen" --target="$target" "${load[@]}" --duration="$seconds" \
-  --verify=all --progress=lines --progress-interval=10 || status=$?
+  --verify=all --progress=lines --progress-interval=10 --out="$report" || status=$?
+echo "run: JSON report in $report (to plot it: benchmarks/loadgen_plot.py $report)"
 
 echo
 echo "run: server figures"

@@ -1,5 +1,7 @@
 #include "loadgen.h"
 
+#include <sys/resource.h>
+
 #include <memory>
 #include <thread>
 
@@ -49,6 +51,10 @@ class ProgressPrinter {
 
   void Print(absl::Duration elapsed, bool final) {
     if (options_.out == nullptr) return;
+    if (final) {  // the whole run's averages: the last interval may be a fraction of a second
+      last_elapsed_ = absl::ZeroDuration();
+      last_prefill_ = last_decode_ = last_steps_ = 0;
+    }
     const double dt = std::max(1e-9, absl::ToDoubleSeconds(elapsed - last_elapsed_));
     const uint64_t prefill = live_.prefill_tokens.load(), decode = live_.decode_tokens.load();
     const uint64_t steps = live_.steps.load();
@@ -64,7 +70,8 @@ class ProgressPrinter {
     last_steps_ = steps;
     std::ostream& out = *options_.out;
     if (!options_.tty) {
-      out << absl::StrFormat("[%6.1fs] %s | %s\n", absl::ToDoubleSeconds(elapsed), rates, totals);
+      out << absl::StrFormat("[%6.1fs] %s%s | %s\n", absl::ToDoubleSeconds(elapsed),
+                             final ? "average " : "", rates, totals);
       out.flush();
       return;
     }
@@ -88,6 +95,14 @@ class ProgressPrinter {
   absl::Duration last_elapsed_ = absl::ZeroDuration();
   uint64_t last_prefill_ = 0, last_decode_ = 0, last_steps_ = 0;
 };
+
+// User + system CPU seconds of this process so far.
+double ProcessCpuSeconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& t) { return t.tv_sec + t.tv_usec * 1e-6; };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
 
 absl::StatusOr<v1::ServerStats> FetchStats(Client& client, absl::Duration timeout) {
   CallOptions options;
@@ -123,6 +138,7 @@ absl::StatusOr<Report> RunLoadgen(const LoadgenConfig& config, absl::Span<Client
   LiveCounters live;
   std::atomic<bool> stop{false};
   const absl::Time start = absl::Now();
+  const double cpu_start = ProcessCpuSeconds();
   RequestSource source(config, shape->max_context, start);
   RunContext context{&config, *shape, report.tolerance, &source, &live, &stop, start};
   std::vector<std::unique_ptr<Runner>> runners;
@@ -159,6 +175,7 @@ absl::StatusOr<Report> RunLoadgen(const LoadgenConfig& config, absl::Span<Client
   const absl::Time end = absl::Now();
   printer.Print(end - start, true);
   report.duration_s = absl::ToDoubleSeconds(end - start);
+  report.client_cpu_s = ProcessCpuSeconds() - cpu_start;
   for (const auto& runner : runners) report.totals.Merge(runner->stats());
 
   absl::StatusOr<v1::ServerStats> after = FetchStats(*clients[0], config.rpc_timeout);

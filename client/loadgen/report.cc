@@ -149,6 +149,7 @@ json Report::ToJson() const {
             {"verify", config.verify_fraction},
             {"seed", config.seed}}},
           {"duration_s", duration_s},
+          {"client_cpu_s", client_cpu_s},
           {"requests",
            {{"started", t.requests_started},
             {"completed", t.requests_completed},
@@ -212,6 +213,10 @@ void Report::PrintTable(std::ostream& out) const {
       "%.2f req/s\n",
       t.prefill_tokens / d, t.decode_tokens / d, t.steps / d, t.passes / d,
       t.requests_completed / d);
+  out << absl::StrFormat(
+      "client        %.1f CPU seconds (%.2f cores) generating, sending and "
+      "verifying\n",
+      client_cpu_s, client_cpu_s / d);
   out << absl::StrFormat(
       "tokens        %d prompt (%d from the prefix cache), %d prefilled, %d decoded\n",
       t.prompt_tokens, t.cached_tokens, t.prefill_tokens, t.decode_tokens);

@@ -25,6 +25,9 @@ struct Report {
   ModelShape shape;
   tools::Tolerance tolerance;
   double duration_s = 0;
+  // CPU seconds the load generator's process used during the run (generation, verification,
+  // gRPC): on a shared machine, what the server did not get.
+  double client_cpu_s = 0;
   RunStats totals;
   std::optional<v1::ServerStats> server_before;
   std::optional<v1::ServerStats> server_after;

@@ -139,10 +139,11 @@ TEST_F(CliTest, UsageErrors) {
 TEST_F(CliTest, LoadgenBinaryExitCodesAndReport) {
   const std::string report = dir_ / "report.json";
   const std::string loadgen = std::string(FLASHKV_LOADGEN) + " --target " + server_.target();
-  RunResult r = RunCommand(loadgen +
-                           " --runners 2 --max-batch 2 --requests 8 --duration 0 --prompt-len "
-                           "uniform:4:20 --output-len 3 --prefill-chunk 8 --verify all --out " +
-                           report);
+  RunResult r = RunCommand(
+      loadgen +
+      " --connections 2 --runners 2 --max-batch 2 --requests 8 --duration 0 --prompt-len "
+      "uniform:4:20 --output-len 3 --prefill-chunk 8 --verify all --out " +
+      report);
   EXPECT_EQ(r.exit_code, 0) << r.out;
   EXPECT_NE(r.out.find("RESULT        clean"), std::string::npos) << r.out;
   std::ifstream in(report);

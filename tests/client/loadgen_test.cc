@@ -57,6 +57,7 @@ TEST_F(LoadgenTest, ClosedLoopRunChecksEveryOutputAndFreesEverything) {
   EXPECT_GT(t.verification.elements_checked, 0u);
   EXPECT_GT(t.verification.max_abs_error, 0.0);  // the fake rounds differently: not a tautology
   EXPECT_EQ(t.prefill_tokens, t.prompt_tokens);
+  EXPECT_GT(report.client_cpu_s, 0.0);
   EXPECT_EQ(server_->service().live_sequences(), 0);
   // Every sequence call named the runner's routing key.
   for (const SeenCall& call : server_->service().seen()) {

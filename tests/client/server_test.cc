@@ -139,9 +139,6 @@ TEST_P(RealServerTest, VarlenAttentionMatchesPerSequenceAttention) {
 // Prefill, fork, then both branches decode: each sees the shared prefix plus its own tokens.
 TEST_P(RealServerTest, ForkedSequencesShareTheirPrefix) {
   absl::StatusOr<v1::CacheInfo> info = client_->GetCacheInfo();
-  if (info.status().code() == absl::StatusCode::kUnimplemented) {
-    GTEST_SKIP() << "this server does not serve KvCacheService yet";
-  }
   ASSERT_TRUE(info.ok()) << info.status();
   const DType dtype = GetParam();
   const int64_t hq = info->num_q_heads(), hkv = info->num_kv_heads(), d = info->head_dim();
@@ -187,9 +184,6 @@ TEST_P(RealServerTest, ForkedSequencesShareTheirPrefix) {
 // The whole load generator, every output checked, against the real stateful service.
 TEST_P(RealServerTest, LoadgenRunIsClean) {
   absl::StatusOr<v1::CacheInfo> info = client_->GetCacheInfo();
-  if (info.status().code() == absl::StatusCode::kUnimplemented) {
-    GTEST_SKIP() << "this server does not serve KvCacheService yet";
-  }
   ASSERT_TRUE(info.ok()) << info.status();
   loadgen::LoadgenConfig config;
   config.runners = 3;
@@ -205,13 +199,31 @@ TEST_P(RealServerTest, LoadgenRunIsClean) {
   config.verify_fraction = 1.0;
   config.run_id = "real";
   Client* clients[] = {client_.get()};
-  absl::StatusOr<loadgen::Report> report = loadgen::RunLoadgen(config, clients, {});
-  ASSERT_TRUE(report.ok()) << report.status();
-  EXPECT_TRUE(report->clean()) << report->ToJson().dump(2);
-  EXPECT_EQ(report->totals.requests_completed, 18u);
-  EXPECT_EQ(report->totals.verification.steps_checked, report->totals.steps);
-  ASSERT_TRUE(report->server_after.has_value());
-  EXPECT_EQ(report->server_after->sequences(), 0u);
+  for (int depth : {1, 3}) {  // 3: layers overlap on each stream
+    config.pipeline_depth = depth;
+    absl::StatusOr<loadgen::Report> report = loadgen::RunLoadgen(config, clients, {});
+    ASSERT_TRUE(report.ok()) << report.status();
+    EXPECT_TRUE(report->clean()) << report->ToJson().dump(2);
+    EXPECT_EQ(report->totals.requests_completed, 18u);
+    EXPECT_EQ(report->totals.verification.steps_checked, report->totals.steps);
+    ASSERT_TRUE(report->server_after.has_value());
+    EXPECT_EQ(report->server_after->sequences(), 0u);
+    EXPECT_GT(report->server_after->steps(), report->server_before->steps());
+  }
+}
+
+TEST_P(RealServerTest, CliInfoAndStatsJson) {
+  const std::string cli = std::string(FLASHKV_CLI) + " --target " + server_->target() + " --json ";
+  std::string out;
+  ASSERT_EQ(ExitCode(cli + "info", &out), 0) << out;
+  nlohmann::json info = nlohmann::json::parse(out);
+  EXPECT_EQ(info["num_layers"], server_->config().model.num_layers);
+  EXPECT_EQ(info["dtype"], DTypeName(GetParam()));
+  EXPECT_EQ(info["backend"], "cpu");
+  EXPECT_GT(info["blocks_total"].get<int64_t>(), 0);
+  out.clear();
+  ASSERT_EQ(ExitCode(cli + "stats", &out), 0) << out;
+  EXPECT_EQ(nlohmann::json::parse(out)["sequences"], 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, RealServerTest,
