@@ -29,8 +29,8 @@ start_server() {  # $1: device list; sets server, target
   local log=$reports/server-$1.log extra
   read -ra extra <<<"${SERVER_FLAGS:-}"
   : >"$log"
-  "$bin/flashkv-server" --backend=cuda --devices="$1" --layers=32 --q-heads=32 --kv-heads=8 \
-    --head-dim=128 --dtype=fp16 --page-size=16 --kv-cache-fraction=0.6 \
+  "$bin/flashkv-server" --backend=cuda --plaintext --devices="$1" --layers=32 --q-heads=32 \
+    --kv-heads=8 --head-dim=128 --dtype=fp16 --page-size=16 --kv-cache-fraction=0.6 \
     --listen=127.0.0.1:0 --metrics-address=127.0.0.1:0 --batch-window=200us \
     --prefill-chunk=512 --drain-deadline=20s --log-level=info "${extra[@]}" >"$log" 2>&1 &
   server=$!
