@@ -9,6 +9,7 @@ beside the seeds under other names and are not touched.
 Input formats (see each *_fuzz.cc):
   wire_decode        [kind] [cuts] [cut positions...] message
   attention_request  [flags: bit 0 varlen, bit 1 patch region ids] [cuts] [positions...] message
+  step_request       [flags: bit 0 patch region ids] [cuts] [positions...] message
   kernel_args        decisions, one or two bytes each (byte_reader.h)
   kvcache_ops        decisions, one or two bytes each (the cache shape, then the operations)
 """
@@ -116,6 +117,33 @@ def attention_seeds(attention_pb2, tensor_pb2, fixed, varlen, rng):
     write("attention_request", "other-tenant", bytes([3]) + sliced(other.SerializeToString()))
 
 
+def step_seeds(kvcache_pb2, tensor_pb2, rng):
+    """StepRequests for the step_request target's server: model 4/2 heads, head dim 32, fp16;
+    the caller's sequences a, b, c (another tenant holds a and d)."""
+    t = lambda *a, **k: tensor(tensor_pb2, *a, rng=rng, **k)
+
+    def request(layer, entries):
+        step = kvcache_pb2.StepRequest(layer=layer, step_id=3)
+        for seq, n, q_region, out_region in entries:
+            e = step.entries.add(sequence_id=seq, token_ids=list(range(100, 100 + n)))
+            e.q.CopyFrom(t(FP16, [n, 4, 32], region=q_region))
+            e.k.CopyFrom(t(FP16, [n, 2, 32]))
+            e.v.CopyFrom(t(FP16, [n, 2, 32]))
+            if out_region is not None:
+                e.out.region_id, e.out.offset = out_region
+        return step.SerializeToString()
+
+    write("step_request", "two-entries", bytes([0]) + sliced(
+        request(0, [("a", 3, None, None), ("b", 1, None, None)]), (50, 180)))
+    # Region ids 1 (mod 3): the caller's region; 2 (mod 3): the other tenant's (patch mode).
+    write("step_request", "regions", bytes([1]) + sliced(
+        request(1, [("c", 2, (1, 0), (1, 4096)), ("a", 1, None, (1, 8192))])))
+    write("step_request", "other-region", bytes([1]) + sliced(
+        request(0, [("b", 1, (2, 0), None)])))
+    write("step_request", "other-tenant-id", bytes([0]) + sliced(
+        request(0, [("d", 1, None, None)])))
+
+
 def decision_seeds(rng):
     for i in range(6):
         write("kernel_args", "random-%d" % i, bytes(rng.randrange(256) for _ in range(96)))
@@ -129,6 +157,7 @@ def main():
         attention_pb2, kvcache_pb2, tensor_pb2 = load_protos(tmp)
         fixed, varlen = wire_seeds(attention_pb2, kvcache_pb2, tensor_pb2, rng)
         attention_seeds(attention_pb2, tensor_pb2, fixed, varlen, rng)
+        step_seeds(kvcache_pb2, tensor_pb2, rng)
     decision_seeds(rng)
 
 
