@@ -7,12 +7,17 @@
 set(FLASHKV_SANITIZE "" CACHE STRING "Sanitizer build: empty, address (ASan+UBSan) or thread")
 option(FLASHKV_FUZZ "Build tests/fuzz as libFuzzer targets (needs clang and FLASHKV_SANITIZE=address)"
        OFF)
+# What a program linking flashkv's libraries from this build must link with too (the install
+# test's consumer): the sanitizer runtimes.
+set(FLASHKV_SANITIZER_LINK_FLAGS "")
 if(FLASHKV_SANITIZE STREQUAL "address")
+  set(FLASHKV_SANITIZER_LINK_FLAGS "-fsanitize=address,undefined")
   add_compile_options($<$<COMPILE_LANGUAGE:CXX>:-fsanitize=address,undefined>
                       $<$<COMPILE_LANGUAGE:CXX>:-fno-omit-frame-pointer>
                       $<$<COMPILE_LANGUAGE:CXX>:-fno-sanitize-recover=undefined>)
   add_link_options(-fsanitize=address,undefined)
 elseif(FLASHKV_SANITIZE STREQUAL "thread")
+  set(FLASHKV_SANITIZER_LINK_FLAGS "-fsanitize=thread")
   add_compile_options($<$<COMPILE_LANGUAGE:CXX>:-fsanitize=thread>)
   add_link_options(-fsanitize=thread)
 elseif(NOT FLASHKV_SANITIZE STREQUAL "")
