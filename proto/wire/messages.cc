@@ -353,6 +353,48 @@ grpc::ByteBuffer EncodeStepRequest(uint32_t layer, uint64_t step_id,
   return builder.Finish();
 }
 
+namespace {
+
+std::vector<int64_t> Widen(const std::vector<int32_t>& values) {
+  // int32 fields travel as sign-extended 64-bit varints, as protobuf writes them.
+  return std::vector<int64_t>(values.begin(), values.end());
+}
+
+// Fields in number order, as protobuf's serializer writes them: the three tensors, (varlen)
+// cu_seqlens, the flags, the output slices.
+grpc::ByteBuffer EncodeAttention(const AttentionRequestData& request, bool varlen) {
+  namespace f = attention_request;
+  namespace g = varlen_request;
+  MessageBuilder builder;
+  AppendTensorField(f::kQ, request.q, &builder);
+  AppendTensorField(f::kK, request.k, &builder);
+  AppendTensorField(f::kV, request.v, &builder);
+  if (varlen) {
+    AppendPackedVarints(g::kCuSeqlensQ, Widen(request.cu_seqlens_q), &builder);
+    AppendPackedVarints(g::kCuSeqlensKv, Widen(request.cu_seqlens_kv), &builder);
+  }
+  if (request.causal) builder.VarintField(varlen ? g::kCausal : f::kCausal, 1);
+  if (request.softmax_scale.has_value()) {  // proto3 `optional`: written whenever set
+    uint32_t bits;
+    std::memcpy(&bits, &*request.softmax_scale, sizeof bits);
+    builder.Fixed32Field(varlen ? g::kSoftmaxScale : f::kSoftmaxScale, bits);
+  }
+  if (request.return_lse) builder.VarintField(varlen ? g::kReturnLse : f::kReturnLse, 1);
+  AppendRegionSliceField(varlen ? g::kOut : f::kOut, request.out, &builder);
+  AppendRegionSliceField(varlen ? g::kLse : f::kLse, request.lse, &builder);
+  return builder.Finish();
+}
+
+}  // namespace
+
+grpc::ByteBuffer EncodeAttentionRequest(const AttentionRequestData& request) {
+  return EncodeAttention(request, false);
+}
+
+grpc::ByteBuffer EncodeAttentionVarlenRequest(const AttentionRequestData& request) {
+  return EncodeAttention(request, true);
+}
+
 grpc::ByteBuffer EncodeStepResponse(absl::Span<const TensorData> out, uint64_t step_id) {
   MessageBuilder builder;
   for (const TensorData& tensor : out) AppendTensorField(step_response::kOut, tensor, &builder);

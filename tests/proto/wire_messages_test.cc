@@ -264,6 +264,53 @@ TEST(WireMessagesTest, AttentionRequestsAndResponses) {
   }
 }
 
+// The clients' encoders: what protobuf parses back is the request, byte for byte once absent
+// tensors are made empty (the encoder always writes q, k and v).
+TEST(WireMessagesTest, EncodesAttentionRequestsThatProtobufParses) {
+  Random r(4);
+  auto owner = std::make_shared<int>(0);
+  for (int trial = 0; trial < 200; ++trial) {
+    v1::AttentionVarlenRequest want;
+    FillTensor(r, want.mutable_q());
+    FillTensor(r, want.mutable_k());
+    FillTensor(r, want.mutable_v());
+    for (int i = r.Int(0, 6); i > 0; --i) want.add_cu_seqlens_q(r.Int(-10, 1 << 20));
+    for (int i = r.Int(0, 6); i > 0; --i) want.add_cu_seqlens_kv(r.Int(-10, 1 << 20));
+    want.set_causal(r.Bool());
+    if (r.Bool()) want.set_softmax_scale(r.Int(0, 3) == 0 ? 0.0f : float(r.Int(-100, 100)) / 7.0f);
+    want.set_return_lse(r.Bool());
+    if (r.Bool()) FillRegionSlice(r, want.mutable_out());
+    if (r.Bool()) FillRegionSlice(r, want.mutable_lse());
+    AttentionRequestData data;
+    data.q = ToData(want.q(), owner);
+    data.k = ToData(want.k(), owner);
+    data.v = ToData(want.v(), owner);
+    data.causal = want.causal();
+    if (want.has_softmax_scale()) data.softmax_scale = want.softmax_scale();
+    data.return_lse = want.return_lse();
+    data.out = ToView(want.has_out(), want.out());
+    data.lse = ToView(want.has_lse(), want.lse());
+    data.cu_seqlens_q.assign(want.cu_seqlens_q().begin(), want.cu_seqlens_q().end());
+    data.cu_seqlens_kv.assign(want.cu_seqlens_kv().begin(), want.cu_seqlens_kv().end());
+    v1::AttentionVarlenRequest parsed;
+    ASSERT_TRUE(parsed.ParseFromString(Flatten(EncodeAttentionVarlenRequest(data))));
+    EXPECT_EQ(parsed.SerializeAsString(), want.SerializeAsString()) << trial;
+
+    v1::AttentionRequest fixed;
+    *fixed.mutable_q() = want.q();
+    *fixed.mutable_k() = want.k();
+    *fixed.mutable_v() = want.v();
+    fixed.set_causal(want.causal());
+    if (want.has_softmax_scale()) fixed.set_softmax_scale(want.softmax_scale());
+    fixed.set_return_lse(want.return_lse());
+    if (want.has_out()) *fixed.mutable_out() = want.out();
+    if (want.has_lse()) *fixed.mutable_lse() = want.lse();
+    v1::AttentionRequest parsed_fixed;
+    ASSERT_TRUE(parsed_fixed.ParseFromString(Flatten(EncodeAttentionRequest(data))));
+    EXPECT_EQ(parsed_fixed.SerializeAsString(), fixed.SerializeAsString()) << trial;
+  }
+}
+
 // Unknown fields of every wire type, at every level, are skipped as protobuf skips them; a known
 // field with the wrong wire type is an unknown field too.
 TEST(WireMessagesTest, SkipsUnknownFieldsAndWrongWireTypes) {
