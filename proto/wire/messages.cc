@@ -22,7 +22,7 @@ namespace step_request {
 constexpr uint32_t kLayer = 1, kEntries = 2, kStepId = 3;
 }
 namespace step_response {
-constexpr uint32_t kOut = 1, kStepId = 2;
+constexpr uint32_t kOut = 1, kStepId = 2, kKernelNs = 3, kServerNs = 4;
 }
 namespace attention_request {
 constexpr uint32_t kQ = 1, kK = 2, kV = 3, kCausal = 4, kSoftmaxScale = 5, kReturnLse = 6,
@@ -192,6 +192,10 @@ absl::Status DecodeStepResponse(const MessageBytes& message, StepResponseView* r
       if (auto s = DecodeTensor(message, field.bytes, &response->out.back()); !s.ok()) return s;
     } else if (field.number == step_response::kStepId && IsVarint(field)) {
       response->step_id = field.value;
+    } else if (field.number == step_response::kKernelNs && IsVarint(field)) {
+      response->timing.kernel_ns = field.value;
+    } else if (field.number == step_response::kServerNs && IsVarint(field)) {
+      response->timing.server_ns = field.value;
     }
   }
   if (!reader.status().ok()) return Malformed("StepResponse", reader.status());
@@ -395,10 +399,13 @@ grpc::ByteBuffer EncodeAttentionVarlenRequest(const AttentionRequestData& reques
   return EncodeAttention(request, true);
 }
 
-grpc::ByteBuffer EncodeStepResponse(absl::Span<const TensorData> out, uint64_t step_id) {
+grpc::ByteBuffer EncodeStepResponse(absl::Span<const TensorData> out, uint64_t step_id,
+                                    const StepTiming& timing) {
   MessageBuilder builder;
   for (const TensorData& tensor : out) AppendTensorField(step_response::kOut, tensor, &builder);
   if (step_id != 0) builder.VarintField(step_response::kStepId, step_id);
+  if (timing.kernel_ns != 0) builder.VarintField(step_response::kKernelNs, timing.kernel_ns);
+  if (timing.server_ns != 0) builder.VarintField(step_response::kServerNs, timing.server_ns);
   return builder.Finish();
 }
 

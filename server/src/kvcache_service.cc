@@ -295,7 +295,7 @@ std::shared_ptr<StepState> KvCacheService::MakeStep(wire::MessageBytes message, 
   };
   return std::make_shared<StepState>(std::move(message), layer, step_id, std::move(entries),
                                      out_row_bytes, static_cast<int32_t>(m.dtype), m.num_q_heads,
-                                     m.head_dim, received, caches_, releasers_,
+                                     m.head_dim, received, clock_, caches_, releasers_,
                                      std::move(completion));
 }
 

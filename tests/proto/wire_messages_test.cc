@@ -179,14 +179,22 @@ TEST(WireMessagesTest, EncodesStepRequestsAndResponsesThatProtobufParses) {
       *response.add_out() = e.q();
       out.push_back(ToData(e.q(), owner));
     }
+    StepTiming timing;
+    if (r.Bool()) timing.kernel_ns = uint64_t(r.Int(0, 1 << 30)) << r.Int(0, 30);
+    if (r.Bool()) timing.server_ns = uint64_t(r.Int(0, 1 << 30)) << r.Int(0, 30);
+    response.set_kernel_ns(timing.kernel_ns);
+    response.set_server_ns(timing.server_ns);
     v1::StepResponse parsed_response;
-    ASSERT_TRUE(parsed_response.ParseFromString(Flatten(EncodeStepResponse(out, want.step_id()))));
+    ASSERT_TRUE(parsed_response.ParseFromString(
+        Flatten(EncodeStepResponse(out, want.step_id(), timing))));
     EXPECT_EQ(parsed_response.SerializeAsString(), response.SerializeAsString());
 
     StepResponseView view;
     const std::string response_bytes = response.SerializeAsString();
     const MessageBytes message = r.Slices(response_bytes);
     ASSERT_TRUE(DecodeStepResponse(message, &view).ok());
+    EXPECT_EQ(view.timing.kernel_ns, timing.kernel_ns);
+    EXPECT_EQ(view.timing.server_ns, timing.server_ns);
     ASSERT_EQ(view.out.size(), size_t(response.out_size()));
     for (size_t i = 0; i < view.out.size(); ++i) {
       ExpectTensorEq(message, view.out[i], true, response.out(int(i)), "out");

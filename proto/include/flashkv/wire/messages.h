@@ -58,9 +58,16 @@ struct StepRequestView {
   std::vector<StepEntryView> entries;
 };
 
+// StepResponse.kernel_ns and server_ns: where the step's time went on the server.
+struct StepTiming {
+  uint64_t kernel_ns = 0;
+  uint64_t server_ns = 0;
+};
+
 struct StepResponseView {
   std::vector<TensorView> out;
   uint64_t step_id = 0;
+  StepTiming timing;
 };
 
 struct AttentionRequestView {
@@ -141,7 +148,8 @@ size_t TensorFieldSize(uint32_t field_number, const TensorData& tensor);
 
 grpc::ByteBuffer EncodeStepRequest(uint32_t layer, uint64_t step_id,
                                    absl::Span<const StepEntryData> entries);
-grpc::ByteBuffer EncodeStepResponse(absl::Span<const TensorData> out, uint64_t step_id);
+grpc::ByteBuffer EncodeStepResponse(absl::Span<const TensorData> out, uint64_t step_id,
+                                    const StepTiming& timing = {});
 // Clients: the stateless attention requests, tensors referenced as their TensorData says.
 grpc::ByteBuffer EncodeAttentionRequest(const AttentionRequestData& request);
 grpc::ByteBuffer EncodeAttentionVarlenRequest(const AttentionRequestData& request);
