@@ -3,7 +3,10 @@
 // it, checked against the CPU implementation and against the same request sent as bytes; region
 // reuse across steps; bounds errors naming the field; release; tenant ownership.
 
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
@@ -20,6 +23,9 @@
 namespace flashkv::testing {
 namespace {
 
+constexpr char kTokenA[] = "alpha-token-0123456789abcdef";
+constexpr char kTokenB[] = "bravo-token-0123456789abcdef";
+
 class RegionTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -27,14 +33,27 @@ class RegionTest : public ::testing::Test {
     config.model.dtype = DType::kFloat32;
     config.model.head_dim = CompiledHeadDim(DType::kFloat32);
     if (config.model.head_dim == 0) GTEST_SKIP() << "float32 not in this build";
+    // Two tenants, so that ownership can be checked.
+    char pattern[] = "/tmp/flashkv-region-test.XXXXXX";
+    ASSERT_NE(mkdtemp(pattern), nullptr);
+    dir_ = pattern;
+    config.security.tokens_file = dir_ + "/tokens.txt";
+    std::ofstream(config.security.tokens_file)
+        << kTokenA << " alpha\n" << kTokenB << " bravo\n";
     absl::StatusOr<std::unique_ptr<TestServer>> server = TestServer::Start(config);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
-    client_ = ClientFor(server_->target(), "tenant-a");
+    client_ = ClientFor(server_->target(), kTokenA);
     const server::ModelShape& m = server_->config().model;
     hq_ = m.num_q_heads;
     hkv_ = m.num_kv_heads;
     d_ = m.head_dim;
+  }
+
+  void TearDown() override {
+    client_.reset();
+    server_.reset();
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
   }
 
   // Copies `tensor` into a fresh allocation of `region`.
@@ -54,6 +73,7 @@ class RegionTest : public ::testing::Test {
     return *out;
   }
 
+  std::string dir_;
   std::unique_ptr<TestServer> server_;
   std::unique_ptr<Client> client_;
   int64_t hq_ = 0, hkv_ = 0, d_ = 0;
@@ -257,7 +277,7 @@ TEST_F(RegionTest, ReleasedRegionsAreGone) {
 TEST_F(RegionTest, RegionsBelongToTheirTenant) {
   absl::StatusOr<std::unique_ptr<SharedRegion>> region = client_->AttachHostRegion(64 << 10);
   ASSERT_TRUE(region.ok()) << region.status();
-  std::unique_ptr<Client> other = ClientFor(server_->target(), "tenant-b");
+  std::unique_ptr<Client> other = ClientFor(server_->target(), kTokenB);
   HostTensor q = RandomTensor(DType::kFloat32, {1, 3, hq_, d_}, rng_);
   HostTensor kv = RandomTensor(DType::kFloat32, {1, 3, hkv_, d_}, rng_);
   const RegionTensor out = Poisoned(**region, {1, 3, hq_, d_});
