@@ -99,12 +99,6 @@ class CudaLargeTest : public ::testing::Test {
   }
 };
 
-void ExpectSameAsSimt(const Problem& p, const Result& fast, const Result& simt) {
-  std::vector<double> out(simt.out.begin(), simt.out.end()), lse(simt.lse.begin(), simt.lse.end());
-  ExpectClose(p.dtype, fast.out, out, "vs simt out");
-  ExpectLseClose(p.dtype, fast.lse, lse, "vs simt lse");
-}
-
 TEST_F(CudaLargeTest, Context32kPagedDecodeAndChunk) {
   for (DType dtype : {DType::kFloat16, DType::kBFloat16}) {
     if (!IsCompiled(dtype, 128)) continue;

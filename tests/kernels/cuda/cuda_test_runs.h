@@ -269,4 +269,12 @@ inline void CheckAgainstReference(const Problem& p, const Result& r, const std::
   ExpectLseClose(p.dtype, r.lse, lse, what + " lse");
 }
 
+// Large problems, where a float64 CPU reference would take minutes: the SIMT kernel's result (the
+// plain float32 reference kernel, itself checked against float64 on smaller shapes) instead.
+inline void ExpectSameAsSimt(const Problem& p, const Result& fast, const Result& simt) {
+  std::vector<double> out(simt.out.begin(), simt.out.end()), lse(simt.lse.begin(), simt.lse.end());
+  ExpectClose(p.dtype, fast.out, out, "vs simt out");
+  ExpectLseClose(p.dtype, fast.lse, lse, "vs simt lse");
+}
+
 }  // namespace flashkv::cuda::test
