@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <sstream>
@@ -49,12 +50,19 @@ constexpr size_t kL2Bytes = 50u << 20;
     }                                                                                      \
   } while (0)
 
-// Device memory filled with random values of the dtype (never zeros: they run faster).
+// Device memory filled with random values of the dtype (never zeros: they run faster). At most
+// kRandomPeriod values are drawn and repeated: drawing hundreds of millions of normal values took
+// most of a run's time, and the kernels' speed depends on the values' distribution, not on their
+// not repeating.
+constexpr size_t kRandomPeriod = size_t{1} << 22;
+
 void* RandomDevice(size_t elements, DType dtype, uint32_t seed) {
-  std::vector<uint8_t> host(elements * DTypeSize(dtype));
+  const size_t es = DTypeSize(dtype);
+  std::vector<uint8_t> host(elements * es);
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal;
-  for (size_t i = 0; i < elements; ++i) {
+  const size_t drawn = std::min(elements, kRandomPeriod);
+  for (size_t i = 0; i < drawn; ++i) {
     const float x = normal(rng);
     if (dtype == DType::kFloat32) {
       std::memcpy(&host[4 * i], &x, 4);
@@ -65,6 +73,9 @@ void* RandomDevice(size_t elements, DType dtype, uint32_t seed) {
       const uint16_t b = ToBFloat16(x).bits;
       std::memcpy(&host[2 * i], &b, 2);
     }
+  }
+  for (size_t i = drawn; i < elements; i += drawn) {
+    std::memcpy(&host[i * es], host.data(), std::min(drawn, elements - i) * es);
   }
   void* ptr = nullptr;
   BENCH_CHECK(Malloc(&ptr, host.size()));
@@ -179,50 +190,64 @@ void FixedTable(DType dtype, int reps, const std::vector<int>& head_dims,
 // Paged prefill: B sequences of S new tokens over S keys each (the first chunk of a prompt), K/V
 // in shuffled pool blocks, against the same call on contiguous (varlen) K/V. Issue 10's target:
 // paged within 10% of contiguous for pages of 64 keys or more (the sm90 kernel loads them by TMA,
-// page by page); smaller pages show the sm80 row-gather path beside it.
+// page by page); 16-key pages show the sm80 row-gather path beside it.
 struct PagedPrefillShape {
   int batch, heads_q, heads_kv, head_dim, seqlen;
 };
 
-// Median ms of the paged call over a pool of `page`-key blocks (the table shuffled), and the
-// kernel it took. q, out: [B*S, Hq, D]; the pools hold the same random values the contiguous run
-// reads (any values do: only the addressing differs).
-double PagedPrefillMs(DType dtype, const PagedPrefillShape& sh, int page, bool causal, void* q,
-                      void* out, void* d_cu, const std::vector<int32_t>& cu, int reps,
-                      KernelPath* path) {
-  const int blocks_per = (sh.seqlen + page - 1) / page;
-  const int blocks = sh.batch * blocks_per;
-  const size_t pool_elements = size_t{1} * blocks * sh.heads_kv * page * sh.head_dim;
-  std::vector<int32_t> table(size_t{1} * blocks);
-  std::iota(table.begin(), table.end(), 0);
-  std::shuffle(table.begin(), table.end(), std::mt19937(page));
-  void* k_pool = RandomDevice(pool_elements, dtype, 11);
-  void* v_pool = RandomDevice(pool_elements, dtype, 12);
-  void* d_table = DeviceCopy(table);
+// K/V pools of `page`-key blocks holding B sequences of S keys, the table shuffled. The values are
+// random (any values do: only the addressing differs from the contiguous run).
+struct PagedPool {
+  int page = 0;
+  int blocks_per_seq = 0;
+  std::vector<int32_t> table;
+  void* k = nullptr;
+  void* v = nullptr;
+  void* d_table = nullptr;
+
+  PagedPool(DType dtype, const PagedPrefillShape& sh, int page_size) : page(page_size) {
+    blocks_per_seq = (sh.seqlen + page - 1) / page;
+    table.resize(size_t{1} * sh.batch * blocks_per_seq);
+    std::iota(table.begin(), table.end(), 0);
+    std::shuffle(table.begin(), table.end(), std::mt19937(page));
+    const size_t elements = table.size() * sh.heads_kv * page * sh.head_dim;
+    k = RandomDevice(elements, dtype, 11);
+    v = RandomDevice(elements, dtype, 12);
+    d_table = DeviceCopy(table);
+  }
+  PagedPool(const PagedPool&) = delete;
+  PagedPool& operator=(const PagedPool&) = delete;
+  ~PagedPool() {
+    for (void* p : {k, v, d_table}) BENCH_CHECK(Free(p));
+  }
+};
+
+// The varlen call's arguments with the same queries, outputs and lengths, over `pool`.
+PagedAttentionArgs PagedArgs(const VarlenAttentionArgs& c, const PagedPool& pool) {
   PagedAttentionArgs a;
-  a.dtype = dtype;
-  a.num_seqs = sh.batch;
-  a.num_heads_q = sh.heads_q;
-  a.num_heads_kv = sh.heads_kv;
-  a.head_dim = sh.head_dim;
-  a.total_q = int64_t{sh.batch} * sh.seqlen;
-  a.max_seqlen_q = a.max_seqlen_kv = sh.seqlen;
-  a.q = q, a.q_strides = DenseStrides(0, sh.heads_q, sh.head_dim);
-  a.out = out, a.out_strides = DenseStrides(0, sh.heads_q, sh.head_dim);
-  a.k_cache = k_pool, a.v_cache = v_pool;
-  a.cache_strides = DensePoolStrides(sh.heads_kv, page, sh.head_dim);
-  a.num_blocks = blocks;
-  a.page_size = page;
-  a.block_table = static_cast<const int32_t*>(d_table);
-  a.block_table_stride = blocks_per;
-  a.cu_seqlens_q = a.cu_seqlens_kv = static_cast<const int32_t*>(d_cu);  // q_len = kv_len
-  a.host_block_table = table.data();
-  a.host_cu_seqlens_q = a.host_cu_seqlens_kv = cu.data();
-  a.options.causal = causal;
-  BENCH_CHECK(testing::PathOf(a, path));
-  const double ms = GraphMedianMs([&](Stream stream) { return AttentionPaged(a, stream); }, reps);
-  for (void* p : {k_pool, v_pool, d_table}) BENCH_CHECK(Free(p));
-  return ms;
+  a.dtype = c.dtype;
+  a.num_seqs = c.num_seqs;
+  a.num_heads_q = c.num_heads_q;
+  a.num_heads_kv = c.num_heads_kv;
+  a.head_dim = c.head_dim;
+  a.total_q = c.total_q;
+  a.max_seqlen_q = c.max_seqlen_q;
+  a.max_seqlen_kv = c.max_seqlen_kv;
+  a.q = c.q, a.q_strides = c.q_strides;
+  a.out = c.out, a.out_strides = c.out_strides;
+  a.k_cache = pool.k, a.v_cache = pool.v;
+  a.cache_strides = DensePoolStrides(c.num_heads_kv, pool.page, c.head_dim);
+  a.num_blocks = static_cast<int>(pool.table.size());
+  a.page_size = pool.page;
+  a.block_table = static_cast<const int32_t*>(pool.d_table);
+  a.block_table_stride = pool.blocks_per_seq;
+  a.cu_seqlens_q = c.cu_seqlens_q;
+  a.cu_seqlens_kv = c.cu_seqlens_kv;
+  a.host_block_table = pool.table.data();
+  a.host_cu_seqlens_q = c.host_cu_seqlens_q;
+  a.host_cu_seqlens_kv = c.host_cu_seqlens_kv;
+  a.options = c.options;
+  return a;
 }
 
 void PagedPrefillTable(DType dtype, int reps, const std::vector<int>& head_dims,
@@ -244,6 +269,8 @@ void PagedPrefillTable(DType dtype, int reps, const std::vector<int>& head_dims,
       void* k = RandomDevice(size_t{1} * tokens * sh.heads_kv * d, dtype, 3);
       void* v = RandomDevice(size_t{1} * tokens * sh.heads_kv * d, dtype, 4);
       void* d_cu = DeviceCopy(cu);
+      std::vector<std::unique_ptr<PagedPool>> pools;
+      for (int page : {16, 64, 128, 256}) pools.push_back(std::make_unique<PagedPool>(dtype, sh, page));
       for (bool causal : {false, true}) {
         VarlenAttentionArgs c;
         c.dtype = dtype;
@@ -257,7 +284,7 @@ void PagedPrefillTable(DType dtype, int reps, const std::vector<int>& head_dims,
         c.k = k, c.k_strides = DenseStrides(0, sh.heads_kv, d);
         c.v = v, c.v_strides = DenseStrides(0, sh.heads_kv, d);
         c.out = out, c.out_strides = DenseStrides(0, sh.heads_q, d);
-        c.cu_seqlens_q = c.cu_seqlens_kv = static_cast<const int32_t*>(d_cu);
+        c.cu_seqlens_q = c.cu_seqlens_kv = static_cast<const int32_t*>(d_cu);  // q_len = kv_len
         c.host_cu_seqlens_q = c.host_cu_seqlens_kv = cu.data();
         c.options.causal = causal;
         KernelPath contiguous_path = KernelPath::kSimt;
@@ -265,12 +292,14 @@ void PagedPrefillTable(DType dtype, int reps, const std::vector<int>& head_dims,
         const double contiguous_ms =
             GraphMedianMs([&](Stream stream) { return AttentionVarlen(c, stream); }, reps);
         const double flops = 4.0 * tokens * sh.heads_q * double(s) * d / (causal ? 2 : 1);
-        for (int page : {16, 64, 128, 256}) {
+        for (const auto& pool : pools) {
+          const PagedAttentionArgs a = PagedArgs(c, *pool);
           KernelPath path = KernelPath::kSimt;
+          BENCH_CHECK(testing::PathOf(a, &path));
           const double ms =
-              PagedPrefillMs(dtype, sh, page, causal, q, out, d_cu, cu, reps, &path);
+              GraphMedianMs([&](Stream stream) { return AttentionPaged(a, stream); }, reps);
           std::printf("| %d | %d | %s | %d | %s | %.3f | %.0f | %s | %.3f | %.0f | %.3f |\n", d, s,
-                      causal ? "yes" : "no", page, KernelPathName(path), ms,
+                      causal ? "yes" : "no", pool->page, KernelPathName(path), ms,
                       flops / (ms * 1e-3) / 1e12, KernelPathName(contiguous_path), contiguous_ms,
                       flops / (contiguous_ms * 1e-3) / 1e12, ms / contiguous_ms);
         }
