@@ -253,10 +253,13 @@ PagedAttentionArgs PagedArgs(const VarlenAttentionArgs& c, const PagedPool& pool
 void PagedPrefillTable(DType dtype, int reps, const std::vector<int>& head_dims,
                        const std::vector<int>& seqlens) {
   if (dtype == DType::kFloat32) return;
-  std::printf("## Paged prefill vs contiguous K/V (%s, B=4, Hq=32, Hkv=8), TFLOPS = 4*B*Hq*S^2*D "
-              "(/2 causal)\n\n", DTypeName(dtype));
-  std::printf("| D | S | causal | page | kernel | ms | TFLOPS | contiguous kernel | ms | TFLOPS | "
-              "paged / contiguous time |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+  std::printf(
+      "## Paged prefill vs contiguous K/V (%s, B=4, Hq=32, Hkv=8), TFLOPS = 4*B*Hq*S^2*D "
+      "(/2 causal)\n\n",
+      DTypeName(dtype));
+  std::printf(
+      "| D | S | causal | page | kernel | ms | TFLOPS | contiguous kernel | ms | TFLOPS | "
+      "paged / contiguous time |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (int d : head_dims) {
     if (!IsCompiled(dtype, d)) continue;
     for (int s : seqlens) {
@@ -270,7 +273,9 @@ void PagedPrefillTable(DType dtype, int reps, const std::vector<int>& head_dims,
       void* v = RandomDevice(size_t{1} * tokens * sh.heads_kv * d, dtype, 4);
       void* d_cu = DeviceCopy(cu);
       std::vector<std::unique_ptr<PagedPool>> pools;
-      for (int page : {16, 64, 128, 256}) pools.push_back(std::make_unique<PagedPool>(dtype, sh, page));
+      for (int page : {16, 64, 128, 256}) {
+        pools.push_back(std::make_unique<PagedPool>(dtype, sh, page));
+      }
       for (bool causal : {false, true}) {
         VarlenAttentionArgs c;
         c.dtype = dtype;
@@ -357,9 +362,11 @@ void DecodeTable(int reps, double copy_gbs) {
       a.host_cu_seqlens_q = cu_q.data();
       a.host_cu_seqlens_kv = cu_kv.data();
       a.options.causal = true;
-      const double ms = GraphMedianMs([&](Stream stream) { return AttentionPaged(a, stream); }, reps);
+      const double ms =
+          GraphMedianMs([&](Stream stream) { return AttentionPaged(a, stream); }, reps);
       const double gbs = kv_bytes / (ms * 1e-3) / 1e9;
-      std::printf("| %d | %d | %.0f | %.0f | %.0f%% |\n", batch, ctx, ms * 1e3, gbs, 100 * gbs / copy_gbs);
+      std::printf("| %d | %d | %.0f | %.0f | %.0f%% |\n", batch, ctx, ms * 1e3, gbs,
+                  100 * gbs / copy_gbs);
       for (void* p : {k_pool, v_pool, q, out, d_table, d_cq, d_ckv}) BENCH_CHECK(Free(p));
     }
   }
@@ -387,7 +394,9 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--seqlen") == 0 && i + 1 < argc) {  // S or S,S,...
       seqlens.clear();
       std::stringstream list(argv[++i]);
-      for (std::string item; std::getline(list, item, ',');) seqlens.push_back(std::atoi(item.c_str()));
+      for (std::string item; std::getline(list, item, ',');) {
+        seqlens.push_back(std::atoi(item.c_str()));
+      }
     }
     if (std::strcmp(argv[i], "--no-fixed") == 0) fixed = false;
     if (std::strcmp(argv[i], "--no-paged-prefill") == 0) paged_prefill = false;

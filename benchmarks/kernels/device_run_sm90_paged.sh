@@ -66,25 +66,21 @@ fi
 
 if has sass; then
   stamp sass
-  for o in $B/kernels/cuda/CMakeFiles/flashkv_kernels_sm90.dir/generated/*.cu.o; do
-    cuobjdump -sass "$o" > /tmp/sm90.sass 2>/dev/null
-    awk -v tu="$(basename "$o" .cu.o)" '
-      /Function :/ { if (name) print tu, name, h, l, s, r, m; name = $3; h = l = s = r = m = 0 }
-      /HGMMA/ { h++ } /UTMALDG/ { l++ } /UTMASTG/ { s++ } /USETMAXREG/ { r++ } / (LDL|STL)/ { m++ }
-      END { if (name) print tu, name, h, l, s, r, m }' /tmp/sm90.sass
-  done | awk 'BEGIN { print "tu kernel HGMMA UTMALDG UTMASTG USETMAXREG local" } { print }' > "$OUT/sass.txt"
-  grep -E "paged|tu kernel" "$OUT/sass.txt" | sed 's/_ZN7flashkv4cuda4sm9015AttentionKernelINS1_6TraitsI//'
+  bash benchmarks/kernels/sm90_sass_summary.sh $B > "$OUT/sass.txt"
+  grep -E "paged|tu kernel" "$OUT/sass.txt" |
+    sed 's/_ZN7flashkv4cuda4sm9015AttentionKernelINS1_6TraitsI//'
 fi
 
 if has sanitize; then
   stamp sanitize
   F='Sm90Paged/CudaSm90PagedTest.MixedPrefillAndDecode/fp16_d128'
-  { timeout "$(limit 90)" compute-sanitizer --tool racecheck --racecheck-report all $T/cuda_sm90_paged_test \
-      --gtest_filter="$F"
+  { timeout "$(limit 90)" compute-sanitizer --tool racecheck --racecheck-report all \
+      $T/cuda_sm90_paged_test --gtest_filter="$F"
     timeout "$(limit 60)" compute-sanitizer --tool memcheck $T/cuda_sm90_paged_test \
       --gtest_filter='Sm90Paged/CudaSm90PagedTest.PageSizesMatchReference/bf16_d256'
   } > "$OUT/sanitizer.txt" 2>&1
-  grep -E "RACECHECK SUMMARY|ERROR SUMMARY|hazard|Invalid|PASSED|FAILED" "$OUT/sanitizer.txt" | head -20
+  grep -E "RACECHECK SUMMARY|ERROR SUMMARY|hazard|Invalid|PASSED|FAILED" "$OUT/sanitizer.txt" |
+    head -20
 fi
 
 if has bench; then

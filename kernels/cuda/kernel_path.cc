@@ -31,7 +31,8 @@ const char* KernelPathName(KernelPath path) {
 bool IsSm90Compiled(DType dtype, int head_dim, bool paged) {
   if (paged) {
     switch (Key(dtype, head_dim)) {
-#define FLASHKV_CUDA_SM90_PAGED_INSTANCE(DTYPE_ENUM, HEAD_DIM) case Key(DType::DTYPE_ENUM, HEAD_DIM):
+#define FLASHKV_CUDA_SM90_PAGED_INSTANCE(DTYPE_ENUM, HEAD_DIM) \
+  case Key(DType::DTYPE_ENUM, HEAD_DIM):
 #include "flashkv_cuda_sm90_paged_instances.inc"
 #undef FLASHKV_CUDA_SM90_PAGED_INSTANCE
       return true;
@@ -94,8 +95,7 @@ KernelPath ChooseKernelPath(DType dtype, int head_dim, bool paged, const Attenti
                             const LaunchInfo& info, const DeviceProps& props) {
   if (dtype == DType::kFloat32 || !info.aligned16 || info.force_simt) return KernelPath::kSimt;
   if (Sm90Rejection(dtype, head_dim, paged, IsSm90Compiled(dtype, head_dim, paged), p, info,
-                    props) ==
-      nullptr) {
+                    props) == nullptr) {
     return KernelPath::kSm90;
   }
   return KernelPath::kSm80;

@@ -54,8 +54,8 @@ __device__ __forceinline__ void Consume(const Sm90Params& params, const Smem<Tr>
       const int token = first_token + row_in_group;
       RunKeyTiles(ml, smem, pipe, key_tiles, wg, KeyLimit<kCausal>(w.seq, token),
                   KeyLimit<kCausal>(w.seq, token + 8),
-                  WarpUniform(KeyLimit<kCausal>(w.seq, first_token)), Tr::kPaged ? WarpUniform(w.seq.kv_len) : 0,
-                  p.scale_log2, tid);
+                  WarpUniform(KeyLimit<kCausal>(w.seq, first_token)),
+                  Tr::kPaged ? WarpUniform(w.seq.kv_len) : 0, p.scale_log2, tid);
     }
     if constexpr (Tr::kSeparateO) {
       // Every warp of the group is past its last S = Q K^T (the final P V took a turn barrier

@@ -190,9 +190,9 @@ __device__ __forceinline__ void ZeroVRowsPast(const Smem<Tr>& smem, int stage, i
 // V rows past it are zeroed); tid = thread in the warpgroup.
 template <class Tr>
 __device__ __forceinline__ void RunKeyTiles(ConsumerMainloop<Tr>& ml, const Smem<Tr>& smem,
-                                            PipelineState<Tr::kStages>& pipe, int key_tiles,
-                                            int wg, int limit0, int limit1, int unmasked_below,
-                                            int kv_len, float scale_log2, int tid) {
+                                            PipelineState<Tr::kStages>& pipe, int key_tiles, int wg,
+                                            int limit0, int limit1, int unmasked_below, int kv_len,
+                                            float scale_log2, int tid) {
   const int lane = tid % 32;
   const int my_turn = kTurnBarrier + wg;
   const int other_turn = kTurnBarrier + (1 - wg);

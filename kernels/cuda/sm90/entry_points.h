@@ -1,8 +1,8 @@
 #pragma once
 
 // The sm90 launch entry points, declared for the dispatch site (attention.cc) and defined in the
-// generated sm90 translation units (one per dtype x head dim x K/V layout, compiled for compute_90a only; see
-// kernels/cuda/CMakeLists.txt), which include sm90/launch.cuh.
+// generated sm90 translation units (one per dtype x head dim x K/V layout, compiled for compute_90a
+// only; see kernels/cuda/CMakeLists.txt), which include sm90/launch.cuh.
 
 #include "attention_params.h"
 #include "flashkv/cuda_backend.h"

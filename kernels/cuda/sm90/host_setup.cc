@@ -123,10 +123,10 @@ LaunchShapes Shapes(const AttentionParams& p, const LaunchInfo& info) {
   if (paged) {
     // The pools as [block, K/V head, slot, dim]: a box of slots is addressed by (slot, head,
     // block), the block read from the table on the device.
-    s.k = Shape(p.head_dim, p.page_size, p.num_heads_kv, info.num_blocks, p.k_row_stride, p.k_head_stride,
-                p.k_batch_stride, /*varlen=*/false);
-    s.v = Shape(p.head_dim, p.page_size, p.num_heads_kv, info.num_blocks, p.v_row_stride, p.v_head_stride,
-                p.v_batch_stride, /*varlen=*/false);
+    s.k = Shape(p.head_dim, p.page_size, p.num_heads_kv, info.num_blocks, p.k_row_stride,
+                p.k_head_stride, p.k_batch_stride, /*varlen=*/false);
+    s.v = Shape(p.head_dim, p.page_size, p.num_heads_kv, info.num_blocks, p.v_row_stride,
+                p.v_head_stride, p.v_batch_stride, /*varlen=*/false);
   }
   return s;
 }

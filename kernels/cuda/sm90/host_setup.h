@@ -23,8 +23,8 @@ int64_t CountTiles(const AttentionParams& p, const LaunchInfo& info, int block_m
 
 // Fixed length: heads grouped in sections whose K/V fit half the L2, m-blocks heaviest first
 // under causal. Varlen and paged: sequences with queries ordered by context length (longest
-// first), m-blocks heaviest first under causal. kInvalidArgument past the schedule's limits (the path
-// choice keeps such launches on sm80, so reaching it is a caller bug).
+// first), m-blocks heaviest first under causal. kInvalidArgument past the schedule's limits (the
+// path choice keeps such launches on sm80, so reaching it is a caller bug).
 KernelStatus BuildSchedule(const AttentionParams& p, const LaunchInfo& info, int head_dim,
                            int element_bytes, const DeviceProps& props, Schedule* schedule);
 

@@ -1,8 +1,8 @@
 #pragma once
 
-// Launch of the sm90 kernel for one (dtype, head dim, K/V layout): schedule and tensor maps (host_setup.h),
-// the shared-memory opt-in, and a persistent grid of one CTA per SM (or fewer, when there are
-// fewer tiles).
+// Launch of the sm90 kernel for one (dtype, head dim, K/V layout): schedule and tensor maps
+// (host_setup.h), the shared-memory opt-in, and a persistent grid of one CTA per SM (or fewer, when
+// there are fewer tiles).
 
 #include <algorithm>
 

@@ -33,8 +33,8 @@ struct PagedKeyTile {
   int block[Tr::kKvBoxes];  // pool block (page) of box j
   int slot[Tr::kKvBoxes];   // its first key's slot in that page
 
-  __device__ __forceinline__ static PagedKeyTile Lookup(const AttentionParams& p,
-                                                        const WorkTile& w, int n) {
+  __device__ __forceinline__ static PagedKeyTile Lookup(const AttentionParams& p, const WorkTile& w,
+                                                        int n) {
     PagedKeyTile t;
     const int key0 = n * Tr::kBlockN;
     t.boxes = min(Tr::kKvBoxes, (w.seq.kv_len - key0 + Tr::kKvBoxRows - 1) / Tr::kKvBoxRows);
@@ -113,8 +113,8 @@ template <class Tr>
 using KeyTileOf = std::conditional_t<Tr::kPaged, PagedKeyTile<Tr>, NoKeyTile>;
 
 template <class Tr>
-__device__ __forceinline__ KeyTileOf<Tr> LookupKeyTile(const AttentionParams& p,
-                                                       const WorkTile& w, int n) {
+__device__ __forceinline__ KeyTileOf<Tr> LookupKeyTile(const AttentionParams& p, const WorkTile& w,
+                                                       int n) {
   if constexpr (Tr::kPaged) {
     return PagedKeyTile<Tr>::Lookup(p, w, n);
   } else {
