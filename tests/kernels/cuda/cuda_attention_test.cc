@@ -21,9 +21,7 @@
 namespace flashkv::cuda::test {
 namespace {
 
-using Case = std::tuple<DType, int>;  // dtype, head dim
-
-class CudaAttentionTest : public ::testing::TestWithParam<Case> {
+class CudaAttentionTest : public ::testing::TestWithParam<DTypeHeadDim> {
  protected:
   void SetUp() override {
     if (!HaveDevice()) GTEST_SKIP() << "no CUDA device (sm_80+)";
@@ -80,16 +78,11 @@ TEST_P(CudaAttentionTest, NegativeAndZeroScale) {
   }
 }
 
-std::string CaseName(const ::testing::TestParamInfo<Case>& info) {
-  return std::string(DTypeName(std::get<0>(info.param))) + "_d" +
-         std::to_string(std::get<1>(info.param));
-}
-
 INSTANTIATE_TEST_SUITE_P(AllInstantiations, CudaAttentionTest,
                          ::testing::Combine(::testing::Values(DType::kFloat16, DType::kBFloat16,
                                                               DType::kFloat32),
                                             ::testing::ValuesIn(kSupportedHeadDims)),
-                         CaseName);
+                         DTypeHeadDimName);
 
 // Long contexts and big decode batches: the tensor-core kernel against the SIMT kernel.
 class CudaLargeTest : public ::testing::Test {

@@ -29,22 +29,12 @@
 namespace flashkv::cuda::test {
 namespace {
 
-using Case = std::tuple<DType, int>;  // dtype, head dim
-
-class CudaSm90PagedTest : public ::testing::TestWithParam<Case> {
+class CudaSm90PagedTest : public ::testing::TestWithParam<DTypeHeadDim> {
  protected:
   void SetUp() override {
-    if (!HaveDevice()) GTEST_SKIP() << "no CUDA device (sm_80+)";
-    DeviceInfo info;
-    ASSERT_TRUE(GetDeviceInfo(0, &info).ok());
-    if (info.compute_capability_major != 9 || info.compute_capability_minor != 0) {
-      GTEST_SKIP() << "the sm90 kernels run on compute capability 9.0 only";
-    }
     dtype_ = std::get<0>(GetParam());
     head_dim_ = std::get<1>(GetParam());
-    if (!IsSm90Compiled(dtype_, head_dim_, /*paged=*/true)) {
-      GTEST_SKIP() << "no sm90 paged kernel compiled (FLASHKV_ENABLE_SM90_PAGED)";
-    }
+    if (const char* why = Sm90SkipReason(dtype_, head_dim_, /*paged=*/true)) GTEST_SKIP() << why;
   }
 
   // Runs one paged problem after checking that it takes the sm90 kernel.
@@ -136,15 +126,10 @@ TEST_P(CudaSm90PagedTest, SameAsContiguousKernel) {
   }
 }
 
-std::string CaseName(const ::testing::TestParamInfo<Case>& info) {
-  return std::string(DTypeName(std::get<0>(info.param))) + "_d" +
-         std::to_string(std::get<1>(info.param));
-}
-
 INSTANTIATE_TEST_SUITE_P(Sm90Paged, CudaSm90PagedTest,
                          ::testing::Combine(::testing::Values(DType::kFloat16, DType::kBFloat16),
                                             ::testing::Values(64, 128, 256)),
-                         CaseName);
+                         DTypeHeadDimName);
 
 }  // namespace
 }  // namespace flashkv::cuda::test

@@ -10,6 +10,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "cuda_test_util.h"
@@ -38,6 +39,43 @@ inline RunOptions SimtReference() {
   RunOptions opt;
   opt.simt_reference = true;
   return opt;
+}
+
+// The parameter of the per-instantiation suites, and its test-name suffix ("fp16_d128").
+using DTypeHeadDim = std::tuple<DType, int>;
+
+inline std::string DTypeHeadDimName(const ::testing::TestParamInfo<DTypeHeadDim>& info) {
+  return std::string(DTypeName(std::get<0>(info.param))) + "_d" +
+         std::to_string(std::get<1>(info.param));
+}
+
+// Why the sm90 tests of (dtype, head dim) cannot run here (no device, not compute capability
+// 9.0, no such sm90 kernel in the build), or nullptr.
+inline const char* Sm90SkipReason(DType dtype, int head_dim, bool paged) {
+  if (!HaveDevice()) return "no CUDA device (sm_80+)";
+  DeviceInfo info;
+  if (!GetDeviceInfo(0, &info).ok()) return "device query failed";
+  if (info.compute_capability_major != 9 || info.compute_capability_minor != 0) {
+    return "the sm90 kernels run on compute capability 9.0 only";
+  }
+  if (!IsSm90Compiled(dtype, head_dim, paged)) {
+    return paged ? "no sm90 paged kernel compiled (FLASHKV_ENABLE_SM90_PAGED)"
+                 : "no sm90 kernel compiled";
+  }
+  return nullptr;
+}
+
+// Reports the kernel the public call with `args` takes (when asked), runs `call(args)` and waits
+// for it.
+template <class Args, class Call>
+void RunChecked(const Args& args, const RunOptions& opt, Call call) {
+  if (opt.path != nullptr) {
+    const KernelStatus found = testing::PathOf(args, opt.path);
+    EXPECT_TRUE(found.ok()) << found.ToString();
+  }
+  const KernelStatus status = call(args);
+  EXPECT_TRUE(status.ok()) << status.ToString();
+  EXPECT_TRUE(StreamSynchronize(nullptr).ok());
 }
 
 // [B, S, H, D] <-> [B, H, S, D] for equal-length sequences.
@@ -88,14 +126,10 @@ inline Result RunFixed(const Problem& p, const RunOptions& opt = {}) {
     a.q_strides = a.out_strides = {int64_t{p.heads_q} * sq * d, d, int64_t{sq} * d};
     a.k_strides = a.v_strides = {int64_t{p.heads_kv} * skv * d, d, int64_t{skv} * d};
   }
-  if (opt.path != nullptr) {
-    const KernelStatus found = testing::PathOf(a, opt.path);
-    EXPECT_TRUE(found.ok()) << found.ToString();
-  }
-  const KernelStatus status = opt.simt_reference ? testing::AttentionSimtReference(a, nullptr)
-                                                 : Attention(a, nullptr);
-  EXPECT_TRUE(status.ok()) << status.ToString();
-  EXPECT_TRUE(StreamSynchronize(nullptr).ok());
+  RunChecked(a, opt, [&](const FixedAttentionArgs& args) {
+    return opt.simt_reference ? testing::AttentionSimtReference(args, nullptr)
+                              : Attention(args, nullptr);
+  });
   Result r;
   r.out = Decode(p.dtype, dout.Download<uint8_t>(dout.bytes()));
   if (opt.heads_outer) r.out = SwapRowsAndHeads(r.out, batch, sq, p.heads_q, d, false);
@@ -146,13 +180,8 @@ inline Result RunVarlen(const Problem& p, const RunOptions& opt = {}) {
   a.host_cu_seqlens_q = p.cu_q.data();
   a.host_cu_seqlens_kv = p.cu_kv.data();
   a.options = p.options();
-  if (opt.path != nullptr) {
-    const KernelStatus found = testing::PathOf(a, opt.path);
-    EXPECT_TRUE(found.ok()) << found.ToString();
-  }
-  const KernelStatus status = AttentionVarlen(a, nullptr);
-  EXPECT_TRUE(status.ok()) << status.ToString();
-  EXPECT_TRUE(StreamSynchronize(nullptr).ok());
+  RunChecked(a, opt,
+             [](const VarlenAttentionArgs& args) { return AttentionVarlen(args, nullptr); });
   return Result{Decode(p.dtype, dout.Download<uint8_t>(dout.bytes())),
                 dlse.Download<float>(p.total_q() * p.heads_q)};
 }
@@ -250,14 +279,10 @@ inline Result RunPaged(const Problem& p, int page_size, const RunOptions& opt = 
   a.host_cu_seqlens_q = p.cu_q.data();
   a.host_cu_seqlens_kv = p.cu_kv.data();
   a.options = p.options();
-  if (opt.path != nullptr) {
-    const KernelStatus found = testing::PathOf(a, opt.path);
-    EXPECT_TRUE(found.ok()) << found.ToString();
-  }
-  const KernelStatus status = opt.simt_reference ? testing::AttentionPagedSimtReference(a, nullptr)
-                                                 : AttentionPaged(a, nullptr);
-  EXPECT_TRUE(status.ok()) << status.ToString();
-  EXPECT_TRUE(StreamSynchronize(nullptr).ok());
+  RunChecked(a, opt, [&](const PagedAttentionArgs& args) {
+    return opt.simt_reference ? testing::AttentionPagedSimtReference(args, nullptr)
+                              : AttentionPaged(args, nullptr);
+  });
   return Result{Decode(p.dtype, dout.Download<uint8_t>(dout.bytes())),
                 dlse.Download<float>(p.total_q() * p.heads_q)};
 }
