@@ -150,7 +150,8 @@ port=$(free_port)
 # No health timer (podman drives those through systemd, absent here, and logs that it cannot to
 # podman.log): the loop below runs the image's HEALTHCHECK command itself.
 "${podman[@]}" run -d --name "$name" --health-interval=disable -p "127.0.0.1:$port:50051" "$image" \
-  flashkv-server --backend=cpu --listen=0.0.0.0:50051 --metrics-address=0.0.0.0:9464 \
+  flashkv-server --backend=cpu --plaintext --listen=0.0.0.0:50051 \
+  --metrics-address=0.0.0.0:9464 \
   --layers=4 --q-heads=8 --kv-heads=2 --head-dim=64 --dtype=fp16 --kv-cache-bytes=256MiB \
   --cpu-threads=2 --drain-deadline=10s >/dev/null 2>>"$work/podman.log" || fail "podman run"
 healthy=0

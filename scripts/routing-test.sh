@@ -85,7 +85,7 @@ print(s.getsockname()[1])'
 addresses=() metrics=()
 start_replica() {
   local i=$1 log=$work/replica-$1.log
-  "$server" --backend=cpu --listen=127.0.0.1:0 --metrics-address=127.0.0.1:0 \
+  "$server" --backend=cpu --plaintext --listen=127.0.0.1:0 --metrics-address=127.0.0.1:0 \
     --layers=2 --q-heads=4 --kv-heads=2 --head-dim=64 --dtype=fp16 --page-size=16 \
     --kv-cache-bytes=64MiB --cpu-threads=1 --attention-threads=1 --drain-deadline=5s \
     >"$log" 2>&1 &

@@ -41,7 +41,8 @@ fi
 
 # Ports 0: the kernel picks free ones; the server logs what it bound once it is SERVING.
 log=$(mktemp -t flashkv-server.XXXXXX.log)
-"$build/server/flashkv-server" "${model[@]}" --listen=127.0.0.1:0 --metrics-address=127.0.0.1:0 \
+"$build/server/flashkv-server" "${model[@]}" --plaintext --listen=127.0.0.1:0 \
+  --metrics-address=127.0.0.1:0 \
   --prefill-chunk=256 --batch-window=200us --sequence-ttl=5m --drain-deadline=30s \
   --log-level=info >"$log" 2>&1 &
 server_pid=$!

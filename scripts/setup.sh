@@ -8,7 +8,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
   libabsl-dev libspdlog-dev libgtest-dev libgmock-dev
   prometheus-cpp-dev libcli11-dev nlohmann-json3-dev
-  nginx shellcheck python3-yaml
+  nginx shellcheck python3-yaml openssl
   python3-grpcio python3-protobuf python3-numpy python3-pytest
 )
 

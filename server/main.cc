@@ -1,5 +1,6 @@
-// flashkv-server: parses flags into a ServerConfig, starts the server, and drains it on SIGTERM or
-// SIGINT (a second signal exits at once). Every flag is described in docs/operations.md.
+// flashkv-server: parses flags into a ServerConfig, starts the server, re-reads its token file on
+// SIGHUP, and drains it on SIGTERM or SIGINT (a second signal exits at once). Every flag is
+// described in docs/operations.md.
 
 #include <pthread.h>
 #include <spdlog/spdlog.h>
@@ -89,8 +90,6 @@ void AddFlags(CLI::App& app, ServerConfig& c, std::string& dtype, std::string& b
       ->capture_default_str();
   app.add_flag("--transport-defaults", transport_defaults,
                "Use gRPC's default HTTP/2 windows, frames and reads (for comparison)");
-  app.add_option("--max-entries-per-step", c.max_entries_per_step, "Entries in one Step request")
-      ->capture_default_str();
   app.add_option_function<std::string>(
          "--metrics-address",
          [&c](const std::string& value) { c.metrics_address = value == "off" ? "" : value; },
@@ -104,13 +103,55 @@ void AddFlags(CLI::App& app, ServerConfig& c, std::string& dtype, std::string& b
       ->capture_default_str();
 }
 
-// Blocks SIGTERM and SIGINT in this thread and every thread it starts later, so that only the
-// sigwait below sees them.
-sigset_t BlockShutdownSignals() {
+void AddSecurityFlags(CLI::App& app, flashkv::server::SecurityConfig& s) {
+  app.add_option("--tls-cert", s.tls_cert_file, "PEM certificate chain of the server (TLS)");
+  app.add_option("--tls-key", s.tls_key_file, "PEM private key of --tls-cert");
+  app.add_option("--tls-client-ca", s.tls_client_ca_file,
+                 "Mutual TLS: PEM CA certificates that must sign every client's certificate");
+  app.add_flag("--plaintext", s.plaintext,
+               "Serve without TLS (required when no --tls-cert is given: trusted networks only)");
+  app.add_option("--tokens-file", s.tokens_file,
+                 "Bearer tokens -> tenants, one 'TOKEN TENANT [max_sequences=N] "
+                 "[max_kv_blocks=N]' per line; re-read on SIGHUP (default: no authentication, "
+                 "one tenant 'default')");
+  app.add_option("--tenant-max-sequences", s.tenant_max_sequences,
+                 "Live sequences per tenant unless its token lines say otherwise (0: no limit)")
+      ->capture_default_str();
+  app.add_option("--tenant-max-kv-blocks", s.tenant_max_kv_blocks,
+                 "KV blocks per tenant unless its token lines say otherwise (0: no limit)")
+      ->capture_default_str();
+}
+
+void AddLimitFlags(CLI::App& app, flashkv::server::RequestLimits& l) {
+  app.add_option("--max-entries-per-step", l.max_entries_per_step, "Entries in one Step request")
+      ->capture_default_str();
+  app.add_option("--max-tokens-per-entry", l.max_tokens_per_entry,
+                 "New tokens of one Step entry")
+      ->capture_default_str();
+  app.add_option("--max-tokens-per-step", l.max_tokens_per_step,
+                 "New tokens of one Step request, all entries together")
+      ->capture_default_str();
+  app.add_option("--max-sequences", l.max_sequences, "Live sequences, all tenants together")
+      ->capture_default_str();
+  app.add_option("--max-attention-rows", l.max_attention_rows,
+                 "Stateless attention: rows of q and of k/v per call")
+      ->capture_default_str();
+  app.add_option("--max-attention-batch", l.max_attention_batch,
+                 "Stateless attention: sequences per call")
+      ->capture_default_str();
+  app.add_option("--max-attention-work", l.max_attention_work,
+                 "Stateless attention: sum of Hq*Sq*Skv*D over a call's sequences")
+      ->capture_default_str();
+}
+
+// Blocks SIGTERM, SIGINT and SIGHUP in this thread and every thread it starts later, so that only
+// the sigwait below sees them.
+sigset_t BlockSignals() {
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   return signals;
 }
@@ -125,6 +166,8 @@ int main(int argc, char** argv) {
   CLI::App app{"flashkv-server: attention over a paged KV cache, served with gRPC"};
   app.set_config("--config", "", "Read flags from a TOML/INI file");
   AddFlags(app, config, dtype, backend, transport_defaults);
+  AddSecurityFlags(app, config.security);
+  AddLimitFlags(app, config.limits);
   CLI11_PARSE(app, argc, argv);
 
   const std::optional<flashkv::DType> parsed_dtype = flashkv::ParseDType(dtype);
@@ -145,7 +188,7 @@ int main(int argc, char** argv) {
 
   spdlog::set_level(spdlog::level::from_str(config.log_level));
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%L%$ %v");
-  const sigset_t signals = BlockShutdownSignals();
+  const sigset_t signals = BlockSignals();
 
   absl::StatusOr<std::unique_ptr<flashkv::server::Server>> server =
       flashkv::server::Server::Create(config);
@@ -154,13 +197,23 @@ int main(int argc, char** argv) {
     return 1;
   }
   int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  for (;;) {
+    sigwait(&signals, &signal_number);
+    if (signal_number != SIGHUP) break;
+    // SIGHUP re-reads the token file; a bad file keeps the tokens in use.
+    if (absl::Status s = (*server)->ReloadTokens(); !s.ok()) {
+      spdlog::error("SIGHUP: tokens not reloaded, the previous ones stay in use: {}",
+                    s.ToString());
+    }
+  }
   spdlog::info("received {}", signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
-  // A second signal during the drain ends the process at once.
+  // A second SIGTERM or SIGINT during the drain ends the process at once (SIGHUP is ignored).
   std::thread([signals] {
     int second = 0;
     sigset_t copy = signals;
-    sigwait(&copy, &second);
+    do {
+      sigwait(&copy, &second);
+    } while (second == SIGHUP);
     spdlog::warn("second signal during drain: exiting now");
     std::_Exit(1);
   }).detach();

@@ -31,7 +31,7 @@ HQ, HKV, D = 32, 8, 128
 
 def start_server(binary, listen, threads):
     process = subprocess.Popen(
-        [binary, "--backend=cpu", f"--listen={listen}", "--metrics-address=off", "--layers=1",
+        [binary, "--backend=cpu", "--plaintext", f"--listen={listen}", "--metrics-address=off", "--layers=1",
          f"--q-heads={HQ}", f"--kv-heads={HKV}", f"--head-dim={D}", "--dtype=fp16",
          "--kv-cache-bytes=64MiB", f"--cpu-threads={threads}", "--attention-threads=1",
          "--log-level=info"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

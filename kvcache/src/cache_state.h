@@ -14,9 +14,9 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
-#include "mutex.h"
 #include "absl/time/time.h"
 #include "block_store.h"
+#include "flashkv/base/mutex.h"
 #include "flashkv/kvcache/block_allocator.h"
 #include "flashkv/kvcache/config.h"
 #include "flashkv/kvcache/layer_batch.h"
@@ -101,7 +101,7 @@ class CacheState {
              std::unique_ptr<BlockStore> store, std::shared_ptr<MemoryAllocator> staging);
   ~CacheState();
 
-  Mutex mu;
+  flashkv::Mutex mu;
 
   const CacheConfig config;
   const int page_size;

@@ -66,7 +66,7 @@ absl::Status CheckSequence(const CacheState& st, const Sequence& seq, std::vecto
 
 absl::Status KvCache::CheckConsistency() const {
   const CacheState& st = *state_;
-  internal::MutexLock lock(&state_->mu);
+  MutexLock lock(&state_->mu);
   if (absl::Status s = st.blocks.CheckConsistency(); !s.ok()) return s;
   if (absl::Status s = st.prefix.CheckConsistency(); !s.ok()) return s;
   const int32_t n = st.blocks.num_blocks();

@@ -99,7 +99,7 @@ KvCache::KvCache(const CacheConfig& config, std::unique_ptr<CacheState> state)
     : config_(config), state_(std::move(state)) {}
 
 KvCache::~KvCache() {
-  internal::MutexLock lock(&state_->mu);
+  MutexLock lock(&state_->mu);
   // A pending batch would point at freed pools: its owner broke the lifetime contract.
   FLASHKV_CHECK(state_->pending_records.empty());
 }
@@ -123,7 +123,7 @@ absl::StatusOr<int> KvCache::CreateSequence(absl::string_view id, const Sequence
                                                    ")"));
   }
   const absl::Time now = st.Now();
-  internal::MutexLock lock(&st.mu);
+  MutexLock lock(&st.mu);
   if (st.Find(id) != nullptr) {
     return absl::AlreadyExistsError(absl::StrCat("sequence '", id, "' already exists"));
   }
@@ -163,7 +163,7 @@ absl::Status KvCache::ForkSequence(absl::string_view parent_id, absl::string_vie
   CacheState& st = *state_;
   if (child_id.empty()) return absl::InvalidArgumentError("child sequence id is empty");
   const absl::Time now = st.Now();
-  internal::MutexLock lock(&st.mu);
+  MutexLock lock(&st.mu);
   Sequence* parent = st.Find(parent_id);
   if (parent == nullptr) {
     return absl::NotFoundError(absl::StrCat("parent sequence '", parent_id, "' not found"));
@@ -207,7 +207,7 @@ absl::Status KvCache::ForkSequence(absl::string_view parent_id, absl::string_vie
 
 absl::Status KvCache::FreeSequence(absl::string_view id) {
   CacheState& st = *state_;
-  internal::MutexLock lock(&st.mu);
+  MutexLock lock(&st.mu);
   auto it = st.sequences.find(id);
   if (it == st.sequences.end()) {
     return absl::NotFoundError(absl::StrCat("sequence '", id, "' not found"));
@@ -230,7 +230,7 @@ std::vector<std::string> KvCache::ExpireIdle(absl::Time now, absl::Duration ttl)
   CacheState& st = *state_;
   const absl::Time cutoff = now - ttl;
   std::vector<std::string> expired;
-  internal::MutexLock lock(&st.mu);
+  MutexLock lock(&st.mu);
   for (Sequence* seq = st.lru.lru_next; seq != &st.lru && seq->last_used <= cutoff;) {
     Sequence* next = seq->lru_next;
     if (seq->pending == nullptr) {
@@ -248,7 +248,7 @@ std::vector<std::string> KvCache::ExpireIdle(absl::Time now, absl::Duration ttl)
 
 absl::Status KvCache::SwapOut(absl::string_view id) {
   CacheState& st = *state_;
-  internal::MutexLock lock(&st.mu);
+  MutexLock lock(&st.mu);
   Sequence* seq = st.Find(id);
   if (seq == nullptr) return absl::NotFoundError(absl::StrCat("sequence '", id, "' not found"));
   if (seq->pending != nullptr) {
@@ -263,7 +263,7 @@ absl::Status KvCache::SwapOut(absl::string_view id) {
 
 absl::StatusOr<SequenceInfo> KvCache::GetSequence(absl::string_view id) const {
   CacheState& st = *state_;
-  internal::MutexLock lock(&st.mu);
+  MutexLock lock(&st.mu);
   const Sequence* seq = st.Find(id);
   if (seq == nullptr) return absl::NotFoundError(absl::StrCat("sequence '", id, "' not found"));
   SequenceInfo info;
@@ -281,7 +281,7 @@ absl::StatusOr<SequenceInfo> KvCache::GetSequence(absl::string_view id) const {
 
 CacheStats KvCache::GetStats() const {
   CacheState& st = *state_;
-  internal::MutexLock lock(&st.mu);
+  MutexLock lock(&st.mu);
   CacheStats s = st.counters;
   s.blocks_total = st.blocks.num_usable();
   s.blocks_free = st.blocks.num_free();

@@ -211,7 +211,7 @@ absl::StatusOr<LayerBatch> KvCache::PrepareLayerBatch(int layer,
   }
   if (entries.empty()) return absl::InvalidArgumentError("entries is empty");
   const absl::Time now = st.Now();
-  internal::MutexLock lock(&st.mu);
+  MutexLock lock(&st.mu);
   std::unique_ptr<BatchRecord> record = st.TakeRecord();
   record->owner = this;
   record->layer = layer;
@@ -278,7 +278,7 @@ void KvCache::Commit(LayerBatch&& batch) {
   FLASHKV_CHECK(batch.cache_ == this && batch.record_ != nullptr);
   std::unique_ptr<BatchRecord> record = std::move(batch.record_);
   batch.cache_ = nullptr;
-  internal::MutexLock lock(&state_->mu);
+  MutexLock lock(&state_->mu);
   FLASHKV_CHECK(record->owner == this && state_->pending_records.contains(record.get()));
   state_->Apply(record.get());
   ++state_->counters.batches_committed;
@@ -292,7 +292,7 @@ void KvCache::Abort(LayerBatch&& batch) {
 }
 
 void KvCache::AbortRecord(std::unique_ptr<BatchRecord> record) {
-  internal::MutexLock lock(&state_->mu);
+  MutexLock lock(&state_->mu);
   FLASHKV_CHECK(record->owner == this && state_->pending_records.contains(record.get()));
   state_->Rollback(record.get());
   ++state_->counters.batches_aborted;

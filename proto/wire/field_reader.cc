@@ -102,9 +102,19 @@ bool FieldReader::Next(Field* field) {
   }
 }
 
+namespace {
+
+absl::Status TooMany(const Field& field, size_t max_values) {
+  return absl::InvalidArgumentError("field " + std::to_string(field.number) + " has more than " +
+                                    std::to_string(max_values) + " values (the limit)");
+}
+
+}  // namespace
+
 absl::Status AppendRepeatedVarint(const MessageBytes& message, const Field& field,
-                                  std::vector<int64_t>* out) {
+                                  std::vector<int64_t>* out, size_t max_values) {
   if (field.type == WireType::kVarint) {
+    if (out->size() >= max_values) return TooMany(field, max_values);
     out->push_back(static_cast<int64_t>(field.value));
     return absl::OkStatus();
   }
@@ -121,11 +131,18 @@ absl::Status AppendRepeatedVarint(const MessageBytes& message, const Field& fiel
     data = small.data();
   }
   const uint8_t* end = data + field.bytes.size;
+  // Every varint ends with the one byte of it whose high bit is clear.
+  size_t count = 0;
+  for (const uint8_t* p = data; p < end; ++p) count += (*p & 0x80) == 0;
+  if (count > max_values || out->size() > max_values - count) return TooMany(field, max_values);
+  const size_t old_size = out->size();
+  out->reserve(old_size + count);
   while (data < end) {
     uint64_t value = 0;
     int shift = 0;
     for (;; shift += 7) {
       if (data == end || shift >= 64) {
+        out->resize(old_size);
         return absl::InvalidArgumentError("malformed packed varints in field " +
                                           std::to_string(field.number));
       }

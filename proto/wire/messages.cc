@@ -70,7 +70,8 @@ absl::Status DecodeRegionSlice(const MessageBytes& message, Span span, RegionSli
 
 // Merges one occurrence of a Tensor field into `tensor`, as protobuf merges a repeated singular
 // message: scalars and bytes overwrite, repeated fields append.
-absl::Status DecodeTensor(const MessageBytes& message, Span span, TensorView* tensor) {
+absl::Status DecodeTensor(const MessageBytes& message, Span span, const DecodeLimits& limits,
+                          TensorView* tensor) {
   tensor->present = true;
   FieldReader reader(message, span);
   Field field;
@@ -78,7 +79,9 @@ absl::Status DecodeTensor(const MessageBytes& message, Span span, TensorView* te
     if (field.number == tensor::kDType && IsVarint(field)) {
       tensor->dtype = static_cast<int32_t>(field.value);
     } else if (field.number == tensor::kShape) {
-      if (auto s = AppendRepeatedVarint(message, field, &tensor->shape); !s.ok()) return s;
+      if (auto s = AppendRepeatedVarint(message, field, &tensor->shape, limits.max_rank); !s.ok()) {
+        return absl::InvalidArgumentError("Tensor.shape: " + std::string(s.message()));
+      }
     } else if (field.number == tensor::kData && IsBytes(field)) {
       tensor->data = field.bytes;
     } else if (field.number == tensor::kRegion && IsBytes(field)) {
@@ -89,35 +92,49 @@ absl::Status DecodeTensor(const MessageBytes& message, Span span, TensorView* te
   return absl::OkStatus();
 }
 
-absl::Status AppendInt32s(const MessageBytes& message, const Field& field,
-                          std::vector<int32_t>* out) {
+absl::Status AppendInt32s(const MessageBytes& message, const Field& field, const char* name,
+                          size_t max_values, std::vector<int32_t>* out) {
   std::vector<int64_t> values;
-  if (auto s = AppendRepeatedVarint(message, field, &values); !s.ok()) return s;
+  if (out->size() > max_values) return absl::InternalError("AppendInt32s: over the limit already");
+  if (auto s = AppendRepeatedVarint(message, field, &values, max_values - out->size()); !s.ok()) {
+    return absl::InvalidArgumentError(std::string(name) + ": " + std::string(s.message()));
+  }
   // int32 fields truncate to 32 bits, as protobuf does (negative values are sign-extended).
   for (int64_t v : values) out->push_back(static_cast<int32_t>(v));
   return absl::OkStatus();
 }
 
-absl::Status DecodeStepEntry(const MessageBytes& message, Span span, StepEntryView* entry) {
+absl::Status DecodeStepEntry(const MessageBytes& message, Span span, const DecodeLimits& limits,
+                             StepEntryView* entry) {
   FieldReader reader(message, span);
   Field field;
   while (reader.Next(&field)) {
     absl::Status status;
     switch (field.number) {
       case step_entry::kSequenceId:
-        if (IsBytes(field)) entry->sequence_id = ReadString(message, field);
+        if (!IsBytes(field)) break;
+        if (field.bytes.size > limits.max_id_bytes) {
+          return absl::InvalidArgumentError(
+              "StepEntry.sequence_id has " + std::to_string(field.bytes.size) + " bytes; at most " +
+              std::to_string(limits.max_id_bytes) + " are allowed");
+        }
+        entry->sequence_id = ReadString(message, field);
         break;
       case step_entry::kQ:
-        if (IsBytes(field)) status = DecodeTensor(message, field.bytes, &entry->q);
+        if (IsBytes(field)) status = DecodeTensor(message, field.bytes, limits, &entry->q);
         break;
       case step_entry::kK:
-        if (IsBytes(field)) status = DecodeTensor(message, field.bytes, &entry->k);
+        if (IsBytes(field)) status = DecodeTensor(message, field.bytes, limits, &entry->k);
         break;
       case step_entry::kV:
-        if (IsBytes(field)) status = DecodeTensor(message, field.bytes, &entry->v);
+        if (IsBytes(field)) status = DecodeTensor(message, field.bytes, limits, &entry->v);
         break;
       case step_entry::kTokenIds:
-        status = AppendRepeatedVarint(message, field, &entry->token_ids);
+        status = AppendRepeatedVarint(message, field, &entry->token_ids, limits.max_token_ids);
+        if (!status.ok()) {
+          status = absl::InvalidArgumentError("StepEntry.token_ids: " +
+                                              std::string(status.message()));
+        }
         break;
       case step_entry::kOut:
         if (IsBytes(field)) status = DecodeRegionSlice(message, field.bytes, &entry->out);
@@ -136,7 +153,7 @@ absl::Status DecodeStepEntry(const MessageBytes& message, Span span, StepEntryVi
 template <typename View>
 bool DecodeCommonAttentionField(const MessageBytes& message, const Field& field, uint32_t q,
                                 uint32_t causal, uint32_t scale, uint32_t return_lse, uint32_t out,
-                                View* view, absl::Status* status) {
+                                const DecodeLimits& limits, View* view, absl::Status* status) {
   if (field.number == out || field.number == out + 1) {
     RegionSliceView* slice = field.number == out ? &view->out : &view->lse;
     if (IsBytes(field)) *status = DecodeRegionSlice(message, field.bytes, slice);
@@ -144,7 +161,7 @@ bool DecodeCommonAttentionField(const MessageBytes& message, const Field& field,
   }
   if (field.number == q || field.number == q + 1 || field.number == q + 2) {
     TensorView* tensor = field.number == q ? &view->q : field.number == q + 1 ? &view->k : &view->v;
-    if (IsBytes(field)) *status = DecodeTensor(message, field.bytes, tensor);
+    if (IsBytes(field)) *status = DecodeTensor(message, field.bytes, limits, tensor);
     return true;
   }
   if (field.number == causal && IsVarint(field)) {
@@ -164,7 +181,8 @@ bool DecodeCommonAttentionField(const MessageBytes& message, const Field& field,
 
 }  // namespace
 
-absl::Status DecodeStepRequest(const MessageBytes& message, StepRequestView* request) {
+absl::Status DecodeStepRequest(const MessageBytes& message, StepRequestView* request,
+                               const DecodeLimits& limits) {
   FieldReader reader(message, message.whole());
   Field field;
   while (reader.Next(&field)) {
@@ -173,8 +191,14 @@ absl::Status DecodeStepRequest(const MessageBytes& message, StepRequestView* req
     } else if (field.number == step_request::kStepId && IsVarint(field)) {
       request->step_id = field.value;
     } else if (field.number == step_request::kEntries && IsBytes(field)) {
+      if (request->entries.size() >= limits.max_entries) {
+        return absl::InvalidArgumentError("StepRequest.entries: more than " +
+                                          std::to_string(limits.max_entries) +
+                                          " entries (the server's limit)");
+      }
       request->entries.emplace_back();
-      if (auto s = DecodeStepEntry(message, field.bytes, &request->entries.back()); !s.ok()) {
+      if (auto s = DecodeStepEntry(message, field.bytes, limits, &request->entries.back());
+          !s.ok()) {
         return s;
       }
     }
@@ -189,7 +213,10 @@ absl::Status DecodeStepResponse(const MessageBytes& message, StepResponseView* r
   while (reader.Next(&field)) {
     if (field.number == step_response::kOut && IsBytes(field)) {
       response->out.emplace_back();
-      if (auto s = DecodeTensor(message, field.bytes, &response->out.back()); !s.ok()) return s;
+      if (auto s = DecodeTensor(message, field.bytes, DecodeLimits{}, &response->out.back());
+          !s.ok()) {
+        return s;
+      }
     } else if (field.number == step_response::kStepId && IsVarint(field)) {
       response->step_id = field.value;
     }
@@ -198,14 +225,15 @@ absl::Status DecodeStepResponse(const MessageBytes& message, StepResponseView* r
   return absl::OkStatus();
 }
 
-absl::Status DecodeAttentionRequest(const MessageBytes& message, AttentionRequestView* request) {
+absl::Status DecodeAttentionRequest(const MessageBytes& message, AttentionRequestView* request,
+                                    const DecodeLimits& limits) {
   namespace f = attention_request;
   FieldReader reader(message, message.whole());
   Field field;
   while (reader.Next(&field)) {
     absl::Status status;
     DecodeCommonAttentionField(message, field, f::kQ, f::kCausal, f::kSoftmaxScale, f::kReturnLse,
-                               f::kOut, request, &status);
+                               f::kOut, limits, request, &status);
     if (!status.ok()) return status;
   }
   if (!reader.status().ok()) return Malformed("AttentionRequest", reader.status());
@@ -213,18 +241,21 @@ absl::Status DecodeAttentionRequest(const MessageBytes& message, AttentionReques
 }
 
 absl::Status DecodeAttentionVarlenRequest(const MessageBytes& message,
-                                          AttentionVarlenRequestView* request) {
+                                          AttentionVarlenRequestView* request,
+                                          const DecodeLimits& limits) {
   namespace f = varlen_request;
   FieldReader reader(message, message.whole());
   Field field;
   while (reader.Next(&field)) {
     absl::Status status;
     if (DecodeCommonAttentionField(message, field, f::kQ, f::kCausal, f::kSoftmaxScale,
-                                   f::kReturnLse, f::kOut, request, &status)) {
+                                   f::kReturnLse, f::kOut, limits, request, &status)) {
     } else if (field.number == f::kCuSeqlensQ) {
-      status = AppendInt32s(message, field, &request->cu_seqlens_q);
+      status = AppendInt32s(message, field, "AttentionVarlenRequest.cu_seqlens_q",
+                            limits.max_cu_seqlens, &request->cu_seqlens_q);
     } else if (field.number == f::kCuSeqlensKv) {
-      status = AppendInt32s(message, field, &request->cu_seqlens_kv);
+      status = AppendInt32s(message, field, "AttentionVarlenRequest.cu_seqlens_kv",
+                            limits.max_cu_seqlens, &request->cu_seqlens_kv);
     }
     if (!status.ok()) return status;
   }
@@ -239,9 +270,9 @@ absl::Status DecodeAttentionResponse(const MessageBytes& message, AttentionRespo
   while (reader.Next(&field)) {
     absl::Status status;
     if (field.number == f::kOut && IsBytes(field)) {
-      status = DecodeTensor(message, field.bytes, &response->out);
+      status = DecodeTensor(message, field.bytes, DecodeLimits{}, &response->out);
     } else if (field.number == f::kLse && IsBytes(field)) {
-      status = DecodeTensor(message, field.bytes, &response->lse);
+      status = DecodeTensor(message, field.bytes, DecodeLimits{}, &response->lse);
     }
     if (!status.ok()) return status;
   }

@@ -27,7 +27,7 @@ timeout 90 "$bin/kvcache_step_gpu_test" --gtest_brief=1 2>&1 | tail -15
 
 stamp "server on CUDA + verifying load test"
 log=$(mktemp)
-"$bin/flashkv-server" --backend=cuda --layers=32 --q-heads=32 --kv-heads=8 --head-dim=128 \
+"$bin/flashkv-server" --backend=cuda --plaintext --layers=32 --q-heads=32 --kv-heads=8 --head-dim=128 \
   --dtype=fp16 --page-size=16 --kv-cache-fraction=0.6 --listen=127.0.0.1:0 \
   --metrics-address=127.0.0.1:0 --batch-window=200us --prefill-chunk=512 \
   --drain-deadline=20s --log-level=info >"$log" 2>&1 &

@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
+#include "flashkv/base/mutex.h"
 #include "flashkv/cpu_backend.h"
 #include "flashkv/cuda_backend.h"
 #include "flashkv/server/status.h"
@@ -70,7 +70,7 @@ class CudaAttentionBackend final : public AttentionBackend {
     const size_t q = layout.Add(q_bytes), k = layout.Add(kv_bytes), v = layout.Add(kv_bytes);
     const size_t out = layout.Add(q_bytes), lse = layout.Add(lse_bytes);
 
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (auto s = Prepare(layout.size()); !s.ok()) return s;
     FixedAttentionArgs dev = host;
     dev.q = At(q);
@@ -98,7 +98,7 @@ class CudaAttentionBackend final : public AttentionBackend {
     const size_t out = layout.Add(q_bytes), lse = layout.Add(lse_bytes);
     const size_t cu_q = layout.Add(cu_bytes), cu_kv = layout.Add(cu_bytes);
 
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (auto s = Prepare(layout.size()); !s.ok()) return s;
     VarlenAttentionArgs dev = host;
     dev.q = At(q);
@@ -175,7 +175,7 @@ class CudaAttentionBackend final : public AttentionBackend {
 
   const int device_;
   const cuda::Stream stream_;
-  absl::Mutex mu_;
+  Mutex mu_;
   void* scratch_ ABSL_GUARDED_BY(mu_) = nullptr;
   size_t capacity_ ABSL_GUARDED_BY(mu_) = 0;
 };

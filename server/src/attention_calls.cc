@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <string>
 #include <utility>
 
@@ -68,6 +69,39 @@ absl::Status CheckCuSeqlens(const char* name, const std::vector<int32_t>& cu, si
   return absl::OkStatus();
 }
 
+// a * b, saturating at INT64_MAX (operands >= 0).
+int64_t SaturatingMul(int64_t a, int64_t b) {
+  if (a != 0 && b > INT64_MAX / a) return INT64_MAX;
+  return a * b;
+}
+
+absl::Status TooLarge(const std::string& what, int64_t value, int64_t limit, const char* flag) {
+  return Invalid(what + " = " + std::to_string(value) + " exceeds the server's limit " +
+                 std::to_string(limit) + " (" + flag + ")");
+}
+
+// Rows, sequences and work of one call against the limits. `pair_rows` is the sum over the
+// call's sequences of Sq * Skv.
+absl::Status CheckSize(const RequestLimits& l, int64_t batch, int64_t q_rows, int64_t kv_rows,
+                       int64_t pair_rows, int64_t hq, int64_t d, const char* batch_name,
+                       const char* q_name, const char* kv_name) {
+  if (batch > l.max_attention_batch) {
+    return TooLarge(batch_name, batch, l.max_attention_batch, "--max-attention-batch");
+  }
+  if (q_rows > l.max_attention_rows) {
+    return TooLarge(q_name, q_rows, l.max_attention_rows, "--max-attention-rows");
+  }
+  if (kv_rows > l.max_attention_rows) {
+    return TooLarge(kv_name, kv_rows, l.max_attention_rows, "--max-attention-rows");
+  }
+  const int64_t work = SaturatingMul(SaturatingMul(pair_rows, hq), d);
+  if (work > l.max_attention_work) {
+    return TooLarge("the call's work (sum of Hq*Sq*Skv*D)", work, l.max_attention_work,
+                    "--max-attention-work");
+  }
+  return absl::OkStatus();
+}
+
 // A response tensor: the bytes of `buffer`, or (buffer null: the output went to the caller's
 // region) just dtype, shape and the slice.
 wire::TensorData ResponseTensor(DType dtype, const std::vector<int64_t>& shape,
@@ -111,7 +145,8 @@ absl::Status ResolveOutputs(const RegionAccess& regions, const Request& request,
 }  // namespace
 
 absl::StatusOr<AttentionCall> PrepareAttention(wire::MessageBytes message,
-                                               const RegionAccess& regions) {
+                                               const RegionAccess& regions,
+                                               const RequestLimits& limits) {
   wire::AttentionRequestView request;
   if (auto s = wire::DecodeAttentionRequest(message, &request); !s.ok()) return s;
   if (auto s = ResolveRegionTensors(
@@ -139,6 +174,12 @@ absl::StatusOr<AttentionCall> PrepareAttention(wire::MessageBytes message,
   if (auto s = CheckTensor(request.v, v_spec); !s.ok()) return s.status();
   if (auto s = CheckHeads(q[2], k[2], q[3]); !s.ok()) return s;
   if (auto s = CheckScale(request.softmax_scale); !s.ok()) return s;
+  if (auto s = CheckSize(limits, q[0], SaturatingMul(q[0], q[1]), SaturatingMul(q[0], k[1]),
+                         SaturatingMul(SaturatingMul(q[0], q[1]), k[1]), q[2], q[3],
+                         "q.shape[0] (B)", "B*Sq", "B*Skv");
+      !s.ok()) {
+    return s;
+  }
 
   AttentionCall call;
   call.message = std::move(message);
@@ -156,9 +197,14 @@ absl::StatusOr<AttentionCall> PrepareAttention(wire::MessageBytes message,
 }
 
 absl::StatusOr<AttentionCall> PrepareAttentionVarlen(wire::MessageBytes message,
-                                                     const RegionAccess& regions) {
+                                                     const RegionAccess& regions,
+                                                     const RequestLimits& limits) {
   wire::AttentionVarlenRequestView request;
-  if (auto s = wire::DecodeAttentionVarlenRequest(message, &request); !s.ok()) return s;
+  wire::DecodeLimits decode_limits;
+  decode_limits.max_cu_seqlens = static_cast<size_t>(limits.max_attention_batch) + 1;
+  if (auto s = wire::DecodeAttentionVarlenRequest(message, &request, decode_limits); !s.ok()) {
+    return s;
+  }
   if (auto s = ResolveRegionTensors(
           regions, {{&request.q, "q"}, {&request.k, "k"}, {&request.v, "v"}}, &message);
       !s.ok()) {
@@ -193,6 +239,18 @@ absl::StatusOr<AttentionCall> PrepareAttentionVarlen(wire::MessageBytes message,
   }
   if (auto s =
           CheckCuSeqlens("cu_seqlens_kv", request.cu_seqlens_kv, n, k[0], "k.shape[0]", &max_kv);
+      !s.ok()) {
+    return s;
+  }
+  int64_t pair_rows = 0;  // sum of Sq * Skv; each term < 2^62, the sum saturates
+  for (size_t b = 0; b + 1 < n; ++b) {
+    const int64_t term = int64_t{request.cu_seqlens_q[b + 1] - request.cu_seqlens_q[b]} *
+                         (request.cu_seqlens_kv[b + 1] - request.cu_seqlens_kv[b]);
+    pair_rows = term > INT64_MAX - pair_rows ? INT64_MAX : pair_rows + term;
+  }
+  if (auto s = CheckSize(limits, static_cast<int64_t>(n - 1), q[0], k[0], pair_rows, q[1], q[2],
+                         "num_seqs (cu_seqlens_q entries - 1)", "q.shape[0] (Tq)",
+                         "k.shape[0] (Tkv)");
       !s.ok()) {
     return s;
   }

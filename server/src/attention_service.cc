@@ -8,14 +8,19 @@
 
 #include "absl/time/clock.h"
 #include "flashkv/server/attention_calls.h"
-#include "flashkv/server/region_service.h"
 #include "flashkv/server/status.h"
 
 namespace flashkv::server {
 
 AttentionService::AttentionService(std::vector<AttentionBackend*> backends, Executor* executor,
-                                   Metrics* metrics, const RegionRegistry* regions)
-    : backends_(std::move(backends)), executor_(executor), metrics_(metrics), regions_(regions) {}
+                                   Metrics* metrics, const Authenticator* auth,
+                                   const RequestLimits& limits, const RegionRegistry* regions)
+    : backends_(std::move(backends)),
+      executor_(executor),
+      metrics_(metrics),
+      auth_(auth),
+      limits_(limits),
+      regions_(regions) {}
 
 grpc::ServerUnaryReactor* AttentionService::Attention(grpc::CallbackServerContext* context,
                                                       const grpc::ByteBuffer* request,
@@ -46,14 +51,20 @@ grpc::ServerUnaryReactor* AttentionService::Handle(const char* rpc, bool varlen,
     reactor->Finish(grpc_status);
   };
 
+  absl::StatusOr<std::shared_ptr<const Tenant>> tenant = auth_->Authenticate(*context);
+  if (!tenant.ok()) {
+    finish(tenant.status());
+    return reactor;
+  }
   absl::StatusOr<wire::MessageBytes> message = wire::MessageBytes::FromByteBuffer(*request);
   if (!message.ok()) {
     finish(message.status());
     return reactor;
   }
-  const RegionAccess regions{regions_, regions_ != nullptr ? TenantOf(*context) : std::string()};
-  absl::StatusOr<AttentionCall> call = varlen ? PrepareAttentionVarlen(*std::move(message), regions)
-                                              : PrepareAttention(*std::move(message), regions);
+  const RegionAccess regions{regions_, (*tenant)->name};
+  absl::StatusOr<AttentionCall> call =
+      varlen ? PrepareAttentionVarlen(*std::move(message), regions, limits_)
+             : PrepareAttention(*std::move(message), regions, limits_);
   if (!call.ok()) {
     finish(call.status());
     return reactor;

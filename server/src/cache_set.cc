@@ -80,7 +80,8 @@ absl::StatusOr<std::unique_ptr<CacheSet>> CacheSet::Create(const ServerConfig& c
     }
     caches.push_back(*std::move(cache));
   }
-  return std::unique_ptr<CacheSet>(new CacheSet(plan, std::move(caches)));
+  return std::unique_ptr<CacheSet>(new CacheSet(plan, std::move(caches), config.model.page_size,
+                                                config.limits.max_sequences));
 }
 
 int CacheSet::LeastLoadedDevice() const {
@@ -100,24 +101,31 @@ int CacheSet::LeastLoadedDevice() const {
   return best;
 }
 
-absl::StatusOr<int> CacheSet::CreateSequence(absl::string_view id,
+absl::StatusOr<int> CacheSet::CreateSequence(const Tenant& tenant, absl::string_view id,
                                              absl::Span<const int64_t> prompt) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (device_of_.contains(id)) {
     return absl::AlreadyExistsError("sequence '" + std::string(id) + "' already exists");
   }
+  if (absl::Status s = ledger_.CheckNewSequence(tenant); !s.ok()) return s;
   const int device = LeastLoadedDevice();
   kvcache::SequenceOptions options;
   options.prompt_token_ids = prompt;
+  options.tenant = tenant.name;  // prefix-cache blocks are shared within a tenant only
   absl::StatusOr<int> cached = caches_[device]->CreateSequence(id, options);
   if (!cached.ok()) return cached.status();
+  if (absl::Status s = ledger_.AddSequence(tenant, std::string(id), *cached); !s.ok()) {
+    (void)caches_[device]->FreeSequence(id);
+    return s;
+  }
   device_of_.emplace(std::string(id), device);
   ++sequences_per_device_[device];
   return cached;
 }
 
-absl::Status CacheSet::ForkSequence(absl::string_view parent, absl::string_view child) {
-  absl::MutexLock lock(&mu_);
+absl::Status CacheSet::ForkSequence(const Tenant& tenant, absl::string_view parent,
+                                   absl::string_view child) {
+  MutexLock lock(&mu_);
   const auto it = device_of_.find(parent);
   if (it == device_of_.end()) {
     return absl::NotFoundError("parent sequence '" + std::string(parent) + "' does not exist");
@@ -126,37 +134,48 @@ absl::Status CacheSet::ForkSequence(absl::string_view parent, absl::string_view 
     return absl::AlreadyExistsError("sequence '" + std::string(child) + "' already exists");
   }
   const int device = it->second;
+  if (absl::Status s = ledger_.CheckNewSequence(tenant); !s.ok()) return s;
   if (absl::Status s = caches_[device]->ForkSequence(parent, child); !s.ok()) return s;
+  // The child's length is the parent's committed one, as the cache has it.
+  absl::StatusOr<kvcache::SequenceInfo> info = caches_[device]->GetSequence(child);
+  const int64_t length =
+      info.ok() && !info->layer_lengths.empty() ? info->layer_lengths[0] : 0;
+  if (absl::Status s = ledger_.AddSequence(tenant, std::string(child), length); !s.ok()) {
+    (void)caches_[device]->FreeSequence(child);
+    return s;
+  }
   device_of_.emplace(std::string(child), device);
   ++sequences_per_device_[device];
   return absl::OkStatus();
 }
 
 absl::Status CacheSet::FreeSequence(absl::string_view id) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   const auto it = device_of_.find(id);
   if (it == device_of_.end()) {
     return absl::NotFoundError("sequence '" + std::string(id) + "' does not exist");
   }
   const int device = it->second;
   if (absl::Status s = caches_[device]->FreeSequence(id); !s.ok()) return s;
+  ledger_.RemoveSequence(id);
   device_of_.erase(it);
   --sequences_per_device_[device];
   return absl::OkStatus();
 }
 
 std::optional<int> CacheSet::DeviceOf(absl::string_view id) const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   const auto it = device_of_.find(id);
   if (it == device_of_.end()) return std::nullopt;
   return it->second;
 }
 
 std::vector<std::string> CacheSet::ExpireIdle(absl::Time now, absl::Duration ttl) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   std::vector<std::string> expired;
   for (int d = 0; d < num_devices(); ++d) {
     for (std::string& id : caches_[d]->ExpireIdle(now, ttl)) {
+      ledger_.RemoveSequence(id);
       device_of_.erase(id);
       --sequences_per_device_[d];
       expired.push_back(std::move(id));
@@ -165,8 +184,29 @@ std::vector<std::string> CacheSet::ExpireIdle(absl::Time now, absl::Duration ttl
   return expired;
 }
 
+absl::StatusOr<LedgerReservation> CacheSet::ReserveStep(
+    const Tenant& tenant, absl::Span<const std::pair<std::string, int64_t>> entries) {
+  MutexLock lock(&mu_);
+  return ledger_.Reserve(tenant, entries);
+}
+
+void CacheSet::SettleStep(const LedgerReservation& reservation, bool committed) {
+  MutexLock lock(&mu_);
+  ledger_.Settle(reservation, committed);
+}
+
+TenantUsage CacheSet::Usage(absl::string_view tenant) const {
+  MutexLock lock(&mu_);
+  return ledger_.Usage(tenant);
+}
+
+std::vector<std::pair<std::string, TenantUsage>> CacheSet::AllUsage() const {
+  MutexLock lock(&mu_);
+  return ledger_.AllUsage();
+}
+
 int64_t CacheSet::num_sequences(int device) const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return sequences_per_device_[device];
 }
 

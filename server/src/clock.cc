@@ -8,7 +8,7 @@ namespace {
 class SystemClock final : public Clock {
  public:
   absl::Time Now() override { return absl::Now(); }
-  bool AwaitWithDeadline(absl::Mutex* mu, const absl::Condition& condition,
+  bool AwaitWithDeadline(Mutex* mu, const std::function<bool()>& condition,
                          absl::Time deadline) override {
     return mu->AwaitWithDeadline(condition, deadline);
   }

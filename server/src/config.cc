@@ -110,9 +110,6 @@ absl::Status ValidateService(const ServerConfig& c) {
   if (t.keepalive_time_ms < 0 || t.keepalive_timeout_ms < 1) {
     return absl::InvalidArgumentError("keepalive-time must be >= 0 and keepalive-timeout > 0");
   }
-  if (c.max_entries_per_step < 1) {
-    return Invalid("max-entries-per-step", std::to_string(c.max_entries_per_step), "must be >= 1");
-  }
   if (c.sequence_ttl < absl::ZeroDuration()) {
     return Invalid("sequence-ttl", absl::FormatDuration(c.sequence_ttl), "must be >= 0");
   }
@@ -129,6 +126,52 @@ absl::Status ValidateService(const ServerConfig& c) {
   }
   return Invalid("log-level", c.log_level,
                  "must be one of trace, debug, info, warn, error, critical, off");
+}
+
+absl::Status ValidateSecurity(const SecurityConfig& s) {
+  if (s.tls_cert_file.empty() != s.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("tls-cert and tls-key must be given together");
+  }
+  if (!s.tls_client_ca_file.empty() && s.tls_cert_file.empty()) {
+    return absl::InvalidArgumentError(
+        "tls-client-ca (mutual TLS) needs the server's own tls-cert and tls-key");
+  }
+  if (s.tls_cert_file.empty() && !s.plaintext) {
+    return absl::InvalidArgumentError(
+        "no TLS: give tls-cert and tls-key (and tls-client-ca for mutual TLS), or plaintext to "
+        "serve without TLS (trusted networks only, e.g. behind a TLS-terminating proxy)");
+  }
+  if (!s.tls_cert_file.empty() && s.plaintext) {
+    return absl::InvalidArgumentError("plaintext contradicts tls-cert: give one or the other");
+  }
+  if (s.tenant_max_sequences < 0) {
+    return Invalid("tenant-max-sequences", std::to_string(s.tenant_max_sequences),
+                   "must be >= 0 (0: no limit)");
+  }
+  if (s.tenant_max_kv_blocks < 0) {
+    return Invalid("tenant-max-kv-blocks", std::to_string(s.tenant_max_kv_blocks),
+                   "must be >= 0 (0: no limit)");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateLimits(const RequestLimits& l) {
+  for (const auto& [name, value] : {std::pair<const char*, int64_t>{"max-entries-per-step",
+                                                                    l.max_entries_per_step},
+                                    {"max-tokens-per-entry", l.max_tokens_per_entry},
+                                    {"max-tokens-per-step", l.max_tokens_per_step},
+                                    {"max-sequences", l.max_sequences},
+                                    {"max-attention-rows", l.max_attention_rows},
+                                    {"max-attention-batch", l.max_attention_batch},
+                                    {"max-attention-work", l.max_attention_work}}) {
+    if (value < 1) return Invalid(name, std::to_string(value), "must be >= 1");
+  }
+  if (l.max_tokens_per_entry > l.max_tokens_per_step) {
+    return Invalid("max-tokens-per-entry", std::to_string(l.max_tokens_per_entry),
+                   "must be <= max-tokens-per-step (" + std::to_string(l.max_tokens_per_step) +
+                       ")");
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -150,6 +193,8 @@ absl::Status ValidateConfig(const ServerConfig& config) {
   if (auto s = ValidateScheduler(config.scheduler); !s.ok()) return s;
   if (auto s = ValidateDevices(config); !s.ok()) return s;
   if (auto s = ValidateMemory(config); !s.ok()) return s;
+  if (auto s = ValidateSecurity(config.security); !s.ok()) return s;
+  if (auto s = ValidateLimits(config.limits); !s.ok()) return s;
   return ValidateService(config);
 }
 

@@ -59,7 +59,7 @@ DeviceScheduler::DeviceScheduler(int device, int device_id, kvcache::KvCache* ca
 
 DeviceScheduler::~DeviceScheduler() {
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     stopping_ = true;
     ++generation_;
   }
@@ -67,18 +67,18 @@ DeviceScheduler::~DeviceScheduler() {
 }
 
 void DeviceScheduler::Enqueue(std::shared_ptr<StepState> step, StepPart* part) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   pending_.push_back(Item{std::move(step), part});
   ++generation_;
 }
 
 void DeviceScheduler::Wake() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   ++generation_;
 }
 
 void DeviceScheduler::ReleasePart(const StepPart& part) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (part.holds_sequences) {
     for (const std::string& id : part.sequence_ids()) {
       auto it = busy_.find(id);
@@ -89,7 +89,7 @@ void DeviceScheduler::ReleasePart(const StepPart& part) {
 }
 
 SchedulerCounters DeviceScheduler::counters() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return counters_;
 }
 
@@ -197,7 +197,7 @@ void DeviceScheduler::Loop() {
     std::vector<Item> doomed;
     bool stop = false;
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       for (;;) {
         if (stopping_) {
           doomed.assign(pending_.begin(), pending_.end());
@@ -212,7 +212,7 @@ void DeviceScheduler::Loop() {
         if (PlanLaunch(&plan, &doomed, &wake_at) || !doomed.empty()) break;
         auto changed = [this, generation]()
                            ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return generation_ != generation; };
-        clock_->AwaitWithDeadline(&mu_, absl::Condition(&changed), wake_at);
+        clock_->AwaitWithDeadline(&mu_, changed, wake_at);
       }
     }
     for (const Item& item : doomed) {
@@ -260,7 +260,7 @@ void DeviceScheduler::Execute(Plan& plan) {
       metrics_->RecordBatch(device_id_, summary->entries, summary->tokens, elapsed);
       spdlog::trace("device {} layer {}: {} sequences, {} tokens in {}", device_id_, plan.layer,
                     summary->entries, summary->tokens, absl::FormatDuration(elapsed));
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       ++counters_.launches;
       counters_.entries += summary->entries;
       counters_.tokens += summary->tokens;
@@ -273,7 +273,7 @@ void DeviceScheduler::Execute(Plan& plan) {
   std::vector<Item> completed;
   {
     const absl::Time now = clock_->Now();
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     for (size_t i = 0; i < windows.size(); ++i) {
       if (!launch_status.ok()) {
         failed.emplace_back(launched[i], launch_status);

@@ -11,14 +11,14 @@ Executor::Executor(int num_threads, size_t max_queued) : max_queued_(max_queued)
 
 Executor::~Executor() {
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     stopping_ = true;
   }
   for (std::thread& worker : workers_) worker.join();
 }
 
 bool Executor::TrySubmit(std::function<void()> task) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (queue_.size() >= max_queued_) return false;
   queue_.push_back(std::move(task));
   return true;
@@ -30,8 +30,8 @@ void Executor::WorkerLoop() {
   for (;;) {
     std::function<void()> task;
     {
-      absl::MutexLock lock(&mu_);
-      mu_.Await(absl::Condition(this, &Executor::HasWorkOrStopping));
+      MutexLock lock(&mu_);
+      mu_.Await([this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return HasWorkOrStopping(); });
       if (queue_.empty()) return;  // stopping, and everything queued has run
       task = std::move(queue_.front());
       queue_.pop_front();

@@ -16,7 +16,7 @@ IdleReaper::IdleReaper(CacheSet* caches, std::shared_ptr<Clock> clock, absl::Dur
 
 IdleReaper::~IdleReaper() {
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     stopping_ = true;
   }
   if (thread_.joinable()) thread_.join();
@@ -35,9 +35,11 @@ int IdleReaper::ReapNow() {
 void IdleReaper::Loop() {
   // Checking eight times per TTL bounds how long past its TTL a sequence lives (by 1/8).
   const absl::Duration period = std::clamp(ttl_ / 8, absl::Milliseconds(10), absl::Seconds(5));
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   while (!stopping_) {
-    clock_->AwaitWithDeadline(&mu_, absl::Condition(&stopping_), clock_->Now() + period);
+    clock_->AwaitWithDeadline(
+        &mu_, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; },
+        clock_->Now() + period);
     if (stopping_) break;
     mu_.Unlock();
     ReapNow();

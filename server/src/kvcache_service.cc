@@ -9,7 +9,6 @@
 #include <utility>
 
 #include "absl/time/clock.h"
-#include "flashkv/server/region_service.h"
 #include "flashkv/server/status.h"
 #include "flashkv/server/step_request.h"
 #include "flashkv/server/step_stream.h"
@@ -27,7 +26,8 @@ constexpr absl::Duration kForkWaitLimit = absl::Seconds(30);
 // Unary Step: the step's completion finishes the call; a cancellation cancels the step.
 class StepReactor final : public grpc::ServerUnaryReactor {
  public:
-  StepReactor(KvCacheService* service, std::string tenant, grpc::ByteBuffer* response)
+  StepReactor(KvCacheService* service, std::shared_ptr<const Tenant> tenant,
+              grpc::ByteBuffer* response)
       : service_(service),
         tenant_(std::move(tenant)),
         response_(response),
@@ -37,14 +37,14 @@ class StepReactor final : public grpc::ServerUnaryReactor {
 
   void Start(const grpc::ByteBuffer& request) {
     absl::StatusOr<std::shared_ptr<StepState>> step = service_->NewStep(
-        request, tenant_, start_,
+        request, *tenant_, start_,
         [this](const absl::Status& status, grpc::ByteBuffer r) { Complete(status, std::move(r)); });
     if (!step.ok()) {
       Complete(step.status(), grpc::ByteBuffer());
       return;
     }
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       step_ = *step;
     }
     service_->Submit(*step);
@@ -53,7 +53,7 @@ class StepReactor final : public grpc::ServerUnaryReactor {
   void OnCancel() override {
     std::shared_ptr<StepState> step;
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       step = step_;
     }
     if (step != nullptr) service_->Cancel(*step);
@@ -64,7 +64,7 @@ class StepReactor final : public grpc::ServerUnaryReactor {
  private:
   void Complete(const absl::Status& status, grpc::ByteBuffer response) {
     *response_ = std::move(response);
-    const grpc::Status grpc_status = ToGrpcStatus(status);
+    const grpc::Status grpc_status = ToGrpcStatus(UnscopeStatus(status, *tenant_));
     service_->metrics().CallFinished("Step");
     service_->metrics().RecordRpc("Step", grpc_status.error_code(),
                                   service_->clock().Now() - start_);
@@ -73,21 +73,30 @@ class StepReactor final : public grpc::ServerUnaryReactor {
   }
 
   KvCacheService* const service_;
-  const std::string tenant_;
+  const std::shared_ptr<const Tenant> tenant_;
   grpc::ByteBuffer* const response_;
   const absl::Time start_;
-  absl::Mutex mu_;
+  Mutex mu_;
   std::shared_ptr<StepState> step_ ABSL_GUARDED_BY(mu_);
+};
+
+// A StepStream refused before it starts (its call could not authenticate).
+class RefusedStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  explicit RefusedStream(const grpc::Status& status) { Finish(status); }
+  void OnDone() override { delete this; }
 };
 
 }  // namespace
 
 KvCacheService::KvCacheService(const ServerConfig& config, Executor* executor, Metrics* metrics,
-                               std::shared_ptr<Clock> clock, const RegionRegistry* regions)
+                               std::shared_ptr<Clock> clock, const Authenticator* auth,
+                               const RegionRegistry* regions)
     : config_(config),
       executor_(executor),
       metrics_(metrics),
       clock_(std::move(clock)),
+      auth_(auth),
       regions_(regions) {}
 
 void KvCacheService::Attach(CacheSet* caches, std::vector<DeviceScheduler*> schedulers) {
@@ -105,8 +114,10 @@ absl::Status KvCacheService::Ready() const {
 KvCacheService::~KvCacheService() = default;
 
 void KvCacheService::FinishUnary(grpc::ServerUnaryReactor* reactor, const char* rpc,
-                                 absl::Time start, const absl::Status& status) {
-  const grpc::Status grpc_status = ToGrpcStatus(status);
+                                 absl::Time start, const absl::Status& status,
+                                 const Tenant* tenant) {
+  const grpc::Status grpc_status =
+      ToGrpcStatus(tenant != nullptr ? UnscopeStatus(status, *tenant) : status);
   metrics_->RecordRpc(rpc, grpc_status.error_code(), clock_->Now() - start);
   spdlog::debug("{}: {}", rpc, status.ok() ? "OK" : status.ToString());
   reactor->Finish(grpc_status);
@@ -117,7 +128,9 @@ grpc::ServerUnaryReactor* KvCacheService::GetCacheInfo(grpc::CallbackServerConte
                                                        v1::CacheInfo* response) {
   const absl::Time start = clock_->Now();
   auto* reactor = context->DefaultReactor();
-  if (absl::Status s = Ready(); !s.ok()) {
+  absl::Status s = auth_->Authenticate(*context).status();
+  if (s.ok()) s = Ready();
+  if (!s.ok()) {
     FinishUnary(reactor, "GetCacheInfo", start, s);
     return reactor;
   }
@@ -150,16 +163,18 @@ grpc::ServerUnaryReactor* KvCacheService::CreateSequence(grpc::CallbackServerCon
                                                          v1::CreateSequenceResponse* response) {
   const absl::Time start = clock_->Now();
   auto* reactor = context->DefaultReactor();
-  absl::Status status = Ready();
+  absl::StatusOr<std::shared_ptr<const Tenant>> tenant = auth_->Authenticate(*context);
+  absl::Status status = tenant.status();
+  if (status.ok()) status = Ready();
   if (status.ok()) status = CheckSequenceId(request->sequence_id(), "sequence_id");
   if (status.ok()) {
     absl::StatusOr<int> cached = caches_->CreateSequence(
-        request->sequence_id(),
+        **tenant, ScopedSequenceId(**tenant, request->sequence_id()),
         absl::MakeConstSpan(request->token_ids().data(), request->token_ids().size()));
     status = cached.status();
     if (cached.ok()) response->set_cached_tokens(static_cast<uint32_t>(*cached));
   }
-  FinishUnary(reactor, "CreateSequence", start, status);
+  FinishUnary(reactor, "CreateSequence", start, status, tenant.ok() ? tenant->get() : nullptr);
   return reactor;
 }
 
@@ -168,7 +183,9 @@ grpc::ServerUnaryReactor* KvCacheService::ForkSequence(grpc::CallbackServerConte
                                                        v1::ForkSequenceResponse*) {
   const absl::Time start = clock_->Now();
   auto* reactor = context->DefaultReactor();
-  absl::Status status = Ready();
+  absl::StatusOr<std::shared_ptr<const Tenant>> tenant = auth_->Authenticate(*context);
+  absl::Status status = tenant.status();
+  if (status.ok()) status = Ready();
   if (status.ok()) status = CheckSequenceId(request->parent_id(), "parent_id");
   if (status.ok()) status = CheckSequenceId(request->child_id(), "child_id");
   if (!status.ok()) {
@@ -177,18 +194,21 @@ grpc::ServerUnaryReactor* KvCacheService::ForkSequence(grpc::CallbackServerConte
   }
   // The parent may be in a step that is still running; the fork then waits for it to resolve
   // (on the executor, not a gRPC thread).
-  const bool queued = executor_->TrySubmit([this, context, reactor, request, start] {
+  const bool queued = executor_->TrySubmit([this, context, reactor, request, start,
+                                            tenant = *std::move(tenant)] {
     const absl::Time give_up =
         std::min(absl::FromChrono(context->deadline()), absl::Now() + kForkWaitLimit);
+    const std::string parent = ScopedSequenceId(*tenant, request->parent_id());
+    const std::string child = ScopedSequenceId(*tenant, request->child_id());
     absl::Duration pause = absl::Microseconds(100);
     absl::Status s;
     for (;;) {
-      s = caches_->ForkSequence(request->parent_id(), request->child_id());
+      s = caches_->ForkSequence(*tenant, parent, child);
       if (!absl::IsAborted(s) || context->IsCancelled() || absl::Now() + pause > give_up) break;
       absl::SleepFor(pause);
       pause = std::min(pause * 2, absl::Milliseconds(10));
     }
-    FinishUnary(reactor, "ForkSequence", start, s);
+    FinishUnary(reactor, "ForkSequence", start, s, tenant.get());
   });
   if (!queued) {
     FinishUnary(reactor, "ForkSequence", start,
@@ -202,25 +222,40 @@ grpc::ServerUnaryReactor* KvCacheService::FreeSequence(grpc::CallbackServerConte
                                                        v1::FreeSequenceResponse*) {
   const absl::Time start = clock_->Now();
   auto* reactor = context->DefaultReactor();
-  absl::Status status = Ready();
+  absl::StatusOr<std::shared_ptr<const Tenant>> tenant = auth_->Authenticate(*context);
+  absl::Status status = tenant.status();
+  if (status.ok()) status = Ready();
   if (status.ok()) status = CheckSequenceId(request->sequence_id(), "sequence_id");
-  if (status.ok()) status = caches_->FreeSequence(request->sequence_id());
-  FinishUnary(reactor, "FreeSequence", start, status);
+  if (status.ok()) {
+    status = caches_->FreeSequence(ScopedSequenceId(**tenant, request->sequence_id()));
+  }
+  FinishUnary(reactor, "FreeSequence", start, status, tenant.ok() ? tenant->get() : nullptr);
   return reactor;
 }
 
 grpc::ServerUnaryReactor* KvCacheService::Step(grpc::CallbackServerContext* context,
                                                const grpc::ByteBuffer* request,
                                                grpc::ByteBuffer* response) {
-  auto* reactor =
-      new StepReactor(this, regions_ != nullptr ? TenantOf(*context) : std::string(), response);
+  absl::StatusOr<std::shared_ptr<const Tenant>> tenant = auth_->Authenticate(*context);
+  if (!tenant.ok()) {
+    auto* refused = context->DefaultReactor();
+    FinishUnary(refused, "Step", clock_->Now(), tenant.status());
+    return refused;
+  }
+  auto* reactor = new StepReactor(this, *std::move(tenant), response);
   reactor->Start(*request);
   return reactor;
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* KvCacheService::StepStream(
     grpc::CallbackServerContext* context) {
-  return new StepStreamReactor(this, regions_ != nullptr ? TenantOf(*context) : std::string());
+  absl::StatusOr<std::shared_ptr<const Tenant>> tenant = auth_->Authenticate(*context);
+  if (!tenant.ok()) {
+    metrics_->RecordRpc("StepStream", ToGrpcStatus(tenant.status()).error_code(),
+                        absl::ZeroDuration());
+    return new RefusedStream(ToGrpcStatus(tenant.status()));
+  }
+  return new StepStreamReactor(this, *std::move(tenant));
 }
 
 grpc::ServerUnaryReactor* KvCacheService::GetStats(grpc::CallbackServerContext* context,
@@ -228,7 +263,8 @@ grpc::ServerUnaryReactor* KvCacheService::GetStats(grpc::CallbackServerContext* 
                                                    v1::ServerStats* response) {
   const absl::Time start = clock_->Now();
   auto* reactor = context->DefaultReactor();
-  absl::Status status = Ready();
+  absl::Status status = auth_->Authenticate(*context).status();
+  if (status.ok()) status = Ready();
   if (status.ok()) *response = Stats();
   FinishUnary(reactor, "GetStats", start, status);
   return reactor;
@@ -265,26 +301,42 @@ v1::ServerStats KvCacheService::Stats() const {
 }
 
 absl::StatusOr<std::shared_ptr<StepState>> KvCacheService::NewStep(const grpc::ByteBuffer& request,
-                                                                   const std::string& tenant,
+                                                                   const Tenant& tenant,
                                                                    absl::Time received,
                                                                    StepCompletion done) {
   if (absl::Status s = Ready(); !s.ok()) return s;
   absl::StatusOr<wire::MessageBytes> message = wire::MessageBytes::FromByteBuffer(request);
   if (!message.ok()) return message.status();
+  // The decoder stops at the limits before it allocates past them (a request of empty entries
+  // would otherwise cost a few hundred bytes per two bytes on the wire).
+  wire::DecodeLimits limits;
+  limits.max_entries = static_cast<size_t>(config_.limits.max_entries_per_step);
+  limits.max_token_ids = static_cast<size_t>(config_.limits.max_tokens_per_entry);
+  limits.max_id_bytes = kMaxSequenceIdBytes;
   wire::StepRequestView view;
-  if (auto s = wire::DecodeStepRequest(*message, &view); !s.ok()) return s;
-  const RegionAccess regions{regions_, tenant};
+  if (auto s = wire::DecodeStepRequest(*message, &view, limits); !s.ok()) return s;
+  const RegionAccess regions{regions_, tenant.name};
   absl::StatusOr<std::vector<StepEntry>> entries =
-      CheckStepRequest(view, config_, *caches_, regions, &*message);
+      CheckStepRequest(view, config_, *caches_, regions, tenant, &*message);
   if (!entries.ok()) return entries.status();
+  // Layer 0 leads: only its appends add blocks, so only its entries reserve against the quota.
+  std::optional<LedgerReservation> reservation;
+  if (view.layer == 0) {
+    std::vector<std::pair<std::string, int64_t>> adds;
+    adds.reserve(entries->size());
+    for (const StepEntry& e : *entries) adds.emplace_back(e.sequence_id, e.num_tokens);
+    absl::StatusOr<LedgerReservation> reserved = caches_->ReserveStep(tenant, adds);
+    if (!reserved.ok()) return reserved.status();
+    reservation = *std::move(reserved);
+  }
   return MakeStep(*std::move(message), view.layer, view.step_id, *std::move(entries), received,
-                  std::move(done));
+                  std::move(done), tenant.name, std::move(reservation));
 }
 
-std::shared_ptr<StepState> KvCacheService::MakeStep(wire::MessageBytes message, uint32_t layer,
-                                                    uint64_t step_id,
-                                                    std::vector<StepEntry> entries,
-                                                    absl::Time received, StepCompletion done) {
+std::shared_ptr<StepState> KvCacheService::MakeStep(
+    wire::MessageBytes message, uint32_t layer, uint64_t step_id, std::vector<StepEntry> entries,
+    absl::Time received, StepCompletion done, std::string tenant,
+    std::optional<LedgerReservation> reservation) {
   const ModelShape& m = config_.model;
   const int64_t out_row_bytes = int64_t{m.num_q_heads} * m.head_dim * DTypeSize(m.dtype);
   auto completion = [this, received, done = std::move(done)](const absl::Status& status,
@@ -293,16 +345,19 @@ std::shared_ptr<StepState> KvCacheService::MakeStep(wire::MessageBytes message, 
     metrics_->RecordStep(clock_->Now() - received);
     done(status, std::move(response));
   };
-  return std::make_shared<StepState>(std::move(message), layer, step_id, std::move(entries),
-                                     out_row_bytes, static_cast<int32_t>(m.dtype), m.num_q_heads,
-                                     m.head_dim, received, caches_, releasers_,
-                                     std::move(completion));
+  auto step = std::make_shared<StepState>(std::move(message), layer, step_id, std::move(entries),
+                                          out_row_bytes, static_cast<int32_t>(m.dtype),
+                                          m.num_q_heads, m.head_dim, received, caches_, releasers_,
+                                          std::move(completion));
+  step->set_tenant(std::move(tenant));
+  if (reservation.has_value()) step->set_reservation(*std::move(reservation));
+  return step;
 }
 
 void KvCacheService::Submit(const std::shared_ptr<StepState>& step) {
   // One global order: two steps meet in the same order on every device, so a step never waits
   // on a device for one that waits for it on another.
-  absl::MutexLock lock(&submit_mu_);
+  MutexLock lock(&submit_mu_);
   for (const auto& part : step->parts()) schedulers_[part->device()]->Enqueue(step, part.get());
 }
 
@@ -312,18 +367,18 @@ void KvCacheService::Cancel(StepState& step) {
 }
 
 void KvCacheService::Register(StepStreamReactor* reactor) {
-  absl::MutexLock lock(&streams_mu_);
+  MutexLock lock(&streams_mu_);
   streams_.insert(reactor);
   if (draining_) reactor->Drain();
 }
 
 void KvCacheService::Unregister(StepStreamReactor* reactor) {
-  absl::MutexLock lock(&streams_mu_);
+  MutexLock lock(&streams_mu_);
   streams_.erase(reactor);
 }
 
 void KvCacheService::BeginDrain() {
-  absl::MutexLock lock(&streams_mu_);
+  MutexLock lock(&streams_mu_);
   draining_ = true;
   for (StepStreamReactor* reactor : streams_) reactor->Drain();
 }

@@ -78,7 +78,7 @@ absl::StatusOr<uint64_t> RegionRegistry::AttachHost(absl::string_view tenant, in
         absl::StrCat("size (", size, ") exceeds the memfd's ", uint64_t(st.st_size), " bytes"));
   }
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (auto s = CheckLimits(tenant, size); !s.ok()) return s;
   }
   void* data = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, file.fd, 0);
@@ -104,7 +104,7 @@ absl::StatusOr<uint64_t> RegionRegistry::AttachCuda(absl::string_view tenant,
                                                    cuda::DeviceCount(), " (visible devices)"));
   }
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (auto s = CheckLimits(tenant, size); !s.ok()) return s;
   }
   cuda::IpcMemHandle raw;
@@ -143,7 +143,7 @@ absl::Status RegionRegistry::CheckLimits(absl::string_view tenant, uint64_t size
 absl::StatusOr<uint64_t> RegionRegistry::Insert(absl::string_view tenant,
                                                 std::shared_ptr<MappedRegion> region,
                                                 std::function<void()> on_release) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   uint64_t id = RandomId();
   while (regions_.contains(id)) id = RandomId();
   regions_[id] = Entry{std::string(tenant), std::move(region), std::move(on_release)};
@@ -153,7 +153,7 @@ absl::StatusOr<uint64_t> RegionRegistry::Insert(absl::string_view tenant,
 absl::Status RegionRegistry::Release(absl::string_view tenant, uint64_t region_id) {
   std::function<void()> on_release;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     auto it = regions_.find(region_id);
     if (it == regions_.end() || it->second.tenant != tenant) {
       return absl::NotFoundError(absl::StrCat("region ", region_id, " not found"));
@@ -166,14 +166,14 @@ absl::Status RegionRegistry::Release(absl::string_view tenant, uint64_t region_i
 }
 
 void RegionRegistry::Forget(uint64_t region_id) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   regions_.erase(region_id);
 }
 
 void RegionRegistry::ReleaseAll() {
   std::vector<std::function<void()>> callbacks;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     for (auto& [id, entry] : regions_) {
       if (entry.on_release) callbacks.push_back(std::move(entry.on_release));
     }
@@ -188,7 +188,7 @@ absl::StatusOr<RegionBytes> RegionRegistry::Resolve(absl::string_view tenant,
                                                     uint64_t alignment) const {
   std::shared_ptr<MappedRegion> region;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     auto it = regions_.find(slice.region_id);
     if (it == regions_.end() || it->second.tenant != tenant) {
       return absl::NotFoundError(
@@ -210,7 +210,7 @@ absl::StatusOr<RegionBytes> RegionRegistry::Resolve(absl::string_view tenant,
 }
 
 int RegionRegistry::num_regions() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return static_cast<int>(regions_.size());
 }
 

@@ -5,7 +5,7 @@
 #include <memory>
 #include <utility>
 
-#include "absl/synchronization/mutex.h"
+#include "flashkv/base/mutex.h"
 #include "flashkv/server/status.h"
 
 namespace flashkv::server {
@@ -19,10 +19,15 @@ namespace v1 = flashkv::v1;
 // one Finish() only; OnDone (which follows Finish) deletes the reactor.
 class AttachReactor : public grpc::ServerWriteReactor<v1::AttachRegionResponse> {
  public:
-  AttachReactor(RegionRegistry* registry, grpc::CallbackServerContext* context,
-                const v1::AttachRegionRequest& request)
+  AttachReactor(RegionRegistry* registry, const Authenticator& auth,
+                grpc::CallbackServerContext* context, const v1::AttachRegionRequest& request)
       : registry_(registry), finish_(std::make_shared<Finisher>(this)) {
-    const std::string tenant = TenantOf(*context);
+    absl::StatusOr<std::shared_ptr<const Tenant>> caller = auth.Authenticate(*context);
+    if (!caller.ok()) {
+      finish_->Run(ToGrpcStatus(caller.status()));
+      return;
+    }
+    const std::string& tenant = (*caller)->name;
     auto on_release = [finish = finish_] { finish->Run(grpc::Status::OK); };
     absl::StatusOr<uint64_t> id;
     switch (request.memory_case()) {
@@ -63,7 +68,7 @@ class AttachReactor : public grpc::ServerWriteReactor<v1::AttachRegionResponse> 
     explicit Finisher(AttachReactor* reactor) : reactor_(reactor) {}
     void Run(const grpc::Status& status) {
       {
-        absl::MutexLock lock(&mu_);
+        MutexLock lock(&mu_);
         if (finished_) return;
         finished_ = true;
       }
@@ -72,7 +77,7 @@ class AttachReactor : public grpc::ServerWriteReactor<v1::AttachRegionResponse> 
 
    private:
     AttachReactor* const reactor_;
-    absl::Mutex mu_;
+    Mutex mu_;
     bool finished_ ABSL_GUARDED_BY(mu_) = false;
   };
 
@@ -93,22 +98,19 @@ class AttachReactor : public grpc::ServerWriteReactor<v1::AttachRegionResponse> 
 
 }  // namespace
 
-std::string TenantOf(const grpc::CallbackServerContext& context) {
-  const auto& metadata = context.client_metadata();
-  auto it = metadata.find("authorization");
-  return it == metadata.end() ? std::string() : std::string(it->second.data(), it->second.size());
-}
-
 grpc::ServerWriteReactor<v1::AttachRegionResponse>* RegionService::AttachRegion(
     grpc::CallbackServerContext* context, const v1::AttachRegionRequest* request) {
-  return new AttachReactor(registry_, context, *request);
+  return new AttachReactor(registry_, *auth_, context, *request);
 }
 
 grpc::ServerUnaryReactor* RegionService::ReleaseRegion(grpc::CallbackServerContext* context,
                                                        const v1::ReleaseRegionRequest* request,
                                                        v1::ReleaseRegionResponse*) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(registry_->Release(TenantOf(*context), request->region_id())));
+  absl::StatusOr<std::shared_ptr<const Tenant>> caller = auth_->Authenticate(*context);
+  reactor->Finish(ToGrpcStatus(caller.ok() ? registry_->Release((*caller)->name,
+                                                                request->region_id())
+                                           : caller.status()));
   return reactor;
 }
 

@@ -10,12 +10,14 @@
 #include <vector>
 
 #include "absl/strings/match.h"
-#include "absl/synchronization/mutex.h"
+#include "flashkv/base/mutex.h"
 #include "flashkv/cpu_backend.h"
 #include "flashkv/server/attention_backend.h"
 #include "flashkv/server/attention_service.h"
+#include "flashkv/server/auth.h"
 #include "flashkv/server/cache_metrics.h"
 #include "flashkv/server/cache_set.h"
+#include "flashkv/server/credentials.h"
 #include "flashkv/server/device_scheduler.h"
 #include "flashkv/server/executor.h"
 #include "flashkv/server/idle_reaper.h"
@@ -49,10 +51,17 @@ class Server::Impl {
     if (!plan.ok()) return plan.status();
     plan_ = *std::move(plan);
     if (config_.cpu_threads > 0) cpu::SetNumThreads(config_.cpu_threads);
+    const SecurityConfig& security = config_.security;
+    absl::StatusOr<std::unique_ptr<Authenticator>> auth = Authenticator::Create(
+        security.tokens_file,
+        TenantQuota{security.tenant_max_sequences, security.tenant_max_kv_blocks});
+    if (!auth.ok()) return auth.status();
+    auth_ = *std::move(auth);
+    region_service_ = std::make_unique<RegionService>(&regions_, auth_.get());
     executor_ = std::make_unique<Executor>(config_.attention_threads, kMaxQueuedCalls);
     if (auto s = CreateAttentionBackends(); !s.ok()) return s;
-    attention_service_ = std::make_unique<AttentionService>(BackendPointers(), executor_.get(),
-                                                            &metrics_, &regions_);
+    attention_service_ = std::make_unique<AttentionService>(
+        BackendPointers(), executor_.get(), &metrics_, auth_.get(), config_.limits, &regions_);
     // Listening first, NOT_SERVING, so that health probes see the server while the pools are
     // allocated and checked.
     if (auto s = StartGrpc(); !s.ok()) return s;
@@ -70,17 +79,25 @@ class Server::Impl {
     SetServing(true);
     const kvcache::CacheStats stats = caches_->cache(0).GetStats();
     spdlog::info(
-        "serving on {} ({} backend, {} device(s), {} KV blocks of {} tokens per device, {} MiB); "
-        "metrics on {}",
+        "serving on {} ({} backend, {} device(s), {} KV blocks of {} tokens per device, {} MiB; "
+        "{}; {}); metrics on {}",
         listening_address(), caches_->cuda() ? "cuda" : "cpu", caches_->num_devices(),
         stats.blocks_total, config_.model.page_size, stats.blocks_total * stats.block_bytes >> 20,
+        security.plaintext                       ? "plaintext"
+        : security.tls_client_ca_file.empty() ? "TLS"
+                                               : "mutual TLS",
+        auth_->enabled() ? "bearer tokens" : "no authentication",
         metrics_endpoint_ ? metrics_endpoint_->address() : std::string("(off)"));
+    if (security.plaintext && auth_->enabled()) {
+      spdlog::warn("bearer tokens travel in clear text over --plaintext: use TLS beyond a trusted "
+                   "network");
+    }
     return absl::OkStatus();
   }
 
   void Shutdown(absl::Duration deadline) {
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       if (shut_down_) return;
       shut_down_ = true;
     }
@@ -99,13 +116,20 @@ class Server::Impl {
     executor_.reset();  // runs anything still queued (their calls are already over)
     metrics_endpoint_.reset();
     spdlog::info("stopped");
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     stopped_ = true;
   }
 
   void Wait() {
-    absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(&stopped_));
+    MutexLock lock(&mu_);
+    mu_.Await([this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopped_; });
+  }
+
+  absl::Status ReloadTokens() {
+    if (auth_ == nullptr) return absl::FailedPreconditionError("the server is not started");
+    absl::Status status = auth_->Reload();
+    if (status.ok() && auth_->enabled()) spdlog::info("tokens reloaded");
+    return status;
   }
 
   int port() const { return port_; }
@@ -169,18 +193,20 @@ class Server::Impl {
   }
 
   absl::Status StartGrpc() {
-    kvcache_service_ =
-        std::make_unique<KvCacheService>(config_, executor_.get(), &metrics_, clock_, &regions_);
+    kvcache_service_ = std::make_unique<KvCacheService>(config_, executor_.get(), &metrics_,
+                                                        clock_, auth_.get(), &regions_);
+    absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+        MakeServerCredentials(config_.security);
+    if (!credentials.ok()) return credentials.status();
     grpc::EnableDefaultHealthCheckService(true);
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
     grpc::ServerBuilder builder;
     ApplyServerTransportOptions(config_.transport, &builder);
     int selected_port = 0;
-    builder.AddListeningPort(config_.listen_address, grpc::InsecureServerCredentials(),
-                             &selected_port);
+    builder.AddListeningPort(config_.listen_address, *credentials, &selected_port);
     builder.RegisterService(attention_service_.get());
     builder.RegisterService(kvcache_service_.get());
-    builder.RegisterService(&region_service_);
+    builder.RegisterService(region_service_.get());
     grpc_server_ = builder.BuildAndStart();
     if (grpc_server_ == nullptr) {
       return absl::UnavailableError("listen " + config_.listen_address +
@@ -210,14 +236,15 @@ class Server::Impl {
   std::unique_ptr<IdleReaper> reaper_;
   std::unique_ptr<Executor> executor_;
   std::vector<std::unique_ptr<AttentionBackend>> attention_backends_;
+  std::unique_ptr<Authenticator> auth_;
   RegionRegistry regions_;
-  RegionService region_service_{&regions_};
+  std::unique_ptr<RegionService> region_service_;
   std::unique_ptr<AttentionService> attention_service_;
   std::unique_ptr<KvCacheService> kvcache_service_;
   std::unique_ptr<grpc::Server> grpc_server_;
   int port_ = 0;
 
-  absl::Mutex mu_;
+  Mutex mu_;
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
 };
@@ -236,6 +263,7 @@ std::string Server::metrics_address() const { return impl_->metrics_address(); }
 std::string Server::backend_name() const { return impl_->backend_name(); }
 int Server::num_devices() const { return impl_->num_devices(); }
 Metrics& Server::metrics() { return impl_->metrics(); }
+absl::Status Server::ReloadTokens() { return impl_->ReloadTokens(); }
 void Server::Shutdown(absl::Duration deadline) { impl_->Shutdown(deadline); }
 void Server::Wait() { impl_->Wait(); }
 

@@ -67,6 +67,10 @@ StepState::StepState(wire::MessageBytes message, uint32_t layer, uint64_t step_i
   outstanding_parts_ = static_cast<int>(parts_.size());
 }
 
+StepState::~StepState() {
+  if (reservation_.has_value()) caches_->SettleStep(*reservation_, /*committed=*/false);
+}
+
 int64_t StepState::total_rows() const {
   int64_t rows = 0;
   for (const StepEntry& e : entries_) rows += e.num_tokens;
@@ -74,14 +78,14 @@ int64_t StepState::total_rows() const {
 }
 
 void StepState::set_predecessor(std::shared_ptr<StepState> predecessor) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   predecessor_ = std::move(predecessor);
 }
 
 void StepState::ReportPart(StepPart* part, absl::Status status) {
   part->reported = true;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (!status.ok()) {
       if (failure_.ok()) failure_ = std::move(status);
       failed_.store(true);
@@ -90,7 +94,7 @@ void StepState::ReportPart(StepPart* part, absl::Status status) {
     computed_ = true;
     if (predecessor_ != nullptr) {
       // Lock order: a successor's mu_ before its predecessor's.
-      absl::MutexLock predecessor_lock(&predecessor_->mu_);
+      MutexLock predecessor_lock(&predecessor_->mu_);
       if (!predecessor_->resolved_) {
         predecessor_->successor_ = shared_from_this();
         return;  // the predecessor resolves this step when it is done
@@ -104,13 +108,13 @@ void StepState::ReportPart(StepPart* part, absl::Status status) {
 std::shared_ptr<StepState> StepState::Resolve() {
   absl::Status status;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     status = failure_;
     if (status.ok() && cancelled_.load()) {
       status = absl::CancelledError("the call was cancelled before its step was applied");
     }
     if (status.ok() && predecessor_ != nullptr) {
-      absl::MutexLock predecessor_lock(&predecessor_->mu_);
+      MutexLock predecessor_lock(&predecessor_->mu_);
       if (!predecessor_->succeeded_) {
         status = absl::AbortedError("not applied: the request before it on this stream (step_id " +
                                     std::to_string(predecessor_->step_id_) + ") failed");
@@ -128,10 +132,14 @@ std::shared_ptr<StepState> StepState::Resolve() {
     }
     part->batch.reset();
   }
+  if (reservation_.has_value()) {
+    caches_->SettleStep(*reservation_, status.ok());
+    reservation_.reset();
+  }
   for (auto& part : parts_) releasers_[part->device()]->ReleasePart(*part);
   std::shared_ptr<StepState> successor;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     resolved_ = true;
     succeeded_ = status.ok();
     successor = std::move(successor_);

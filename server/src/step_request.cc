@@ -53,10 +53,19 @@ DimSpec Rows(const char* name) { return DimSpec{name, kAnyDim, ""}; }
 
 absl::StatusOr<StepEntry> CheckEntry(wire::StepEntryView& view, size_t index,
                                      const ServerConfig& config, const CacheSet& caches,
-                                     const RegionAccess& regions, wire::MessageBytes* message) {
+                                     const RegionAccess& regions, const Tenant& tenant,
+                                     wire::MessageBytes* message) {
   const ModelShape& m = config.model;
   const std::string name = "entries[" + std::to_string(index) + "]";
   if (auto s = CheckSequenceId(view.sequence_id, name + ".sequence_id"); !s.ok()) return s;
+  // Before a region is resolved for it: the rows a region tensor names are not bounded by the
+  // message's size.
+  const int64_t max_tokens = config.limits.max_tokens_per_entry;
+  if (!view.q.shape.empty() && view.q.shape[0] > max_tokens) {
+    return Invalid(name + ".q.shape[0] (n) = " + std::to_string(view.q.shape[0]) +
+                   " exceeds the server's limit of " + std::to_string(max_tokens) +
+                   " tokens per entry (--max-tokens-per-entry)");
+  }
   if (view.q.region.present || view.k.region.present || view.v.region.present) {
     const std::string q = name + ".q", k = name + ".k", v = name + ".v";
     if (auto s = ResolveRegionTensors(
@@ -86,7 +95,8 @@ absl::StatusOr<StepEntry> CheckEntry(wire::StepEntryView& view, size_t index,
     return Invalid(name + ".token_ids has " + std::to_string(view.token_ids.size()) +
                    " ids; it must be empty or have one per new token (" + std::to_string(n) + ")");
   }
-  const std::optional<int> device = caches.DeviceOf(view.sequence_id);
+  std::string scoped_id = ScopedSequenceId(tenant, view.sequence_id);
+  const std::optional<int> device = caches.DeviceOf(scoped_id);
   if (!device.has_value()) {
     return absl::NotFoundError(name + ": sequence '" + view.sequence_id + "' does not exist");
   }
@@ -97,7 +107,7 @@ absl::StatusOr<StepEntry> CheckEntry(wire::StepEntryView& view, size_t index,
   StepEntry entry;
   entry.out_region = *std::move(out);
   entry.out_slice = view.out;
-  entry.sequence_id = view.sequence_id;
+  entry.sequence_id = std::move(scoped_id);
   entry.num_tokens = static_cast<int>(n);
   entry.q = view.q.data;
   entry.k = view.k.data;
@@ -166,19 +176,22 @@ absl::StatusOr<std::vector<StepEntry>> CheckStepRequest(wire::StepRequestView& r
                                                         const ServerConfig& config,
                                                         const CacheSet& caches,
                                                         const RegionAccess& regions,
+                                                        const Tenant& tenant,
                                                         wire::MessageBytes* message) {
   if (request.layer >= static_cast<uint32_t>(config.model.num_layers)) {
     return Invalid("layer (" + std::to_string(request.layer) + ") must be < the model's layers (" +
                    std::to_string(config.model.num_layers) + ")");
   }
   if (request.entries.empty()) return Invalid("entries is empty");
-  if (request.entries.size() > static_cast<size_t>(config.max_entries_per_step)) {
+  const RequestLimits& limits = config.limits;
+  if (request.entries.size() > static_cast<size_t>(limits.max_entries_per_step)) {
     return Invalid("entries has " + std::to_string(request.entries.size()) + " items; at most " +
-                   std::to_string(config.max_entries_per_step) + " (--max-entries-per-step)");
+                   std::to_string(limits.max_entries_per_step) + " (--max-entries-per-step)");
   }
   std::vector<StepEntry> entries;
   entries.reserve(request.entries.size());
   absl::flat_hash_map<std::string, size_t> first_index;
+  int64_t total_tokens = 0;
   for (size_t i = 0; i < request.entries.size(); ++i) {
     wire::StepEntryView& view = request.entries[i];
     const auto [it, inserted] = first_index.emplace(view.sequence_id, i);
@@ -186,8 +199,15 @@ absl::StatusOr<std::vector<StepEntry>> CheckStepRequest(wire::StepRequestView& r
       return Invalid("entries[" + std::to_string(i) + "].sequence_id '" + view.sequence_id +
                      "' repeats entries[" + std::to_string(it->second) + "]");
     }
-    absl::StatusOr<StepEntry> entry = CheckEntry(view, i, config, caches, regions, message);
+    absl::StatusOr<StepEntry> entry =
+        CheckEntry(view, i, config, caches, regions, tenant, message);
     if (!entry.ok()) return entry.status();
+    total_tokens += entry->num_tokens;
+    if (total_tokens > limits.max_tokens_per_step) {
+      return Invalid("entries[0.." + std::to_string(i) + "] have " +
+                     std::to_string(total_tokens) + " new tokens; a step may have at most " +
+                     std::to_string(limits.max_tokens_per_step) + " (--max-tokens-per-step)");
+    }
     entries.push_back(*std::move(entry));
   }
   if (auto s = CheckOutputsApart(entries, *message, config.model); !s.ok()) return s;

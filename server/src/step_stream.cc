@@ -11,7 +11,8 @@ namespace flashkv::server {
 
 constexpr const char* kRpc = "StepStream";
 
-StepStreamReactor::StepStreamReactor(KvCacheService* service, std::string tenant)
+StepStreamReactor::StepStreamReactor(KvCacheService* service,
+                                     std::shared_ptr<const Tenant> tenant)
     : service_(service), tenant_(std::move(tenant)) {
   StartRead(&request_);
   service_->Register(this);
@@ -20,7 +21,7 @@ StepStreamReactor::StepStreamReactor(KvCacheService* service, std::string tenant
 void StepStreamReactor::OnReadDone(bool ok) {
   if (!ok) {  // the client half-closed, or the call is over
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       client_done_ = true;
     }
     Advance();
@@ -29,7 +30,7 @@ void StepStreamReactor::OnReadDone(bool ok) {
   const absl::Time received = service_->clock().Now();
   std::shared_ptr<StepState> step;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (!Open()) {
       // Draining, failing or cancelled: this request is not taken; the stream's final status
       // tells the client.
@@ -39,13 +40,13 @@ void StepStreamReactor::OnReadDone(bool ok) {
       Slot* slot = slots_.back().get();
       slot->received = received;
       absl::StatusOr<std::shared_ptr<StepState>> created = service_->NewStep(
-          request_, tenant_, received, [this, slot](const absl::Status& s, grpc::ByteBuffer r) {
+          request_, *tenant_, received, [this, slot](const absl::Status& s, grpc::ByteBuffer r) {
             StepDone(slot, s, std::move(r));
           });
       if (!created.ok()) {
         // A request that cannot even start ends the stream, in order, like a failed step.
         slot->done = true;
-        slot->status = created.status();
+        slot->status = UnscopeStatus(created.status(), *tenant_);
         service_->metrics().CallFinished(kRpc);
         service_->metrics().RecordRpc(kRpc, ToGrpcStatus(created.status()).error_code(),
                                       absl::ZeroDuration());
@@ -65,7 +66,7 @@ void StepStreamReactor::OnReadDone(bool ok) {
     // stream does not finish: StartRead must not follow Finish.
     service_->Submit(step);
     StartRead(&request_);
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     submitting_ = false;
   }
   Advance();
@@ -79,9 +80,9 @@ void StepStreamReactor::StepDone(Slot* slot, const absl::Status& status,
   service_->metrics().RecordRpc(kRpc, grpc_status.error_code(),
                                 service_->clock().Now() - slot->received);
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     slot->done = true;
-    slot->status = status;
+    slot->status = UnscopeStatus(status, *tenant_);
     slot->response = std::move(response);
   }
   Advance();
@@ -98,7 +99,7 @@ void StepStreamReactor::Advance() {
   bool finish = false;
   grpc::Status final_status;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (finished_) return;
     // Answered requests at the head: write one, or drop it when the stream is failing.
     while (!writing_ && !slots_.empty() && slots_.front()->done) {
@@ -135,7 +136,7 @@ void StepStreamReactor::Advance() {
 
 void StepStreamReactor::OnWriteDone(bool ok) {
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     writing_ = false;
     slots_.pop_front();
     if (!ok && !cancelled_) {  // the client is gone
@@ -148,7 +149,7 @@ void StepStreamReactor::OnWriteDone(bool ok) {
 
 void StepStreamReactor::OnCancel() {
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     cancelled_ = true;
     CancelSteps();
   }
@@ -157,7 +158,7 @@ void StepStreamReactor::OnCancel() {
 
 void StepStreamReactor::Drain() {
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     draining_ = true;
   }
   Advance();

@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "absl/synchronization/notification.h"
+#include "flashkv/base/notification.h"
 #include "flashkv/server/cache_set.h"
 #include "flashkv/server/kvcache_service.h"
 #include "flashkv/wire/messages.h"
@@ -88,7 +88,7 @@ absl::Status WarmUpSteps(KvCacheService* service, CacheSet* caches, int device,
     step_entry.k = view.entries[0].k.data;
     step_entry.v = view.entries[0].v.data;
     step_entry.device = device;
-    absl::Notification done;
+    Notification done;
     absl::Status status;
     grpc::ByteBuffer response;
     auto step =

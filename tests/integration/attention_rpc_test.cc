@@ -12,7 +12,7 @@
 #include <tuple>
 #include <vector>
 
-#include "absl/synchronization/notification.h"
+#include "flashkv/base/notification.h"
 #include "flashkv/cpu_backend.h"
 #include "testing/reference.h"
 #include "testing/test_server.h"
@@ -285,7 +285,7 @@ TEST_F(AttentionRpcTest, MalformedBytesAreRejected) {
   grpc::Slice slice(garbage);
   grpc::ByteBuffer request(&slice, 1), response;
   grpc::ClientContext context;
-  absl::Notification done;
+  Notification done;
   grpc::Status status;
   stub.UnaryCall(&context, "/flashkv.v1.AttentionService/Attention", grpc::StubOptions(), &request,
                  &response, [&](grpc::Status s) {

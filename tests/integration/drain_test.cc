@@ -11,14 +11,15 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <fstream>
 #include <future>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
+#include "flashkv/base/mutex.h"
+#include "flashkv/base/notification.h"
 #include "flashkv/transport.h"
 #include "flashkv/v1/attention.grpc.pb.h"
 #include "flashkv/v1/kvcache.grpc.pb.h"
@@ -125,6 +126,7 @@ std::unique_ptr<RunningServer> StartServing(const std::string& name,
   s->socket = "/tmp/flashkv-" + name + "-" + std::to_string(getpid()) + ".sock";
   s->metrics_address = "127.0.0.1:" + std::to_string(FreePort());
   std::vector<std::string> args = {"--backend=cpu",
+                                   "--plaintext",
                                    "--listen=unix:" + s->socket,
                                    "--metrics-address=" + s->metrics_address,
                                    "--layers=2",
@@ -171,14 +173,14 @@ TEST(DrainTest, SigtermFinishesCallsInFlightThenExitsZero) {
     grpc::ClientContext context;
     v1::AttentionResponse response;
     grpc::Status status;
-    absl::Notification done;
+    Notification done;
   } calls[kCalls];
-  absl::Mutex mu;
+  Mutex mu;
   int finished = 0;
   for (Call& call : calls) {
     stub->async()->Attention(&call.context, &request, &call.response, [&](grpc::Status s) {
       call.status = s;
-      absl::MutexLock lock(&mu);
+      MutexLock lock(&mu);
       ++finished;
       call.done.Notify();
     });
@@ -191,7 +193,7 @@ TEST(DrainTest, SigtermFinishesCallsInFlightThenExitsZero) {
           MetricValue(*metrics, "flashkv_rpc_requests_total{code=\"OK\",rpc=\"Attention\"}");
       if (in_flight >= 1 && in_flight + answered == kCalls) break;
     }
-    absl::MutexLock lock(&mu);
+    MutexLock lock(&mu);
     ASSERT_LT(finished, kCalls) << "all calls finished before the signal";
   }
   process.Signal(SIGTERM);
@@ -253,9 +255,40 @@ TEST(DrainTest, SigtermLetsStepsInFlightFinishThenEndsStreams) {
   EXPECT_EQ(process.WaitForExit(std::chrono::seconds(25)), 0);
 }
 
+// SIGHUP re-reads the token file without a restart; SIGHUP during the drain is ignored.
+TEST(DrainTest, SighupReloadsTheTokenFile) {
+  const std::string tokens = "/tmp/flashkv-sighup-" + std::to_string(getpid()) + ".txt";
+  const std::string old_token = "old-token-0123456789abcdef", new_token = "new-token-0123456789abcd";
+  std::ofstream(tokens) << old_token << " t\n";
+  auto server = StartServing("sighup", {"--tokens-file=" + tokens, "--kv-cache-bytes=4MiB"});
+  ASSERT_NE(server, nullptr);
+  auto stub = v1::KvCacheService::NewStub(server->channel);
+  auto info_with = [&](const std::string& token) {
+    grpc::ClientContext context;
+    context.AddMetadata("authorization", "Bearer " + token);
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::CacheInfo info;
+    return stub->GetCacheInfo(&context, v1::GetCacheInfoRequest(), &info).error_code();
+  };
+  EXPECT_EQ(info_with(old_token), grpc::StatusCode::OK);
+  EXPECT_EQ(info_with(new_token), grpc::StatusCode::UNAUTHENTICATED);
+  std::ofstream(tokens) << new_token << " t\n";
+  server->process->Signal(SIGHUP);
+  const auto end = Clock::now() + std::chrono::seconds(10);
+  while (info_with(new_token) != grpc::StatusCode::OK && Clock::now() < end) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(info_with(new_token), grpc::StatusCode::OK);
+  EXPECT_EQ(info_with(old_token), grpc::StatusCode::UNAUTHENTICATED);
+  server->process->Signal(SIGTERM);
+  server->process->Signal(SIGHUP);
+  EXPECT_EQ(server->process->WaitForExit(std::chrono::seconds(25)), 0);
+  unlink(tokens.c_str());
+}
+
 TEST(DrainTest, BadFlagsExitNonZeroWithAMessage) {
-  ServerProcess process({"--backend=cpu", "--q-heads=3", "--kv-heads=2", "--metrics-address=off",
-                         "--listen=127.0.0.1:0", "--log-level=off"});
+  ServerProcess process({"--backend=cpu", "--plaintext", "--q-heads=3", "--kv-heads=2",
+                         "--metrics-address=off", "--listen=127.0.0.1:0", "--log-level=off"});
   EXPECT_EQ(process.WaitForExit(std::chrono::seconds(20)), 1);
   ServerProcess unknown({"--no-such-flag"});
   EXPECT_NE(unknown.WaitForExit(std::chrono::seconds(20)), 0);

@@ -7,7 +7,7 @@
 #include <string>
 #include <thread>
 
-#include "absl/synchronization/notification.h"
+#include "flashkv/base/notification.h"
 #include "flashkv/wire/message_builder.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "testing/conversation.h"
@@ -84,7 +84,7 @@ TEST(ServiceTest, ReflectionListsTheServices) {
     grpc::ByteBuffer response;
     bool read_ok = false;
     grpc::Status status;
-    absl::Notification done;
+    Notification done;
   } reactor;
   grpc::GenericStub stub((*server)->channel());
   grpc::ClientContext context;

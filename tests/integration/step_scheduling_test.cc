@@ -12,7 +12,7 @@
 #include <thread>
 #include <vector>
 
-#include "absl/synchronization/notification.h"
+#include "flashkv/base/notification.h"
 #include "testing/conversation.h"
 #include "testing/fake_clock.h"
 #include "testing/reference.h"
@@ -147,7 +147,7 @@ TEST(StepSchedulingTest, BatchingWindowAndTokenBudgetOnAFakeClock) {
     v1::StepRequest request;
     v1::StepResponse response;
     grpc::Status status;
-    absl::Notification done;
+    Notification done;
   } calls[2];
   const char* ids[] = {"a", "b"};
   for (int i = 0; i < 2; ++i) {

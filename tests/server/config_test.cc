@@ -8,7 +8,20 @@
 namespace flashkv::server {
 namespace {
 
-TEST(ConfigTest, DefaultsAreValid) { EXPECT_TRUE(ValidateConfig(ServerConfig{}).ok()); }
+// Plaintext only when asked for: the defaults alone name no TLS files, so they are refused.
+TEST(ConfigTest, DefaultsNeedTlsOrPlaintext) {
+  const absl::Status status = ValidateConfig(ServerConfig{});
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("no TLS: give tls-cert and tls-key"), std::string::npos)
+      << status;
+  ServerConfig plaintext;
+  plaintext.security.plaintext = true;
+  EXPECT_TRUE(ValidateConfig(plaintext).ok());
+  ServerConfig tls;
+  tls.security.tls_cert_file = "server.pem";
+  tls.security.tls_key_file = "server.key";
+  EXPECT_TRUE(ValidateConfig(tls).ok());
+}
 
 TEST(ConfigTest, EveryBadFieldIsNamedWithItsLimit) {
   const struct {
@@ -47,13 +60,35 @@ TEST(ConfigTest, EveryBadFieldIsNamedWithItsLimit) {
       {[](ServerConfig& c) { c.listen_address.clear(); }, "listen must not be empty"},
       {[](ServerConfig& c) { c.transport.max_receive_message_bytes = 10; },
        "max-receive-message-bytes (10)"},
-      {[](ServerConfig& c) { c.max_entries_per_step = 0; }, "max-entries-per-step (0)"},
+      {[](ServerConfig& c) { c.limits.max_entries_per_step = 0; }, "max-entries-per-step (0)"},
+      {[](ServerConfig& c) { c.limits.max_tokens_per_entry = 0; }, "max-tokens-per-entry (0)"},
+      {[](ServerConfig& c) { c.limits.max_tokens_per_step = 0; }, "max-tokens-per-step (0)"},
+      {[](ServerConfig& c) { c.limits.max_tokens_per_entry = 70000; },
+       "max-tokens-per-entry (70000) must be <= max-tokens-per-step (65536)"},
+      {[](ServerConfig& c) { c.limits.max_sequences = 0; }, "max-sequences (0)"},
+      {[](ServerConfig& c) { c.limits.max_attention_rows = 0; }, "max-attention-rows (0)"},
+      {[](ServerConfig& c) { c.limits.max_attention_batch = 0; }, "max-attention-batch (0)"},
+      {[](ServerConfig& c) { c.limits.max_attention_work = 0; }, "max-attention-work (0)"},
+      {[](ServerConfig& c) { c.security.tls_key_file = ""; c.security.tls_cert_file = "c.pem"; },
+       "tls-cert and tls-key must be given together"},
+      {[](ServerConfig& c) { c.security.tls_client_ca_file = "ca.pem"; },
+       "tls-client-ca (mutual TLS) needs the server's own tls-cert"},
+      {[](ServerConfig& c) {
+         c.security.tls_cert_file = "c.pem";
+         c.security.tls_key_file = "k.pem";
+       },
+       "plaintext contradicts tls-cert"},
+      {[](ServerConfig& c) { c.security.tenant_max_sequences = -1; },
+       "tenant-max-sequences (-1)"},
+      {[](ServerConfig& c) { c.security.tenant_max_kv_blocks = -2; },
+       "tenant-max-kv-blocks (-2)"},
       {[](ServerConfig& c) { c.sequence_ttl = absl::Seconds(-1); }, "sequence-ttl (-1s)"},
       {[](ServerConfig& c) { c.attention_threads = 0; }, "attention-threads (0)"},
       {[](ServerConfig& c) { c.log_level = "loud"; }, "log-level (loud) must be one of"},
   };
   for (const auto& c : cases) {
     ServerConfig config;
+    config.security.plaintext = true;
     c.mutate(config);
     const absl::Status status = ValidateConfig(config);
     EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << c.message;

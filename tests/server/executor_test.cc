@@ -4,7 +4,7 @@
 
 #include <atomic>
 
-#include "absl/synchronization/notification.h"
+#include "flashkv/base/notification.h"
 
 namespace flashkv::server {
 namespace {
@@ -19,8 +19,8 @@ TEST(ExecutorTest, RunsEverythingQueuedBeforeItIsDestroyed) {
 }
 
 TEST(ExecutorTest, RefusesWhenTheQueueIsFull) {
-  absl::Notification release;
-  absl::Notification started;
+  Notification release;
+  Notification started;
   Executor executor(1, 2);
   ASSERT_TRUE(executor.TrySubmit([&] {
     started.Notify();

@@ -52,7 +52,9 @@ class ServerProcess:
                         log_level="info")
         defaults.update(flags)
         self.flags = defaults
-        args = [binary] + [f"--{k.replace('_', '-')}={v}" for k, v in defaults.items()]
+        # Loopback tests: plaintext, which the server serves only when asked for.
+        args = [binary, "--plaintext"] + [f"--{k.replace('_', '-')}={v}"
+                                          for k, v in defaults.items()]
         self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         text=True)
         self.log = []

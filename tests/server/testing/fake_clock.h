@@ -3,7 +3,7 @@
 // A clock that moves only when a test says so. Timed waits poll it every millisecond of real
 // time, so advancing it wakes them promptly.
 
-#include "absl/synchronization/mutex.h"
+#include "flashkv/base/mutex.h"
 #include "flashkv/server/clock.h"
 
 namespace flashkv::testing {
@@ -13,16 +13,16 @@ class FakeClock final : public server::Clock {
   explicit FakeClock(absl::Time start = absl::FromUnixSeconds(1'000'000)) : now_(start) {}
 
   absl::Time Now() override {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     return now_;
   }
   void Advance(absl::Duration d) {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     now_ += d;
   }
-  bool AwaitWithDeadline(absl::Mutex* mu, const absl::Condition& condition,
+  bool AwaitWithDeadline(Mutex* mu, const std::function<bool()>& condition,
                          absl::Time deadline) override {
-    while (!condition.Eval()) {
+    while (!condition()) {
       if (Now() >= deadline) return false;
       mu->AwaitWithTimeout(condition, absl::Milliseconds(1));
     }
@@ -30,7 +30,7 @@ class FakeClock final : public server::Clock {
   }
 
  private:
-  absl::Mutex mu_;
+  Mutex mu_;
   absl::Time now_ ABSL_GUARDED_BY(mu_);
 };
 

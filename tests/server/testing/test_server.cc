@@ -23,6 +23,7 @@ server::ServerConfig SmallModelConfig() {
   c.listen_address = "127.0.0.1:0";
   c.metrics_address = "127.0.0.1:0";
   c.drain_deadline = absl::Seconds(5);
+  c.security.plaintext = true;  // loopback tests; tests/server/security_test.cc covers TLS
   c.log_level = "warn";
   return c;
 }

@@ -57,9 +57,12 @@ class FieldReader {
 };
 
 // Appends the values of a repeated integer field, packed (length-delimited) or not (one
-// varint), to `out`; int32 values are sign-extended varints on the wire, as int64 ones.
+// varint), to `out`; int32 values are sign-extended varints on the wire, as int64 ones. Fails
+// (INVALID_ARGUMENT, `out` unchanged) when `out` would hold more than `max_values`: the values are
+// counted before anything is appended, since a packed varint takes one byte on the wire and eight
+// in memory.
 absl::Status AppendRepeatedVarint(const MessageBytes& message, const Field& field,
-                                  std::vector<int64_t>* out);
+                                  std::vector<int64_t>* out, size_t max_values = SIZE_MAX);
 
 // The payload of a length-delimited field, copied (for short strings such as ids).
 std::string ReadString(const MessageBytes& message, const Field& field);

@@ -13,6 +13,7 @@
 
 #include <grpcpp/support/byte_buffer.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -92,12 +93,29 @@ struct AttentionResponseView {
   TensorView lse;
 };
 
-// Errors are INVALID_ARGUMENT naming the message and the byte offset of the malformation.
-absl::Status DecodeStepRequest(const MessageBytes& message, StepRequestView* request);
+// Bounds on what decoding may allocate, checked while decoding (before the allocation), so that a
+// message cannot make the decoder allocate much more than its own size: an empty repeated
+// message is two bytes on the wire and a few hundred in a view, a packed varint one byte on the
+// wire and eight in a vector. A server passes its request limits; the defaults bound only the
+// tensor rank (no flashkv tensor has more than 4 dimensions).
+struct DecodeLimits {
+  size_t max_entries = SIZE_MAX;     // StepRequest.entries
+  size_t max_rank = 8;               // Tensor.shape values (repeated Tensor fields merge)
+  size_t max_token_ids = SIZE_MAX;   // StepEntry.token_ids
+  size_t max_id_bytes = SIZE_MAX;    // StepEntry.sequence_id
+  size_t max_cu_seqlens = SIZE_MAX;  // each cu_seqlens list
+};
+
+// Errors are INVALID_ARGUMENT naming the message and the byte offset of the malformation, or the
+// field and the limit it broke.
+absl::Status DecodeStepRequest(const MessageBytes& message, StepRequestView* request,
+                               const DecodeLimits& limits = {});
 absl::Status DecodeStepResponse(const MessageBytes& message, StepResponseView* response);
-absl::Status DecodeAttentionRequest(const MessageBytes& message, AttentionRequestView* request);
+absl::Status DecodeAttentionRequest(const MessageBytes& message, AttentionRequestView* request,
+                                    const DecodeLimits& limits = {});
 absl::Status DecodeAttentionVarlenRequest(const MessageBytes& message,
-                                          AttentionVarlenRequestView* request);
+                                          AttentionVarlenRequestView* request,
+                                          const DecodeLimits& limits = {});
 absl::Status DecodeAttentionResponse(const MessageBytes& message, AttentionResponseView* response);
 
 // A tensor to encode. `owner` keeps `data` alive until gRPC has sent it; without an owner the

@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "flashkv/attention.h"
 #include "flashkv/server/attention_backend.h"
+#include "flashkv/server/config.h"
 #include "flashkv/server/region_tensors.h"
 #include "flashkv/wire/message_bytes.h"
 
@@ -40,12 +41,15 @@ struct AttentionCall {
   wire::RegionSliceView lse_slice;
 };
 
-// INVALID_ARGUMENT naming the field for anything malformed or inconsistent. Tensors and output
-// slices in shared-memory regions are resolved through `regions` (none without a registry).
+// INVALID_ARGUMENT naming the field for anything malformed or inconsistent, or past `limits`
+// (rows, sequences, work: checked before any buffer is allocated). Tensors and output slices in
+// shared-memory regions are resolved through `regions` (none without a registry).
 absl::StatusOr<AttentionCall> PrepareAttention(wire::MessageBytes message,
-                                               const RegionAccess& regions = {});
+                                               const RegionAccess& regions = {},
+                                               const RequestLimits& limits = {});
 absl::StatusOr<AttentionCall> PrepareAttentionVarlen(wire::MessageBytes message,
-                                                     const RegionAccess& regions = {});
+                                                     const RegionAccess& regions = {},
+                                                     const RequestLimits& limits = {});
 
 // UNIMPLEMENTED when (dtype, head dim) is not compiled into the backend; kernel errors as they
 // come. On success `response` holds the serialized AttentionResponse, whose tensors reference

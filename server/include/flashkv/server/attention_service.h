@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "flashkv/server/attention_backend.h"
+#include "flashkv/server/auth.h"
+#include "flashkv/server/config.h"
 #include "flashkv/server/executor.h"
 #include "flashkv/server/metrics.h"
 #include "flashkv/server/region_registry.h"
@@ -24,9 +26,11 @@ using AttentionServiceBase = flashkv::v1::AttentionService::WithRawCallbackMetho
 
 class AttentionService final : public AttentionServiceBase {
  public:
-  // Calls are spread round-robin over `backends` (one per device). `regions` (not owned; may be
+  // Calls are spread round-robin over `backends` (one per device). `auth` (not owned) tells the
+  // caller's tenant; `limits` bound each call's size and work. `regions` (not owned; may be
   // null) resolves tensors and outputs in shared-memory regions.
   AttentionService(std::vector<AttentionBackend*> backends, Executor* executor, Metrics* metrics,
+                   const Authenticator* auth, const RequestLimits& limits,
                    const RegionRegistry* regions = nullptr);
 
   grpc::ServerUnaryReactor* Attention(grpc::CallbackServerContext* context,
@@ -44,6 +48,8 @@ class AttentionService final : public AttentionServiceBase {
   const std::vector<AttentionBackend*> backends_;
   Executor* const executor_;
   Metrics* const metrics_;
+  const Authenticator* const auth_;
+  const RequestLimits limits_;
   const RegionRegistry* const regions_;
   std::atomic<size_t> next_backend_{0};
 };

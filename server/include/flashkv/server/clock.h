@@ -6,9 +6,10 @@
 //
 // Thread-safety: implementations must allow calls from any thread.
 
+#include <functional>
 #include <memory>
 
-#include "absl/synchronization/mutex.h"
+#include "flashkv/base/mutex.h"
 #include "absl/time/time.h"
 
 namespace flashkv::server {
@@ -18,12 +19,12 @@ class Clock {
   virtual ~Clock() = default;
   virtual absl::Time Now() = 0;
   // With `mu` held: waits until `condition` holds or Now() >= deadline, releasing `mu` while it
-  // waits, as absl::Mutex::AwaitWithDeadline does. Returns whether `condition` holds.
-  virtual bool AwaitWithDeadline(absl::Mutex* mu, const absl::Condition& condition,
+  // waits, as Mutex::AwaitWithDeadline does. Returns whether `condition` holds.
+  virtual bool AwaitWithDeadline(Mutex* mu, const std::function<bool()>& condition,
                                  absl::Time deadline) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) = 0;
 };
 
-// absl::Now() and absl::Mutex's own timed waits.
+// absl::Now() and Mutex's own timed waits.
 std::shared_ptr<Clock> RealClock();
 
 }  // namespace flashkv::server

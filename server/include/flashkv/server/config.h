@@ -47,6 +47,38 @@ struct SchedulerConfig {
 
 inline constexpr int64_t kDefaultCpuKvCacheBytes = int64_t{1} << 30;
 
+// Transport security and authentication (docs/operations.md#security).
+struct SecurityConfig {
+  // TLS: the server's PEM certificate chain and private key, both or neither.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // Mutual TLS: clients must present a certificate signed by a CA in this PEM file.
+  std::string tls_client_ca_file;
+  // Serve without TLS. Plaintext only when asked for: without TLS files this must be set.
+  bool plaintext = false;
+  // Bearer tokens -> tenants (flashkv/server/auth.h), re-read on SIGHUP. Empty: no
+  // authentication, every call is the tenant "default".
+  std::string tokens_file;
+  // Quotas of tenants whose token-file lines give none (and of "default"); 0: unlimited.
+  int64_t tenant_max_sequences = 0;
+  int64_t tenant_max_kv_blocks = 0;
+};
+
+// Limits on every size a client controls, each checked before anything is allocated for it
+// (message bytes: TransportOptions::max_receive_message_bytes; context: max_context).
+struct RequestLimits {
+  int max_entries_per_step = 4096;  // entries of one Step request
+  int max_tokens_per_entry = 32768;  // new tokens (q rows) of one entry
+  int max_tokens_per_step = 65536;   // new tokens of all entries of one Step request
+  int64_t max_sequences = 65536;     // live sequences on the server, all tenants together
+  // Stateless attention: rows of q (B*Sq or Tq) and of k/v (B*Skv or Tkv); sequences (B, or
+  // varlen's cu_seqlens entries - 1); and work, sum over sequences of Hq * Sq * Skv * D (the
+  // multiply-adds of q.k^T, as many again for p.v), which bounds the compute one call can ask.
+  int64_t max_attention_rows = int64_t{1} << 20;
+  int max_attention_batch = 65536;
+  int64_t max_attention_work = int64_t{1} << 38;
+};
+
 struct ServerConfig {
   ModelShape model;
 
@@ -75,8 +107,8 @@ struct ServerConfig {
   // gRPC listening address: "host:port" (port 0 picks one) or "unix:/path/to.sock".
   std::string listen_address = "0.0.0.0:50051";
   TransportOptions transport;
-  // Limits on what one request may carry, checked before anything is allocated.
-  int max_entries_per_step = 4096;
+  SecurityConfig security;
+  RequestLimits limits;
   // Prometheus pull endpoint "host:port" (port 0 picks one); empty disables it.
   std::string metrics_address = "0.0.0.0:9464";
   // On SIGTERM/SIGINT: stop accepting calls, then give in-flight calls this long to finish.

@@ -31,7 +31,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include "flashkv/base/mutex.h"
 #include "flashkv/kvcache/kv_cache.h"
 #include "flashkv/server/clock.h"
 #include "flashkv/server/config.h"
@@ -95,7 +95,7 @@ class DeviceScheduler final : public PartReleaser {
   Metrics* const metrics_;
   const std::unique_ptr<LaunchArena> arena_;  // used by the scheduler thread only
 
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   std::deque<Item> pending_ ABSL_GUARDED_BY(mu_);  // not yet in a launch, arrival order
   std::vector<Item> active_ ABSL_GUARDED_BY(mu_);  // prepared, rows left
   absl::flat_hash_map<std::string, int> busy_ ABSL_GUARDED_BY(mu_);

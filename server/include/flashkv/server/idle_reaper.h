@@ -10,7 +10,7 @@
 #include <memory>
 #include <thread>
 
-#include "absl/synchronization/mutex.h"
+#include "flashkv/base/mutex.h"
 #include "absl/time/time.h"
 #include "flashkv/server/cache_set.h"
 #include "flashkv/server/clock.h"
@@ -36,7 +36,7 @@ class IdleReaper {
   const std::shared_ptr<Clock> clock_;
   const absl::Duration ttl_;
   Metrics* const metrics_;
-  absl::Mutex mu_;
+  Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
 };

@@ -2,7 +2,9 @@
 
 // flashkv.v1.KvCacheService: sequences (create, fork, free), Step and StepStream over the batch
 // schedulers, cache info and stats. Step and StepStream take raw bytes (decoded without copying
-// tensors, flashkv/wire/messages.h); the other RPCs use the generated messages.
+// tensors, flashkv/wire/messages.h); the other RPCs use the generated messages. Every call is
+// authenticated first (auth.h); the sequence ids it names are scoped to its tenant, and the ids
+// in its errors are unscoped again, so a client sees only its own namespace.
 //
 // Ownership: does not own the caches, schedulers, executor or metrics; they outlive the gRPC
 // server it is registered with. Thread-safety: gRPC calls it from many threads. Lock order:
@@ -10,10 +12,13 @@
 
 #include <atomic>
 #include <memory>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
-#include "absl/synchronization/mutex.h"
+#include "flashkv/base/mutex.h"
+#include "flashkv/server/auth.h"
 #include "flashkv/server/cache_set.h"
 #include "flashkv/server/clock.h"
 #include "flashkv/server/config.h"
@@ -43,10 +48,11 @@ class KvCacheService final : public KvCacheServiceBase {
  public:
   // The service answers UNAVAILABLE until Attach gives it the caches and their schedulers (the
   // server listens before the pools are allocated, so that health probes see it start).
-  // `regions` (not owned; may be null: no data plane) resolves Step tensors and outputs that lie
-  // in shared-memory regions.
+  // `auth` (not owned) tells each call's tenant. `regions` (not owned; may be null: no data
+  // plane) resolves Step tensors and outputs that lie in shared-memory regions.
   KvCacheService(const ServerConfig& config, Executor* executor, Metrics* metrics,
-                 std::shared_ptr<Clock> clock, const RegionRegistry* regions = nullptr);
+                 std::shared_ptr<Clock> clock, const Authenticator* auth,
+                 const RegionRegistry* regions = nullptr);
   ~KvCacheService() override;
   void Attach(CacheSet* caches, std::vector<DeviceScheduler*> schedulers);
 
@@ -71,15 +77,19 @@ class KvCacheService final : public KvCacheServiceBase {
                                      const flashkv::v1::GetStatsRequest* request,
                                      flashkv::v1::ServerStats* response) override;
 
-  // Decodes and checks a Step request and builds its state; `done` runs once when it resolves.
-  // `tenant` owns the regions the request may name.
+  // Decodes and checks a Step request of `tenant` (whose namespace its ids and regions are in),
+  // reserves the KV blocks it adds against the tenant's quota, and builds its state; `done` runs
+  // once when it resolves, with a status whose ids are the client's own.
   absl::StatusOr<std::shared_ptr<StepState>> NewStep(const grpc::ByteBuffer& request,
-                                                     const std::string& tenant, absl::Time received,
+                                                     const Tenant& tenant, absl::Time received,
                                                      StepCompletion done);
-  // A step from checked, routed entries (NewStep's second half; the warm-up uses it directly).
+  // A step from checked, routed entries (NewStep's second half; the warm-up uses it directly,
+  // without a tenant or a reservation).
   std::shared_ptr<StepState> MakeStep(wire::MessageBytes message, uint32_t layer, uint64_t step_id,
                                       std::vector<StepEntry> entries, absl::Time received,
-                                      StepCompletion done);
+                                      StepCompletion done, std::string tenant = {},
+                                      std::optional<LedgerReservation> reservation = {});
+  const Authenticator& auth() const { return *auth_; }
   // Queues every part of `step` on its device's scheduler (all steps in one global order).
   void Submit(const std::shared_ptr<StepState>& step);
   void Cancel(StepState& step);
@@ -94,9 +104,10 @@ class KvCacheService final : public KvCacheServiceBase {
   friend class StepStreamReactor;
   void Register(StepStreamReactor* reactor);
   void Unregister(StepStreamReactor* reactor);
-  // Finishes a unary call with `status`, recording its metrics.
+  // Finishes a unary call with `status` (its ids unscoped for `tenant`, when known), recording
+  // its metrics.
   void FinishUnary(grpc::ServerUnaryReactor* reactor, const char* rpc, absl::Time start,
-                   const absl::Status& status);
+                   const absl::Status& status, const Tenant* tenant = nullptr);
 
   // Whether Attach has run; an error for the client when not.
   absl::Status Ready() const;
@@ -110,11 +121,12 @@ class KvCacheService final : public KvCacheServiceBase {
   Executor* const executor_;
   Metrics* const metrics_;
   const std::shared_ptr<Clock> clock_;
+  const Authenticator* const auth_;
   const RegionRegistry* const regions_;
   std::atomic<uint64_t> steps_completed_{0};
 
-  absl::Mutex submit_mu_;
-  absl::Mutex streams_mu_;
+  Mutex submit_mu_;
+  Mutex streams_mu_;
   absl::flat_hash_set<StepStreamReactor*> streams_ ABSL_GUARDED_BY(streams_mu_);
   bool draining_ ABSL_GUARDED_BY(streams_mu_) = false;
 };

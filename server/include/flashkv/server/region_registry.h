@@ -24,7 +24,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
+#include "flashkv/base/mutex.h"
 #include "flashkv/wire/messages.h"
 
 namespace flashkv::server {
@@ -105,7 +105,7 @@ class RegionRegistry {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const RegionLimits limits_;
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   absl::flat_hash_map<uint64_t, Entry> regions_ ABSL_GUARDED_BY(mu_);
 };
 

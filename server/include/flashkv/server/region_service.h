@@ -8,21 +8,18 @@
 // Ownership: the service does not own the registry, which must outlive the gRPC server.
 // Thread-safety: gRPC calls it from many threads.
 
-#include <string>
-
+#include "flashkv/server/auth.h"
 #include "flashkv/server/region_registry.h"
 #include "flashkv/v1/region.grpc.pb.h"
 #include "grpcpp/support/server_callback.h"
 
 namespace flashkv::server {
 
-// A call's tenant: its authorization metadata (the bearer token), empty when absent. Regions are
-// visible only to calls of the tenant that attached them.
-std::string TenantOf(const grpc::CallbackServerContext& context);
-
 class RegionService final : public flashkv::v1::RegionService::CallbackService {
  public:
-  explicit RegionService(RegionRegistry* registry) : registry_(registry) {}
+  // Regions belong to the tenant `auth` (not owned) finds for the attaching call.
+  RegionService(RegionRegistry* registry, const Authenticator* auth)
+      : registry_(registry), auth_(auth) {}
 
   grpc::ServerWriteReactor<flashkv::v1::AttachRegionResponse>* AttachRegion(
       grpc::CallbackServerContext* context,
@@ -33,6 +30,7 @@ class RegionService final : public flashkv::v1::RegionService::CallbackService {
 
  private:
   RegionRegistry* const registry_;
+  const Authenticator* const auth_;
 };
 
 }  // namespace flashkv::server

@@ -8,7 +8,7 @@
 // drains: NOT_SERVING, no new calls, in-flight calls get until the deadline, then whatever is
 // left is cancelled. The destructor shuts down (with a zero deadline) if Shutdown was not called.
 //
-// Thread-safety: Shutdown and Wait may be called from any thread (Shutdown once).
+// Thread-safety: Shutdown, ReloadTokens and Wait may be called from any thread (Shutdown once).
 
 #include <memory>
 #include <string>
@@ -36,6 +36,9 @@ class Server {
   std::string backend_name() const;
   int num_devices() const;
   Metrics& metrics();
+
+  // Re-reads the token file (SIGHUP). On error the tokens in use stay, and the error says why.
+  absl::Status ReloadTokens();
 
   void Shutdown(absl::Duration deadline);
   // Blocks until Shutdown has finished.

@@ -24,11 +24,12 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
+#include "flashkv/base/mutex.h"
 #include "absl/time/time.h"
 #include "flashkv/kvcache/layer_batch.h"
 #include "flashkv/server/host_bytes.h"
 #include "flashkv/server/region_registry.h"
+#include "flashkv/server/tenant_ledger.h"
 #include "flashkv/wire/message_bytes.h"
 #include "flashkv/wire/messages.h"
 
@@ -104,8 +105,17 @@ class StepState : public std::enable_shared_from_this<StepState> {
             std::vector<StepEntry> entries, int64_t out_row_bytes, int32_t wire_dtype,
             int num_q_heads, int head_dim, absl::Time received, CacheSet* caches,
             std::vector<PartReleaser*> releasers, StepCompletion done);
+  // A step destroyed unresolved (never submitted) gives its block reservation back.
+  ~StepState();
   StepState(const StepState&) = delete;
   StepState& operator=(const StepState&) = delete;
+
+  // Set before the step is submitted. The tenant whose call it is (the scheduler shares launches
+  // fairly between tenants), and the KV blocks reserved for it against the tenant's quota,
+  // settled when the step resolves.
+  void set_tenant(std::string tenant) { tenant_ = std::move(tenant); }
+  const std::string& tenant() const { return tenant_; }
+  void set_reservation(LedgerReservation reservation) { reservation_ = std::move(reservation); }
 
   const wire::MessageBytes& message() const { return message_; }
   uint32_t layer() const { return layer_; }
@@ -160,8 +170,10 @@ class StepState : public std::enable_shared_from_this<StepState> {
   std::atomic<bool> cancelled_{false};
   std::atomic<bool> failed_{false};
   bool urgent_ = false;  // set before the step is submitted
+  std::string tenant_;
+  std::optional<LedgerReservation> reservation_;  // settled (and reset) by Resolve
 
-  absl::Mutex mu_;
+  Mutex mu_;
   int outstanding_parts_ ABSL_GUARDED_BY(mu_);
   absl::Status failure_ ABSL_GUARDED_BY(mu_);
   bool resolved_ ABSL_GUARDED_BY(mu_) = false;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "flashkv/server/auth.h"
 #include "flashkv/server/cache_set.h"
 #include "flashkv/server/config.h"
 #include "flashkv/server/region_tensors.h"
@@ -22,8 +23,10 @@ inline constexpr size_t kMaxSequenceIdBytes = 256;
 // INVALID_ARGUMENT for a bad id (empty, too long, not UTF-8); `field` names it in the message.
 absl::Status CheckSequenceId(const std::string& id, const std::string& field);
 
-// INVALID_ARGUMENT (layer, entries, tensors, token_ids, repeated sequences) or NOT_FOUND (a
-// sequence no device holds). On success, the entries with their devices, in request order.
+// INVALID_ARGUMENT (layer, entries, tensors, token_ids, repeated sequences, the request limits:
+// entries, tokens per entry and per step) or NOT_FOUND (a sequence no device holds in the
+// tenant's namespace). On success, the entries with their devices and scoped sequence ids
+// (auth.h), in request order.
 // Tensors in shared-memory regions are resolved first (their bytes become slices of `*message`,
 // see region_tensors.h), and StepEntry.out slices are resolved and bounds-checked; an output
 // may not overlap any input or other output of the step (it is written while later chunks of
@@ -32,6 +35,7 @@ absl::StatusOr<std::vector<StepEntry>> CheckStepRequest(wire::StepRequestView& r
                                                         const ServerConfig& config,
                                                         const CacheSet& caches,
                                                         const RegionAccess& regions,
+                                                        const Tenant& tenant,
                                                         wire::MessageBytes* message);
 
 }  // namespace flashkv::server

@@ -19,7 +19,8 @@
 #include <string>
 
 #include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
+#include "flashkv/base/mutex.h"
+#include "flashkv/server/auth.h"
 #include "absl/time/time.h"
 #include "flashkv/server/step.h"
 
@@ -29,8 +30,8 @@ class KvCacheService;
 
 class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  // `tenant` owns the regions the stream's requests may name.
-  StepStreamReactor(KvCacheService* service, std::string tenant);
+  // The stream's requests are in `tenant`'s namespace (sequences and regions).
+  StepStreamReactor(KvCacheService* service, std::shared_ptr<const Tenant> tenant);
 
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
@@ -59,10 +60,10 @@ class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
   }
 
   KvCacheService* const service_;
-  const std::string tenant_;
+  const std::shared_ptr<const Tenant> tenant_;
   grpc::ByteBuffer request_;  // the read in progress
 
-  absl::Mutex mu_;
+  Mutex mu_;
   std::deque<std::unique_ptr<Slot>> slots_ ABSL_GUARDED_BY(mu_);  // request order
   std::shared_ptr<StepState> last_step_ ABSL_GUARDED_BY(mu_);
   bool client_done_ ABSL_GUARDED_BY(mu_) = false;  // the client half-closed

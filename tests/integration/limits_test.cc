@@ -1,0 +1,151 @@
+// Every size a client controls has a limit, checked before anything is allocated for it, and a
+// request past one gets INVALID_ARGUMENT (RESOURCE_EXHAUSTED for the sequence count) naming the
+// field, the limit and the flag that sets it. Run against a real in-process server with small
+// limits, through the generated stubs (so the requests are protobuf's own encoding).
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "testing/conversation.h"
+#include "testing/reference.h"
+#include "testing/test_server.h"
+
+namespace flashkv::testing {
+namespace {
+
+namespace v1 = flashkv::v1;
+
+class LimitsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    server::ServerConfig config = SmallModelConfig();
+    server::RequestLimits& l = config.limits;
+    l.max_entries_per_step = 4;
+    l.max_tokens_per_entry = 8;
+    l.max_tokens_per_step = 16;
+    l.max_sequences = 6;
+    l.max_attention_rows = 64;
+    l.max_attention_batch = 3;
+    l.max_attention_work = 64 * 32 * 4 * 64;  // Hq=4, D=64: one sequence of 64 x 32
+    absl::StatusOr<std::unique_ptr<TestServer>> server = TestServer::Start(config);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    reference_ = std::make_unique<ReferenceCache>(config.model);
+    for (int i = 0; i < 5; ++i) ASSERT_TRUE(Create("s" + std::to_string(i)).ok());
+  }
+
+  grpc::Status Create(const std::string& id) {
+    grpc::ClientContext context;
+    v1::CreateSequenceRequest request;
+    request.set_sequence_id(id);
+    v1::CreateSequenceResponse response;
+    return server_->kvcache().CreateSequence(&context, request, &response);
+  }
+  grpc::Status Step(const v1::StepRequest& request) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    v1::StepResponse response;
+    return server_->kvcache().Step(&context, request, &response);
+  }
+  // Expects `status` to be `code` with `text` in its message.
+  static void Expect(const grpc::Status& status, grpc::StatusCode code, const std::string& text) {
+    EXPECT_EQ(status.error_code(), code) << status.error_message();
+    EXPECT_NE(status.error_message().find(text), std::string::npos) << status.error_message();
+  }
+  v1::StepEntry Entry(const std::string& id, int n) { return reference_->MakeEntry(id, n, rng_); }
+
+  std::unique_ptr<TestServer> server_;
+  std::unique_ptr<ReferenceCache> reference_;
+  std::mt19937_64 rng_{9};
+};
+
+TEST_F(LimitsTest, StepRequestSizes) {
+  Expect(Step(MakeStep(0, {Entry("s0", 1), Entry("s1", 1), Entry("s2", 1), Entry("s3", 1),
+                           Entry("s4", 1)})),
+         grpc::StatusCode::INVALID_ARGUMENT, "StepRequest.entries: more than 4 entries");
+  Expect(Step(MakeStep(0, {Entry("s0", 9)})), grpc::StatusCode::INVALID_ARGUMENT,
+         "entries[0].q.shape[0] (n) = 9 exceeds the server's limit of 8 tokens per entry "
+         "(--max-tokens-per-entry)");
+  Expect(Step(MakeStep(0, {Entry("s0", 6), Entry("s1", 6), Entry("s2", 6)})),
+         grpc::StatusCode::INVALID_ARGUMENT,
+         "entries[0..2] have 18 new tokens; a step may have at most 16 (--max-tokens-per-step)");
+  v1::StepEntry ids = Entry("s0", 1);
+  for (int i = 0; i < 9; ++i) ids.add_token_ids(i);
+  Expect(Step(MakeStep(0, {ids})), grpc::StatusCode::INVALID_ARGUMENT,
+         "StepEntry.token_ids: field 5 has more than 8 values");
+  Expect(Step(MakeStep(0, {Entry(std::string(300, 'x'), 1)})),
+         grpc::StatusCode::INVALID_ARGUMENT, "StepEntry.sequence_id has 300 bytes; at most 256");
+  v1::StepEntry rank = Entry("s0", 1);
+  for (int i = 0; i < 6; ++i) rank.mutable_q()->add_shape(1);
+  Expect(Step(MakeStep(0, {rank})), grpc::StatusCode::INVALID_ARGUMENT,
+         "Tensor.shape: field 2 has more than 8 values");
+  // The limits are not off by one: the largest request that fits is served.
+  const grpc::Status fits =
+      Step(MakeStep(0, {Entry("s0", 8), Entry("s1", 4), Entry("s2", 2), Entry("s3", 2)}));
+  EXPECT_TRUE(fits.ok()) << fits.error_message();
+}
+
+// Two bytes on the wire per entry would be a few hundred in memory each: a flood of empty
+// entries is refused by the decoder at the limit, before it allocates for the rest.
+TEST_F(LimitsTest, AFloodOfEmptyEntriesIsRefusedCheaply) {
+  v1::StepRequest request;
+  for (int i = 0; i < 1'000'000; ++i) request.add_entries();
+  const auto start = std::chrono::steady_clock::now();
+  Expect(Step(request), grpc::StatusCode::INVALID_ARGUMENT,
+         "StepRequest.entries: more than 4 entries");
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(20));
+}
+
+TEST_F(LimitsTest, SequenceCount) {
+  ASSERT_TRUE(Create("s5").ok());
+  Expect(Create("s6"), grpc::StatusCode::RESOURCE_EXHAUSTED,
+         "the server holds 6 sequences, its limit (6, --max-sequences)");
+  grpc::ClientContext context;
+  v1::FreeSequenceRequest free;
+  free.set_sequence_id("s5");
+  v1::FreeSequenceResponse freed;
+  ASSERT_TRUE(server_->kvcache().FreeSequence(&context, free, &freed).ok());
+  EXPECT_TRUE(Create("s6").ok());
+}
+
+TEST_F(LimitsTest, StatelessAttentionRowsBatchAndWork) {
+  std::mt19937_64 rng(2);
+  auto attention = [&](int b, int sq, int skv) {
+    v1::AttentionRequest request;
+    RandomTensor(DType::kFloat32, {b, sq, 4, 64}, rng).ToProto(request.mutable_q());
+    RandomTensor(DType::kFloat32, {b, skv, 2, 64}, rng).ToProto(request.mutable_k());
+    RandomTensor(DType::kFloat32, {b, skv, 2, 64}, rng).ToProto(request.mutable_v());
+    grpc::ClientContext context;
+    v1::AttentionResponse response;
+    return server_->attention().Attention(&context, request, &response);
+  };
+  Expect(attention(4, 1, 1), grpc::StatusCode::INVALID_ARGUMENT,
+         "q.shape[0] (B) = 4 exceeds the server's limit 3 (--max-attention-batch)");
+  Expect(attention(1, 65, 1), grpc::StatusCode::INVALID_ARGUMENT,
+         "B*Sq = 65 exceeds the server's limit 64 (--max-attention-rows)");
+  Expect(attention(1, 1, 65), grpc::StatusCode::INVALID_ARGUMENT,
+         "B*Skv = 65 exceeds the server's limit 64 (--max-attention-rows)");
+  Expect(attention(1, 64, 64), grpc::StatusCode::INVALID_ARGUMENT,
+         "the call's work (sum of Hq*Sq*Skv*D) = 1048576 exceeds the server's limit 524288 "
+         "(--max-attention-work)");
+  EXPECT_TRUE(attention(1, 64, 32).ok());
+
+  v1::AttentionVarlenRequest varlen;
+  RandomTensor(DType::kFloat32, {8, 4, 64}, rng).ToProto(varlen.mutable_q());
+  RandomTensor(DType::kFloat32, {8, 2, 64}, rng).ToProto(varlen.mutable_k());
+  RandomTensor(DType::kFloat32, {8, 2, 64}, rng).ToProto(varlen.mutable_v());
+  for (int i = 0; i <= 8; i += 2) varlen.add_cu_seqlens_q(i), varlen.add_cu_seqlens_kv(i);
+  grpc::ClientContext context;
+  v1::AttentionResponse response;
+  Expect(server_->attention().AttentionVarlen(&context, varlen, &response),
+         grpc::StatusCode::INVALID_ARGUMENT,
+         "AttentionVarlenRequest.cu_seqlens_q: field 4 has more than 4 values");
+}
+
+}  // namespace
+}  // namespace flashkv::testing
