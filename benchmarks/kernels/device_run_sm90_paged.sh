@@ -9,7 +9,7 @@
 #                      kernel-path tests
 #   regress_test.txt   ctest of the suites the change touches: cuda_sm90_test, cuda_attention_test
 #                      (sm80 paged, the moved RunPaged), the shared paged sweeps (Cuda*)
-#   sanitizer.txt      compute-sanitizer racecheck + memcheck on small paged cases
+#   sanitizer.txt      compute-sanitizer racecheck + memcheck on a small paged case (two tiles)
 #   sass.txt           per-kernel HGMMA / UTMALDG / UTMASTG / USETMAXREG / local-memory counts
 #   paged_prefill.md   cuda_attention_benchmark: paged (pages 16/64/128/256) vs contiguous, TFLOPS
 #
@@ -73,11 +73,11 @@ fi
 
 if has sanitize; then
   stamp sanitize
-  F='Sm90Paged/CudaSm90PagedTest.MixedPrefillAndDecode/fp16_d128'
+  F='Sm90Paged/CudaSm90PagedTest.SmallTailCase'
   { timeout "$(limit 90)" compute-sanitizer --tool racecheck --racecheck-report all \
-      $T/cuda_sm90_paged_test --gtest_filter="$F"
+      $T/cuda_sm90_paged_test --gtest_filter="$F/fp16_d128:$F/bf16_d64"
     timeout "$(limit 60)" compute-sanitizer --tool memcheck $T/cuda_sm90_paged_test \
-      --gtest_filter='Sm90Paged/CudaSm90PagedTest.PageSizesMatchReference/bf16_d256'
+      --gtest_filter="$F/bf16_d256:$F/fp16_d128"
   } > "$OUT/sanitizer.txt" 2>&1
   grep -E "RACECHECK SUMMARY|ERROR SUMMARY|hazard|Invalid|PASSED|FAILED" "$OUT/sanitizer.txt" |
     head -20

@@ -59,6 +59,13 @@ std::string Name(const char* what, int page_size, bool causal) {
   return std::string(what) + " page " + std::to_string(page_size) + (causal ? " causal" : "");
 }
 
+// One launch of two sequences (two tiles), both ending inside a box and one inside the second box
+// of a key tile: the case the device script runs under compute-sanitizer (racecheck, memcheck).
+TEST_P(CudaSm90PagedTest, SmallTailCase) {
+  Problem p = MakeProblem(dtype_, 4, 2, head_dim_, {100, 128}, {200, 150}, false, 30);
+  Check(p, 64, "small tail case");
+}
+
 TEST_P(CudaSm90PagedTest, PageSizesMatchReference) {
   for (int page_size : {64, 128, 256}) {
     for (bool causal : {false, true}) {
