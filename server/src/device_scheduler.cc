@@ -295,6 +295,7 @@ void DeviceScheduler::Execute(Plan& plan) {
     }
   }
   absl::Status launch_status;
+  absl::Duration kernel_time;
   if (!windows.empty()) {
     const absl::Time start = absl::Now();
     absl::StatusOr<LaunchSummary> summary =
@@ -302,6 +303,7 @@ void DeviceScheduler::Execute(Plan& plan) {
     const absl::Duration elapsed = absl::Now() - start;
     launch_status = summary.status();
     if (summary.ok()) {
+      kernel_time = summary->kernel_time;
       metrics_->RecordBatch(device_id_, summary->entries, summary->tokens, elapsed);
       spdlog::trace("device {} layer {}: {} sequences, {} tokens in {}", device_id_, plan.layer,
                     summary->entries, summary->tokens, absl::FormatDuration(elapsed));
@@ -326,6 +328,7 @@ void DeviceScheduler::Execute(Plan& plan) {
       }
       StepPart* part = windows[i].part;
       part->rows_done = windows[i].end;
+      part->kernel_time += kernel_time;
       if (part->rows_done == part->total_rows()) {
         completed.push_back(launched[i]);
         ++counters_.parts_completed;

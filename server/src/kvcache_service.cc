@@ -377,8 +377,8 @@ std::shared_ptr<StepState> KvCacheService::MakeStep(
   };
   auto step = std::make_shared<StepState>(std::move(message), layer, step_id, std::move(entries),
                                           out_row_bytes, static_cast<int32_t>(m.dtype),
-                                          m.num_q_heads, m.head_dim, received, caches_, releasers_,
-                                          std::move(completion));
+                                          m.num_q_heads, m.head_dim, received, clock_, caches_,
+                                          releasers_, std::move(completion));
   step->set_tenant(std::move(tenant));
   if (reservation.has_value()) step->set_reservation(*std::move(reservation));
   return step;

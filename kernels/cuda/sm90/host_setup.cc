@@ -105,6 +105,7 @@ struct LaunchShapes {
 
 LaunchShapes Shapes(const AttentionParams& p, const LaunchInfo& info) {
   const bool varlen = p.cu_seqlens_q != nullptr;
+  const bool paged = p.block_table != nullptr;
   const int64_t q_rows = varlen ? p.total_q : p.seqlen_q;
   const int64_t kv_rows = varlen ? (info.host_cu_seqlens_kv != nullptr
                                         ? info.host_cu_seqlens_kv[p.num_seqs]
@@ -119,6 +120,14 @@ LaunchShapes Shapes(const AttentionParams& p, const LaunchInfo& info) {
               p.v_batch_stride, varlen);
   s.out = Shape(p.head_dim, q_rows, p.num_heads_q, p.num_seqs, p.out_row_stride,
                 p.out_head_stride, p.out_batch_stride, varlen);
+  if (paged) {
+    // The pools as [block, K/V head, slot, dim]: a box of slots is addressed by (slot, head,
+    // block), the block read from the table on the device.
+    s.k = Shape(p.head_dim, p.page_size, p.num_heads_kv, info.num_blocks, p.k_row_stride,
+                p.k_head_stride, p.k_batch_stride, /*varlen=*/false);
+    s.v = Shape(p.head_dim, p.page_size, p.num_heads_kv, info.num_blocks, p.v_row_stride,
+                p.v_head_stride, p.v_batch_stride, /*varlen=*/false);
+  }
   return s;
 }
 
@@ -146,7 +155,7 @@ bool TmaCanDescribe(const AttentionParams& p, const LaunchInfo& info, int elemen
 
 KernelStatus BuildSchedule(const AttentionParams& p, const LaunchInfo& info, int head_dim,
                            int element_bytes, const DeviceProps& props, Schedule* schedule) {
-  const TileShape shape = ChooseTileShape(head_dim);
+  const TileShape shape = ChooseTileShape(head_dim, p.block_table != nullptr);
   const int64_t tiles = CountTiles(p, info, shape.block_m);
   if (tiles > kMaxTiles) return InvalidArgument("sm90 schedule: too many tiles");
   *schedule = Schedule{};
@@ -197,15 +206,17 @@ KernelStatus EncodeTensorMaps(const AttentionParams& p, const LaunchInfo& info, 
                               Sm90Params* params) {
   EncodeTiledFn encode = nullptr;
   FLASHKV_RETURN_IF_ERROR(GetEncoder(&encode));
-  const TileShape shape = ChooseTileShape(p.head_dim);
+  const bool paged = p.block_table != nullptr;
+  const TileShape shape = ChooseTileShape(p.head_dim, paged);
   const LaunchShapes s = Shapes(p, info);
   FLASHKV_RETURN_IF_ERROR(Encode(encode, &params->q_map, s.q, dtype, p.q, shape.block_m, "q"));
   // K and V may be null when no sequence has keys: no tile then loads them, but the map still
   // needs a valid address.
   const void* k = p.k != nullptr ? p.k : p.q;
   const void* v = p.v != nullptr ? p.v : p.q;
-  FLASHKV_RETURN_IF_ERROR(Encode(encode, &params->k_map, s.k, dtype, k, shape.block_n, "k"));
-  FLASHKV_RETURN_IF_ERROR(Encode(encode, &params->v_map, s.v, dtype, v, shape.block_n, "v"));
+  const int kv_box_rows = paged ? kPagedBoxRows : shape.block_n;
+  FLASHKV_RETURN_IF_ERROR(Encode(encode, &params->k_map, s.k, dtype, k, kv_box_rows, "k"));
+  FLASHKV_RETURN_IF_ERROR(Encode(encode, &params->v_map, s.v, dtype, v, kv_box_rows, "v"));
   return Encode(encode, &params->o_map, s.out, dtype, p.out, 64, "out");
 }
 

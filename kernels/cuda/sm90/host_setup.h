@@ -22,14 +22,16 @@ namespace flashkv::cuda::sm90 {
 int64_t CountTiles(const AttentionParams& p, const LaunchInfo& info, int block_m);
 
 // Fixed length: heads grouped in sections whose K/V fit half the L2, m-blocks heaviest first
-// under causal. Varlen: sequences with queries ordered by context length (longest first),
-// m-blocks heaviest first under causal. kInvalidArgument past the schedule's limits (the path
-// choice keeps such launches on sm80, so reaching it is a caller bug).
+// under causal. Varlen and paged: sequences with queries ordered by context length (longest
+// first), m-blocks heaviest first under causal. kInvalidArgument past the schedule's limits (the
+// path choice keeps such launches on sm80, so reaching it is a caller bug).
 KernelStatus BuildSchedule(const AttentionParams& p, const LaunchInfo& info, int head_dim,
                            int element_bytes, const DeviceProps& props, Schedule* schedule);
 
 // Q, K, V and O maps: fixed [batch, head, row, dim] as 4-d maps, varlen [head, packed row, dim]
-// as 3-d maps; boxes of 64 dims (128 bytes, swizzled 128B) x block_m / block_n / 64 rows.
+// as 3-d maps; boxes of 64 dims (128 bytes, swizzled 128B) x block_m / block_n / 64 rows. Paged
+// launches (p.block_table set): varlen Q and O, K and V as 4-d maps over the pools
+// [block, K/V head, slot, dim] (info.num_blocks blocks) with boxes of kPagedBoxRows slots.
 KernelStatus EncodeTensorMaps(const AttentionParams& p, const LaunchInfo& info, DType dtype,
                               Sm90Params* params);
 
