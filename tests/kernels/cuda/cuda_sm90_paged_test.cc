@@ -147,23 +147,6 @@ TEST_P(CudaSm90PagedTest, SameAsContiguousKernel) {
   }
 }
 
-TEST(Sm90PagedBoxRows, WholeTilesWherePagesHoldThem) {
-  // Head dims 64 and 128 (block_n 128), and 256's paged tile (block_n 64).
-  EXPECT_EQ(sm90::PagedBoxRows(64, 128), 64);
-  EXPECT_EQ(sm90::PagedBoxRows(128, 128), 128);
-  EXPECT_EQ(sm90::PagedBoxRows(192, 128), 64);
-  EXPECT_EQ(sm90::PagedBoxRows(256, 128), 128);
-  EXPECT_EQ(sm90::PagedBoxRows(64, 64), 64);
-  EXPECT_EQ(sm90::PagedBoxRows(192, 64), 64);
-  sm90::testing::ForcePagedBoxRows(64);
-  EXPECT_EQ(sm90::PagedBoxRows(256, 128), 64);
-  sm90::testing::ForcePagedBoxRows(128);
-  EXPECT_EQ(sm90::PagedBoxRows(192, 128), 64) << "a forced box must lie inside one page";
-  EXPECT_EQ(sm90::PagedBoxRows(128, 64), 64) << "a forced box must be a whole number per tile";
-  sm90::testing::ForcePagedBoxRows(0);
-  EXPECT_EQ(sm90::PagedBoxRows(256, 128), 128);
-}
-
 INSTANTIATE_TEST_SUITE_P(Sm90Paged, CudaSm90PagedTest,
                          ::testing::Combine(::testing::Values(DType::kFloat16, DType::kBFloat16),
                                             ::testing::Values(64, 128, 256)),
