@@ -32,6 +32,7 @@ class LimitsTest : public ::testing::Test {
     l.max_attention_rows = 64;
     l.max_attention_batch = 3;
     l.max_attention_work = 64 * 32 * 4 * 64;  // Hq=4, D=64: one sequence of 64 x 32
+    config.max_context = 24;
     absl::StatusOr<std::unique_ptr<TestServer>> server = TestServer::Start(config);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
@@ -111,6 +112,59 @@ TEST_F(LimitsTest, SequenceCount) {
   v1::FreeSequenceResponse freed;
   ASSERT_TRUE(server_->kvcache().FreeSequence(&context, free, &freed).ok());
   EXPECT_TRUE(Create("s6").ok());
+}
+
+TEST_F(LimitsTest, ContextLength) {
+  // 24 tokens fit; the 25th is refused before any block is reserved, and changes nothing.
+  for (int i = 0; i < 3; ++i) {
+    v1::StepEntry entry = Entry("s0", 8);
+    ASSERT_TRUE(Step(MakeStep(0, {entry})).ok());
+  }
+  Expect(Step(MakeStep(0, {Entry("s0", 1)})), grpc::StatusCode::INVALID_ARGUMENT,
+         "entries[0]: sequence 's0' would reach 25 tokens at layer 0, past max_context (24)");
+  // A prompt longer than the context is refused at creation.
+  grpc::ClientContext context;
+  v1::CreateSequenceRequest create;
+  create.set_sequence_id("long-prompt");
+  for (int i = 0; i < 25; ++i) create.add_token_ids(i);
+  v1::CreateSequenceResponse created;
+  Expect(server_->kvcache().CreateSequence(&context, create, &created),
+         grpc::StatusCode::INVALID_ARGUMENT, "prompt_token_ids has 25 tokens, past max_context (24)");
+  grpc::ClientContext info_context;
+  v1::CacheInfo info;
+  ASSERT_TRUE(server_->kvcache().GetCacheInfo(&info_context, v1::GetCacheInfoRequest(), &info).ok());
+  EXPECT_EQ(info.max_context(), 24u);
+}
+
+// Message bytes: gRPC refuses a request past --max-receive-message-bytes from its length
+// prefix, before the message is read into memory.
+TEST(MessageLimitTest, ARequestPastTheMessageLimitIsRefused) {
+  server::ServerConfig config = SmallModelConfig();
+  config.transport.max_receive_message_bytes = 8192;
+  absl::StatusOr<std::unique_ptr<TestServer>> server = TestServer::Start(config);
+  ASSERT_TRUE(server.ok()) << server.status();
+  ReferenceCache reference(config.model);
+  std::mt19937_64 rng(3);
+  {
+    grpc::ClientContext context;
+    v1::CreateSequenceRequest request;
+    request.set_sequence_id("s");
+    v1::CreateSequenceResponse response;
+    ASSERT_TRUE((*server)->kvcache().CreateSequence(&context, request, &response).ok());
+  }
+  auto step = [&](int n) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    v1::StepResponse response;
+    return (*server)->kvcache().Step(&context, MakeStep(0, {reference.MakeEntry("s", n, rng)}),
+                                     &response);
+  };
+  // 8 tokens: 8 x (4 + 2 + 2) heads x 64 x 4 bytes = 16 KiB of tensors.
+  const grpc::Status big = step(8);
+  EXPECT_EQ(big.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << big.error_message();
+  EXPECT_NE(big.error_message().find("8192"), std::string::npos) << big.error_message();
+  const grpc::Status small = step(1);  // 2 KiB
+  EXPECT_TRUE(small.ok()) << small.error_message();
 }
 
 TEST_F(LimitsTest, StatelessAttentionRowsBatchAndWork) {

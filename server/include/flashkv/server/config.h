@@ -47,7 +47,7 @@ struct SchedulerConfig {
 
 inline constexpr int64_t kDefaultCpuKvCacheBytes = int64_t{1} << 30;
 
-// Transport security and authentication (docs/operations.md#security).
+// Transport security and authentication (docs/reliability.md#security).
 struct SecurityConfig {
   // TLS: the server's PEM certificate chain and private key, both or neither.
   std::string tls_cert_file;
