@@ -35,10 +35,12 @@ inline constexpr int kThreads = 128 * (1 + kConsumerWarpgroups);
 inline constexpr int kProducerRegisters = 24;
 inline constexpr int kConsumerRegisters = 240;
 
-// Keys per TMA box of a paged K/V tile: every box lies inside one page when page_size is a
-// multiple of it, so paged launches with such pages take the sm90 kernel (sm80 gathers rows for
-// the others: a 16-key page would cost 8 boxes x chunks of TMA issue per tile). 64 divides every
-// paged block_n below and keeps boxes of whole 8-row swizzle atoms on 8 KB boundaries.
+// Keys per TMA box of a paged K/V tile where pages do not hold whole tiles (pages that do are
+// loaded one tile per box, as contiguous K/V: host_setup.h's PagedBoxRows): every box lies inside
+// one page when page_size is a multiple of it, so paged launches with such pages take the sm90
+// kernel (sm80 gathers rows for the others: a 16-key page would cost 8 boxes x chunks of TMA issue
+// per tile). 64 divides every paged block_n below and keeps boxes of whole 8-row swizzle atoms on
+// 8 KB boundaries.
 inline constexpr int kPagedBoxRows = 64;
 
 constexpr TileShape ChooseTileShape(int head_dim, bool paged = false) {
