@@ -1,10 +1,12 @@
-// Benchmark of the CUDA attention kernels: fixed-length prefill (TFLOPS) and paged decode (KV-read
-// GB/s against a device-to-device copy measured in the same run). CUDA events around each call,
-// warm-up first, median of --reps (>= 30), inputs rotated over enough copies to exceed the L2
-// cache. Prints markdown tables.
+// Benchmark of the CUDA attention kernels: fixed-length prefill (TFLOPS), paged prefill against the
+// same problem on contiguous K/V (the ratio of the two calls, and the kernel each took), and paged
+// decode (KV-read GB/s against a device-to-device copy measured in the same run). CUDA events
+// around each call (paged and varlen calls as CUDA graph replays, so that host-side validation of
+// the block table stays out of the numbers), warm-up first, median of --reps (>= 30), inputs
+// rotated over enough copies to exceed the L2 cache. Prints markdown tables.
 //
-//   cuda_attention_benchmark [--reps 30] [--dtype fp16|bf16|fp32] [--head-dim D] [--seqlen S]
-//                            [--no-decode]
+//   cuda_attention_benchmark [--reps 30] [--dtype fp16|bf16|fp32] [--head-dim D]
+//                            [--seqlen S[,S...]] [--no-fixed] [--no-paged-prefill] [--no-decode]
 
 #include <cuda_runtime_api.h>
 
@@ -15,13 +17,17 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <numeric>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "flashkv/attention.h"
 #include "flashkv/cuda_backend.h"
+#include "kernel_path.h"
+#include "sm90/host_setup.h"
 
 namespace flashkv::cuda {
 namespace {
@@ -114,6 +120,64 @@ double CopyGBs(int reps) {
   return 2.0 * bytes / (ms * 1e-3) / 1e9;
 }
 
+// Median milliseconds of each call captured in its own CUDA graph and replayed (the replays time
+// the GPU work alone), the calls' replays taking turns: 0, 1, ..., 0, 1, ... A table's calls run
+// for seconds under full load, over which the GPU's clocks and temperature drift; taking turns
+// spreads that drift over the calls a ratio compares instead of handing it to whichever ran later.
+// Each call runs once outside capture first (kernel attributes, warm-up).
+std::vector<double> GraphMediansMs(const std::vector<std::function<KernelStatus(Stream)>>& calls,
+                                   int reps) {
+  cudaStream_t stream;
+  BENCH_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  std::vector<cudaGraph_t> graphs(calls.size());
+  std::vector<cudaGraphExec_t> execs(calls.size());
+  for (size_t k = 0; k < calls.size(); ++k) {
+    BENCH_CHECK(calls[k](stream));
+    BENCH_CUDA(cudaStreamSynchronize(stream));
+    BENCH_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    BENCH_CHECK(calls[k](stream));
+    BENCH_CUDA(cudaStreamEndCapture(stream, &graphs[k]));
+    BENCH_CUDA(cudaGraphInstantiate(&execs[k], graphs[k], 0));
+  }
+  for (cudaGraphExec_t exec : execs) BENCH_CUDA(cudaGraphLaunch(exec, nullptr));
+  BENCH_CUDA(cudaDeviceSynchronize());
+  cudaEvent_t start, stop;
+  BENCH_CUDA(cudaEventCreate(&start));
+  BENCH_CUDA(cudaEventCreate(&stop));
+  std::vector<std::vector<float>> ms(calls.size(), std::vector<float>(reps));
+  for (int i = 0; i < reps; ++i) {
+    for (size_t k = 0; k < calls.size(); ++k) {
+      BENCH_CUDA(cudaEventRecord(start, nullptr));
+      BENCH_CUDA(cudaGraphLaunch(execs[k], nullptr));
+      BENCH_CUDA(cudaEventRecord(stop, nullptr));
+      BENCH_CUDA(cudaEventSynchronize(stop));
+      BENCH_CUDA(cudaEventElapsedTime(&ms[k][i], start, stop));
+    }
+  }
+  BENCH_CUDA(cudaEventDestroy(start));
+  BENCH_CUDA(cudaEventDestroy(stop));
+  std::vector<double> medians;
+  for (size_t k = 0; k < calls.size(); ++k) {
+    std::nth_element(ms[k].begin(), ms[k].begin() + reps / 2, ms[k].end());
+    medians.push_back(ms[k][reps / 2]);
+    BENCH_CUDA(cudaGraphExecDestroy(execs[k]));
+    BENCH_CUDA(cudaGraphDestroy(graphs[k]));
+  }
+  BENCH_CUDA(cudaStreamDestroy(stream));
+  return medians;
+}
+
+double GraphMedianMs(const std::function<KernelStatus(Stream)>& call, int reps) {
+  return GraphMediansMs({call}, reps)[0];
+}
+
+void* DeviceCopy(const std::vector<int32_t>& host) {
+  void* ptr = nullptr;
+  BENCH_CHECK(Malloc(&ptr, host.size() * 4));
+  BENCH_CHECK(MemcpyHostToDevice(ptr, host.data(), host.size() * 4, nullptr));
+  return ptr;
+}
+
 void FixedTable(DType dtype, int reps, const std::vector<int>& head_dims,
                 const std::vector<int>& seqlens) {
   std::printf("## Fixed-length (%s, B=2, H=32 (16 at D=256)), TFLOPS = 4*B*H*S^2*D (/2 causal)\n\n",
@@ -158,6 +222,167 @@ void FixedTable(DType dtype, int reps, const std::vector<int>& head_dims,
   std::printf("\n");
 }
 
+// Paged prefill: B sequences of S new tokens over S keys each (the first chunk of a prompt), K/V
+// in shuffled pool blocks, against the same call on contiguous (varlen) K/V. Issue 10's target:
+// paged within 10% of contiguous for pages of 64 keys or more (the sm90 kernel loads them by TMA,
+// page by page); 16-key pages show the sm80 row-gather path beside it. Pages holding whole sm90
+// K/V tiles are timed with both box shapes (one box per tile, the default, and 64-key boxes), and
+// every call of a (D, S, causal) row group takes turns with the others (GraphMediansMs).
+struct PagedPrefillShape {
+  int batch, heads_q, heads_kv, head_dim, seqlen;
+};
+
+// K/V pools of `page`-key blocks holding B sequences of S keys, the table shuffled. The values are
+// random (any values do: only the addressing differs from the contiguous run).
+struct PagedPool {
+  int page = 0;
+  int blocks_per_seq = 0;
+  std::vector<int32_t> table;
+  void* k = nullptr;
+  void* v = nullptr;
+  void* d_table = nullptr;
+
+  PagedPool(DType dtype, const PagedPrefillShape& sh, int page_size) : page(page_size) {
+    blocks_per_seq = (sh.seqlen + page - 1) / page;
+    table.resize(size_t{1} * sh.batch * blocks_per_seq);
+    std::iota(table.begin(), table.end(), 0);
+    std::shuffle(table.begin(), table.end(), std::mt19937(page));
+    const size_t elements = table.size() * sh.heads_kv * page * sh.head_dim;
+    k = RandomDevice(elements, dtype, 11);
+    v = RandomDevice(elements, dtype, 12);
+    d_table = DeviceCopy(table);
+  }
+  PagedPool(const PagedPool&) = delete;
+  PagedPool& operator=(const PagedPool&) = delete;
+  ~PagedPool() {
+    for (void* p : {k, v, d_table}) BENCH_CHECK(Free(p));
+  }
+};
+
+// The varlen call's arguments with the same queries, outputs and lengths, over `pool`.
+PagedAttentionArgs PagedArgs(const VarlenAttentionArgs& c, const PagedPool& pool) {
+  PagedAttentionArgs a;
+  a.dtype = c.dtype;
+  a.num_seqs = c.num_seqs;
+  a.num_heads_q = c.num_heads_q;
+  a.num_heads_kv = c.num_heads_kv;
+  a.head_dim = c.head_dim;
+  a.total_q = c.total_q;
+  a.max_seqlen_q = c.max_seqlen_q;
+  a.max_seqlen_kv = c.max_seqlen_kv;
+  a.q = c.q, a.q_strides = c.q_strides;
+  a.out = c.out, a.out_strides = c.out_strides;
+  a.k_cache = pool.k, a.v_cache = pool.v;
+  a.cache_strides = DensePoolStrides(c.num_heads_kv, pool.page, c.head_dim);
+  a.num_blocks = static_cast<int>(pool.table.size());
+  a.page_size = pool.page;
+  a.block_table = static_cast<const int32_t*>(pool.d_table);
+  a.block_table_stride = pool.blocks_per_seq;
+  a.cu_seqlens_q = c.cu_seqlens_q;
+  a.cu_seqlens_kv = c.cu_seqlens_kv;
+  a.host_block_table = pool.table.data();
+  a.host_cu_seqlens_q = c.host_cu_seqlens_q;
+  a.host_cu_seqlens_kv = c.host_cu_seqlens_kv;
+  a.options = c.options;
+  return a;
+}
+
+void PagedPrefillTable(DType dtype, int reps, const std::vector<int>& head_dims,
+                       const std::vector<int>& seqlens) {
+  if (dtype == DType::kFloat32) return;
+  std::printf(
+      "## Paged prefill vs contiguous K/V (%s, B=4, Hq=32, Hkv=8), TFLOPS = 4*B*Hq*S^2*D "
+      "(/2 causal)\n\n",
+      DTypeName(dtype));
+  std::printf(
+      "| D | S | causal | page | box | kernel | ms | TFLOPS | contiguous kernel | ms | TFLOPS | "
+      "paged / contiguous time |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  for (int d : head_dims) {
+    if (!IsCompiled(dtype, d)) continue;
+    for (int s : seqlens) {
+      const PagedPrefillShape sh{4, 32, 8, d, s};
+      const int64_t tokens = int64_t{sh.batch} * s;
+      std::vector<int32_t> cu(sh.batch + 1);
+      for (int b = 0; b <= sh.batch; ++b) cu[b] = b * s;
+      void* q = RandomDevice(size_t{1} * tokens * sh.heads_q * d, dtype, 1);
+      void* out = RandomDevice(size_t{1} * tokens * sh.heads_q * d, dtype, 2);
+      void* k = RandomDevice(size_t{1} * tokens * sh.heads_kv * d, dtype, 3);
+      void* v = RandomDevice(size_t{1} * tokens * sh.heads_kv * d, dtype, 4);
+      void* d_cu = DeviceCopy(cu);
+      std::vector<std::unique_ptr<PagedPool>> pools;
+      for (int page : {16, 64, 128, 256}) {
+        pools.push_back(std::make_unique<PagedPool>(dtype, sh, page));
+      }
+      for (bool causal : {false, true}) {
+        VarlenAttentionArgs c;
+        c.dtype = dtype;
+        c.num_seqs = sh.batch;
+        c.num_heads_q = sh.heads_q;
+        c.num_heads_kv = sh.heads_kv;
+        c.head_dim = d;
+        c.total_q = c.total_kv = tokens;
+        c.max_seqlen_q = c.max_seqlen_kv = s;
+        c.q = q, c.q_strides = DenseStrides(0, sh.heads_q, d);
+        c.k = k, c.k_strides = DenseStrides(0, sh.heads_kv, d);
+        c.v = v, c.v_strides = DenseStrides(0, sh.heads_kv, d);
+        c.out = out, c.out_strides = DenseStrides(0, sh.heads_q, d);
+        c.cu_seqlens_q = c.cu_seqlens_kv = static_cast<const int32_t*>(d_cu);  // q_len = kv_len
+        c.host_cu_seqlens_q = c.host_cu_seqlens_kv = cu.data();
+        c.options.causal = causal;
+        KernelPath contiguous_path = KernelPath::kSimt;
+        BENCH_CHECK(testing::PathOf(c, &contiguous_path));
+        // Call 0 is the contiguous one; then one per (pool, box), the box forced while the call
+        // is captured (the tensor maps are encoded then).
+        struct Variant {
+          const PagedPool* pool;
+          PagedAttentionArgs args;
+          KernelPath path = KernelPath::kSimt;
+          int box = 0;  // 0: not the sm90 kernel
+        };
+        std::vector<Variant> variants;
+        const int block_n = sm90::ChooseTileShape(d, /*paged=*/true).block_n;
+        for (const auto& pool : pools) {
+          Variant v{pool.get(), PagedArgs(c, *pool)};
+          BENCH_CHECK(testing::PathOf(v.args, &v.path));
+          if (v.path != KernelPath::kSm90) {
+            variants.push_back(v);
+            continue;
+          }
+          v.box = sm90::PagedBoxRows(pool->page, block_n);
+          variants.push_back(v);
+          if (v.box != sm90::kPagedBoxRows) {
+            v.box = sm90::kPagedBoxRows;
+            variants.push_back(v);
+          }
+        }
+        std::vector<std::function<KernelStatus(Stream)>> calls = {
+            [&](Stream stream) { return AttentionVarlen(c, stream); }};
+        for (const Variant& v : variants) {
+          calls.push_back([&v](Stream stream) {
+            sm90::testing::ForcePagedBoxRows(v.box);
+            const KernelStatus status = AttentionPaged(v.args, stream);
+            sm90::testing::ForcePagedBoxRows(0);
+            return status;
+          });
+        }
+        const std::vector<double> ms = GraphMediansMs(calls, reps);
+        const double flops = 4.0 * tokens * sh.heads_q * double(s) * d / (causal ? 2 : 1);
+        for (size_t i = 0; i < variants.size(); ++i) {
+          const Variant& v = variants[i];
+          std::printf("| %d | %d | %s | %d | %s | %s | %.3f | %.0f | %s | %.3f | %.0f | %.3f |\n",
+                      d, s, causal ? "yes" : "no", v.pool->page,
+                      v.box > 0 ? std::to_string(v.box).c_str() : "-", KernelPathName(v.path),
+                      ms[i + 1], flops / (ms[i + 1] * 1e-3) / 1e12,
+                      KernelPathName(contiguous_path), ms[0], flops / (ms[0] * 1e-3) / 1e12,
+                      ms[i + 1] / ms[0]);
+        }
+      }
+      for (void* p : {q, out, k, v, d_cu}) BENCH_CHECK(Free(p));
+    }
+  }
+  std::printf("\n");
+}
+
 void DecodeTable(int reps, double copy_gbs) {
   const DType dtype = DType::kFloat16;
   const int hq = 32, hkv = 8, d = 128, page = 16;
@@ -179,13 +404,9 @@ void DecodeTable(int reps, double copy_gbs) {
       void* v_pool = RandomDevice(pool_elements, dtype, 2);
       void* q = RandomDevice(size_t{1} * batch * hq * d, dtype, 3);
       void* out = RandomDevice(size_t{1} * batch * hq * d, dtype, 4);
-      void *d_table = nullptr, *d_cq = nullptr, *d_ckv = nullptr;
-      BENCH_CHECK(Malloc(&d_table, table.size() * 4));
-      BENCH_CHECK(Malloc(&d_cq, cu_q.size() * 4));
-      BENCH_CHECK(Malloc(&d_ckv, cu_kv.size() * 4));
-      BENCH_CHECK(MemcpyHostToDevice(d_table, table.data(), table.size() * 4, nullptr));
-      BENCH_CHECK(MemcpyHostToDevice(d_cq, cu_q.data(), cu_q.size() * 4, nullptr));
-      BENCH_CHECK(MemcpyHostToDevice(d_ckv, cu_kv.data(), cu_kv.size() * 4, nullptr));
+      void* d_table = DeviceCopy(table);
+      void* d_cq = DeviceCopy(cu_q);
+      void* d_ckv = DeviceCopy(cu_kv);
       PagedAttentionArgs a;
       a.dtype = dtype;
       a.num_seqs = batch;
@@ -209,24 +430,11 @@ void DecodeTable(int reps, double copy_gbs) {
       a.host_cu_seqlens_q = cu_q.data();
       a.host_cu_seqlens_kv = cu_kv.data();
       a.options.causal = true;
-      // Capture one call in a graph: replays time the GPU work without the host-side validation of
-      // the block table (which the events would otherwise include when the GPU waits for it).
-      cudaStream_t stream;
-      BENCH_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-      BENCH_CHECK(AttentionPaged(a, stream));  // warm-up outside capture (kernel attributes)
-      BENCH_CUDA(cudaStreamSynchronize(stream));
-      cudaGraph_t graph;
-      cudaGraphExec_t exec;
-      BENCH_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-      BENCH_CHECK(AttentionPaged(a, stream));
-      BENCH_CUDA(cudaStreamEndCapture(stream, &graph));
-      BENCH_CUDA(cudaGraphInstantiate(&exec, graph, 0));
-      const double ms = MedianMs([&](int) { BENCH_CUDA(cudaGraphLaunch(exec, nullptr)); }, reps);
+      const double ms =
+          GraphMedianMs([&](Stream stream) { return AttentionPaged(a, stream); }, reps);
       const double gbs = kv_bytes / (ms * 1e-3) / 1e9;
-      std::printf("| %d | %d | %.0f | %.0f | %.0f%% |\n", batch, ctx, ms * 1e3, gbs, 100 * gbs / copy_gbs);
-      BENCH_CUDA(cudaGraphExecDestroy(exec));
-      BENCH_CUDA(cudaGraphDestroy(graph));
-      BENCH_CUDA(cudaStreamDestroy(stream));
+      std::printf("| %d | %d | %.0f | %.0f | %.0f%% |\n", batch, ctx, ms * 1e3, gbs,
+                  100 * gbs / copy_gbs);
       for (void* p : {k_pool, v_pool, q, out, d_table, d_cq, d_ckv}) BENCH_CHECK(Free(p));
     }
   }
@@ -242,7 +450,7 @@ int main(int argc, char** argv) {
   std::vector<DType> dtypes = {DType::kFloat16, DType::kBFloat16};
   std::vector<int> head_dims = {64, 128, 256};
   std::vector<int> seqlens = {512, 1024, 2048, 4096, 8192, 16384};
-  bool decode = true;
+  bool decode = true, fixed = true, paged_prefill = true;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--reps") == 0 && i + 1 < argc) reps = std::max(30, std::atoi(argv[++i]));
     if (std::strcmp(argv[i], "--dtype") == 0 && i + 1 < argc) {
@@ -251,7 +459,15 @@ int main(int argc, char** argv) {
       dtypes = {*dtype};
     }
     if (std::strcmp(argv[i], "--head-dim") == 0 && i + 1 < argc) head_dims = {std::atoi(argv[++i])};
-    if (std::strcmp(argv[i], "--seqlen") == 0 && i + 1 < argc) seqlens = {std::atoi(argv[++i])};
+    if (std::strcmp(argv[i], "--seqlen") == 0 && i + 1 < argc) {  // S or S,S,...
+      seqlens.clear();
+      std::stringstream list(argv[++i]);
+      for (std::string item; std::getline(list, item, ',');) {
+        seqlens.push_back(std::atoi(item.c_str()));
+      }
+    }
+    if (std::strcmp(argv[i], "--no-fixed") == 0) fixed = false;
+    if (std::strcmp(argv[i], "--no-paged-prefill") == 0) paged_prefill = false;
     if (std::strcmp(argv[i], "--no-decode") == 0) decode = false;
   }
   if (cuda::DeviceCount() == 0) {
@@ -264,7 +480,17 @@ int main(int argc, char** argv) {
               info.multiprocessor_count, reps);
   const double copy_gbs = cuda::CopyGBs(reps);
   std::printf("Device-to-device copy (bytes read + written): %.0f GB/s\n\n", copy_gbs);
-  for (DType dtype : dtypes) cuda::FixedTable(dtype, reps, head_dims, seqlens);
+  if (fixed) {
+    for (DType dtype : dtypes) cuda::FixedTable(dtype, reps, head_dims, seqlens);
+  }
+  if (paged_prefill) {
+    // Prefill chunks of 1k and more (shorter ones are few tiles either way).
+    std::vector<int> prefill;
+    for (int s : seqlens) {
+      if (s >= 1024) prefill.push_back(s);
+    }
+    for (DType dtype : dtypes) cuda::PagedPrefillTable(dtype, reps, head_dims, prefill);
+  }
   if (decode) cuda::DecodeTable(reps, copy_gbs);
   return 0;
 }

@@ -59,13 +59,7 @@ fi
 
 if has sass; then
   stamp sass
-  for o in $B/kernels/cuda/CMakeFiles/flashkv_kernels_sm90.dir/generated/*.cu.o; do
-    cuobjdump -sass "$o" > /tmp/sm90.sass 2>/dev/null
-    awk -v tu="$(basename "$o" .cu.o)" '
-      /Function :/ { if (name) print tu, name, h, l, s, r, m; name = $3; h = l = s = r = m = 0 }
-      /HGMMA/ { h++ } /UTMALDG/ { l++ } /UTMASTG/ { s++ } /USETMAXREG/ { r++ } / (LDL|STL)/ { m++ }
-      END { if (name) print tu, name, h, l, s, r, m }' /tmp/sm90.sass
-  done | awk 'BEGIN { print "tu kernel HGMMA UTMALDG UTMASTG USETMAXREG local" } { print }' > "$OUT/sass.txt"
+  bash benchmarks/kernels/sm90_sass_summary.sh $B > "$OUT/sass.txt"
   sed 's/_ZN7flashkv4cuda4sm9015AttentionKernelINS1_6Traits//' "$OUT/sass.txt"
 fi
 

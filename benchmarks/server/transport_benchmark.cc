@@ -162,7 +162,7 @@ absl::Status EchoWire(const grpc::ByteBuffer& request, grpc::ByteBuffer* respons
     }
     const int64_t heads = e.q.shape.at(1) + e.k.shape.at(1) + e.v.shape.at(1);
     out.push_back(wire::TensorData{
-        kFloat16, {1, heads, kHeadDim}, buffer.get() + start, offset - start, buffer});
+        kFloat16, {1, heads, kHeadDim}, buffer.get() + start, offset - start, buffer, {}});
   }
   *response = wire::EncodeStepResponse(out, view.step_id);
   return absl::OkStatus();
@@ -247,7 +247,7 @@ grpc::ByteBuffer BuildWireRequest(const Payload& p, uint64_t step_id) {
   std::vector<wire::StepEntryData> entries(p.entries.size());
   for (size_t i = 0; i < p.entries.size(); ++i) {
     auto tensor = [](int64_t heads, const std::vector<uint8_t>& data) {
-      return wire::TensorData{kFloat16, {1, heads, kHeadDim}, data.data(), data.size(), kNoOwner};
+      return wire::TensorData{kFloat16, {1, heads, kHeadDim}, data.data(), data.size(), kNoOwner, {}};
     };
     entries[i].sequence_id = p.ids[i];
     entries[i].q = tensor(p.entries[i].q_heads, p.q[i]);

@@ -4,6 +4,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "flashkv/client/status.h"
+#include "grpcpp/completion_queue.h"
+#include "request_encoding.h"
 
 namespace flashkv {
 
@@ -54,7 +56,13 @@ Client::Client(std::shared_ptr<grpc::Channel> channel, const ClientConfig& confi
       default_timeout_(config.default_timeout),
       attention_(v1::AttentionService::NewStub(channel_)),
       kvcache_(v1::KvCacheService::NewStub(channel_)),
-      health_(grpc::health::v1::Health::NewStub(channel_)) {}
+      health_(grpc::health::v1::Health::NewStub(channel_)),
+      regions_(v1::RegionService::NewStub(channel_)),
+      step_bytes_(std::make_unique<grpc::TemplatedGenericStub<grpc::ByteBuffer, v1::StepResponse>>(
+          channel_)),
+      attention_bytes_(
+          std::make_unique<grpc::TemplatedGenericStub<grpc::ByteBuffer, v1::AttentionResponse>>(
+              channel_)) {}
 
 absl::Status Client::Prepare(grpc::ClientContext* context, const CallOptions& options,
                              const std::string* routing_key) const {
@@ -166,28 +174,58 @@ absl::StatusOr<v1::StepResponse> Client::Step(const v1::StepRequest& request,
   return response;
 }
 
+namespace {
+
+// Full method names of the calls sent as ByteBuffers (static: gRPC keeps the pointer).
+constexpr char kStepMethod[] = "/flashkv.v1.KvCacheService/Step";
+constexpr char kStepStreamMethod[] = "/flashkv.v1.KvCacheService/StepStream";
+constexpr char kAttentionMethod[] = "/flashkv.v1.AttentionService/Attention";
+constexpr char kAttentionVarlenMethod[] = "/flashkv.v1.AttentionService/AttentionVarlen";
+
+// A blocking unary call of an encoded request, on the calling thread (as gRPC's own synchronous
+// stubs do: a completion queue of the call's own, so no other thread is woken).
+template <typename Response>
+grpc::Status BlockingCall(grpc::TemplatedGenericStub<grpc::ByteBuffer, Response>& stub,
+                          grpc::ClientContext* context, const char* method,
+                          const grpc::ByteBuffer& request, Response* response) {
+  grpc::CompletionQueue cq;
+  std::unique_ptr<grpc::ClientAsyncResponseReader<Response>> call =
+      stub.PrepareUnaryCall(context, method, request, &cq);
+  call->StartCall();
+  grpc::Status status;
+  call->Finish(response, &status, nullptr);
+  void* tag;
+  bool ok;
+  (void)cq.Next(&tag, &ok);  // the only event: Finish
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  return status;
+}
+
+}  // namespace
+
 absl::StatusOr<std::vector<HostTensor>> Client::Step(uint32_t layer,
                                                      absl::Span<const StepInput> entries,
-                                                     const CallOptions& options) {
-  v1::StepRequest request;
-  request.set_layer(layer);
-  for (const StepInput& input : entries) {
-    v1::StepEntry* entry = request.add_entries();
-    entry->set_sequence_id(input.sequence_id);
-    CopyToProto(input.q, entry->mutable_q());
-    CopyToProto(input.k, entry->mutable_k());
-    CopyToProto(input.v, entry->mutable_v());
-    entry->mutable_token_ids()->Assign(input.token_ids.begin(), input.token_ids.end());
-  }
-  absl::StatusOr<v1::StepResponse> response = Step(request, options);
-  if (!response.ok()) return response.status();
-  std::vector<HostTensor> outputs;
-  outputs.reserve(response->out_size());
-  for (int i = 0; i < response->out_size(); ++i) {
+                                                     const CallOptions& options,
+                                                     StepTiming* timing) {
+  static const std::string kNoEntries;
+  const std::string& key = entries.empty() ? kNoEntries : entries.front().sequence_id;
+  grpc::ClientContext context;
+  if (absl::Status s = Prepare(&context, options, &key); !s.ok()) return s;
+  const grpc::ByteBuffer request = client_internal::EncodeStep(layer, 0, entries);
+  v1::StepResponse response;
+  const grpc::Status status = BlockingCall(*step_bytes_, &context, kStepMethod, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status, "Step");
+  if (absl::Status s = CheckStepResponse(ExpectationFor(0, entries), response); !s.ok()) return s;
+  if (timing != nullptr) *timing = TimingOf(response);
+  std::vector<HostTensor> outputs(response.out_size());
+  for (int i = 0; i < response.out_size(); ++i) {
+    if (entries[i].out.has_value()) continue;  // in the region
     absl::StatusOr<HostTensor> out =
-        HostTensor::FromProto(std::move(*response->mutable_out(i)), absl::StrCat("out[", i, "]"));
-    if (!out.ok()) return out.status();  // already checked by Step(); kept for safety
-    outputs.push_back(*std::move(out));
+        HostTensor::FromProto(std::move(*response.mutable_out(i)), absl::StrCat("out[", i, "]"));
+    if (!out.ok()) return out.status();  // already checked; kept for safety
+    outputs[i] = *std::move(out);
   }
   return outputs;
 }
@@ -204,10 +242,11 @@ absl::StatusOr<std::unique_ptr<StepSession>> Client::OpenStepSession(StepSession
   call.timeout = options.timeout;
   call.wait_for_ready = options.wait_for_ready;
   auto start = [this, call](grpc::ClientContext* context,
-                            grpc::ClientBidiReactor<v1::StepRequest, v1::StepResponse>* reactor,
+                            grpc::ClientBidiReactor<grpc::ByteBuffer, v1::StepResponse>* reactor,
                             const std::string& routing_key) -> absl::Status {
     if (absl::Status s = Prepare(context, call, &routing_key); !s.ok()) return s;
-    kvcache_->async()->StepStream(context, reactor);
+    step_bytes_->PrepareBidiStreamingCall(context, kStepStreamMethod, grpc::StubOptions(),
+                                          reactor);
     return absl::OkStatus();
   };
   return std::unique_ptr<StepSession>(new StepSession(std::move(options), std::move(start)));
@@ -215,36 +254,66 @@ absl::StatusOr<std::unique_ptr<StepSession>> Client::OpenStepSession(StepSession
 
 namespace {
 
-void FillCommon(const AttentionInput& input, v1::Tensor* q, v1::Tensor* k, v1::Tensor* v) {
-  CopyToProto(input.q, q);
-  CopyToProto(input.k, k);
-  CopyToProto(input.v, v);
+// An output the request asked to be written into `slice`: the response names it, without bytes.
+absl::Status CheckRegionResult(const v1::Tensor& got, const RegionSlice& slice, DType dtype,
+                               absl::Span<const int64_t> shape, const char* field) {
+  const bool same_slice = got.has_region() && got.region().region_id() == slice.region_id &&
+                          got.region().offset() == slice.offset && got.data().empty();
+  if (!same_slice || got.dtype() != ToProtoDType(dtype) ||
+      !std::equal(got.shape().begin(), got.shape().end(), shape.begin(), shape.end())) {
+    return absl::InternalError(absl::StrCat(field, " does not describe the requested region slice (",
+                                            slice.region_id, ", offset ", slice.offset, ") as ",
+                                            DTypeName(dtype), " ", ShapeString(shape)));
+  }
+  return absl::OkStatus();
 }
 
-// The response must carry out shaped like q in q's dtype, and lse when asked for.
-absl::StatusOr<AttentionResult> TakeResult(v1::AttentionResponse&& response, const TensorView& q,
-                                           bool want_lse) {
-  absl::StatusOr<HostTensor> out = HostTensor::FromProto(std::move(*response.mutable_out()), "out");
-  if (!out.ok()) return absl::InternalError(out.status().message());
-  if (out->dtype() != q.dtype() || out->shape() != q.shape()) {
-    return absl::InternalError(absl::StrCat("out is ", DTypeName(out->dtype()), " ",
-                                            ShapeString(out->shape()), ", expected ",
-                                            DTypeName(q.dtype()), " ", ShapeString(q.shape())));
-  }
-  AttentionResult result{*std::move(out), std::nullopt};
-  if (want_lse) {
-    absl::StatusOr<HostTensor> lse =
-        HostTensor::FromProto(std::move(*response.mutable_lse()), "lse");
-    if (!lse.ok()) return absl::InternalError(lse.status().message());
-    if (lse->dtype() != DType::kFloat32 ||
-        lse->num_elements() != q.num_elements() / q.shape().back()) {
-      return absl::InternalError(absl::StrCat("lse is ", DTypeName(lse->dtype()), " ",
-                                              ShapeString(lse->shape()),
-                                              ", expected float32 with one value per query row "
-                                              "and head"));
+// The response must carry out shaped like q in q's dtype, and lse when asked for (one float32
+// per query row and head); outputs asked into a region come back as their slice.
+absl::StatusOr<AttentionResult> TakeResult(v1::AttentionResponse&& response,
+                                           const AttentionInput& input) {
+  const TensorView& q = input.q;
+  AttentionResult result;
+  if (input.out.has_value()) {
+    if (auto s = CheckRegionResult(response.out(), *input.out, q.dtype(), q.shape(), "out");
+        !s.ok()) {
+      return s;
     }
-    result.lse = *std::move(lse);
+  } else {
+    absl::StatusOr<HostTensor> out =
+        HostTensor::FromProto(std::move(*response.mutable_out()), "out");
+    if (!out.ok()) return absl::InternalError(out.status().message());
+    if (out->dtype() != q.dtype() || out->shape() != q.shape()) {
+      return absl::InternalError(absl::StrCat("out is ", DTypeName(out->dtype()), " ",
+                                              ShapeString(out->shape()), ", expected ",
+                                              DTypeName(q.dtype()), " ", ShapeString(q.shape())));
+    }
+    result.out = *std::move(out);
   }
+  if (!input.return_lse) return result;
+  const int64_t rows = q.shape().empty() ? 0 : q.num_elements() / q.shape().back();
+  if (input.lse.has_value()) {
+    const v1::Tensor& lse = response.lse();
+    if (!lse.has_region() || lse.region().region_id() != input.lse->region_id ||
+        lse.region().offset() != input.lse->offset || lse.dtype() != v1::DTYPE_FLOAT32 ||
+        NumElements(lse.shape()) != rows) {
+      return absl::InternalError(absl::StrCat("lse does not describe the requested region slice (",
+                                              input.lse->region_id, ", offset ",
+                                              input.lse->offset, ") as float32 with ", rows,
+                                              " values"));
+    }
+    result.lse = HostTensor();
+    return result;
+  }
+  absl::StatusOr<HostTensor> lse = HostTensor::FromProto(std::move(*response.mutable_lse()), "lse");
+  if (!lse.ok()) return absl::InternalError(lse.status().message());
+  if (lse->dtype() != DType::kFloat32 || lse->num_elements() != rows) {
+    return absl::InternalError(absl::StrCat("lse is ", DTypeName(lse->dtype()), " ",
+                                            ShapeString(lse->shape()),
+                                            ", expected float32 with one value per query row "
+                                            "and head"));
+  }
+  result.lse = *std::move(lse);
   return result;
 }
 
@@ -262,14 +331,14 @@ absl::StatusOr<v1::AttentionResponse> Client::Attention(const v1::AttentionReque
 
 absl::StatusOr<AttentionResult> Client::Attention(const AttentionInput& input,
                                                   const CallOptions& options) {
-  v1::AttentionRequest request;
-  FillCommon(input, request.mutable_q(), request.mutable_k(), request.mutable_v());
-  request.set_causal(input.causal);
-  if (input.softmax_scale.has_value()) request.set_softmax_scale(*input.softmax_scale);
-  request.set_return_lse(input.return_lse);
-  absl::StatusOr<v1::AttentionResponse> response = Attention(request, options);
-  if (!response.ok()) return response.status();
-  return TakeResult(*std::move(response), input.q, input.return_lse);
+  grpc::ClientContext context;
+  if (absl::Status s = Prepare(&context, options, nullptr); !s.ok()) return s;
+  const grpc::ByteBuffer request = client_internal::EncodeAttention(input, /*varlen=*/false);
+  v1::AttentionResponse response;
+  const grpc::Status status =
+      BlockingCall(*attention_bytes_, &context, kAttentionMethod, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status, "Attention");
+  return TakeResult(std::move(response), input);
 }
 
 absl::StatusOr<v1::AttentionResponse> Client::AttentionVarlen(
@@ -284,16 +353,34 @@ absl::StatusOr<v1::AttentionResponse> Client::AttentionVarlen(
 
 absl::StatusOr<AttentionResult> Client::AttentionVarlen(const AttentionInput& input,
                                                         const CallOptions& options) {
-  v1::AttentionVarlenRequest request;
-  FillCommon(input, request.mutable_q(), request.mutable_k(), request.mutable_v());
-  request.mutable_cu_seqlens_q()->Assign(input.cu_seqlens_q.begin(), input.cu_seqlens_q.end());
-  request.mutable_cu_seqlens_kv()->Assign(input.cu_seqlens_kv.begin(), input.cu_seqlens_kv.end());
-  request.set_causal(input.causal);
-  if (input.softmax_scale.has_value()) request.set_softmax_scale(*input.softmax_scale);
-  request.set_return_lse(input.return_lse);
-  absl::StatusOr<v1::AttentionResponse> response = AttentionVarlen(request, options);
-  if (!response.ok()) return response.status();
-  return TakeResult(*std::move(response), input.q, input.return_lse);
+  grpc::ClientContext context;
+  if (absl::Status s = Prepare(&context, options, nullptr); !s.ok()) return s;
+  const grpc::ByteBuffer request = client_internal::EncodeAttention(input, /*varlen=*/true);
+  v1::AttentionResponse response;
+  const grpc::Status status =
+      BlockingCall(*attention_bytes_, &context, kAttentionVarlenMethod, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status, "AttentionVarlen");
+  return TakeResult(std::move(response), input);
+}
+
+SharedRegion::Prepare Client::RegionCalls(const CallOptions& options) const {
+  // The region's calls (its stream and ReleaseRegion) take the client's default deadline; the
+  // stream overrides it, since it lasts as long as the region.
+  CallOptions call = options;
+  call.timeout.reset();
+  return [this, call](grpc::ClientContext* context) { return Prepare(context, call, nullptr); };
+}
+
+absl::StatusOr<std::unique_ptr<SharedRegion>> Client::AttachHostRegion(
+    uint64_t size, const CallOptions& options) {
+  return SharedRegion::AttachHost(regions_.get(), RegionCalls(options), size,
+                                  options.timeout.value_or(absl::Seconds(60)));
+}
+
+absl::StatusOr<std::unique_ptr<SharedRegion>> Client::AttachDeviceRegion(
+    uint64_t size, int device, const CallOptions& options) {
+  return SharedRegion::AttachDevice(regions_.get(), RegionCalls(options), size, device,
+                                    options.timeout.value_or(absl::Seconds(60)));
 }
 
 }  // namespace flashkv

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "flashkv/client/status.h"
+#include "request_encoding.h"
 
 namespace flashkv {
 
@@ -12,12 +13,58 @@ StepExpectation ExpectationFor(const v1::StepRequest& request) {
   expected.step_id = request.step_id();
   expected.out_shapes.reserve(request.entries_size());
   expected.out_dtypes.reserve(request.entries_size());
+  expected.out_regions.reserve(request.entries_size());
   for (const v1::StepEntry& entry : request.entries()) {
     expected.out_shapes.emplace_back(entry.q().shape().begin(), entry.q().shape().end());
     expected.out_dtypes.push_back(entry.q().dtype());
+    std::optional<RegionSlice> out;
+    if (entry.has_out()) out = RegionSlice{entry.out().region_id(), entry.out().offset()};
+    expected.out_regions.push_back(out);
   }
   return expected;
 }
+
+StepExpectation ExpectationFor(uint64_t step_id, absl::Span<const StepInput> entries) {
+  StepExpectation expected;
+  expected.step_id = step_id;
+  expected.out_shapes.reserve(entries.size());
+  expected.out_dtypes.reserve(entries.size());
+  expected.out_regions.reserve(entries.size());
+  for (const StepInput& entry : entries) {
+    expected.out_shapes.emplace_back(entry.q.shape().begin(), entry.q.shape().end());
+    expected.out_dtypes.push_back(ToProtoDType(entry.q.dtype()));
+    expected.out_regions.push_back(entry.out);
+  }
+  return expected;
+}
+
+StepTiming TimingOf(const v1::StepResponse& response) {
+  return StepTiming{absl::Nanoseconds(response.kernel_ns()),
+                    absl::Nanoseconds(response.server_ns())};
+}
+
+namespace {
+
+// An output the request asked to be written into a region: the response names that slice and
+// carries no bytes.
+absl::Status CheckRegionOutput(const std::string& field, const RegionSlice& want,
+                               const v1::Tensor& out) {
+  if (!out.has_region()) {
+    return absl::InternalError(
+        absl::StrCat(field, " came as bytes; the request asked for region ", want.region_id,
+                     " offset ", want.offset));
+  }
+  const RegionSlice got{out.region().region_id(), out.region().offset()};
+  if (!(got == want) || !out.data().empty()) {
+    return absl::InternalError(absl::StrCat(field, " names region ", got.region_id, " offset ",
+                                            got.offset, " (", out.data().size(),
+                                            " bytes inline); the request asked for region ",
+                                            want.region_id, " offset ", want.offset));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 absl::Status CheckStepResponse(const StepExpectation& expected, const v1::StepResponse& response) {
   if (response.step_id() != expected.step_id) {
@@ -32,7 +79,13 @@ absl::Status CheckStepResponse(const StepExpectation& expected, const v1::StepRe
   for (int i = 0; i < response.out_size(); ++i) {
     const v1::Tensor& out = response.out(i);
     const std::string field = absl::StrCat("step ", expected.step_id, " out[", i, "]");
-    if (absl::Status s = ValidateTensorProto(out, field); !s.ok()) {
+    const std::optional<RegionSlice>& region =
+        i < static_cast<int>(expected.out_regions.size()) ? expected.out_regions[i] : std::nullopt;
+    if (region.has_value()) {
+      if (absl::Status s = CheckRegionOutput(field, *region, out); !s.ok()) return s;
+    } else if (out.has_region()) {
+      return absl::InternalError(absl::StrCat(field, " names a region; the request asked for bytes"));
+    } else if (absl::Status s = ValidateTensorProto(out, field); !s.ok()) {
       return absl::InternalError(s.message());
     }
     if (out.dtype() != expected.out_dtypes[i]) {
@@ -56,7 +109,7 @@ absl::Status CheckStepResponse(const StepExpectation& expected, const v1::StepRe
 //
 // Start* calls are made without holding mu_: gRPC may run the reaction inline in the calling
 // thread, and reactions take mu_.
-class StepSession::Reactor : public grpc::ClientBidiReactor<v1::StepRequest, v1::StepResponse> {
+class StepSession::Reactor : public grpc::ClientBidiReactor<grpc::ByteBuffer, v1::StepResponse> {
  public:
   grpc::ClientContext* context() { return &context_; }
 
@@ -67,7 +120,7 @@ class StepSession::Reactor : public grpc::ClientBidiReactor<v1::StepRequest, v1:
   }
 
   // Queues a write. Returns the stream's status instead when it already failed.
-  absl::Status Write(v1::StepRequest request) {
+  absl::Status Write(grpc::ByteBuffer request) {
     {
       absl::MutexLock lock(&mu_);
       if (done_ && !status_.ok()) return FromGrpcStatus(status_, "StepStream");
@@ -164,10 +217,10 @@ class StepSession::Reactor : public grpc::ClientBidiReactor<v1::StepRequest, v1:
  private:
   grpc::ClientContext context_;
   v1::StepResponse read_buffer_;  // owned by the outstanding read
-  v1::StepRequest writing_;       // owned by the outstanding write
+  grpc::ByteBuffer writing_;      // owned by the outstanding write
 
   absl::Mutex mu_;
-  std::deque<v1::StepRequest> queue_ ABSL_GUARDED_BY(mu_);
+  std::deque<grpc::ByteBuffer> queue_ ABSL_GUARDED_BY(mu_);
   bool write_in_flight_ ABSL_GUARDED_BY(mu_) = false;
   bool writes_done_ ABSL_GUARDED_BY(mu_) = false;
   std::deque<v1::StepResponse> responses_ ABSL_GUARDED_BY(mu_);
@@ -184,8 +237,8 @@ StepSession::~StepSession() {
   reactor_->AwaitDone();  // gRPC may still call into the reactor until OnDone
 }
 
-absl::StatusOr<uint64_t> StepSession::Send(v1::StepRequest request) {
-  absl::MutexLock lock(&mu_);
+absl::StatusOr<uint64_t> StepSession::Prepare(uint64_t step_id,
+                                              const std::string* first_sequence_id) {
   if (finished_) return absl::FailedPreconditionError("StepSession already finished");
   if (static_cast<int>(expected_.size()) >= options_.max_in_flight) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -194,12 +247,12 @@ absl::StatusOr<uint64_t> StepSession::Send(v1::StepRequest request) {
   if (reactor_ == nullptr) {
     std::string routing_key = options_.routing_key;
     if (routing_key.empty()) {
-      if (request.entries_size() == 0) {
+      if (first_sequence_id == nullptr) {
         return absl::InvalidArgumentError(
             "StepSession: the first request has no entries to take the routing key from; set "
             "StepSessionOptions::routing_key");
       }
-      routing_key = request.entries(0).sequence_id();
+      routing_key = *first_sequence_id;
     }
     auto reactor = std::make_unique<Reactor>();
     if (absl::Status s = start_(reactor->context(), reactor.get(), routing_key); !s.ok()) {
@@ -208,12 +261,43 @@ absl::StatusOr<uint64_t> StepSession::Send(v1::StepRequest request) {
     reactor_ = std::move(reactor);
     reactor_->Start();
   }
-  if (request.step_id() == 0) request.set_step_id(next_step_id_++);
-  const uint64_t step_id = request.step_id();
-  StepExpectation expectation = ExpectationFor(request);
+  return step_id != 0 ? step_id : next_step_id_++;
+}
+
+absl::Status StepSession::Write(grpc::ByteBuffer request, StepExpectation expectation) {
   if (absl::Status s = reactor_->Write(std::move(request)); !s.ok()) return s;
   expected_.push_back(std::move(expectation));
-  return step_id;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> StepSession::Send(v1::StepRequest request) {
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<uint64_t> id = Prepare(
+      request.step_id(), request.entries_size() > 0 ? &request.entries(0).sequence_id() : nullptr);
+  if (!id.ok()) return id.status();
+  request.set_step_id(*id);
+  StepExpectation expectation = ExpectationFor(request);
+  grpc::ByteBuffer buffer;
+  bool own_buffer;
+  const grpc::Status serialized =
+      grpc::SerializationTraits<v1::StepRequest>::Serialize(request, &buffer, &own_buffer);
+  if (!serialized.ok()) return FromGrpcStatus(serialized, "StepStream");
+  if (absl::Status s = Write(std::move(buffer), std::move(expectation)); !s.ok()) return s;
+  return *id;
+}
+
+absl::StatusOr<uint64_t> StepSession::Send(uint32_t layer, absl::Span<const StepInput> entries,
+                                           uint64_t step_id) {
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<uint64_t> id =
+      Prepare(step_id, entries.empty() ? nullptr : &entries.front().sequence_id);
+  if (!id.ok()) return id.status();
+  if (absl::Status s = Write(client_internal::EncodeStep(layer, *id, entries),
+                             ExpectationFor(*id, entries));
+      !s.ok()) {
+    return s;
+  }
+  return *id;
 }
 
 absl::StatusOr<v1::StepResponse> StepSession::Receive() {

@@ -172,6 +172,12 @@ void HostTensor::CopyToProto(v1::Tensor* proto) const { flashkv::CopyToProto(vie
 void CopyToProto(const TensorView& view, v1::Tensor* proto) {
   proto->set_dtype(ToProtoDType(view.dtype()));
   proto->mutable_shape()->Assign(view.shape().begin(), view.shape().end());
+  if (view.region().has_value()) {
+    proto->clear_data();
+    proto->mutable_region()->set_region_id(view.region()->region_id);
+    proto->mutable_region()->set_offset(view.region()->offset);
+    return;
+  }
   proto->mutable_data()->assign(reinterpret_cast<const char*>(view.data()), view.num_bytes());
 }
 

@@ -32,6 +32,10 @@ KernelStatus Memset(void*, int, size_t, Stream) { return NotBuilt(); }
 KernelStatus StreamCreate(Stream*) { return NotBuilt(); }
 KernelStatus StreamDestroy(Stream) { return NotBuilt(); }
 KernelStatus StreamSynchronize(Stream) { return NotBuilt(); }
+KernelStatus EventCreate(Event*) { return NotBuilt(); }
+KernelStatus EventDestroy(Event) { return NotBuilt(); }
+KernelStatus EventRecord(Event, Stream) { return NotBuilt(); }
+KernelStatus EventElapsedMs(Event, Event, float*) { return NotBuilt(); }
 KernelStatus IpcGetMemHandle(void*, IpcMemHandle*) { return NotBuilt(); }
 KernelStatus IpcOpenMemHandle(const IpcMemHandle&, void**) { return NotBuilt(); }
 KernelStatus IpcCloseMemHandle(void*) { return NotBuilt(); }

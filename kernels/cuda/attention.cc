@@ -35,20 +35,34 @@ KernelStatus Dispatch(DType dtype, int head_dim, bool paged, const AttentionPara
   }
 }
 
-// The sm90 launchers compiled in (flashkv_cuda_sm90_instances.inc; empty without
-// FLASHKV_ENABLE_SM90 / 90a). ChooseKernelPath only picks sm90 for these.
-KernelStatus DispatchSm90(DType dtype, int head_dim, const AttentionParams& params,
+// The sm90 launchers compiled in (flashkv_cuda_sm90_instances.inc and, for paged K/V,
+// flashkv_cuda_sm90_paged_instances.inc; empty without FLASHKV_ENABLE_SM90 / 90a /
+// FLASHKV_ENABLE_SM90_PAGED). ChooseKernelPath only picks sm90 for these.
+KernelStatus DispatchSm90(DType dtype, int head_dim, bool paged, const AttentionParams& params,
                           const LaunchInfo& info, Stream stream) {
-  switch (Key(dtype, head_dim)) {
+  if (paged) {
+    switch (Key(dtype, head_dim)) {
+#define FLASHKV_CUDA_SM90_PAGED_INSTANCE(DTYPE_ENUM, HEAD_DIM) \
+  case Key(DType::DTYPE_ENUM, HEAD_DIM):                       \
+    return LaunchAttentionSm90<DType::DTYPE_ENUM, HEAD_DIM, true>(params, info, stream);
+#include "flashkv_cuda_sm90_paged_instances.inc"
+#undef FLASHKV_CUDA_SM90_PAGED_INSTANCE
+      default:
+        break;
+    }
+  } else {
+    switch (Key(dtype, head_dim)) {
 #define FLASHKV_CUDA_SM90_INSTANCE(DTYPE_ENUM, HEAD_DIM) \
   case Key(DType::DTYPE_ENUM, HEAD_DIM):                 \
-    return LaunchAttentionSm90<DType::DTYPE_ENUM, HEAD_DIM>(params, info, stream);
+    return LaunchAttentionSm90<DType::DTYPE_ENUM, HEAD_DIM, false>(params, info, stream);
 #include "flashkv_cuda_sm90_instances.inc"
 #undef FLASHKV_CUDA_SM90_INSTANCE
-    default:
-      return Internal(std::string("no sm90 kernel for dtype ") + DTypeName(dtype) +
-                      " and head_dim " + std::to_string(head_dim));
+      default:
+        break;
+    }
   }
+  return Internal(std::string("no sm90 ") + (paged ? "paged " : "") + "kernel for dtype " +
+                  DTypeName(dtype) + " and head_dim " + std::to_string(head_dim));
 }
 
 // Everything a launch decides on the host before choosing a kernel.
@@ -78,7 +92,7 @@ KernelStatus Run(const Prepared& prep, Stream stream) {
   KernelPath path = KernelPath::kSm80;
   FLASHKV_RETURN_IF_ERROR(PathOfPrepared(prep, &path));
   if (path == KernelPath::kSm90) {
-    return DispatchSm90(prep.dtype, prep.head_dim, prep.params, prep.info, stream);
+    return DispatchSm90(prep.dtype, prep.head_dim, prep.paged, prep.params, prep.info, stream);
   }
   return Dispatch(prep.dtype, prep.head_dim, prep.paged, prep.params, prep.info, stream);
 }
@@ -87,6 +101,12 @@ LaunchInfo VarlenInfo(const int32_t* host_cu_seqlens_q, const int32_t* host_cu_s
   LaunchInfo info;
   info.host_cu_seqlens_q = host_cu_seqlens_q;
   info.host_cu_seqlens_kv = host_cu_seqlens_kv;
+  return info;
+}
+
+LaunchInfo PagedInfo(const PagedAttentionArgs& args) {
+  LaunchInfo info = VarlenInfo(args.host_cu_seqlens_q, args.host_cu_seqlens_kv);
+  info.num_blocks = args.num_blocks;
   return info;
 }
 
@@ -118,8 +138,7 @@ KernelStatus AttentionVarlen(const VarlenAttentionArgs& args, Stream stream) {
 
 KernelStatus AttentionPaged(const PagedAttentionArgs& args, Stream stream) {
   FLASHKV_RETURN_IF_ERROR(ValidatePaged(args, /*primary_is_host=*/false));
-  return Run(Prepare(args, true, VarlenInfo(args.host_cu_seqlens_q, args.host_cu_seqlens_kv)),
-             stream);
+  return Run(Prepare(args, true, PagedInfo(args)), stream);
 }
 
 namespace testing {
@@ -152,8 +171,7 @@ KernelStatus PathOf(const VarlenAttentionArgs& args, KernelPath* path) {
 
 KernelStatus PathOf(const PagedAttentionArgs& args, KernelPath* path) {
   FLASHKV_RETURN_IF_ERROR(ValidatePaged(args, /*primary_is_host=*/false));
-  return PathOfPrepared(
-      Prepare(args, true, VarlenInfo(args.host_cu_seqlens_q, args.host_cu_seqlens_kv)), path);
+  return PathOfPrepared(Prepare(args, true, PagedInfo(args)), path);
 }
 
 }  // namespace testing

@@ -28,7 +28,18 @@ const char* KernelPathName(KernelPath path) {
   return "unknown";
 }
 
-bool IsSm90Compiled(DType dtype, int head_dim) {
+bool IsSm90Compiled(DType dtype, int head_dim, bool paged) {
+  if (paged) {
+    switch (Key(dtype, head_dim)) {
+#define FLASHKV_CUDA_SM90_PAGED_INSTANCE(DTYPE_ENUM, HEAD_DIM) \
+  case Key(DType::DTYPE_ENUM, HEAD_DIM):
+#include "flashkv_cuda_sm90_paged_instances.inc"
+#undef FLASHKV_CUDA_SM90_PAGED_INSTANCE
+      return true;
+      default:
+        return false;
+    }
+  }
   switch (Key(dtype, head_dim)) {
 #define FLASHKV_CUDA_SM90_INSTANCE(DTYPE_ENUM, HEAD_DIM) case Key(DType::DTYPE_ENUM, HEAD_DIM):
 #include "flashkv_cuda_sm90_instances.inc"
@@ -42,9 +53,16 @@ bool IsSm90Compiled(DType dtype, int head_dim) {
 const char* Sm90Rejection(DType dtype, int head_dim, bool paged, bool sm90_compiled,
                           const AttentionParams& p, const LaunchInfo& info,
                           const DeviceProps& props) {
-  if (!sm90_compiled) return "no sm90 kernel compiled for this dtype and head dim";
+  if (!sm90_compiled) {
+    return paged ? "no sm90 paged kernel compiled for this dtype and head dim "
+                   "(FLASHKV_ENABLE_SM90_PAGED)"
+                 : "no sm90 kernel compiled for this dtype and head dim";
+  }
   if (props.major != 9 || props.minor != 0) return "device is not sm_90 (sm_90a code)";
-  if (paged) return "paged K/V runs on sm80";
+  // A TMA box of K/V keys must lie inside one page; sm80 gathers rows of other page sizes.
+  if (paged && (p.page_size < sm90::kPagedBoxRows || p.page_size % sm90::kPagedBoxRows != 0)) {
+    return "page size is not a multiple of the sm90 paged box (64 keys)";
+  }
   if (!info.aligned16 || info.force_simt) return "tensors take the SIMT kernel";
   if (p.num_seqs == 0 || p.max_seqlen_q == 0) return "no queries";
   const bool varlen = p.cu_seqlens_q != nullptr;
@@ -54,7 +72,7 @@ const char* Sm90Rejection(DType dtype, int head_dim, bool paged, bool sm90_compi
   if (varlen && p.num_seqs > sm90::kMaxVarlenSequences) {
     return "more sequences than the sm90 schedule table holds";
   }
-  const int block_m = sm90::ChooseTileShape(head_dim).block_m;
+  const int block_m = sm90::ChooseTileShape(head_dim, paged).block_m;
   const int64_t tiles = sm90::CountTiles(p, info, block_m);
   if (tiles > sm90::kMaxTiles) return "more tiles than the sm90 schedule numbers";
   // Short queries (decodes, short chunks) fill few of a tile's 128 rows; sm80 packs the GQA
@@ -76,8 +94,8 @@ const char* Sm90Rejection(DType dtype, int head_dim, bool paged, bool sm90_compi
 KernelPath ChooseKernelPath(DType dtype, int head_dim, bool paged, const AttentionParams& p,
                             const LaunchInfo& info, const DeviceProps& props) {
   if (dtype == DType::kFloat32 || !info.aligned16 || info.force_simt) return KernelPath::kSimt;
-  if (Sm90Rejection(dtype, head_dim, paged, IsSm90Compiled(dtype, head_dim), p, info, props) ==
-      nullptr) {
+  if (Sm90Rejection(dtype, head_dim, paged, IsSm90Compiled(dtype, head_dim, paged), p, info,
+                    props) == nullptr) {
     return KernelPath::kSm90;
   }
   return KernelPath::kSm80;

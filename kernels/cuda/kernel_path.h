@@ -21,8 +21,9 @@ enum class KernelPath { kSimt, kSm80, kSm90 };
 const char* KernelPathName(KernelPath path);
 
 // Whether (dtype, head_dim) has sm90 kernels in this build (FLASHKV_ENABLE_SM90 with 90a among
-// the CUDA architectures, intersected with the instantiation lists).
-bool IsSm90Compiled(DType dtype, int head_dim);
+// the CUDA architectures, intersected with the instantiation lists); `paged`: the paged ones
+// (FLASHKV_ENABLE_SM90_PAGED as well).
+bool IsSm90Compiled(DType dtype, int head_dim, bool paged = false);
 
 // Why this launch does not take the sm90 kernel, or nullptr when it does. Pure host arithmetic
 // on the launch parameters and the device properties (no CUDA call).

@@ -22,6 +22,8 @@ struct LaunchInfo {
   bool aligned16 = true;
   // Test hook: force the SIMT kernel (the plain reference) for any dtype.
   bool force_simt = false;
+  // Paged: blocks in each K/V pool (the extent of the sm90 kernel's pool tensor maps).
+  int num_blocks = 0;
 };
 
 template <DType kDType, int kHeadDim, bool kPaged>

@@ -107,6 +107,22 @@ KernelStatus StreamSynchronize(Stream stream) {
   FLASHKV_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
   return KernelStatus::Ok();
 }
+KernelStatus EventCreate(Event* event) {
+  FLASHKV_CUDA_RETURN_IF_ERROR(cudaEventCreate(event));
+  return KernelStatus::Ok();
+}
+KernelStatus EventDestroy(Event event) {
+  FLASHKV_CUDA_RETURN_IF_ERROR(cudaEventDestroy(event));
+  return KernelStatus::Ok();
+}
+KernelStatus EventRecord(Event event, Stream stream) {
+  FLASHKV_CUDA_RETURN_IF_ERROR(cudaEventRecord(event, stream));
+  return KernelStatus::Ok();
+}
+KernelStatus EventElapsedMs(Event start, Event end, float* ms) {
+  FLASHKV_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(ms, start, end));
+  return KernelStatus::Ok();
+}
 
 
 static_assert(sizeof(cudaIpcMemHandle_t) == kIpcHandleBytes, "IpcMemHandle must hold the handle");

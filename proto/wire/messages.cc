@@ -22,7 +22,7 @@ namespace step_request {
 constexpr uint32_t kLayer = 1, kEntries = 2, kStepId = 3;
 }
 namespace step_response {
-constexpr uint32_t kOut = 1, kStepId = 2;
+constexpr uint32_t kOut = 1, kStepId = 2, kKernelNs = 3, kServerNs = 4;
 }
 namespace attention_request {
 constexpr uint32_t kQ = 1, kK = 2, kV = 3, kCausal = 4, kSoftmaxScale = 5, kReturnLse = 6,
@@ -219,6 +219,10 @@ absl::Status DecodeStepResponse(const MessageBytes& message, StepResponseView* r
       }
     } else if (field.number == step_response::kStepId && IsVarint(field)) {
       response->step_id = field.value;
+    } else if (field.number == step_response::kKernelNs && IsVarint(field)) {
+      response->timing.kernel_ns = field.value;
+    } else if (field.number == step_response::kServerNs && IsVarint(field)) {
+      response->timing.server_ns = field.value;
     }
   }
   if (!reader.status().ok()) return Malformed("StepResponse", reader.status());
@@ -384,10 +388,55 @@ grpc::ByteBuffer EncodeStepRequest(uint32_t layer, uint64_t step_id,
   return builder.Finish();
 }
 
-grpc::ByteBuffer EncodeStepResponse(absl::Span<const TensorData> out, uint64_t step_id) {
+namespace {
+
+std::vector<int64_t> Widen(const std::vector<int32_t>& values) {
+  // int32 fields travel as sign-extended 64-bit varints, as protobuf writes them.
+  return std::vector<int64_t>(values.begin(), values.end());
+}
+
+// Fields in number order, as protobuf's serializer writes them: the three tensors, (varlen)
+// cu_seqlens, the flags, the output slices.
+grpc::ByteBuffer EncodeAttention(const AttentionRequestData& request, bool varlen) {
+  namespace f = attention_request;
+  namespace g = varlen_request;
+  MessageBuilder builder;
+  AppendTensorField(f::kQ, request.q, &builder);
+  AppendTensorField(f::kK, request.k, &builder);
+  AppendTensorField(f::kV, request.v, &builder);
+  if (varlen) {
+    AppendPackedVarints(g::kCuSeqlensQ, Widen(request.cu_seqlens_q), &builder);
+    AppendPackedVarints(g::kCuSeqlensKv, Widen(request.cu_seqlens_kv), &builder);
+  }
+  if (request.causal) builder.VarintField(varlen ? g::kCausal : f::kCausal, 1);
+  if (request.softmax_scale.has_value()) {  // proto3 `optional`: written whenever set
+    uint32_t bits;
+    std::memcpy(&bits, &*request.softmax_scale, sizeof bits);
+    builder.Fixed32Field(varlen ? g::kSoftmaxScale : f::kSoftmaxScale, bits);
+  }
+  if (request.return_lse) builder.VarintField(varlen ? g::kReturnLse : f::kReturnLse, 1);
+  AppendRegionSliceField(varlen ? g::kOut : f::kOut, request.out, &builder);
+  AppendRegionSliceField(varlen ? g::kLse : f::kLse, request.lse, &builder);
+  return builder.Finish();
+}
+
+}  // namespace
+
+grpc::ByteBuffer EncodeAttentionRequest(const AttentionRequestData& request) {
+  return EncodeAttention(request, false);
+}
+
+grpc::ByteBuffer EncodeAttentionVarlenRequest(const AttentionRequestData& request) {
+  return EncodeAttention(request, true);
+}
+
+grpc::ByteBuffer EncodeStepResponse(absl::Span<const TensorData> out, uint64_t step_id,
+                                    const StepTiming& timing) {
   MessageBuilder builder;
   for (const TensorData& tensor : out) AppendTensorField(step_response::kOut, tensor, &builder);
   if (step_id != 0) builder.VarintField(step_response::kStepId, step_id);
+  if (timing.kernel_ns != 0) builder.VarintField(step_response::kKernelNs, timing.kernel_ns);
+  if (timing.server_ns != 0) builder.VarintField(step_response::kServerNs, timing.server_ns);
   return builder.Finish();
 }
 

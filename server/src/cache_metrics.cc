@@ -69,7 +69,17 @@ std::vector<MetricFamily> CacheMetrics::Collect() const {
     Add(&swap_bytes, {{"device", device}, {"direction", "in"}}, double(s.swap_in_bytes));
     Add(&cow, {{"device", device}}, double(s.cow_copies));
   }
-  return {blocks, sequences, swapped, lookups, hits, hit_rate, swaps, swap_bytes, cow};
+  MetricFamily tenant_sequences =
+      Family("flashkv_tenant_sequences", "Live sequences, by tenant", MetricType::Gauge);
+  MetricFamily tenant_blocks = Family(
+      "flashkv_tenant_kv_blocks", "Logical KV blocks held (the quota's measure), by tenant",
+      MetricType::Gauge);
+  for (const auto& [tenant, usage] : caches_->AllUsage()) {
+    Add(&tenant_sequences, {{"tenant", tenant}}, double(usage.sequences));
+    Add(&tenant_blocks, {{"tenant", tenant}}, double(usage.kv_blocks));
+  }
+  return {blocks,     sequences,  swapped, lookups,          hits,         hit_rate,
+          swaps,      swap_bytes, cow,     tenant_sequences, tenant_blocks};
 }
 
 }  // namespace flashkv::server

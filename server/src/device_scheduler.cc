@@ -90,11 +90,24 @@ void DeviceScheduler::ReleasePart(const StepPart& part) {
 
 SchedulerCounters DeviceScheduler::counters() const {
   MutexLock lock(&mu_);
-  return counters_;
+  SchedulerCounters c = counters_;
+  c.queued = pending_.size() + active_.size();
+  return c;
 }
 
 void DeviceScheduler::Report(const Item& item, absl::Status status) {
   item.step->ReportPart(item.part, std::move(status));
+}
+
+void DeviceScheduler::RetainWaitingTenants() {
+  absl::flat_hash_set<absl::string_view> seen;
+  std::vector<absl::string_view> waiting;
+  auto add = [&](const Item& item) {
+    if (seen.insert(item.step->tenant()).second) waiting.push_back(item.step->tenant());
+  };
+  for (const Item& item : pending_) add(item);
+  for (const Item& item : active_) add(item);
+  shares_.Retain(waiting);
 }
 
 bool DeviceScheduler::PlanLaunch(Plan* plan, std::vector<Item>* doomed, absl::Time* wake_at) {
@@ -111,6 +124,8 @@ bool DeviceScheduler::PlanLaunch(Plan* plan, std::vector<Item>* doomed, absl::Ti
     return false;
   }
 
+  RetainWaitingTenants();
+
   // Parts that may start: none of their sequences is held by a started part or named by an
   // earlier waiting one.
   absl::flat_hash_set<absl::string_view> claimed;
@@ -124,49 +139,77 @@ bool DeviceScheduler::PlanLaunch(Plan* plan, std::vector<Item>* doomed, absl::Ti
   }
   if (active_.empty() && eligible.empty()) return false;
 
-  // The layer of whoever has waited longest.
+  // Candidates in waiting order; their tenants ranked by fair share (tenant_shares.h).
   struct Candidate {
     Item item;
     bool fresh;
     size_t pending_index;
+    size_t tenant;  // index in `ranked`
   };
   std::vector<Candidate> candidates;
-  for (const Item& item : active_) candidates.push_back({item, false, 0});
-  for (size_t i : eligible) candidates.push_back({pending_[i], true, i});
+  for (const Item& item : active_) candidates.push_back({item, false, 0, 0});
+  for (size_t i : eligible) candidates.push_back({pending_[i], true, i, 0});
   std::stable_sort(candidates.begin(), candidates.end(),
                    [](const Candidate& a, const Candidate& b) {
                      return a.item.part->ready_time < b.item.part->ready_time;
                    });
-  const int layer = static_cast<int>(candidates.front().item.step->layer());
+  std::vector<absl::string_view> eligible_tenants;
+  absl::flat_hash_map<absl::string_view, size_t> tenant_index;
+  for (const Candidate& c : candidates) {
+    if (tenant_index.emplace(c.item.step->tenant(), 0).second) {
+      eligible_tenants.push_back(c.item.step->tenant());
+    }
+  }
+  const std::vector<std::string> ranked = shares_.Rank(eligible_tenants);
+  for (size_t t = 0; t < ranked.size(); ++t) tenant_index[ranked[t]] = t;
+  for (Candidate& c : candidates) c.tenant = tenant_index.at(c.item.step->tenant());
+  // The most deserving tenant leads: the layer of its longest-waiting part.
+  const int layer = static_cast<int>(
+      std::find_if(candidates.begin(), candidates.end(), [](const Candidate& c) {
+        return c.tenant == 0;
+      })->item.step->layer());
+  auto at_layer = [layer](const Candidate& c) {
+    return static_cast<int>(c.item.step->layer()) == layer;
+  };
+  // The rows a part asks of this launch.
+  auto wanted = [this](const StepPart& part) {
+    return std::min<int64_t>(part.total_rows() - part.rows_done, config_.prefill_chunk_tokens);
+  };
 
   if (active_.empty() && config_.batch_window > absl::ZeroDuration()) {
-    int64_t waiting = 0;
+    int64_t waiting_rows = 0;
     bool urgent = false;
     absl::Time oldest = absl::InfiniteFuture();
     for (const Candidate& c : candidates) {
-      if (static_cast<int>(c.item.step->layer()) != layer) continue;
-      waiting += c.item.part->total_rows();
+      if (!at_layer(c)) continue;
+      waiting_rows += c.item.part->total_rows();
       urgent = urgent || c.item.step->urgent();
       oldest = std::min(oldest, c.item.part->ready_time);
     }
     const absl::Time launch_at = oldest + config_.batch_window;
-    if (!urgent && waiting < config_.max_batch_tokens && clock_->Now() < launch_at) {
+    if (!urgent && waiting_rows < config_.max_batch_tokens && clock_->Now() < launch_at) {
       *wake_at = launch_at;
       return false;
     }
   }
 
-  int64_t budget = config_.max_batch_tokens;
+  // The budget split between the tenants at this layer; each takes its parts in waiting order.
+  std::vector<int64_t> demand(ranked.size(), 0);
+  for (const Candidate& c : candidates) {
+    if (at_layer(c)) demand[c.tenant] += wanted(*c.item.part);
+  }
+  std::vector<int64_t> allotted = TenantShares::Split(demand, config_.max_batch_tokens);
+  std::vector<int64_t> given(ranked.size(), 0);
   std::vector<bool> taken(pending_.size(), false);
   for (const Candidate& c : candidates) {
-    if (budget == 0) break;
-    if (static_cast<int>(c.item.step->layer()) != layer) continue;
+    if (!at_layer(c)) continue;
     StepPart* part = c.item.part;
-    const int64_t rows = std::min<int64_t>(
-        {part->total_rows() - part->rows_done, config_.prefill_chunk_tokens, budget});
+    const int64_t want = wanted(*part);
+    const int64_t rows = std::min(want, allotted[c.tenant] - given[c.tenant]);
+    if (want > 0 && rows == 0) continue;  // (a part with no rows left joins to complete)
+    given[c.tenant] += rows;
     plan->windows.push_back(LaunchWindow{part, part->rows_done, part->rows_done + rows});
     plan->items.push_back(c.item);
-    budget -= rows;
     if (c.fresh) {
       taken[c.pending_index] = true;
       part->holds_sequences = true;
@@ -177,6 +220,8 @@ bool DeviceScheduler::PlanLaunch(Plan* plan, std::vector<Item>* doomed, absl::Ti
                                  [part](const Item& i) { return i.part == part; }));
     }
   }
+  for (size_t t = 0; t < ranked.size(); ++t) shares_.Charge(ranked[t], given[t]);
+  shares_.Led(ranked.front());
   std::deque<Item> still_pending;
   for (size_t i = 0; i < pending_.size(); ++i) {
     if (!taken[i]) still_pending.push_back(std::move(pending_[i]));
@@ -250,6 +295,7 @@ void DeviceScheduler::Execute(Plan& plan) {
     }
   }
   absl::Status launch_status;
+  absl::Duration kernel_time;
   if (!windows.empty()) {
     const absl::Time start = absl::Now();
     absl::StatusOr<LaunchSummary> summary =
@@ -257,6 +303,7 @@ void DeviceScheduler::Execute(Plan& plan) {
     const absl::Duration elapsed = absl::Now() - start;
     launch_status = summary.status();
     if (summary.ok()) {
+      kernel_time = summary->kernel_time;
       metrics_->RecordBatch(device_id_, summary->entries, summary->tokens, elapsed);
       spdlog::trace("device {} layer {}: {} sequences, {} tokens in {}", device_id_, plan.layer,
                     summary->entries, summary->tokens, absl::FormatDuration(elapsed));
@@ -281,6 +328,7 @@ void DeviceScheduler::Execute(Plan& plan) {
       }
       StepPart* part = windows[i].part;
       part->rows_done = windows[i].end;
+      part->kernel_time += kernel_time;
       if (part->rows_done == part->total_rows()) {
         completed.push_back(launched[i]);
         ++counters_.parts_completed;
@@ -289,6 +337,9 @@ void DeviceScheduler::Execute(Plan& plan) {
         active_.push_back(launched[i]);
       }
     }
+    // Before the completed steps are answered: a tenant whose last part completed is forgotten
+    // by the time its next request can arrive.
+    RetainWaitingTenants();
   }
   for (auto& [item, status] : failed) Report(item, status);
   for (const Item& item : completed) Report(item, absl::OkStatus());

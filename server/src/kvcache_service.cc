@@ -263,14 +263,15 @@ grpc::ServerUnaryReactor* KvCacheService::GetStats(grpc::CallbackServerContext* 
                                                    v1::ServerStats* response) {
   const absl::Time start = clock_->Now();
   auto* reactor = context->DefaultReactor();
-  absl::Status status = auth_->Authenticate(*context).status();
+  absl::StatusOr<std::shared_ptr<const Tenant>> tenant = auth_->Authenticate(*context);
+  absl::Status status = tenant.status();
   if (status.ok()) status = Ready();
-  if (status.ok()) *response = Stats();
+  if (status.ok()) *response = Stats(tenant->get());
   FinishUnary(reactor, "GetStats", start, status);
   return reactor;
 }
 
-v1::ServerStats KvCacheService::Stats() const {
+v1::ServerStats KvCacheService::Stats(const Tenant* tenant) const {
   v1::ServerStats out;
   for (int d = 0; d < caches_->num_devices(); ++d) {
     const kvcache::CacheStats s = caches_->cache(d).GetStats();
@@ -295,8 +296,24 @@ v1::ServerStats KvCacheService::Stats() const {
     device->set_sequences(s.sequences);
     device->set_blocks_total(s.blocks_total);
     device->set_blocks_used(s.blocks_used);
+    device->set_queued_steps(c.queued);
   }
   out.set_steps(steps_completed_.load());
+  if (tenant != nullptr) {
+    v1::TenantStats* own = out.mutable_tenant();
+    own->set_name(tenant->name);
+    const TenantUsage usage = caches_->Usage(tenant->name);
+    own->set_sequences(usage.sequences);
+    own->set_kv_blocks(usage.kv_blocks);
+    own->set_max_sequences(tenant->quota.max_sequences);
+    own->set_max_kv_blocks(tenant->quota.max_kv_blocks);
+    MutexLock lock(&activity_mu_);
+    auto it = activity_.find(tenant->name);
+    if (it != activity_.end()) {
+      own->set_steps(it->second.steps);
+      own->set_tokens(it->second.tokens);
+    }
+  }
   return out;
 }
 
@@ -332,16 +349,29 @@ std::shared_ptr<StepState> KvCacheService::MakeStep(
     std::optional<LedgerReservation> reservation) {
   const ModelShape& m = config_.model;
   const int64_t out_row_bytes = int64_t{m.num_q_heads} * m.head_dim * DTypeSize(m.dtype);
-  auto completion = [this, received, done = std::move(done)](const absl::Status& status,
-                                                             grpc::ByteBuffer response) {
+  int64_t tokens = 0;
+  for (const StepEntry& e : entries) tokens += e.num_tokens;
+  auto completion = [this, received, tenant, tokens, done = std::move(done)](
+                        const absl::Status& status, grpc::ByteBuffer response) {
+    const absl::Duration latency = clock_->Now() - received;
     if (status.ok()) steps_completed_.fetch_add(1);
-    metrics_->RecordStep(clock_->Now() - received);
+    metrics_->RecordStep(latency);
+    // Per tenant, for fairness (the server's own warm-up steps have none).
+    if (!tenant.empty()) {
+      metrics_->RecordTenantStep(tenant, status.ok(), tokens, latency);
+      if (status.ok()) {
+        MutexLock lock(&activity_mu_);
+        TenantActivity& a = activity_[tenant];
+        ++a.steps;
+        a.tokens += static_cast<uint64_t>(tokens);
+      }
+    }
     done(status, std::move(response));
   };
   auto step = std::make_shared<StepState>(std::move(message), layer, step_id, std::move(entries),
                                           out_row_bytes, static_cast<int32_t>(m.dtype),
-                                          m.num_q_heads, m.head_dim, received, caches_, releasers_,
-                                          std::move(completion));
+                                          m.num_q_heads, m.head_dim, received, clock_, caches_,
+                                          releasers_, std::move(completion));
   step->set_tenant(std::move(tenant));
   if (reservation.has_value()) step->set_reservation(*std::move(reservation));
   return step;

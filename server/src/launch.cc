@@ -6,6 +6,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/time/clock.h"
 #include "flashkv/cpu_backend.h"
 #include "flashkv/cuda_backend.h"
 #include "flashkv/server/status.h"
@@ -97,17 +98,28 @@ void SetPools(const kvcache::LayerPools& pools, Args* args) {
 
 absl::StatusOr<std::unique_ptr<LaunchArena>> LaunchArena::Create(bool cuda, int cuda_device) {
   cuda::Stream stream = nullptr;
+  cuda::Event start = nullptr, end = nullptr;
   if (cuda) {
     if (auto s = FromKernelStatus(cuda::SetDevice(cuda_device)); !s.ok()) return s;
     if (auto s = FromKernelStatus(cuda::StreamCreate(&stream)); !s.ok()) return s;
+    KernelStatus s = cuda::EventCreate(&start);
+    if (s.ok()) s = cuda::EventCreate(&end);
+    if (!s.ok()) {
+      if (start != nullptr) (void)cuda::EventDestroy(start);
+      (void)cuda::StreamDestroy(stream);
+      return FromKernelStatus(s);
+    }
   }
-  return std::unique_ptr<LaunchArena>(new LaunchArena(cuda, cuda_device, stream));
+  return std::unique_ptr<LaunchArena>(new LaunchArena(cuda, cuda_device, stream, start, end));
 }
 
-LaunchArena::LaunchArena(bool cuda, int device, CUstream_st* stream)
+LaunchArena::LaunchArena(bool cuda, int device, CUstream_st* stream, CUevent_st* kernels_start,
+                         CUevent_st* kernels_end)
     : cuda_(cuda),
       device_(device),
       stream_(stream),
+      kernels_start_(kernels_start),
+      kernels_end_(kernels_end),
       host_allocator_(cuda ? kvcache::NewPinnedHostAllocator() : kvcache::NewHostAllocator()),
       device_allocator_(cuda ? kvcache::NewDeviceAllocator(device) : nullptr) {}
 
@@ -118,6 +130,8 @@ LaunchArena::~LaunchArena() {
     Release(*device_allocator_, &device_in_);
     Release(*device_allocator_, &device_out_);
     (void)cuda::SetDevice(device_);
+    (void)cuda::EventDestroy(kernels_start_);
+    (void)cuda::EventDestroy(kernels_end_);
     (void)cuda::StreamDestroy(stream_);
   }
 }
@@ -209,21 +223,30 @@ absl::StatusOr<LaunchSummary> RunLaunch(const ModelShape& m, absl::Span<const La
   attention.host_cu_seqlens_kv = reinterpret_cast<const int32_t*>(host + layout.cu_kv);
   attention.options = AttentionOptions{/*causal=*/true, std::nullopt};
 
+  absl::Duration kernel_time;
   if (arena->cuda()) {
     // The one host-to-device copy of the launch: metadata, q, k and v together.
-    KernelStatus s = cuda::MemcpyHostToDevice(dev, host, layout.in_bytes, arena->stream());
-    if (s.ok()) s = cuda::AppendKv(append, arena->stream());
-    if (s.ok()) s = cuda::AttentionPaged(attention, arena->stream());
+    cuda::Stream stream = arena->stream();
+    KernelStatus s = cuda::MemcpyHostToDevice(dev, host, layout.in_bytes, stream);
+    if (s.ok()) s = cuda::EventRecord(arena->kernels_start(), stream);
+    if (s.ok()) s = cuda::AppendKv(append, stream);
+    if (s.ok()) s = cuda::AttentionPaged(attention, stream);
+    if (s.ok()) s = cuda::EventRecord(arena->kernels_end(), stream);
     if (s.ok()) {
       s = cuda::MemcpyDeviceToHost(arena->host_out(), arena->device_out(), layout.out_bytes,
-                                   arena->stream());
+                                   stream);
     }
-    if (s.ok()) s = cuda::StreamSynchronize(arena->stream());
+    if (s.ok()) s = cuda::StreamSynchronize(stream);
+    float ms = 0;
+    if (s.ok()) s = cuda::EventElapsedMs(arena->kernels_start(), arena->kernels_end(), &ms);
     if (!s.ok()) return FromKernelStatus(s);
+    kernel_time = absl::Microseconds(static_cast<double>(ms) * 1000.0);
   } else {
+    const absl::Time start = absl::Now();
     KernelStatus s = cpu::AppendKv(append);
     if (s.ok()) s = cpu::AttentionPaged(attention);
     if (!s.ok()) return FromKernelStatus(s);
+    kernel_time = absl::Now() - start;
   }
 
   // Scatter: segment s's output rows go to its entry's rows [a, b) in the step's output.
@@ -236,7 +259,7 @@ absl::StatusOr<LaunchSummary> RunLaunch(const ModelShape& m, absl::Span<const La
                 arena->host_out() + static_cast<size_t>(cu_q[s]) * out_row,
                 static_cast<size_t>(g.b - g.a) * out_row);
   }
-  return LaunchSummary{static_cast<int>(n), total};
+  return LaunchSummary{static_cast<int>(n), total, kernel_time};
 }
 
 }  // namespace flashkv::server

@@ -68,7 +68,20 @@ Metrics::Metrics()
                              .Name("flashkv_sequences_expired_total")
                              .Help("Sequences freed after --sequence-ttl without a step")
                              .Register(*registry_)
-                             .Add({})) {}
+                             .Add({})),
+      tenant_steps_(prometheus::BuildCounter()
+                        .Name("flashkv_tenant_steps_total")
+                        .Help("Step requests answered, by tenant and outcome (ok, error)")
+                        .Register(*registry_)),
+      tenant_tokens_(prometheus::BuildCounter()
+                         .Name("flashkv_tenant_tokens_total")
+                         .Help("New tokens (q rows, summed over layers) of completed Step "
+                               "requests, by tenant")
+                         .Register(*registry_)),
+      tenant_step_latency_(prometheus::BuildHistogram()
+                               .Name("flashkv_tenant_step_latency_seconds")
+                               .Help("Step requests from receipt to response, by tenant")
+                               .Register(*registry_)) {}
 
 void Metrics::RecordRpc(std::string_view rpc, grpc::StatusCode code, absl::Duration latency) {
   const std::string method(rpc);
@@ -85,6 +98,13 @@ void Metrics::CallFinished(std::string_view rpc) {
 }
 
 void Metrics::RecordStep(absl::Duration latency) { step_latency_.Observe(Seconds(latency)); }
+
+void Metrics::RecordTenantStep(const std::string& tenant, bool ok, int64_t tokens,
+                               absl::Duration latency) {
+  tenant_steps_.Add({{"tenant", tenant}, {"outcome", ok ? "ok" : "error"}}).Increment();
+  if (ok) tenant_tokens_.Add({{"tenant", tenant}}).Increment(static_cast<double>(tokens));
+  tenant_step_latency_.Add({{"tenant", tenant}}, LatencyBuckets()).Observe(Seconds(latency));
+}
 
 void Metrics::RecordQueueWait(absl::Duration wait) { step_queue_wait_.Observe(Seconds(wait)); }
 

@@ -1,5 +1,6 @@
 #include "flashkv/server/step.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "flashkv/server/cache_set.h"
@@ -34,7 +35,8 @@ std::vector<StepEntry> WithOutputOffsets(std::vector<StepEntry> entries, int64_t
 
 StepState::StepState(wire::MessageBytes message, uint32_t layer, uint64_t step_id,
                      std::vector<StepEntry> entries, int64_t out_row_bytes, int32_t wire_dtype,
-                     int num_q_heads, int head_dim, absl::Time received, CacheSet* caches,
+                     int num_q_heads, int head_dim, absl::Time received,
+                     std::shared_ptr<Clock> clock, CacheSet* caches,
                      std::vector<PartReleaser*> releasers, StepCompletion done)
     : message_(std::move(message)),
       layer_(layer),
@@ -45,6 +47,7 @@ StepState::StepState(wire::MessageBytes message, uint32_t layer, uint64_t step_i
       num_q_heads_(num_q_heads),
       head_dim_(head_dim),
       received_(received),
+      clock_(std::move(clock)),
       caches_(caches),
       releasers_(std::move(releasers)),
       done_(std::move(done)) {
@@ -164,7 +167,14 @@ grpc::ByteBuffer StepState::EncodeResponse() const {
     }
     out.push_back(std::move(tensor));
   }
-  return wire::EncodeStepResponse(out, step_id_);
+  // The slowest device's kernels: parts on different devices run at the same time.
+  absl::Duration kernel_time;
+  for (const auto& part : parts_) kernel_time = std::max(kernel_time, part->kernel_time);
+  wire::StepTiming timing;
+  timing.kernel_ns = static_cast<uint64_t>(absl::ToInt64Nanoseconds(kernel_time));
+  timing.server_ns =
+      static_cast<uint64_t>(std::max<int64_t>(0, absl::ToInt64Nanoseconds(clock_->Now() - received_)));
+  return wire::EncodeStepResponse(out, step_id_, timing);
 }
 
 }  // namespace flashkv::server

@@ -72,9 +72,9 @@ absl::Status WarmUpSteps(KvCacheService* service, CacheSet* caches, int device,
     const auto owner = std::make_shared<int>(0);
     wire::StepEntryData entry;
     entry.sequence_id = id;
-    entry.q = {int32_t(m.dtype), {1, m.num_q_heads, m.head_dim}, q.data(), q.size(), owner};
-    entry.k = {int32_t(m.dtype), {1, m.num_kv_heads, m.head_dim}, k.data(), k.size(), owner};
-    entry.v = {int32_t(m.dtype), {1, m.num_kv_heads, m.head_dim}, v.data(), v.size(), owner};
+    entry.q = {int32_t(m.dtype), {1, m.num_q_heads, m.head_dim}, q.data(), q.size(), owner, {}};
+    entry.k = {int32_t(m.dtype), {1, m.num_kv_heads, m.head_dim}, k.data(), k.size(), owner, {}};
+    entry.v = {int32_t(m.dtype), {1, m.num_kv_heads, m.head_dim}, v.data(), v.size(), owner, {}};
     const grpc::ByteBuffer request = wire::EncodeStepRequest(layer, 1, {entry});
     absl::StatusOr<wire::MessageBytes> message = wire::MessageBytes::FromByteBuffer(request);
     if (!message.ok()) return message.status();

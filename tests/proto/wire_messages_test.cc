@@ -179,14 +179,22 @@ TEST(WireMessagesTest, EncodesStepRequestsAndResponsesThatProtobufParses) {
       *response.add_out() = e.q();
       out.push_back(ToData(e.q(), owner));
     }
+    StepTiming timing;
+    if (r.Bool()) timing.kernel_ns = uint64_t(r.Int(0, 1 << 30)) << r.Int(0, 30);
+    if (r.Bool()) timing.server_ns = uint64_t(r.Int(0, 1 << 30)) << r.Int(0, 30);
+    response.set_kernel_ns(timing.kernel_ns);
+    response.set_server_ns(timing.server_ns);
     v1::StepResponse parsed_response;
-    ASSERT_TRUE(parsed_response.ParseFromString(Flatten(EncodeStepResponse(out, want.step_id()))));
+    ASSERT_TRUE(parsed_response.ParseFromString(
+        Flatten(EncodeStepResponse(out, want.step_id(), timing))));
     EXPECT_EQ(parsed_response.SerializeAsString(), response.SerializeAsString());
 
     StepResponseView view;
     const std::string response_bytes = response.SerializeAsString();
     const MessageBytes message = r.Slices(response_bytes);
     ASSERT_TRUE(DecodeStepResponse(message, &view).ok());
+    EXPECT_EQ(view.timing.kernel_ns, timing.kernel_ns);
+    EXPECT_EQ(view.timing.server_ns, timing.server_ns);
     ASSERT_EQ(view.out.size(), size_t(response.out_size()));
     for (size_t i = 0; i < view.out.size(); ++i) {
       ExpectTensorEq(message, view.out[i], true, response.out(int(i)), "out");
@@ -261,6 +269,53 @@ TEST(WireMessagesTest, AttentionRequestsAndResponses) {
     ASSERT_TRUE(DecodeAttentionResponse(response_message, &view).ok());
     ExpectTensorEq(response_message, view.out, true, response.out(), "out");
     EXPECT_EQ(view.lse.present, response.has_lse());
+  }
+}
+
+// The clients' encoders: what protobuf parses back is the request, byte for byte once absent
+// tensors are made empty (the encoder always writes q, k and v).
+TEST(WireMessagesTest, EncodesAttentionRequestsThatProtobufParses) {
+  Random r(4);
+  auto owner = std::make_shared<int>(0);
+  for (int trial = 0; trial < 200; ++trial) {
+    v1::AttentionVarlenRequest want;
+    FillTensor(r, want.mutable_q());
+    FillTensor(r, want.mutable_k());
+    FillTensor(r, want.mutable_v());
+    for (int i = r.Int(0, 6); i > 0; --i) want.add_cu_seqlens_q(r.Int(-10, 1 << 20));
+    for (int i = r.Int(0, 6); i > 0; --i) want.add_cu_seqlens_kv(r.Int(-10, 1 << 20));
+    want.set_causal(r.Bool());
+    if (r.Bool()) want.set_softmax_scale(r.Int(0, 3) == 0 ? 0.0f : float(r.Int(-100, 100)) / 7.0f);
+    want.set_return_lse(r.Bool());
+    if (r.Bool()) FillRegionSlice(r, want.mutable_out());
+    if (r.Bool()) FillRegionSlice(r, want.mutable_lse());
+    AttentionRequestData data;
+    data.q = ToData(want.q(), owner);
+    data.k = ToData(want.k(), owner);
+    data.v = ToData(want.v(), owner);
+    data.causal = want.causal();
+    if (want.has_softmax_scale()) data.softmax_scale = want.softmax_scale();
+    data.return_lse = want.return_lse();
+    data.out = ToView(want.has_out(), want.out());
+    data.lse = ToView(want.has_lse(), want.lse());
+    data.cu_seqlens_q.assign(want.cu_seqlens_q().begin(), want.cu_seqlens_q().end());
+    data.cu_seqlens_kv.assign(want.cu_seqlens_kv().begin(), want.cu_seqlens_kv().end());
+    v1::AttentionVarlenRequest parsed;
+    ASSERT_TRUE(parsed.ParseFromString(Flatten(EncodeAttentionVarlenRequest(data))));
+    EXPECT_EQ(parsed.SerializeAsString(), want.SerializeAsString()) << trial;
+
+    v1::AttentionRequest fixed;
+    *fixed.mutable_q() = want.q();
+    *fixed.mutable_k() = want.k();
+    *fixed.mutable_v() = want.v();
+    fixed.set_causal(want.causal());
+    if (want.has_softmax_scale()) fixed.set_softmax_scale(want.softmax_scale());
+    fixed.set_return_lse(want.return_lse());
+    if (want.has_out()) *fixed.mutable_out() = want.out();
+    if (want.has_lse()) *fixed.mutable_lse() = want.lse();
+    v1::AttentionRequest parsed_fixed;
+    ASSERT_TRUE(parsed_fixed.ParseFromString(Flatten(EncodeAttentionRequest(data))));
+    EXPECT_EQ(parsed_fixed.SerializeAsString(), fixed.SerializeAsString()) << trial;
   }
 }
 

@@ -11,7 +11,8 @@
 //     the tile (sm90/consumer_mainloop.cuh, sm90/epilogue.cuh).
 // Policies (template flags): kCausal (bottom-right mask, key tiles past the diagonal skipped),
 // kVarlen (3-d tensor maps over packed rows, the longest-first sequence order, plain stores for
-// the rows of a tile that end inside a sequence). GQA maps query head h to K/V head h / group.
+// the rows of a tile that end inside a sequence), and Traits::kPaged (varlen queries, K/V from
+// page pools: sm90/producer.cuh). GQA maps query head h to K/V head h / group.
 
 #include <cstdint>
 
@@ -53,7 +54,8 @@ __device__ __forceinline__ void Consume(const Sm90Params& params, const Smem<Tr>
       const int token = first_token + row_in_group;
       RunKeyTiles(ml, smem, pipe, key_tiles, wg, KeyLimit<kCausal>(w.seq, token),
                   KeyLimit<kCausal>(w.seq, token + 8),
-                  WarpUniform(KeyLimit<kCausal>(w.seq, first_token)), p.scale_log2, lane);
+                  WarpUniform(KeyLimit<kCausal>(w.seq, first_token)),
+                  Tr::kPaged ? WarpUniform(w.seq.kv_len) : 0, p.scale_log2, tid);
     }
     if constexpr (Tr::kSeparateO) {
       // Every warp of the group is past its last S = Q K^T (the final P V took a turn barrier

@@ -15,6 +15,10 @@
 // makes the two groups issue their GEMMs alternately, so one group's softmax also overlaps the
 // other group's GEMMs. Every GEMM batch takes one turn, so both groups take the same number of
 // turns per tile (key_tiles + 1) and the hand-over never deadlocks.
+//
+// Paged K/V: the first key tile of a tile (the last in key order) may end past the sequence's
+// last key; its K rows there are masked, and its V rows there are zeroed by consumer 0 before
+// either group's P V reads them (ZeroVRowsPast).
 
 #include <cstdint>
 
@@ -158,15 +162,38 @@ struct ConsumerMainloop {
   }
 };
 
+// Paged K/V: V rows [keys, block_n) of a stage hold no key of the sequence (page slots past its
+// end, or boxes the producer did not load): any bits, NaN included. P is 0 there, but 0 x NaN
+// is NaN, so they are zeroed. Consumer 0 does it after its first S = Q K^T of the tile and
+// before its turn for the first P V; consumer 1's first P V comes in its next turn, which
+// consumer 0's hand-over (after these stores and their proxy fence) opens. Generic stores that
+// wgmma reads: fence.proxy.async in every writing thread, then the warpgroup barrier.
+template <class Tr>
+__device__ __forceinline__ void ZeroVRowsPast(const Smem<Tr>& smem, int stage, int keys, int wg,
+                                              int tid) {
+  char* v = smem.base_ptr + (smem.V(stage) - smem.base) + keys * Tr::kChunkRowBytes;
+  const int units = (Tr::kBlockN - keys) * (Tr::kChunkRowBytes / 16);  // per chunk
+#pragma unroll
+  for (int c = 0; c < Tr::kChunks; ++c) {
+    for (int i = tid; i < units; i += 128) {
+      *reinterpret_cast<uint4*>(v + c * Tr::kKvChunkBytes + 16 * i) = make_uint4(0, 0, 0, 0);
+    }
+  }
+  FenceProxyAsyncShared();
+  NamedBarrierSync(kWarpgroupBarrier + wg, 128);
+}
+
 // Runs the key tiles [0, key_tiles) of one tile, last first, for consumer warpgroup `wg`.
 // `pipe` is the CTA-wide ring position (shared with the producer's count); row limits are
 // exclusive key ends of this thread's two rows; `unmasked_below` is the smallest limit of the
-// warpgroup's rows (tiles entirely below it need no mask).
+// warpgroup's rows (tiles entirely below it need no mask); `kv_len` the sequence's keys (paged:
+// V rows past it are zeroed); tid = thread in the warpgroup.
 template <class Tr>
 __device__ __forceinline__ void RunKeyTiles(ConsumerMainloop<Tr>& ml, const Smem<Tr>& smem,
-                                            PipelineState<Tr::kStages>& pipe, int key_tiles,
-                                            int wg, int limit0, int limit1, int unmasked_below,
-                                            float scale_log2, int lane) {
+                                            PipelineState<Tr::kStages>& pipe, int key_tiles, int wg,
+                                            int limit0, int limit1, int unmasked_below, int kv_len,
+                                            float scale_log2, int tid) {
+  const int lane = tid % 32;
   const int my_turn = kTurnBarrier + wg;
   const int other_turn = kTurnBarrier + (1 - wg);
   constexpr int kTurnThreads = 128 * kConsumerWarpgroups;
@@ -190,6 +217,13 @@ __device__ __forceinline__ void RunKeyTiles(ConsumerMainloop<Tr>& ml, const Smem
   ReleaseStage(smem.KEmpty(stage), lane);
   ml.Softmax(masked(n), n * Tr::kBlockN, limit0, limit1, scale_log2, t, correction);
   ml.ConvertP();
+  if constexpr (Tr::kPaged) {
+    const int keys = kv_len - n * Tr::kBlockN;  // keys of the sequence in this tile
+    if (wg == 0 && keys < Tr::kBlockN) {
+      MbarrierWait(smem.VFull(stage), pipe.Phase());
+      ZeroVRowsPast(smem, stage, keys, wg, tid);
+    }
+  }
   int prev_stage = stage;
   uint32_t prev_phase = pipe.Phase();
   ++pipe.it;

@@ -5,6 +5,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <mutex>
 #include <numeric>
@@ -19,6 +20,8 @@ namespace {
 constexpr int64_t kMaxTmaStride = int64_t{1} << 40;
 
 using EncodeTiledFn = PFN_cuTensorMapEncodeTiled_v12000;
+
+std::atomic<int> forced_paged_box_rows{0};
 
 // The driver's cuTensorMapEncodeTiled, resolved once per process through the runtime (the
 // ABI-versioned query: the 12.0 signature is the one this file calls).
@@ -105,6 +108,7 @@ struct LaunchShapes {
 
 LaunchShapes Shapes(const AttentionParams& p, const LaunchInfo& info) {
   const bool varlen = p.cu_seqlens_q != nullptr;
+  const bool paged = p.block_table != nullptr;
   const int64_t q_rows = varlen ? p.total_q : p.seqlen_q;
   const int64_t kv_rows = varlen ? (info.host_cu_seqlens_kv != nullptr
                                         ? info.host_cu_seqlens_kv[p.num_seqs]
@@ -119,12 +123,33 @@ LaunchShapes Shapes(const AttentionParams& p, const LaunchInfo& info) {
               p.v_batch_stride, varlen);
   s.out = Shape(p.head_dim, q_rows, p.num_heads_q, p.num_seqs, p.out_row_stride,
                 p.out_head_stride, p.out_batch_stride, varlen);
+  if (paged) {
+    // The pools as [block, K/V head, slot, dim]: a box of slots is addressed by (slot, head,
+    // block), the block read from the table on the device.
+    s.k = Shape(p.head_dim, p.page_size, p.num_heads_kv, info.num_blocks, p.k_row_stride,
+                p.k_head_stride, p.k_batch_stride, /*varlen=*/false);
+    s.v = Shape(p.head_dim, p.page_size, p.num_heads_kv, info.num_blocks, p.v_row_stride,
+                p.v_head_stride, p.v_batch_stride, /*varlen=*/false);
+  }
   return s;
 }
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 }  // namespace
+
+int PagedBoxRows(int page_size, int block_n) {
+  const int forced = forced_paged_box_rows.load(std::memory_order_relaxed);
+  if (forced > 0 && forced % kPagedBoxRows == 0 && block_n % forced == 0 &&
+      page_size % forced == 0) {
+    return forced;
+  }
+  return page_size % block_n == 0 ? block_n : kPagedBoxRows;
+}
+
+namespace testing {
+void ForcePagedBoxRows(int rows) { forced_paged_box_rows.store(rows, std::memory_order_relaxed); }
+}  // namespace testing
 
 int64_t CountTiles(const AttentionParams& p, const LaunchInfo& info, int block_m) {
   if (p.cu_seqlens_q == nullptr) {
@@ -146,7 +171,7 @@ bool TmaCanDescribe(const AttentionParams& p, const LaunchInfo& info, int elemen
 
 KernelStatus BuildSchedule(const AttentionParams& p, const LaunchInfo& info, int head_dim,
                            int element_bytes, const DeviceProps& props, Schedule* schedule) {
-  const TileShape shape = ChooseTileShape(head_dim);
+  const TileShape shape = ChooseTileShape(head_dim, p.block_table != nullptr);
   const int64_t tiles = CountTiles(p, info, shape.block_m);
   if (tiles > kMaxTiles) return InvalidArgument("sm90 schedule: too many tiles");
   *schedule = Schedule{};
@@ -197,15 +222,19 @@ KernelStatus EncodeTensorMaps(const AttentionParams& p, const LaunchInfo& info, 
                               Sm90Params* params) {
   EncodeTiledFn encode = nullptr;
   FLASHKV_RETURN_IF_ERROR(GetEncoder(&encode));
-  const TileShape shape = ChooseTileShape(p.head_dim);
+  const bool paged = p.block_table != nullptr;
+  const TileShape shape = ChooseTileShape(p.head_dim, paged);
   const LaunchShapes s = Shapes(p, info);
   FLASHKV_RETURN_IF_ERROR(Encode(encode, &params->q_map, s.q, dtype, p.q, shape.block_m, "q"));
   // K and V may be null when no sequence has keys: no tile then loads them, but the map still
   // needs a valid address.
   const void* k = p.k != nullptr ? p.k : p.q;
   const void* v = p.v != nullptr ? p.v : p.q;
-  FLASHKV_RETURN_IF_ERROR(Encode(encode, &params->k_map, s.k, dtype, k, shape.block_n, "k"));
-  FLASHKV_RETURN_IF_ERROR(Encode(encode, &params->v_map, s.v, dtype, v, shape.block_n, "v"));
+  params->kv_box_rows = paged ? PagedBoxRows(p.page_size, shape.block_n) : shape.block_n;
+  FLASHKV_RETURN_IF_ERROR(
+      Encode(encode, &params->k_map, s.k, dtype, k, params->kv_box_rows, "k"));
+  FLASHKV_RETURN_IF_ERROR(
+      Encode(encode, &params->v_map, s.v, dtype, v, params->kv_box_rows, "v"));
   return Encode(encode, &params->o_map, s.out, dtype, p.out, 64, "out");
 }
 

@@ -1,8 +1,8 @@
 #pragma once
 
-// Launch of the sm90 kernel for one (dtype, head dim): schedule and tensor maps (host_setup.h),
-// the shared-memory opt-in, and a persistent grid of one CTA per SM (or fewer, when there are
-// fewer tiles).
+// Launch of the sm90 kernel for one (dtype, head dim, K/V layout): schedule and tensor maps
+// (host_setup.h), the shared-memory opt-in, and a persistent grid of one CTA per SM (or fewer, when
+// there are fewer tiles).
 
 #include <algorithm>
 
@@ -31,10 +31,10 @@ KernelStatus Run(const Sm90Params& params, const DeviceProps& props, cudaStream_
 
 }  // namespace sm90
 
-template <DType kDType, int kHeadDim>
+template <DType kDType, int kHeadDim, bool kPaged>
 KernelStatus LaunchAttentionSm90(const AttentionParams& params, const LaunchInfo& info,
                                  Stream stream) {
-  using Tr = sm90::Traits<typename DeviceElement<kDType>::Type, kHeadDim>;
+  using Tr = sm90::Traits<typename DeviceElement<kDType>::Type, kHeadDim, kPaged>;
   DeviceProps props;
   FLASHKV_RETURN_IF_ERROR(CurrentDevice(&props));
   // Built per call (about 5 KB with the varlen order table): launches may come from several
@@ -47,13 +47,18 @@ KernelStatus LaunchAttentionSm90(const AttentionParams& params, const LaunchInfo
                                               props, &sp.schedule));
   if (sp.schedule.num_tiles == 0) return KernelStatus::Ok();
   FLASHKV_RETURN_IF_ERROR(sm90::EncodeTensorMaps(sp.p, info, kDType, &sp));
-  const bool varlen = sp.p.cu_seqlens_q != nullptr;
-  if (sp.p.causal) {
-    return varlen ? sm90::Run<Tr, true, true>(sp, props, stream)
-                  : sm90::Run<Tr, true, false>(sp, props, stream);
+  if constexpr (kPaged) {  // queries are always packed (varlen)
+    return sp.p.causal ? sm90::Run<Tr, true, true>(sp, props, stream)
+                       : sm90::Run<Tr, false, true>(sp, props, stream);
+  } else {
+    const bool varlen = sp.p.cu_seqlens_q != nullptr;
+    if (sp.p.causal) {
+      return varlen ? sm90::Run<Tr, true, true>(sp, props, stream)
+                    : sm90::Run<Tr, true, false>(sp, props, stream);
+    }
+    return varlen ? sm90::Run<Tr, false, true>(sp, props, stream)
+                  : sm90::Run<Tr, false, false>(sp, props, stream);
   }
-  return varlen ? sm90::Run<Tr, false, true>(sp, props, stream)
-                : sm90::Run<Tr, false, false>(sp, props, stream);
 }
 
 }  // namespace flashkv::cuda

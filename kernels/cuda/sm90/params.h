@@ -37,9 +37,12 @@ struct Schedule {
 struct Sm90Params {
   AttentionParams p;
   CUtensorMap q_map;  // box (64 dims, block_m rows)
-  CUtensorMap k_map;  // box (64 dims, block_n rows)
-  CUtensorMap v_map;  // box (64 dims, block_n rows)
+  // K and V: box (64 dims, block_n rows); paged, maps over the pools [block, K/V head, slot, dim]
+  // with box (64 dims, kv_box_rows slots).
+  CUtensorMap k_map;
+  CUtensorMap v_map;
   CUtensorMap o_map;  // box (64 dims, 64 rows): one consumer warpgroup's rows
+  int kv_box_rows = 0;  // keys per K/V box: block_n, or kPagedBoxRows (paged, page % block_n != 0)
   Schedule schedule;
 };
 

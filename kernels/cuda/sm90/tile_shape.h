@@ -15,6 +15,10 @@
 //     (SeparateO), else in Q's space, which the last S = Q K^T of a tile frees.
 // Budgets: 227 KB of shared memory per block; 240 registers a consumer thread hold O (head_dim / 2
 // floats), S (block_n / 2 floats), P (block_n / 4 16-bit pairs) and addressing.
+//
+// Paged K/V (`paged`, FLASHKV_ENABLE_SM90_PAGED): the same kernel, with each K/V tile loaded as
+// boxes of kPagedBoxRows keys, each box from the page the block table names. The tile must be a
+// whole number of boxes, which changes head dim 256 only.
 
 #include <cstdint>
 
@@ -31,7 +35,15 @@ inline constexpr int kThreads = 128 * (1 + kConsumerWarpgroups);
 inline constexpr int kProducerRegisters = 24;
 inline constexpr int kConsumerRegisters = 240;
 
-constexpr TileShape ChooseTileShape(int head_dim) {
+// Keys per TMA box of a paged K/V tile where pages do not hold whole tiles (pages that do are
+// loaded one tile per box, as contiguous K/V: host_setup.h's PagedBoxRows): every box lies inside
+// one page when page_size is a multiple of it, so paged launches with such pages take the sm90
+// kernel (sm80 gathers rows for the others: a 16-key page would cost 8 boxes x chunks of TMA issue
+// per tile). 64 divides every paged block_n below and keeps boxes of whole 8-row swizzle atoms on
+// 8 KB boundaries.
+inline constexpr int kPagedBoxRows = 64;
+
+constexpr TileShape ChooseTileShape(int head_dim, bool paged = false) {
   switch (head_dim) {
     case 64:
       // Registers: O 32 + S 64 + P 32 leave room; smem is small (Q 16 KB, 32 KB per stage), so
@@ -43,8 +55,10 @@ constexpr TileShape ChooseTileShape(int head_dim) {
       return TileShape{128, 128, 2};
     case 256:
       // O alone is 128 registers, so S is kept to 40 (80 keys, FlashAttention-3's choice):
-      // Q 64 KB + 2 x 80 KB stages = 224 KB, the most that fits beside the barriers.
-      return TileShape{128, 80, 2};
+      // Q 64 KB + 2 x 80 KB stages = 224 KB, the most that fits beside the barriers. Paged: 80 is
+      // not a whole number of 64-key boxes, so 64-key tiles (S 32 registers; 192 KB; a third
+      // stage would need 256 KB).
+      return paged ? TileShape{128, 64, 2} : TileShape{128, 80, 2};
     default:
       // 32 and 96 stay on sm80: they are not multiples of the 64-column chunk a 128-byte-swizzled
       // TMA box holds (32 would need the 64-byte swizzle mode, 96 a mixed chunk layout). 192
@@ -54,14 +68,16 @@ constexpr TileShape ChooseTileShape(int head_dim) {
   }
 }
 
-constexpr bool HasTileShape(int head_dim) { return ChooseTileShape(head_dim).block_m != 0; }
+constexpr bool HasTileShape(int head_dim, bool paged = false) {
+  return ChooseTileShape(head_dim, paged).block_m != 0;
+}
 
 inline constexpr int kMaxSmemBytes = 227 * 1024;
 
 // Bytes of dynamic shared memory without a separate O buffer: operands, barriers, and 1 KB of
 // slack to align the base to the 1024-byte swizzle atom.
-constexpr int SmemBytesSharingQ(int head_dim, int element_bytes) {
-  const TileShape s = ChooseTileShape(head_dim);
+constexpr int SmemBytesSharingQ(int head_dim, int element_bytes, bool paged = false) {
+  const TileShape s = ChooseTileShape(head_dim, paged);
   const int q = s.block_m * head_dim * element_bytes;
   const int kv = 2 * s.stages * s.block_n * head_dim * element_bytes;
   const int barriers = 8 * (2 + 4 * s.stages);
@@ -71,21 +87,21 @@ constexpr int SmemBytesSharingQ(int head_dim, int element_bytes) {
 // O gets its own buffer where it fits (head dims 64, 128): the next tile's Q then loads while
 // this tile's O is stored, instead of after it (FlashAttention-3 does the same). At 256 it does
 // not fit, and O is staged in Q's space.
-constexpr bool SeparateO(int head_dim, int element_bytes) {
-  return SmemBytesSharingQ(head_dim, element_bytes) +
-             ChooseTileShape(head_dim).block_m * head_dim * element_bytes <=
+constexpr bool SeparateO(int head_dim, int element_bytes, bool paged = false) {
+  return SmemBytesSharingQ(head_dim, element_bytes, paged) +
+             ChooseTileShape(head_dim, paged).block_m * head_dim * element_bytes <=
          kMaxSmemBytes;
 }
 
-constexpr int SmemBytes(int head_dim, int element_bytes) {
-  return SmemBytesSharingQ(head_dim, element_bytes) +
-         (SeparateO(head_dim, element_bytes)
-              ? ChooseTileShape(head_dim).block_m * head_dim * element_bytes
+constexpr int SmemBytes(int head_dim, int element_bytes, bool paged = false) {
+  return SmemBytesSharingQ(head_dim, element_bytes, paged) +
+         (SeparateO(head_dim, element_bytes, paged)
+              ? ChooseTileShape(head_dim, paged).block_m * head_dim * element_bytes
               : 0);
 }
 
-// Varlen launches carry their longest-first sequence order in the kernel parameters (see
-// sm90/params.h); larger batches take the sm80 path.
+// Varlen and paged launches carry their longest-first sequence order in the kernel parameters
+// (see sm90/params.h); larger batches take the sm80 path.
 inline constexpr int kMaxVarlenSequences = 512;
 
 // Tile numbers are int, and a CTA's next tile is its current one + gridDim.x: staying below

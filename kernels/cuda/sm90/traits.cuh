@@ -1,9 +1,9 @@
 #pragma once
 
-// Compile-time facts of one sm90 instantiation (element type x head dim): tile sizes, the shared
-// memory map, TMA transaction sizes and the wgmma operand addressing. Every tile is stored as
-// 64-column chunks of 128-byte rows, 128-byte swizzled (16-byte unit u of row r sits at unit
-// u ^ (r % 8)): the layout TMA's SWIZZLE_128B writes and wgmma's swizzle mode 1 reads.
+// Compile-time facts of one sm90 instantiation (element type x head dim x K/V layout): tile sizes,
+// the shared memory map, TMA transaction sizes and the wgmma operand addressing. Every tile is
+// stored as 64-column chunks of 128-byte rows, 128-byte swizzled (16-byte unit u of row r sits at
+// unit u ^ (r % 8)): the layout TMA's SWIZZLE_128B writes and wgmma's swizzle mode 1 reads.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -16,11 +16,15 @@
 
 namespace flashkv::cuda::sm90 {
 
-template <typename Element_, int kHeadDim_>
+// kPaged: K and V come from page pools, each tile as one box of block_n keys or up to kKvBoxes
+// boxes of kPagedBoxRows keys (each inside one page); otherwise a tile is one box per 64-column
+// chunk.
+template <typename Element_, int kHeadDim_, bool kPaged_ = false>
 struct Traits {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
-  static constexpr TileShape kShape = ChooseTileShape(kHeadDim);
+  static constexpr bool kPaged = kPaged_;
+  static constexpr TileShape kShape = ChooseTileShape(kHeadDim, kPaged);
   static constexpr int kBlockM = kShape.block_m;
   static constexpr int kBlockN = kShape.block_n;
   static constexpr int kStages = kShape.stages;
@@ -28,7 +32,7 @@ struct Traits {
 
   static_assert(std::is_same_v<Element, __half> || std::is_same_v<Element, __nv_bfloat16>,
                 "the sm90 kernel computes 16-bit inputs");
-  static_assert(HasTileShape(kHeadDim), "head dim without an sm90 tile shape");
+  static_assert(HasTileShape(kHeadDim, kPaged), "head dim without an sm90 tile shape");
   static_assert(kBlockM == kRowsPerConsumer * kConsumerWarpgroups, "64 rows per consumer");
   static_assert(kHeadDim % 64 == 0, "tiles are stored as 64-column (128-byte) swizzle chunks");
   static_assert(kBlockN % 16 == 0 && kBlockN <= 256, "P V steps over keys 16 at a time");
@@ -49,15 +53,22 @@ struct Traits {
   static_assert(kQChunkBytes % 1024 == 0 && kKvChunkBytes % 1024 == 0,
                 "every chunk starts on a swizzle atom");
 
+  // Paged K/V boxes per chunk of a tile: at most kKvBoxes boxes of kPagedBoxRows keys, box j at
+  // rows [j * box, (j + 1) * box) of every chunk; the launch picks the box (block_n or
+  // kPagedBoxRows keys: host_setup.h's PagedBoxRows).
+  static constexpr int kKvBoxes = kPaged ? kBlockN / kPagedBoxRows : 1;
+  static_assert(!kPaged || kBlockN % kPagedBoxRows == 0, "a paged tile is a whole number of boxes");
+  static_assert(kPagedBoxRows * kChunkRowBytes % 1024 == 0, "every box starts on a swizzle atom");
+
   // Shared memory map (offsets from the 1024-aligned base): Q, K stages, V stages, O (when it
   // has its own buffer), barriers.
-  static constexpr bool kSeparateO = SeparateO(kHeadDim, sizeof(Element));
+  static constexpr bool kSeparateO = SeparateO(kHeadDim, sizeof(Element), kPaged);
   static constexpr int kQOffset = 0;
   static constexpr int kKOffset = kQBytes;
   static constexpr int kVOffset = kKOffset + kStages * kKvBytes;
   static constexpr int kOOffset = kSeparateO ? kVOffset + kStages * kKvBytes : kQOffset;
   static constexpr int kBarrierOffset = kVOffset + kStages * kKvBytes + (kSeparateO ? kQBytes : 0);
-  static constexpr int kSmemBytes = SmemBytes(kHeadDim, sizeof(Element));
+  static constexpr int kSmemBytes = SmemBytes(kHeadDim, sizeof(Element), kPaged);
   static_assert(kBarrierOffset + 8 * (2 + 4 * kStages) + 1024 <= kSmemBytes, "smem map");
   static_assert(kSmemBytes <= kMaxSmemBytes, "fits one Hopper CTA");
 

@@ -15,10 +15,12 @@
 #include "flashkv/attention.h"
 
 struct CUstream_st;  // cudaStream_t is CUstream_st*
+struct CUevent_st;   // cudaEvent_t is CUevent_st*
 
 namespace flashkv::cuda {
 
 using Stream = CUstream_st*;
+using Event = CUevent_st*;
 
 KernelStatus Attention(const FixedAttentionArgs& args, Stream stream);
 KernelStatus AttentionVarlen(const VarlenAttentionArgs& args, Stream stream);
@@ -58,6 +60,12 @@ KernelStatus Memset(void* ptr, int value, size_t bytes, Stream stream);
 KernelStatus StreamCreate(Stream* stream);
 KernelStatus StreamDestroy(Stream stream);
 KernelStatus StreamSynchronize(Stream stream);
+// Timing events (the server times its kernels between two of them on the launch's stream).
+KernelStatus EventCreate(Event* event);
+KernelStatus EventDestroy(Event event);
+KernelStatus EventRecord(Event event, Stream stream);
+// Milliseconds between two recorded events that have completed.
+KernelStatus EventElapsedMs(Event start, Event end, float* ms);
 
 // CUDA IPC: a process exports device memory it allocated with Malloc as an opaque handle, and
 // another process on the same host opens it as a device pointer (the shared-memory data plane:

@@ -6,7 +6,6 @@
 // would take minutes there). Label `gpu`: every test skips without a CUDA device.
 
 #include <algorithm>
-#include <numeric>
 #include <random>
 #include <string>
 #include <tuple>
@@ -22,110 +21,7 @@
 namespace flashkv::cuda::test {
 namespace {
 
-// Paged: K/V scattered over a pool of shuffled blocks [blocks, Hkv, page, D], written through
-// AppendKv (so the append kernel is exercised too, with padding slots of -1 mixed in).
-Result RunPaged(const Problem& p, int page_size, bool simt_reference = false) {
-  const int es = DTypeSize(p.dtype);
-  const int num_seqs = static_cast<int>(p.q_lens.size());
-  int max_blocks = 1;
-  int total_blocks = 0;
-  for (int len : p.kv_lens) {
-    const int blocks = (len + page_size - 1) / page_size;
-    max_blocks = std::max(max_blocks, blocks);
-    total_blocks += blocks;
-  }
-  const int pool_blocks = total_blocks + 3;  // spare blocks stay poisoned
-  std::vector<int32_t> ids(pool_blocks);
-  std::iota(ids.begin(), ids.end(), 0);
-  std::shuffle(ids.begin(), ids.end(), std::mt19937(7));
-  std::vector<int32_t> table(static_cast<size_t>(num_seqs) * max_blocks, -1);
-  std::vector<int64_t> slots;  // per K/V row of the packed input, plus a padding row per seq
-  std::vector<float> k_rows, v_rows;
-  const int row = p.heads_kv * p.head_dim;
-  int next = 0;
-  for (int b = 0; b < num_seqs; ++b) {
-    const int blocks = (p.kv_lens[b] + page_size - 1) / page_size;
-    for (int i = 0; i < blocks; ++i) table[static_cast<size_t>(b) * max_blocks + i] = ids[next++];
-    for (int t = 0; t < p.kv_lens[b]; ++t) {
-      const int64_t block = table[static_cast<size_t>(b) * max_blocks + t / page_size];
-      slots.push_back(block * page_size + t % page_size);
-      const int64_t src = static_cast<int64_t>(p.cu_kv[b] + t) * row;
-      k_rows.insert(k_rows.end(), p.k.begin() + src, p.k.begin() + src + row);
-      v_rows.insert(v_rows.end(), p.v.begin() + src, p.v.begin() + src + row);
-    }
-    slots.push_back(-1);  // padding: skipped
-    k_rows.insert(k_rows.end(), row, 1e4f);
-    v_rows.insert(v_rows.end(), row, 1e4f);
-  }
-  const Strides pool_strides = DensePoolStrides(p.heads_kv, page_size, p.head_dim);
-  const size_t pool_bytes = static_cast<size_t>(pool_blocks) * page_size * row * es;
-  DeviceBuffer dkc(pool_bytes), dvc(pool_bytes), dk(k_rows.size() * es), dv(v_rows.size() * es),
-      dslots(slots.size() * 8);
-  dkc.Poison();
-  dvc.Poison();
-  dk.Upload(Encode(p.dtype, k_rows));
-  dv.Upload(Encode(p.dtype, v_rows));
-  dslots.Upload(slots);
-  KvAppendArgs ap;
-  ap.dtype = p.dtype;
-  ap.num_tokens = static_cast<int64_t>(slots.size());
-  ap.num_heads_kv = p.heads_kv;
-  ap.head_dim = p.head_dim;
-  ap.k = dk.get(), ap.k_strides = DenseStrides(0, p.heads_kv, p.head_dim);
-  ap.v = dv.get(), ap.v_strides = DenseStrides(0, p.heads_kv, p.head_dim);
-  ap.k_cache = dkc.get(), ap.v_cache = dvc.get();
-  ap.cache_strides = pool_strides;
-  ap.num_blocks = pool_blocks;
-  ap.page_size = page_size;
-  ap.slot_mapping = static_cast<const int64_t*>(dslots.get());
-  ap.host_slot_mapping = slots.data();
-  const KernelStatus appended = AppendKv(ap, nullptr);
-  EXPECT_TRUE(appended.ok()) << appended.ToString();
-
-  std::vector<float> q = p.q;
-  DeviceBuffer dq(q.size() * es), dout(q.size() * es), dlse(p.total_q() * p.heads_q * 4),
-      dtable(table.size() * 4), dcq(p.cu_q.size() * 4), dckv(p.cu_kv.size() * 4);
-  dq.Upload(Encode(p.dtype, q));
-  dtable.Upload(table);
-  dcq.Upload(p.cu_q);
-  dckv.Upload(p.cu_kv);
-  dout.Poison();
-  dlse.Poison();
-  PagedAttentionArgs a;
-  a.dtype = p.dtype;
-  a.num_seqs = num_seqs;
-  a.num_heads_q = p.heads_q;
-  a.num_heads_kv = p.heads_kv;
-  a.head_dim = p.head_dim;
-  a.total_q = p.total_q();
-  a.max_seqlen_q = *std::max_element(p.q_lens.begin(), p.q_lens.end());
-  a.max_seqlen_kv = *std::max_element(p.kv_lens.begin(), p.kv_lens.end());
-  a.q = dq.get(), a.q_strides = DenseStrides(0, p.heads_q, p.head_dim);
-  a.out = dout.get(), a.out_strides = DenseStrides(0, p.heads_q, p.head_dim);
-  a.lse = static_cast<float*>(dlse.get());
-  a.k_cache = dkc.get(), a.v_cache = dvc.get();
-  a.cache_strides = pool_strides;
-  a.num_blocks = pool_blocks;
-  a.page_size = page_size;
-  a.block_table = static_cast<const int32_t*>(dtable.get());
-  a.block_table_stride = max_blocks;
-  a.cu_seqlens_q = static_cast<const int32_t*>(dcq.get());
-  a.cu_seqlens_kv = static_cast<const int32_t*>(dckv.get());
-  a.host_block_table = table.data();
-  a.host_cu_seqlens_q = p.cu_q.data();
-  a.host_cu_seqlens_kv = p.cu_kv.data();
-  a.options = p.options();
-  const KernelStatus status = simt_reference ? testing::AttentionPagedSimtReference(a, nullptr)
-                                             : AttentionPaged(a, nullptr);
-  EXPECT_TRUE(status.ok()) << status.ToString();
-  EXPECT_TRUE(StreamSynchronize(nullptr).ok());
-  return Result{Decode(p.dtype, dout.Download<uint8_t>(dout.bytes())),
-                dlse.Download<float>(p.total_q() * p.heads_q)};
-}
-
-using Case = std::tuple<DType, int>;  // dtype, head dim
-
-class CudaAttentionTest : public ::testing::TestWithParam<Case> {
+class CudaAttentionTest : public ::testing::TestWithParam<DTypeHeadDim> {
  protected:
   void SetUp() override {
     if (!HaveDevice()) GTEST_SKIP() << "no CUDA device (sm_80+)";
@@ -182,16 +78,11 @@ TEST_P(CudaAttentionTest, NegativeAndZeroScale) {
   }
 }
 
-std::string CaseName(const ::testing::TestParamInfo<Case>& info) {
-  return std::string(DTypeName(std::get<0>(info.param))) + "_d" +
-         std::to_string(std::get<1>(info.param));
-}
-
 INSTANTIATE_TEST_SUITE_P(AllInstantiations, CudaAttentionTest,
                          ::testing::Combine(::testing::Values(DType::kFloat16, DType::kBFloat16,
                                                               DType::kFloat32),
                                             ::testing::ValuesIn(kSupportedHeadDims)),
-                         CaseName);
+                         DTypeHeadDimName);
 
 // Long contexts and big decode batches: the tensor-core kernel against the SIMT kernel.
 class CudaLargeTest : public ::testing::Test {
@@ -201,17 +92,11 @@ class CudaLargeTest : public ::testing::Test {
   }
 };
 
-void ExpectSameAsSimt(const Problem& p, const Result& fast, const Result& simt) {
-  std::vector<double> out(simt.out.begin(), simt.out.end()), lse(simt.lse.begin(), simt.lse.end());
-  ExpectClose(p.dtype, fast.out, out, "vs simt out");
-  ExpectLseClose(p.dtype, fast.lse, lse, "vs simt lse");
-}
-
 TEST_F(CudaLargeTest, Context32kPagedDecodeAndChunk) {
   for (DType dtype : {DType::kFloat16, DType::kBFloat16}) {
     if (!IsCompiled(dtype, 128)) continue;
     Problem p = MakeProblem(dtype, 32, 8, 128, {1, 1, 64}, {32768, 20000, 32768}, true, 8);
-    ExpectSameAsSimt(p, RunPaged(p, 16), RunPaged(p, 16, /*simt_reference=*/true));
+    ExpectSameAsSimt(p, RunPaged(p, 16), RunPaged(p, 16, SimtReference()));
   }
 }
 
@@ -221,7 +106,7 @@ TEST_F(CudaLargeTest, Batch256Decode) {
   std::mt19937 rng(9);
   for (int& len : kv) len = 1 + static_cast<int>(rng() % 600);
   Problem p = MakeProblem(DType::kFloat16, 32, 8, 128, q, kv, true, 9);
-  ExpectSameAsSimt(p, RunPaged(p, 16), RunPaged(p, 16, /*simt_reference=*/true));
+  ExpectSameAsSimt(p, RunPaged(p, 16), RunPaged(p, 16, SimtReference()));
 }
 
 TEST_F(CudaLargeTest, UnalignedTensorsTakeTheSimtPath) {

@@ -2,6 +2,7 @@
 // takes and why the others stay on sm80 or SIMT. No GPU needed (label `cpu`): the device is
 // described by a DeviceProps value and "compiled" is passed in.
 
+#include <algorithm>
 #include <vector>
 
 #include "attention_params.h"
@@ -106,6 +107,82 @@ TEST(KernelPathTest, VarlenNeedsHostLengthsAndAFittingTable) {
   for (int b = 0; b <= p.num_seqs; ++b) many[b] = 128 * b;
   info.host_cu_seqlens_q = info.host_cu_seqlens_kv = many.data();
   EXPECT_NE(Reject(p, info), nullptr);
+}
+
+// A paged prefill: varlen queries over [blocks, Hkv, page, D] pools.
+AttentionParams Paged(const std::vector<int32_t>& cu_q, const std::vector<int32_t>& cu_kv,
+                      int page_size, int hq, int hkv, int d) {
+  const int batch = static_cast<int>(cu_q.size()) - 1;
+  AttentionParams p = Fixed(batch, 0, 0, hq, hkv, d);
+  p.cu_seqlens_q = cu_q.data();  // any non-null pointer marks varlen; the host copies are read
+  p.cu_seqlens_kv = cu_kv.data();
+  p.block_table = cu_kv.data();  // likewise for paged
+  p.page_size = page_size;
+  p.total_q = cu_q.back();
+  for (int b = 0; b < batch; ++b) {
+    p.max_seqlen_q = std::max(p.max_seqlen_q, cu_q[b + 1] - cu_q[b]);
+    p.max_seqlen_kv = std::max(p.max_seqlen_kv, cu_kv[b + 1] - cu_kv[b]);
+  }
+  p.k_row_stride = p.v_row_stride = d;
+  p.k_head_stride = p.v_head_stride = static_cast<int64_t>(page_size) * d;
+  p.k_batch_stride = p.v_batch_stride = static_cast<int64_t>(hkv) * page_size * d;
+  return p;
+}
+
+TEST(KernelPathTest, PagedPrefillTakesSm90WithPagesOfWholeBoxes) {
+  const std::vector<int32_t> cu_q = {0, 300, 301, 812}, cu_kv = {0, 400, 1400, 2000};
+  LaunchInfo info;
+  info.host_cu_seqlens_q = cu_q.data();
+  info.host_cu_seqlens_kv = cu_kv.data();
+  info.num_blocks = 64;
+  for (int page : {64, 128, 192, 256, 1024}) {
+    EXPECT_EQ(Reject(Paged(cu_q, cu_kv, page, 8, 2, 128), info, H100(), /*paged=*/true), nullptr)
+        << "page " << page;
+  }
+  // A box of 64 keys would cross a page: sm80 gathers rows.
+  for (int page : {1, 16, 32, 96, 100}) {
+    EXPECT_NE(Reject(Paged(cu_q, cu_kv, page, 8, 2, 128), info, H100(), /*paged=*/true), nullptr)
+        << "page " << page;
+  }
+  // Without the paged kernels in the build (FLASHKV_ENABLE_SM90_PAGED off).
+  EXPECT_NE(Sm90Rejection(DType::kFloat16, 128, /*paged=*/true, /*sm90_compiled=*/false,
+                          Paged(cu_q, cu_kv, 64, 8, 2, 128), info, H100()),
+            nullptr);
+  // Decodes fill one row of a 128-row tile: sm80's packed decode path serves them.
+  const std::vector<int32_t> dq = {0, 1, 2, 3, 4}, dkv = {0, 500, 1000, 1500, 2000};
+  LaunchInfo decode = info;
+  decode.host_cu_seqlens_q = dq.data();
+  decode.host_cu_seqlens_kv = dkv.data();
+  EXPECT_NE(Reject(Paged(dq, dkv, 64, 8, 2, 128), decode, H100(), /*paged=*/true), nullptr);
+}
+
+TEST(KernelPathTest, PagedBoxesAreWholeTilesWherePagesHoldThem) {
+  // Head dims 64 and 128 (block_n 128), and 256's paged tile (block_n 64).
+  EXPECT_EQ(sm90::PagedBoxRows(64, 128), 64);
+  EXPECT_EQ(sm90::PagedBoxRows(128, 128), 128);
+  EXPECT_EQ(sm90::PagedBoxRows(192, 128), 64);
+  EXPECT_EQ(sm90::PagedBoxRows(256, 128), 128);
+  EXPECT_EQ(sm90::PagedBoxRows(64, 64), 64);
+  EXPECT_EQ(sm90::PagedBoxRows(192, 64), 64);
+  sm90::testing::ForcePagedBoxRows(64);
+  EXPECT_EQ(sm90::PagedBoxRows(256, 128), 64);
+  sm90::testing::ForcePagedBoxRows(128);
+  EXPECT_EQ(sm90::PagedBoxRows(192, 128), 64) << "a forced box must lie inside one page";
+  EXPECT_EQ(sm90::PagedBoxRows(128, 64), 64) << "a forced box must be a whole number per tile";
+  sm90::testing::ForcePagedBoxRows(0);
+  EXPECT_EQ(sm90::PagedBoxRows(256, 128), 128);
+}
+
+TEST(KernelPathTest, PagedPoolStridesTheTmaCannotDescribe) {
+  const std::vector<int32_t> cu_q = {0, 300}, cu_kv = {0, 400};
+  LaunchInfo info;
+  info.host_cu_seqlens_q = cu_q.data();
+  info.host_cu_seqlens_kv = cu_kv.data();
+  info.num_blocks = 16;
+  AttentionParams p = Paged(cu_q, cu_kv, 64, 8, 2, 128);
+  EXPECT_TRUE(sm90::TmaCanDescribe(p, info, 2));
+  p.k_batch_stride += 4;  // blocks 8 bytes apart from a multiple of 16
+  EXPECT_FALSE(sm90::TmaCanDescribe(p, info, 2));
 }
 
 TEST(KernelPathTest, ScheduleOrdersSequencesLongestContextFirst) {

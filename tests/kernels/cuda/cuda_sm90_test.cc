@@ -24,20 +24,12 @@
 namespace flashkv::cuda::test {
 namespace {
 
-using Case = std::tuple<DType, int>;  // dtype, head dim
-
-class CudaSm90Test : public ::testing::TestWithParam<Case> {
+class CudaSm90Test : public ::testing::TestWithParam<DTypeHeadDim> {
  protected:
   void SetUp() override {
-    if (!HaveDevice()) GTEST_SKIP() << "no CUDA device (sm_80+)";
-    DeviceInfo info;
-    ASSERT_TRUE(GetDeviceInfo(0, &info).ok());
-    if (info.compute_capability_major != 9 || info.compute_capability_minor != 0) {
-      GTEST_SKIP() << "the sm90 kernels run on compute capability 9.0 only";
-    }
     dtype_ = std::get<0>(GetParam());
     head_dim_ = std::get<1>(GetParam());
-    if (!IsSm90Compiled(dtype_, head_dim_)) GTEST_SKIP() << "no sm90 kernel compiled";
+    if (const char* why = Sm90SkipReason(dtype_, head_dim_, /*paged=*/false)) GTEST_SKIP() << why;
   }
 
   // Runs and checks one problem, after checking that it takes the sm90 kernel.
@@ -102,15 +94,10 @@ TEST_P(CudaSm90Test, NegativeAndZeroScale) {
   }
 }
 
-std::string CaseName(const ::testing::TestParamInfo<Case>& info) {
-  return std::string(DTypeName(std::get<0>(info.param))) + "_d" +
-         std::to_string(std::get<1>(info.param));
-}
-
 INSTANTIATE_TEST_SUITE_P(Sm90Instantiations, CudaSm90Test,
                          ::testing::Combine(::testing::Values(DType::kFloat16, DType::kBFloat16),
                                             ::testing::Values(64, 128, 256)),
-                         CaseName);
+                         DTypeHeadDimName);
 
 }  // namespace
 }  // namespace flashkv::cuda::test

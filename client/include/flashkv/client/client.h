@@ -24,13 +24,17 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "flashkv/client/channel.h"
+#include "flashkv/client/region.h"
+#include "flashkv/client/step_input.h"
 #include "flashkv/client/step_session.h"
 #include "flashkv/client/tensor.h"
 #include "flashkv/v1/attention.grpc.pb.h"
 #include "flashkv/v1/kvcache.grpc.pb.h"
+#include "flashkv/v1/region.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/client_context.h"
+#include "grpcpp/generic/generic_stub.h"
 
 namespace flashkv {
 
@@ -58,17 +62,9 @@ struct CallOptions {
 enum class HealthState { kUnknown, kServing, kNotServing, kServiceUnknown };
 absl::string_view HealthStateName(HealthState state);
 
-// A request of the typed Step API: n new tokens of one sequence. q [n,Hq,D]; k, v [n,Hkv,D].
-struct StepInput {
-  std::string sequence_id;
-  TensorView q;
-  TensorView k;
-  TensorView v;
-  std::vector<int64_t> token_ids;  // n of them, or none
-};
-
 // Stateless attention. Fixed: q [B,Sq,Hq,D], k, v [B,Skv,Hkv,D]. Varlen: q [Tq,Hq,D],
-// k, v [Tkv,Hkv,D] with cu_seqlens.
+// k, v [Tkv,Hkv,D] with cu_seqlens. Tensors as in StepInput: bytes referenced in place, or
+// region tensors' descriptors.
 struct AttentionInput {
   TensorView q;
   TensorView k;
@@ -78,8 +74,13 @@ struct AttentionInput {
   bool return_lse = false;
   std::vector<int32_t> cu_seqlens_q;   // varlen only
   std::vector<int32_t> cu_seqlens_kv;  // varlen only
+  // Shared-memory data plane: where the server writes out (q's dtype and shape) and lse.
+  std::optional<RegionSlice> out;
+  std::optional<RegionSlice> lse;
 };
 
+// An output written into a region comes back as a default HostTensor (no bytes): its rows are at
+// the slice the request named.
 struct AttentionResult {
   HostTensor out;
   std::optional<HostTensor> lse;  // float32, when asked for
@@ -116,9 +117,13 @@ class Client {
   // like its entry's q, in q's dtype, with the right byte count (INTERNAL otherwise).
   absl::StatusOr<v1::StepResponse> Step(const v1::StepRequest& request,
                                         const CallOptions& options = {});
-  // Typed form: outputs [n_i,Hq,D] in entry order.
+  // Typed form: outputs [n_i,Hq,D] in entry order; an entry whose `out` names a region slice gets
+  // a default HostTensor (no bytes): its output is in the region. The request is encoded without
+  // copying tensor bytes; they must stay unchanged until the call returns. `timing` (optional)
+  // receives the server's account of the step's time.
   absl::StatusOr<std::vector<HostTensor>> Step(uint32_t layer, absl::Span<const StepInput> entries,
-                                               const CallOptions& options = {});
+                                               const CallOptions& options = {},
+                                               StepTiming* timing = nullptr);
 
   // Opens one StepStream. The routing key is fixed for the stream's life (a stream reaches one
   // replica): options.routing_key, else the first request's first entry's sequence id.
@@ -133,6 +138,15 @@ class Client {
   absl::StatusOr<AttentionResult> AttentionVarlen(const AttentionInput& input,
                                                   const CallOptions& options = {});
 
+  // Registers shared memory with the server (flashkv/client/region.h): host memory (a sealed
+  // memfd), or device memory on CUDA device `device` (CUDA builds; UNAVAILABLE otherwise). The
+  // region must not outlive this client. `options.timeout` bounds the wait for the region id
+  // (default 60 s); the registration itself lasts until the region is released.
+  absl::StatusOr<std::unique_ptr<SharedRegion>> AttachHostRegion(uint64_t size,
+                                                                 const CallOptions& options = {});
+  absl::StatusOr<std::unique_ptr<SharedRegion>> AttachDeviceRegion(
+      uint64_t size, int device, const CallOptions& options = {});
+
   const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
 
  private:
@@ -142,6 +156,8 @@ class Client {
   // header. INVALID_ARGUMENT when the key cannot travel as a header value.
   absl::Status Prepare(grpc::ClientContext* context, const CallOptions& options,
                        const std::string* routing_key) const;
+  // How a SharedRegion prepares its calls.
+  SharedRegion::Prepare RegionCalls(const CallOptions& options) const;
 
   std::shared_ptr<grpc::Channel> channel_;
   std::string bearer_token_;
@@ -149,6 +165,11 @@ class Client {
   std::unique_ptr<v1::AttentionService::Stub> attention_;
   std::unique_ptr<v1::KvCacheService::Stub> kvcache_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+  std::unique_ptr<v1::RegionService::Stub> regions_;
+  // Requests encoded by the wire codec (request_encoding.h) go out as ByteBuffers.
+  std::unique_ptr<grpc::TemplatedGenericStub<grpc::ByteBuffer, v1::StepResponse>> step_bytes_;
+  std::unique_ptr<grpc::TemplatedGenericStub<grpc::ByteBuffer, v1::AttentionResponse>>
+      attention_bytes_;
 };
 
 // Checks that a routing key can be sent as an HTTP/2 header value (printable ASCII, at most 256

@@ -27,9 +27,12 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "flashkv/client/step_input.h"
 #include "flashkv/client/tensor.h"
 #include "flashkv/v1/kvcache.grpc.pb.h"
 #include "grpcpp/client_context.h"
+#include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/client_callback.h"
 
 namespace flashkv {
@@ -54,8 +57,11 @@ struct StepExpectation {
   uint64_t step_id = 0;
   std::vector<Shape> out_shapes;  // = the entries' q shapes
   std::vector<int> out_dtypes;    // = the entries' q dtypes (flashkv.v1.DType values)
+  // The entries' `out` slices: such an output must come back as that slice, without bytes.
+  std::vector<std::optional<RegionSlice>> out_regions;
 };
 StepExpectation ExpectationFor(const v1::StepRequest& request);
+StepExpectation ExpectationFor(uint64_t step_id, absl::Span<const StepInput> entries);
 // INTERNAL naming the mismatch ("out[2].shape [1,8,128] != q shape [2,8,128]").
 absl::Status CheckStepResponse(const StepExpectation& expected, const v1::StepResponse& response);
 
@@ -70,6 +76,10 @@ class StepSession {
   // FAILED_PRECONDITION when max_in_flight requests await Receive() or after Finish(),
   // INVALID_ARGUMENT when the first request has no entry to take the routing key from.
   absl::StatusOr<uint64_t> Send(v1::StepRequest request);
+  // Typed form, encoded without copying tensor bytes (flashkv/client/step_input.h): the views'
+  // bytes must stay valid and unchanged until Receive() has returned this request's response.
+  absl::StatusOr<uint64_t> Send(uint32_t layer, absl::Span<const StepInput> entries,
+                                uint64_t step_id = 0);
 
   // The response to the oldest request not yet received; blocks until it arrives or the stream
   // fails. FAILED_PRECONDITION when nothing is in flight.
@@ -96,9 +106,17 @@ class StepSession {
   // `reactor`, which is then started. Called once, on the first Send().
   using Starter = std::function<absl::Status(
       grpc::ClientContext* context,
-      grpc::ClientBidiReactor<v1::StepRequest, v1::StepResponse>* reactor,
+      grpc::ClientBidiReactor<grpc::ByteBuffer, v1::StepResponse>* reactor,
       const std::string& routing_key)>;
   StepSession(StepSessionOptions options, Starter start);
+
+  // Under mu_: starts the stream on the first request (`first_sequence_id` gives the routing key
+  // unless the options name one) and assigns the step id.
+  absl::StatusOr<uint64_t> Prepare(uint64_t step_id, const std::string* first_sequence_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Under mu_: queues the encoded request, expecting `expectation`.
+  absl::Status Write(grpc::ByteBuffer request, StepExpectation expectation)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const StepSessionOptions options_;
   const Starter start_;

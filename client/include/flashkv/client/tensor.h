@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -37,18 +38,36 @@ absl::StatusOr<DType> FromProtoDType(int proto_dtype, absl::string_view field);
 void ConvertToFloat(DType dtype, const void* src, float* dst, int64_t count);
 void ConvertFromFloat(DType dtype, const float* src, void* dst, int64_t count);
 
+// Where a tensor's bytes lie in a shared-memory region registered with the server
+// (flashkv/client/region.h): `offset` bytes from the start of region `region_id`.
+struct RegionSlice {
+  uint64_t region_id = 0;
+  uint64_t offset = 0;
+};
+inline bool operator==(const RegionSlice& a, const RegionSlice& b) {
+  return a.region_id == b.region_id && a.offset == b.offset;
+}
+
 // A read-only view of someone else's tensor bytes. Cheap to copy; the bytes must outlive it.
+// A view of a tensor in a shared-memory region also carries its slice: requests then send the
+// slice instead of the bytes (and for a device region, data() is a device pointer).
 class TensorView {
  public:
   TensorView() = default;
   TensorView(DType dtype, Shape shape, const void* data)
       : dtype_(dtype), shape_(std::move(shape)), data_(static_cast<const std::byte*>(data)) {}
+  TensorView(DType dtype, Shape shape, const void* data, RegionSlice region)
+      : dtype_(dtype),
+        shape_(std::move(shape)),
+        data_(static_cast<const std::byte*>(data)),
+        region_(region) {}
 
   DType dtype() const { return dtype_; }
   absl::Span<const int64_t> shape() const { return shape_; }
   int64_t num_elements() const { return NumElements(shape_); }
   size_t num_bytes() const { return static_cast<size_t>(num_elements()) * DTypeSize(dtype_); }
   const std::byte* data() const { return data_; }
+  const std::optional<RegionSlice>& region() const { return region_; }
   // Element `index` (flat, C order) converted to float.
   float GetFloat(int64_t index) const;
   std::vector<float> ToFloats() const;
@@ -57,6 +76,7 @@ class TensorView {
   DType dtype_ = DType::kFloat32;
   Shape shape_;
   const std::byte* data_ = nullptr;
+  std::optional<RegionSlice> region_;
 };
 
 // An owning host tensor. Movable, copyable; not thread-safe for concurrent mutation.
@@ -97,7 +117,8 @@ class HostTensor {
   std::string bytes_;
 };
 
-// Copies a view into a proto tensor (one copy of the bytes).
+// Copies a view into a proto tensor (one copy of the bytes); a region tensor's view becomes its
+// descriptor (dtype, shape, region slice; no bytes).
 void CopyToProto(const TensorView& view, v1::Tensor* proto);
 
 // Checks a proto tensor without taking it: known dtype, shape dims >= 0 and a byte count equal to

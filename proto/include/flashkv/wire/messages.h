@@ -59,9 +59,16 @@ struct StepRequestView {
   std::vector<StepEntryView> entries;
 };
 
+// StepResponse.kernel_ns and server_ns: where the step's time went on the server.
+struct StepTiming {
+  uint64_t kernel_ns = 0;
+  uint64_t server_ns = 0;
+};
+
 struct StepResponseView {
   std::vector<TensorView> out;
   uint64_t step_id = 0;
+  StepTiming timing;
 };
 
 struct AttentionRequestView {
@@ -139,13 +146,31 @@ struct StepEntryData {
   RegionSliceView out;
 };
 
+// AttentionRequest (cu_seqlens ignored) or AttentionVarlenRequest, to encode.
+struct AttentionRequestData {
+  TensorData q;
+  TensorData k;
+  TensorData v;
+  bool causal = false;
+  std::optional<float> softmax_scale;
+  bool return_lse = false;
+  RegionSliceView out;
+  RegionSliceView lse;
+  std::vector<int32_t> cu_seqlens_q;  // varlen only
+  std::vector<int32_t> cu_seqlens_kv;
+};
+
 // Appends `tensor` as field `field_number` of the message being built.
 void AppendTensorField(uint32_t field_number, const TensorData& tensor, MessageBuilder* builder);
 size_t TensorFieldSize(uint32_t field_number, const TensorData& tensor);
 
 grpc::ByteBuffer EncodeStepRequest(uint32_t layer, uint64_t step_id,
                                    absl::Span<const StepEntryData> entries);
-grpc::ByteBuffer EncodeStepResponse(absl::Span<const TensorData> out, uint64_t step_id);
+grpc::ByteBuffer EncodeStepResponse(absl::Span<const TensorData> out, uint64_t step_id,
+                                    const StepTiming& timing = {});
+// Clients: the stateless attention requests, tensors referenced as their TensorData says.
+grpc::ByteBuffer EncodeAttentionRequest(const AttentionRequestData& request);
+grpc::ByteBuffer EncodeAttentionVarlenRequest(const AttentionRequestData& request);
 // `lse` may be null (not requested).
 grpc::ByteBuffer EncodeAttentionResponse(const TensorData& out, const TensorData* lse);
 

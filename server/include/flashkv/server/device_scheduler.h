@@ -5,12 +5,15 @@
 //
 // - Per sequence, steps apply in arrival order: a part waits while an earlier part (queued or
 //   still unresolved) names one of its sequences.
-// - A launch holds parts of one layer: the layer of the part that has waited longest. Parts join
-//   in waiting order until the token budget (max_batch_tokens) is used. A part contributes a
-//   window of at most prefill_chunk_tokens rows per launch; a longer one stays active and joins
-//   later launches, behind work that arrived meanwhile, so decodes never wait behind a whole
-//   long prefill. A part's kvcache batch is prepared (every block reserved) when it first joins a
-//   launch and stays pending until its step resolves: see step.h for all-or-nothing.
+// - A launch holds parts of one layer: the layer of the longest-waiting part of the tenant whose
+//   turn it is (tenant_shares.h: fair queuing on tokens between tenants; with one tenant, simply
+//   the part that has waited longest). Parts join in waiting order until the token budget
+//   (max_batch_tokens) is used; when it is over-subscribed, it is split fairly between the
+//   tenants. A part contributes a window of at most prefill_chunk_tokens rows per launch; a longer
+//   one stays active and joins later launches, behind work that arrived meanwhile, so decodes
+//   never wait behind a whole long prefill. A part's kvcache batch is prepared (every block
+//   reserved) when it first joins a launch and stays pending until its step resolves: see step.h
+//   for all-or-nothing.
 // - Batching window: with no part already computing and fewer waiting tokens than the budget,
 //   the thread waits until the oldest waiting part is batch_window old (zero: not at all).
 // - A part whose step is cancelled or failed elsewhere stops at the next launch boundary.
@@ -38,6 +41,7 @@
 #include "flashkv/server/launch.h"
 #include "flashkv/server/metrics.h"
 #include "flashkv/server/step.h"
+#include "flashkv/server/tenant_shares.h"
 
 namespace flashkv::server {
 
@@ -47,6 +51,7 @@ struct SchedulerCounters {
   uint64_t tokens = 0;
   uint64_t max_entries = 0;
   uint64_t parts_completed = 0;
+  uint64_t queued = 0;  // parts waiting or partly computed, now
 };
 
 class DeviceScheduler final : public PartReleaser {
@@ -84,6 +89,8 @@ class DeviceScheduler final : public PartReleaser {
   bool PlanLaunch(Plan* plan, std::vector<Item>* doomed, absl::Time* wake_at)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Execute(Plan& plan);
+  // Tells the fair shares which tenants have parts queued (pending or active).
+  void RetainWaitingTenants() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Report(const Item& item, absl::Status status);
 
   const int device_;
@@ -102,6 +109,7 @@ class DeviceScheduler final : public PartReleaser {
   uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;  // bumped by Enqueue, Wake, ReleasePart
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   SchedulerCounters counters_ ABSL_GUARDED_BY(mu_);
+  TenantShares shares_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;
 };
 

@@ -8,7 +8,7 @@
 //
 // Ownership: does not own the caches, schedulers, executor or metrics; they outlive the gRPC
 // server it is registered with. Thread-safety: gRPC calls it from many threads. Lock order:
-// streams_mu_, then a stream reactor's lock; submit_mu_ is taken alone.
+// streams_mu_, then a stream reactor's lock; submit_mu_ and activity_mu_ are taken alone.
 
 #include <atomic>
 #include <memory>
@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "flashkv/base/mutex.h"
 #include "flashkv/server/auth.h"
@@ -97,8 +98,10 @@ class KvCacheService final : public KvCacheServiceBase {
   void BeginDrain();
 
   Metrics& metrics() { return *metrics_; }
+  const RequestLimits& limits() const { return config_.limits; }
   Clock& clock() { return *clock_; }
-  flashkv::v1::ServerStats Stats() const;
+  // Server-wide stats, and the tenant's own when `tenant` is given.
+  flashkv::v1::ServerStats Stats(const Tenant* tenant = nullptr) const;
 
  private:
   friend class StepStreamReactor;
@@ -124,6 +127,12 @@ class KvCacheService final : public KvCacheServiceBase {
   const Authenticator* const auth_;
   const RegionRegistry* const regions_;
   std::atomic<uint64_t> steps_completed_{0};
+  struct TenantActivity {
+    uint64_t steps = 0;
+    uint64_t tokens = 0;
+  };
+  mutable Mutex activity_mu_;
+  absl::flat_hash_map<std::string, TenantActivity> activity_ ABSL_GUARDED_BY(activity_mu_);
 
   Mutex submit_mu_;
   Mutex streams_mu_;

@@ -19,6 +19,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "flashkv/kvcache/layer_batch.h"
 #include "flashkv/kvcache/memory.h"
@@ -26,6 +27,7 @@
 #include "flashkv/server/step.h"
 
 struct CUstream_st;
+struct CUevent_st;
 
 namespace flashkv::server {
 
@@ -54,19 +56,25 @@ class LaunchArena {
   uint8_t* device_out() const { return cuda_ ? device_out_.data : host_out_.data; }
   bool cuda() const { return cuda_; }
   CUstream_st* stream() const { return stream_; }
+  // Recorded around the kernels on stream() (CUDA only), to time them without a synchronisation.
+  CUevent_st* kernels_start() const { return kernels_start_; }
+  CUevent_st* kernels_end() const { return kernels_end_; }
 
  private:
   struct Buffer {
     uint8_t* data = nullptr;
     size_t bytes = 0;
   };
-  LaunchArena(bool cuda, int device, CUstream_st* stream);
+  LaunchArena(bool cuda, int device, CUstream_st* stream, CUevent_st* kernels_start,
+              CUevent_st* kernels_end);
   absl::Status Grow(kvcache::MemoryAllocator& allocator, Buffer* buffer, size_t bytes);
   void Release(kvcache::MemoryAllocator& allocator, Buffer* buffer);
 
   const bool cuda_;
   const int device_;
   CUstream_st* const stream_;
+  CUevent_st* const kernels_start_;
+  CUevent_st* const kernels_end_;
   std::shared_ptr<kvcache::MemoryAllocator> host_allocator_;
   std::shared_ptr<kvcache::MemoryAllocator> device_allocator_;
   Buffer host_in_, host_out_, device_in_, device_out_;
@@ -75,6 +83,8 @@ class LaunchArena {
 struct LaunchSummary {
   int entries = 0;     // sequences in the launch
   int64_t tokens = 0;  // query rows
+  // The KV append and attention kernels alone: not the staging, the transfers or the scatter.
+  absl::Duration kernel_time;
 };
 
 // Runs `windows` (all prepared at `layer` of one cache whose pools are `pools`) and scatters the

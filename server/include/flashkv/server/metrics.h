@@ -35,6 +35,10 @@ class Metrics {
   void RecordRpc(std::string_view rpc, grpc::StatusCode code, absl::Duration latency);
   // A Step (unary or stream message) from receipt to response.
   void RecordStep(absl::Duration latency);
+  // A Step of `tenant` answered (`ok`: completed, with `tokens` new tokens): per-tenant steps,
+  // tokens and latency, from which the spread of throughput between tenants is read.
+  void RecordTenantStep(const std::string& tenant, bool ok, int64_t tokens,
+                        absl::Duration latency);
   // A Step part's wait from receipt to its first launch.
   void RecordQueueWait(absl::Duration wait);
   // One scheduler launch on `device`.
@@ -52,6 +56,9 @@ class Metrics {
   prometheus::Family<prometheus::Histogram>& batch_tokens_;
   prometheus::Family<prometheus::Histogram>& kernel_seconds_;
   prometheus::Counter& expired_sequences_;
+  prometheus::Family<prometheus::Counter>& tenant_steps_;
+  prometheus::Family<prometheus::Counter>& tenant_tokens_;
+  prometheus::Family<prometheus::Histogram>& tenant_step_latency_;
 };
 
 }  // namespace flashkv::server

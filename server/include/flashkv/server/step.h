@@ -27,6 +27,7 @@
 #include "flashkv/base/mutex.h"
 #include "absl/time/time.h"
 #include "flashkv/kvcache/layer_batch.h"
+#include "flashkv/server/clock.h"
 #include "flashkv/server/host_bytes.h"
 #include "flashkv/server/region_registry.h"
 #include "flashkv/server/tenant_ledger.h"
@@ -80,6 +81,7 @@ class StepPart {
   std::optional<kvcache::LayerBatch> batch;
   bool prepared() const { return batch.has_value() && batch->pending(); }
   int64_t rows_done = 0;
+  absl::Duration kernel_time;  // of the launches this part's rows were in (StepResponse.kernel_ns)
   absl::Time ready_time;    // for fairness: arrival, then end of its last launch
   absl::Time first_launch;  // for the queue-wait metric
   bool reported = false;
@@ -103,8 +105,8 @@ class StepState : public std::enable_shared_from_this<StepState> {
   // [n, Hq, D] rows is allocated here.
   StepState(wire::MessageBytes message, uint32_t layer, uint64_t step_id,
             std::vector<StepEntry> entries, int64_t out_row_bytes, int32_t wire_dtype,
-            int num_q_heads, int head_dim, absl::Time received, CacheSet* caches,
-            std::vector<PartReleaser*> releasers, StepCompletion done);
+            int num_q_heads, int head_dim, absl::Time received, std::shared_ptr<Clock> clock,
+            CacheSet* caches, std::vector<PartReleaser*> releasers, StepCompletion done);
   // A step destroyed unresolved (never submitted) gives its block reservation back.
   ~StepState();
   StepState(const StepState&) = delete;
@@ -164,6 +166,7 @@ class StepState : public std::enable_shared_from_this<StepState> {
   const int head_dim_;
   std::shared_ptr<HostBytes> output_;
   const absl::Time received_;
+  const std::shared_ptr<Clock> clock_;  // for StepResponse.server_ns
   CacheSet* const caches_;
   const std::vector<PartReleaser*> releasers_;  // per device index
   const StepCompletion done_;

@@ -1,0 +1,40 @@
+#pragma once
+
+// The typed form of a Step entry and the server's timing of a step, shared by Client::Step and
+// StepSession. Tensors are views: their bytes are encoded straight from the caller's memory into
+// the request (no copy into a protobuf message), or, for tensors in a SharedRegion, only their
+// descriptors travel (flashkv/client/region.h).
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "flashkv/client/tensor.h"
+#include "flashkv/v1/kvcache.pb.h"
+
+namespace flashkv {
+
+// n new tokens of one sequence. q [n,Hq,D]; k, v [n,Hkv,D].
+struct StepInput {
+  std::string sequence_id;
+  TensorView q;
+  TensorView k;
+  TensorView v;
+  std::vector<int64_t> token_ids;  // n of them, or none
+  // Shared-memory data plane: the server writes this entry's output [n,Hq,D] (q's dtype) here
+  // instead of into the response.
+  std::optional<RegionSlice> out;
+};
+
+// StepResponse.kernel_ns / server_ns: the step's attention kernels, and its whole time in the
+// server (arrival to response). Round-trip latency minus `kernel` is the service overhead;
+// minus `server` is what the transport and the client cost.
+struct StepTiming {
+  absl::Duration kernel;
+  absl::Duration server;
+};
+StepTiming TimingOf(const v1::StepResponse& response);
+
+}  // namespace flashkv

@@ -1,0 +1,156 @@
+// GPU tests of the sm90 paged kernels (FLASHKV_ENABLE_SM90_PAGED): paged launches whose page size
+// is a multiple of the 64-key TMA box, against the float64 reference on fresh random inputs with
+// poisoned outputs, for every compiled (dtype, head dim). Each case first checks that the public
+// call takes the sm90 kernel (kernel_path.h). They skip without a compute capability 9.0 device
+// or without the paged sm90 kernels in the build.
+//
+// The pools come from RunPaged (cuda_test_runs.h): shuffled blocks written through AppendKv, and
+// NaN (all bits set) in every slot no sequence owns, so a V row past a sequence's last key that
+// reached P V would turn its rows to NaN. Shapes: page sizes 64/128/192/256 (pages holding whole
+// K/V tiles load one box per tile, the others boxes of 64 keys; tiles spanning pages at 64 and
+// 192; both box shapes on the same pages through sm90::testing::ForcePagedBoxRows), contexts
+// ending anywhere in a page and
+// shorter than one box, GQA groups 1..8, causal and not, prefills mixed with decodes and with
+// queries over an empty context, and more tiles than SMs. Where the paged tile equals the
+// contiguous one (head dims 64, 128) the paged kernel must match the varlen kernel on the same
+// K/V bit for bit.
+
+#include <cstring>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "cuda_test_runs.h"
+#include "cuda_test_util.h"
+#include "flashkv/attention.h"
+#include "flashkv/cuda_backend.h"
+#include "gtest/gtest.h"
+#include "kernel_path.h"
+#include "sm90/host_setup.h"
+#include "sm90/tile_shape.h"
+
+namespace flashkv::cuda::test {
+namespace {
+
+class CudaSm90PagedTest : public ::testing::TestWithParam<DTypeHeadDim> {
+ protected:
+  void SetUp() override {
+    dtype_ = std::get<0>(GetParam());
+    head_dim_ = std::get<1>(GetParam());
+    if (const char* why = Sm90SkipReason(dtype_, head_dim_, /*paged=*/true)) GTEST_SKIP() << why;
+  }
+
+  // Runs one paged problem after checking that it takes the sm90 kernel.
+  Result RunOnSm90(const Problem& p, int page_size, const std::string& what) {
+    KernelPath path = KernelPath::kSimt;
+    RunOptions opt;
+    opt.path = &path;
+    Result r = RunPaged(p, page_size, opt);
+    EXPECT_EQ(path, KernelPath::kSm90) << what << " took " << KernelPathName(path);
+    return r;
+  }
+
+  void Check(const Problem& p, int page_size, const std::string& what) {
+    CheckAgainstReference(p, RunOnSm90(p, page_size, what), what);
+  }
+
+  DType dtype_ = DType::kFloat16;
+  int head_dim_ = 128;
+};
+
+std::string Name(const char* what, int page_size, bool causal) {
+  return std::string(what) + " page " + std::to_string(page_size) + (causal ? " causal" : "");
+}
+
+// One launch of two sequences (two tiles), both ending inside a box and one inside the second box
+// of a key tile: the case the device script runs under compute-sanitizer (racecheck, memcheck).
+// Page 64: 64-key boxes (two per tile at head dims 64, 128); page 128: one box per tile, loaded
+// whole past the sequence's end.
+TEST_P(CudaSm90PagedTest, SmallTailCase) {
+  Problem p = MakeProblem(dtype_, 4, 2, head_dim_, {100, 128}, {200, 150}, false, 30);
+  for (int page_size : {64, 128}) Check(p, page_size, Name("small tail case", page_size, false));
+}
+
+TEST_P(CudaSm90PagedTest, PageSizesMatchReference) {
+  for (int page_size : {64, 128, 192, 256}) {
+    for (bool causal : {false, true}) {
+      // Contexts ending inside a box, on a box edge, inside the second box of a 128-key tile,
+      // and one shorter than a box; q_len != kv_len; GQA group 4.
+      Problem p = MakeProblem(dtype_, 8, 2, head_dim_, {200, 130, 64, 300, 100},
+                              {333, 128, 700, 300, 40}, causal, 40 + page_size);
+      Check(p, page_size, Name("lengths", page_size, causal));
+    }
+  }
+}
+
+TEST_P(CudaSm90PagedTest, MixedPrefillAndDecode) {
+  for (int page_size : {64, 128}) {
+    for (bool causal : {false, true}) {
+      // Prefill chunks over longer contexts, decodes (one row of a 128-row tile, stored row by
+      // row), queries over an empty context (O = 0, LSE = -inf) and over a one-key context;
+      // GQA group 8 and 1.
+      Problem p = MakeProblem(dtype_, 8, 1, head_dim_, {384, 1, 256, 1, 128, 1, 200},
+                              {500, 2000, 256, 70, 0, 1, 700}, causal, 50 + page_size);
+      Check(p, page_size, Name("mixed", page_size, causal));
+      Problem mha = MakeProblem(dtype_, 4, 4, head_dim_, {257, 1, 190}, {1100, 513, 190}, causal,
+                                60 + page_size);
+      Check(mha, page_size, Name("mixed mha", page_size, causal));
+    }
+  }
+}
+
+TEST_P(CudaSm90PagedTest, MoreTilesThanSms) {
+  // 8 sequences x 2 m-blocks x 32 heads = 512 tiles: every persistent CTA runs several, so the
+  // K/V ring, the table look-ahead and the Q buffer carry across tiles of different sequences.
+  // Checked against the SIMT kernel on the same pool (the float64 reference would take a minute).
+  std::vector<int> q_lens(8, 256), kv_lens;
+  for (int b = 0; b < 8; ++b) kv_lens.push_back(300 + 97 * b);
+  for (bool causal : {false, true}) {
+    Problem p = MakeProblem(dtype_, 32, 8, head_dim_, q_lens, kv_lens, causal, 70);
+    for (int page_size : {64, 128}) {
+      const Result sm90 = RunOnSm90(p, page_size, Name("many tiles", page_size, causal));
+      ExpectSameAsSimt(p, sm90, RunPaged(p, page_size, SimtReference()));
+    }
+  }
+}
+
+TEST_P(CudaSm90PagedTest, SameAsContiguousKernel) {
+  if (sm90::ChooseTileShape(head_dim_, true).block_n != sm90::ChooseTileShape(head_dim_).block_n) {
+    GTEST_SKIP() << "the paged tile differs from the contiguous one at this head dim";
+  }
+  // Pages 128 and 256 run twice: with their default one box per tile and forced to 64-key boxes.
+  const std::vector<std::pair<int, int>> pages_boxes = {{64, 0}, {128, 0}, {128, 64}, {256, 0},
+                                                        {256, 64}};
+  for (const auto& [page_size, box] : pages_boxes) {
+    for (bool causal : {false, true}) {
+      const std::string what = Name("paged vs varlen", page_size, causal) +
+                               (box > 0 ? " box " + std::to_string(box) : std::string());
+      Problem p = MakeProblem(dtype_, 8, 2, head_dim_, {300, 1, 129}, {450, 700, 129}, causal,
+                              80 + page_size);
+      sm90::testing::ForcePagedBoxRows(box);
+      const Result paged = RunOnSm90(p, page_size, what);
+      sm90::testing::ForcePagedBoxRows(0);
+      KernelPath path = KernelPath::kSimt;
+      RunOptions opt;
+      opt.path = &path;
+      const Result varlen = RunVarlen(p, opt);
+      ASSERT_EQ(path, KernelPath::kSm90) << what << ": varlen took " << KernelPathName(path);
+      // Same tiles, same instructions, same order: only where the K/V rows come from differs.
+      ASSERT_EQ(paged.out.size(), varlen.out.size());
+      EXPECT_EQ(std::memcmp(paged.out.data(), varlen.out.data(), paged.out.size() * 4), 0)
+          << what << ": O differs";
+      EXPECT_EQ(std::memcmp(paged.lse.data(), varlen.lse.data(), paged.lse.size() * 4), 0)
+          << what << ": LSE differs";
+      CheckAgainstReference(p, paged, what);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Sm90Paged, CudaSm90PagedTest,
+                         ::testing::Combine(::testing::Values(DType::kFloat16, DType::kBFloat16),
+                                            ::testing::Values(64, 128, 256)),
+                         DTypeHeadDimName);
+
+}  // namespace
+}  // namespace flashkv::cuda::test
