@@ -8,7 +8,6 @@
 
 #include <gtest/gtest.h>
 
-#include <chrono>
 #include <memory>
 #include <random>
 #include <string>
@@ -18,6 +17,7 @@
 #include "absl/base/thread_annotations.h"
 #include "flashkv/base/mutex.h"
 #include "testing/conversation.h"
+#include "testing/kvcache_calls.h"
 #include "testing/test_server.h"
 
 namespace flashkv::testing {
@@ -42,26 +42,9 @@ class KvExhaustionTest : public ::testing::Test {
     reference_ = std::make_unique<ReferenceCache>(config_.model);
   }
 
-  grpc::Status Create(const std::string& id) {
-    grpc::ClientContext context;
-    v1::CreateSequenceRequest request;
-    request.set_sequence_id(id);
-    v1::CreateSequenceResponse response;
-    return server_->kvcache().CreateSequence(&context, request, &response);
-  }
-  grpc::Status Free(const std::string& id) {
-    grpc::ClientContext context;
-    v1::FreeSequenceRequest request;
-    request.set_sequence_id(id);
-    v1::FreeSequenceResponse response;
-    return server_->kvcache().FreeSequence(&context, request, &response);
-  }
-  v1::ServerStats Stats() {
-    grpc::ClientContext context;
-    v1::ServerStats stats;
-    EXPECT_TRUE(server_->kvcache().GetStats(&context, v1::GetStatsRequest(), &stats).ok());
-    return stats;
-  }
+  grpc::Status Create(const std::string& id) { return CreateSequence(server_->kvcache(), id); }
+  grpc::Status Free(const std::string& id) { return FreeSequence(server_->kvcache(), id); }
+  v1::ServerStats Stats() { return GetStats(server_->kvcache()); }
   // `n` new tokens of `id` at every layer. A failure's status is returned (the reference is
   // left as it was, since a failed step changes nothing); a wrong output is INTERNAL.
   grpc::Status Advance(const std::string& id, int n, std::mt19937_64& rng) {
@@ -71,11 +54,8 @@ class KvExhaustionTest : public ::testing::Test {
         MutexLock lock(&reference_mu_);
         entry = reference_->MakeEntry(id, n, rng);
       }
-      grpc::ClientContext context;
-      context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
       v1::StepResponse response;
-      const grpc::Status status =
-          server_->kvcache().Step(&context, MakeStep(layer, {entry}), &response);
+      const grpc::Status status = StepCall(server_->kvcache(), MakeStep(layer, {entry}), &response);
       // (Only layer 0 adds blocks, but any layer may need the sequence swapped back in.)
       if (!status.ok()) return status;
       MutexLock lock(&reference_mu_);

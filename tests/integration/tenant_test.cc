@@ -58,9 +58,8 @@ class TenantTest : public ::testing::Test {
   absl::Status StepAllLayers(Client& client, ReferenceCache& reference, const std::string& id,
                              int n, std::mt19937_64& rng, std::vector<int64_t> tokens = {}) {
     for (int layer = 0; layer < server_->config().model.num_layers; ++layer) {
-      const v1::StepEntry entry =
-          tokens.empty() ? reference.MakeEntry(id, n, rng)
-                         : reference.EntryForTokens(id, tokens, layer, rng);
+      const v1::StepEntry entry = tokens.empty() ? reference.MakeEntry(id, n, rng)
+                                                 : reference.EntryForTokens(id, tokens, layer, rng);
       absl::StatusOr<v1::StepResponse> response = client.Step(MakeStep(layer, {entry}));
       if (!response.ok()) return response.status();
       const std::string mismatch = reference.Apply(layer, entry, response->out(0));
@@ -77,7 +76,8 @@ TEST_F(TenantTest, CallsWithoutAValidTokenAreUnauthenticated) {
   Start();
   for (const std::string token : {"", "not-a-token-of-the-file-000000", "short"}) {
     std::unique_ptr<Client> client = As(token);
-    EXPECT_EQ(client->CreateSequence("s").status().code(), absl::StatusCode::kUnauthenticated) << token;
+    EXPECT_EQ(client->CreateSequence("s").status().code(), absl::StatusCode::kUnauthenticated)
+        << token;
     EXPECT_EQ(client->GetStats().status().code(), absl::StatusCode::kUnauthenticated);
     EXPECT_EQ(client->GetCacheInfo().status().code(), absl::StatusCode::kUnauthenticated);
     absl::StatusOr<v1::StepResponse> step = client->Step(MakeStep(0, {}));

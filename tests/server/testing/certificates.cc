@@ -51,8 +51,8 @@ absl::Status MakeLeaf(const std::string& dir, const std::string& name, const std
 
 absl::StatusOr<TestCertificates> MakeTestCertificates(const std::string& parent) {
   const char* tmp = getenv("TMPDIR");
-  std::string pattern =
-      (parent.empty() ? std::string(tmp != nullptr ? tmp : "/tmp") : parent) + "/flashkv-tls.XXXXXX";
+  std::string pattern = (parent.empty() ? std::string(tmp != nullptr ? tmp : "/tmp") : parent) +
+                        "/flashkv-tls.XXXXXX";
   if (mkdtemp(pattern.data()) == nullptr) return absl::InternalError("mkdtemp failed");
   TestCertificates c;
   c.dir = pattern;
@@ -63,7 +63,8 @@ absl::StatusOr<TestCertificates> MakeTestCertificates(const std::string& parent)
       !s.ok()) {
     return s;
   }
-  if (auto s = MakeLeaf(c.dir, "client", "ca", "flashkv test client", "extendedKeyUsage=clientAuth");
+  if (auto s =
+          MakeLeaf(c.dir, "client", "ca", "flashkv test client", "extendedKeyUsage=clientAuth");
       !s.ok()) {
     return s;
   }
