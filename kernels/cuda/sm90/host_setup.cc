@@ -22,7 +22,7 @@ constexpr int64_t kMaxTmaStride = int64_t{1} << 40;
 using EncodeTiledFn = PFN_cuTensorMapEncodeTiled_v12000;
 
 std::atomic<int> forced_paged_box_rows{0};
-std::atomic<int> active_variant{static_cast<int>(Sm90Variant::kBaseline)};
+std::atomic<int> active_variant{static_cast<int>(Sm90Variant::kAuto)};
 
 // The driver's cuTensorMapEncodeTiled, resolved once per process through the runtime (the
 // ABI-versioned query: the 12.0 signature is the one this file calls).
@@ -150,6 +150,19 @@ int PagedBoxRows(int page_size, int block_n) {
 
 Sm90Variant ActiveVariant() {
   return static_cast<Sm90Variant>(active_variant.load(std::memory_order_relaxed));
+}
+
+bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors) {
+  if (!causal) return false;
+  switch (ActiveVariant()) {
+    case Sm90Variant::kBaseline:
+      return false;
+    case Sm90Variant::kDynamicSchedule:
+      return true;
+    case Sm90Variant::kAuto:
+      return num_tiles > 2 * int64_t{multiprocessors};
+  }
+  return false;
 }
 
 namespace testing {

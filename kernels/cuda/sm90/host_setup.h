@@ -41,9 +41,13 @@ KernelStatus EncodeTensorMaps(const AttentionParams& p, const LaunchInfo& info, 
 // contiguous K/V), else kPagedBoxRows (every box then still lies in one page).
 int PagedBoxRows(int page_size, int block_n);
 
-// The variant of the contiguous kernel that launches take (tile_shape.h's Sm90Variant):
-// kBaseline unless testing::SetVariant chose another.
+// The variant of the contiguous kernel that launches take (tile_shape.h's Sm90Variant): kAuto
+// unless testing::SetVariant chose another.
 Sm90Variant ActiveVariant();
+
+// Whether a contiguous (fixed or varlen) launch of num_tiles tiles takes its tiles from the
+// dynamic counter, by the active variant.
+bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors);
 
 namespace testing {
 // Process-wide variant for tests and benchmarks that compare the variants in one process

@@ -69,7 +69,7 @@ KernelStatus LaunchAttentionSm90(const AttentionParams& params, const LaunchInfo
                        : sm90::Run<Tr, false, true>(sp, props, stream);
   } else {
     const bool varlen = sp.p.cu_seqlens_q != nullptr;
-    if (sp.p.causal && sm90::ActiveVariant() == sm90::Sm90Variant::kDynamicSchedule) {
+    if (sm90::UseDynamicSchedule(sp.p.causal, sp.schedule.num_tiles, props.multiprocessors)) {
       return varlen ? sm90::RunDynamic<Tr, true>(sp, props, stream)
                     : sm90::RunDynamic<Tr, false>(sp, props, stream);
     }

@@ -128,8 +128,14 @@ enum class Sm90Variant : int {
   // the next tile (FlashAttention-3's scheduler). Non-causal tiles are equal: static is already
   // balanced there, so they keep it.
   kDynamicSchedule = 1,
+  // The default: the dynamic schedule for causal launches with more than two tiles per SM, the
+  // static order otherwise. Measured on an H100 (docs/performance.md, "Causal tile scheduling"):
+  // the counter gained 4-10% on causal launches of 512+ tiles and lost 10% on one of 256 tiles
+  // (D 256, S 1024), where a CTA holds at most two tiles, longest-first pairing already balances
+  // them, and the counter's memset and atomics are pure cost.
+  kAuto = 2,
 };
-inline constexpr int kNumSm90Variants = 2;
+inline constexpr int kNumSm90Variants = 3;
 
 constexpr const char* Sm90VariantName(Sm90Variant v) {
   switch (v) {
@@ -137,6 +143,8 @@ constexpr const char* Sm90VariantName(Sm90Variant v) {
       return "baseline";
     case Sm90Variant::kDynamicSchedule:
       return "dynamic_schedule";
+    case Sm90Variant::kAuto:
+      return "auto";
   }
   return "unknown";
 }

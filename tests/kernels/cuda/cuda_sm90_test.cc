@@ -46,7 +46,7 @@ class CudaSm90Test : public ::testing::TestWithParam<Sm90Case> {
     if (const char* why = Sm90SkipReason(dtype_, head_dim_, /*paged=*/false)) GTEST_SKIP() << why;
     sm90::testing::SetVariant(std::get<2>(GetParam()));
   }
-  void TearDown() override { sm90::testing::SetVariant(Variant::kBaseline); }
+  void TearDown() override { sm90::testing::SetVariant(Variant::kAuto); }
 
   // Runs and checks one problem, after checking that it takes the sm90 kernel.
   void Check(const Problem& p, bool varlen, const std::string& what, bool heads_outer = false) {
@@ -126,7 +126,8 @@ INSTANTIATE_TEST_SUITE_P(Sm90Instantiations, CudaSm90Test,
                          ::testing::Combine(::testing::Values(DType::kFloat16, DType::kBFloat16),
                                             ::testing::Values(64, 128, 256),
                                             ::testing::Values(Variant::kBaseline,
-                                                              Variant::kDynamicSchedule)),
+                                                              Variant::kDynamicSchedule,
+                                                              Variant::kAuto)),
                          Sm90CaseName);
 
 }  // namespace
