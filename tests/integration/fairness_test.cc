@@ -19,6 +19,7 @@
 #include "testing/fake_clock.h"
 #include "testing/http_get.h"
 #include "testing/kvcache_calls.h"
+#include "testing/temp_dir.h"
 #include "testing/test_server.h"
 
 namespace flashkv::testing {
@@ -32,12 +33,10 @@ constexpr char kFlood[] = "bravo-flood-token-0123456789";  // tenant "bravo"
 class FairnessTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char pattern[] = "/tmp/flashkv-fairness.XXXXXX";
-    ASSERT_NE(mkdtemp(pattern), nullptr);
-    dir_ = pattern;
-    std::ofstream(dir_ + "/tokens.txt") << kLight << " alpha\n" << kFlood << " bravo\n";
+    ASSERT_FALSE(dir_.path().empty());
+    std::ofstream(dir_.File("tokens.txt")) << kLight << " alpha\n" << kFlood << " bravo\n";
     config_ = SmallModelConfig();
-    config_.security.tokens_file = dir_ + "/tokens.txt";
+    config_.security.tokens_file = dir_.File("tokens.txt");
     config_.clock = clock_;
     config_.scheduler.batch_window = absl::Seconds(1);
     config_.scheduler.max_batch_tokens = 16;
@@ -46,10 +45,6 @@ class FairnessTest : public ::testing::Test {
     absl::StatusOr<std::unique_ptr<TestServer>> server = TestServer::Start(config_);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
-  }
-  void TearDown() override {
-    server_.reset();
-    std::system(("rm -rf '" + dir_ + "'").c_str());
   }
 
   v1::ServerStats Stats(const char* token) { return GetStats(server_->kvcache(), token); }
@@ -63,7 +58,7 @@ class FairnessTest : public ::testing::Test {
     ASSERT_EQ(Stats(kLight).devices(0).queued_steps(), parts);
   }
 
-  std::string dir_;
+  TempDir dir_{"flashkv-fairness"};
   std::shared_ptr<FakeClock> clock_ = std::make_shared<FakeClock>();
   server::ServerConfig config_;
   std::unique_ptr<TestServer> server_;

@@ -15,6 +15,7 @@
 
 #include "flashkv/client/client.h"
 #include "testing/conversation.h"
+#include "testing/temp_dir.h"
 #include "testing/test_server.h"
 
 namespace flashkv::testing {
@@ -29,17 +30,12 @@ constexpr char kTokenC[] = "charlie-token-0123456789abcd";
 class TenantTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char pattern[] = "/tmp/flashkv-tenants.XXXXXX";
-    ASSERT_NE(mkdtemp(pattern), nullptr);
-    dir_ = pattern;
-    tokens_ = dir_ + "/tokens.txt";
+    ASSERT_FALSE(dir_.path().empty());
+    tokens_ = dir_.File("tokens.txt");
     WriteTokens(std::string(kTokenA) + " alpha\n" + kTokenB +
                 " bravo max_sequences=3 max_kv_blocks=6\n");
   }
-  void TearDown() override {
-    server_.reset();
-    std::system(("rm -rf '" + dir_ + "'").c_str());
-  }
+  void TearDown() override { server_.reset(); }
   void WriteTokens(const std::string& text) { std::ofstream(tokens_) << text; }
   void Start() {
     server::ServerConfig config = SmallModelConfig();
@@ -68,7 +64,8 @@ class TenantTest : public ::testing::Test {
     return absl::OkStatus();
   }
 
-  std::string dir_, tokens_;
+  TempDir dir_{"flashkv-tenants"};
+  std::string tokens_;
   std::unique_ptr<TestServer> server_;
 };
 

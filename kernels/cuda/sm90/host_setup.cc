@@ -22,6 +22,7 @@ constexpr int64_t kMaxTmaStride = int64_t{1} << 40;
 using EncodeTiledFn = PFN_cuTensorMapEncodeTiled_v12000;
 
 std::atomic<int> forced_paged_box_rows{0};
+std::atomic<int> active_variant{static_cast<int>(Sm90Variant::kAuto)};
 
 // The driver's cuTensorMapEncodeTiled, resolved once per process through the runtime (the
 // ABI-versioned query: the 12.0 signature is the one this file calls).
@@ -147,8 +148,28 @@ int PagedBoxRows(int page_size, int block_n) {
   return page_size % block_n == 0 ? block_n : kPagedBoxRows;
 }
 
+Sm90Variant ActiveVariant() {
+  return static_cast<Sm90Variant>(active_variant.load(std::memory_order_relaxed));
+}
+
+bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors) {
+  if (!causal) return false;
+  switch (ActiveVariant()) {
+    case Sm90Variant::kBaseline:
+      return false;
+    case Sm90Variant::kDynamicSchedule:
+      return true;
+    case Sm90Variant::kAuto:
+      return num_tiles > 2 * int64_t{multiprocessors};
+  }
+  return false;
+}
+
 namespace testing {
 void ForcePagedBoxRows(int rows) { forced_paged_box_rows.store(rows, std::memory_order_relaxed); }
+void SetVariant(Sm90Variant variant) {
+  active_variant.store(static_cast<int>(variant), std::memory_order_relaxed);
+}
 }  // namespace testing
 
 int64_t CountTiles(const AttentionParams& p, const LaunchInfo& info, int block_m) {

@@ -41,7 +41,19 @@ KernelStatus EncodeTensorMaps(const AttentionParams& p, const LaunchInfo& info, 
 // contiguous K/V), else kPagedBoxRows (every box then still lies in one page).
 int PagedBoxRows(int page_size, int block_n);
 
+// The variant of the contiguous kernel that launches take (tile_shape.h's Sm90Variant): kAuto
+// unless testing::SetVariant chose another.
+Sm90Variant ActiveVariant();
+
+// Whether a contiguous (fixed or varlen) launch of num_tiles tiles takes its tiles from the
+// dynamic counter, by the active variant.
+bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors);
+
 namespace testing {
+// Process-wide variant for tests and benchmarks that compare the variants in one process
+// (side_by_side.py through the C API's flashkv_cuda_testing_set_sm90_variant).
+void SetVariant(Sm90Variant variant);
+
 // Makes PagedBoxRows return `rows` wherever that is valid (a multiple of kPagedBoxRows dividing
 // both block_n and page_size); 0 restores the choice. Process-wide: for tests and benchmarks that
 // compare the two box shapes on the same pool.

@@ -125,15 +125,16 @@ __device__ __forceinline__ KeyTileOf<Tr> LookupKeyTile(const Sm90Params& params,
   }
 }
 
-template <class Tr, bool kCausal, bool kVarlen>
+template <class Tr, bool kCausal, bool kVarlen, bool kDynamic>
 __device__ __forceinline__ void Produce(const Sm90Params& params, const Smem<Tr>& smem) {
   PrefetchTensorMap(&params.q_map);
   PrefetchTensorMap(&params.k_map);
   PrefetchTensorMap(&params.v_map);
   const TmaIssuer<Tr, kVarlen> tma{params, smem};
   PipelineState<Tr::kStages> pipe;
-  int local_tile = 0;
-  for (int tile = blockIdx.x; tile < params.schedule.num_tiles; tile += gridDim.x, ++local_tile) {
+  int tile = blockIdx.x;
+  if constexpr (kDynamic) PublishTile(smem, 0, tile);
+  for (int local_tile = 0; tile < params.schedule.num_tiles; ++local_tile) {
     const WorkTile w =
         DecodeTile<kVarlen, kCausal, Tr::kBlockM, Tr::kBlockN>(params.p, params.schedule, tile);
     KeyTileOf<Tr> next{};
@@ -147,13 +148,23 @@ __device__ __forceinline__ void Produce(const Sm90Params& params, const Smem<Tr>
       const uint32_t released = pipe.Phase() ^ 1u;
       MbarrierWait(smem.KEmpty(stage), released);
       tma.LoadKv(params.k_map, smem.K(stage), smem.KFull(stage), w, n, kt);
-      if (i == 0) tma.LoadQ(w, local_tile);
+      if (i == 0) {
+        tma.LoadQ(w, local_tile);
+        if constexpr (kDynamic) ClaimNextTile(params, smem, local_tile);
+      }
       MbarrierWait(smem.VEmpty(stage), released);
       tma.LoadKv(params.v_map, smem.V(stage), smem.VFull(stage), w, n, kt);
     }
     // A tile whose rows see no key still has its Q loaded: the consumers then run the same
     // epilogue (O = 0, LSE = -inf) and the Q barrier phases stay in step.
-    if (w.key_tiles == 0) tma.LoadQ(w, local_tile);
+    if (w.key_tiles == 0) {
+      tma.LoadQ(w, local_tile);
+      if constexpr (kDynamic) ClaimNextTile(params, smem, local_tile);
+    }
+    // Dynamic: read back from the ring (no register holds it across the loads: at the
+    // producer's 24 registers that spilled).
+    tile = kDynamic ? *smem.TileSlot((local_tile + 1) % kTileRingSlots)
+                    : tile + static_cast<int>(gridDim.x);
   }
 }
 

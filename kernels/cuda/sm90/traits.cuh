@@ -69,7 +69,7 @@ struct Traits {
   static constexpr int kOOffset = kSeparateO ? kVOffset + kStages * kKvBytes : kQOffset;
   static constexpr int kBarrierOffset = kVOffset + kStages * kKvBytes + (kSeparateO ? kQBytes : 0);
   static constexpr int kSmemBytes = SmemBytes(kHeadDim, sizeof(Element), kPaged);
-  static_assert(kBarrierOffset + 8 * (2 + 4 * kStages) + 1024 <= kSmemBytes, "smem map");
+  static_assert(kBarrierOffset + BarrierBytes(kStages) + 1024 <= kSmemBytes, "smem map");
   static_assert(kSmemBytes <= kMaxSmemBytes, "fits one Hopper CTA");
 
   // K-major descriptor (Q as A, K as B) of a tile whose 64-column chunks are kChunkBytes apart,
