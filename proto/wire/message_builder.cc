@@ -2,10 +2,17 @@
 
 #include <utility>
 
+#include "flashkv/base/handoff.h"
+
 namespace flashkv::wire {
 namespace {
 
-void ReleaseOwner(void* owner) { delete static_cast<std::shared_ptr<const void>*>(owner); }
+// gRPC calls it, on whichever thread drops the slice's last reference, once it has sent the
+// bytes: it takes the owner back from Alias (see flashkv/base/handoff.h).
+void ReleaseOwner(void* owner) {
+  TakeBack(owner);
+  delete static_cast<std::shared_ptr<const void>*>(owner);
+}
 
 }  // namespace
 
@@ -73,6 +80,7 @@ void MessageBuilder::Alias(const void* data, size_t size, std::shared_ptr<const 
   Flush();
   // grpc::Slice's destroy callback gets one pointer: a heap copy of the owner reference.
   auto* holder = new std::shared_ptr<const void>(std::move(owner));
+  HandOff(holder);
   slices_.emplace_back(const_cast<void*>(data), size, &ReleaseOwner, holder);
   size_ += size;
 }

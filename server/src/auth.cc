@@ -15,6 +15,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "flashkv/base/handoff.h"
 
 namespace flashkv::server {
 namespace {
@@ -196,6 +197,8 @@ absl::StatusOr<std::unique_ptr<Authenticator>> Authenticator::Create(const std::
   tenant->quota = defaults;
   auth->default_tenant_ = std::move(tenant);
   if (auto s = auth->Reload(); !s.ok()) return s;
+  // Handed to gRPC's threads through the server's start (flashkv/base/handoff.h).
+  HandOff(auth.get());
   return auth;
 }
 
@@ -211,6 +214,7 @@ absl::Status Authenticator::Reload() {
 
 absl::StatusOr<std::shared_ptr<const Tenant>> Authenticator::Authenticate(
     const grpc::ServerContextBase& context) const {
+  TakeBack(this);
   if (tokens_file_.empty()) return default_tenant_;
   const auto& metadata = context.client_metadata();
   const auto range = metadata.equal_range("authorization");

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "absl/time/clock.h"
+#include "flashkv/base/handoff.h"
 #include "flashkv/server/status.h"
 #include "flashkv/server/step_request.h"
 #include "flashkv/server/step_stream.h"
@@ -51,6 +52,7 @@ class StepReactor final : public grpc::ServerUnaryReactor {
   }
 
   void OnCancel() override {
+    TakeBack(this);  // gRPC's reactions take the reactor back (flashkv/base/handoff.h)
     std::shared_ptr<StepState> step;
     {
       MutexLock lock(&mu_);
@@ -59,7 +61,10 @@ class StepReactor final : public grpc::ServerUnaryReactor {
     if (step != nullptr) service_->Cancel(*step);
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    TakeBack(this);
+    delete this;
+  }
 
  private:
   void Complete(const absl::Status& status, grpc::ByteBuffer response) {
@@ -69,6 +74,7 @@ class StepReactor final : public grpc::ServerUnaryReactor {
     service_->metrics().RecordRpc("Step", grpc_status.error_code(),
                                   service_->clock().Now() - start_);
     spdlog::debug("Step: {}", status.ok() ? "OK" : status.ToString());
+    HandOff(this);
     Finish(grpc_status);
   }
 
@@ -83,8 +89,14 @@ class StepReactor final : public grpc::ServerUnaryReactor {
 // A StepStream refused before it starts (its call could not authenticate).
 class RefusedStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  explicit RefusedStream(const grpc::Status& status) { Finish(status); }
-  void OnDone() override { delete this; }
+  explicit RefusedStream(const grpc::Status& status) {
+    HandOff(this);
+    Finish(status);
+  }
+  void OnDone() override {
+    TakeBack(this);
+    delete this;
+  }
 };
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <memory>
 #include <utility>
 
+#include "flashkv/base/handoff.h"
 #include "flashkv/base/mutex.h"
 #include "flashkv/server/status.h"
 
@@ -50,14 +51,20 @@ class AttachReactor : public grpc::ServerWriteReactor<v1::AttachRegionResponse> 
     spdlog::debug("region {} attached ({} bytes)", id_, request.size());
     response_.set_region_id(id_);
     response_.set_size(request.size());
+    HandOff(this);  // gRPC's reactions take the reactor back (flashkv/base/handoff.h)
     StartWrite(&response_);
   }
 
   void OnWriteDone(bool ok) override {
+    TakeBack(this);
     if (!ok) Drop(grpc::Status(grpc::StatusCode::CANCELLED, "client gone"));
   }
-  void OnCancel() override { Drop(grpc::Status::CANCELLED); }
+  void OnCancel() override {
+    TakeBack(this);
+    Drop(grpc::Status::CANCELLED);
+  }
   void OnDone() override {
+    TakeBack(this);
     registry_->Forget(id_);
     delete this;
   }
@@ -72,6 +79,7 @@ class AttachReactor : public grpc::ServerWriteReactor<v1::AttachRegionResponse> 
         if (finished_) return;
         finished_ = true;
       }
+      HandOff(reactor_);
       reactor_->Finish(status);
     }
 

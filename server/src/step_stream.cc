@@ -4,6 +4,8 @@
 
 #include <utility>
 
+#include "flashkv/base/handoff.h"
+
 #include "flashkv/server/kvcache_service.h"
 #include "flashkv/server/status.h"
 
@@ -14,11 +16,13 @@ constexpr const char* kRpc = "StepStream";
 StepStreamReactor::StepStreamReactor(KvCacheService* service,
                                      std::shared_ptr<const Tenant> tenant)
     : service_(service), tenant_(std::move(tenant)) {
+  HandOff(this);  // (gRPC's reactions to this reactor take it back: handoff.h)
   StartRead(&request_);
   service_->Register(this);
 }
 
 void StepStreamReactor::OnReadDone(bool ok) {
+  TakeBack(this);
   if (!ok) {  // the client half-closed, or the call is over
     {
       MutexLock lock(&mu_);
@@ -73,6 +77,7 @@ void StepStreamReactor::OnReadDone(bool ok) {
       if (!read) submitting_ = false;
     }
     if (read) {
+      HandOff(this);
       StartRead(&request_);
       MutexLock lock(&mu_);
       submitting_ = false;
@@ -93,8 +98,12 @@ void StepStreamReactor::StepDone(Slot* slot, const absl::Status& status,
     slot->done = true;
     slot->status = UnscopeStatus(status, *tenant_);
     slot->response = std::move(response);
+    // Once the lock is released another thread may write this answer and finish the stream;
+    // the hold keeps it from finishing (and OnDone from deleting this reactor) until the
+    // Advance below has run.
+    ++holds_;
   }
-  Advance();
+  Advance(/*release_hold=*/true);
 }
 
 void StepStreamReactor::CancelSteps() {
@@ -103,13 +112,14 @@ void StepStreamReactor::CancelSteps() {
   }
 }
 
-void StepStreamReactor::Advance() {
+void StepStreamReactor::Advance(bool release_hold) {
   grpc::ByteBuffer* write = nullptr;
   bool finish = false;
   bool resume_reading = false;
   grpc::Status final_status;
   {
     MutexLock lock(&mu_);
+    if (release_hold) --holds_;
     if (finished_) return;
     // Answered requests at the head: write one, or drop it when the stream is failing.
     while (!writing_ && !slots_.empty() && slots_.front()->done) {
@@ -133,7 +143,8 @@ void StepStreamReactor::Advance() {
       submitting_ = true;
       resume_reading = true;
     }
-    if (write == nullptr && !writing_ && slots_.empty() && !Open() && !submitting_) {
+    if (write == nullptr && !writing_ && slots_.empty() && !Open() && !submitting_ &&
+        holds_ == 0) {
       finished_ = true;
       finish = true;
       if (cancelled_) {
@@ -146,6 +157,7 @@ void StepStreamReactor::Advance() {
     }
   }
   if (resume_reading) {
+    HandOff(this);
     StartRead(&request_);
     {
       MutexLock lock(&mu_);
@@ -153,14 +165,19 @@ void StepStreamReactor::Advance() {
     }
     Advance();  // (a finish that waited for the read to start)
   }
-  if (write != nullptr) StartWrite(write);
+  if (write != nullptr) {
+    HandOff(this);
+    StartWrite(write);
+  }
   if (finish) {
     spdlog::debug("StepStream ends: {}", final_status.ok() ? "OK" : final_status.error_message());
+    HandOff(this);
     Finish(final_status);
   }
 }
 
 void StepStreamReactor::OnWriteDone(bool ok) {
+  TakeBack(this);
   {
     MutexLock lock(&mu_);
     writing_ = false;
@@ -174,6 +191,7 @@ void StepStreamReactor::OnWriteDone(bool ok) {
 }
 
 void StepStreamReactor::OnCancel() {
+  TakeBack(this);
   {
     MutexLock lock(&mu_);
     cancelled_ = true;
@@ -191,6 +209,7 @@ void StepStreamReactor::Drain() {
 }
 
 void StepStreamReactor::OnDone() {
+  TakeBack(this);
   service_->Unregister(this);
   delete this;
 }

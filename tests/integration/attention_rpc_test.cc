@@ -12,6 +12,7 @@
 #include <tuple>
 #include <vector>
 
+#include "flashkv/base/handoff.h"
 #include "flashkv/base/notification.h"
 #include "flashkv/cpu_backend.h"
 #include "testing/reference.h"
@@ -292,8 +293,10 @@ TEST_F(AttentionRpcTest, MalformedBytesAreRejected) {
   grpc::ClientContext context;
   Notification done;
   grpc::Status status;
+  HandOff(&done);  // to gRPC's callback thread (flashkv/base/handoff.h)
   stub.UnaryCall(&context, "/flashkv.v1.AttentionService/Attention", grpc::StubOptions(), &request,
                  &response, [&](grpc::Status s) {
+                   TakeBack(&done);
                    status = s;
                    done.Notify();
                  });

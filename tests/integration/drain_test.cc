@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "flashkv/base/handoff.h"
 #include "flashkv/base/mutex.h"
 #include "flashkv/base/notification.h"
 #include "flashkv/transport.h"
@@ -178,7 +179,9 @@ TEST(DrainTest, SigtermFinishesCallsInFlightThenExitsZero) {
   Mutex mu;
   int finished = 0;
   for (Call& call : calls) {
+    HandOff(&call);  // to gRPC's callback thread (flashkv/base/handoff.h)
     stub->async()->Attention(&call.context, &request, &call.response, [&](grpc::Status s) {
+      TakeBack(&call);
       call.status = s;
       MutexLock lock(&mu);
       ++finished;

@@ -7,6 +7,7 @@
 #include <string>
 #include <thread>
 
+#include "flashkv/base/handoff.h"
 #include "flashkv/base/notification.h"
 #include "flashkv/wire/message_builder.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -74,10 +75,12 @@ TEST(ServiceTest, ReflectionListsTheServices) {
   class Reactor : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
    public:
     void OnReadDone(bool ok) override {
+      TakeBack(this);  // from the test's thread, through gRPC (flashkv/base/handoff.h)
       read_ok = ok;
       StartWritesDone();
     }
     void OnDone(const grpc::Status& s) override {
+      TakeBack(this);
       status = s;
       done.Notify();
     }
@@ -91,6 +94,7 @@ TEST(ServiceTest, ReflectionListsTheServices) {
   stub.PrepareBidiStreamingCall(&context,
                                 "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
                                 grpc::StubOptions(), &reactor);
+  HandOff(&reactor);
   reactor.StartRead(&reactor.response);
   reactor.StartWrite(&request);
   reactor.StartCall();

@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "flashkv/base/handoff.h"
 #include "flashkv/base/notification.h"
 #include "testing/conversation.h"
 #include "testing/fake_clock.h"
@@ -145,8 +146,10 @@ TEST(StepSchedulingTest, BatchingWindowAndTokenBudgetOnAFakeClock) {
   for (int i = 0; i < 2; ++i) {
     calls[i].request = MakeStep(0, {reference.MakeEntry(ids[i], 1, rng)});
     calls[i].context.set_deadline(In(60));
+    HandOff(&calls[i]);  // to gRPC's callback thread (flashkv/base/handoff.h)
     server->kvcache().async()->Step(&calls[i].context, &calls[i].request, &calls[i].response,
                                     [&call = calls[i]](grpc::Status s) {
+                                      TakeBack(&call);
                                       call.status = s;
                                       call.done.Notify();
                                     });

@@ -201,11 +201,14 @@ class Soak:
         return path
 
     def token_file(self, tenant):
+        """The file holding `tenant`'s token, written once (clients read it as they start)."""
         if tenant not in self.tokens:
             return None
         path = os.path.join(self.workdir, f"token-{tenant}")
-        with open(path, "w") as f:
-            f.write(self.tokens[tenant] + "\n")
+        if not os.path.exists(path):
+            with open(path + ".tmp", "w") as f:
+                f.write(self.tokens[tenant] + "\n")
+            os.rename(path + ".tmp", path)
         return path
 
     # --- clients ----------------------------------------------------------------------------
@@ -289,6 +292,7 @@ class Soak:
                     entry.update(mismatches=v["mismatched_entries"],
                                  checked=v["entries_checked"], unexpected=e["unexpected"],
                                  decode_tps=report["throughput"]["decode_tokens_per_s"],
+                                 step_p99_ms=report["latency"]["Step"]["p99_ms"],
                                  prefill_tps=report["throughput"]["prefill_tokens_per_s"],
                                  completed=report["requests"]["completed"])
                     f.check(v["mismatched_entries"] == 0, f"{c.name}: {v['mismatched_entries']} "
@@ -385,6 +389,22 @@ class Soak:
                             f"server RSS grew {max_growth:.1f} MiB after warm-up (bound "
                             f"{self.args.rss_bound_mib} MiB)")
         spreads = [r["tenant_spread"] for r in self.rounds if "tenant_spread" in r]
+        # Per tenant over the rounds without a restart: mean tokens/s and the worst step p99.
+        tenants = {}
+        for r in self.rounds:
+            if r["restart"]:
+                continue
+            for name, c in r["clients"].items():
+                tenant = name.split("-", 1)[1]
+                if "decode_tps" not in c or tenant.startswith("victim"):
+                    continue
+                t = tenants.setdefault(tenant, {"tokens_per_s": [], "step_p99_ms": []})
+                t["tokens_per_s"].append(c["decode_tps"] + c["prefill_tps"])
+                t["step_p99_ms"].append(c["step_p99_ms"])
+        tenants = {name: {"tokens_per_s_mean": round(sum(t["tokens_per_s"]) /
+                                                     len(t["tokens_per_s"]), 1),
+                          "step_p99_ms_worst": round(max(t["step_p99_ms"]), 2)}
+                   for name, t in sorted(tenants.items())}
         loadgens = [c for r in self.rounds for c in r["clients"].values() if "checked" in c]
         chaos = [c for r in self.rounds for c in r["clients"].values() if "calls" in c]
         return {
@@ -403,6 +423,7 @@ class Soak:
             "chaos_hangs": sum(c["hangs"] for c in chaos),
             "rss_mib_per_round": [r["rss_mib"] for r in self.rounds],
             "rss_growth_after_warmup_mib": round(max_growth, 1),
+            "tenants": tenants,
             "tenant_spread_per_round": spreads,
             "tenant_spread_max": max(spreads) if spreads else None,
             "failures": self.failures.items,

@@ -12,7 +12,8 @@
 // releasing the mutex meanwhile. As with absl::Mutex, nobody has to signal: whoever releases the
 // mutex while a thread waits wakes the waiters, which re-evaluate their conditions. That costs one
 // notify per unlock while someone waits, which is what the schedulers and executors here want
-// anyway (every change under their lock is a reason to look again).
+// anyway (every change under their lock is a reason to look again). The notify comes before the
+// unlock, so a waiter that returns and destroys the mutex never races with it.
 //
 // Thread-safety: Lock/Unlock/Await from any thread, as a mutex.
 
@@ -35,9 +36,12 @@ class ABSL_LOCKABLE Mutex {
 
   void Lock() ABSL_EXCLUSIVE_LOCK_FUNCTION() { mu_.lock(); }
   void Unlock() ABSL_UNLOCK_FUNCTION() {
-    const bool wake = waiters_ > 0;
+    // Notify before unlocking, not after: once the mutex is free, a waiter (woken spuriously, or
+    // by its deadline) may find its condition true, return, and destroy the object that holds
+    // this mutex — a Notification on its stack, a reactor whose last step ended — so a notify
+    // after the unlock could touch a destroyed condition variable. (Found by ThreadSanitizer.)
+    if (waiters_ > 0) cv_.notify_all();
     mu_.unlock();
-    if (wake) cv_.notify_all();
   }
   // For the thread-safety analysis only (no run-time check).
   void AssertHeld() const ABSL_ASSERT_EXCLUSIVE_LOCK() {}

@@ -10,7 +10,9 @@
 // server drains, the stream ends (UNAVAILABLE) once the requests already read are answered.
 //
 // Ownership: deletes itself in OnDone, which gRPC calls only after Finish; Finish is called only
-// when no step of this stream is unresolved, so no completion ever reaches a deleted reactor.
+// when no step of this stream is unresolved and no step completion is still running (`holds_`:
+// a completion marks its step answered, then goes on to Advance; until it has, no other thread
+// may finish the stream and so delete the reactor under it).
 // Thread-safety: reactions, step completions and Drain may run on different threads; `mu_`
 // guards the state.
 
@@ -53,7 +55,8 @@ class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
 
   void StepDone(Slot* slot, const absl::Status& status, grpc::ByteBuffer response);
   // Writes the oldest answered response, or finishes the stream when its time has come.
-  void Advance();
+  // `release_hold`: the caller took a hold (StepDone) and gives it up here, under the lock.
+  void Advance(bool release_hold = false);
   // Stops every step not yet answered (the stream failed or was cancelled).
   void CancelSteps() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether new requests are still taken.
@@ -75,6 +78,7 @@ class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
   bool read_paused_ ABSL_GUARDED_BY(mu_) = false;  // at the in-flight limit: no read pending
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  int holds_ ABSL_GUARDED_BY(mu_) = 0;  // step completions between answering and Advance
   absl::Status end_status_ ABSL_GUARDED_BY(mu_);  // the first failure, ends the stream
 };
 
