@@ -75,8 +75,15 @@ bool FieldReader::ReadFixed(int num_bytes, uint64_t* value) {
 
 bool FieldReader::Next(Field* field) {
   if (position_ >= end_) return false;
+  const size_t tag_start = position_;
   uint64_t tag;
   if (!ReadVarint(&tag)) return false;
+  // A tag is a 32-bit varint: at most 5 bytes, as protobuf parses it (a longer encoding of a
+  // small number is malformed there, so it is here). Found by the wire_decode fuzz target.
+  if (position_ - tag_start > 5 || tag > 0xffffffffu) {
+    position_ = tag_start;
+    return Fail("tag longer than 5 bytes");
+  }
   const uint64_t number = tag >> 3;
   if (number == 0 || number > 0x1fffffff)
     return Fail("invalid field number " + std::to_string(number));

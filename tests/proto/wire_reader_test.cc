@@ -148,6 +148,26 @@ TEST(FieldReaderTest, ErrorsNameTheSameOffsetHoweverTheMessageIsSliced) {
   }
 }
 
+// Found by the wire_decode fuzz target: a tag spelled in 6 bytes (a small field number padded
+// with continuation bytes) was accepted, though protobuf refuses tags longer than 5 bytes.
+TEST(FieldReaderTest, TagsLongerThanFiveBytesAreMalformed) {
+  const std::string five("\x88\x80\x80\x80\x00\x01", 6);  // field 1, varint 1: a padded tag
+  const std::string six("\x88\x80\x80\x80\x80\x00\x01", 7);
+  for (const MessageBytes& message : {Split(five, {}), EveryByteASlice(five)}) {
+    FieldReader reader(message, message.whole());
+    Field f;
+    ASSERT_TRUE(reader.Next(&f)) << reader.status();
+    EXPECT_EQ(f.number, 1u);
+    EXPECT_EQ(f.value, 1u);
+  }
+  for (const MessageBytes& message : {Split(six, {}), EveryByteASlice(six)}) {
+    FieldReader reader(message, message.whole());
+    Field f;
+    EXPECT_FALSE(reader.Next(&f));
+    EXPECT_EQ(reader.status(), absl::InvalidArgumentError("tag longer than 5 bytes at byte 0"));
+  }
+}
+
 TEST(FieldReaderTest, RepeatedVarintsPackedOrNot) {
   MessageBuilder b;
   b.VarintField(5, 7);  // unpacked
