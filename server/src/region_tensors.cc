@@ -60,13 +60,8 @@ absl::StatusOr<uint64_t> TensorByteCount(int32_t dtype, const std::vector<int64_
   return bytes;
 }
 
-absl::Status ResolveRegionTensors(
-    const RegionAccess& access,
-    std::initializer_list<std::pair<wire::TensorView*, const char*>> tensors,
-    wire::MessageBytes* message) {
-  std::vector<grpc::Slice> extra;
-  std::vector<std::pair<wire::TensorView*, wire::Span>> spans;
-  size_t end = message->size();
+absl::Status RegionTensorResolver::Resolve(
+    std::initializer_list<std::pair<wire::TensorView*, const char*>> tensors) {
   for (const auto& [tensor, name] : tensors) {
     if (!tensor->present || !tensor->region.present) continue;
     if (tensor->data.size != 0) {
@@ -77,24 +72,37 @@ absl::Status ResolveRegionTensors(
     absl::StatusOr<uint64_t> bytes = TensorByteCount(tensor->dtype, tensor->shape, name);
     if (!bytes.ok()) return bytes.status();
     absl::StatusOr<RegionBytes> resolved =
-        ResolveHost(access, tensor->region, *bytes, absl::StrCat(name, ".region"));
+        ResolveHost(access_, tensor->region, *bytes, absl::StrCat(name, ".region"));
     if (!resolved.ok()) return resolved.status();
-    spans.emplace_back(tensor, wire::Span{end, size_t(*bytes)});
+    tensor->data = wire::Span{end_, size_t(*bytes)};
     if (*bytes == 0) continue;  // MessageBytes holds no empty slices
     // The slice pins the mapping for as long as anything references the request's bytes.
     auto* pin = new std::shared_ptr<MappedRegion>(resolved->region);
-    extra.emplace_back(
+    extra_.emplace_back(
         resolved->data, size_t(*bytes),
         [](void* p) { delete static_cast<std::shared_ptr<MappedRegion>*>(p); }, pin);
-    end += *bytes;
+    end_ += *bytes;
   }
-  if (spans.empty()) return absl::OkStatus();
+  return absl::OkStatus();
+}
+
+void RegionTensorResolver::Commit() {
+  if (extra_.empty()) return;
   std::vector<grpc::Slice> slices;
-  slices.reserve(message->num_slices() + extra.size());
-  for (size_t i = 0; i < message->num_slices(); ++i) slices.push_back(message->slice(i));
-  for (grpc::Slice& s : extra) slices.push_back(std::move(s));
-  *message = wire::MessageBytes::FromSlices(std::move(slices));
-  for (auto& [tensor, span] : spans) tensor->data = span;
+  slices.reserve(message_->num_slices() + extra_.size());
+  for (size_t i = 0; i < message_->num_slices(); ++i) slices.push_back(message_->slice(i));
+  for (grpc::Slice& s : extra_) slices.push_back(std::move(s));
+  extra_.clear();
+  *message_ = wire::MessageBytes::FromSlices(std::move(slices));
+}
+
+absl::Status ResolveRegionTensors(
+    const RegionAccess& access,
+    std::initializer_list<std::pair<wire::TensorView*, const char*>> tensors,
+    wire::MessageBytes* message) {
+  RegionTensorResolver resolver(access, message);
+  if (absl::Status s = resolver.Resolve(tensors); !s.ok()) return s;
+  resolver.Commit();
   return absl::OkStatus();
 }
 

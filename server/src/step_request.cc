@@ -54,7 +54,7 @@ DimSpec Rows(const char* name) { return DimSpec{name, kAnyDim, ""}; }
 absl::StatusOr<StepEntry> CheckEntry(wire::StepEntryView& view, size_t index,
                                      const ServerConfig& config, const CacheSet& caches,
                                      const RegionAccess& regions, const Tenant& tenant,
-                                     wire::MessageBytes* message) {
+                                     RegionTensorResolver* resolver) {
   const ModelShape& m = config.model;
   const std::string name = "entries[" + std::to_string(index) + "]";
   if (auto s = CheckSequenceId(view.sequence_id, name + ".sequence_id"); !s.ok()) return s;
@@ -68,8 +68,7 @@ absl::StatusOr<StepEntry> CheckEntry(wire::StepEntryView& view, size_t index,
   }
   if (view.q.region.present || view.k.region.present || view.v.region.present) {
     const std::string q = name + ".q", k = name + ".k", v = name + ".v";
-    if (auto s = ResolveRegionTensors(
-            regions, {{&view.q, q.c_str()}, {&view.k, k.c_str()}, {&view.v, v.c_str()}}, message);
+    if (auto s = resolver->Resolve({{&view.q, q.c_str()}, {&view.k, k.c_str()}, {&view.v, v.c_str()}});
         !s.ok()) {
       return s;
     }
@@ -192,6 +191,7 @@ absl::StatusOr<std::vector<StepEntry>> CheckStepRequest(wire::StepRequestView& r
   entries.reserve(request.entries.size());
   absl::flat_hash_map<std::string, size_t> first_index;
   int64_t total_tokens = 0;
+  RegionTensorResolver resolver(regions, message);
   for (size_t i = 0; i < request.entries.size(); ++i) {
     wire::StepEntryView& view = request.entries[i];
     const auto [it, inserted] = first_index.emplace(view.sequence_id, i);
@@ -200,7 +200,7 @@ absl::StatusOr<std::vector<StepEntry>> CheckStepRequest(wire::StepRequestView& r
                      "' repeats entries[" + std::to_string(it->second) + "]");
     }
     absl::StatusOr<StepEntry> entry =
-        CheckEntry(view, i, config, caches, regions, tenant, message);
+        CheckEntry(view, i, config, caches, regions, tenant, &resolver);
     if (!entry.ok()) return entry.status();
     total_tokens += entry->num_tokens;
     if (total_tokens > limits.max_tokens_per_step) {
@@ -210,6 +210,7 @@ absl::StatusOr<std::vector<StepEntry>> CheckStepRequest(wire::StepRequestView& r
     }
     entries.push_back(*std::move(entry));
   }
+  resolver.Commit();  // the entries' region spans are valid from here on
   if (auto s = CheckOutputsApart(entries, *message, config.model); !s.ok()) return s;
   return entries;
 }
