@@ -11,17 +11,21 @@ namespace {
 
 absl::StatusOr<RegionBytes> ResolveHost(const RegionAccess& access,
                                         const wire::RegionSliceView& slice, uint64_t bytes,
-                                        const std::string& field) {
+                                        absl::string_view name, absl::string_view suffix) {
   if (access.registry == nullptr) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(field, " names a shared-memory region, but this server has no data plane"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        name, suffix, " names a shared-memory region, but this server has no data plane"));
   }
-  absl::StatusOr<RegionBytes> resolved =
-      access.registry->Resolve(access.tenant, slice, bytes, field);
+  // The field's full name is built only for an error message: this runs for every region tensor
+  // of every request, and the registry answers a repeated question the same way.
+  absl::StatusOr<RegionBytes> resolved = access.registry->Resolve(access.tenant, slice, bytes, name);
+  if (!resolved.ok() && !suffix.empty()) {
+    resolved = access.registry->Resolve(access.tenant, slice, bytes, absl::StrCat(name, suffix));
+  }
   if (!resolved.ok()) return resolved.status();
   if (resolved->region->device() >= 0) {
     return absl::FailedPreconditionError(
-        absl::StrCat(field, ": region ", slice.region_id,
+        absl::StrCat(name, suffix, ": region ", slice.region_id,
                      " is CUDA device memory; this call reads host "
                      "memory regions only"));
   }
@@ -72,7 +76,7 @@ absl::Status RegionTensorResolver::Resolve(
     absl::StatusOr<uint64_t> bytes = TensorByteCount(tensor->dtype, tensor->shape, name);
     if (!bytes.ok()) return bytes.status();
     absl::StatusOr<RegionBytes> resolved =
-        ResolveHost(access_, tensor->region, *bytes, absl::StrCat(name, ".region"));
+        ResolveHost(access_, tensor->region, *bytes, name, ".region");
     if (!resolved.ok()) return resolved.status();
     tensor->data = wire::Span{end_, size_t(*bytes)};
     if (*bytes == 0) continue;  // MessageBytes holds no empty slices
@@ -110,7 +114,7 @@ absl::StatusOr<std::optional<RegionBytes>> ResolveOutputSlice(const RegionAccess
                                                               const wire::RegionSliceView& slice,
                                                               uint64_t bytes, const char* field) {
   if (!slice.present) return std::optional<RegionBytes>();
-  absl::StatusOr<RegionBytes> resolved = ResolveHost(access, slice, bytes, field);
+  absl::StatusOr<RegionBytes> resolved = ResolveHost(access, slice, bytes, field, "");
   if (!resolved.ok()) return resolved.status();
   return std::optional<RegionBytes>(*std::move(resolved));
 }
