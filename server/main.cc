@@ -70,6 +70,9 @@ void AddFlags(CLI::App& app, ServerConfig& c, std::string& dtype, std::string& b
               "How long an idle scheduler waits to merge more steps");
   app.add_option("--max-batch-tokens", c.scheduler.max_batch_tokens, "New tokens per launch")
       ->capture_default_str();
+  app.add_option("--inline-launch-tokens", c.scheduler.inline_launch_tokens,
+                 "Small steps that find the scheduler idle launch on the receiving thread (0: never)")
+      ->capture_default_str();
   app.add_option("--prefill-chunk", c.scheduler.prefill_chunk_tokens,
                  "Most tokens of one step per launch")
       ->capture_default_str();
