@@ -10,6 +10,7 @@ packages=(
   prometheus-cpp-dev libcli11-dev nlohmann-json3-dev
   nginx shellcheck python3-yaml openssl
   python3-grpcio python3-protobuf python3-numpy python3-pytest
+  clang libclang-rt-14-dev llvm  # asan preset and fuzz targets: clang, libFuzzer, llvm-symbolizer
 )
 
 missing=()

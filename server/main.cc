@@ -137,6 +137,9 @@ void AddLimitFlags(CLI::App& app, flashkv::server::RequestLimits& l) {
       ->capture_default_str();
   app.add_option("--max-sequences", l.max_sequences, "Live sequences, all tenants together")
       ->capture_default_str();
+  app.add_option("--max-stream-steps-in-flight", l.max_stream_steps_in_flight,
+                 "StepStream requests taken and not yet answered; past it the stream is not read")
+      ->capture_default_str();
   app.add_option("--max-attention-rows", l.max_attention_rows,
                  "Stateless attention: rows of q and of k/v per call")
       ->capture_default_str();

@@ -14,7 +14,10 @@ Tables (markdown, to stdout and to --out):
 Timing: CUDA events around one call, median of --reps (>= 30) after warm-up. Before each timed
 call the GPU is kept busy (torch.cuda._sleep) so that host work (argument validation, Python)
 overlaps it and the events measure GPU time alone, for every contestant alike. Inputs rotate
-among enough copies that the working set exceeds the L2 cache.
+among enough copies that the working set exceeds the L2 cache. In the fixed-length table the
+contestants of a row (every flashkv sm90 variant of --sm90-variants, SDPA FLASH, SDPA cuDNN) are
+timed in turns, one call each per repetition, starting with a different one each time, so clock
+and temperature drift over the row lands on all of them alike.
 
   python3 benchmarks/kernels/side_by_side.py --lib build/kernels/cuda/libflashkv_capi.so --out out.md
 """
@@ -31,6 +34,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 DTYPES = {"fp16": (torch.float16, 1), "bf16": (torch.bfloat16, 2)}
+# flashkv_cuda_testing_set_sm90_variant's numbers (kernels/cuda/sm90/tile_shape.h, Sm90Variant).
+SM90_VARIANTS = {0: "baseline", 1: "dynamic_schedule", 2: "auto"}
 L2_BYTES = 50 * 2**20
 
 
@@ -46,6 +51,9 @@ class Flashkv:
     @staticmethod
     def strides(t, batch, row, head):
         return (ctypes.c_int64 * 3)(batch, row, head)
+
+    def set_sm90_variant(self, variant):
+        self.check(self.lib.flashkv_cuda_testing_set_sm90_variant(variant))
 
     def check(self, code):
         if code != 0:
@@ -95,6 +103,26 @@ def time_gpu(fn, sets, reps, warmup=3, busy_cycles=2_000_000):
     return statistics.median(times)
 
 
+def time_gpu_in_turns(fns, sets, reps, warmup=3, busy_cycles=2_000_000):
+    """Median GPU milliseconds of each fn(inputs), the fns called in turns (rotating the first)."""
+    for i in range(warmup):
+        for fn in fns:
+            fn(sets[i % len(sets)])
+    torch.cuda.synchronize()
+    times = [[] for _ in fns]
+    for i in range(reps):
+        for j in range(len(fns)):
+            k = (i + j) % len(fns)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda._sleep(busy_cycles)
+            start.record()
+            fns[k](sets[i % len(sets)])
+            end.record()
+            end.synchronize()
+            times[k].append(start.elapsed_time(end))
+    return [statistics.median(t) for t in times]
+
+
 def copy_bandwidth():
     n = 2**30  # 2 GiB of fp16 per side
     src = torch.randn(n, device="cuda", dtype=torch.float16)
@@ -117,10 +145,21 @@ def emit(lines, out):
             f.write(text + "\n\n")
 
 
+def sdpa_works(backend, q, k, v, causal):
+    try:
+        sdpa(backend, q, k, v, causal)
+        return True
+    except RuntimeError as e:
+        print(f"# {backend} failed: {e}", file=sys.stderr)
+        return False
+
+
 def fixed_grid(fk, args):
+    variants = args.sm90_variants or [None]
+    vcol = "variant | " if args.sm90_variants else ""
     lines = ["## Fixed-length attention vs SDPA (TFLOPS; ratio = SDPA time / flashkv time)", "",
-             "| dtype | causal | D | S | flashkv ms | TF | SDPA flash ms | TF | x flash | SDPA cuDNN ms | TF | x cuDNN | max abs diff |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"| dtype | causal | D | S | {vcol}flashkv ms | TF | SDPA flash ms | TF | x flash | SDPA cuDNN ms | TF | x cuDNN | max abs diff |",
+             "|---|---|---|---|" + ("---|" if vcol else "") + "---|---|---|---|---|---|---|---|---|"]
     emit(lines, args.out)
     for dname in args.dtypes:
         dtype, code = DTYPES[dname]
@@ -135,20 +174,39 @@ def fixed_grid(fk, args):
                             + (torch.empty(b, h, s, d, device="cuda", dtype=dtype),) for _ in range(nsets)]
                     flops = 4 * b * h * s * s * d / (2 if causal else 1)
                     q, k, v, o = sets[0]
-                    fk.attention_bhsd(q, k, v, o, causal, code)
                     ref = sdpa(SDPBackend.FLASH_ATTENTION, q, k, v, causal)
-                    diff = (o.float() - ref.float()).abs().max().item()
-                    t_fk = time_gpu(lambda x: fk.attention_bhsd(x[0], x[1], x[2], x[3], causal, code), sets, args.reps)
-                    row = [dname, "yes" if causal else "no", str(d), str(s), f"{t_fk:.3f}", f"{flops / t_fk / 1e9:.0f}"]
-                    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION):
-                        try:
-                            t = time_gpu(lambda x: sdpa(backend, x[0], x[1], x[2], causal), sets, args.reps)
-                            row += [f"{t:.3f}", f"{flops / t / 1e9:.0f}", f"{t / t_fk:.2f}"]
-                        except RuntimeError as e:
-                            row += ["n/a", "", ""]
-                            print(f"# {backend} failed: {e}", file=sys.stderr)
-                    row.append(f"{diff:.1e}")
-                    emit(["| " + " | ".join(row) + " |"], args.out)
+                    diffs = []
+                    fns = []
+                    for variant in variants:
+                        if variant is not None:
+                            fk.set_sm90_variant(variant)
+                        o.fill_(float("nan"))
+                        fk.attention_bhsd(q, k, v, o, causal, code)
+                        diffs.append((o.float() - ref.float()).abs().max().item())
+
+                        def run(x, variant=variant):
+                            if variant is not None:
+                                fk.set_sm90_variant(variant)
+                            fk.attention_bhsd(x[0], x[1], x[2], x[3], causal, code)
+                        fns.append(run)
+                    backends = [bk for bk in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION)
+                                if sdpa_works(bk, q, k, v, causal)]
+                    for bk in backends:
+                        fns.append(lambda x, bk=bk: sdpa(bk, x[0], x[1], x[2], causal))
+                    times = time_gpu_in_turns(fns, sets, args.reps)
+                    peers = {bk: t for bk, t in zip(backends, times[len(variants):])}
+                    for variant, t_fk, diff in zip(variants, times, diffs):
+                        row = [dname, "yes" if causal else "no", str(d), str(s)]
+                        if variant is not None:
+                            row.append(SM90_VARIANTS[variant])
+                        row += [f"{t_fk:.3f}", f"{flops / t_fk / 1e9:.0f}"]
+                        for bk in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION):
+                            t = peers.get(bk)
+                            row += [f"{t:.3f}", f"{flops / t / 1e9:.0f}", f"{t / t_fk:.2f}"] if t else ["n/a", "", ""]
+                        row.append(f"{diff:.1e}")
+                        emit(["| " + " | ".join(row) + " |"], args.out)
+                    if args.sm90_variants:
+                        fk.set_sm90_variant(2)  # the default (auto)
                     del sets, q, k, v, o, ref
                     torch.cuda.empty_cache()
 
@@ -282,8 +340,13 @@ def main():
     ap.add_argument("--decode-contexts", nargs="+", type=int, default=[1024, 4096, 16384, 32768])
     ap.add_argument("--max-kv-gib", type=float, default=8.0)
     ap.add_argument("--sections", nargs="+", default=["fixed", "decode", "mixed"])
+    ap.add_argument("--sm90-variants", nargs="+", default=[],
+                    choices=list(SM90_VARIANTS.values()),
+                    help="time these sm90 kernel variants side by side (a variant column is added)")
     args = ap.parse_args()
     fk = Flashkv(args.lib)
+    names = {n: v for v, n in SM90_VARIANTS.items()}
+    args.sm90_variants = [names[n] for n in args.sm90_variants]
     props = torch.cuda.get_device_properties(0)
     header = [f"# flashkv side by side: {props.name}, torch {torch.__version__}, "
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", ""]

@@ -42,16 +42,23 @@ bool FieldReader::ReadVarint(uint64_t* value) {
     }
     return Fail("varint longer than 10 bytes");
   }
+  // Byte by byte. Errors name the varint's first byte, as the fast path's do: where a message's
+  // slices happen to be cut must not change what a client is told.
+  const size_t start = position_;
   uint64_t result = 0;
   for (int shift = 0; shift < 64; shift += 7) {
     uint8_t byte;
-    if (!ReadByte(&byte)) return Fail("truncated varint");
+    if (!ReadByte(&byte)) {
+      position_ = start;
+      return Fail("truncated varint");
+    }
     result |= static_cast<uint64_t>(byte & 0x7f) << shift;
     if ((byte & 0x80) == 0) {
       *value = result;
       return true;
     }
   }
+  position_ = start;
   return Fail("varint longer than 10 bytes");
 }
 

@@ -45,15 +45,14 @@ absl::Status LineError(absl::string_view source, int line, absl::string_view wha
 
 absl::Status CheckToken(absl::string_view token, absl::string_view source, int line) {
   if (token.size() < kMinTokenBytes || token.size() > kMaxTokenBytes) {
-    return LineError(source, line,
-                     absl::StrCat("the token has ", token.size(), " characters; it must have ",
-                                  kMinTokenBytes, " to ", kMaxTokenBytes,
-                                  " (e.g. `openssl rand -hex 32`)"));
+    return LineError(
+        source, line,
+        absl::StrCat("the token has ", token.size(), " characters; it must have ", kMinTokenBytes,
+                     " to ", kMaxTokenBytes, " (e.g. `openssl rand -hex 32`)"));
   }
   for (char c : token) {
     if (!IsTokenChar(c)) {
-      return LineError(source, line,
-                       "the token has a character outside A-Z a-z 0-9 - . _ ~ + / =");
+      return LineError(source, line, "the token has a character outside A-Z a-z 0-9 - . _ ~ + / =");
     }
   }
   return absl::OkStatus();
@@ -61,9 +60,9 @@ absl::Status CheckToken(absl::string_view token, absl::string_view source, int l
 
 absl::Status CheckTenantName(absl::string_view name, absl::string_view source, int line) {
   if (name.empty() || name.size() > kMaxTenantBytes) {
-    return LineError(source, line,
-                     absl::StrCat("tenant name '", name, "' must have 1 to ", kMaxTenantBytes,
-                                  " characters"));
+    return LineError(
+        source, line,
+        absl::StrCat("tenant name '", name, "' must have 1 to ", kMaxTenantBytes, " characters"));
   }
   for (char c : name) {
     if (!IsTenantChar(c)) {
@@ -120,8 +119,9 @@ absl::StatusOr<std::shared_ptr<const TokenTable>> TokenTable::Parse(absl::string
         absl::StrSplit(line, absl::ByAnyChar(" \t\r"), absl::SkipEmpty());
     if (words.empty()) continue;
     if (words.size() < 2) {
-      return LineError(source, line_number, "expected TOKEN TENANT [max_sequences=N] "
-                                            "[max_kv_blocks=N]");
+      return LineError(source, line_number,
+                       "expected TOKEN TENANT [max_sequences=N] "
+                       "[max_kv_blocks=N]");
     }
     if (auto s = CheckToken(words[0], source, line_number); !s.ok()) return s;
     if (auto s = CheckTenantName(words[1], source, line_number); !s.ok()) return s;
@@ -188,8 +188,8 @@ std::shared_ptr<const Tenant> TokenTable::Find(absl::string_view token) const {
   return it == by_digest_.end() ? nullptr : it->second;
 }
 
-absl::StatusOr<std::unique_ptr<Authenticator>> Authenticator::Create(
-    const std::string& tokens_file, const TenantQuota& defaults) {
+absl::StatusOr<std::unique_ptr<Authenticator>> Authenticator::Create(const std::string& tokens_file,
+                                                                     const TenantQuota& defaults) {
   std::unique_ptr<Authenticator> auth(new Authenticator(tokens_file, defaults));
   auto tenant = std::make_shared<Tenant>();
   tenant->name = kDefaultTenant;
@@ -221,8 +221,8 @@ absl::StatusOr<std::shared_ptr<const Tenant>> Authenticator::Authenticate(
   if (std::next(range.first) != range.second) {
     return absl::UnauthenticatedError("more than one 'authorization' metadata entry");
   }
-  const absl::string_view token = BearerToken(
-      absl::string_view(range.first->second.data(), range.first->second.size()));
+  const absl::string_view token =
+      BearerToken(absl::string_view(range.first->second.data(), range.first->second.size()));
   if (token.empty()) {
     return absl::UnauthenticatedError("'authorization' metadata must be 'Bearer <token>'");
   }

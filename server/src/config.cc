@@ -164,6 +164,7 @@ absl::Status ValidateLimits(const RequestLimits& l) {
                                     {"max-tokens-per-entry", l.max_tokens_per_entry},
                                     {"max-tokens-per-step", l.max_tokens_per_step},
                                     {"max-sequences", l.max_sequences},
+                                    {"max-stream-steps-in-flight", l.max_stream_steps_in_flight},
                                     {"max-attention-rows", l.max_attention_rows},
                                     {"max-attention-batch", l.max_attention_batch},
                                     {"max-attention-work", l.max_attention_work}}) {

@@ -40,7 +40,8 @@ Bio MemoryBio(const std::string& pem) {
 // The first certificate of a PEM file (the leaf of a chain), null when there is none.
 std::unique_ptr<X509, X509Deleter> FirstCertificate(const std::string& pem) {
   Bio bio = MemoryBio(pem);
-  return std::unique_ptr<X509, X509Deleter>(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+  return std::unique_ptr<X509, X509Deleter>(
+      PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
 }
 
 absl::Status CheckPair(const std::string& cert_pem, const std::string& key_pem,
@@ -54,8 +55,8 @@ absl::Status CheckPair(const std::string& cert_pem, const std::string& key_pem,
   std::unique_ptr<EVP_PKEY, KeyDeleter> key(
       PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
   if (key == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--tls-key: '", s.tls_key_file, "' holds no unencrypted PEM private key"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tls-key: '", s.tls_key_file, "' holds no unencrypted PEM private key"));
   }
   if (X509_check_private_key(cert.get(), key.get()) != 1) {
     return absl::InvalidArgumentError(absl::StrCat("--tls-key: '", s.tls_key_file,
@@ -81,14 +82,13 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
     absl::StatusOr<std::string> ca = ReadPem(s.tls_client_ca_file, "--tls-client-ca");
     if (!ca.ok()) return ca.status();
     if (FirstCertificate(*ca) == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--tls-client-ca: '", s.tls_client_ca_file, "' holds no PEM certificate"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--tls-client-ca: '", s.tls_client_ca_file, "' holds no PEM certificate"));
     }
     options.pem_root_certs = *std::move(ca);
     // Mutual TLS: a client without a certificate signed by one of these CAs is refused at the
     // handshake, before any call reaches a service.
-    options.client_certificate_request =
-        GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+    options.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
   }
   return grpc::SslServerCredentials(options);
 }

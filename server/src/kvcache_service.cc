@@ -324,17 +324,10 @@ absl::StatusOr<std::shared_ptr<StepState>> KvCacheService::NewStep(const grpc::B
   if (absl::Status s = Ready(); !s.ok()) return s;
   absl::StatusOr<wire::MessageBytes> message = wire::MessageBytes::FromByteBuffer(request);
   if (!message.ok()) return message.status();
-  // The decoder stops at the limits before it allocates past them (a request of empty entries
-  // would otherwise cost a few hundred bytes per two bytes on the wire).
-  wire::DecodeLimits limits;
-  limits.max_entries = static_cast<size_t>(config_.limits.max_entries_per_step);
-  limits.max_token_ids = static_cast<size_t>(config_.limits.max_tokens_per_entry);
-  limits.max_id_bytes = kMaxSequenceIdBytes;
   wire::StepRequestView view;
-  if (auto s = wire::DecodeStepRequest(*message, &view, limits); !s.ok()) return s;
   const RegionAccess regions{regions_, tenant.name};
   absl::StatusOr<std::vector<StepEntry>> entries =
-      CheckStepRequest(view, config_, *caches_, regions, tenant, &*message);
+      DecodeAndCheckStepRequest(config_, *caches_, regions, tenant, &*message, &view);
   if (!entries.ok()) return entries.status();
   // Layer 0 leads: only its appends add blocks, so only its entries reserve against the quota.
   std::optional<LedgerReservation> reservation;

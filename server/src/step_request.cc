@@ -254,4 +254,18 @@ absl::StatusOr<std::vector<StepEntry>> CheckStepRequest(wire::StepRequestView& r
   return entries;
 }
 
+absl::StatusOr<std::vector<StepEntry>> DecodeAndCheckStepRequest(const ServerConfig& config,
+                                                                 const CacheSet& caches,
+                                                                 const RegionAccess& regions,
+                                                                 const Tenant& tenant,
+                                                                 wire::MessageBytes* message,
+                                                                 wire::StepRequestView* request) {
+  wire::DecodeLimits limits;
+  limits.max_entries = static_cast<size_t>(config.limits.max_entries_per_step);
+  limits.max_token_ids = static_cast<size_t>(config.limits.max_tokens_per_entry);
+  limits.max_id_bytes = kMaxSequenceIdBytes;
+  if (auto s = wire::DecodeStepRequest(*message, request, limits); !s.ok()) return s;
+  return CheckStepRequest(*request, config, caches, regions, tenant, message);
+}
+
 }  // namespace flashkv::server

@@ -65,9 +65,18 @@ void StepStreamReactor::OnReadDone(bool ok) {
     // order (the next OnReadDone cannot run before StartRead). Until `submitting_` clears, the
     // stream does not finish: StartRead must not follow Finish.
     service_->Submit(step);
-    StartRead(&request_);
-    MutexLock lock(&mu_);
-    submitting_ = false;
+    bool read;
+    {
+      MutexLock lock(&mu_);
+      read = slots_.size() < static_cast<size_t>(service_->limits().max_stream_steps_in_flight);
+      read_paused_ = !read;
+      if (!read) submitting_ = false;
+    }
+    if (read) {
+      StartRead(&request_);
+      MutexLock lock(&mu_);
+      submitting_ = false;
+    }
   }
   Advance();
 }
@@ -97,6 +106,7 @@ void StepStreamReactor::CancelSteps() {
 void StepStreamReactor::Advance() {
   grpc::ByteBuffer* write = nullptr;
   bool finish = false;
+  bool resume_reading = false;
   grpc::Status final_status;
   {
     MutexLock lock(&mu_);
@@ -115,6 +125,14 @@ void StepStreamReactor::Advance() {
       }
       slots_.pop_front();
     }
+    if (read_paused_ && Open() &&
+        slots_.size() < static_cast<size_t>(service_->limits().max_stream_steps_in_flight)) {
+      // Below the limit again: read on. (submitting_ keeps the stream from finishing before the
+      // read is started.)
+      read_paused_ = false;
+      submitting_ = true;
+      resume_reading = true;
+    }
     if (write == nullptr && !writing_ && slots_.empty() && !Open() && !submitting_) {
       finished_ = true;
       finish = true;
@@ -126,6 +144,14 @@ void StepStreamReactor::Advance() {
         final_status = grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
       }
     }
+  }
+  if (resume_reading) {
+    StartRead(&request_);
+    {
+      MutexLock lock(&mu_);
+      submitting_ = false;
+    }
+    Advance();  // (a finish that waited for the read to start)
   }
   if (write != nullptr) StartWrite(write);
   if (finish) {

@@ -6,9 +6,9 @@ namespace flashkv::server {
 
 absl::Status TenantLedger::CheckNewSequence(const Tenant& tenant) const {
   if (total_sequences_ >= max_sequences_) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("the server holds ", total_sequences_, " sequences, its limit (",
-                     max_sequences_, ", --max-sequences); free some first"));
+    return absl::ResourceExhaustedError(absl::StrCat("the server holds ", total_sequences_,
+                                                     " sequences, its limit (", max_sequences_,
+                                                     ", --max-sequences); free some first"));
   }
   const int64_t quota = tenant.quota.max_sequences;
   if (quota > 0) {

@@ -85,9 +85,12 @@ void CheckFixed(DType dtype, int d, bool causal, const FixedCase& c, std::mt1993
   const size_t q_per_batch = size_t(c.sq) * c.hq * d, kv_per_batch = size_t(c.skv) * c.hkv * d;
   std::vector<double> want(q.values.size()), want_lse(size_t(c.batch) * c.hq * c.sq);
   for (int b = 0; b < c.batch; ++b) {
-    ReferenceAttention(&q.values[b * q_per_batch], &k.values[b * kv_per_batch],
-                       &v.values[b * kv_per_batch], c.sq, c.skv, c.hq, c.hkv, d, causal, scale,
-                       &want[b * q_per_batch], &want_lse[size_t(b) * c.hq * c.sq]);
+    // data() + offset, not &v[offset]: with Sq or Skv 0 the vectors are empty, and indexing one
+    // binds a reference to null (UBSan).
+    ReferenceAttention(q.values.data() + b * q_per_batch, k.values.data() + b * kv_per_batch,
+                       v.values.data() + b * kv_per_batch, c.sq, c.skv, c.hq, c.hkv, d, causal,
+                       scale, want.data() + b * q_per_batch,
+                       want_lse.data() + size_t(b) * c.hq * c.sq);
   }
   EXPECT_EQ(CompareValues(out.values, want, Tolerance(dtype)), "");
   EXPECT_EQ(CompareValues(lse.values, want_lse, 1e-3), "");
@@ -149,9 +152,11 @@ TEST_F(AttentionRpcTest, VarlenMatchesReferenceWithZeroLengthSequences) {
         for (size_t s = 0; s < q_lens.size(); ++s) {
           std::vector<double> seq_lse(size_t(hq) * q_lens[s]);
           ReferenceAttention(
-              &q.values[size_t(cu_q[s]) * hq * d], &k.values[size_t(cu_kv[s]) * hkv * d],
-              &v.values[size_t(cu_kv[s]) * hkv * d], q_lens[s], kv_lens[s], hq, hkv, d, causal,
-              1.0 / std::sqrt(double(d)), &want[size_t(cu_q[s]) * hq * d], seq_lse.data());
+              q.values.data() + size_t(cu_q[s]) * hq * d,
+              k.values.data() + size_t(cu_kv[s]) * hkv * d,
+              v.values.data() + size_t(cu_kv[s]) * hkv * d, q_lens[s], kv_lens[s], hq, hkv, d,
+              causal, 1.0 / std::sqrt(double(d)), want.data() + size_t(cu_q[s]) * hq * d,
+              seq_lse.data());
           for (int h = 0; h < hq; ++h) {
             for (int i = 0; i < q_lens[s]; ++i) {
               want_lse[size_t(h) * cu_q.back() + cu_q[s] + i] = seq_lse[size_t(h) * q_lens[s] + i];

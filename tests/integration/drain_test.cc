@@ -258,7 +258,8 @@ TEST(DrainTest, SigtermLetsStepsInFlightFinishThenEndsStreams) {
 // SIGHUP re-reads the token file without a restart; SIGHUP during the drain is ignored.
 TEST(DrainTest, SighupReloadsTheTokenFile) {
   const std::string tokens = "/tmp/flashkv-sighup-" + std::to_string(getpid()) + ".txt";
-  const std::string old_token = "old-token-0123456789abcdef", new_token = "new-token-0123456789abcd";
+  const std::string old_token = "old-token-0123456789abcdef";
+  const std::string new_token = "new-token-0123456789abcd";
   std::ofstream(tokens) << old_token << " t\n";
   auto server = StartServing("sighup", {"--tokens-file=" + tokens, "--kv-cache-bytes=4MiB"});
   ASSERT_NE(server, nullptr);

@@ -18,6 +18,8 @@
 #include "testing/conversation.h"
 #include "testing/fake_clock.h"
 #include "testing/http_get.h"
+#include "testing/kvcache_calls.h"
+#include "testing/temp_dir.h"
 #include "testing/test_server.h"
 
 namespace flashkv::testing {
@@ -31,12 +33,10 @@ constexpr char kFlood[] = "bravo-flood-token-0123456789";  // tenant "bravo"
 class FairnessTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char pattern[] = "/tmp/flashkv-fairness.XXXXXX";
-    ASSERT_NE(mkdtemp(pattern), nullptr);
-    dir_ = pattern;
-    std::ofstream(dir_ + "/tokens.txt") << kLight << " alpha\n" << kFlood << " bravo\n";
+    ASSERT_FALSE(dir_.path().empty());
+    std::ofstream(dir_.File("tokens.txt")) << kLight << " alpha\n" << kFlood << " bravo\n";
     config_ = SmallModelConfig();
-    config_.security.tokens_file = dir_ + "/tokens.txt";
+    config_.security.tokens_file = dir_.File("tokens.txt");
     config_.clock = clock_;
     config_.scheduler.batch_window = absl::Seconds(1);
     config_.scheduler.max_batch_tokens = 16;
@@ -46,22 +46,8 @@ class FairnessTest : public ::testing::Test {
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
   }
-  void TearDown() override {
-    server_.reset();
-    std::system(("rm -rf '" + dir_ + "'").c_str());
-  }
 
-  static void Authorize(grpc::ClientContext& context, const char* token) {
-    context.AddMetadata("authorization", std::string("Bearer ") + token);
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-  }
-  v1::ServerStats Stats(const char* token) {
-    grpc::ClientContext context;
-    Authorize(context, token);
-    v1::ServerStats stats;
-    EXPECT_TRUE(server_->kvcache().GetStats(&context, v1::GetStatsRequest(), &stats).ok());
-    return stats;
-  }
+  v1::ServerStats Stats(const char* token) { return GetStats(server_->kvcache(), token); }
   // Waits (real time) until the scheduler holds `parts` step parts.
   void AwaitQueued(uint64_t parts) {
     const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(30);
@@ -72,7 +58,7 @@ class FairnessTest : public ::testing::Test {
     ASSERT_EQ(Stats(kLight).devices(0).queued_steps(), parts);
   }
 
-  std::string dir_;
+  TempDir dir_{"flashkv-fairness"};
   std::shared_ptr<FakeClock> clock_ = std::make_shared<FakeClock>();
   server::ServerConfig config_;
   std::unique_ptr<TestServer> server_;
@@ -82,38 +68,29 @@ TEST_F(FairnessTest, AFloodingTenantDoesNotStarveADecodingOne) {
   constexpr int kFloodSteps = 192, kFloodRows = 16;
   ReferenceCache light_ref(config_.model), flood_ref(config_.model);
   std::mt19937_64 rng(17);
-  auto create = [&](const char* token, const std::string& id) {
-    grpc::ClientContext context;
-    Authorize(context, token);
-    v1::CreateSequenceRequest request;
-    request.set_sequence_id(id);
-    v1::CreateSequenceResponse response;
-    return server_->kvcache().CreateSequence(&context, request, &response);
-  };
   // The light tenant's sequence holds 17, 16, 16 tokens at layers 0, 1, 2 (steps that fill the
   // budget launch at once, without the window).
-  ASSERT_TRUE(create(kLight, "l").ok());
+  ASSERT_TRUE(CreateSequence(server_->kvcache(), "l", kLight).ok());
   for (int layer = 0; layer < 3; ++layer) {
     const v1::StepEntry entry = light_ref.MakeEntry("l", layer == 0 ? 17 : 16, rng);
-    grpc::ClientContext context;
-    Authorize(context, kLight);
     v1::StepResponse response;
-    ASSERT_TRUE(server_->kvcache().Step(&context, MakeStep(layer, {entry}), &response).ok());
+    ASSERT_TRUE(StepCall(server_->kvcache(), MakeStep(layer, {entry}), &response, kLight).ok());
     ASSERT_EQ(light_ref.Apply(layer, entry, response.out(0)), "");
   }
-  for (int f = 0; f < kFloodSteps; ++f) ASSERT_TRUE(create(kFlood, "f" + std::to_string(f)).ok());
+  for (int f = 0; f < kFloodSteps; ++f)
+    ASSERT_TRUE(CreateSequence(server_->kvcache(), "f" + std::to_string(f), kFlood).ok());
 
   // The light tenant's next token at layer 1: alone and short, it waits for the window, which
   // the frozen clock never ends.
   grpc::ClientContext light_context;
-  Authorize(light_context, kLight);
+  PrepareCall(light_context, kLight);
   auto light = server_->kvcache().StepStream(&light_context);
   std::vector<std::pair<int, v1::StepEntry>> light_steps = {{1, light_ref.MakeEntry("l", 1, rng)}};
   ASSERT_TRUE(light->Write(MakeStep(1, {light_steps[0].second})));
   AwaitQueued(1);
   // The flood: 192 prefills of 16 tokens (each one launch's budget) at layer 0, queued behind it.
   grpc::ClientContext flood_context;
-  Authorize(flood_context, kFlood);
+  PrepareCall(flood_context, kFlood);
   auto flood = server_->kvcache().StepStream(&flood_context);
   std::vector<v1::StepEntry> flood_steps;
   for (int f = 0; f < kFloodSteps; ++f) {
@@ -179,11 +156,10 @@ TEST_F(FairnessTest, AFloodingTenantDoesNotStarveADecodingOne) {
   EXPECT_EQ(flood_stats.kv_blocks(), uint64_t{kFloodSteps} * kFloodRows / 4);
   absl::StatusOr<std::string> metrics = HttpGet(server_->server().metrics_address(), "/metrics");
   ASSERT_TRUE(metrics.ok()) << metrics.status();
-  for (const std::string line :
-       {"flashkv_tenant_tokens_total{tenant=\"bravo\"} 3072",
-        "flashkv_tenant_steps_total{outcome=\"ok\",tenant=\"alpha\"} 14",
-        "flashkv_tenant_sequences{tenant=\"bravo\"} 192",
-        "flashkv_tenant_kv_blocks{tenant=\"alpha\"} 5"}) {
+  for (const std::string line : {"flashkv_tenant_tokens_total{tenant=\"bravo\"} 3072",
+                                 "flashkv_tenant_steps_total{outcome=\"ok\",tenant=\"alpha\"} 14",
+                                 "flashkv_tenant_sequences{tenant=\"bravo\"} 192",
+                                 "flashkv_tenant_kv_blocks{tenant=\"alpha\"} 5"}) {
     EXPECT_NE(metrics->find(line), std::string::npos) << line << "\n" << *metrics;
   }
 }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "testing/conversation.h"
+#include "testing/kvcache_calls.h"
 #include "testing/reference.h"
 #include "testing/test_server.h"
 
@@ -35,15 +36,7 @@ class KvCacheRpcTest : public ::testing::Test {
 
   grpc::Status Create(const std::string& id, const std::vector<int64_t>& prompt = {},
                       uint32_t* cached = nullptr) {
-    grpc::ClientContext context;
-    context.set_deadline(Soon());
-    v1::CreateSequenceRequest request;
-    request.set_sequence_id(id);
-    for (int64_t t : prompt) request.add_token_ids(t);
-    v1::CreateSequenceResponse response;
-    const grpc::Status status = server_->kvcache().CreateSequence(&context, request, &response);
-    if (cached != nullptr) *cached = response.cached_tokens();
-    return status;
+    return CreateSequence(server_->kvcache(), id, "", prompt, cached);
   }
   grpc::Status Fork(const std::string& parent, const std::string& child) {
     grpc::ClientContext context;
@@ -54,24 +47,11 @@ class KvCacheRpcTest : public ::testing::Test {
     v1::ForkSequenceResponse response;
     return server_->kvcache().ForkSequence(&context, request, &response);
   }
-  grpc::Status Free(const std::string& id) {
-    grpc::ClientContext context;
-    v1::FreeSequenceRequest request;
-    request.set_sequence_id(id);
-    v1::FreeSequenceResponse response;
-    return server_->kvcache().FreeSequence(&context, request, &response);
-  }
+  grpc::Status Free(const std::string& id) { return FreeSequence(server_->kvcache(), id); }
   grpc::Status Step(const v1::StepRequest& request, v1::StepResponse* response) {
-    grpc::ClientContext context;
-    context.set_deadline(Soon());
-    return server_->kvcache().Step(&context, request, response);
+    return StepCall(server_->kvcache(), request, response);
   }
-  v1::ServerStats Stats() {
-    grpc::ClientContext context;
-    v1::ServerStats stats;
-    EXPECT_TRUE(server_->kvcache().GetStats(&context, v1::GetStatsRequest(), &stats).ok());
-    return stats;
-  }
+  v1::ServerStats Stats() { return GetStats(server_->kvcache()); }
   // Steps `entries` at `layer`, expects success, and checks every output against the reference.
   void StepAndCheck(int layer, std::vector<v1::StepEntry> entries) {
     v1::StepResponse response;

@@ -5,13 +5,17 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "testing/conversation.h"
+#include "testing/fake_clock.h"
+#include "testing/kvcache_calls.h"
 #include "testing/reference.h"
 #include "testing/test_server.h"
 
@@ -32,6 +36,7 @@ class LimitsTest : public ::testing::Test {
     l.max_attention_rows = 64;
     l.max_attention_batch = 3;
     l.max_attention_work = 64 * 32 * 4 * 64;  // Hq=4, D=64: one sequence of 64 x 32
+    config.max_context = 24;
     absl::StatusOr<std::unique_ptr<TestServer>> server = TestServer::Start(config);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
@@ -39,18 +44,10 @@ class LimitsTest : public ::testing::Test {
     for (int i = 0; i < 5; ++i) ASSERT_TRUE(Create("s" + std::to_string(i)).ok());
   }
 
-  grpc::Status Create(const std::string& id) {
-    grpc::ClientContext context;
-    v1::CreateSequenceRequest request;
-    request.set_sequence_id(id);
-    v1::CreateSequenceResponse response;
-    return server_->kvcache().CreateSequence(&context, request, &response);
-  }
+  grpc::Status Create(const std::string& id) { return CreateSequence(server_->kvcache(), id); }
   grpc::Status Step(const v1::StepRequest& request) {
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
     v1::StepResponse response;
-    return server_->kvcache().Step(&context, request, &response);
+    return StepCall(server_->kvcache(), request, &response);
   }
   // Expects `status` to be `code` with `text` in its message.
   static void Expect(const grpc::Status& status, grpc::StatusCode code, const std::string& text) {
@@ -65,8 +62,8 @@ class LimitsTest : public ::testing::Test {
 };
 
 TEST_F(LimitsTest, StepRequestSizes) {
-  Expect(Step(MakeStep(0, {Entry("s0", 1), Entry("s1", 1), Entry("s2", 1), Entry("s3", 1),
-                           Entry("s4", 1)})),
+  Expect(Step(MakeStep(
+             0, {Entry("s0", 1), Entry("s1", 1), Entry("s2", 1), Entry("s3", 1), Entry("s4", 1)})),
          grpc::StatusCode::INVALID_ARGUMENT, "StepRequest.entries: more than 4 entries");
   Expect(Step(MakeStep(0, {Entry("s0", 9)})), grpc::StatusCode::INVALID_ARGUMENT,
          "entries[0].q.shape[0] (n) = 9 exceeds the server's limit of 8 tokens per entry "
@@ -78,8 +75,8 @@ TEST_F(LimitsTest, StepRequestSizes) {
   for (int i = 0; i < 9; ++i) ids.add_token_ids(i);
   Expect(Step(MakeStep(0, {ids})), grpc::StatusCode::INVALID_ARGUMENT,
          "StepEntry.token_ids: field 5 has more than 8 values");
-  Expect(Step(MakeStep(0, {Entry(std::string(300, 'x'), 1)})),
-         grpc::StatusCode::INVALID_ARGUMENT, "StepEntry.sequence_id has 300 bytes; at most 256");
+  Expect(Step(MakeStep(0, {Entry(std::string(300, 'x'), 1)})), grpc::StatusCode::INVALID_ARGUMENT,
+         "StepEntry.sequence_id has 300 bytes; at most 256");
   v1::StepEntry rank = Entry("s0", 1);
   for (int i = 0; i < 6; ++i) rank.mutable_q()->add_shape(1);
   Expect(Step(MakeStep(0, {rank})), grpc::StatusCode::INVALID_ARGUMENT,
@@ -105,12 +102,102 @@ TEST_F(LimitsTest, SequenceCount) {
   ASSERT_TRUE(Create("s5").ok());
   Expect(Create("s6"), grpc::StatusCode::RESOURCE_EXHAUSTED,
          "the server holds 6 sequences, its limit (6, --max-sequences)");
-  grpc::ClientContext context;
-  v1::FreeSequenceRequest free;
-  free.set_sequence_id("s5");
-  v1::FreeSequenceResponse freed;
-  ASSERT_TRUE(server_->kvcache().FreeSequence(&context, free, &freed).ok());
+  ASSERT_TRUE(FreeSequence(server_->kvcache(), "s5").ok());
   EXPECT_TRUE(Create("s6").ok());
+}
+
+TEST_F(LimitsTest, ContextLength) {
+  // 24 tokens fit; the 25th is refused before any block is reserved, and changes nothing.
+  for (int i = 0; i < 3; ++i) {
+    v1::StepEntry entry = Entry("s0", 8);
+    ASSERT_TRUE(Step(MakeStep(0, {entry})).ok());
+  }
+  Expect(Step(MakeStep(0, {Entry("s0", 1)})), grpc::StatusCode::INVALID_ARGUMENT,
+         "entries[0]: sequence 's0' would reach 25 tokens at layer 0, past max_context (24)");
+  // A prompt longer than the context is refused at creation.
+  std::vector<int64_t> prompt(25);
+  for (int i = 0; i < 25; ++i) prompt[i] = i;
+  Expect(CreateSequence(server_->kvcache(), "long-prompt", "", prompt),
+         grpc::StatusCode::INVALID_ARGUMENT,
+         "prompt_token_ids has 25 tokens, past max_context (24)");
+  grpc::ClientContext info_context;
+  v1::CacheInfo info;
+  ASSERT_TRUE(
+      server_->kvcache().GetCacheInfo(&info_context, v1::GetCacheInfoRequest(), &info).ok());
+  EXPECT_EQ(info.max_context(), 24u);
+}
+
+// Message bytes: gRPC refuses a request past --max-receive-message-bytes from its length
+// prefix, before the message is read into memory.
+TEST(MessageLimitTest, ARequestPastTheMessageLimitIsRefused) {
+  server::ServerConfig config = SmallModelConfig();
+  config.transport.max_receive_message_bytes = 8192;
+  absl::StatusOr<std::unique_ptr<TestServer>> server = TestServer::Start(config);
+  ASSERT_TRUE(server.ok()) << server.status();
+  ReferenceCache reference(config.model);
+  std::mt19937_64 rng(3);
+  ASSERT_TRUE(CreateSequence((*server)->kvcache(), "s").ok());
+  auto step = [&](int n) {
+    v1::StepResponse response;
+    return StepCall((*server)->kvcache(), MakeStep(0, {reference.MakeEntry("s", n, rng)}),
+                    &response);
+  };
+  // 8 tokens: 8 x (4 + 2 + 2) heads x 64 x 4 bytes = 16 KiB of tensors.
+  const grpc::Status big = step(8);
+  EXPECT_EQ(big.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << big.error_message();
+  EXPECT_NE(big.error_message().find("8192"), std::string::npos) << big.error_message();
+  const grpc::Status small = step(1);  // 2 KiB
+  EXPECT_TRUE(small.ok()) << small.error_message();
+}
+
+// Steps in flight on one stream: at the limit the server stops reading the stream (HTTP/2 flow
+// control then holds the client back) until a response is written, and carries on after.
+TEST(StreamLimitTest, AStreamIsNotReadPastItsStepsInFlight) {
+  auto clock = std::make_shared<FakeClock>();
+  server::ServerConfig config = SmallModelConfig();
+  config.clock = clock;
+  config.scheduler.batch_window = absl::Seconds(1);  // frozen: nothing launches until advanced
+  config.limits.max_stream_steps_in_flight = 4;
+  absl::StatusOr<std::unique_ptr<TestServer>> server = TestServer::Start(config);
+  ASSERT_TRUE(server.ok()) << server.status();
+  KvCacheStub& stub = (*server)->kvcache();
+  ReferenceCache reference(config.model);
+  std::mt19937_64 rng(8);
+  constexpr int kSteps = 10;
+  std::vector<v1::StepEntry> entries;
+  for (int i = 0; i < kSteps; ++i) {
+    ASSERT_TRUE(CreateSequence(stub, "s" + std::to_string(i)).ok());
+    entries.push_back(reference.MakeEntry("s" + std::to_string(i), 1, rng));
+  }
+  grpc::ClientContext context;
+  PrepareCall(context);
+  auto stream = stub.StepStream(&context);
+  for (const v1::StepEntry& e : entries) ASSERT_TRUE(stream->Write(MakeStep(0, {e})));
+  auto queued = [&] { return GetStats(stub).devices(0).queued_steps(); };
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (queued() < 4 && std::chrono::steady_clock::now() < end) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(queued(), 4u) << "the server read past the limit";
+
+  std::atomic<bool> done{false};
+  std::thread ticker([&] {
+    while (!done.load()) {
+      clock->Advance(absl::Seconds(2));
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  });
+  for (const v1::StepEntry& e : entries) {
+    v1::StepResponse response;
+    ASSERT_TRUE(stream->Read(&response));
+    EXPECT_EQ(reference.Apply(0, e, response.out(0)), "");
+  }
+  stream->WritesDone();
+  const grpc::Status status = stream->Finish();
+  done.store(true);
+  ticker.join();
+  EXPECT_TRUE(status.ok()) << status.error_message();
 }
 
 TEST_F(LimitsTest, StatelessAttentionRowsBatchAndWork) {

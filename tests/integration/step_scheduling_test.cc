@@ -15,6 +15,7 @@
 #include "flashkv/base/notification.h"
 #include "testing/conversation.h"
 #include "testing/fake_clock.h"
+#include "testing/kvcache_calls.h"
 #include "testing/reference.h"
 #include "testing/test_server.h"
 
@@ -34,11 +35,7 @@ std::unique_ptr<TestServer> StartServer(const server::ServerConfig& config) {
 }
 
 grpc::Status Create(TestServer& s, const std::string& id) {
-  grpc::ClientContext context;
-  v1::CreateSequenceRequest request;
-  request.set_sequence_id(id);
-  v1::CreateSequenceResponse response;
-  return s.kvcache().CreateSequence(&context, request, &response);
+  return CreateSequence(s.kvcache(), id);
 }
 
 grpc::Status Step(TestServer& s, const v1::StepRequest& request, v1::StepResponse* response,
@@ -48,12 +45,7 @@ grpc::Status Step(TestServer& s, const v1::StepRequest& request, v1::StepRespons
   return s.kvcache().Step(&context, request, response);
 }
 
-v1::ServerStats Stats(TestServer& s) {
-  grpc::ClientContext context;
-  v1::ServerStats stats;
-  EXPECT_TRUE(s.kvcache().GetStats(&context, v1::GetStatsRequest(), &stats).ok());
-  return stats;
-}
+v1::ServerStats Stats(TestServer& s) { return GetStats(s.kvcache()); }
 
 // A one-token step at every layer; each output checked against the client's own reference.
 std::string DecodeAllLayers(TestServer& s, ReferenceCache& reference, const std::string& id,

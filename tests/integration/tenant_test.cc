@@ -15,6 +15,7 @@
 
 #include "flashkv/client/client.h"
 #include "testing/conversation.h"
+#include "testing/temp_dir.h"
 #include "testing/test_server.h"
 
 namespace flashkv::testing {
@@ -29,17 +30,12 @@ constexpr char kTokenC[] = "charlie-token-0123456789abcd";
 class TenantTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char pattern[] = "/tmp/flashkv-tenants.XXXXXX";
-    ASSERT_NE(mkdtemp(pattern), nullptr);
-    dir_ = pattern;
-    tokens_ = dir_ + "/tokens.txt";
+    ASSERT_FALSE(dir_.path().empty());
+    tokens_ = dir_.File("tokens.txt");
     WriteTokens(std::string(kTokenA) + " alpha\n" + kTokenB +
                 " bravo max_sequences=3 max_kv_blocks=6\n");
   }
-  void TearDown() override {
-    server_.reset();
-    std::system(("rm -rf '" + dir_ + "'").c_str());
-  }
+  void TearDown() override { server_.reset(); }
   void WriteTokens(const std::string& text) { std::ofstream(tokens_) << text; }
   void Start() {
     server::ServerConfig config = SmallModelConfig();
@@ -58,9 +54,8 @@ class TenantTest : public ::testing::Test {
   absl::Status StepAllLayers(Client& client, ReferenceCache& reference, const std::string& id,
                              int n, std::mt19937_64& rng, std::vector<int64_t> tokens = {}) {
     for (int layer = 0; layer < server_->config().model.num_layers; ++layer) {
-      const v1::StepEntry entry =
-          tokens.empty() ? reference.MakeEntry(id, n, rng)
-                         : reference.EntryForTokens(id, tokens, layer, rng);
+      const v1::StepEntry entry = tokens.empty() ? reference.MakeEntry(id, n, rng)
+                                                 : reference.EntryForTokens(id, tokens, layer, rng);
       absl::StatusOr<v1::StepResponse> response = client.Step(MakeStep(layer, {entry}));
       if (!response.ok()) return response.status();
       const std::string mismatch = reference.Apply(layer, entry, response->out(0));
@@ -69,7 +64,8 @@ class TenantTest : public ::testing::Test {
     return absl::OkStatus();
   }
 
-  std::string dir_, tokens_;
+  TempDir dir_{"flashkv-tenants"};
+  std::string tokens_;
   std::unique_ptr<TestServer> server_;
 };
 
@@ -77,7 +73,8 @@ TEST_F(TenantTest, CallsWithoutAValidTokenAreUnauthenticated) {
   Start();
   for (const std::string token : {"", "not-a-token-of-the-file-000000", "short"}) {
     std::unique_ptr<Client> client = As(token);
-    EXPECT_EQ(client->CreateSequence("s").status().code(), absl::StatusCode::kUnauthenticated) << token;
+    EXPECT_EQ(client->CreateSequence("s").status().code(), absl::StatusCode::kUnauthenticated)
+        << token;
     EXPECT_EQ(client->GetStats().status().code(), absl::StatusCode::kUnauthenticated);
     EXPECT_EQ(client->GetCacheInfo().status().code(), absl::StatusCode::kUnauthenticated);
     absl::StatusOr<v1::StepResponse> step = client->Step(MakeStep(0, {}));

@@ -88,8 +88,7 @@ TEST(WireLimitsTest, VarlenCuSeqlens) {
   flashkv::v1::AttentionVarlenRequest request;
   for (int i = 0; i < 3; ++i) request.add_cu_seqlens_q(i), request.add_cu_seqlens_kv(i);
   AttentionVarlenRequestView view;
-  EXPECT_TRUE(
-      DecodeAttentionVarlenRequest(Bytes(request.SerializeAsString()), &view, limits).ok());
+  EXPECT_TRUE(DecodeAttentionVarlenRequest(Bytes(request.SerializeAsString()), &view, limits).ok());
   request.add_cu_seqlens_kv(3);
   view = AttentionVarlenRequestView();
   ExpectRefused(DecodeAttentionVarlenRequest(Bytes(request.SerializeAsString()), &view, limits),

@@ -124,6 +124,30 @@ TEST(FieldReaderTest, RejectsMalformedInputNamingTheOffset) {
   }
 }
 
+// Found by the wire_decode fuzz target: an over-long varint was reported at its first byte when
+// it lay in one slice and at its eleventh when it crossed slices.
+TEST(FieldReaderTest, ErrorsNameTheSameOffsetHoweverTheMessageIsSliced) {
+  const struct {
+    std::string bytes;
+    size_t cut;  // a slice boundary inside the bad varint
+    const char* error;
+  } cases[] = {
+      {std::string("\x08\x01\x08") + std::string(10, '\xff') + "\x01" + std::string(8, 'x'), 9,
+       "varint longer than 10 bytes at byte 3"},
+      {std::string("\x08\x01\x08\x80\x80", 5), 4, "truncated varint at byte 3"},
+  };
+  for (const auto& c : cases) {
+    for (const MessageBytes& message :
+         {Split(c.bytes, {}), EveryByteASlice(c.bytes), Split(c.bytes, {c.cut})}) {
+      FieldReader reader(message, message.whole());
+      Field f;
+      while (reader.Next(&f)) {
+      }
+      EXPECT_EQ(reader.status(), absl::InvalidArgumentError(c.error));
+    }
+  }
+}
+
 TEST(FieldReaderTest, RepeatedVarintsPackedOrNot) {
   MessageBuilder b;
   b.VarintField(5, 7);  // unpacked

@@ -67,6 +67,8 @@ TEST(ConfigTest, EveryBadFieldIsNamedWithItsLimit) {
       {[](ServerConfig& c) { c.limits.max_tokens_per_entry = 70000; },
        "max-tokens-per-entry (70000) must be <= max-tokens-per-step (65536)"},
       {[](ServerConfig& c) { c.limits.max_sequences = 0; }, "max-sequences (0)"},
+      {[](ServerConfig& c) { c.limits.max_stream_steps_in_flight = 0; },
+       "max-stream-steps-in-flight (0)"},
       {[](ServerConfig& c) { c.limits.max_attention_rows = 0; }, "max-attention-rows (0)"},
       {[](ServerConfig& c) { c.limits.max_attention_batch = 0; }, "max-attention-batch (0)"},
       {[](ServerConfig& c) { c.limits.max_attention_work = 0; }, "max-attention-work (0)"},

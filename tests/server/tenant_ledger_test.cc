@@ -24,12 +24,10 @@ TEST(TenantLedgerTest, SequenceLimits) {
   }
   const absl::Status quota = ledger.CheckNewSequence(a);
   EXPECT_EQ(quota.code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_NE(quota.message().find("tenant 'a' holds 2 sequences, its quota (2)"),
-            std::string::npos);
+  EXPECT_NE(quota.message().find("tenant 'a' holds 2 sequences, its quota (2)"), std::string::npos);
   ASSERT_TRUE(ledger.AddSequence(b, "b/1", 0).ok());
   const absl::Status server = ledger.CheckNewSequence(b);
-  EXPECT_NE(server.message().find("the server holds 3 sequences, its limit (3"),
-            std::string::npos);
+  EXPECT_NE(server.message().find("the server holds 3 sequences, its limit (3"), std::string::npos);
   ledger.RemoveSequence("a/1");
   EXPECT_TRUE(ledger.CheckNewSequence(a).ok());
   EXPECT_EQ(ledger.total_sequences(), 2);

@@ -7,6 +7,7 @@
 
 #include "flashkv/attention.h"
 #include "flashkv/cuda_backend.h"
+#include "sm90/host_setup.h"
 
 namespace {
 
@@ -164,6 +165,15 @@ int flashkv_cuda_append_kv(int dtype, int64_t num_tokens, int num_heads_kv, int 
   a.slot_mapping = slot_mapping;
   a.host_slot_mapping = host_slot_mapping;
   return Report(flashkv::cuda::AppendKv(a, ToStream(stream)), error, error_size);
+}
+
+int flashkv_cuda_testing_set_sm90_variant(int variant) {
+  namespace sm90 = flashkv::cuda::sm90;
+  if (variant < 0 || variant >= sm90::kNumSm90Variants) {
+    return static_cast<int>(flashkv::KernelStatusCode::kInvalidArgument);
+  }
+  sm90::testing::SetVariant(static_cast<sm90::Sm90Variant>(variant));
+  return 0;
 }
 
 }  // extern "C"

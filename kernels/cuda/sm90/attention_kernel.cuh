@@ -27,7 +27,7 @@
 
 namespace flashkv::cuda::sm90 {
 
-template <class Tr, bool kCausal, bool kVarlen>
+template <class Tr, bool kCausal, bool kVarlen, bool kDynamic>
 __device__ __forceinline__ void Consume(const Sm90Params& params, const Smem<Tr>& smem, int wg) {
   const AttentionParams& p = params.p;
   const int tid = static_cast<int>(threadIdx.x) % 128;
@@ -39,8 +39,10 @@ __device__ __forceinline__ void Consume(const Sm90Params& params, const Smem<Tr>
 
   ConsumerMainloop<Tr> ml;
   PipelineState<Tr::kStages> pipe;
-  int local_tile = 0;
-  for (int tile = blockIdx.x; tile < params.schedule.num_tiles; tile += gridDim.x, ++local_tile) {
+  for (int local_tile = 0;; ++local_tile) {
+    int tile = static_cast<int>(blockIdx.x) + local_tile * static_cast<int>(gridDim.x);
+    if constexpr (kDynamic) tile = ReceiveTile(smem, local_tile, lane);
+    if (tile >= params.schedule.num_tiles) break;
     const WorkTile w =
         DecodeTile<kVarlen, kCausal, Tr::kBlockM, Tr::kBlockN>(p, params.schedule, tile);
     ml.Init();
@@ -70,7 +72,8 @@ __device__ __forceinline__ void Consume(const Sm90Params& params, const Smem<Tr>
   if (tid == 0) TmaStoreWaitAll();  // this group's O stores reach global memory before exit
 }
 
-template <class Tr, bool kCausal, bool kVarlen>
+// kDynamic: tiles from the global counter (Sm90Variant::kDynamicSchedule), else static.
+template <class Tr, bool kCausal, bool kVarlen, bool kDynamic = false>
 __global__ void __launch_bounds__(kThreads, 1)
     AttentionKernel(const __grid_constant__ Sm90Params params) {
   extern __shared__ __align__(1024) char smem_raw[];
@@ -81,10 +84,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int warpgroup = WarpUniform(static_cast<int>(threadIdx.x) / 128);
   if (warpgroup == 0) {
     SetMaxRegistersDecrease<kProducerRegisters>();
-    if (threadIdx.x == 0) Produce<Tr, kCausal, kVarlen>(params, smem);
+    if (threadIdx.x == 0) Produce<Tr, kCausal, kVarlen, kDynamic>(params, smem);
   } else {
     SetMaxRegistersIncrease<kConsumerRegisters>();
-    Consume<Tr, kCausal, kVarlen>(params, smem, warpgroup - 1);
+    Consume<Tr, kCausal, kVarlen, kDynamic>(params, smem, warpgroup - 1);
   }
 }
 

@@ -5,6 +5,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <mutex>
 #include <numeric>
@@ -19,6 +20,9 @@ namespace {
 constexpr int64_t kMaxTmaStride = int64_t{1} << 40;
 
 using EncodeTiledFn = PFN_cuTensorMapEncodeTiled_v12000;
+
+std::atomic<int> forced_paged_box_rows{0};
+std::atomic<int> active_variant{static_cast<int>(Sm90Variant::kAuto)};
 
 // The driver's cuTensorMapEncodeTiled, resolved once per process through the runtime (the
 // ABI-versioned query: the 12.0 signature is the one this file calls).
@@ -135,6 +139,39 @@ int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 }  // namespace
 
+int PagedBoxRows(int page_size, int block_n) {
+  const int forced = forced_paged_box_rows.load(std::memory_order_relaxed);
+  if (forced > 0 && forced % kPagedBoxRows == 0 && block_n % forced == 0 &&
+      page_size % forced == 0) {
+    return forced;
+  }
+  return page_size % block_n == 0 ? block_n : kPagedBoxRows;
+}
+
+Sm90Variant ActiveVariant() {
+  return static_cast<Sm90Variant>(active_variant.load(std::memory_order_relaxed));
+}
+
+bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors) {
+  if (!causal) return false;
+  switch (ActiveVariant()) {
+    case Sm90Variant::kBaseline:
+      return false;
+    case Sm90Variant::kDynamicSchedule:
+      return true;
+    case Sm90Variant::kAuto:
+      return num_tiles > 2 * int64_t{multiprocessors};
+  }
+  return false;
+}
+
+namespace testing {
+void ForcePagedBoxRows(int rows) { forced_paged_box_rows.store(rows, std::memory_order_relaxed); }
+void SetVariant(Sm90Variant variant) {
+  active_variant.store(static_cast<int>(variant), std::memory_order_relaxed);
+}
+}  // namespace testing
+
 int64_t CountTiles(const AttentionParams& p, const LaunchInfo& info, int block_m) {
   if (p.cu_seqlens_q == nullptr) {
     return CeilDiv(p.seqlen_q, block_m) * p.num_seqs * p.num_heads_q;
@@ -214,9 +251,11 @@ KernelStatus EncodeTensorMaps(const AttentionParams& p, const LaunchInfo& info, 
   // needs a valid address.
   const void* k = p.k != nullptr ? p.k : p.q;
   const void* v = p.v != nullptr ? p.v : p.q;
-  const int kv_box_rows = paged ? kPagedBoxRows : shape.block_n;
-  FLASHKV_RETURN_IF_ERROR(Encode(encode, &params->k_map, s.k, dtype, k, kv_box_rows, "k"));
-  FLASHKV_RETURN_IF_ERROR(Encode(encode, &params->v_map, s.v, dtype, v, kv_box_rows, "v"));
+  params->kv_box_rows = paged ? PagedBoxRows(p.page_size, shape.block_n) : shape.block_n;
+  FLASHKV_RETURN_IF_ERROR(
+      Encode(encode, &params->k_map, s.k, dtype, k, params->kv_box_rows, "k"));
+  FLASHKV_RETURN_IF_ERROR(
+      Encode(encode, &params->v_map, s.v, dtype, v, params->kv_box_rows, "v"));
   return Encode(encode, &params->o_map, s.out, dtype, p.out, 64, "out");
 }
 

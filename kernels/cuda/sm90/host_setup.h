@@ -31,9 +31,34 @@ KernelStatus BuildSchedule(const AttentionParams& p, const LaunchInfo& info, int
 // Q, K, V and O maps: fixed [batch, head, row, dim] as 4-d maps, varlen [head, packed row, dim]
 // as 3-d maps; boxes of 64 dims (128 bytes, swizzled 128B) x block_m / block_n / 64 rows. Paged
 // launches (p.block_table set): varlen Q and O, K and V as 4-d maps over the pools
-// [block, K/V head, slot, dim] (info.num_blocks blocks) with boxes of kPagedBoxRows slots.
+// [block, K/V head, slot, dim] (info.num_blocks blocks) with boxes of PagedBoxRows slots. Sets
+// params->kv_box_rows.
 KernelStatus EncodeTensorMaps(const AttentionParams& p, const LaunchInfo& info, DType dtype,
                               Sm90Params* params);
+
+// Keys per TMA box of a paged K/V tile of block_n keys over pages of page_size keys (a multiple of
+// kPagedBoxRows): the whole tile when the page holds whole tiles (one TMA per chunk, as on
+// contiguous K/V), else kPagedBoxRows (every box then still lies in one page).
+int PagedBoxRows(int page_size, int block_n);
+
+// The variant of the contiguous kernel that launches take (tile_shape.h's Sm90Variant): kAuto
+// unless testing::SetVariant chose another.
+Sm90Variant ActiveVariant();
+
+// Whether a contiguous (fixed or varlen) launch of num_tiles tiles takes its tiles from the
+// dynamic counter, by the active variant.
+bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors);
+
+namespace testing {
+// Process-wide variant for tests and benchmarks that compare the variants in one process
+// (side_by_side.py through the C API's flashkv_cuda_testing_set_sm90_variant).
+void SetVariant(Sm90Variant variant);
+
+// Makes PagedBoxRows return `rows` wherever that is valid (a multiple of kPagedBoxRows dividing
+// both block_n and page_size); 0 restores the choice. Process-wide: for tests and benchmarks that
+// compare the two box shapes on the same pool.
+void ForcePagedBoxRows(int rows);
+}  // namespace testing
 
 // Whether every stride the maps use is a positive multiple of 16 bytes below 2^40 (strides of
 // dimensions of extent 1 are not used). The path choice calls it before picking sm90.

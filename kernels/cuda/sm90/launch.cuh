@@ -17,9 +17,9 @@
 namespace flashkv::cuda {
 namespace sm90 {
 
-template <class Tr, bool kCausal, bool kVarlen>
+template <class Tr, bool kCausal, bool kVarlen, bool kDynamic = false>
 KernelStatus Run(const Sm90Params& params, const DeviceProps& props, cudaStream_t stream) {
-  const auto kernel = AttentionKernel<Tr, kCausal, kVarlen>;
+  const auto kernel = AttentionKernel<Tr, kCausal, kVarlen, kDynamic>;
   int ctas_per_sm = 0;
   FLASHKV_RETURN_IF_ERROR(PrepareKernel(reinterpret_cast<const void*>(kernel), kThreads,
                                         Tr::kSmemBytes, props, &ctas_per_sm));
@@ -27,6 +27,23 @@ KernelStatus Run(const Sm90Params& params, const DeviceProps& props, cudaStream_
   kernel<<<grid, kThreads, Tr::kSmemBytes, stream>>>(params);
   FLASHKV_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return KernelStatus::Ok();
+}
+
+// Causal launches under Sm90Variant::kDynamicSchedule: the tile counter comes from the
+// stream-ordered workspace (so concurrent streams and graph replays each get their own) and is
+// zeroed on the stream before the kernel.
+template <class Tr, bool kVarlen>
+KernelStatus RunDynamic(Sm90Params& params, const DeviceProps& props, cudaStream_t stream) {
+  void* counter = nullptr;
+  FLASHKV_RETURN_IF_ERROR(WorkspaceAllocate(sizeof(int), stream, &counter));
+  params.tile_counter = static_cast<int*>(counter);
+  const cudaError_t zeroed = cudaMemsetAsync(counter, 0, sizeof(int), stream);
+  KernelStatus status = zeroed == cudaSuccess
+                            ? Run<Tr, /*kCausal=*/true, kVarlen, /*kDynamic=*/true>(params, props,
+                                                                                    stream)
+                            : FromCudaError(zeroed, "cudaMemsetAsync(tile counter)");
+  const KernelStatus freed = WorkspaceFree(counter, stream);
+  return status.ok() ? freed : status;
 }
 
 }  // namespace sm90
@@ -52,6 +69,10 @@ KernelStatus LaunchAttentionSm90(const AttentionParams& params, const LaunchInfo
                        : sm90::Run<Tr, false, true>(sp, props, stream);
   } else {
     const bool varlen = sp.p.cu_seqlens_q != nullptr;
+    if (sm90::UseDynamicSchedule(sp.p.causal, sp.schedule.num_tiles, props.multiprocessors)) {
+      return varlen ? sm90::RunDynamic<Tr, true>(sp, props, stream)
+                    : sm90::RunDynamic<Tr, false>(sp, props, stream);
+    }
     if (sp.p.causal) {
       return varlen ? sm90::Run<Tr, true, true>(sp, props, stream)
                     : sm90::Run<Tr, true, false>(sp, props, stream);

@@ -38,10 +38,14 @@ struct Sm90Params {
   AttentionParams p;
   CUtensorMap q_map;  // box (64 dims, block_m rows)
   // K and V: box (64 dims, block_n rows); paged, maps over the pools [block, K/V head, slot, dim]
-  // with box (64 dims, kPagedBoxRows slots).
+  // with box (64 dims, kv_box_rows slots).
   CUtensorMap k_map;
   CUtensorMap v_map;
   CUtensorMap o_map;  // box (64 dims, 64 rows): one consumer warpgroup's rows
+  int kv_box_rows = 0;  // keys per K/V box: block_n, or kPagedBoxRows (paged, page % block_n != 0)
+  // Dynamic schedule only: the next unclaimed tile minus gridDim.x, zeroed before the launch
+  // (stream-ordered workspace); CTA c starts with tile c.
+  int* tile_counter = nullptr;
   Schedule schedule;
 };
 

@@ -7,13 +7,15 @@
 // tail and causal-diagonal tiles first). K precedes Q so that the next tile's first K load
 // overlaps the current tile's epilogue.
 //
-// Paged K/V (Traits::kPaged): a key tile is kKvBoxes boxes of kPagedBoxRows keys, each inside one
-// page (page_size is a multiple of the box), loaded from the pool's 4-d map at (slot, K/V head,
-// block). The block ids of the next key tile are read from the block table while the current
-// tile's loads wait for their stage, so the table's latency stays off the issue path except at a
-// tile's first key tile. Boxes past the sequence's last key are not loaded (their table entries
-// may be unset): the transaction count covers the loaded boxes only, the consumers mask those
-// keys and zero their V rows (sm90/consumer_mainloop.cuh).
+// Paged K/V (Traits::kPaged): a key tile is block_n / box boxes of `box` keys (params.kv_box_rows:
+// the whole tile where pages hold whole tiles, else kPagedBoxRows; host_setup.h), each inside one
+// page, loaded from the pool's 4-d map at (slot, K/V head, block). The block ids of the next key
+// tile are read from the block table while the current tile's loads wait for their stage, so the
+// table's latency stays off the issue path except at a tile's first key tile. Boxes past the
+// sequence's last key are not loaded (their table entries may be unset): the transaction count
+// covers the loaded boxes only, the consumers mask those keys and zero their V rows
+// (sm90/consumer_mainloop.cuh). A box that starts before the last key is loaded whole: it stays
+// inside its page (page_size is a multiple of the box), and the slots past the key are masked.
 
 #include <cstdint>
 #include <type_traits>
@@ -30,17 +32,17 @@ namespace flashkv::cuda::sm90 {
 template <class Tr>
 struct PagedKeyTile {
   int boxes = 0;
-  int block[Tr::kKvBoxes];  // pool block (page) of box j
+  int block[Tr::kKvBoxes];  // pool block (page) of box j (boxes <= kKvBoxes: the 64-key boxes)
   int slot[Tr::kKvBoxes];   // its first key's slot in that page
 
   __device__ __forceinline__ static PagedKeyTile Lookup(const AttentionParams& p, const WorkTile& w,
-                                                        int n) {
+                                                        int n, int box_rows) {
     PagedKeyTile t;
     const int key0 = n * Tr::kBlockN;
-    t.boxes = min(Tr::kKvBoxes, (w.seq.kv_len - key0 + Tr::kKvBoxRows - 1) / Tr::kKvBoxRows);
+    t.boxes = min(Tr::kBlockN / box_rows, (w.seq.kv_len - key0 + box_rows - 1) / box_rows);
 #pragma unroll
     for (int j = 0; j < Tr::kKvBoxes; ++j) {
-      const int key = key0 + j * Tr::kKvBoxRows;
+      const int key = key0 + j * box_rows;
       const int page = key / p.page_size;
       t.block[j] = 0;
       if (j < t.boxes) t.block[j] = __ldg(w.seq.block_table + page);
@@ -95,14 +97,15 @@ struct TmaIssuer {
   // of every chunk.
   __device__ __forceinline__ void LoadKv(const CUtensorMap& map, uint32_t tile, uint32_t bar,
                                          const WorkTile& w, int, const PagedKeyTile<Tr>& kt) const {
-    MbarrierArriveExpectTx(bar, kt.boxes * Tr::kChunks * Tr::kKvBoxBytes);
+    const uint32_t box_bytes = static_cast<uint32_t>(params.kv_box_rows) * Tr::kChunkRowBytes;
+    MbarrierArriveExpectTx(bar, kt.boxes * Tr::kChunks * box_bytes);
 #pragma unroll
     for (int j = 0; j < Tr::kKvBoxes; ++j) {
       if (j < kt.boxes) {
 #pragma unroll
         for (int c = 0; c < Tr::kChunks; ++c) {
-          TmaLoad4d(tile + c * Tr::kKvChunkBytes + j * Tr::kKvBoxBytes, &map, bar, 64 * c,
-                    kt.slot[j], w.head_kv, kt.block[j]);
+          TmaLoad4d(tile + c * Tr::kKvChunkBytes + j * box_bytes, &map, bar, 64 * c, kt.slot[j],
+                    w.head_kv, kt.block[j]);
         }
       }
     }
@@ -113,44 +116,55 @@ template <class Tr>
 using KeyTileOf = std::conditional_t<Tr::kPaged, PagedKeyTile<Tr>, NoKeyTile>;
 
 template <class Tr>
-__device__ __forceinline__ KeyTileOf<Tr> LookupKeyTile(const AttentionParams& p, const WorkTile& w,
+__device__ __forceinline__ KeyTileOf<Tr> LookupKeyTile(const Sm90Params& params, const WorkTile& w,
                                                        int n) {
   if constexpr (Tr::kPaged) {
-    return PagedKeyTile<Tr>::Lookup(p, w, n);
+    return PagedKeyTile<Tr>::Lookup(params.p, w, n, params.kv_box_rows);
   } else {
     return NoKeyTile{};
   }
 }
 
-template <class Tr, bool kCausal, bool kVarlen>
+template <class Tr, bool kCausal, bool kVarlen, bool kDynamic>
 __device__ __forceinline__ void Produce(const Sm90Params& params, const Smem<Tr>& smem) {
   PrefetchTensorMap(&params.q_map);
   PrefetchTensorMap(&params.k_map);
   PrefetchTensorMap(&params.v_map);
   const TmaIssuer<Tr, kVarlen> tma{params, smem};
   PipelineState<Tr::kStages> pipe;
-  int local_tile = 0;
-  for (int tile = blockIdx.x; tile < params.schedule.num_tiles; tile += gridDim.x, ++local_tile) {
+  int tile = blockIdx.x;
+  if constexpr (kDynamic) PublishTile(smem, 0, tile);
+  for (int local_tile = 0; tile < params.schedule.num_tiles; ++local_tile) {
     const WorkTile w =
         DecodeTile<kVarlen, kCausal, Tr::kBlockM, Tr::kBlockN>(params.p, params.schedule, tile);
     KeyTileOf<Tr> next{};
-    if (w.key_tiles > 0) next = LookupKeyTile<Tr>(params.p, w, w.key_tiles - 1);
+    if (w.key_tiles > 0) next = LookupKeyTile<Tr>(params, w, w.key_tiles - 1);
     for (int i = 0; i < w.key_tiles; ++i, ++pipe.it) {
       const int n = w.key_tiles - 1 - i;
       const KeyTileOf<Tr> kt = next;
       // (Paged: the table reads for key tile n - 1 are in flight during the waits below.)
-      if (n > 0) next = LookupKeyTile<Tr>(params.p, w, n - 1);
+      if (n > 0) next = LookupKeyTile<Tr>(params, w, n - 1);
       const int stage = pipe.Stage();
       const uint32_t released = pipe.Phase() ^ 1u;
       MbarrierWait(smem.KEmpty(stage), released);
       tma.LoadKv(params.k_map, smem.K(stage), smem.KFull(stage), w, n, kt);
-      if (i == 0) tma.LoadQ(w, local_tile);
+      if (i == 0) {
+        tma.LoadQ(w, local_tile);
+        if constexpr (kDynamic) ClaimNextTile(params, smem, local_tile);
+      }
       MbarrierWait(smem.VEmpty(stage), released);
       tma.LoadKv(params.v_map, smem.V(stage), smem.VFull(stage), w, n, kt);
     }
     // A tile whose rows see no key still has its Q loaded: the consumers then run the same
     // epilogue (O = 0, LSE = -inf) and the Q barrier phases stay in step.
-    if (w.key_tiles == 0) tma.LoadQ(w, local_tile);
+    if (w.key_tiles == 0) {
+      tma.LoadQ(w, local_tile);
+      if constexpr (kDynamic) ClaimNextTile(params, smem, local_tile);
+    }
+    // Dynamic: read back from the ring (no register holds it across the loads: at the
+    // producer's 24 registers that spilled).
+    tile = kDynamic ? *smem.TileSlot((local_tile + 1) % kTileRingSlots)
+                    : tile + static_cast<int>(gridDim.x);
   }
 }
 

@@ -6,6 +6,9 @@
 //                 S = Q K^T with a separate O buffer, else once their O stores have read it
 //   k_full[s]     K tile in stage s has landed (1 arrival + K bytes); v_full likewise
 //   k_empty[s]    every consumer warp is done reading K stage s (8 arrivals); v_empty likewise
+//   tile_full[r]  dynamic schedule: the producer wrote the tile number into ring slot r (1
+//                 arrival; its release orders the slot's store before the consumers' reads)
+//   tile_empty[r] every consumer warp has read slot r (8 arrivals)
 // Phases: the u-th use of a barrier completes its phase u, so waiters pass parity u & 1 and
 // producers of use u wait for the release of use u - 1 (parity (u & 1) ^ 1, which a fresh
 // barrier reports complete).
@@ -57,6 +60,17 @@ struct Smem {
     return Barrier(2 + 3 * Tr::kStages + s);
   }
 
+  __device__ __forceinline__ uint32_t TileFull(int r) const { return Barrier(2 + 4 * Tr::kStages + r); }
+  __device__ __forceinline__ uint32_t TileEmpty(int r) const {
+    return Barrier(2 + 4 * Tr::kStages + kTileRingSlots + r);
+  }
+  // Ring slot r (an int after the barriers; tile_shape.h's BarrierBytes reserves it).
+  __device__ __forceinline__ volatile int* TileSlot(int r) const {
+    return reinterpret_cast<volatile int*>(base_ptr + Tr::kBarrierOffset +
+                                           8 * (2 + 4 * Tr::kStages + 2 * kTileRingSlots)) +
+           r;
+  }
+
   // One thread, before the CTA's first __syncthreads.
   __device__ __forceinline__ void InitBarriers() const {
     MbarrierInit(QFull(), 1);
@@ -67,6 +81,11 @@ struct Smem {
       MbarrierInit(VFull(s), 1);
       MbarrierInit(KEmpty(s), kConsumerWarps);
       MbarrierInit(VEmpty(s), kConsumerWarps);
+    }
+#pragma unroll
+    for (int r = 0; r < kTileRingSlots; ++r) {
+      MbarrierInit(TileFull(r), 1);
+      MbarrierInit(TileEmpty(r), kConsumerWarps);
     }
     FenceBarrierInit();
   }

@@ -35,10 +35,12 @@ inline constexpr int kThreads = 128 * (1 + kConsumerWarpgroups);
 inline constexpr int kProducerRegisters = 24;
 inline constexpr int kConsumerRegisters = 240;
 
-// Keys per TMA box of a paged K/V tile: every box lies inside one page when page_size is a
-// multiple of it, so paged launches with such pages take the sm90 kernel (sm80 gathers rows for
-// the others: a 16-key page would cost 8 boxes x chunks of TMA issue per tile). 64 divides every
-// paged block_n below and keeps boxes of whole 8-row swizzle atoms on 8 KB boundaries.
+// Keys per TMA box of a paged K/V tile where pages do not hold whole tiles (pages that do are
+// loaded one tile per box, as contiguous K/V: host_setup.h's PagedBoxRows): every box lies inside
+// one page when page_size is a multiple of it, so paged launches with such pages take the sm90
+// kernel (sm80 gathers rows for the others: a 16-key page would cost 8 boxes x chunks of TMA issue
+// per tile). 64 divides every paged block_n below and keeps boxes of whole 8-row swizzle atoms on
+// 8 KB boundaries.
 inline constexpr int kPagedBoxRows = 64;
 
 constexpr TileShape ChooseTileShape(int head_dim, bool paged = false) {
@@ -72,14 +74,24 @@ constexpr bool HasTileShape(int head_dim, bool paged = false) {
 
 inline constexpr int kMaxSmemBytes = 227 * 1024;
 
+// The dynamic schedule's ring of tile numbers from the producer to the consumers (sm90/smem.cuh):
+// two slots, so the producer can publish tile u + 1 while the consumers still read tile u.
+inline constexpr int kTileRingSlots = 2;
+
+// Barrier area: q_full, q_free, 4 per stage (K/V full/empty), 2 per ring slot (full/empty), then
+// the ring's int slots. Reserved in every kernel (40 bytes) so that one smem map serves both
+// schedules.
+constexpr int BarrierBytes(int stages) {
+  return 8 * (2 + 4 * stages + 2 * kTileRingSlots) + 4 * kTileRingSlots;
+}
+
 // Bytes of dynamic shared memory without a separate O buffer: operands, barriers, and 1 KB of
 // slack to align the base to the 1024-byte swizzle atom.
 constexpr int SmemBytesSharingQ(int head_dim, int element_bytes, bool paged = false) {
   const TileShape s = ChooseTileShape(head_dim, paged);
   const int q = s.block_m * head_dim * element_bytes;
   const int kv = 2 * s.stages * s.block_n * head_dim * element_bytes;
-  const int barriers = 8 * (2 + 4 * s.stages);
-  return q + kv + barriers + 1024;
+  return q + kv + BarrierBytes(s.stages) + 1024;
 }
 
 // O gets its own buffer where it fits (head dims 64, 128): the next tile's Q then loads while
@@ -102,8 +114,39 @@ constexpr int SmemBytes(int head_dim, int element_bytes, bool paged = false) {
 // (see sm90/params.h); larger batches take the sm80 path.
 inline constexpr int kMaxVarlenSequences = 512;
 
-// Tile numbers are int, and a CTA's next tile is its current one + gridDim.x: staying below
-// 2^30 keeps that sum from overflowing.
+// Tile numbers are int, and a CTA's next tile is its current one + gridDim.x (or the dynamic
+// counter + gridDim.x): staying below 2^30 keeps that sum from overflowing.
 inline constexpr int64_t kMaxTiles = int64_t{1} << 30;
+
+// Variants of the contiguous kernel under measurement, chosen at run time (process-wide:
+// host_setup.h's testing::SetVariant) so that one process can time them against each other and
+// against cuDNN on the same tensors. kernels/cuda/NOTES.md has each one's prediction.
+enum class Sm90Variant : int {
+  kBaseline = 0,
+  // Causal launches (fixed and varlen, not paged): tiles handed out by an atomic counter in
+  // longest-first order instead of the static round-robin, so a CTA that finishes early takes
+  // the next tile (FlashAttention-3's scheduler). Non-causal tiles are equal: static is already
+  // balanced there, so they keep it.
+  kDynamicSchedule = 1,
+  // The default: the dynamic schedule for causal launches with more than two tiles per SM, the
+  // static order otherwise. Measured on an H100 (docs/performance.md, "Causal tile scheduling"):
+  // the counter gained 4-10% on causal launches of 512+ tiles and lost 10% on one of 256 tiles
+  // (D 256, S 1024), where a CTA holds at most two tiles, longest-first pairing already balances
+  // them, and the counter's memset and atomics are pure cost.
+  kAuto = 2,
+};
+inline constexpr int kNumSm90Variants = 3;
+
+constexpr const char* Sm90VariantName(Sm90Variant v) {
+  switch (v) {
+    case Sm90Variant::kBaseline:
+      return "baseline";
+    case Sm90Variant::kDynamicSchedule:
+      return "dynamic_schedule";
+    case Sm90Variant::kAuto:
+      return "auto";
+  }
+  return "unknown";
+}
 
 }  // namespace flashkv::cuda::sm90

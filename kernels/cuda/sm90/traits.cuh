@@ -16,8 +16,9 @@
 
 namespace flashkv::cuda::sm90 {
 
-// kPaged: K and V come from page pools, each tile as kKvBoxes boxes of kKvBoxRows keys (one page
-// each); otherwise a tile is one box per 64-column chunk.
+// kPaged: K and V come from page pools, each tile as one box of block_n keys or up to kKvBoxes
+// boxes of kPagedBoxRows keys (each inside one page); otherwise a tile is one box per 64-column
+// chunk.
 template <typename Element_, int kHeadDim_, bool kPaged_ = false>
 struct Traits {
   using Element = Element_;
@@ -52,13 +53,12 @@ struct Traits {
   static_assert(kQChunkBytes % 1024 == 0 && kKvChunkBytes % 1024 == 0,
                 "every chunk starts on a swizzle atom");
 
-  // K/V boxes per chunk of a tile: paged tiles are kKvBoxes boxes of kKvBoxRows keys, box j at
-  // rows [j * kKvBoxRows, (j + 1) * kKvBoxRows) of every chunk.
-  static constexpr int kKvBoxRows = kPaged ? kPagedBoxRows : kBlockN;
-  static constexpr int kKvBoxes = kBlockN / kKvBoxRows;
-  static constexpr int kKvBoxBytes = kKvBoxRows * kChunkRowBytes;  // one box of one chunk
-  static_assert(kBlockN % kKvBoxRows == 0, "a paged tile is a whole number of boxes");
-  static_assert(kKvBoxBytes % 1024 == 0, "every box starts on a swizzle atom");
+  // Paged K/V boxes per chunk of a tile: at most kKvBoxes boxes of kPagedBoxRows keys, box j at
+  // rows [j * box, (j + 1) * box) of every chunk; the launch picks the box (block_n or
+  // kPagedBoxRows keys: host_setup.h's PagedBoxRows).
+  static constexpr int kKvBoxes = kPaged ? kBlockN / kPagedBoxRows : 1;
+  static_assert(!kPaged || kBlockN % kPagedBoxRows == 0, "a paged tile is a whole number of boxes");
+  static_assert(kPagedBoxRows * kChunkRowBytes % 1024 == 0, "every box starts on a swizzle atom");
 
   // Shared memory map (offsets from the 1024-aligned base): Q, K stages, V stages, O (when it
   // has its own buffer), barriers.
@@ -69,7 +69,7 @@ struct Traits {
   static constexpr int kOOffset = kSeparateO ? kVOffset + kStages * kKvBytes : kQOffset;
   static constexpr int kBarrierOffset = kVOffset + kStages * kKvBytes + (kSeparateO ? kQBytes : 0);
   static constexpr int kSmemBytes = SmemBytes(kHeadDim, sizeof(Element), kPaged);
-  static_assert(kBarrierOffset + 8 * (2 + 4 * kStages) + 1024 <= kSmemBytes, "smem map");
+  static_assert(kBarrierOffset + BarrierBytes(kStages) + 1024 <= kSmemBytes, "smem map");
   static_assert(kSmemBytes <= kMaxSmemBytes, "fits one Hopper CTA");
 
   // K-major descriptor (Q as A, K as B) of a tile whose 64-column chunks are kChunkBytes apart,

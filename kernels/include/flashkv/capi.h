@@ -60,6 +60,11 @@ int flashkv_cuda_append_kv(int dtype, int64_t num_tokens, int num_heads_kv, int 
                            const int64_t* slot_mapping, const int64_t* host_slot_mapping,
                            void* stream, char* error, size_t error_size);
 
+/* Benchmarks and tests only: the variant of the sm90 kernel that later launches in this process
+ * take (0 = the default kernel, 1 = the dynamic tile schedule for causal launches; see
+ * kernels/cuda/NOTES.md). Process-wide; returns 0, or 3 for an unknown variant. */
+int flashkv_cuda_testing_set_sm90_variant(int variant);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif

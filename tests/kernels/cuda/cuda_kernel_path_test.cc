@@ -156,6 +156,23 @@ TEST(KernelPathTest, PagedPrefillTakesSm90WithPagesOfWholeBoxes) {
   EXPECT_NE(Reject(Paged(dq, dkv, 64, 8, 2, 128), decode, H100(), /*paged=*/true), nullptr);
 }
 
+TEST(KernelPathTest, PagedBoxesAreWholeTilesWherePagesHoldThem) {
+  // Head dims 64 and 128 (block_n 128), and 256's paged tile (block_n 64).
+  EXPECT_EQ(sm90::PagedBoxRows(64, 128), 64);
+  EXPECT_EQ(sm90::PagedBoxRows(128, 128), 128);
+  EXPECT_EQ(sm90::PagedBoxRows(192, 128), 64);
+  EXPECT_EQ(sm90::PagedBoxRows(256, 128), 128);
+  EXPECT_EQ(sm90::PagedBoxRows(64, 64), 64);
+  EXPECT_EQ(sm90::PagedBoxRows(192, 64), 64);
+  sm90::testing::ForcePagedBoxRows(64);
+  EXPECT_EQ(sm90::PagedBoxRows(256, 128), 64);
+  sm90::testing::ForcePagedBoxRows(128);
+  EXPECT_EQ(sm90::PagedBoxRows(192, 128), 64) << "a forced box must lie inside one page";
+  EXPECT_EQ(sm90::PagedBoxRows(128, 64), 64) << "a forced box must be a whole number per tile";
+  sm90::testing::ForcePagedBoxRows(0);
+  EXPECT_EQ(sm90::PagedBoxRows(256, 128), 128);
+}
+
 TEST(KernelPathTest, PagedPoolStridesTheTmaCannotDescribe) {
   const std::vector<int32_t> cu_q = {0, 300}, cu_kv = {0, 400};
   LaunchInfo info;

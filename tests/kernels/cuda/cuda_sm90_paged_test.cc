@@ -6,8 +6,10 @@
 //
 // The pools come from RunPaged (cuda_test_runs.h): shuffled blocks written through AppendKv, and
 // NaN (all bits set) in every slot no sequence owns, so a V row past a sequence's last key that
-// reached P V would turn its rows to NaN. Shapes: page sizes 64/128/256 (one, two or four boxes
-// of 64 keys per page; tiles spanning pages at 64), contexts ending anywhere in a page and
+// reached P V would turn its rows to NaN. Shapes: page sizes 64/128/192/256 (pages holding whole
+// K/V tiles load one box per tile, the others boxes of 64 keys; tiles spanning pages at 64 and
+// 192; both box shapes on the same pages through sm90::testing::ForcePagedBoxRows), contexts
+// ending anywhere in a page and
 // shorter than one box, GQA groups 1..8, causal and not, prefills mixed with decodes and with
 // queries over an empty context, and more tiles than SMs. Where the paged tile equals the
 // contiguous one (head dims 64, 128) the paged kernel must match the varlen kernel on the same
@@ -16,6 +18,7 @@
 #include <cstring>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "cuda_test_runs.h"
@@ -24,6 +27,7 @@
 #include "flashkv/cuda_backend.h"
 #include "gtest/gtest.h"
 #include "kernel_path.h"
+#include "sm90/host_setup.h"
 #include "sm90/tile_shape.h"
 
 namespace flashkv::cuda::test {
@@ -61,13 +65,15 @@ std::string Name(const char* what, int page_size, bool causal) {
 
 // One launch of two sequences (two tiles), both ending inside a box and one inside the second box
 // of a key tile: the case the device script runs under compute-sanitizer (racecheck, memcheck).
+// Page 64: 64-key boxes (two per tile at head dims 64, 128); page 128: one box per tile, loaded
+// whole past the sequence's end.
 TEST_P(CudaSm90PagedTest, SmallTailCase) {
   Problem p = MakeProblem(dtype_, 4, 2, head_dim_, {100, 128}, {200, 150}, false, 30);
-  Check(p, 64, "small tail case");
+  for (int page_size : {64, 128}) Check(p, page_size, Name("small tail case", page_size, false));
 }
 
 TEST_P(CudaSm90PagedTest, PageSizesMatchReference) {
-  for (int page_size : {64, 128, 256}) {
+  for (int page_size : {64, 128, 192, 256}) {
     for (bool causal : {false, true}) {
       // Contexts ending inside a box, on a box edge, inside the second box of a 128-key tile,
       // and one shorter than a box; q_len != kv_len; GQA group 4.
@@ -102,8 +108,10 @@ TEST_P(CudaSm90PagedTest, MoreTilesThanSms) {
   for (int b = 0; b < 8; ++b) kv_lens.push_back(300 + 97 * b);
   for (bool causal : {false, true}) {
     Problem p = MakeProblem(dtype_, 32, 8, head_dim_, q_lens, kv_lens, causal, 70);
-    const Result sm90 = RunOnSm90(p, 64, Name("many tiles", 64, causal));
-    ExpectSameAsSimt(p, sm90, RunPaged(p, 64, SimtReference()));
+    for (int page_size : {64, 128}) {
+      const Result sm90 = RunOnSm90(p, page_size, Name("many tiles", page_size, causal));
+      ExpectSameAsSimt(p, sm90, RunPaged(p, page_size, SimtReference()));
+    }
   }
 }
 
@@ -111,12 +119,18 @@ TEST_P(CudaSm90PagedTest, SameAsContiguousKernel) {
   if (sm90::ChooseTileShape(head_dim_, true).block_n != sm90::ChooseTileShape(head_dim_).block_n) {
     GTEST_SKIP() << "the paged tile differs from the contiguous one at this head dim";
   }
-  for (int page_size : {64, 256}) {
+  // Pages 128 and 256 run twice: with their default one box per tile and forced to 64-key boxes.
+  const std::vector<std::pair<int, int>> pages_boxes = {{64, 0}, {128, 0}, {128, 64}, {256, 0},
+                                                        {256, 64}};
+  for (const auto& [page_size, box] : pages_boxes) {
     for (bool causal : {false, true}) {
-      const std::string what = Name("paged vs varlen", page_size, causal);
+      const std::string what = Name("paged vs varlen", page_size, causal) +
+                               (box > 0 ? " box " + std::to_string(box) : std::string());
       Problem p = MakeProblem(dtype_, 8, 2, head_dim_, {300, 1, 129}, {450, 700, 129}, causal,
                               80 + page_size);
+      sm90::testing::ForcePagedBoxRows(box);
       const Result paged = RunOnSm90(p, page_size, what);
+      sm90::testing::ForcePagedBoxRows(0);
       KernelPath path = KernelPath::kSimt;
       RunOptions opt;
       opt.path = &path;

@@ -9,6 +9,10 @@
 // several tiles, so the pipeline and Q-buffer phases carry across tiles), [B, H, S, D] strides,
 // varlen rows that end inside a consumer's 64 (plain stores) or fill it (TMA stores), empty
 // sequences, negative and zero softmax scales.
+//
+// Every case runs under each variant of the kernel (sm90::Sm90Variant, set process-wide for the
+// case): the dynamic tile schedule changes which CTA runs which tile of the causal launches, so
+// the many-tile causal cases are the ones that exercise its tile ring across several uses.
 
 #include <string>
 #include <tuple>
@@ -20,17 +24,29 @@
 #include "flashkv/cuda_backend.h"
 #include "gtest/gtest.h"
 #include "kernel_path.h"
+#include "sm90/host_setup.h"
 
 namespace flashkv::cuda::test {
 namespace {
 
-class CudaSm90Test : public ::testing::TestWithParam<DTypeHeadDim> {
+using Variant = sm90::Sm90Variant;
+using Sm90Case = std::tuple<DType, int, Variant>;
+
+std::string Sm90CaseName(const ::testing::TestParamInfo<Sm90Case>& info) {
+  const std::string base = DTypeHeadDimName(::testing::TestParamInfo<DTypeHeadDim>(
+      DTypeHeadDim(std::get<0>(info.param), std::get<1>(info.param)), info.index));
+  return base + "_" + sm90::Sm90VariantName(std::get<2>(info.param));
+}
+
+class CudaSm90Test : public ::testing::TestWithParam<Sm90Case> {
  protected:
   void SetUp() override {
     dtype_ = std::get<0>(GetParam());
     head_dim_ = std::get<1>(GetParam());
     if (const char* why = Sm90SkipReason(dtype_, head_dim_, /*paged=*/false)) GTEST_SKIP() << why;
+    sm90::testing::SetVariant(std::get<2>(GetParam()));
   }
+  void TearDown() override { sm90::testing::SetVariant(Variant::kAuto); }
 
   // Runs and checks one problem, after checking that it takes the sm90 kernel.
   void Check(const Problem& p, bool varlen, const std::string& what, bool heads_outer = false) {
@@ -69,6 +85,18 @@ TEST_P(CudaSm90Test, FixedMoreTilesThanSms) {
   }
 }
 
+TEST_P(CudaSm90Test, CausalManyUnevenTiles) {
+  // 8 x 32 heads x 3 M tiles of 1..3 key tiles = 768 tiles: 5-6 per CTA, so the dynamic
+  // schedule's two-slot ring is reused several times and CTAs end up with different tile counts.
+  Check(MakeProblem(dtype_, 32, 8, head_dim_, std::vector<int>(8, 300), std::vector<int>(8, 300),
+                    true, 28),
+        false, "causal 768 uneven tiles");
+  // Varlen: sequences of 1..4 M tiles over contexts longer than their queries.
+  Check(MakeProblem(dtype_, 16, 4, head_dim_, {500, 64, 300, 129, 400, 200, 20, 384},
+                    {900, 64, 700, 129, 400, 600, 500, 384}, true, 29),
+        true, "varlen causal many tiles");
+}
+
 TEST_P(CudaSm90Test, FixedHeadsOuterLayout) {
   // [B, H, S, D] (as PyTorch's SDPA takes it): the TMA walks rows with the smaller stride.
   Check(MakeProblem(dtype_, 4, 4, head_dim_, {150, 150}, {260, 260}, true, 25), false,
@@ -96,8 +124,11 @@ TEST_P(CudaSm90Test, NegativeAndZeroScale) {
 
 INSTANTIATE_TEST_SUITE_P(Sm90Instantiations, CudaSm90Test,
                          ::testing::Combine(::testing::Values(DType::kFloat16, DType::kBFloat16),
-                                            ::testing::Values(64, 128, 256)),
-                         DTypeHeadDimName);
+                                            ::testing::Values(64, 128, 256),
+                                            ::testing::Values(Variant::kBaseline,
+                                                              Variant::kDynamicSchedule,
+                                                              Variant::kAuto)),
+                         Sm90CaseName);
 
 }  // namespace
 }  // namespace flashkv::cuda::test

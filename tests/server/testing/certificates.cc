@@ -1,7 +1,5 @@
 #include "testing/certificates.h"
 
-#include <stdlib.h>
-
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -49,13 +47,11 @@ absl::Status MakeLeaf(const std::string& dir, const std::string& name, const std
 
 }  // namespace
 
-absl::StatusOr<TestCertificates> MakeTestCertificates(const std::string& parent) {
-  const char* tmp = getenv("TMPDIR");
-  std::string pattern =
-      (parent.empty() ? std::string(tmp != nullptr ? tmp : "/tmp") : parent) + "/flashkv-tls.XXXXXX";
-  if (mkdtemp(pattern.data()) == nullptr) return absl::InternalError("mkdtemp failed");
+absl::StatusOr<TestCertificates> MakeTestCertificates() {
   TestCertificates c;
-  c.dir = pattern;
+  c.owner = std::make_shared<TempDir>("flashkv-tls");
+  if (c.owner->path().empty()) return absl::InternalError("mkdtemp failed");
+  c.dir = c.owner->path();
   if (auto s = MakeCa(c.dir, "ca"); !s.ok()) return s;
   if (auto s = MakeCa(c.dir, "other-ca"); !s.ok()) return s;
   if (auto s = MakeLeaf(c.dir, "server", "ca", "localhost",
@@ -63,7 +59,8 @@ absl::StatusOr<TestCertificates> MakeTestCertificates(const std::string& parent)
       !s.ok()) {
     return s;
   }
-  if (auto s = MakeLeaf(c.dir, "client", "ca", "flashkv test client", "extendedKeyUsage=clientAuth");
+  if (auto s =
+          MakeLeaf(c.dir, "client", "ca", "flashkv test client", "extendedKeyUsage=clientAuth");
       !s.ok()) {
     return s;
   }

@@ -5,13 +5,16 @@
 // client certificate signed by a second CA the server does not trust. Short-lived (2 days),
 // EC P-256 keys, so making them takes milliseconds.
 
+#include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "testing/temp_dir.h"
 
 namespace flashkv::testing {
 
 struct TestCertificates {
+  std::shared_ptr<TempDir> owner;  // removes the directory with the last copy
   std::string dir;
   std::string ca;  // PEM of the CA that signs server.pem and client.pem
   std::string server_cert, server_key;
@@ -19,9 +22,9 @@ struct TestCertificates {
   std::string stranger_cert, stranger_key;  // signed by another CA
 };
 
-// Makes them in a fresh directory under `parent` (TMPDIR when empty). INTERNAL with openssl's
-// output when a command fails.
-absl::StatusOr<TestCertificates> MakeTestCertificates(const std::string& parent = "");
+// Makes them in a fresh directory (under TMPDIR). INTERNAL with openssl's output when a command
+// fails.
+absl::StatusOr<TestCertificates> MakeTestCertificates();
 
 // Reads a whole file; empty when it cannot be read.
 std::string ReadTextFile(const std::string& path);

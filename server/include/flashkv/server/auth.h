@@ -2,7 +2,7 @@
 
 // Who a call is. Clients send a bearer token in the call's metadata ("authorization: Bearer
 // <token>"); a token file maps tokens to tenants, and every sequence, prefix-cache block and
-// shared-memory region belongs to the tenant that made it (see docs/operations.md#tenants).
+// shared-memory region belongs to the tenant that made it (see docs/reliability.md#security).
 // Without a token file every call is the tenant "default".
 //
 // The token file, one token per line ('#' starts a comment):

@@ -52,7 +52,7 @@ struct SchedulerConfig {
 
 inline constexpr int64_t kDefaultCpuKvCacheBytes = int64_t{1} << 30;
 
-// Transport security and authentication (docs/operations.md#security).
+// Transport security and authentication (docs/reliability.md#security).
 struct SecurityConfig {
   // TLS: the server's PEM certificate chain and private key, both or neither.
   std::string tls_cert_file;
@@ -76,6 +76,10 @@ struct RequestLimits {
   int max_tokens_per_entry = 32768;  // new tokens (q rows) of one entry
   int max_tokens_per_step = 65536;   // new tokens of all entries of one Step request
   int64_t max_sequences = 65536;     // live sequences on the server, all tenants together
+  // Requests of one StepStream taken and not yet answered (computing, or answered and waiting
+  // for the client to read): past it the server stops reading the stream until one is written,
+  // so HTTP/2 flow control holds the client back instead of the server's memory.
+  int max_stream_steps_in_flight = 256;
   // Stateless attention: rows of q (B*Sq or Tq) and of k/v (B*Skv or Tkv); sequences (B, or
   // varlen's cu_seqlens entries - 1); and work, sum over sequences of Hq * Sq * Skv * D (the
   // multiply-adds of q.k^T, as many again for p.v), which bounds the compute one call can ask.

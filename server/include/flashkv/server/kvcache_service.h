@@ -100,6 +100,7 @@ class KvCacheService final : public KvCacheServiceBase {
   void BeginDrain();
 
   Metrics& metrics() { return *metrics_; }
+  const RequestLimits& limits() const { return config_.limits; }
   Clock& clock() { return *clock_; }
   // Server-wide stats, and the tenant's own when `tenant` is given.
   flashkv::v1::ServerStats Stats(const Tenant* tenant = nullptr) const;

@@ -38,4 +38,15 @@ absl::StatusOr<std::vector<StepEntry>> CheckStepRequest(wire::StepRequestView& r
                                                         const Tenant& tenant,
                                                         wire::MessageBytes* message);
 
+// What the service does first with a received Step message: decodes it into `*request` within
+// the request limits (the decoder stops before it allocates past them: a request of empty
+// entries would otherwise cost a few hundred bytes per two bytes on the wire), then
+// CheckStepRequest. The fuzz target tests/fuzz/step_request_fuzz.cc drives exactly this.
+absl::StatusOr<std::vector<StepEntry>> DecodeAndCheckStepRequest(const ServerConfig& config,
+                                                                 const CacheSet& caches,
+                                                                 const RegionAccess& regions,
+                                                                 const Tenant& tenant,
+                                                                 wire::MessageBytes* message,
+                                                                 wire::StepRequestView* request);
+
 }  // namespace flashkv::server

@@ -2,7 +2,9 @@
 
 // The reactor of one StepStream call. Requests are read and submitted as they arrive (steps of
 // different sequences compute concurrently; steps of one sequence apply in order), responses are
-// written in request order, and steps commit in request order. The first request that fails ends
+// written in request order, and steps commit in request order. At most
+// RequestLimits::max_stream_steps_in_flight requests are held (computing, or answered and not yet
+// written); at the limit the stream is not read until a response is written. The first request that fails ends
 // the stream with its status, after every response before it has been written; the requests
 // after it are not applied. A cancelled stream aborts every step not yet committed. When the
 // server drains, the stream ends (UNAVAILABLE) once the requests already read are answered.
@@ -70,6 +72,7 @@ class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool submitting_ ABSL_GUARDED_BY(mu_) = false;  // between taking a request and the next read
+  bool read_paused_ ABSL_GUARDED_BY(mu_) = false;  // at the in-flight limit: no read pending
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status end_status_ ABSL_GUARDED_BY(mu_);  // the first failure, ends the stream
