@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "flashkv/server/config.h"
 #include "flashkv/server/server.h"
@@ -68,6 +69,9 @@ void AddFlags(CLI::App& app, ServerConfig& c, std::string& dtype, std::string& b
   AddDuration(app, "--batch-window", &c.scheduler.batch_window,
               "How long an idle scheduler waits to merge more steps");
   app.add_option("--max-batch-tokens", c.scheduler.max_batch_tokens, "New tokens per launch")
+      ->capture_default_str();
+  app.add_option("--inline-launch-tokens", c.scheduler.inline_launch_tokens,
+                 "Small steps that find the scheduler idle launch on the receiving thread (0: never)")
       ->capture_default_str();
   app.add_option("--prefill-chunk", c.scheduler.prefill_chunk_tokens,
                  "Most tokens of one step per launch")
@@ -172,6 +176,12 @@ int main(int argc, char** argv) {
   AddSecurityFlags(app, config.security);
   AddLimitFlags(app, config.limits);
   CLI11_PARSE(app, argc, argv);
+#ifdef NDEBUG
+  // Debian's abseil is built to track the lock order of every absl::Mutex (gRPC's own locks
+  // included): a debugging aid that costs each lock a graph lookup on the request path. Release
+  // binaries turn it off.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+#endif
 
   const std::optional<flashkv::DType> parsed_dtype = flashkv::ParseDType(dtype);
   if (!parsed_dtype) {

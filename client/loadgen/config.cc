@@ -4,6 +4,8 @@
 
 namespace flashkv::loadgen {
 
+const char* DataPlaneName(DataPlane plane) { return plane == DataPlane::kShm ? "shm" : "bytes"; }
+
 absl::Status LoadgenConfig::Validate() const {
   auto positive = [](const char* name, int64_t v) -> absl::Status {
     if (v >= 1) return absl::OkStatus();

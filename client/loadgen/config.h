@@ -13,6 +13,11 @@
 
 namespace flashkv::loadgen {
 
+// How a runner's tensors reach the server: inside the Step messages, or in a shared-memory region
+// it registered (same host only), with only descriptors in the messages.
+enum class DataPlane { kBytes, kShm };
+const char* DataPlaneName(DataPlane plane);
+
 struct LoadgenConfig {
   // Simulated model runners, each with its own StepStream, owning up to `max_batch` sequences
   // that it steps together (continuous batching: prefill chunks and decodes in one pass).
@@ -36,6 +41,7 @@ struct LoadgenConfig {
   // l + 1 needs layer l's output); more overlaps the round trips (the server must accept a
   // layer that arrives while the previous one is still in flight).
   int pipeline_depth = 1;
+  DataPlane data_plane = DataPlane::kBytes;
 
   // Shared-prefix pool: `prefix_pool` prompt prefixes (lengths from `prefix_len`); a request
   // starts with one of them with probability `prefix_fraction`, then its own prompt_len tokens.

@@ -144,6 +144,7 @@ absl::StatusOr<Report> RunLoadgen(const LoadgenConfig& config, absl::Span<Client
   std::vector<std::unique_ptr<Runner>> runners;
   for (int i = 0; i < config.runners; ++i) {
     runners.push_back(std::make_unique<Runner>(i, clients[i % clients.size()], context));
+    if (absl::Status s = runners.back()->Prepare(); !s.ok()) return s;
   }
   std::atomic<int> running{config.runners};
   std::vector<std::thread> threads;

@@ -12,6 +12,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "connection_flags.h"
 #include "flashkv/cpu_backend.h"
 #include "loadgen.h"
@@ -104,6 +105,12 @@ int main(int argc, char** argv) {
   app.add_option("--pipeline-depth", c->pipeline_depth,
                  "layer requests in flight per runner (1: like a real model)")
       ->capture_default_str();
+  std::string data_plane = "bytes";
+  app.add_option("--data-plane", data_plane,
+                 "bytes: tensors inside the Step messages; shm: in a shared-memory region per "
+                 "runner, only descriptors in the messages (server on this host)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"bytes", "shm"}));
   app.add_option("--prefix-pool", c->prefix_pool, "shared prompt prefixes (0: none)")
       ->capture_default_str();
   app.add_option("--prefix-len", prefix_len, "length distribution of the shared prefixes")
@@ -136,6 +143,11 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : kExitUsage;
   }
+#ifdef NDEBUG
+  // As in the server: Debian's abseil tracks every absl::Mutex's lock order (gRPC's too), which
+  // costs each lock on the call path; release binaries turn it off.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+#endif
 
   auto usage = [](const absl::Status& s) {
     std::cerr << "flashkv-loadgen: " << s.message() << "\n";
@@ -157,6 +169,7 @@ int main(int argc, char** argv) {
   c->duration = absl::Seconds(duration_s);
   c->rpc_timeout = absl::Seconds(rpc_timeout_s);
   c->send_token_ids = !no_token_ids;
+  c->data_plane = data_plane == "shm" ? loadgen::DataPlane::kShm : loadgen::DataPlane::kBytes;
   if (c->run_id.empty())
     c->run_id = absl::StrCat("lg", absl::Hex(std::random_device()() & 0xffffff));
   if (absl::Status s = c->Validate(); !s.ok()) return usage(s);

@@ -15,6 +15,16 @@ using nlohmann::json;
 const std::vector<std::pair<std::string, std::string>>& LatencyRows() {
   static const auto* rows =
       new std::vector<std::pair<std::string, std::string>>{{"Step", "Step (one layer)"},
+                                                           {"Step kernel", "  kernels (server)"},
+                                                           {"Step overhead", "  overhead"},
+                                                           {"Step server overhead",
+                                                            "  server overhead"},
+                                                           {"decode Step", "decode Step"},
+                                                           {"decode Step kernel",
+                                                            "  kernels (server)"},
+                                                           {"decode Step overhead", "  overhead"},
+                                                           {"decode Step server overhead",
+                                                            "  server overhead"},
                                                            {"CreateSequence", "CreateSequence"},
                                                            {"FreeSequence", "FreeSequence"},
                                                            {"ttft", "time to first token"},
@@ -143,6 +153,7 @@ json Report::ToJson() const {
             {"prefill_chunk", config.prefill_chunk},
             {"max_pass_tokens", config.max_pass_tokens},
             {"pipeline_depth", config.pipeline_depth},
+            {"data_plane", DataPlaneName(config.data_plane)},
             {"prefix_pool", config.prefix_pool},
             {"prefix_len", config.prefix_len.spec()},
             {"prefix_fraction", config.prefix_fraction},
@@ -198,11 +209,12 @@ void Report::PrintTable(std::ostream& out) const {
       duration_s, target, backend, shape.num_layers, shape.num_q_heads, shape.num_kv_heads,
       shape.head_dim, DTypeName(shape.dtype), shape.page_size);
   out << absl::StrFormat(
-      "%s loop%s, %d runners x %d sequences; prompt %s, output %s; chunk %d, pipeline %d\n",
+      "%s loop%s, %d runners x %d sequences; prompt %s, output %s; chunk %d, pipeline %d; "
+      "data plane %s\n",
       config.rate > 0 ? "open" : "closed",
       config.rate > 0 ? absl::StrFormat(" at %.3g req/s", config.rate) : "", config.runners,
       config.max_batch, config.prompt_len.spec(), config.output_len.spec(), config.prefill_chunk,
-      config.pipeline_depth);
+      config.pipeline_depth, DataPlaneName(config.data_plane));
   out << absl::StrFormat(
       "requests      %d started, %d completed, %d aborted, %d preempted, %d rejected, %d "
       "incomplete\n",
@@ -222,6 +234,7 @@ void Report::PrintTable(std::ostream& out) const {
       t.prompt_tokens, t.cached_tokens, t.prefill_tokens, t.decode_tokens);
   out << absl::StrFormat("%-24s %9s %9s %9s %9s %9s %9s\n", "latency (ms)", "count", "p50", "p90",
                          "p99", "max", "mean");
+  // Overhead rows: the round trip (or the server's time) minus the step's kernels, per step.
   for (const auto& [key, label] : LatencyRows()) {
     auto it = t.latency.find(key);
     if (it == t.latency.end() || it->second.count() == 0) continue;

@@ -26,6 +26,49 @@ Runner::Runner(int index, Client* client, const RunContext& context)
       routing_key_(absl::StrCat(context.config->run_id, "-r", index)),
       rng_(SplitMix64(context.config->seed * 1000003 + index)) {}
 
+absl::Status Runner::Prepare() {
+  const size_t elem = DTypeSize(shape_.dtype);
+  const int64_t rows = config_.max_pass_tokens;
+  const size_t q_bytes = static_cast<size_t>(rows) * shape_.num_q_heads * shape_.head_dim * elem;
+  const size_t kv_bytes = static_cast<size_t>(rows) * shape_.num_kv_heads * shape_.head_dim * elem;
+  slots_.resize(config_.pipeline_depth);
+  if (config_.data_plane == DataPlane::kBytes) {
+    memory_.resize(slots_.size() * 3);
+    for (size_t i = 0; i < slots_.size(); ++i) {
+      memory_[3 * i].resize(q_bytes);
+      memory_[3 * i + 1].resize(kv_bytes);
+      memory_[3 * i + 2].resize(kv_bytes);
+      slots_[i] = Slot{memory_[3 * i].data(), memory_[3 * i + 1].data(),
+                       memory_[3 * i + 2].data(), nullptr};
+    }
+    return absl::OkStatus();
+  }
+  auto aligned = [](size_t bytes) {
+    return (bytes + kRegionAlignment - 1) / kRegionAlignment * kRegionAlignment;
+  };
+  const uint64_t size = slots_.size() * (2 * aligned(q_bytes) + 2 * aligned(kv_bytes));
+  absl::StatusOr<std::unique_ptr<SharedRegion>> region = client_->AttachHostRegion(size, Call());
+  if (!region.ok()) {
+    return absl::Status(region.status().code(),
+                        absl::StrCat("runner ", index_, ": registering a region of ", size,
+                                     " bytes (--data-plane=shm needs the server on this host): ",
+                                     region.status().message()));
+  }
+  region_ = *std::move(region);
+  const Shape q_shape = {rows, shape_.num_q_heads, shape_.head_dim};
+  const Shape kv_shape = {rows, shape_.num_kv_heads, shape_.head_dim};
+  for (Slot& slot : slots_) {
+    // Sized above for exactly these allocations.
+    const RegionTensor q = *region_->Allocate(shape_.dtype, q_shape);
+    const RegionTensor k = *region_->Allocate(shape_.dtype, kv_shape);
+    const RegionTensor v = *region_->Allocate(shape_.dtype, kv_shape);
+    const RegionTensor out = *region_->Allocate(shape_.dtype, q_shape);
+    slot = Slot{q.mutable_data(), k.mutable_data(), v.mutable_data(), out.mutable_data(),
+                q.offset(),       k.offset(),       v.offset(),       out.offset()};
+  }
+  return absl::OkStatus();
+}
+
 CallOptions Runner::Call() const {
   CallOptions options;
   options.timeout = config_.rpc_timeout;
@@ -76,6 +119,9 @@ void Runner::Run() {
   if (session_ != nullptr) {
     if (absl::Status s = session_->Finish(); !s.ok()) CountError("StepStream", s);
     session_.reset();
+  }
+  if (region_ != nullptr) {
+    if (absl::Status s = region_->Release(); !s.ok()) CountError("ReleaseRegion", s);
   }
 }
 
@@ -128,8 +174,11 @@ absl::Status Runner::CreateOne(Request request) {
     sequence.k.resize(shape_.num_layers);
     sequence.v.resize(shape_.num_layers);
     // The cached prefix is what some sequence sent for these tokens: regenerate it.
+    const size_t bytes = static_cast<size_t>(*cached) * shape_.num_kv_heads * shape_.head_dim *
+                         DTypeSize(shape_.dtype);
+    scratch_.resize(2 * bytes);
     for (int layer = 0; layer < shape_.num_layers; ++layer) {
-      AppendKv(&sequence, layer, 0, *cached, nullptr, nullptr);
+      AppendKv(&sequence, layer, 0, *cached, scratch_.data(), scratch_.data() + bytes);
     }
   }
   active_.push_back(std::move(sequence));
@@ -137,23 +186,18 @@ absl::Status Runner::CreateOne(Request request) {
   return absl::OkStatus();
 }
 
-void Runner::AppendKv(Sequence* sequence, int layer, int64_t start, int64_t n, std::string* k,
-                      std::string* v) {
+void Runner::AppendKv(Sequence* sequence, int layer, int64_t start, int64_t n, std::byte* k,
+                      std::byte* v) {
   const int64_t row = static_cast<int64_t>(shape_.num_kv_heads) * shape_.head_dim;
   const size_t row_bytes = static_cast<size_t>(row) * DTypeSize(shape_.dtype);
-  std::string local_k, local_v;
-  std::string& kb = k != nullptr ? *k : local_k;
-  std::string& vb = v != nullptr ? *v : local_v;
-  kb.resize(n * row_bytes);
-  vb.resize(n * row_bytes);
   for (int64_t t = 0; t < n; ++t) {
     const uint64_t chain = sequence->chain[start + t];
-    FillValues(shape_.dtype, KeySeed(chain, layer), row, kb.data() + t * row_bytes);
-    FillValues(shape_.dtype, ValueSeed(chain, layer), row, vb.data() + t * row_bytes);
+    FillValues(shape_.dtype, KeySeed(chain, layer), row, k + t * row_bytes);
+    FillValues(shape_.dtype, ValueSeed(chain, layer), row, v + t * row_bytes);
   }
   if (keep_kv_) {
-    sequence->k[layer].append(kb);
-    sequence->v[layer].append(vb);
+    sequence->k[layer].append(reinterpret_cast<const char*>(k), n * row_bytes);
+    sequence->v[layer].append(reinterpret_cast<const char*>(v), n * row_bytes);
   }
 }
 
@@ -177,37 +221,47 @@ void Runner::PlanPass() {
     pass_.push_back(Entry{&s, s.context, n, true});
     budget -= n;
   }
+  pass_rows_.clear();
+  int64_t rows = 0;
+  pass_is_decode_ = true;
+  for (const Entry& e : pass_) {
+    pass_rows_.push_back(rows);
+    rows += e.n;
+    pass_is_decode_ = pass_is_decode_ && !e.prefill;
+  }
 }
 
-v1::StepRequest Runner::BuildLayer(int layer, InFlight* in_flight) {
-  v1::StepRequest request;
-  request.set_layer(static_cast<uint32_t>(layer));
+TensorView Runner::SlotView(std::byte* data, uint64_t offset, int64_t rows,
+                            int64_t heads) const {
+  Shape shape = {rows, heads, shape_.head_dim};
+  if (region_ == nullptr) return TensorView(shape_.dtype, std::move(shape), data);
+  return TensorView(shape_.dtype, std::move(shape), data, RegionSlice{region_->id(), offset});
+}
+
+void Runner::BuildLayer(int layer, const Slot& slot) {
   const int64_t q_row = static_cast<int64_t>(shape_.num_q_heads) * shape_.head_dim;
-  const int size = DTypeSize(shape_.dtype);
-  for (const Entry& e : pass_) {
-    v1::StepEntry* entry = request.add_entries();
-    entry->set_sequence_id(e.sequence->id);
-    auto shape = [&](v1::Tensor* t, int64_t heads) {
-      t->set_dtype(ToProtoDType(shape_.dtype));
-      t->add_shape(e.n);
-      t->add_shape(heads);
-      t->add_shape(shape_.head_dim);
-    };
-    shape(entry->mutable_q(), shape_.num_q_heads);
-    shape(entry->mutable_k(), shape_.num_kv_heads);
-    shape(entry->mutable_v(), shape_.num_kv_heads);
-    std::string* q = entry->mutable_q()->mutable_data();
-    q->resize(static_cast<size_t>(e.n * q_row * size));
-    FillValues(shape_.dtype, rng_(), e.n * q_row, q->data());
-    AppendKv(e.sequence, layer, e.start, e.n, entry->mutable_k()->mutable_data(),
-             entry->mutable_v()->mutable_data());
+  const size_t size = DTypeSize(shape_.dtype);
+  const size_t q_row_bytes = q_row * size;
+  const size_t kv_row_bytes = static_cast<size_t>(shape_.num_kv_heads) * shape_.head_dim * size;
+  inputs_.resize(pass_.size());
+  for (size_t i = 0; i < pass_.size(); ++i) {
+    const Entry& e = pass_[i];
+    const size_t q_at = pass_rows_[i] * q_row_bytes, kv_at = pass_rows_[i] * kv_row_bytes;
+    FillValues(shape_.dtype, rng_(), e.n * q_row, slot.q + q_at);
+    AppendKv(e.sequence, layer, e.start, e.n, slot.k + kv_at, slot.v + kv_at);
+    StepInput& input = inputs_[i];
+    input.sequence_id = e.sequence->id;
+    input.q = SlotView(slot.q + q_at, slot.q_offset + q_at, e.n, shape_.num_q_heads);
+    input.k = SlotView(slot.k + kv_at, slot.k_offset + kv_at, e.n, shape_.num_kv_heads);
+    input.v = SlotView(slot.v + kv_at, slot.v_offset + kv_at, e.n, shape_.num_kv_heads);
+    input.token_ids.clear();
     if (config_.send_token_ids) {
-      entry->mutable_token_ids()->Assign(e.sequence->tokens.begin() + e.start,
-                                         e.sequence->tokens.begin() + e.start + e.n);
+      input.token_ids.assign(e.sequence->tokens.begin() + e.start,
+                             e.sequence->tokens.begin() + e.start + e.n);
     }
-    if (in_flight->check) in_flight->q.push_back(*q);
+    input.out.reset();
+    if (region_ != nullptr) input.out = RegionSlice{region_->id(), slot.out_offset + q_at};
   }
-  return request;
 }
 
 absl::Status Runner::RunPass() {
@@ -224,13 +278,14 @@ absl::Status Runner::RunPass() {
   std::bernoulli_distribution check(config_.verify_fraction);
   std::deque<InFlight> in_flight;
   for (int layer = 0; layer < shape_.num_layers; ++layer) {
-    InFlight f{layer, 0, absl::Time(), check(rng_), {}};
-    v1::StepRequest request = BuildLayer(layer, &f);
+    // The slot of layer - depth is free once its response is in.
     if (static_cast<int>(in_flight.size()) >= config_.pipeline_depth) {
       if (absl::Status s = ReceiveOne(&in_flight); !s.ok()) return s;
     }
+    InFlight f{layer, 0, absl::Time(), check(rng_)};
+    BuildLayer(layer, slots_[layer % slots_.size()]);
     f.sent = absl::Now();
-    absl::StatusOr<uint64_t> id = session_->Send(std::move(request));
+    absl::StatusOr<uint64_t> id = session_->Send(static_cast<uint32_t>(layer), inputs_);
     if (!id.ok()) return id.status();
     f.step_id = *id;
     in_flight.push_back(std::move(f));
@@ -248,7 +303,7 @@ absl::Status Runner::ReceiveOne(std::deque<InFlight>* in_flight) {
   in_flight->pop_front();
   if (!response.ok()) return response.status();
   ++answered_in_pass_;
-  stats_.latency["Step"].Record(now - f.sent);
+  RecordTiming(now - f.sent, *response);
   ++stats_.steps;
   ++stats_.verification.steps_seen;
   ++stats_.At(Seconds(now)).steps;
@@ -257,19 +312,35 @@ absl::Status Runner::ReceiveOne(std::deque<InFlight>* in_flight) {
   return absl::OkStatus();
 }
 
+void Runner::RecordTiming(absl::Duration latency, const v1::StepResponse& response) {
+  // Service overhead: everything but the kernels, seen from here (round trip) and by the server.
+  const StepTiming timing = TimingOf(response);
+  for (const char* prefix : {"", "decode "}) {
+    if (*prefix != '\0' && !pass_is_decode_) continue;
+    const std::string p(prefix);
+    stats_.latency[p + "Step"].Record(latency);
+    stats_.latency[p + "Step kernel"].Record(timing.kernel);
+    stats_.latency[p + "Step overhead"].Record(std::max(latency - timing.kernel, absl::ZeroDuration()));
+    stats_.latency[p + "Step server overhead"].Record(
+        std::max(timing.server - timing.kernel, absl::ZeroDuration()));
+  }
+}
+
 void Runner::Check(const InFlight& f, const v1::StepResponse& response) {
   VerificationStats& v = stats_.verification;
   ++v.steps_checked;
   const int64_t q_row = static_cast<int64_t>(shape_.num_q_heads) * shape_.head_dim;
   const int size = DTypeSize(shape_.dtype);
+  const Slot& slot = slots_[f.layer % slots_.size()];
   for (size_t i = 0; i < pass_.size(); ++i) {
     const Entry& e = pass_[i];
     const Sequence& s = *e.sequence;
     const int64_t context = e.start + e.n;  // this layer's K/V after the append
+    const size_t q_at = pass_rows_[i] * q_row * size;
     want_.resize(static_cast<size_t>(e.n * q_row * size));
     const absl::Status computed = tools::CpuAttentionRows(
         shape_.dtype, e.n, context, shape_.num_q_heads, shape_.num_kv_heads, shape_.head_dim,
-        f.q[i].data(), s.k[f.layer].data(), s.v[f.layer].data(), want_.data());
+        slot.q + q_at, s.k[f.layer].data(), s.v[f.layer].data(), want_.data());
     ++v.entries_checked;
     if (!computed.ok()) {  // shapes are the server's own; a refusal here is a finding too
       ++v.mismatched_entries;
@@ -281,9 +352,11 @@ void Runner::Check(const InFlight& f, const v1::StepResponse& response) {
       continue;
     }
     const Shape out_shape = {e.n, shape_.num_q_heads, shape_.head_dim};
-    const tools::Comparison c =
-        tools::Compare(TensorView(shape_.dtype, out_shape, response.out(i).data().data()),
-                       TensorView(shape_.dtype, out_shape, want_.data()), context_.tolerance);
+    const void* got =
+        slot.out != nullptr ? static_cast<const void*>(slot.out + q_at) : response.out(i).data().data();
+    const tools::Comparison c = tools::Compare(TensorView(shape_.dtype, out_shape, got),
+                                               TensorView(shape_.dtype, out_shape, want_.data()),
+                                               context_.tolerance);
     v.elements_checked += c.elements;
     v.max_abs_error = std::max(v.max_abs_error, c.max_abs_error);
     if (c.ok()) continue;

@@ -14,6 +14,12 @@
 // the server refused the pass's first layer for lack of KV memory: then nothing was applied, and
 // the runner preempts its newest sequence and retries the rest, as a serving engine does.
 //
+// Data plane: each layer request's tensors are generated straight into one of pipeline_depth
+// slots, sized for a whole pass, and stay there until its response has been checked; the
+// request references them (bytes: encoded in place, no copy into a message) or names them
+// (shm: the slots live in a region the runner registered, and the outputs are written there).
+// Every step also records the server's timing: kernel time, and the overhead around it.
+//
 // Thread-safety: a Runner is driven by one thread (Run()); it shares only the RequestSource,
 // the LiveCounters and the stop flag, which are thread-safe.
 
@@ -64,6 +70,8 @@ class Runner {
   Runner(const Runner&) = delete;
   Runner& operator=(const Runner&) = delete;
 
+  // Allocates the slots (and registers the region, for shm). Before Run().
+  absl::Status Prepare();
   // Runs until the stop flag is raised or the source is exhausted and every sequence finished,
   // then frees what is left.
   void Run();
@@ -89,19 +97,30 @@ class Runner {
     int64_t n;
     bool prefill;
   };
-  // A layer request on the wire.
+  // A layer request on the wire; its tensors are in slots_[layer % pipeline_depth].
   struct InFlight {
     int layer;
     uint64_t step_id;
     absl::Time sent;
     bool check;
-    std::vector<std::string> q;  // the entries' q bytes, when checked
+  };
+  // Room for one layer request of a whole pass: q, k, v (and out, shm) rows, entry after entry.
+  struct Slot {
+    std::byte* q = nullptr;
+    std::byte* k = nullptr;
+    std::byte* v = nullptr;
+    std::byte* out = nullptr;
+    uint64_t q_offset = 0, k_offset = 0, v_offset = 0, out_offset = 0;  // in the region
   };
 
   void Admit();
   absl::Status CreateOne(Request request);
   void PlanPass();
-  v1::StepRequest BuildLayer(int layer, InFlight* in_flight);
+  // Fills the layer's tensors into `slot` and inputs_ with views of them.
+  void BuildLayer(int layer, const Slot& slot);
+  // A view of `rows` rows of `row_bytes` at `data` ([rows, heads, D]), with its region slice
+  // (shm).
+  TensorView SlotView(std::byte* data, uint64_t offset, int64_t rows, int64_t heads) const;
   absl::Status RunPass();
   absl::Status ReceiveOne(std::deque<InFlight>* in_flight);
   void Check(const InFlight& in_flight, const v1::StepResponse& response);
@@ -114,8 +133,11 @@ class Runner {
   void Release(Sequence* sequence);  // FreeSequence, counted
   // Counts a failed call; returns whether it was expected.
   bool CountError(const char* rpc, const absl::Status& status);
-  void AppendKv(Sequence* sequence, int layer, int64_t start, int64_t n, std::string* k,
-                std::string* v);
+  // Writes the K and V rows of tokens [start, start + n) to `k` and `v` (and keeps them for
+  // verification).
+  void AppendKv(Sequence* sequence, int layer, int64_t start, int64_t n, std::byte* k,
+                std::byte* v);
+  void RecordTiming(absl::Duration latency, const v1::StepResponse& response);
   double Seconds(absl::Time t) const { return absl::ToDoubleSeconds(t - context_.start); }
   CallOptions Call() const;
 
@@ -130,8 +152,15 @@ class Runner {
   std::unique_ptr<StepSession> session_;
   std::list<Sequence> active_;
   std::vector<Entry> pass_;
-  int answered_in_pass_ = 0;     // layer responses received in the current pass
-  std::vector<std::byte> want_;  // CPU output buffer
+  std::vector<int64_t> pass_rows_;  // pass_[i]'s first row in a slot
+  bool pass_is_decode_ = false;     // every entry of the pass is a decode
+  int answered_in_pass_ = 0;        // layer responses received in the current pass
+  std::vector<std::byte> want_;     // CPU output buffer
+  std::vector<std::byte> scratch_;  // K/V regenerated for a cached prefix
+  std::unique_ptr<SharedRegion> region_;        // shm
+  std::vector<std::vector<std::byte>> memory_;  // bytes: the slots' storage
+  std::vector<Slot> slots_;
+  std::vector<StepInput> inputs_;  // the request being built (views into a slot)
   RunStats stats_;
 };
 

@@ -241,13 +241,11 @@ absl::StatusOr<std::unique_ptr<StepSession>> Client::OpenStepSession(StepSession
   CallOptions call;
   call.timeout = options.timeout;
   call.wait_for_ready = options.wait_for_ready;
-  auto start = [this, call](grpc::ClientContext* context,
-                            grpc::ClientBidiReactor<grpc::ByteBuffer, v1::StepResponse>* reactor,
-                            const std::string& routing_key) -> absl::Status {
+  auto start = [this, call](grpc::ClientContext* context, grpc::CompletionQueue* cq,
+                            const std::string& routing_key)
+      -> absl::StatusOr<std::unique_ptr<StepSession::Call>> {
     if (absl::Status s = Prepare(context, call, &routing_key); !s.ok()) return s;
-    step_bytes_->PrepareBidiStreamingCall(context, kStepStreamMethod, grpc::StubOptions(),
-                                          reactor);
-    return absl::OkStatus();
+    return step_bytes_->PrepareCall(context, kStepStreamMethod, cq);
   };
   return std::unique_ptr<StepSession>(new StepSession(std::move(options), std::move(start)));
 }

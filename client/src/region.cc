@@ -105,74 +105,80 @@ struct SharedRegion::Memory {
   }
 };
 
-// The AttachRegion stream: the first response carries the region id, and the stream then stays
-// open (a read outstanding) until the server ends it or the client cancels it.
-class SharedRegion::Reactor : public grpc::ClientReadReactor<v1::AttachRegionResponse> {
+// The AttachRegion stream, on a completion queue of its own that is polled only while the region
+// is attached and released. (A callback reactor would keep a read outstanding, and gRPC's
+// callback threads would then poll the channel's connection for good: they take the responses of
+// the client's other calls off the socket and hand them over, a thread switch per response that
+// a runner on the data plane would pay on every step.) The server writes the region id once and
+// keeps the stream open; nothing more is read until the call is ended.
+class SharedRegion::Attachment {
  public:
-  explicit Reactor(v1::AttachRegionRequest request) : request_(std::move(request)) {}
   grpc::ClientContext* context() { return &context_; }
-  const v1::AttachRegionRequest* request() const { return &request_; }
 
-  void Start() {
-    StartRead(&response_);
-    StartCall();
-  }
-
-  // The region id, once the first response came; the stream's status if it ended first.
-  absl::StatusOr<uint64_t> AwaitAttached(absl::Duration timeout) {
-    absl::MutexLock lock(&mu_);
-    auto ready = +[](Reactor* r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r->mu_) {
-      return r->attached_ || r->done_;
-    };
-    if (!mu_.AwaitWithTimeout(absl::Condition(ready, this), timeout)) {
-      context_.TryCancel();
-      return absl::DeadlineExceededError(absl::StrCat("AttachRegion: no answer within ",
-                                                      absl::FormatDuration(timeout)));
+  // Starts the call and waits at most `wait` for the region id.
+  absl::StatusOr<uint64_t> Start(v1::RegionService::Stub* stub,
+                                 const v1::AttachRegionRequest& request, absl::Duration wait) {
+    call_ = stub->PrepareAsyncAttachRegion(&context_, request, &cq_);
+    call_->StartCall(Tag(kStart));
+    call_->Read(&response_, Tag(kRead));
+    bool read_ok = false, timed_out = false;
+    absl::Time deadline = absl::Now() + wait;
+    for (int pending = 2; pending > 0;) {
+      void* tag;
+      bool ok;
+      const auto next = cq_.AsyncNext(&tag, &ok, absl::ToChronoTime(deadline));
+      if (next == grpc::CompletionQueue::TIMEOUT) {
+        context_.TryCancel();  // the remaining events come quickly now
+        timed_out = true;
+        deadline = absl::InfiniteFuture();
+        continue;
+      }
+      if (next != grpc::CompletionQueue::GOT_EVENT) break;
+      --pending;
+      if (tag == Tag(kRead)) read_ok = ok;
     }
-    if (attached_) return id_;
-    if (!status_.ok()) return FromGrpcStatus(status_, "AttachRegion");
+    if (read_ok && !timed_out) return response_.region_id();
+    const grpc::Status status = End();
+    if (timed_out) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("AttachRegion: no answer within ", absl::FormatDuration(wait)));
+    }
+    if (!status.ok()) return FromGrpcStatus(status, "AttachRegion");
     return absl::InternalError("AttachRegion ended without a region id");
   }
 
-  // OK while the stream is open; otherwise its final status.
-  std::optional<grpc::Status> Ended() {
-    absl::MutexLock lock(&mu_);
-    if (!done_) return std::nullopt;
+  // Cancels the call (a no-op once the server ended it) and returns its final status. Idempotent.
+  grpc::Status End() {
+    if (ended_ || call_ == nullptr) return status_;
+    ended_ = true;
+    context_.TryCancel();
+    call_->Finish(&status_, Tag(kFinish));
+    void* tag;
+    bool ok;
+    while (cq_.Next(&tag, &ok) && tag != Tag(kFinish)) {
+    }
     return status_;
   }
 
-  void AwaitDone() {
-    absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(&done_));
-  }
-
-  void OnReadDone(bool ok) override {
-    if (!ok) return;  // the stream ended; OnDone follows
-    {
-      absl::MutexLock lock(&mu_);
-      if (!attached_) {
-        attached_ = true;
-        id_ = response_.region_id();
-      }
+  ~Attachment() {
+    End();
+    cq_.Shutdown();
+    void* tag;
+    bool ok;
+    while (cq_.Next(&tag, &ok)) {
     }
-    StartRead(&response_);  // the server writes once; this read ends with the stream
-  }
-
-  void OnDone(const grpc::Status& status) override {
-    absl::MutexLock lock(&mu_);
-    status_ = status;
-    done_ = true;
   }
 
  private:
+  enum Op { kStart = 1, kRead, kFinish };
+  static void* Tag(Op op) { return reinterpret_cast<void*>(static_cast<intptr_t>(op)); }
+
   grpc::ClientContext context_;
-  const v1::AttachRegionRequest request_;
+  grpc::CompletionQueue cq_;
+  std::unique_ptr<grpc::ClientAsyncReader<v1::AttachRegionResponse>> call_;
   v1::AttachRegionResponse response_;
-  absl::Mutex mu_;
-  bool attached_ ABSL_GUARDED_BY(mu_) = false;
-  uint64_t id_ ABSL_GUARDED_BY(mu_) = 0;
-  bool done_ ABSL_GUARDED_BY(mu_) = false;
-  grpc::Status status_ ABSL_GUARDED_BY(mu_);
+  bool ended_ = false;
+  grpc::Status status_;
 };
 
 SharedRegion::SharedRegion(v1::RegionService::Stub* stub, Prepare prepare,
@@ -214,18 +220,13 @@ absl::StatusOr<std::unique_ptr<SharedRegion>> SharedRegion::Attach(
     v1::RegionService::Stub* stub, Prepare prepare, std::unique_ptr<Memory> memory,
     v1::AttachRegionRequest request, absl::Duration wait) {
   std::unique_ptr<SharedRegion> region(new SharedRegion(stub, prepare, std::move(memory)));
-  auto reactor = std::make_unique<Reactor>(std::move(request));
+  auto attachment = std::make_unique<Attachment>();
   // The stream lives as long as the region: no deadline on it (the wait below is bounded).
-  if (absl::Status s = prepare(reactor->context()); !s.ok()) return s;
-  reactor->context()->set_deadline(std::chrono::system_clock::time_point::max());
-  stub->async()->AttachRegion(reactor->context(), reactor->request(), reactor.get());
-  reactor->Start();
-  region->reactor_ = std::move(reactor);
-  absl::StatusOr<uint64_t> id = region->reactor_->AwaitAttached(wait);
-  if (!id.ok()) {
-    region->reactor_->AwaitDone();  // a cancelled or failed stream: nothing to release
-    return id.status();
-  }
+  if (absl::Status s = prepare(attachment->context()); !s.ok()) return s;
+  attachment->context()->set_deadline(std::chrono::system_clock::time_point::max());
+  absl::StatusOr<uint64_t> id = attachment->Start(stub, request, wait);
+  if (!id.ok()) return id.status();  // the call is over: nothing to release
+  region->attachment_ = std::move(attachment);
   region->id_ = *id;
   return region;
 }
@@ -260,18 +261,17 @@ absl::StatusOr<RegionTensor> SharedRegion::At(uint64_t offset, DType dtype, Shap
 }
 
 absl::Status SharedRegion::status() const {
-  std::optional<grpc::Status> ended = reactor_ != nullptr ? reactor_->Ended() : std::nullopt;
-  if (!ended.has_value()) return absl::OkStatus();
-  if (!ended->ok()) return FromGrpcStatus(*ended, "AttachRegion");
-  return absl::FailedPreconditionError(absl::StrCat("region ", id_, " was released"));
+  absl::MutexLock lock(&release_mu_);
+  if (released_) return absl::FailedPreconditionError(absl::StrCat("region ", id_, " was released"));
+  return absl::OkStatus();
 }
 
 absl::Status SharedRegion::Release() {
   absl::MutexLock lock(&release_mu_);
   if (released_) return release_status_;
   released_ = true;
-  if (reactor_ != nullptr && !reactor_->Ended().has_value()) {
-    // Unregister first, so that the region is gone from the server when this returns; cancelling
+  if (attachment_ != nullptr) {
+    // Unregister first, so that the region is gone from the server when this returns; ending
     // the stream alone would release it too, but asynchronously.
     grpc::ClientContext context;
     absl::Status s = prepare_(&context);
@@ -282,9 +282,8 @@ absl::Status SharedRegion::Release() {
       s = FromGrpcStatus(stub_->ReleaseRegion(&context, request, &response), "ReleaseRegion");
     }
     release_status_ = s;
-    reactor_->context()->TryCancel();
+    attachment_->End();
   }
-  if (reactor_ != nullptr) reactor_->AwaitDone();
   memory_.reset();  // unmapped (or freed) only once the server has let go
   data_ = nullptr;
   return release_status_;

@@ -103,74 +103,93 @@ absl::Status CheckStepResponse(const StepExpectation& expected, const v1::StepRe
   return absl::OkStatus();
 }
 
-// The gRPC side of the stream. Writes go out one at a time (gRPC allows one outstanding write)
-// from a queue; a read is always outstanding, so responses are drained even while the caller is
-// busy, and the server never stalls on a full flow-control window waiting for us.
-//
-// Start* calls are made without holding mu_: gRPC may run the reaction inline in the calling
-// thread, and reactions take mu_.
-class StepSession::Reactor : public grpc::ClientBidiReactor<grpc::ByteBuffer, v1::StepResponse> {
+// The gRPC side of the stream, on its own completion queue (see the header for why). Writes go
+// out one at a time (gRPC allows one outstanding write) from a queue; one read is outstanding
+// from the start. Events are handled by whichever thread drives the queue: Read() and AwaitDone()
+// block in it, Write() polls it. One driver at a time (drive_mu_); the state is under mu_.
+// Lock order: drive_mu_ before mu_. gRPC operations are started under mu_: with a completion
+// queue nothing runs inline, so that is safe.
+class StepSession::Stream {
  public:
+  Stream() { context_.set_initial_metadata_corked(true); }
   grpc::ClientContext* context() { return &context_; }
+  grpc::CompletionQueue* cq() { return &cq_; }
 
-  // After the RPC is issued on this reactor (stub->async()->StepStream).
-  void Start() {
-    StartRead(&read_buffer_);
-    StartCall();
+  // Before the first Write, which carries the initial metadata: an uncorked start would use the
+  // call's write operation set, and a write started before it completes is an API misuse.
+  void Start(std::unique_ptr<Call> call) {
+    absl::MutexLock lock(&mu_);
+    call_ = std::move(call);
+    call_->StartCall(nullptr);  // corked (see context()): no event
+    call_->Read(&read_buffer_, Tag(kRead));
   }
 
   // Queues a write. Returns the stream's status instead when it already failed.
   absl::Status Write(grpc::ByteBuffer request) {
-    {
-      absl::MutexLock lock(&mu_);
-      if (done_ && !status_.ok()) return FromGrpcStatus(status_, "StepStream");
-      if (done_) return absl::FailedPreconditionError("StepStream already finished");
-      if (write_in_flight_) {
-        queue_.push_back(std::move(request));
-        return absl::OkStatus();
+    // Completed writes not yet handled would hold this one in the queue: handle them first, if
+    // no reader is driving already (it handles them as they come).
+    if (drive_mu_.TryLock()) {
+      while (DriveOnce(absl::InfinitePast())) {
       }
-      write_in_flight_ = true;
-      writing_ = std::move(request);
+      drive_mu_.Unlock();
     }
-    StartWrite(&writing_);
+    absl::MutexLock lock(&mu_);
+    if (done_ && !status_.ok()) return FromGrpcStatus(status_, "StepStream");
+    if (done_ || read_closed_) return absl::FailedPreconditionError("StepStream already finished");
+    if (write_in_flight_) {
+      queue_.push_back(std::move(request));
+      return absl::OkStatus();
+    }
+    write_in_flight_ = true;
+    writing_ = std::move(request);
+    call_->Write(writing_, Tag(kWrite));
     return absl::OkStatus();
   }
 
   // Waits for the next response, or for the end of the stream when none is left, or `timeout`.
   absl::StatusOr<v1::StepResponse> Read(absl::Duration timeout) {
-    absl::MutexLock lock(&mu_);
-    auto ready = +[](Reactor* r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r->mu_) {
-      return !r->responses_.empty() || r->done_;
-    };
-    if (!mu_.AwaitWithTimeout(absl::Condition(ready, this), timeout)) {
-      context_.TryCancel();
-      return absl::DeadlineExceededError(absl::StrCat(
-          "StepStream: no response within ", absl::FormatDuration(timeout), "; stream cancelled"));
+    const absl::Time deadline =
+        timeout == absl::InfiniteDuration() ? absl::InfiniteFuture() : absl::Now() + timeout;
+    absl::MutexLock drive(&drive_mu_);
+    for (;;) {
+      {
+        absl::MutexLock lock(&mu_);
+        if (!responses_.empty()) {
+          v1::StepResponse response = std::move(responses_.front());
+          responses_.pop_front();
+          return response;
+        }
+        if (done_) {
+          if (!status_.ok()) return FromGrpcStatus(status_, "StepStream");
+          return absl::InternalError("StepStream ended with OK before answering every request");
+        }
+      }
+      if (!DriveOnce(deadline)) {
+        context_.TryCancel();
+        return absl::DeadlineExceededError(absl::StrCat(
+            "StepStream: no response within ", absl::FormatDuration(timeout), "; stream cancelled"));
+      }
     }
-    if (!responses_.empty()) {
-      v1::StepResponse response = std::move(responses_.front());
-      responses_.pop_front();
-      return response;
-    }
-    if (!status_.ok()) return FromGrpcStatus(status_, "StepStream");
-    return absl::InternalError("StepStream ended with OK before answering every request");
   }
 
   // Half-closes once every queued write has gone out.
   void CloseWrites() {
-    {
-      absl::MutexLock lock(&mu_);
-      if (done_ || writes_done_) return;
-      writes_done_ = true;
-      if (write_in_flight_) return;  // OnWriteDone issues it
-    }
-    StartWritesDone();
+    absl::MutexLock lock(&mu_);
+    if (done_ || read_closed_ || writes_done_) return;
+    writes_done_ = true;
+    if (!write_in_flight_) call_->WritesDone(Tag(kWritesDone));  // else after the last write
   }
 
+  // Drives the queue until the call is over; returns its status.
   grpc::Status AwaitDone() {
-    absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(&done_));
-    return status_;
+    absl::MutexLock drive(&drive_mu_);
+    for (;;) {
+      {
+        absl::MutexLock lock(&mu_);
+        if (done_) return status_;
+      }
+      DriveOnce(absl::InfiniteFuture());
+    }
   }
 
   bool done() {
@@ -178,51 +197,77 @@ class StepSession::Reactor : public grpc::ClientBidiReactor<grpc::ByteBuffer, v1
     return done_;
   }
 
-  void OnWriteDone(bool ok) override {
-    bool issue_write = false;
-    bool issue_writes_done = false;
-    {
-      absl::MutexLock lock(&mu_);
-      // !ok: the stream is broken; OnDone brings the status. Drop what is queued.
-      if (ok && !queue_.empty()) {
-        writing_ = std::move(queue_.front());
-        queue_.pop_front();
-        issue_write = true;
-      } else {
-        queue_.clear();
-        write_in_flight_ = false;
-        issue_writes_done = ok && writes_done_;
-      }
+  ~Stream() {
+    cq_.Shutdown();
+    void* tag;
+    bool ok;
+    while (cq_.Next(&tag, &ok)) {
     }
-    if (issue_write) StartWrite(&writing_);
-    if (issue_writes_done) StartWritesDone();
-  }
-
-  void OnReadDone(bool ok) override {
-    if (!ok) return;  // end of stream; OnDone follows
-    {
-      absl::MutexLock lock(&mu_);
-      responses_.push_back(std::move(read_buffer_));
-    }
-    read_buffer_.Clear();
-    StartRead(&read_buffer_);
-  }
-
-  void OnDone(const grpc::Status& status) override {
-    absl::MutexLock lock(&mu_);
-    status_ = status;
-    done_ = true;
   }
 
  private:
-  grpc::ClientContext context_;
-  v1::StepResponse read_buffer_;  // owned by the outstanding read
-  grpc::ByteBuffer writing_;      // owned by the outstanding write
+  enum Op { kRead, kWrite, kWritesDone, kFinish };  // one of each outstanding at most
+  static void* Tag(Op op) { return reinterpret_cast<void*>(static_cast<intptr_t>(op) + 1); }
 
+  // With drive_mu_ held: handles one event, waiting for it until `deadline` (InfinitePast: only
+  // one already there). Returns false when none came.
+  bool DriveOnce(absl::Time deadline) ABSL_EXCLUSIVE_LOCKS_REQUIRED(drive_mu_) {
+    void* tag;
+    bool ok;
+    const grpc::CompletionQueue::NextStatus next =
+        deadline == absl::InfiniteFuture()
+            ? (cq_.Next(&tag, &ok) ? grpc::CompletionQueue::GOT_EVENT
+                                   : grpc::CompletionQueue::SHUTDOWN)
+            : cq_.AsyncNext(&tag, &ok,
+                            deadline == absl::InfinitePast() ? absl::ToChronoTime(absl::UnixEpoch())
+                                                             : absl::ToChronoTime(deadline));
+    if (next != grpc::CompletionQueue::GOT_EVENT) return false;
+    absl::MutexLock lock(&mu_);
+    switch (static_cast<Op>(reinterpret_cast<intptr_t>(tag) - 1)) {
+      case kWritesDone:
+        break;  // a failure shows in the read that follows
+      case kRead:
+        if (!ok) {  // the stream ended: collect its status
+          read_closed_ = true;
+          call_->Finish(&finish_status_, Tag(kFinish));
+          break;
+        }
+        responses_.push_back(std::move(read_buffer_));
+        read_buffer_.Clear();
+        call_->Read(&read_buffer_, Tag(kRead));
+        break;
+      case kWrite:
+        if (ok && !queue_.empty()) {
+          writing_ = std::move(queue_.front());
+          queue_.pop_front();
+          call_->Write(writing_, Tag(kWrite));
+          break;
+        }
+        // !ok: the stream is broken; the read brings the status. Drop what is queued.
+        queue_.clear();
+        write_in_flight_ = false;
+        if (ok && writes_done_ && !read_closed_) call_->WritesDone(Tag(kWritesDone));
+        break;
+      case kFinish:
+        status_ = finish_status_;
+        done_ = true;
+        break;
+    }
+    return true;
+  }
+
+  grpc::ClientContext context_;
+  grpc::CompletionQueue cq_;
+  absl::Mutex drive_mu_;
   absl::Mutex mu_;
+  std::unique_ptr<Call> call_ ABSL_GUARDED_BY(mu_);
+  v1::StepResponse read_buffer_ ABSL_GUARDED_BY(mu_);  // owned by the outstanding read
+  grpc::ByteBuffer writing_ ABSL_GUARDED_BY(mu_);      // owned by the outstanding write
+  grpc::Status finish_status_ ABSL_GUARDED_BY(mu_);    // owned by the outstanding Finish
   std::deque<grpc::ByteBuffer> queue_ ABSL_GUARDED_BY(mu_);
   bool write_in_flight_ ABSL_GUARDED_BY(mu_) = false;
   bool writes_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_closed_ ABSL_GUARDED_BY(mu_) = false;
   std::deque<v1::StepResponse> responses_ ABSL_GUARDED_BY(mu_);
   bool done_ ABSL_GUARDED_BY(mu_) = false;
   grpc::Status status_ ABSL_GUARDED_BY(mu_);
@@ -232,9 +277,9 @@ StepSession::StepSession(StepSessionOptions options, Starter start)
     : options_(std::move(options)), start_(std::move(start)) {}
 
 StepSession::~StepSession() {
-  if (reactor_ == nullptr) return;
-  if (!reactor_->done()) reactor_->context()->TryCancel();
-  reactor_->AwaitDone();  // gRPC may still call into the reactor until OnDone
+  if (stream_ == nullptr) return;
+  if (!stream_->done()) stream_->context()->TryCancel();
+  stream_->AwaitDone();  // the call's operations must be over before its queue goes
 }
 
 absl::StatusOr<uint64_t> StepSession::Prepare(uint64_t step_id,
@@ -244,7 +289,7 @@ absl::StatusOr<uint64_t> StepSession::Prepare(uint64_t step_id,
     return absl::FailedPreconditionError(absl::StrCat(
         "StepSession: max_in_flight (", options_.max_in_flight, ") requests await Receive()"));
   }
-  if (reactor_ == nullptr) {
+  if (stream_ == nullptr) {
     std::string routing_key = options_.routing_key;
     if (routing_key.empty()) {
       if (first_sequence_id == nullptr) {
@@ -254,18 +299,18 @@ absl::StatusOr<uint64_t> StepSession::Prepare(uint64_t step_id,
       }
       routing_key = *first_sequence_id;
     }
-    auto reactor = std::make_unique<Reactor>();
-    if (absl::Status s = start_(reactor->context(), reactor.get(), routing_key); !s.ok()) {
-      return s;
-    }
-    reactor_ = std::move(reactor);
-    reactor_->Start();
+    auto stream = std::make_unique<Stream>();
+    absl::StatusOr<std::unique_ptr<Call>> call =
+        start_(stream->context(), stream->cq(), routing_key);
+    if (!call.ok()) return call.status();
+    stream_ = std::move(stream);
+    stream_->Start(*std::move(call));
   }
   return step_id != 0 ? step_id : next_step_id_++;
 }
 
 absl::Status StepSession::Write(grpc::ByteBuffer request, StepExpectation expectation) {
-  if (absl::Status s = reactor_->Write(std::move(request)); !s.ok()) return s;
+  if (absl::Status s = stream_->Write(std::move(request)); !s.ok()) return s;
   expected_.push_back(std::move(expectation));
   return absl::OkStatus();
 }
@@ -301,15 +346,15 @@ absl::StatusOr<uint64_t> StepSession::Send(uint32_t layer, absl::Span<const Step
 }
 
 absl::StatusOr<v1::StepResponse> StepSession::Receive() {
-  Reactor* reactor;
+  Stream* stream;
   {
     absl::MutexLock lock(&mu_);
     if (expected_.empty()) {
       return absl::FailedPreconditionError("StepSession: no request in flight");
     }
-    reactor = reactor_.get();
+    stream = stream_.get();
   }
-  absl::StatusOr<v1::StepResponse> response = reactor->Read(options_.response_timeout);
+  absl::StatusOr<v1::StepResponse> response = stream->Read(options_.response_timeout);
   absl::MutexLock lock(&mu_);
   if (expected_.empty()) return absl::FailedPreconditionError("StepSession finished meanwhile");
   StepExpectation expected = std::move(expected_.front());
@@ -317,7 +362,7 @@ absl::StatusOr<v1::StepResponse> StepSession::Receive() {
   if (!response.ok()) return response.status();
   if (absl::Status s = CheckStepResponse(expected, *response); !s.ok()) {
     // The stream no longer matches our requests; nothing after this can be trusted.
-    reactor->context()->TryCancel();
+    stream->context()->TryCancel();
     return s;
   }
   return response;
@@ -335,17 +380,17 @@ int StepSession::in_flight() const {
 }
 
 absl::Status StepSession::Finish() {
-  Reactor* reactor;
+  Stream* stream;
   {
     absl::MutexLock lock(&mu_);
     if (finished_) return finish_status_;
     finished_ = true;
-    reactor = reactor_.get();
+    stream = stream_.get();
   }
   absl::Status status;
-  if (reactor != nullptr) {
-    reactor->CloseWrites();
-    status = FromGrpcStatus(reactor->AwaitDone(), "StepStream");
+  if (stream != nullptr) {
+    stream->CloseWrites();
+    status = FromGrpcStatus(stream->AwaitDone(), "StepStream");
   }
   absl::MutexLock lock(&mu_);
   finish_status_ = status;
@@ -355,7 +400,7 @@ absl::Status StepSession::Finish() {
 
 void StepSession::Cancel() {
   absl::MutexLock lock(&mu_);
-  if (reactor_ != nullptr) reactor_->context()->TryCancel();
+  if (stream_ != nullptr) stream_->context()->TryCancel();
 }
 
 }  // namespace flashkv

@@ -61,31 +61,68 @@ DeviceScheduler::~DeviceScheduler() {
   {
     MutexLock lock(&mu_);
     stopping_ = true;
-    ++generation_;
   }
+  Poke();
   thread_.join();
 }
 
-void DeviceScheduler::Enqueue(std::shared_ptr<StepState> step, StepPart* part) {
-  MutexLock lock(&mu_);
-  pending_.push_back(Item{std::move(step), part});
-  ++generation_;
+bool DeviceScheduler::Enqueue(std::shared_ptr<StepState> step, StepPart* part, bool may_claim) {
+  const bool small = part->total_rows() <= config_.inline_launch_tokens;
+  std::vector<Item> doomed;
+  bool claimed = false;
+  {
+    MutexLock lock(&mu_);
+    pending_.push_back(Item{std::move(step), part});
+    if (may_claim && small && !stopping_ && !executing_ && active_.empty() &&
+        pending_.size() == 1 && config_.batch_window == absl::ZeroDuration()) {
+      claimed_ = Plan();
+      absl::Time wake_at = absl::InfiniteFuture();
+      claimed = PlanLaunch(&claimed_, &doomed, &wake_at);
+      executing_ = claimed;
+    }
+  }
+  // A claimed part needs nobody else; anything else wakes the scheduler thread.
+  if (!claimed) Poke();
+  ReportDoomed(doomed, /*stopping=*/false);
+  return claimed;
 }
 
-void DeviceScheduler::Wake() {
-  MutexLock lock(&mu_);
-  ++generation_;
+void DeviceScheduler::RunClaimed() {
+  // The scheduler thread selected its device once; this thread may serve several devices.
+  if (arena_->cuda()) (void)cuda::SetDevice(device_id_);
+  Execute(claimed_);
+  claimed_ = Plan();
+  bool waiting;
+  {
+    MutexLock lock(&mu_);
+    executing_ = false;
+    waiting = !pending_.empty() || !active_.empty();
+  }
+  if (waiting) Poke();  // the scheduler thread takes whatever arrived meanwhile
+}
+
+void DeviceScheduler::Wake() { Poke(); }
+
+void DeviceScheduler::Poke() {
+  MutexLock lock(&wake_mu_);
+  ++wakes_;
 }
 
 void DeviceScheduler::ReleasePart(const StepPart& part) {
-  MutexLock lock(&mu_);
-  if (part.holds_sequences) {
-    for (const std::string& id : part.sequence_ids()) {
-      auto it = busy_.find(id);
-      if (it != busy_.end() && --it->second == 0) busy_.erase(it);
+  bool waiting;
+  {
+    MutexLock lock(&mu_);
+    if (part.holds_sequences) {
+      for (const std::string& id : part.sequence_ids()) {
+        auto it = busy_.find(id);
+        if (it != busy_.end() && --it->second == 0) busy_.erase(it);
+      }
     }
+    waiting = !pending_.empty() || !active_.empty();
   }
-  ++generation_;
+  // Released sequences matter only to parts that wait (a poke for nothing costs the scheduler
+  // thread a wake-up).
+  if (waiting) Poke();
 }
 
 SchedulerCounters DeviceScheduler::counters() const {
@@ -97,6 +134,15 @@ SchedulerCounters DeviceScheduler::counters() const {
 
 void DeviceScheduler::Report(const Item& item, absl::Status status) {
   item.step->ReportPart(item.part, std::move(status));
+}
+
+void DeviceScheduler::ReportDoomed(const std::vector<Item>& doomed, bool stopping) {
+  for (const Item& item : doomed) {
+    Report(item, stopping ? absl::UnavailableError("the server is shutting down")
+                 : item.step->cancelled()
+                     ? absl::CancelledError("the call was cancelled")
+                     : absl::AbortedError("another part of the step failed"));
+  }
 }
 
 void DeviceScheduler::RetainWaitingTenants() {
@@ -241,10 +287,18 @@ void DeviceScheduler::Loop() {
     Plan plan;
     std::vector<Item> doomed;
     bool stop = false;
-    {
-      MutexLock lock(&mu_);
-      for (;;) {
-        if (stopping_) {
+    for (;;) {
+      // Pokes from here on are seen: planning below and the wait after it cannot miss one.
+      uint64_t seen;
+      {
+        MutexLock lock(&wake_mu_);
+        seen = wakes_;
+      }
+      absl::Time wake_at = absl::InfiniteFuture();
+      {
+        MutexLock lock(&mu_);
+        // An inline launch still running holds the arena: shutting down waits for it.
+        if (stopping_ && !executing_) {
           doomed.assign(pending_.begin(), pending_.end());
           doomed.insert(doomed.end(), active_.begin(), active_.end());
           pending_.clear();
@@ -252,22 +306,24 @@ void DeviceScheduler::Loop() {
           stop = true;
           break;
         }
-        absl::Time wake_at = absl::InfiniteFuture();
-        const uint64_t generation = generation_;
-        if (PlanLaunch(&plan, &doomed, &wake_at) || !doomed.empty()) break;
-        auto changed = [this, generation]()
-                           ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return generation_ != generation; };
-        clock_->AwaitWithDeadline(&mu_, changed, wake_at);
+        // While an inline launch runs, wait for it (it pokes when done).
+        if (!executing_ && !stopping_ &&
+            (PlanLaunch(&plan, &doomed, &wake_at) || !doomed.empty())) {
+          executing_ = plan.layer >= 0;
+          break;
+        }
       }
+      MutexLock lock(&wake_mu_);
+      auto poked = [this, seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(wake_mu_) { return wakes_ != seen; };
+      clock_->AwaitWithDeadline(&wake_mu_, poked, wake_at);
     }
-    for (const Item& item : doomed) {
-      Report(item, stop ? absl::UnavailableError("the server is shutting down")
-                   : item.step->cancelled()
-                       ? absl::CancelledError("the call was cancelled")
-                       : absl::AbortedError("another part of the step failed"));
-    }
+    ReportDoomed(doomed, stop);
     if (stop) return;
-    if (plan.layer >= 0) Execute(plan);
+    if (plan.layer >= 0) {
+      Execute(plan);
+      MutexLock lock(&mu_);
+      executing_ = false;
+    }
   }
 }
 

@@ -392,8 +392,18 @@ std::shared_ptr<StepState> KvCacheService::MakeStep(
 void KvCacheService::Submit(const std::shared_ptr<StepState>& step) {
   // One global order: two steps meet in the same order on every device, so a step never waits
   // on a device for one that waits for it on another.
-  MutexLock lock(&submit_mu_);
-  for (const auto& part : step->parts()) schedulers_[part->device()]->Enqueue(step, part.get());
+  DeviceScheduler* run_here = nullptr;
+  {
+    MutexLock lock(&submit_mu_);
+    const bool one_part = step->parts().size() == 1;
+    for (const auto& part : step->parts()) {
+      DeviceScheduler* scheduler = schedulers_[part->device()];
+      if (scheduler->Enqueue(step, part.get(), /*may_claim=*/one_part)) run_here = scheduler;
+    }
+  }
+  // A small step that found its scheduler idle launches here, saving the scheduler thread's
+  // wake-up (DeviceScheduler: inline launches); never under submit_mu_.
+  if (run_here != nullptr) run_here->RunClaimed();
 }
 
 void KvCacheService::Cancel(StepState& step) {

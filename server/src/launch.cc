@@ -41,10 +41,54 @@ std::vector<Segment> Segments(absl::Span<const LaunchWindow> windows) {
   return segments;
 }
 
+// The launch's q, k and v rows, and its output rows, where each already lies in one contiguous
+// run in segment order: a runner's batch laid out in a shared-memory region, or (outputs) the
+// entries of one step. The CPU kernels then read and write them in place, and the staging copy
+// or the scatter is skipped. Null where the rows are scattered (or misaligned for the dtype).
+struct InPlace {
+  const uint8_t* q = nullptr;
+  const uint8_t* k = nullptr;
+  const uint8_t* v = nullptr;
+  uint8_t* out = nullptr;
+};
+
+InPlace FindInPlace(const ModelShape& m, const std::vector<Segment>& segments) {
+  const size_t elem = static_cast<size_t>(DTypeSize(m.dtype));
+  const size_t q_row = static_cast<size_t>(m.num_q_heads) * m.head_dim * elem;
+  const size_t kv_row = static_cast<size_t>(m.num_kv_heads) * m.head_dim * elem;
+  InPlace base;
+  bool q = true, k = true, v = true, out = true;
+  size_t rows_before = 0;
+  for (size_t s = 0; s < segments.size(); ++s) {
+    const Segment& g = segments[s];
+    const StepState& step = g.part->step();
+    const StepEntry& e = step.entries()[g.part->entries()[g.index]];
+    const size_t rows = static_cast<size_t>(g.b - g.a);
+    auto rows_at = [&](wire::Span span, size_t row) {
+      return step.message().Contiguous(wire::Span{span.offset + g.a * row, rows * row});
+    };
+    const uint8_t* at_q = rows_at(e.q, q_row);
+    const uint8_t* at_k = rows_at(e.k, kv_row);
+    const uint8_t* at_v = rows_at(e.v, kv_row);
+    uint8_t* at_out = step.OutputRows(e) + g.a * q_row;
+    if (s == 0) base = InPlace{at_q, at_k, at_v, at_out};
+    q = q && at_q != nullptr && at_q == base.q + rows_before * q_row;
+    k = k && at_k != nullptr && at_k == base.k + rows_before * kv_row;
+    v = v && at_v != nullptr && at_v == base.v + rows_before * kv_row;
+    out = out && at_out == base.out + rows_before * q_row;
+    rows_before += rows;
+  }
+  auto aligned = [elem](const uint8_t* p) { return reinterpret_cast<uintptr_t>(p) % elem == 0; };
+  return InPlace{q && aligned(base.q) ? base.q : nullptr, k && aligned(base.k) ? base.k : nullptr,
+                 v && aligned(base.v) ? base.v : nullptr,
+                 out && aligned(base.out) ? base.out : nullptr};
+}
+
 // Fills the staging input: metadata for every segment, then its q, k and v rows copied straight
-// from the request's received bytes. Returns max_seqlen_q and max_seqlen_kv.
+// from the request's received bytes (except those the kernels read in place). Returns
+// max_seqlen_q and max_seqlen_kv.
 std::pair<int, int> Stage(const ModelShape& m, const std::vector<Segment>& segments,
-                          const Layout& layout, int stride, uint8_t* in) {
+                          const Layout& layout, int stride, const InPlace& in_place, uint8_t* in) {
   auto* slot = reinterpret_cast<int64_t*>(in + layout.slot);
   auto* cu_q = reinterpret_cast<int32_t*>(in + layout.cu_q);
   auto* cu_kv = reinterpret_cast<int32_t*>(in + layout.cu_kv);
@@ -74,12 +118,18 @@ std::pair<int, int> Stage(const ModelShape& m, const std::vector<Segment>& segme
     std::fill(row + batch_stride, row + stride, 0);  // block 0: the null block
     const StepEntry& e = g.part->step().entries()[g.part->entries()[i]];
     const wire::MessageBytes& message = g.part->step().message();
-    message.CopyTo(wire::Span{e.q.offset + g.a * q_row, rows * q_row},
-                   in + layout.q + cu_q[s] * q_row);
-    message.CopyTo(wire::Span{e.k.offset + g.a * kv_row, rows * kv_row},
-                   in + layout.k + cu_q[s] * kv_row);
-    message.CopyTo(wire::Span{e.v.offset + g.a * kv_row, rows * kv_row},
-                   in + layout.v + cu_q[s] * kv_row);
+    if (in_place.q == nullptr) {
+      message.CopyTo(wire::Span{e.q.offset + g.a * q_row, rows * q_row},
+                     in + layout.q + cu_q[s] * q_row);
+    }
+    if (in_place.k == nullptr) {
+      message.CopyTo(wire::Span{e.k.offset + g.a * kv_row, rows * kv_row},
+                     in + layout.k + cu_q[s] * kv_row);
+    }
+    if (in_place.v == nullptr) {
+      message.CopyTo(wire::Span{e.v.offset + g.a * kv_row, rows * kv_row},
+                     in + layout.v + cu_q[s] * kv_row);
+    }
   }
   return {max_q, max_kv};
 }
@@ -185,7 +235,9 @@ absl::StatusOr<LaunchSummary> RunLaunch(const ModelShape& m, absl::Span<const La
   layout.in_bytes = layout.v + kv_bytes;
   layout.out_bytes = q_bytes;
   if (auto s = arena->Reserve(layout.in_bytes, layout.out_bytes); !s.ok()) return s;
-  const auto [max_q, max_kv] = Stage(m, segments, layout, stride, arena->host_in());
+  // CUDA stages everything: one transfer from pinned memory beats several from pageable memory.
+  const InPlace in_place = arena->cuda() ? InPlace{} : FindInPlace(m, segments);
+  const auto [max_q, max_kv] = Stage(m, segments, layout, stride, in_place, arena->host_in());
 
   uint8_t* host = arena->host_in();
   uint8_t* dev = arena->device_in();
@@ -194,8 +246,8 @@ absl::StatusOr<LaunchSummary> RunLaunch(const ModelShape& m, absl::Span<const La
   append.num_tokens = total;
   append.num_heads_kv = m.num_kv_heads;
   append.head_dim = m.head_dim;
-  append.k = dev + layout.k;
-  append.v = dev + layout.v;
+  append.k = in_place.k != nullptr ? in_place.k : dev + layout.k;
+  append.v = in_place.v != nullptr ? in_place.v : dev + layout.v;
   append.k_strides = append.v_strides = DenseStrides(0, m.num_kv_heads, m.head_dim);
   SetPools(pools, &append);
   append.slot_mapping = reinterpret_cast<const int64_t*>(dev + layout.slot);
@@ -210,9 +262,9 @@ absl::StatusOr<LaunchSummary> RunLaunch(const ModelShape& m, absl::Span<const La
   attention.total_q = total;
   attention.max_seqlen_q = max_q;
   attention.max_seqlen_kv = max_kv;
-  attention.q = dev + layout.q;
+  attention.q = in_place.q != nullptr ? in_place.q : dev + layout.q;
   attention.q_strides = attention.out_strides = DenseStrides(0, m.num_q_heads, m.head_dim);
-  attention.out = arena->device_out();
+  attention.out = in_place.out != nullptr ? in_place.out : arena->device_out();
   SetPools(pools, &attention);
   attention.block_table = reinterpret_cast<const int32_t*>(dev + layout.table);
   attention.block_table_stride = stride;
@@ -249,6 +301,7 @@ absl::StatusOr<LaunchSummary> RunLaunch(const ModelShape& m, absl::Span<const La
     kernel_time = absl::Now() - start;
   }
 
+  if (in_place.out != nullptr) return LaunchSummary{static_cast<int>(n), total, kernel_time};
   // Scatter: segment s's output rows go to its entry's rows [a, b) in the step's output.
   const auto* cu_q = reinterpret_cast<const int32_t*>(host + layout.cu_q);
   const size_t out_row = static_cast<size_t>(m.num_q_heads) * m.head_dim * elem;

@@ -10,15 +10,21 @@ namespace {
 using prometheus::Histogram;
 
 // Latencies from 50 µs (a loopback round trip) to 10 s (a very long prefill).
-Histogram::BucketBoundaries LatencyBuckets() {
-  return {5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2,
-          5e-2, 0.1,  0.25,   0.5,  1.0,  2.5,    5.0,  10.0};
+const Histogram::BucketBoundaries& LatencyBuckets() {
+  static const auto* buckets = new Histogram::BucketBoundaries{
+      5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2,
+      5e-2, 0.1,  0.25,   0.5,  1.0,  2.5,    5.0,  10.0};
+  return *buckets;
 }
-Histogram::BucketBoundaries EntryBuckets() {
-  return {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096};
+const Histogram::BucketBoundaries& EntryBuckets() {
+  static const auto* buckets =
+      new Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096};
+  return *buckets;
 }
-Histogram::BucketBoundaries TokenBuckets() {
-  return {1, 4, 16, 64, 256, 1024, 2048, 4096, 8192, 16384, 65536};
+const Histogram::BucketBoundaries& TokenBuckets() {
+  static const auto* buckets =
+      new Histogram::BucketBoundaries{1, 4, 16, 64, 256, 1024, 2048, 4096, 8192, 16384, 65536};
+  return *buckets;
 }
 
 double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
@@ -83,36 +89,79 @@ Metrics::Metrics()
                                .Help("Step requests from receipt to response, by tenant")
                                .Register(*registry_)) {}
 
-void Metrics::RecordRpc(std::string_view rpc, grpc::StatusCode code, absl::Duration latency) {
+Metrics::RpcMetrics& Metrics::Rpc(std::string_view rpc) {
+  MutexLock lock(&cache_mu_);
+  auto it = rpcs_.find(absl::string_view(rpc.data(), rpc.size()));
+  if (it != rpcs_.end()) return *it->second;
+  auto metrics = std::make_unique<RpcMetrics>();
   const std::string method(rpc);
-  rpc_requests_.Add({{"rpc", method}, {"code", GrpcCodeName(code)}}).Increment();
-  rpc_latency_.Add({{"rpc", method}}, LatencyBuckets()).Observe(Seconds(latency));
+  metrics->in_flight = &rpc_in_flight_.Add({{"rpc", method}});
+  metrics->latency = &rpc_latency_.Add({{"rpc", method}}, LatencyBuckets());
+  return *rpcs_.emplace(method, std::move(metrics)).first->second;
 }
 
-void Metrics::CallStarted(std::string_view rpc) {
-  rpc_in_flight_.Add({{"rpc", std::string(rpc)}}).Increment();
+Metrics::TenantMetrics& Metrics::Tenant(const std::string& tenant) {
+  MutexLock lock(&cache_mu_);
+  auto it = tenants_.find(tenant);
+  if (it != tenants_.end()) return *it->second;
+  auto metrics = std::make_unique<TenantMetrics>();
+  metrics->ok = &tenant_steps_.Add({{"tenant", tenant}, {"outcome", "ok"}});
+  metrics->error = &tenant_steps_.Add({{"tenant", tenant}, {"outcome", "error"}});
+  metrics->tokens = &tenant_tokens_.Add({{"tenant", tenant}});
+  metrics->latency = &tenant_step_latency_.Add({{"tenant", tenant}}, LatencyBuckets());
+  return *tenants_.emplace(tenant, std::move(metrics)).first->second;
 }
 
-void Metrics::CallFinished(std::string_view rpc) {
-  rpc_in_flight_.Add({{"rpc", std::string(rpc)}}).Decrement();
+Metrics::DeviceMetrics& Metrics::Device(int device) {
+  MutexLock lock(&cache_mu_);
+  auto it = devices_.find(device);
+  if (it != devices_.end()) return *it->second;
+  auto metrics = std::make_unique<DeviceMetrics>();
+  const prometheus::Labels labels = {{"device", std::to_string(device)}};
+  metrics->entries = &batch_entries_.Add(labels, EntryBuckets());
+  metrics->tokens = &batch_tokens_.Add(labels, TokenBuckets());
+  metrics->kernel = &kernel_seconds_.Add(labels, LatencyBuckets());
+  return *devices_.emplace(device, std::move(metrics)).first->second;
 }
+
+void Metrics::RecordRpc(std::string_view rpc, grpc::StatusCode code, absl::Duration latency) {
+  RpcMetrics& m = Rpc(rpc);
+  const size_t index = static_cast<size_t>(code) < m.by_code.size() ? size_t(code) : 2;  // UNKNOWN
+  prometheus::Counter* counter;
+  {
+    MutexLock lock(&cache_mu_);
+    if (m.by_code[index] == nullptr) {
+      m.by_code[index] = &rpc_requests_.Add(
+          {{"rpc", std::string(rpc)},
+           {"code", GrpcCodeName(static_cast<grpc::StatusCode>(index))}});
+    }
+    counter = m.by_code[index];
+  }
+  counter->Increment();
+  m.latency->Observe(Seconds(latency));
+}
+
+void Metrics::CallStarted(std::string_view rpc) { Rpc(rpc).in_flight->Increment(); }
+
+void Metrics::CallFinished(std::string_view rpc) { Rpc(rpc).in_flight->Decrement(); }
 
 void Metrics::RecordStep(absl::Duration latency) { step_latency_.Observe(Seconds(latency)); }
 
 void Metrics::RecordTenantStep(const std::string& tenant, bool ok, int64_t tokens,
                                absl::Duration latency) {
-  tenant_steps_.Add({{"tenant", tenant}, {"outcome", ok ? "ok" : "error"}}).Increment();
-  if (ok) tenant_tokens_.Add({{"tenant", tenant}}).Increment(static_cast<double>(tokens));
-  tenant_step_latency_.Add({{"tenant", tenant}}, LatencyBuckets()).Observe(Seconds(latency));
+  TenantMetrics& m = Tenant(tenant);
+  (ok ? m.ok : m.error)->Increment();
+  if (ok) m.tokens->Increment(static_cast<double>(tokens));
+  m.latency->Observe(Seconds(latency));
 }
 
 void Metrics::RecordQueueWait(absl::Duration wait) { step_queue_wait_.Observe(Seconds(wait)); }
 
 void Metrics::RecordBatch(int device, int entries, int64_t tokens, absl::Duration kernel_time) {
-  const prometheus::Labels labels = {{"device", std::to_string(device)}};
-  batch_entries_.Add(labels, EntryBuckets()).Observe(entries);
-  batch_tokens_.Add(labels, TokenBuckets()).Observe(static_cast<double>(tokens));
-  kernel_seconds_.Add(labels, LatencyBuckets()).Observe(Seconds(kernel_time));
+  DeviceMetrics& m = Device(device);
+  m.entries->Observe(entries);
+  m.tokens->Observe(static_cast<double>(tokens));
+  m.kernel->Observe(Seconds(kernel_time));
 }
 
 void Metrics::RecordExpiredSequences(int count) { expired_sequences_.Increment(count); }

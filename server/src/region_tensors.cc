@@ -11,17 +11,21 @@ namespace {
 
 absl::StatusOr<RegionBytes> ResolveHost(const RegionAccess& access,
                                         const wire::RegionSliceView& slice, uint64_t bytes,
-                                        const std::string& field) {
+                                        absl::string_view name, absl::string_view suffix) {
   if (access.registry == nullptr) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(field, " names a shared-memory region, but this server has no data plane"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        name, suffix, " names a shared-memory region, but this server has no data plane"));
   }
-  absl::StatusOr<RegionBytes> resolved =
-      access.registry->Resolve(access.tenant, slice, bytes, field);
+  // The field's full name is built only for an error message: this runs for every region tensor
+  // of every request, and the registry answers a repeated question the same way.
+  absl::StatusOr<RegionBytes> resolved = access.registry->Resolve(access.tenant, slice, bytes, name);
+  if (!resolved.ok() && !suffix.empty()) {
+    resolved = access.registry->Resolve(access.tenant, slice, bytes, absl::StrCat(name, suffix));
+  }
   if (!resolved.ok()) return resolved.status();
   if (resolved->region->device() >= 0) {
     return absl::FailedPreconditionError(
-        absl::StrCat(field, ": region ", slice.region_id,
+        absl::StrCat(name, suffix, ": region ", slice.region_id,
                      " is CUDA device memory; this call reads host "
                      "memory regions only"));
   }
@@ -60,13 +64,8 @@ absl::StatusOr<uint64_t> TensorByteCount(int32_t dtype, const std::vector<int64_
   return bytes;
 }
 
-absl::Status ResolveRegionTensors(
-    const RegionAccess& access,
-    std::initializer_list<std::pair<wire::TensorView*, const char*>> tensors,
-    wire::MessageBytes* message) {
-  std::vector<grpc::Slice> extra;
-  std::vector<std::pair<wire::TensorView*, wire::Span>> spans;
-  size_t end = message->size();
+absl::Status RegionTensorResolver::Resolve(
+    std::initializer_list<std::pair<wire::TensorView*, const char*>> tensors) {
   for (const auto& [tensor, name] : tensors) {
     if (!tensor->present || !tensor->region.present) continue;
     if (tensor->data.size != 0) {
@@ -77,24 +76,37 @@ absl::Status ResolveRegionTensors(
     absl::StatusOr<uint64_t> bytes = TensorByteCount(tensor->dtype, tensor->shape, name);
     if (!bytes.ok()) return bytes.status();
     absl::StatusOr<RegionBytes> resolved =
-        ResolveHost(access, tensor->region, *bytes, absl::StrCat(name, ".region"));
+        ResolveHost(access_, tensor->region, *bytes, name, ".region");
     if (!resolved.ok()) return resolved.status();
-    spans.emplace_back(tensor, wire::Span{end, size_t(*bytes)});
+    tensor->data = wire::Span{end_, size_t(*bytes)};
     if (*bytes == 0) continue;  // MessageBytes holds no empty slices
     // The slice pins the mapping for as long as anything references the request's bytes.
     auto* pin = new std::shared_ptr<MappedRegion>(resolved->region);
-    extra.emplace_back(
+    extra_.emplace_back(
         resolved->data, size_t(*bytes),
         [](void* p) { delete static_cast<std::shared_ptr<MappedRegion>*>(p); }, pin);
-    end += *bytes;
+    end_ += *bytes;
   }
-  if (spans.empty()) return absl::OkStatus();
+  return absl::OkStatus();
+}
+
+void RegionTensorResolver::Commit() {
+  if (extra_.empty()) return;
   std::vector<grpc::Slice> slices;
-  slices.reserve(message->num_slices() + extra.size());
-  for (size_t i = 0; i < message->num_slices(); ++i) slices.push_back(message->slice(i));
-  for (grpc::Slice& s : extra) slices.push_back(std::move(s));
-  *message = wire::MessageBytes::FromSlices(std::move(slices));
-  for (auto& [tensor, span] : spans) tensor->data = span;
+  slices.reserve(message_->num_slices() + extra_.size());
+  for (size_t i = 0; i < message_->num_slices(); ++i) slices.push_back(message_->slice(i));
+  for (grpc::Slice& s : extra_) slices.push_back(std::move(s));
+  extra_.clear();
+  *message_ = wire::MessageBytes::FromSlices(std::move(slices));
+}
+
+absl::Status ResolveRegionTensors(
+    const RegionAccess& access,
+    std::initializer_list<std::pair<wire::TensorView*, const char*>> tensors,
+    wire::MessageBytes* message) {
+  RegionTensorResolver resolver(access, message);
+  if (absl::Status s = resolver.Resolve(tensors); !s.ok()) return s;
+  resolver.Commit();
   return absl::OkStatus();
 }
 
@@ -102,7 +114,7 @@ absl::StatusOr<std::optional<RegionBytes>> ResolveOutputSlice(const RegionAccess
                                                               const wire::RegionSliceView& slice,
                                                               uint64_t bytes, const char* field) {
   if (!slice.present) return std::optional<RegionBytes>();
-  absl::StatusOr<RegionBytes> resolved = ResolveHost(access, slice, bytes, field);
+  absl::StatusOr<RegionBytes> resolved = ResolveHost(access, slice, bytes, field, "");
   if (!resolved.ok()) return resolved.status();
   return std::optional<RegionBytes>(*std::move(resolved));
 }

@@ -51,13 +51,49 @@ bool IsUtf8(const std::string& s) {
 
 DimSpec Rows(const char* name) { return DimSpec{name, kAnyDim, ""}; }
 
+// The specs of an entry's q, k and v, built once per request and renamed for each entry: building
+// them afresh (names, sources, dimension lists) for every entry of a large step showed in
+// profiles. Names are "entries[i].q" and so on.
+struct EntrySpecs {
+  explicit EntrySpecs(const ModelShape& m)
+      : q{"",
+          {Rows("n"), DimSpec{"Hq", m.num_q_heads, "the model's q heads"},
+           DimSpec{"D", m.head_dim, "the model's head dim"}},
+          m.dtype,
+          "the model's dtype"},
+        k{"",
+          {DimSpec{"n", 0, ""}, DimSpec{"Hkv", m.num_kv_heads, "the model's kv heads"},
+           DimSpec{"D", m.head_dim, "the model's head dim"}},
+          m.dtype,
+          "the model's dtype"},
+        v(k) {}
+
+  void Name(const std::string& entry) {
+    q.name.assign(entry).append(".q");
+    k.name.assign(entry).append(".k");
+    v.name.assign(entry).append(".v");
+  }
+  // k and v must have q's n rows.
+  void RequireRows(int64_t n) {
+    for (TensorSpec* spec : {&k, &v}) {
+      spec->dims[0].required = n;
+      spec->dims[0].source.assign(q.name).append(".shape[0]");
+    }
+  }
+
+  TensorSpec q, k, v;
+};
+
 absl::StatusOr<StepEntry> CheckEntry(wire::StepEntryView& view, size_t index,
                                      const ServerConfig& config, const CacheSet& caches,
                                      const RegionAccess& regions, const Tenant& tenant,
-                                     wire::MessageBytes* message) {
+                                     EntrySpecs* specs, RegionTensorResolver* resolver) {
   const ModelShape& m = config.model;
   const std::string name = "entries[" + std::to_string(index) + "]";
-  if (auto s = CheckSequenceId(view.sequence_id, name + ".sequence_id"); !s.ok()) return s;
+  // Field names are spelled out only for an error message (this runs for every entry).
+  if (!CheckSequenceId(view.sequence_id, "").ok()) {
+    return CheckSequenceId(view.sequence_id, name + ".sequence_id");
+  }
   // Before a region is resolved for it: the rows a region tensor names are not bounded by the
   // message's size.
   const int64_t max_tokens = config.limits.max_tokens_per_entry;
@@ -66,31 +102,21 @@ absl::StatusOr<StepEntry> CheckEntry(wire::StepEntryView& view, size_t index,
                    " exceeds the server's limit of " + std::to_string(max_tokens) +
                    " tokens per entry (--max-tokens-per-entry)");
   }
+  specs->Name(name);
   if (view.q.region.present || view.k.region.present || view.v.region.present) {
-    const std::string q = name + ".q", k = name + ".k", v = name + ".v";
-    if (auto s = ResolveRegionTensors(
-            regions, {{&view.q, q.c_str()}, {&view.k, k.c_str()}, {&view.v, v.c_str()}}, message);
+    if (auto s = resolver->Resolve({{&view.q, specs->q.name.c_str()},
+                                    {&view.k, specs->k.name.c_str()},
+                                    {&view.v, specs->v.name.c_str()}});
         !s.ok()) {
       return s;
     }
   }
-  const TensorSpec q_spec{name + ".q",
-                          {Rows("n"), DimSpec{"Hq", m.num_q_heads, "the model's q heads"},
-                           DimSpec{"D", m.head_dim, "the model's head dim"}},
-                          m.dtype,
-                          "the model's dtype"};
-  if (auto s = CheckTensor(view.q, q_spec); !s.ok()) return s.status();
+  if (auto s = CheckTensor(view.q, specs->q); !s.ok()) return s.status();
   const int64_t n = view.q.shape[0];
   if (n < 1) return Invalid(name + ".q.shape[0] (n) = 0 must be >= 1");
-  for (const auto& [tensor, field] : {std::pair{&view.k, ".k"}, std::pair{&view.v, ".v"}}) {
-    const TensorSpec spec{name + field,
-                          {DimSpec{"n", n, name + ".q.shape[0]"},
-                           DimSpec{"Hkv", m.num_kv_heads, "the model's kv heads"},
-                           DimSpec{"D", m.head_dim, "the model's head dim"}},
-                          m.dtype,
-                          "the model's dtype"};
-    if (auto s = CheckTensor(*tensor, spec); !s.ok()) return s.status();
-  }
+  specs->RequireRows(n);
+  if (auto s = CheckTensor(view.k, specs->k); !s.ok()) return s.status();
+  if (auto s = CheckTensor(view.v, specs->v); !s.ok()) return s.status();
   if (!view.token_ids.empty() && static_cast<int64_t>(view.token_ids.size()) != n) {
     return Invalid(name + ".token_ids has " + std::to_string(view.token_ids.size()) +
                    " ids; it must be empty or have one per new token (" + std::to_string(n) + ")");
@@ -112,27 +138,30 @@ absl::StatusOr<StepEntry> CheckEntry(wire::StepEntryView& view, size_t index,
   entry.q = view.q.data;
   entry.k = view.k.data;
   entry.v = view.v.data;
-  entry.token_ids = view.token_ids;
+  entry.token_ids = std::move(view.token_ids);
   entry.device = *device;
   return entry;
 }
 
-// An output region range that overlaps an input in a region, or another output.
+// An output region range that overlaps an input in a region, or another output. A sweep in
+// address order: a range overlaps an earlier one exactly when it starts before the furthest end
+// seen so far (of inputs, for an output; of outputs, for anything).
 absl::Status CheckOutputsApart(const std::vector<StepEntry>& entries,
                                const wire::MessageBytes& message, const ModelShape& m) {
   struct Range {
     const uint8_t* begin;
     const uint8_t* end;
-    std::string field;
-    bool output;
+    size_t entry;
+    const char* field;  // ".q", ".k", ".v", ".out"
+    bool output() const { return field[1] == 'o'; }
+    std::string Name() const { return "entries[" + std::to_string(entry) + "]" + field; }
   };
   std::vector<Range> ranges;
   for (size_t i = 0; i < entries.size(); ++i) {
     const StepEntry& e = entries[i];
     if (!e.out_region) continue;
     const size_t bytes = size_t(e.num_tokens) * m.num_q_heads * m.head_dim * DTypeSize(m.dtype);
-    ranges.push_back({e.out_region->data, e.out_region->data + bytes,
-                      "entries[" + std::to_string(i) + "].out", true});
+    ranges.push_back({e.out_region->data, e.out_region->data + bytes, i, ".out"});
   }
   if (ranges.empty()) return absl::OkStatus();
   for (size_t i = 0; i < entries.size(); ++i) {
@@ -142,20 +171,28 @@ absl::Status CheckOutputsApart(const std::vector<StepEntry>& entries,
       // Bytes that came in the message cannot overlap a region; region bytes are one slice.
       const uint8_t* p = message.Contiguous(span);
       if (p == nullptr || span.size == 0) continue;
-      ranges.push_back({p, p + span.size, "entries[" + std::to_string(i) + "]" + field, false});
+      ranges.push_back({p, p + span.size, i, field});
     }
   }
   std::sort(ranges.begin(), ranges.end(),
             [](const Range& a, const Range& b) { return a.begin < b.begin; });
-  for (size_t i = 1; i < ranges.size(); ++i) {
-    const Range& a = ranges[i - 1];
-    const Range& b = ranges[i];
-    if (b.begin < a.end && (a.output || b.output)) {
-      return Invalid((a.output ? a.field : b.field) + " overlaps " +
-                     (a.output ? b.field : a.field) +
+  const Range* furthest_input = nullptr;
+  const Range* furthest_output = nullptr;
+  for (const Range& r : ranges) {
+    const Range* hit = nullptr;
+    if (furthest_output != nullptr && r.begin < furthest_output->end) hit = furthest_output;
+    if (hit == nullptr && r.output() && furthest_input != nullptr && r.begin < furthest_input->end) {
+      hit = furthest_input;
+    }
+    if (hit != nullptr) {
+      const Range& out = hit->output() ? *hit : r;
+      const Range& other = hit->output() ? r : *hit;
+      return Invalid(out.Name() + " overlaps " + other.Name() +
                      " in its region; outputs must not share bytes with the step's inputs or "
                      "other outputs");
     }
+    const Range*& furthest = r.output() ? furthest_output : furthest_input;
+    if (furthest == nullptr || r.end > furthest->end) furthest = &r;
   }
   return absl::OkStatus();
 }
@@ -192,6 +229,8 @@ absl::StatusOr<std::vector<StepEntry>> CheckStepRequest(wire::StepRequestView& r
   entries.reserve(request.entries.size());
   absl::flat_hash_map<std::string, size_t> first_index;
   int64_t total_tokens = 0;
+  RegionTensorResolver resolver(regions, message);
+  EntrySpecs specs(config.model);
   for (size_t i = 0; i < request.entries.size(); ++i) {
     wire::StepEntryView& view = request.entries[i];
     const auto [it, inserted] = first_index.emplace(view.sequence_id, i);
@@ -200,7 +239,7 @@ absl::StatusOr<std::vector<StepEntry>> CheckStepRequest(wire::StepRequestView& r
                      "' repeats entries[" + std::to_string(it->second) + "]");
     }
     absl::StatusOr<StepEntry> entry =
-        CheckEntry(view, i, config, caches, regions, tenant, message);
+        CheckEntry(view, i, config, caches, regions, tenant, &specs, &resolver);
     if (!entry.ok()) return entry.status();
     total_tokens += entry->num_tokens;
     if (total_tokens > limits.max_tokens_per_step) {
@@ -210,6 +249,7 @@ absl::StatusOr<std::vector<StepEntry>> CheckStepRequest(wire::StepRequestView& r
     }
     entries.push_back(*std::move(entry));
   }
+  resolver.Commit();  // the entries' region spans are valid from here on
   if (auto s = CheckOutputsApart(entries, *message, config.model); !s.ok()) return s;
   return entries;
 }

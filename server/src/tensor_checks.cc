@@ -72,13 +72,16 @@ absl::StatusOr<DType> CheckTensor(const wire::TensorView& tensor, const TensorSp
   for (size_t i = 0; i < spec.dims.size(); ++i) {
     const int64_t d = tensor.shape[i];
     const DimSpec& dim = spec.dims[i];
-    const std::string field = spec.name + ".shape[" + std::to_string(i) + "] (" + dim.name + ")";
+    // Built only for a message: this runs for every tensor of every request.
+    auto field = [&] {
+      return spec.name + ".shape[" + std::to_string(i) + "] (" + dim.name + ")";
+    };
     if (d < 0 || d > kMaxDim) {
-      return Invalid(field + " = " + std::to_string(d) + " must be in [0, " +
+      return Invalid(field() + " = " + std::to_string(d) + " must be in [0, " +
                      std::to_string(kMaxDim) + "]");
     }
     if (dim.required != kAnyDim && d != dim.required) {
-      return Invalid(field + " = " + std::to_string(d) + " must equal " + dim.source + " (" +
+      return Invalid(field() + " = " + std::to_string(d) + " must equal " + dim.source + " (" +
                      std::to_string(dim.required) + ")");
     }
     const uint64_t extent = static_cast<uint64_t>(d);

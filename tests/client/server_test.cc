@@ -199,11 +199,19 @@ TEST_P(RealServerTest, LoadgenRunIsClean) {
   config.verify_fraction = 1.0;
   config.run_id = "real";
   Client* clients[] = {client_.get()};
-  for (int depth : {1, 3}) {  // 3: layers overlap on each stream
+  for (auto [depth, plane] : {std::pair{1, loadgen::DataPlane::kBytes},
+                              {3, loadgen::DataPlane::kBytes},  // 3: layers overlap on a stream
+                              {1, loadgen::DataPlane::kShm},
+                              {3, loadgen::DataPlane::kShm}}) {
     config.pipeline_depth = depth;
+    config.data_plane = plane;
     absl::StatusOr<loadgen::Report> report = loadgen::RunLoadgen(config, clients, {});
     ASSERT_TRUE(report.ok()) << report.status();
     EXPECT_TRUE(report->clean()) << report->ToJson().dump(2);
+    const nlohmann::json latency = report->ToJson()["latency"];
+    EXPECT_GT(latency["Step kernel"]["p50_ms"].get<double>(), 0) << latency.dump(2);
+    EXPECT_GT(latency["Step"]["p50_ms"], latency["Step kernel"]["p50_ms"]);
+    EXPECT_TRUE(latency.contains("decode Step overhead")) << latency.dump(2);
     EXPECT_EQ(report->totals.requests_completed, 18u);
     EXPECT_EQ(report->totals.verification.steps_checked, report->totals.steps);
     ASSERT_TRUE(report->server_after.has_value());

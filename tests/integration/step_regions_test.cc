@@ -129,6 +129,20 @@ TEST(StepRegionsTest, InputsAndOutputsInARegionBesideOrdinaryEntries) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(status.error_message().find("entries[0].out overlaps entries[0].q"), std::string::npos)
       << status.error_message();
+  // An output inside a long input, past a shorter input that starts within it: the overlap is
+  // with the long one, not with its neighbour in address order.
+  v1::StepEntry nested = reference.MakeEntry("in-region", 5, rng);
+  region.Place(nested.mutable_q(), 0);  // 5 rows of 4 heads x 64 fp32: [0, 5120)
+  region.Place(nested.mutable_k(), 64);  // inputs may share bytes: [64, 2624)
+  region.Place(nested.mutable_v(), 128 << 10);
+  nested.mutable_out()->set_region_id(region.id());
+  nested.mutable_out()->set_offset(3072);
+  grpc::ClientContext context3;
+  const grpc::Status inside =
+      (*server)->kvcache().Step(&context3, MakeStep(0, {nested}), &response);
+  EXPECT_EQ(inside.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << inside.error_message();
+  EXPECT_NE(inside.error_message().find("entries[0].out overlaps entries[0].q"), std::string::npos)
+      << inside.error_message();
   // Unknown regions are NOT_FOUND, named by field.
   v1::StepEntry unknown = reference.MakeEntry("in-region", 1, rng);
   unknown.mutable_out()->set_region_id(region.id() ^ 1);

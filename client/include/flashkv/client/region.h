@@ -108,8 +108,9 @@ class SharedRegion {
   absl::StatusOr<RegionTensor> At(uint64_t offset, DType dtype, Shape shape,
                                   absl::string_view field = "offset") const;
 
-  // OK while the server holds the region; once the AttachRegion stream has ended (released,
-  // server shutdown, lost connection), why.
+  // OK until Release(); FAILED_PRECONDITION after. (The stream is not watched between calls, so a
+  // region the server dropped on its own — shutdown, a lost connection — shows as NOT_FOUND on the
+  // next request that names it.)
   absl::Status status() const;
 
   // Unregisters the region (ReleaseRegion), ends its stream, and frees the memory. Idempotent;
@@ -118,7 +119,7 @@ class SharedRegion {
 
  private:
   friend class Client;
-  class Reactor;
+  class Attachment;
   struct Memory;
 
   // How Client reaches the server: `prepare` readies a call's context (token, deadline).
@@ -140,13 +141,13 @@ class SharedRegion {
   v1::RegionService::Stub* const stub_;
   const Prepare prepare_;
   std::unique_ptr<Memory> memory_;
-  std::unique_ptr<Reactor> reactor_;
+  std::unique_ptr<Attachment> attachment_;
   std::byte* data_ = nullptr;
   uint64_t size_ = 0;
   int device_ = -1;
   uint64_t id_ = 0;
   uint64_t next_ = 0;
-  absl::Mutex release_mu_;
+  mutable absl::Mutex release_mu_;
   bool released_ ABSL_GUARDED_BY(release_mu_) = false;
   absl::Status release_status_ ABSL_GUARDED_BY(release_mu_);
 };

@@ -43,6 +43,11 @@ struct SchedulerConfig {
   // A Step's rows are computed in launches of at most this many tokens, so that decodes of other
   // calls run between the chunks of a long prefill. See docs/api.md ("Long prefills").
   int prefill_chunk_tokens = 512;
+  // A small step that finds its device's scheduler idle (nothing queued, nothing running, no
+  // batching window) and has at most this many tokens is launched on the thread that received
+  // it, instead of waking the scheduler's thread: that wake-up is most of a small decode step's
+  // time in the server. Zero: every launch runs on the scheduler's thread.
+  int inline_launch_tokens = 16;
 };
 
 inline constexpr int64_t kDefaultCpuKvCacheBytes = int64_t{1} << 30;

@@ -62,7 +62,10 @@ class DeviceScheduler final : public PartReleaser {
       const SchedulerConfig& config, std::shared_ptr<Clock> clock, Metrics* metrics);
   ~DeviceScheduler() override;
 
-  void Enqueue(std::shared_ptr<StepState> step, StepPart* part);
+  // Returns true when the part was claimed for an inline launch (`may_claim`: the step has no
+  // other part); the caller must then call RunClaimed(), holding no lock.
+  bool Enqueue(std::shared_ptr<StepState> step, StepPart* part, bool may_claim = false);
+  void RunClaimed();
   // Re-examines the queues now (after a cancellation).
   void Wake();
   void ReleasePart(const StepPart& part) override;
@@ -92,6 +95,9 @@ class DeviceScheduler final : public PartReleaser {
   // Tells the fair shares which tenants have parts queued (pending or active).
   void RetainWaitingTenants() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Report(const Item& item, absl::Status status);
+  void ReportDoomed(const std::vector<Item>& doomed, bool stopping);
+  // Tells the scheduler thread to look again (work queued, sequences released, a launch done).
+  void Poke();
 
   const int device_;
   const int device_id_;
@@ -100,16 +106,26 @@ class DeviceScheduler final : public PartReleaser {
   const SchedulerConfig config_;
   const std::shared_ptr<Clock> clock_;
   Metrics* const metrics_;
-  const std::unique_ptr<LaunchArena> arena_;  // used by the scheduler thread only
+  // Used by whichever thread runs the current launch (executing_).
+  const std::unique_ptr<LaunchArena> arena_;
 
   mutable Mutex mu_;
   std::deque<Item> pending_ ABSL_GUARDED_BY(mu_);  // not yet in a launch, arrival order
   std::vector<Item> active_ ABSL_GUARDED_BY(mu_);  // prepared, rows left
   absl::flat_hash_map<std::string, int> busy_ ABSL_GUARDED_BY(mu_);
-  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;  // bumped by Enqueue, Wake, ReleasePart
+  bool executing_ ABSL_GUARDED_BY(mu_) = false;   // a launch is planned and running
+  // The inline launch Enqueue claimed: written under mu_ as executing_ is set, then used by the
+  // claiming thread alone until it clears executing_.
+  Plan claimed_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   SchedulerCounters counters_ ABSL_GUARDED_BY(mu_);
   TenantShares shares_ ABSL_GUARDED_BY(mu_);
+  // The scheduler thread sleeps on wake_mu_, not on mu_: flashkv::Mutex wakes its waiters on
+  // every unlock, and mu_ is also taken for counters and by inline launches, which would wake the
+  // thread for nothing (each a pair of context switches on the request path). Lock order: mu_
+  // before wake_mu_.
+  Mutex wake_mu_;
+  uint64_t wakes_ ABSL_GUARDED_BY(wake_mu_) = 0;  // bumped by Poke()
   std::thread thread_;
 };
 

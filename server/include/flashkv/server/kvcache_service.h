@@ -91,7 +91,9 @@ class KvCacheService final : public KvCacheServiceBase {
                                       StepCompletion done, std::string tenant = {},
                                       std::optional<LedgerReservation> reservation = {});
   const Authenticator& auth() const { return *auth_; }
-  // Queues every part of `step` on its device's scheduler (all steps in one global order).
+  // Queues every part of `step` on its device's scheduler (all steps in one global order). A small
+  // step that finds its scheduler idle is launched on the calling thread before this returns (it
+  // may then have completed already); the caller holds no lock the completion takes.
   void Submit(const std::shared_ptr<StepState>& step);
   void Cancel(StepState& step);
   // Streams end once their requests in flight are answered; new requests on them are refused.

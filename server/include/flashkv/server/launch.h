@@ -5,7 +5,9 @@
 // launch's metadata (slot mapping, cu_seqlens, block table) from the parts' prepared kvcache
 // batches, gathers the q/k/v rows straight from the requests' received bytes into one staging
 // buffer, copies that buffer to the device in one transfer (CUDA), runs both kernels, and
-// scatters the output rows into each step's output buffer.
+// scatters the output rows into each step's output buffer. On the CPU backend, rows that already
+// lie in one contiguous run (a runner's batch in a shared-memory region; the outputs of a single
+// step) are read and written in place instead: no staging copy, no scatter.
 //
 // A window [begin, end) of a part computes the queries of rows begin..end-1 over the context up
 // to and including row end-1: the rows before `begin` were appended by earlier launches, the
@@ -88,7 +90,8 @@ struct LaunchSummary {
 };
 
 // Runs `windows` (all prepared at `layer` of one cache whose pools are `pools`) and scatters the
-// outputs. On error no output is scattered; the caller fails every window's step.
+// outputs. On error, outputs written in place may be partial; the caller fails every window's
+// step.
 absl::StatusOr<LaunchSummary> RunLaunch(const ModelShape& model,
                                         absl::Span<const LaunchWindow> windows,
                                         const kvcache::LayerPools& pools, LaunchArena* arena);

@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -25,12 +26,33 @@ struct RegionAccess {
   std::string tenant;
 };
 
-// For every (tensor, field name) whose region is set: checks that its data is empty, resolves
-// prod(shape) * element size bytes at the slice (host memory only) and points tensor->data at
-// them inside `*message`, which is rebuilt with the regions' bytes appended. Tensors without a
-// region are left alone. Errors name the field: INVALID_ARGUMENT (bytes and region both set, out
-// of bounds, a bad dtype or shape), NOT_FOUND (unknown region), FAILED_PRECONDITION (no data
-// plane, device memory).
+// Gathers the region bytes of a request's tensors and appends them to its MessageBytes once, at
+// the end: rebuilding the message for every entry of a large Step would cost quadratic time in
+// slice references. Resolve() checks and resolves; each resolved tensor's `data` then names a
+// span past the message's current end, valid once Commit() has appended the bytes.
+// Thread-compatible; one request's checks.
+class RegionTensorResolver {
+ public:
+  RegionTensorResolver(const RegionAccess& access, wire::MessageBytes* message)
+      : access_(access), message_(message), end_(message->size()) {}
+
+  // For every (tensor, field name) whose region is set: checks that its data is empty, resolves
+  // prod(shape) * element size bytes at the slice (host memory only) and points tensor->data at
+  // them. Tensors without a region are left alone. Errors name the field: INVALID_ARGUMENT (bytes
+  // and region both set, out of bounds, a bad dtype or shape), NOT_FOUND (unknown region),
+  // FAILED_PRECONDITION (no data plane, device memory).
+  absl::Status Resolve(std::initializer_list<std::pair<wire::TensorView*, const char*>> tensors);
+  // Appends the resolved bytes to the message (a no-op when nothing was resolved).
+  void Commit();
+
+ private:
+  const RegionAccess& access_;
+  wire::MessageBytes* const message_;
+  size_t end_;
+  std::vector<grpc::Slice> extra_;
+};
+
+// Resolve() and Commit() for the tensors of one call.
 absl::Status ResolveRegionTensors(
     const RegionAccess& access,
     std::initializer_list<std::pair<wire::TensorView*, const char*>> tensors,

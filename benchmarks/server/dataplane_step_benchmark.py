@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Per-layer decode steps with tensors in the Step messages (bytes) vs in a shared-memory region
+(shm), measured by flashkv-loadgen against flashkv-server over a Unix socket and loopback TCP.
+
+One model runner (one StepStream, pipeline depth 1: layer l+1 waits for layer l, as in a real
+model) decodes a batch of B sequences; each Step carries one token per sequence at the per-layer
+shapes of a Llama-8B-like layer (Hq 32, Hkv 8, D 128, fp16 by default). For every decode step the
+server reports its kernel time (KV append + paged attention) and its own time (arrival to response
+encoded); the table gives, per step:
+
+  step       round-trip latency seen by the runner
+  kernel     the server's kernel time
+  overhead   step - kernel: everything but the kernels (client, gRPC, transport, server)
+  server     the server's part of it: its own time - kernel
+  tok/s      B / step p50 (one layer's decode throughput)
+
+With --transport-benchmark, the bare gRPC stream round trip of a 1 KiB message (client and server
+in one process) is measured first, as the transport's floor on this machine.
+
+  python3 benchmarks/server/dataplane_step_benchmark.py \\
+      --server build/release/server/flashkv-server \\
+      --loadgen build/release/client/flashkv-loadgen \\
+      --transport-benchmark build/release/benchmarks/server/transport_benchmark
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+
+def start_server(args, listen):
+    command = [args.server, f"--backend={args.backend}", f"--listen={listen}", "--plaintext",
+               "--metrics-address=off", f"--layers={args.layers}", f"--q-heads={args.q_heads}",
+               f"--kv-heads={args.kv_heads}", f"--head-dim={args.head_dim}",
+               f"--dtype={args.dtype}", "--log-level=info"]
+    if args.backend == "cpu":
+        command += [f"--cpu-threads={args.cpu_threads}", f"--kv-cache-bytes={args.kv_cache}"]
+    command += args.server_arg
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    ready = threading.Event()
+    where = {}
+    log = []
+
+    def drain():
+        for line in process.stdout:
+            log.append(line)
+            m = re.search(r"serving on (\S+)", line)
+            if m and "target" not in where:
+                where["target"] = m.group(1)
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    if not ready.wait(120) or "target" not in where:
+        process.kill()
+        sys.exit("server did not start:\n" + "".join(log[-20:]))
+    return process, where["target"]
+
+
+def run_loadgen(args, target, batch, plane):
+    command = [args.loadgen, f"--target={target}", "--runners=1",
+               f"--max-batch={batch}", f"--prompt-len={args.prompt_len}",
+               f"--output-len={args.output_len}",
+               f"--max-pass-tokens={max(batch * args.prompt_len, batch, 256)}",
+               f"--prefill-chunk={args.prompt_len}", "--verify=none", "--no-token-ids",
+               f"--duration={args.duration}", "--progress=none", "--json",
+               f"--data-plane={plane}"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"flashkv-loadgen failed ({done.returncode}): {' '.join(command)}\n"
+                 f"{done.stderr[-2000:]}")
+    return json.loads(done.stdout)
+
+
+def transport_floor(binary, unix):
+    """p50 of a 1 KiB gRPC stream round trip (flashkv transport settings), in microseconds."""
+    command = [binary, "--quick", "--sizes", "1024", "--variants", "flashkv"]
+    if unix:
+        command.append("--unix")
+    done = subprocess.run(command, capture_output=True, text=True)
+    for line in done.stdout.splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[2] == "stream" and fields[3] == "flashkv":
+            return float(fields[5])
+    return None
+
+
+def load_average():
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--server", required=True, help="flashkv-server binary")
+    p.add_argument("--loadgen", required=True, help="flashkv-loadgen binary")
+    p.add_argument("--transport-benchmark", help="transport_benchmark binary (floor row)")
+    p.add_argument("--backend", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--batches", default="1,32,256")
+    p.add_argument("--transports", default="unix,tcp")
+    p.add_argument("--planes", default="bytes,shm")
+    p.add_argument("--duration", type=float, default=10, help="seconds per cell")
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--q-heads", type=int, default=32)
+    p.add_argument("--kv-heads", type=int, default=8)
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--dtype", default="fp16")
+    p.add_argument("--prompt-len", type=int, default=16)
+    p.add_argument("--output-len", type=int, default=128)
+    p.add_argument("--cpu-threads", type=int, default=1,
+                   help="CPU backend kernel threads (leave cores to the client)")
+    p.add_argument("--kv-cache", default="2GiB", help="CPU backend KV pool")
+    p.add_argument("--server-arg", action="append", default=[],
+                   help="extra flashkv-server flag (repeatable), e.g. --server-arg=--devices=0")
+    p.add_argument("--json-out", help="also write the rows here")
+    args = p.parse_args()
+
+    batches = [int(b) for b in args.batches.split(",")]
+    planes = args.planes.split(",")
+    rows, floors = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for transport in args.transports.split(","):
+            if args.transport_benchmark:
+                floors[transport] = transport_floor(args.transport_benchmark, transport == "unix")
+            listen = f"unix:{tmp}/flashkv.sock" if transport == "unix" else "127.0.0.1:0"
+            process, target = start_server(args, listen)
+            if transport == "unix":
+                target = listen
+            try:
+                for batch in batches:
+                    for plane in planes:
+                        load = load_average()
+                        report = run_loadgen(args, target, batch, plane)
+                        rows.append((transport, plane, batch, load, report))
+                        print(f"  {transport} {plane} batch {batch}: done", file=sys.stderr)
+            finally:
+                process.terminate()
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+
+    elem = {"fp16": 2, "bf16": 2, "fp32": 4}[args.dtype]
+    per_token = (2 * args.q_heads + 2 * args.kv_heads) * args.head_dim * elem  # q, k, v in; out
+    print(f"Decode steps, {args.backend} backend, Hq={args.q_heads} Hkv={args.kv_heads} "
+          f"D={args.head_dim} {args.dtype}, 1 runner, pipeline depth 1, {args.duration:g} s per "
+          f"cell, {os.cpu_count()} cores; times in microseconds (p50 unless marked)")
+    for transport, floor in floors.items():
+        if floor is not None:
+            print(f"transport floor ({transport}): bare gRPC stream round trip of 1 KiB, p50 "
+                  f"{floor:.0f} us")
+    header = (f"{'transport':9} {'plane':5} {'batch':>5} {'MiB/step':>8} {'steps':>6} "
+              f"{'step':>8} {'step p99':>9} {'kernel':>8} {'overhead':>9} {'ovh p99':>8} "
+              f"{'server':>7} {'tok/s':>9} {'ovh/kern':>8} {'load':>5}")
+    print(header)
+    out_rows = []
+    for transport, plane, batch, load, report in rows:
+        lat = report["latency"]
+        if "decode Step" not in lat:
+            print(f"{transport:9} {plane:5} {batch:5}  (no decode steps measured)")
+            continue
+        us = lambda key, q="p50_ms": lat[key][q] * 1000  # noqa: E731
+        step, kernel = us("decode Step"), us("decode Step kernel")
+        overhead, server = us("decode Step overhead"), us("decode Step server overhead")
+        row = {"transport": transport, "plane": plane, "batch": batch,
+               "mib_per_step": batch * per_token / 2**20, "steps": lat["decode Step"]["count"],
+               "step_p50_us": step, "step_p99_us": us("decode Step", "p99_ms"),
+               "kernel_p50_us": kernel, "overhead_p50_us": overhead,
+               "overhead_p99_us": us("decode Step overhead", "p99_ms"),
+               "server_overhead_p50_us": server, "tokens_per_s": batch / (step * 1e-6),
+               "load_average": load}
+        out_rows.append(row)
+        print(f"{transport:9} {plane:5} {batch:5} {row['mib_per_step']:8.3f} {row['steps']:6} "
+              f"{step:8.0f} {row['step_p99_us']:9.0f} {kernel:8.0f} {overhead:9.0f} "
+              f"{row['overhead_p99_us']:8.0f} {server:7.0f} {row['tokens_per_s']:9.0f} "
+              f"{overhead / max(kernel, 1e-9):8.2f} {load:5.1f}")
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump({"floors_us": floors, "rows": out_rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
