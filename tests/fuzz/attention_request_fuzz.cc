@@ -81,20 +81,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   wire::MessageBytes message = std::move(input.sliced);
   bool names_other = false;
   if (patch) {
-    // Protobuf's canonical re-serialization of the patched request (unparseable: skip).
-    std::string bytes;
-    if (varlen) {
-      v1::AttentionVarlenRequest proto;
-      if (!ParseProto(message, &proto)) return 0;
-      names_other = PatchRequest(&proto, setup.regions);
-      bytes = proto.SerializeAsString();
-    } else {
-      v1::AttentionRequest proto;
-      if (!ParseProto(message, &proto)) return 0;
-      names_other = PatchRequest(&proto, setup.regions);
-      bytes = proto.SerializeAsString();
-    }
-    message = FromString(bytes);
+    const auto patch_request = [&setup](auto* proto) { return PatchRequest(proto, setup.regions); };
+    const bool parsed =
+        varlen ? PatchMessage<v1::AttentionVarlenRequest>(&message, patch_request, &names_other)
+               : PatchMessage<v1::AttentionRequest>(&message, patch_request, &names_other);
+    if (!parsed) return 0;
   }
   const server::RegionAccess access{&setup.regions.registry, kTenant};
   absl::StatusOr<server::AttentionCall> call =

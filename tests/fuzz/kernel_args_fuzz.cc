@@ -169,6 +169,42 @@ void SettleUncoveredRows(const Common& c, const std::vector<int32_t>& cu_q, Host
   }
 }
 
+// The query side of a packed (varlen or paged) call: q, out and LSE of `total_q` rows, in the
+// input's layouts, pointed to by the args.
+struct Packed {
+  HostTensor q;
+  HostTensor out;
+  std::vector<float> lse;
+};
+
+template <typename Args>
+Packed SetPacked(const Common& c, testbed::Rng& rng, Args* a) {
+  const int64_t d = c.head_dim;
+  Packed p{Input(c, {1, a->total_q, c.heads_q, d}, c.q_layout, rng),
+           HostTensor(c.dtype, {1, a->total_q, c.heads_q, d}, c.out_layout),
+           testbed::PoisonedFloats(static_cast<size_t>(c.heads_q * a->total_q))};
+  a->q = p.q.data();
+  a->q_strides = p.q.strides();
+  a->out = p.out.data();
+  a->out_strides = p.out.strides();
+  a->lse = c.with_lse ? p.lse.data() : nullptr;
+  return p;
+}
+
+// Runs a packed call; a refusal must be a client error, an accepted call's output must match the
+// references (rows past the last sequence untouched).
+template <typename Args>
+void RunPacked(const Common& c, const Args& a, KernelStatus (*run)(const Args&),
+               testbed::ReferenceOutput (*reference)(const Args&, testbed::Precision),
+               const std::vector<int32_t>& cu_q, Packed* p) {
+  const KernelStatus s = run(a);
+  if (!s.ok()) return ExpectRefusal(s);
+  testbed::ReferenceOutput want = reference(a, testbed::Precision::kFloat64);
+  testbed::ReferenceOutput naive = reference(a, testbed::Precision::kNaiveStorage);
+  SettleUncoveredRows(c, cu_q, &p->out, &p->lse, &want, &naive);
+  CheckOutput(c, p->out, p->lse, want, naive, &cu_q);
+}
+
 void FuzzFixed(ByteReader& in, const Common& c, testbed::Rng& rng) {
   FixedAttentionArgs a;
   a.dtype = c.dtype;
@@ -219,20 +255,13 @@ void FuzzVarlen(ByteReader& in, const Common& c, testbed::Rng& rng) {
   a.max_seqlen_kv = ReadMaxSeqlen(in, cu_kv);
   a.options = c.options;
   const int64_t d = c.head_dim;
-  const HostTensor q = Input(c, {1, a.total_q, c.heads_q, d}, c.q_layout, rng);
+  Packed p = SetPacked(c, rng, &a);
   const HostTensor k = Input(c, {1, a.total_kv, c.heads_kv, d}, c.kv_layout, rng);
   const HostTensor v = Input(c, {1, a.total_kv, c.heads_kv, d}, c.kv_layout, rng);
-  HostTensor out(c.dtype, {1, a.total_q, c.heads_q, d}, c.out_layout);
-  std::vector<float> lse = testbed::PoisonedFloats(static_cast<size_t>(c.heads_q * a.total_q));
-  a.q = q.data();
   a.k = k.data();
   a.v = v.data();
-  a.out = out.data();
-  a.lse = c.with_lse ? lse.data() : nullptr;
-  a.q_strides = q.strides();
   a.k_strides = k.strides();
   a.v_strides = v.strides();
-  a.out_strides = out.strides();
   MaybeBreakStrides(in, &a.q_strides);
   a.cu_seqlens_q = cu_q.data();
   a.cu_seqlens_kv = cu_kv.data();
@@ -240,12 +269,7 @@ void FuzzVarlen(ByteReader& in, const Common& c, testbed::Rng& rng) {
     a.host_cu_seqlens_q = cu_q.data();
     a.host_cu_seqlens_kv = cu_kv.data();
   }
-  const KernelStatus s = cpu::AttentionVarlen(a);
-  if (!s.ok()) return ExpectRefusal(s);
-  testbed::ReferenceOutput want = testbed::ReferenceVarlen(a, testbed::Precision::kFloat64);
-  testbed::ReferenceOutput naive = testbed::ReferenceVarlen(a, testbed::Precision::kNaiveStorage);
-  SettleUncoveredRows(c, cu_q, &out, &lse, &want, &naive);
-  CheckOutput(c, out, lse, want, naive, &cu_q);
+  RunPacked(c, a, &cpu::AttentionVarlen, &testbed::ReferenceVarlen, cu_q, &p);
 }
 
 void FuzzPaged(ByteReader& in, const Common& c, testbed::Rng& rng) {
@@ -271,18 +295,11 @@ void FuzzPaged(ByteReader& in, const Common& c, testbed::Rng& rng) {
   std::vector<int32_t> table(static_cast<size_t>(num_seqs) * a.block_table_stride + 1);
   for (int32_t& id : table) id = in.Below(a.num_blocks + 3) - 1;
   const int64_t d = c.head_dim;
-  const HostTensor q = Input(c, {1, a.total_q, c.heads_q, d}, c.q_layout, rng);
+  Packed p = SetPacked(c, rng, &a);
   // Pools [num_blocks, Hkv, page, D] in the API's dense layout (rows = slots of a page).
   const Shape4 pool_shape{a.num_blocks, std::max(page, 0), c.heads_kv, d};
   const HostTensor k_pool = Input(c, pool_shape, Layout::kHeadMajor, rng);
   const HostTensor v_pool = Input(c, pool_shape, Layout::kHeadMajor, rng);
-  HostTensor out(c.dtype, {1, a.total_q, c.heads_q, d}, c.out_layout);
-  std::vector<float> lse = testbed::PoisonedFloats(static_cast<size_t>(c.heads_q * a.total_q));
-  a.q = q.data();
-  a.q_strides = q.strides();
-  a.out = out.data();
-  a.out_strides = out.strides();
-  a.lse = c.with_lse ? lse.data() : nullptr;
   a.k_cache = k_pool.data();
   a.v_cache = v_pool.data();
   a.cache_strides = k_pool.strides();
@@ -295,12 +312,7 @@ void FuzzPaged(ByteReader& in, const Common& c, testbed::Rng& rng) {
     a.host_cu_seqlens_q = cu_q.data();
     a.host_cu_seqlens_kv = cu_kv.data();
   }
-  const KernelStatus s = cpu::AttentionPaged(a);
-  if (!s.ok()) return ExpectRefusal(s);
-  testbed::ReferenceOutput want = testbed::ReferencePaged(a, testbed::Precision::kFloat64);
-  testbed::ReferenceOutput naive = testbed::ReferencePaged(a, testbed::Precision::kNaiveStorage);
-  SettleUncoveredRows(c, cu_q, &out, &lse, &want, &naive);
-  CheckOutput(c, out, lse, want, naive, &cu_q);
+  RunPacked(c, a, &cpu::AttentionPaged, &testbed::ReferencePaged, cu_q, &p);
 }
 
 void FuzzAppend(ByteReader& in, const Common& c, testbed::Rng& rng) {

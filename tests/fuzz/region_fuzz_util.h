@@ -7,9 +7,12 @@
 
 #include <cstdint>
 
+#include <string>
+
 #include "absl/status/status.h"
 #include "flashkv/server/region_registry.h"
 #include "flashkv/v1/tensor.pb.h"
+#include "wire_fuzz_util.h"
 
 namespace flashkv::fuzz {
 
@@ -30,6 +33,19 @@ FuzzRegions& SharedRegions();
 // region's size, so it lands inside and just past it); returns whether it now names the other
 // tenant's region.
 bool PatchSlice(v1::RegionSlice* slice, const FuzzRegions& regions);
+
+// Parses `*message` as a Proto, lets patch(&proto) point its region slices at the registered
+// regions (returning whether one now names the other tenant's), and replaces `*message` with
+// protobuf's serialization of the result. False when protobuf cannot parse the message (the
+// input is then skipped).
+template <typename Proto, typename Patch>
+bool PatchMessage(wire::MessageBytes* message, Patch&& patch, bool* names_other) {
+  Proto proto;
+  if (!ParseProto(*message, &proto)) return false;
+  *names_other = patch(&proto);
+  *message = FromString(proto.SerializeAsString());
+  return true;
+}
 
 // The codes a bad request may get from the checks: the client's mistakes, never the server's.
 bool IsClientError(const absl::Status& status);

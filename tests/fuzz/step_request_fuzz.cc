@@ -146,11 +146,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   SlicedInput input = SliceInput(data + 1, size - 1);
   wire::MessageBytes message = std::move(input.sliced);
   bool names_other = false;
-  if ((data[0] & 1) != 0) {
-    v1::StepRequest proto;
-    if (!ParseProto(message, &proto)) return 0;
-    names_other = PatchRequest(&proto, setup.regions);
-    message = FromString(proto.SerializeAsString());
+  if ((data[0] & 1) != 0 &&
+      !PatchMessage<v1::StepRequest>(
+          &message, [&setup](v1::StepRequest* proto) { return PatchRequest(proto, setup.regions); },
+          &names_other)) {
+    return 0;
   }
   const server::RegionAccess access{&setup.regions.registry, kTenant};
   wire::StepRequestView view;
