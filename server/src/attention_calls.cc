@@ -129,11 +129,12 @@ absl::Status ResolveOutputs(const RegionAccess& regions, const Request& request,
   }
   absl::StatusOr<uint64_t> out_bytes = TensorByteCount(request.q.dtype, call->out_shape, "out");
   if (!out_bytes.ok()) return out_bytes.status();
-  auto out = ResolveOutputSlice(regions, request.out, *out_bytes, "out");
+  auto out =
+      ResolveOutputSlice(regions, request.out, *out_bytes, ElementBytes(request.q.dtype), "out");
   if (!out.ok()) return out.status();
   absl::StatusOr<uint64_t> lse_bytes = TensorByteCount(3, call->lse_shape, "lse");
   if (!lse_bytes.ok()) return lse_bytes.status();
-  auto lse = ResolveOutputSlice(regions, request.lse, *lse_bytes, "lse");
+  auto lse = ResolveOutputSlice(regions, request.lse, *lse_bytes, sizeof(float), "lse");
   if (!lse.ok()) return lse.status();
   call->out_region = *std::move(out);
   call->lse_region = *std::move(lse);

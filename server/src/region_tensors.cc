@@ -9,18 +9,23 @@
 namespace flashkv::server {
 namespace {
 
+// `alignment`: the element size. The CPU kernels read inputs and write outputs in place, as
+// elements of their type, so an offset inside an element would be a misaligned access.
 absl::StatusOr<RegionBytes> ResolveHost(const RegionAccess& access,
                                         const wire::RegionSliceView& slice, uint64_t bytes,
-                                        absl::string_view name, absl::string_view suffix) {
+                                        uint64_t alignment, absl::string_view name,
+                                        absl::string_view suffix) {
   if (access.registry == nullptr) {
     return absl::FailedPreconditionError(absl::StrCat(
         name, suffix, " names a shared-memory region, but this server has no data plane"));
   }
   // The field's full name is built only for an error message: this runs for every region tensor
   // of every request, and the registry answers a repeated question the same way.
-  absl::StatusOr<RegionBytes> resolved = access.registry->Resolve(access.tenant, slice, bytes, name);
+  absl::StatusOr<RegionBytes> resolved =
+      access.registry->Resolve(access.tenant, slice, bytes, name, alignment);
   if (!resolved.ok() && !suffix.empty()) {
-    resolved = access.registry->Resolve(access.tenant, slice, bytes, absl::StrCat(name, suffix));
+    resolved = access.registry->Resolve(access.tenant, slice, bytes, absl::StrCat(name, suffix),
+                                        alignment);
   }
   if (!resolved.ok()) return resolved.status();
   if (resolved->region->device() >= 0) {
@@ -34,20 +39,24 @@ absl::StatusOr<RegionBytes> ResolveHost(const RegionAccess& access,
 
 }  // namespace
 
-absl::StatusOr<uint64_t> TensorByteCount(int32_t dtype, const std::vector<int64_t>& shape,
-                                         const char* field) {
-  uint64_t element = 0;
+uint64_t ElementBytes(int32_t dtype) {
   switch (dtype) {
     case 1:
     case 2:
-      element = 2;
-      break;
+      return 2;
     case 3:
-      element = 4;
-      break;
+      return 4;
     default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          field, ".dtype (", dtype, ") must be DTYPE_FLOAT16, DTYPE_BFLOAT16 or DTYPE_FLOAT32"));
+      return 0;
+  }
+}
+
+absl::StatusOr<uint64_t> TensorByteCount(int32_t dtype, const std::vector<int64_t>& shape,
+                                         const char* field) {
+  const uint64_t element = ElementBytes(dtype);
+  if (element == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ".dtype (", dtype, ") must be DTYPE_FLOAT16, DTYPE_BFLOAT16 or DTYPE_FLOAT32"));
   }
   constexpr uint64_t kMax = uint64_t{1} << 62;
   uint64_t bytes = element;
@@ -76,7 +85,7 @@ absl::Status RegionTensorResolver::Resolve(
     absl::StatusOr<uint64_t> bytes = TensorByteCount(tensor->dtype, tensor->shape, name);
     if (!bytes.ok()) return bytes.status();
     absl::StatusOr<RegionBytes> resolved =
-        ResolveHost(access_, tensor->region, *bytes, name, ".region");
+        ResolveHost(access_, tensor->region, *bytes, ElementBytes(tensor->dtype), name, ".region");
     if (!resolved.ok()) return resolved.status();
     tensor->data = wire::Span{end_, size_t(*bytes)};
     if (*bytes == 0) continue;  // MessageBytes holds no empty slices
@@ -112,9 +121,10 @@ absl::Status ResolveRegionTensors(
 
 absl::StatusOr<std::optional<RegionBytes>> ResolveOutputSlice(const RegionAccess& access,
                                                               const wire::RegionSliceView& slice,
-                                                              uint64_t bytes, const char* field) {
+                                                              uint64_t bytes, uint64_t element_bytes,
+                                                              const char* field) {
   if (!slice.present) return std::optional<RegionBytes>();
-  absl::StatusOr<RegionBytes> resolved = ResolveHost(access, slice, bytes, field, "");
+  absl::StatusOr<RegionBytes> resolved = ResolveHost(access, slice, bytes, element_bytes, field, "");
   if (!resolved.ok()) return resolved.status();
   return std::optional<RegionBytes>(*std::move(resolved));
 }

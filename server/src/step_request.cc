@@ -128,7 +128,7 @@ absl::StatusOr<StepEntry> CheckEntry(wire::StepEntryView& view, size_t index,
   }
   const uint64_t out_bytes = uint64_t(n) * m.num_q_heads * m.head_dim * DTypeSize(m.dtype);
   absl::StatusOr<std::optional<RegionBytes>> out =
-      ResolveOutputSlice(regions, view.out, out_bytes, (name + ".out").c_str());
+      ResolveOutputSlice(regions, view.out, out_bytes, DTypeSize(m.dtype), (name + ".out").c_str());
   if (!out.ok()) return out.status();
   StepEntry entry;
   entry.out_region = *std::move(out);

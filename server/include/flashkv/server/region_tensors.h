@@ -37,8 +37,8 @@ class RegionTensorResolver {
       : access_(access), message_(message), end_(message->size()) {}
 
   // For every (tensor, field name) whose region is set: checks that its data is empty, resolves
-  // prod(shape) * element size bytes at the slice (host memory only) and points tensor->data at
-  // them. Tensors without a region are left alone. Errors name the field: INVALID_ARGUMENT (bytes
+  // prod(shape) * element size bytes at the slice (host memory only; the offset a multiple of
+  // the element size) and points tensor->data at them. Tensors without a region are left alone. Errors name the field: INVALID_ARGUMENT (bytes
   // and region both set, out of bounds, a bad dtype or shape), NOT_FOUND (unknown region),
   // FAILED_PRECONDITION (no data plane, device memory).
   absl::Status Resolve(std::initializer_list<std::pair<wire::TensorView*, const char*>> tensors);
@@ -58,10 +58,15 @@ absl::Status ResolveRegionTensors(
     std::initializer_list<std::pair<wire::TensorView*, const char*>> tensors,
     wire::MessageBytes* message);
 
-// An output slice: `bytes` of host memory at `slice`, or nullopt when the slice is not set.
+// An output slice: `bytes` of host memory at `slice`, or nullopt when the slice is not set. The
+// offset must be a multiple of `element_bytes` (INVALID_ARGUMENT otherwise).
 absl::StatusOr<std::optional<RegionBytes>> ResolveOutputSlice(const RegionAccess& access,
                                                               const wire::RegionSliceView& slice,
-                                                              uint64_t bytes, const char* field);
+                                                              uint64_t bytes, uint64_t element_bytes,
+                                                              const char* field);
+
+// Bytes of one element of `dtype` (a flashkv.v1.DType value); 0 when the dtype is unknown.
+uint64_t ElementBytes(int32_t dtype);
 
 // Bytes of a tensor of `dtype` (a flashkv.v1.DType value) and `shape`; INVALID_ARGUMENT naming
 // `field` for an unknown dtype, a negative dimension or a size past 2^62.
