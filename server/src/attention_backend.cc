@@ -78,9 +78,13 @@ class CudaAttentionBackend final : public AttentionBackend {
         size_t(host.batch) * host.seqlen_kv * host.num_heads_kv * host.head_dim * elem;
     const size_t lse_bytes =
         host.lse ? size_t(host.batch) * host.num_heads_q * host.seqlen_q * sizeof(float) : 0;
+    // Scratch only for what is not already on the device.
     ScratchLayout layout;
-    const size_t q = layout.Add(q_bytes), k = layout.Add(kv_bytes), v = layout.Add(kv_bytes);
-    const size_t out = layout.Add(q_bytes), lse = layout.Add(lse_bytes);
+    const size_t q = layout.Add(on_device.q ? 0 : q_bytes);
+    const size_t k = layout.Add(on_device.k ? 0 : kv_bytes);
+    const size_t v = layout.Add(on_device.v ? 0 : kv_bytes);
+    const size_t out = layout.Add(on_device.out ? 0 : q_bytes);
+    const size_t lse = layout.Add(on_device.lse ? 0 : lse_bytes);
 
     MutexLock lock(&mu_);
     if (auto s = Prepare(layout.size()); !s.ok()) return s;
@@ -107,9 +111,13 @@ class CudaAttentionBackend final : public AttentionBackend {
     const size_t kv_bytes = size_t(host.total_kv) * host.num_heads_kv * host.head_dim * elem;
     const size_t lse_bytes = host.lse ? size_t(host.num_heads_q) * host.total_q * sizeof(float) : 0;
     const size_t cu_bytes = size_t(host.num_seqs + 1) * sizeof(int32_t);
+    // Scratch only for what is not already on the device.
     ScratchLayout layout;
-    const size_t q = layout.Add(q_bytes), k = layout.Add(kv_bytes), v = layout.Add(kv_bytes);
-    const size_t out = layout.Add(q_bytes), lse = layout.Add(lse_bytes);
+    const size_t q = layout.Add(on_device.q ? 0 : q_bytes);
+    const size_t k = layout.Add(on_device.k ? 0 : kv_bytes);
+    const size_t v = layout.Add(on_device.v ? 0 : kv_bytes);
+    const size_t out = layout.Add(on_device.out ? 0 : q_bytes);
+    const size_t lse = layout.Add(on_device.lse ? 0 : lse_bytes);
     const size_t cu_q = layout.Add(cu_bytes), cu_kv = layout.Add(cu_bytes);
 
     MutexLock lock(&mu_);
