@@ -147,7 +147,13 @@ absl::StatusOr<Report> RunLoadgen(const LoadgenConfig& config, absl::Span<Client
   const absl::Time start = absl::Now();
   const double cpu_start = ProcessCpuSeconds();
   RequestSource source(config, shape->max_context, start);
-  RunContext context{&config, *shape, report.tolerance, &source, &live, &stop, start,
+  RunContext context{&config,
+                     *shape,
+                     report.tolerance,
+                     &source,
+                     &live,
+                     &stop,
+                     start,
                      report.region_memory == "cuda"};
   std::vector<std::unique_ptr<Runner>> runners;
   for (int i = 0; i < config.runners; ++i) {

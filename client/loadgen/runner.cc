@@ -98,11 +98,12 @@ absl::StatusOr<std::string> ChooseRegionMemory(const LoadgenConfig& config,
       return std::string("host");
     case RegionMemory::kCuda:
       if (!cuda_built || config.region_cuda_device >= cuda_devices) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "--region-memory=cuda needs CUDA device ", config.region_cuda_device,
-            " in this process (", cuda_built ? absl::StrCat(cuda_devices, " visible")
-                                             : std::string("this build has no CUDA"),
-            ")"));
+        return absl::FailedPreconditionError(
+            absl::StrCat("--region-memory=cuda needs CUDA device ", config.region_cuda_device,
+                         " in this process (",
+                         cuda_built ? absl::StrCat(cuda_devices, " visible")
+                                    : std::string("this build has no CUDA"),
+                         ")"));
       }
       return std::string("cuda");
     case RegionMemory::kAuto:
@@ -117,16 +118,18 @@ absl::Status Runner::ToDevice(uint64_t offset, const std::byte* from, size_t byt
   const KernelStatus s =
       cuda::MemcpyHostToDevice(region_->data() + offset, from, bytes, /*stream=*/nullptr);
   if (s.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(s.code()),
-                      absl::StrCat("copying ", bytes, " bytes into the CUDA region: ", s.message()));
+  return absl::Status(
+      static_cast<absl::StatusCode>(s.code()),
+      absl::StrCat("copying ", bytes, " bytes into the CUDA region: ", s.message()));
 }
 
 absl::Status Runner::FromDevice(uint64_t offset, std::byte* to, size_t bytes) const {
   KernelStatus s = cuda::MemcpyDeviceToHost(to, region_->data() + offset, bytes, nullptr);
   if (s.ok()) s = cuda::StreamSynchronize(nullptr);
   if (s.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(s.code()),
-                      absl::StrCat("copying ", bytes, " bytes out of the CUDA region: ", s.message()));
+  return absl::Status(
+      static_cast<absl::StatusCode>(s.code()),
+      absl::StrCat("copying ", bytes, " bytes out of the CUDA region: ", s.message()));
 }
 
 CallOptions Runner::Call() const {

@@ -154,8 +154,8 @@ KernelStatus LoadMemGetAddressRange(MemGetAddressRangeFn* fn) {
   void* symbol = nullptr;
   cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
 #if CUDART_VERSION >= 12050
-  FLASHKV_CUDA_RETURN_IF_ERROR(cudaGetDriverEntryPointByVersion(
-      "cuMemGetAddressRange", &symbol, 3020, cudaEnableDefault, &found));
+  FLASHKV_CUDA_RETURN_IF_ERROR(cudaGetDriverEntryPointByVersion("cuMemGetAddressRange", &symbol,
+                                                                3020, cudaEnableDefault, &found));
 #else
   FLASHKV_CUDA_RETURN_IF_ERROR(
       cudaGetDriverEntryPoint("cuMemGetAddressRange", &symbol, cudaEnableDefault, &found));

@@ -95,9 +95,8 @@ class CudaAttentionBackend final : public AttentionBackend {
     dev.v = on_device.v ? host.v : At(v);
     dev.out = on_device.out ? host.out : At(out);
     dev.lse = !host.lse || on_device.lse ? host.lse : static_cast<float*>(At(lse));
-    if (auto s = Upload({{host.q, dev.q, q_bytes},
-                         {host.k, dev.k, kv_bytes},
-                         {host.v, dev.v, kv_bytes}});
+    if (auto s = Upload(
+            {{host.q, dev.q, q_bytes}, {host.k, dev.k, kv_bytes}, {host.v, dev.v, kv_bytes}});
         !s.ok()) {
       return s;
     }

@@ -143,7 +143,8 @@ absl::Status OneDevice(const Request& request, AttentionCall* call) {
     if (device != call->device) {
       return Invalid(std::string(field) + ": a region on CUDA device " + std::to_string(device) +
                      ", but " + call->device_field + " is on CUDA device " +
-                     std::to_string(call->device) + "; one call's CUDA regions must share a device");
+                     std::to_string(call->device) +
+                     "; one call's CUDA regions must share a device");
     }
   }
   return absl::OkStatus();

@@ -55,8 +55,9 @@ struct RowsAt {
 RowsAt InputRows(const Segment& g, Input input, size_t row_bytes) {
   const StepState& step = g.part->step();
   const StepEntry& e = step.entries()[g.part->entries()[g.index]];
-  const std::optional<RegionBytes>& device =
-      input == Input::kQ ? e.q_device : input == Input::kK ? e.k_device : e.v_device;
+  const std::optional<RegionBytes>& device = input == Input::kQ   ? e.q_device
+                                             : input == Input::kK ? e.k_device
+                                                                  : e.v_device;
   const size_t skip = static_cast<size_t>(g.a) * row_bytes;
   if (device) return RowsAt{device->data + skip, true};
   const wire::Span span = input == Input::kQ ? e.q : input == Input::kK ? e.k : e.v;

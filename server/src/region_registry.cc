@@ -147,10 +147,9 @@ absl::Status CheckCudaRegionSize(uint64_t size, const uint8_t* allocation_base,
   }
   const uint64_t available = allocation_end - start;
   if (size > available) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("size (", size, " bytes) exceeds the exported CUDA allocation, which has ",
-                     available, " bytes from the handle's base (allocation of ", allocation_bytes,
-                     " bytes)"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "size (", size, " bytes) exceeds the exported CUDA allocation, which has ", available,
+        " bytes from the handle's base (allocation of ", allocation_bytes, " bytes)"));
   }
   return absl::OkStatus();
 }

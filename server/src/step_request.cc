@@ -153,8 +153,8 @@ absl::StatusOr<StepEntry> CheckEntry(wire::StepEntryView& view, size_t index,
       ResolveOutputSlice(regions, view.out, out_bytes, (name + ".out").c_str());
   if (!out.ok()) return out.status();
   entry.out_region = *std::move(out);
-  if (auto s = CheckEntryPlacement(entry, view, name, caches.cuda() ? caches.device_id(*device)
-                                                                    : kCpuCompute);
+  if (auto s = CheckEntryPlacement(entry, view, name,
+                                   caches.cuda() ? caches.device_id(*device) : kCpuCompute);
       !s.ok()) {
     return s;
   }

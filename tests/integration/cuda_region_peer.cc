@@ -21,30 +21,12 @@
 #include <vector>
 
 #include "flashkv/cuda_backend.h"
+#include "pipe_io.h"
 
 namespace {
 
-bool ReadAll(void* data, size_t bytes) {
-  auto* p = static_cast<char*>(data);
-  while (bytes > 0) {
-    const ssize_t n = read(STDIN_FILENO, p, bytes);
-    if (n <= 0) return false;
-    p += n;
-    bytes -= static_cast<size_t>(n);
-  }
-  return true;
-}
-
-bool WriteAll(const void* data, size_t bytes) {
-  const auto* p = static_cast<const char*>(data);
-  while (bytes > 0) {
-    const ssize_t n = write(STDOUT_FILENO, p, bytes);
-    if (n <= 0) return false;
-    p += n;
-    bytes -= static_cast<size_t>(n);
-  }
-  return true;
-}
+using flashkv::testing::ReadAll;
+using flashkv::testing::WriteAll;
 
 [[noreturn]] void Fail(const std::string& what, const flashkv::KernelStatus& s) {
   std::fprintf(stderr, "cuda_region_peer: %s: %s\n", what.c_str(), s.message().c_str());
@@ -66,13 +48,14 @@ int main(int argc, char** argv) {
   if (auto s = cuda::Malloc(&base, alloc); !s.ok()) Fail("cudaMalloc", s);
   cuda::IpcMemHandle handle;
   if (auto s = cuda::IpcGetMemHandle(base, &handle); !s.ok()) Fail("IPC handle", s);
-  if (!WriteAll(handle.bytes, sizeof handle.bytes)) return 1;
+  if (!WriteAll(STDOUT_FILENO, handle.bytes, sizeof handle.bytes)) return 1;
   auto* memory = static_cast<uint8_t*>(base);
   std::vector<uint8_t> host;
   for (;;) {
     char op = 0;
     uint64_t header[2];
-    if (!ReadAll(&op, 1) || !ReadAll(header, sizeof header)) break;  // the test is done
+    // EOF: the test is done.
+    if (!ReadAll(STDIN_FILENO, &op, 1) || !ReadAll(STDIN_FILENO, header, sizeof header)) break;
     const uint64_t offset = header[0], length = header[1];
     if (offset > alloc || length > alloc - offset) {
       std::fprintf(stderr, "cuda_region_peer: [%llu, +%llu) is outside the allocation\n",
@@ -83,7 +66,7 @@ int main(int argc, char** argv) {
     host.resize(length);
     flashkv::KernelStatus s = flashkv::KernelStatus::Ok();
     if (op == 'W') {
-      if (!ReadAll(host.data(), length)) return 1;
+      if (!ReadAll(STDIN_FILENO, host.data(), length)) return 1;
       s = cuda::MemcpyHostToDevice(memory + offset, host.data(), length, nullptr);
     } else if (op == 'R') {
       s = cuda::MemcpyDeviceToHost(host.data(), memory + offset, length, nullptr);
@@ -95,7 +78,8 @@ int main(int argc, char** argv) {
     }
     if (s.ok()) s = cuda::StreamSynchronize(nullptr);
     if (!s.ok()) Fail(std::string("request ") + op, s);
-    const bool answered = op == 'R' ? WriteAll(host.data(), length) : WriteAll("k", 1);
+    const bool answered =
+        op == 'R' ? WriteAll(STDOUT_FILENO, host.data(), length) : WriteAll(STDOUT_FILENO, "k", 1);
     if (!answered) return 1;
   }
   (void)cuda::Free(base);

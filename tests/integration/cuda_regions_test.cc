@@ -19,6 +19,7 @@
 
 #include "flashkv/cuda_backend.h"
 #include "flashkv/v1/region.grpc.pb.h"
+#include "pipe_io.h"
 #include "testing/conversation.h"
 #include "testing/reference.h"
 #include "testing/test_server.h"
@@ -121,26 +122,8 @@ class CudaPeer {
     char ack = 0;
     EXPECT_TRUE(ReadAll(&ack, 1) && ack == 'k') << "peer did not acknowledge";
   }
-  bool WriteAll(const void* data, size_t bytes) {
-    const auto* p = static_cast<const char*>(data);
-    while (bytes > 0) {
-      const ssize_t n = write(in_, p, bytes);
-      if (n <= 0) return false;
-      p += n;
-      bytes -= static_cast<size_t>(n);
-    }
-    return true;
-  }
-  bool ReadAll(void* data, size_t bytes) {
-    auto* p = static_cast<char*>(data);
-    while (bytes > 0) {
-      const ssize_t n = read(out_, p, bytes);
-      if (n <= 0) return false;
-      p += n;
-      bytes -= static_cast<size_t>(n);
-    }
-    return true;
-  }
+  bool WriteAll(const void* data, size_t bytes) { return testing::WriteAll(in_, data, bytes); }
+  bool ReadAll(void* data, size_t bytes) { return testing::ReadAll(out_, data, bytes); }
 
   pid_t pid_ = -1;
   int in_ = -1, out_ = -1;
@@ -211,8 +194,7 @@ class CudaRegionsTest : public ::testing::Test {
 
   // Starts a server on `config`, the peer on `device` with `alloc` bytes, and registers
   // `region_size` bytes of it (on device `region_device` of the server's numbering).
-  void StartAll(const server::ServerConfig& config, int device = 0,
-                uint64_t alloc = kRegionBytes) {
+  void StartAll(const server::ServerConfig& config, int device = 0, uint64_t alloc = kRegionBytes) {
     absl::StatusOr<std::unique_ptr<TestServer>> server = TestServer::Start(config);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
@@ -295,9 +277,9 @@ TEST_F(CudaRegionsTest, StepReadsAndWritesTheRegionOnTheDevice) {
       ASSERT_TRUE(status.ok()) << status.error_message();
       ASSERT_EQ(response.out_size(), 2);
       EXPECT_EQ(reference.Apply(layer, a, FromRegion(response.out(0), kOutAt, na * kQRow)), "");
-      EXPECT_EQ(reference.Apply(layer, b, FromRegion(response.out(1), kOutAt + na * kQRow,
-                                                     nb * kQRow)),
-                "");
+      EXPECT_EQ(
+          reference.Apply(layer, b, FromRegion(response.out(1), kOutAt + na * kQRow, nb * kQRow)),
+          "");
     }
     // 2. Scattered rows beside an entry in bytes: region rows are copied device-side into the
     // launch's staging, and the outputs out of it (the plain entry's come back in the response).
@@ -505,8 +487,7 @@ TEST_F(CudaRegionsTest, CpuBackendRefusesCudaRegions) {
   grpc::ClientContext context;
   const grpc::Status refused = server_->attention().Attention(&context, request, &attention);
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
-  EXPECT_NE(refused.error_message().find("k.region"), std::string::npos)
-      << refused.error_message();
+  EXPECT_NE(refused.error_message().find("k.region"), std::string::npos) << refused.error_message();
 }
 
 }  // namespace

@@ -71,7 +71,8 @@ TEST(ChooseBackendTest, CudaRegionOnADeviceNotServedIsRefused) {
 TEST(ChooseBackendTest, CudaRegionOnTheCpuBackendIsRefused) {
   FakeBackend cpu(kCpuCompute);
   const std::vector<AttentionBackend*> backends = {&cpu};
-  absl::StatusOr<AttentionBackend*> chosen = ChooseBackend(CallOnDevice(0, "k.region"), backends, 0);
+  absl::StatusOr<AttentionBackend*> chosen =
+      ChooseBackend(CallOnDevice(0, "k.region"), backends, 0);
   ASSERT_FALSE(chosen.ok());
   EXPECT_EQ(chosen.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(chosen.status().message().find("k.region"), absl::string_view::npos);

@@ -174,8 +174,7 @@ TEST(CheckCudaRegionSizeTest, ALyingSizeIsRefusedNamingBothSizes) {
   s = CheckCudaRegionSize(2048, allocation, 4096, allocation + 3072);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("1024 bytes from the handle's base"), std::string::npos) << s;
-  EXPECT_EQ(CheckCudaRegionSize(std::numeric_limits<uint64_t>::max(), allocation, 4096,
-                                allocation)
+  EXPECT_EQ(CheckCudaRegionSize(std::numeric_limits<uint64_t>::max(), allocation, 4096, allocation)
                 .code(),
             absl::StatusCode::kInvalidArgument);
   // A pointer outside the reported allocation is the driver contradicting itself.
