@@ -17,6 +17,12 @@ encoded); the table gives, per step:
 With --transport-benchmark, the bare gRPC stream round trip of a 1 KiB message (client and server
 in one process) is measured first, as the transport's floor on this machine.
 
+shm regions are CUDA device memory (CUDA IPC) when the server computes on one CUDA device and the
+loadgen has CUDA, else host memory (--region-memory; the `mem` column says which). With --verify F
+a fraction F of the steps is recomputed on the CPU (outputs poisoned first); a cell with any
+mismatch or unexpected error, or (--expect-region-memory) regions in other memory than expected,
+is reported and the script exits 1 after the table.
+
   python3 benchmarks/server/dataplane_step_benchmark.py \\
       --server build/release/server/flashkv-server \\
       --loadgen build/release/client/flashkv-loadgen \\
@@ -71,12 +77,28 @@ def run_loadgen(args, target, batch, plane):
                f"--max-pass-tokens={max(batch * args.prompt_len, batch, 256)}",
                f"--prefill-chunk={args.prompt_len}", "--verify=none", "--no-token-ids",
                f"--duration={args.duration}", "--progress=none", "--json",
-               f"--data-plane={plane}"]
+               f"--data-plane={plane}", f"--region-memory={args.region_memory}"]
+    command[command.index("--verify=none")] = f"--verify={args.verify}"
     done = subprocess.run(command, capture_output=True, text=True)
+    try:
+        report = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        report = None
+    # 3: mismatches, 4: unexpected errors; the report says which.
+    problem = None
     if done.returncode != 0:
-        sys.exit(f"flashkv-loadgen failed ({done.returncode}): {' '.join(command)}\n"
-                 f"{done.stderr[-2000:]}")
-    return json.loads(done.stdout)
+        problem = (f"flashkv-loadgen exited {done.returncode}: {' '.join(command)}\n"
+                   f"{done.stderr[-2000:]}")
+        if report is not None:
+            problem += "\n" + json.dumps({"errors": report.get("errors"),
+                                          "verification": report.get("verification")})[:4000]
+    elif report is None:
+        problem = f"flashkv-loadgen printed no JSON report: {done.stdout[-500:]}"
+    elif plane == "shm" and args.expect_region_memory and \
+            report["config"].get("region_memory") != args.expect_region_memory:
+        problem = (f"shm regions were in {report['config'].get('region_memory')!r} memory, "
+                   f"expected {args.expect_region_memory!r}")
+    return report, problem
 
 
 def transport_floor(binary, unix):
@@ -121,12 +143,18 @@ def main():
     p.add_argument("--kv-cache", default="2GiB", help="CPU backend KV pool")
     p.add_argument("--server-arg", action="append", default=[],
                    help="extra flashkv-server flag (repeatable), e.g. --server-arg=--devices=0")
+    p.add_argument("--region-memory", default="auto", choices=["auto", "host", "cuda"],
+                   help="where shm regions live (flashkv-loadgen --region-memory)")
+    p.add_argument("--expect-region-memory", choices=["host", "cuda"],
+                   help="fail a shm cell whose regions were elsewhere")
+    p.add_argument("--verify", default="none",
+                   help="fraction of steps recomputed on the CPU (flashkv-loadgen --verify)")
     p.add_argument("--json-out", help="also write the rows here")
     args = p.parse_args()
 
     batches = [int(b) for b in args.batches.split(",")]
     planes = args.planes.split(",")
-    rows, floors = [], {}
+    rows, floors, problems = [], {}, []
     with tempfile.TemporaryDirectory() as tmp:
         for transport in args.transports.split(","):
             if args.transport_benchmark:
@@ -139,9 +167,13 @@ def main():
                 for batch in batches:
                     for plane in planes:
                         load = load_average()
-                        report = run_loadgen(args, target, batch, plane)
-                        rows.append((transport, plane, batch, load, report))
-                        print(f"  {transport} {plane} batch {batch}: done", file=sys.stderr)
+                        report, problem = run_loadgen(args, target, batch, plane)
+                        if problem:
+                            problems.append(f"{transport} {plane} batch {batch}: {problem}")
+                        if report is not None:
+                            rows.append((transport, plane, batch, load, report))
+                        print(f"  {transport} {plane} batch {batch}: "
+                              f"{'FAILED' if problem else 'done'}", file=sys.stderr)
             finally:
                 process.terminate()
                 try:
@@ -158,20 +190,24 @@ def main():
         if floor is not None:
             print(f"transport floor ({transport}): bare gRPC stream round trip of 1 KiB, p50 "
                   f"{floor:.0f} us")
-    header = (f"{'transport':9} {'plane':5} {'batch':>5} {'MiB/step':>8} {'steps':>6} "
+    header = (f"{'transport':9} {'plane':5} {'mem':4} {'batch':>5} {'MiB/step':>8} {'steps':>6} "
               f"{'step':>8} {'step p99':>9} {'kernel':>8} {'overhead':>9} {'ovh p99':>8} "
               f"{'server':>7} {'tok/s':>9} {'ovh/kern':>8} {'load':>5}")
     print(header)
     out_rows = []
     for transport, plane, batch, load, report in rows:
         lat = report["latency"]
+        memory = report["config"].get("region_memory") or "-"
+        checked = report["verification"]["steps_checked"]
         if "decode Step" not in lat:
-            print(f"{transport:9} {plane:5} {batch:5}  (no decode steps measured)")
+            print(f"{transport:9} {plane:5} {memory:4} {batch:5}  (no decode steps measured)")
             continue
         us = lambda key, q="p50_ms": lat[key][q] * 1000  # noqa: E731
         step, kernel = us("decode Step"), us("decode Step kernel")
         overhead, server = us("decode Step overhead"), us("decode Step server overhead")
-        row = {"transport": transport, "plane": plane, "batch": batch,
+        row = {"transport": transport, "plane": plane, "region_memory": memory, "batch": batch,
+               "steps_verified": checked,
+               "mismatched_entries": report["verification"]["mismatched_entries"],
                "mib_per_step": batch * per_token / 2**20, "steps": lat["decode Step"]["count"],
                "step_p50_us": step, "step_p99_us": us("decode Step", "p99_ms"),
                "kernel_p50_us": kernel, "overhead_p50_us": overhead,
@@ -179,13 +215,32 @@ def main():
                "server_overhead_p50_us": server, "tokens_per_s": batch / (step * 1e-6),
                "load_average": load}
         out_rows.append(row)
-        print(f"{transport:9} {plane:5} {batch:5} {row['mib_per_step']:8.3f} {row['steps']:6} "
+        print(f"{transport:9} {plane:5} {memory:4} {batch:5} {row['mib_per_step']:8.3f} {row['steps']:6} "
               f"{step:8.0f} {row['step_p99_us']:9.0f} {kernel:8.0f} {overhead:9.0f} "
               f"{row['overhead_p99_us']:8.0f} {server:7.0f} {row['tokens_per_s']:9.0f} "
               f"{overhead / max(kernel, 1e-9):8.2f} {load:5.1f}")
+    # The figure: the server's own overhead (server_ns - kernel_ns), p50, per batch.
+    print("server overhead p50 (server_ns - kernel_ns), us:")
+    for transport in args.transports.split(","):
+        for batch in batches:
+            cells = [f"{r['plane']}({r['region_memory']}) {r['server_overhead_p50_us']:.0f}"
+                     for r in out_rows if r["transport"] == transport and r["batch"] == batch]
+            kernel = [r["kernel_p50_us"] for r in out_rows
+                      if r["transport"] == transport and r["batch"] == batch]
+            if cells:
+                print(f"  {transport:4} batch {batch:4}: {', '.join(cells)}; kernel p50 "
+                      f"{min(kernel):.0f}")
+    verified = sum(r["steps_verified"] for r in out_rows)
+    print(f"verification: {verified} steps recomputed on the CPU (--verify {args.verify}), "
+          f"{sum(r['mismatched_entries'] for r in out_rows)} mismatched entries")
     if args.json_out:
         with open(args.json_out, "w") as f:
-            json.dump({"floors_us": floors, "rows": out_rows}, f, indent=2)
+            json.dump({"floors_us": floors, "rows": out_rows, "problems": problems}, f, indent=2)
+    if problems:
+        print(f"FAILED: {len(problems)} cell(s)", file=sys.stderr)
+        for problem in problems:
+            print("  " + problem, file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,18 @@ namespace flashkv::loadgen {
 
 const char* DataPlaneName(DataPlane plane) { return plane == DataPlane::kShm ? "shm" : "bytes"; }
 
+const char* RegionMemoryName(RegionMemory memory) {
+  switch (memory) {
+    case RegionMemory::kHost:
+      return "host";
+    case RegionMemory::kCuda:
+      return "cuda";
+    case RegionMemory::kAuto:
+      break;
+  }
+  return "auto";
+}
+
 absl::Status LoadgenConfig::Validate() const {
   auto positive = [](const char* name, int64_t v) -> absl::Status {
     if (v >= 1) return absl::OkStatus();
@@ -34,6 +46,10 @@ absl::Status LoadgenConfig::Validate() const {
     return absl::InvalidArgumentError("--prefix-fraction must be in [0, 1]");
   }
   if (prefix_pool < 0) return absl::InvalidArgumentError("--prefix-pool must be >= 0");
+  if (region_cuda_device < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--region-cuda-device (", region_cuda_device, ") must be >= 0"));
+  }
   if (run_id.empty()) return absl::InvalidArgumentError("run_id must not be empty");
   return absl::OkStatus();
 }

@@ -18,6 +18,13 @@ namespace flashkv::loadgen {
 enum class DataPlane { kBytes, kShm };
 const char* DataPlaneName(DataPlane plane);
 
+// Where a shm runner's region lives: host memory (a sealed memfd), or device memory on the
+// server's CUDA device (a CUDA IPC region, which the server's kernels read and write in place).
+// kAuto: CUDA when the server computes on CUDA with one device and this build has CUDA (with
+// several devices a runner's sequences spread over them, and a region lives on one).
+enum class RegionMemory { kAuto, kHost, kCuda };
+const char* RegionMemoryName(RegionMemory memory);
+
 struct LoadgenConfig {
   // Simulated model runners, each with its own StepStream, owning up to `max_batch` sequences
   // that it steps together (continuous batching: prefill chunks and decodes in one pass).
@@ -42,6 +49,9 @@ struct LoadgenConfig {
   // layer that arrives while the previous one is still in flight).
   int pipeline_depth = 1;
   DataPlane data_plane = DataPlane::kBytes;
+  RegionMemory region_memory = RegionMemory::kAuto;
+  // The CUDA ordinal (as this process numbers devices) of the server's device, for CUDA regions.
+  int region_cuda_device = 0;
 
   // Shared-prefix pool: `prefix_pool` prompt prefixes (lengths from `prefix_len`); a request
   // starts with one of them with probability `prefix_fraction`, then its own prompt_len tokens.

@@ -2,12 +2,14 @@
 
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <memory>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "flashkv/cpu_backend.h"
+#include "flashkv/cuda_backend.h"
 #include "request_source.h"
 #include "runner.h"
 
@@ -32,7 +34,8 @@ absl::StatusOr<ModelShape> LearnShape(Client& client, absl::Duration timeout,
                    static_cast<int>(info->head_dim()),
                    *dtype,
                    static_cast<int>(info->page_size()),
-                   static_cast<int64_t>(info->max_context())};
+                   static_cast<int64_t>(info->max_context()),
+                   std::max(1, static_cast<int>(info->num_devices()))};
   if (shape.num_layers < 1 || shape.num_q_heads < 1 || shape.num_kv_heads < 1 ||
       shape.head_dim < 1 || shape.page_size < 1 || shape.max_context < 2 ||
       shape.num_q_heads % shape.num_kv_heads != 0) {
@@ -122,6 +125,10 @@ absl::StatusOr<Report> RunLoadgen(const LoadgenConfig& config, absl::Span<Client
   absl::StatusOr<ModelShape> shape = LearnShape(*clients[0], config.rpc_timeout, &report.backend);
   if (!shape.ok()) return shape.status();
   report.shape = *shape;
+  absl::StatusOr<std::string> region_memory = ChooseRegionMemory(
+      config, report.backend, shape->num_devices, cuda::IsBuilt(), cuda::DeviceCount());
+  if (!region_memory.ok()) return region_memory.status();
+  report.region_memory = *region_memory;
   if (config.verify_fraction > 0 && !cpu::IsCompiled(shape->dtype, shape->head_dim)) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "verification needs the CPU implementation for %s head dim %d, which this build lacks "
@@ -140,7 +147,14 @@ absl::StatusOr<Report> RunLoadgen(const LoadgenConfig& config, absl::Span<Client
   const absl::Time start = absl::Now();
   const double cpu_start = ProcessCpuSeconds();
   RequestSource source(config, shape->max_context, start);
-  RunContext context{&config, *shape, report.tolerance, &source, &live, &stop, start};
+  RunContext context{&config,
+                     *shape,
+                     report.tolerance,
+                     &source,
+                     &live,
+                     &stop,
+                     start,
+                     report.region_memory == "cuda"};
   std::vector<std::unique_ptr<Runner>> runners;
   for (int i = 0; i < config.runners; ++i) {
     runners.push_back(std::make_unique<Runner>(i, clients[i % clients.size()], context));

@@ -111,6 +111,16 @@ int main(int argc, char** argv) {
                  "runner, only descriptors in the messages (server on this host)")
       ->capture_default_str()
       ->check(CLI::IsMember({"bytes", "shm"}));
+  std::string region_memory = "auto";
+  app.add_option("--region-memory", region_memory,
+                 "shm regions in host memory (a sealed memfd) or CUDA device memory (CUDA IPC, "
+                 "read and written by the server's kernels in place); auto: cuda when the server "
+                 "computes on one CUDA device and this build has CUDA")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "host", "cuda"}));
+  app.add_option("--region-cuda-device", c->region_cuda_device,
+                 "this process's CUDA ordinal of the server's device (CUDA regions)")
+      ->capture_default_str();
   app.add_option("--prefix-pool", c->prefix_pool, "shared prompt prefixes (0: none)")
       ->capture_default_str();
   app.add_option("--prefix-len", prefix_len, "length distribution of the shared prefixes")
@@ -170,6 +180,9 @@ int main(int argc, char** argv) {
   c->rpc_timeout = absl::Seconds(rpc_timeout_s);
   c->send_token_ids = !no_token_ids;
   c->data_plane = data_plane == "shm" ? loadgen::DataPlane::kShm : loadgen::DataPlane::kBytes;
+  c->region_memory = region_memory == "host"   ? loadgen::RegionMemory::kHost
+                     : region_memory == "cuda" ? loadgen::RegionMemory::kCuda
+                                               : loadgen::RegionMemory::kAuto;
   if (c->run_id.empty())
     c->run_id = absl::StrCat("lg", absl::Hex(std::random_device()() & 0xffffff));
   if (absl::Status s = c->Validate(); !s.ok()) return usage(s);

@@ -21,6 +21,7 @@ namespace flashkv::loadgen {
 struct Report {
   std::string target;
   std::string backend;
+  std::string region_memory;  // shm: "host" or "cuda" (ChooseRegionMemory); "" for bytes
   LoadgenConfig config;
   ModelShape shape;
   tools::Tolerance tolerance;

@@ -1,9 +1,12 @@
 #include "runner.h"
 
 #include <algorithm>
+#include <cstring>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "flashkv/cuda_backend.h"
 #include "synthetic_data.h"
 
 namespace flashkv::loadgen {
@@ -47,26 +50,86 @@ absl::Status Runner::Prepare() {
     return (bytes + kRegionAlignment - 1) / kRegionAlignment * kRegionAlignment;
   };
   const uint64_t size = slots_.size() * (2 * aligned(q_bytes) + 2 * aligned(kv_bytes));
-  absl::StatusOr<std::unique_ptr<SharedRegion>> region = client_->AttachHostRegion(size, Call());
+  absl::StatusOr<std::unique_ptr<SharedRegion>> region =
+      context_.cuda_regions ? client_->AttachDeviceRegion(size, config_.region_cuda_device, Call())
+                            : client_->AttachHostRegion(size, Call());
   if (!region.ok()) {
-    return absl::Status(region.status().code(),
-                        absl::StrCat("runner ", index_, ": registering a region of ", size,
-                                     " bytes (--data-plane=shm needs the server on this host): ",
-                                     region.status().message()));
+    return absl::Status(
+        region.status().code(),
+        absl::StrCat("runner ", index_, ": registering a ",
+                     context_.cuda_regions
+                         ? absl::StrCat("CUDA region on device ", config_.region_cuda_device)
+                         : std::string("host region"),
+                     " of ", size, " bytes (--data-plane=shm needs the server on this host): ",
+                     region.status().message()));
   }
   region_ = *std::move(region);
   const Shape q_shape = {rows, shape_.num_q_heads, shape_.head_dim};
   const Shape kv_shape = {rows, shape_.num_kv_heads, shape_.head_dim};
-  for (Slot& slot : slots_) {
+  if (context_.cuda_regions) memory_.resize(slots_.size() * 4);
+  for (size_t i = 0; i < slots_.size(); ++i) {
     // Sized above for exactly these allocations.
     const RegionTensor q = *region_->Allocate(shape_.dtype, q_shape);
     const RegionTensor k = *region_->Allocate(shape_.dtype, kv_shape);
     const RegionTensor v = *region_->Allocate(shape_.dtype, kv_shape);
     const RegionTensor out = *region_->Allocate(shape_.dtype, q_shape);
+    Slot& slot = slots_[i];
     slot = Slot{q.mutable_data(), k.mutable_data(), v.mutable_data(), out.mutable_data(),
                 q.offset(),       k.offset(),       v.offset(),       out.offset()};
+    if (!context_.cuda_regions) continue;
+    // Device memory is not for the host to touch: tensors are generated and checked in host
+    // twins, and cross in one copy per tensor per layer (outside the timed round trip).
+    std::byte** twins[] = {&slot.q, &slot.k, &slot.v, &slot.out};
+    const size_t sizes[] = {q_bytes, kv_bytes, kv_bytes, q_bytes};
+    for (size_t t = 0; t < 4; ++t) {
+      memory_[4 * i + t].resize(sizes[t]);
+      *twins[t] = memory_[4 * i + t].data();
+    }
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ChooseRegionMemory(const LoadgenConfig& config,
+                                               const std::string& backend, int num_devices,
+                                               bool cuda_built, int cuda_devices) {
+  if (config.data_plane != DataPlane::kShm) return std::string();
+  switch (config.region_memory) {
+    case RegionMemory::kHost:
+      return std::string("host");
+    case RegionMemory::kCuda:
+      if (!cuda_built || config.region_cuda_device >= cuda_devices) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("--region-memory=cuda needs CUDA device ", config.region_cuda_device,
+                         " in this process (",
+                         cuda_built ? absl::StrCat(cuda_devices, " visible")
+                                    : std::string("this build has no CUDA"),
+                         ")"));
+      }
+      return std::string("cuda");
+    case RegionMemory::kAuto:
+      break;
+  }
+  const bool cuda = backend == "cuda" && num_devices == 1 && cuda_built &&
+                    config.region_cuda_device < cuda_devices;
+  return std::string(cuda ? "cuda" : "host");
+}
+
+absl::Status Runner::ToDevice(uint64_t offset, const std::byte* from, size_t bytes) const {
+  const KernelStatus s =
+      cuda::MemcpyHostToDevice(region_->data() + offset, from, bytes, /*stream=*/nullptr);
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(
+      static_cast<absl::StatusCode>(s.code()),
+      absl::StrCat("copying ", bytes, " bytes into the CUDA region: ", s.message()));
+}
+
+absl::Status Runner::FromDevice(uint64_t offset, std::byte* to, size_t bytes) const {
+  KernelStatus s = cuda::MemcpyDeviceToHost(to, region_->data() + offset, bytes, nullptr);
+  if (s.ok()) s = cuda::StreamSynchronize(nullptr);
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(
+      static_cast<absl::StatusCode>(s.code()),
+      absl::StrCat("copying ", bytes, " bytes out of the CUDA region: ", s.message()));
 }
 
 CallOptions Runner::Call() const {
@@ -93,6 +156,13 @@ bool Runner::CountError(const char* rpc, const absl::Status& status) {
 }
 
 void Runner::Run() {
+  // The runner's copies to and from its CUDA region go through this device's default stream.
+  if (context_.cuda_regions) {
+    if (KernelStatus s = cuda::SetDevice(config_.region_cuda_device); !s.ok()) {
+      CountError("cudaSetDevice", absl::UnavailableError(s.message()));
+      return;
+    }
+  }
   while (!context_.stop->load(std::memory_order_relaxed)) {
     Admit();
     if (active_.empty()) {
@@ -238,7 +308,7 @@ TensorView Runner::SlotView(std::byte* data, uint64_t offset, int64_t rows,
   return TensorView(shape_.dtype, std::move(shape), data, RegionSlice{region_->id(), offset});
 }
 
-void Runner::BuildLayer(int layer, const Slot& slot) {
+absl::Status Runner::BuildLayer(int layer, const Slot& slot, bool poison) {
   const int64_t q_row = static_cast<int64_t>(shape_.num_q_heads) * shape_.head_dim;
   const size_t size = DTypeSize(shape_.dtype);
   const size_t q_row_bytes = q_row * size;
@@ -262,6 +332,25 @@ void Runner::BuildLayer(int layer, const Slot& slot) {
     input.out.reset();
     if (region_ != nullptr) input.out = RegionSlice{region_->id(), slot.out_offset + q_at};
   }
+  if (region_ == nullptr) return absl::OkStatus();
+  const size_t rows = pass_.empty() ? 0 : static_cast<size_t>(pass_rows_.back() + pass_.back().n);
+  const size_t q_bytes = rows * q_row_bytes, kv_bytes = rows * kv_row_bytes;
+  if (!context_.cuda_regions) {
+    if (poison) std::memset(slot.out, 0xff, q_bytes);  // NaN in every float format
+    return absl::OkStatus();
+  }
+  // The data plane's contract: the client's writes are complete before the request is sent.
+  for (const auto& [offset, from, bytes] :
+       {std::tuple{slot.q_offset, slot.q, q_bytes}, std::tuple{slot.k_offset, slot.k, kv_bytes},
+        std::tuple{slot.v_offset, slot.v, kv_bytes}}) {
+    if (absl::Status s = ToDevice(offset, from, bytes); !s.ok()) return s;
+  }
+  KernelStatus s = KernelStatus::Ok();
+  if (poison) s = cuda::Memset(region_->data() + slot.out_offset, 0xff, q_bytes, nullptr);
+  if (s.ok()) s = cuda::StreamSynchronize(nullptr);
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(s.code()),
+                      absl::StrCat("preparing the CUDA region: ", s.message()));
 }
 
 absl::Status Runner::RunPass() {
@@ -283,7 +372,9 @@ absl::Status Runner::RunPass() {
       if (absl::Status s = ReceiveOne(&in_flight); !s.ok()) return s;
     }
     InFlight f{layer, 0, absl::Time(), check(rng_)};
-    BuildLayer(layer, slots_[layer % slots_.size()]);
+    if (absl::Status s = BuildLayer(layer, slots_[layer % slots_.size()], f.check); !s.ok()) {
+      return s;
+    }
     f.sent = absl::Now();
     absl::StatusOr<uint64_t> id = session_->Send(static_cast<uint32_t>(layer), inputs_);
     if (!id.ok()) return id.status();
@@ -332,6 +423,13 @@ void Runner::Check(const InFlight& f, const v1::StepResponse& response) {
   const int64_t q_row = static_cast<int64_t>(shape_.num_q_heads) * shape_.head_dim;
   const int size = DTypeSize(shape_.dtype);
   const Slot& slot = slots_[f.layer % slots_.size()];
+  if (context_.cuda_regions) {
+    const size_t rows = static_cast<size_t>(pass_rows_.back() + pass_.back().n);
+    if (absl::Status s = FromDevice(slot.out_offset, slot.out, rows * q_row * size); !s.ok()) {
+      CountError("Step output", s);
+      return;
+    }
+  }
   for (size_t i = 0; i < pass_.size(); ++i) {
     const Entry& e = pass_[i];
     const Sequence& s = *e.sequence;

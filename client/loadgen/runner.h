@@ -51,7 +51,15 @@ struct ModelShape {
   DType dtype = DType::kFloat16;
   int page_size = 0;
   int64_t max_context = 0;
+  int num_devices = 1;
 };
+
+// Where shm regions live, decided once per run: `memory` (host or cuda, never auto) for
+// --data-plane=shm and the server's backend ("cpu"/"cuda") and devices; "" for bytes.
+// FAILED_PRECONDITION for --region-memory=cuda in a build without CUDA.
+absl::StatusOr<std::string> ChooseRegionMemory(const LoadgenConfig& config,
+                                               const std::string& backend, int num_devices,
+                                               bool cuda_built, int cuda_devices);
 
 // What all runners share. Everything but the pointees is read-only during the run.
 struct RunContext {
@@ -62,6 +70,7 @@ struct RunContext {
   LiveCounters* live = nullptr;
   const std::atomic<bool>* stop = nullptr;
   absl::Time start;
+  bool cuda_regions = false;  // shm regions in CUDA device memory (ChooseRegionMemory)
 };
 
 class Runner {
@@ -105,6 +114,8 @@ class Runner {
     bool check;
   };
   // Room for one layer request of a whole pass: q, k, v (and out, shm) rows, entry after entry.
+  // The pointers are host memory: the region's own, or (CUDA regions) host twins whose rows are
+  // copied to `device` before a request is sent and from it after its response.
   struct Slot {
     std::byte* q = nullptr;
     std::byte* k = nullptr;
@@ -116,8 +127,12 @@ class Runner {
   void Admit();
   absl::Status CreateOne(Request request);
   void PlanPass();
-  // Fills the layer's tensors into `slot` and inputs_ with views of them.
-  void BuildLayer(int layer, const Slot& slot);
+  // Fills the layer's tensors into `slot` and inputs_ with views of them. `poison`: the output
+  // rows (shm) are first overwritten with NaN, so that rows the server failed to write show.
+  absl::Status BuildLayer(int layer, const Slot& slot, bool poison);
+  // CUDA regions: the pass's `bytes` at `offset` between a slot's host twin and the region.
+  absl::Status ToDevice(uint64_t offset, const std::byte* from, size_t bytes) const;
+  absl::Status FromDevice(uint64_t offset, std::byte* to, size_t bytes) const;
   // A view of `rows` rows of `row_bytes` at `data` ([rows, heads, D]), with its region slice
   // (shm).
   TensorView SlotView(std::byte* data, uint64_t offset, int64_t rows, int64_t heads) const;
@@ -158,7 +173,7 @@ class Runner {
   std::vector<std::byte> want_;     // CPU output buffer
   std::vector<std::byte> scratch_;  // K/V regenerated for a cached prefix
   std::unique_ptr<SharedRegion> region_;        // shm
-  std::vector<std::vector<std::byte>> memory_;  // bytes: the slots' storage
+  std::vector<std::vector<std::byte>> memory_;  // bytes, CUDA regions: the slots' host storage
   std::vector<Slot> slots_;
   std::vector<StepInput> inputs_;  // the request being built (views into a slot)
   RunStats stats_;

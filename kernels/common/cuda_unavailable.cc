@@ -39,5 +39,6 @@ KernelStatus EventElapsedMs(Event, Event, float*) { return NotBuilt(); }
 KernelStatus IpcGetMemHandle(void*, IpcMemHandle*) { return NotBuilt(); }
 KernelStatus IpcOpenMemHandle(const IpcMemHandle&, void**) { return NotBuilt(); }
 KernelStatus IpcCloseMemHandle(void*) { return NotBuilt(); }
+KernelStatus MemGetAddressRange(const void*, void**, size_t*) { return NotBuilt(); }
 
 }  // namespace flashkv::cuda

@@ -1,6 +1,7 @@
 // Device, memory and stream wrappers of flashkv/cuda_backend.h: each runtime call checked and
 // returned as a KernelStatus, so that no component above the kernels includes CUDA headers.
 
+#include <cuda.h>  // driver types only: the driver is reached through the runtime
 #include <cuda_runtime_api.h>
 
 #include <cstring>
@@ -141,6 +142,47 @@ KernelStatus IpcOpenMemHandle(const IpcMemHandle& handle, void** ptr) {
 }
 KernelStatus IpcCloseMemHandle(void* ptr) {
   FLASHKV_CUDA_RETURN_IF_ERROR(cudaIpcCloseMemHandle(ptr));
+  return KernelStatus::Ok();
+}
+
+namespace {
+
+// cuMemGetAddressRange's ABI since CUDA 3.2 (64-bit device pointers and sizes).
+using MemGetAddressRangeFn = CUresult(CUDAAPI*)(CUdeviceptr* base, size_t* size, CUdeviceptr ptr);
+
+KernelStatus LoadMemGetAddressRange(MemGetAddressRangeFn* fn) {
+  void* symbol = nullptr;
+  cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+#if CUDART_VERSION >= 12050
+  FLASHKV_CUDA_RETURN_IF_ERROR(cudaGetDriverEntryPointByVersion("cuMemGetAddressRange", &symbol,
+                                                                3020, cudaEnableDefault, &found));
+#else
+  FLASHKV_CUDA_RETURN_IF_ERROR(
+      cudaGetDriverEntryPoint("cuMemGetAddressRange", &symbol, cudaEnableDefault, &found));
+#endif
+  if (found != cudaDriverEntryPointSuccess || symbol == nullptr) {
+    return Unavailable("the CUDA driver does not export cuMemGetAddressRange");
+  }
+  *fn = reinterpret_cast<MemGetAddressRangeFn>(symbol);
+  return KernelStatus::Ok();
+}
+
+}  // namespace
+
+KernelStatus MemGetAddressRange(const void* ptr, void** base, size_t* bytes) {
+  // Looked up once; the driver's entry points do not move while the process lives.
+  static MemGetAddressRangeFn fn = nullptr;
+  static const KernelStatus loaded = LoadMemGetAddressRange(&fn);
+  if (!loaded.ok()) return loaded;
+  CUdeviceptr driver_base = 0;
+  size_t size = 0;
+  const CUresult result = fn(&driver_base, &size, reinterpret_cast<CUdeviceptr>(ptr));
+  if (result != CUDA_SUCCESS) {
+    return InvalidArgument("cuMemGetAddressRange failed (CUresult " + std::to_string(result) +
+                           "): the pointer is not device memory of this process");
+  }
+  *base = reinterpret_cast<void*>(driver_base);
+  *bytes = size;
   return KernelStatus::Ok();
 }
 

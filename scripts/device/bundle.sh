@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Bundles the binaries scripts/device/integration.sh runs, with their shared libraries, from a
+# Bundles the binaries scripts/device/integration.sh and dataplane.sh run, with their shared libraries, from a
 # CUDA build directory into a git-ignored folder carried to the GPU machine:
 #   scripts/device/bundle.sh build-gpu .bundle
 set -euo pipefail
@@ -11,4 +11,5 @@ bundler=${BUNDLE_LIBS:-$(git rev-parse --show-toplevel)/../shared/tools/bundle-l
 rm -rf "$out"
 "$bundler" "$out" \
   "$build/server/flashkv-server" "$build/client/flashkv-loadgen" "$build/client/flashkv" \
-  "$build/benchmarks/server/transport_benchmark" "$build/tests/kvcache/kvcache_step_gpu_test"
+  "$build/benchmarks/server/transport_benchmark" "$build/tests/kvcache/kvcache_step_gpu_test" \
+  "$build/tests/integration/integration_gpu_tests" "$build/tests/integration/cuda_region_peer"

@@ -16,14 +16,24 @@ namespace {
 class CpuAttentionBackend final : public AttentionBackend {
  public:
   std::string name() const override { return "cpu"; }
+  int cuda_device() const override { return -1; }
   bool IsCompiled(DType dtype, int head_dim) const override {
     return cpu::IsCompiled(dtype, head_dim);
   }
-  absl::Status RunFixed(const FixedAttentionArgs& args) override {
+  absl::Status RunFixed(const FixedAttentionArgs& args, const OnDevice& on_device) override {
+    if (on_device.any()) return DeviceRefused();
     return FromKernelStatus(cpu::Attention(args));
   }
-  absl::Status RunVarlen(const VarlenAttentionArgs& args) override {
+  absl::Status RunVarlen(const VarlenAttentionArgs& args, const OnDevice& on_device) override {
+    if (on_device.any()) return DeviceRefused();
     return FromKernelStatus(cpu::AttentionVarlen(args));
+  }
+
+ private:
+  // The request checks refuse CUDA regions on the CPU backend first; this is the last guard.
+  static absl::Status DeviceRefused() {
+    return absl::FailedPreconditionError(
+        "the CPU attention backend reads host memory only, not CUDA device memory");
   }
 };
 
@@ -58,7 +68,9 @@ class CudaAttentionBackend final : public AttentionBackend {
     return cuda::IsCompiled(dtype, head_dim);
   }
 
-  absl::Status RunFixed(const FixedAttentionArgs& host) override {
+  int cuda_device() const override { return device_; }
+
+  absl::Status RunFixed(const FixedAttentionArgs& host, const OnDevice& on_device) override {
     const size_t elem = DTypeSize(host.dtype);
     const size_t q_bytes =
         size_t(host.batch) * host.seqlen_q * host.num_heads_q * host.head_dim * elem;
@@ -66,18 +78,23 @@ class CudaAttentionBackend final : public AttentionBackend {
         size_t(host.batch) * host.seqlen_kv * host.num_heads_kv * host.head_dim * elem;
     const size_t lse_bytes =
         host.lse ? size_t(host.batch) * host.num_heads_q * host.seqlen_q * sizeof(float) : 0;
+    // Scratch only for what is not already on the device.
     ScratchLayout layout;
-    const size_t q = layout.Add(q_bytes), k = layout.Add(kv_bytes), v = layout.Add(kv_bytes);
-    const size_t out = layout.Add(q_bytes), lse = layout.Add(lse_bytes);
+    const size_t q = layout.Add(on_device.q ? 0 : q_bytes);
+    const size_t k = layout.Add(on_device.k ? 0 : kv_bytes);
+    const size_t v = layout.Add(on_device.v ? 0 : kv_bytes);
+    const size_t out = layout.Add(on_device.out ? 0 : q_bytes);
+    const size_t lse = layout.Add(on_device.lse ? 0 : lse_bytes);
 
     MutexLock lock(&mu_);
     if (auto s = Prepare(layout.size()); !s.ok()) return s;
+    // Tensors already on the device (CUDA regions) are used where they are: no copy either way.
     FixedAttentionArgs dev = host;
-    dev.q = At(q);
-    dev.k = At(k);
-    dev.v = At(v);
-    dev.out = At(out);
-    dev.lse = host.lse ? static_cast<float*>(At(lse)) : nullptr;
+    dev.q = on_device.q ? host.q : At(q);
+    dev.k = on_device.k ? host.k : At(k);
+    dev.v = on_device.v ? host.v : At(v);
+    dev.out = on_device.out ? host.out : At(out);
+    dev.lse = !host.lse || on_device.lse ? host.lse : static_cast<float*>(At(lse));
     if (auto s = Upload(
             {{host.q, dev.q, q_bytes}, {host.k, dev.k, kv_bytes}, {host.v, dev.v, kv_bytes}});
         !s.ok()) {
@@ -87,25 +104,29 @@ class CudaAttentionBackend final : public AttentionBackend {
     return Download({{dev.out, host.out, q_bytes}, {dev.lse, host.lse, lse_bytes}});
   }
 
-  absl::Status RunVarlen(const VarlenAttentionArgs& host) override {
+  absl::Status RunVarlen(const VarlenAttentionArgs& host, const OnDevice& on_device) override {
     const size_t elem = DTypeSize(host.dtype);
     const size_t q_bytes = size_t(host.total_q) * host.num_heads_q * host.head_dim * elem;
     const size_t kv_bytes = size_t(host.total_kv) * host.num_heads_kv * host.head_dim * elem;
     const size_t lse_bytes = host.lse ? size_t(host.num_heads_q) * host.total_q * sizeof(float) : 0;
     const size_t cu_bytes = size_t(host.num_seqs + 1) * sizeof(int32_t);
+    // Scratch only for what is not already on the device.
     ScratchLayout layout;
-    const size_t q = layout.Add(q_bytes), k = layout.Add(kv_bytes), v = layout.Add(kv_bytes);
-    const size_t out = layout.Add(q_bytes), lse = layout.Add(lse_bytes);
+    const size_t q = layout.Add(on_device.q ? 0 : q_bytes);
+    const size_t k = layout.Add(on_device.k ? 0 : kv_bytes);
+    const size_t v = layout.Add(on_device.v ? 0 : kv_bytes);
+    const size_t out = layout.Add(on_device.out ? 0 : q_bytes);
+    const size_t lse = layout.Add(on_device.lse ? 0 : lse_bytes);
     const size_t cu_q = layout.Add(cu_bytes), cu_kv = layout.Add(cu_bytes);
 
     MutexLock lock(&mu_);
     if (auto s = Prepare(layout.size()); !s.ok()) return s;
     VarlenAttentionArgs dev = host;
-    dev.q = At(q);
-    dev.k = At(k);
-    dev.v = At(v);
-    dev.out = At(out);
-    dev.lse = host.lse ? static_cast<float*>(At(lse)) : nullptr;
+    dev.q = on_device.q ? host.q : At(q);
+    dev.k = on_device.k ? host.k : At(k);
+    dev.v = on_device.v ? host.v : At(v);
+    dev.out = on_device.out ? host.out : At(out);
+    dev.lse = !host.lse || on_device.lse ? host.lse : static_cast<float*>(At(lse));
     dev.cu_seqlens_q = static_cast<const int32_t*>(At(cu_q));
     dev.cu_seqlens_kv = static_cast<const int32_t*>(At(cu_kv));
     // The kernels validate indices through the host copies before launching.
@@ -149,9 +170,10 @@ class CudaAttentionBackend final : public AttentionBackend {
     return absl::OkStatus();
   }
 
+  // Copies skip tensors used in place (source and destination the same device memory).
   absl::Status Upload(std::initializer_list<Copy> copies) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     for (const Copy& c : copies) {
-      if (c.bytes == 0) continue;
+      if (c.bytes == 0 || c.src == c.dst) continue;
       if (auto s = FromKernelStatus(
               cuda::MemcpyHostToDevice(const_cast<void*>(c.dst), c.src, c.bytes, stream_));
           !s.ok()) {
@@ -161,9 +183,11 @@ class CudaAttentionBackend final : public AttentionBackend {
     return absl::OkStatus();
   }
 
+  // Ends with a synchronisation whether anything was copied or not: when a call returns, its
+  // outputs are in place (in CUDA regions too) and its inputs no longer read.
   absl::Status Download(std::initializer_list<Copy> copies) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     for (const Copy& c : copies) {
-      if (c.bytes == 0) continue;
+      if (c.bytes == 0 || c.src == c.dst) continue;
       if (auto s = FromKernelStatus(
               cuda::MemcpyDeviceToHost(const_cast<void*>(c.dst), c.src, c.bytes, stream_));
           !s.ok()) {

@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <tuple>
 #include <utility>
 
 #include "flashkv/server/tensor_checks.h"
@@ -120,6 +122,34 @@ wire::TensorData ResponseTensor(DType dtype, const std::vector<int64_t>& shape,
   return tensor;
 }
 
+// A call's CUDA regions must share one device (it runs on one); records it in call->device.
+template <typename Request>
+absl::Status OneDevice(const Request& request, AttentionCall* call) {
+  const std::tuple<const std::optional<RegionBytes>*, const char*, uint64_t> regions[] = {
+      {&call->q_device, "q.region", request.q.region.region_id},
+      {&call->k_device, "k.region", request.k.region.region_id},
+      {&call->v_device, "v.region", request.v.region.region_id},
+      {&call->out_region, "out", request.out.region_id},
+      {&call->lse_region, "lse", request.lse.region_id}};
+  for (const auto& [bytes, field, region_id] : regions) {
+    if (!bytes->has_value() || (*bytes)->region->device() < 0) continue;
+    const int device = (*bytes)->region->device();
+    if (call->device == kCpuCompute) {
+      call->device = device;
+      call->device_field = field;
+      call->device_region_id = region_id;
+      continue;
+    }
+    if (device != call->device) {
+      return Invalid(std::string(field) + ": a region on CUDA device " + std::to_string(device) +
+                     ", but " + call->device_field + " is on CUDA device " +
+                     std::to_string(call->device) +
+                     "; one call's CUDA regions must share a device");
+    }
+  }
+  return absl::OkStatus();
+}
+
 // The out / lse slices of a request, bounds-checked for the call's output sizes.
 template <typename Request>
 absl::Status ResolveOutputs(const RegionAccess& regions, const Request& request,
@@ -140,7 +170,25 @@ absl::Status ResolveOutputs(const RegionAccess& regions, const Request& request,
   call->lse_region = *std::move(lse);
   call->out_slice = request.out;
   call->lse_slice = request.lse;
-  return absl::OkStatus();
+  return OneDevice(request, call);
+}
+
+// q, k and v in regions: host ones join the message, CUDA ones go to the call.
+template <typename Request>
+absl::Status ResolveInputs(const RegionAccess& regions, Request& request,
+                           wire::MessageBytes* message, AttentionCall* call) {
+  return ResolveRegionTensors(regions,
+                              {{&request.q, "q", &call->q_device},
+                               {&request.k, "k", &call->k_device},
+                               {&request.v, "v", &call->v_device}},
+                              message);
+}
+
+// An input's bytes: in the message, or a device pointer (a CUDA region).
+TensorBytes InputBytes(const AttentionCall& call, wire::Span span,
+                       const std::optional<RegionBytes>& device, DType dtype) {
+  if (device) return TensorBytes::Borrow(device->data);
+  return TensorBytes::Get(call.message, span, dtype);
 }
 
 }  // namespace
@@ -150,11 +198,8 @@ absl::StatusOr<AttentionCall> PrepareAttention(wire::MessageBytes message,
                                                const RequestLimits& limits) {
   wire::AttentionRequestView request;
   if (auto s = wire::DecodeAttentionRequest(message, &request); !s.ok()) return s;
-  if (auto s = ResolveRegionTensors(
-          regions, {{&request.q, "q"}, {&request.k, "k"}, {&request.v, "v"}}, &message);
-      !s.ok()) {
-    return s;
-  }
+  AttentionCall call;
+  if (auto s = ResolveInputs(regions, request, &message, &call); !s.ok()) return s;
 
   TensorSpec q_spec{"q", {Any("B"), Any("Sq"), Any("Hq"), Any("D")}, std::nullopt, ""};
   absl::StatusOr<DType> dtype = CheckTensor(request.q, q_spec);
@@ -182,7 +227,6 @@ absl::StatusOr<AttentionCall> PrepareAttention(wire::MessageBytes message,
     return s;
   }
 
-  AttentionCall call;
   call.message = std::move(message);
   call.q = request.q.data;
   call.k = request.k.data;
@@ -206,11 +250,8 @@ absl::StatusOr<AttentionCall> PrepareAttentionVarlen(wire::MessageBytes message,
   if (auto s = wire::DecodeAttentionVarlenRequest(message, &request, decode_limits); !s.ok()) {
     return s;
   }
-  if (auto s = ResolveRegionTensors(
-          regions, {{&request.q, "q"}, {&request.k, "k"}, {&request.v, "v"}}, &message);
-      !s.ok()) {
-    return s;
-  }
+  AttentionCall call;
+  if (auto s = ResolveInputs(regions, request, &message, &call); !s.ok()) return s;
 
   TensorSpec q_spec{"q", {Any("Tq"), Any("Hq"), Any("D")}, std::nullopt, ""};
   absl::StatusOr<DType> dtype = CheckTensor(request.q, q_spec);
@@ -256,7 +297,6 @@ absl::StatusOr<AttentionCall> PrepareAttentionVarlen(wire::MessageBytes message,
     return s;
   }
 
-  AttentionCall call;
   call.message = std::move(message);
   call.varlen = true;
   call.q = request.q.data;
@@ -286,6 +326,19 @@ absl::StatusOr<AttentionCall> PrepareAttentionVarlen(wire::MessageBytes message,
   return call;
 }
 
+absl::StatusOr<AttentionBackend*> ChooseBackend(const AttentionCall& call,
+                                                absl::Span<AttentionBackend* const> backends,
+                                                size_t turn) {
+  if (backends.empty()) return absl::UnavailableError("no attention backend");
+  AttentionBackend* next = backends[turn % backends.size()];
+  if (call.device == kCpuCompute) return next;
+  for (AttentionBackend* backend : backends) {
+    if (backend->cuda_device() == call.device) return backend;
+  }
+  return CheckRegionPlacement(call.device_field, call.device_region_id, call.device,
+                              next->cuda_device(), "this server's attention");
+}
+
 absl::Status RunAttention(const AttentionCall& call, AttentionBackend* backend,
                           grpc::ByteBuffer* response) {
   const DType dtype = call.varlen ? call.varlen_args.dtype : call.fixed.dtype;
@@ -295,9 +348,16 @@ absl::Status RunAttention(const AttentionCall& call, AttentionBackend* backend,
                                     " with head dim " + std::to_string(head_dim) +
                                     " is not compiled into this server (" + backend->name() + ")");
   }
-  const TensorBytes q = TensorBytes::Get(call.message, call.q, dtype);
-  const TensorBytes k = TensorBytes::Get(call.message, call.k, dtype);
-  const TensorBytes v = TensorBytes::Get(call.message, call.v, dtype);
+  // Inputs in CUDA regions are device pointers (on the backend's device: ChooseBackend).
+  const TensorBytes q = InputBytes(call, call.q, call.q_device, dtype);
+  const TensorBytes k = InputBytes(call, call.k, call.k_device, dtype);
+  const TensorBytes v = InputBytes(call, call.v, call.v_device, dtype);
+  OnDevice on_device;
+  on_device.q = call.q_device.has_value();
+  on_device.k = call.k_device.has_value();
+  on_device.v = call.v_device.has_value();
+  on_device.out = call.out_region && call.out_region->region->device() >= 0;
+  on_device.lse = call.return_lse && call.lse_region && call.lse_region->region->device() >= 0;
   // Outputs go to the caller's region when it named one, else to buffers the response sends.
   std::shared_ptr<HostBytes> out;
   void* out_data = nullptr;
@@ -328,7 +388,7 @@ absl::Status RunAttention(const AttentionCall& call, AttentionBackend* backend,
     args.lse = lse_data;
     args.cu_seqlens_q = call.cu_seqlens_q.data();
     args.cu_seqlens_kv = call.cu_seqlens_kv.data();
-    status = backend->RunVarlen(args);
+    status = backend->RunVarlen(args, on_device);
   } else {
     FixedAttentionArgs args = call.fixed;
     args.q = q.data();
@@ -336,7 +396,7 @@ absl::Status RunAttention(const AttentionCall& call, AttentionBackend* backend,
     args.v = v.data();
     args.out = out_data;
     args.lse = lse_data;
-    status = backend->RunFixed(args);
+    status = backend->RunFixed(args, on_device);
   }
   if (!status.ok()) return status;
 

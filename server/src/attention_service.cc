@@ -69,7 +69,13 @@ grpc::ServerUnaryReactor* AttentionService::Handle(const char* rpc, bool varlen,
     finish(call.status());
     return reactor;
   }
-  AttentionBackend* backend = backends_[next_backend_.fetch_add(1) % backends_.size()];
+  absl::StatusOr<AttentionBackend*> chosen =
+      ChooseBackend(*call, backends_, next_backend_.fetch_add(1));
+  if (!chosen.ok()) {
+    finish(chosen.status());
+    return reactor;
+  }
+  AttentionBackend* backend = *chosen;
   auto shared_call = std::make_shared<AttentionCall>(*std::move(call));
   const bool queued = executor_->TrySubmit([context, backend, response, finish, shared_call] {
     // Work that nobody waits for any more is skipped; gRPC answers the client itself.

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -41,10 +43,75 @@ std::vector<Segment> Segments(absl::Span<const LaunchWindow> windows) {
   return segments;
 }
 
+enum class Input { kQ, kK, kV };
+
+// Where a segment's rows of one tensor lie: a host pointer (null when they are split across the
+// message's slices), or a device pointer (a CUDA region on the launch's device).
+struct RowsAt {
+  const uint8_t* p = nullptr;
+  bool device = false;
+};
+
+RowsAt InputRows(const Segment& g, Input input, size_t row_bytes) {
+  const StepState& step = g.part->step();
+  const StepEntry& e = step.entries()[g.part->entries()[g.index]];
+  const std::optional<RegionBytes>& device = input == Input::kQ   ? e.q_device
+                                             : input == Input::kK ? e.k_device
+                                                                  : e.v_device;
+  const size_t skip = static_cast<size_t>(g.a) * row_bytes;
+  if (device) return RowsAt{device->data + skip, true};
+  const wire::Span span = input == Input::kQ ? e.q : input == Input::kK ? e.k : e.v;
+  return RowsAt{step.message().Contiguous(
+                    wire::Span{span.offset + skip, static_cast<size_t>(g.b - g.a) * row_bytes}),
+                false};
+}
+
+RowsAt OutputRows(const Segment& g, size_t row_bytes) {
+  const StepState& step = g.part->step();
+  const StepEntry& e = step.entries()[g.part->entries()[g.index]];
+  return RowsAt{step.OutputRows(e) + static_cast<size_t>(g.a) * row_bytes,
+                StepState::OutputOnDevice(e)};
+}
+
+// Device-to-device copies of one launch, adjacent ones merged: a runner's batch laid out in one
+// CUDA region costs one copy however many entries it has.
+class DeviceCopies {
+ public:
+  void Add(uint8_t* dst, const uint8_t* src, size_t bytes) {
+    if (!runs_.empty()) {
+      Run& last = runs_.back();
+      if (last.dst + last.bytes == dst && last.src + last.bytes == src) {
+        last.bytes += bytes;
+        return;
+      }
+    }
+    runs_.push_back(Run{dst, src, bytes});
+  }
+  KernelStatus Issue(cuda::Stream stream) const {
+    for (const Run& r : runs_) {
+      if (KernelStatus s = cuda::MemcpyDeviceToDevice(r.dst, r.src, r.bytes, stream); !s.ok()) {
+        return s;
+      }
+    }
+    return KernelStatus::Ok();
+  }
+
+ private:
+  struct Run {
+    uint8_t* dst;
+    const uint8_t* src;
+    size_t bytes;
+  };
+  std::vector<Run> runs_;
+};
+
 // The launch's q, k and v rows, and its output rows, where each already lies in one contiguous
-// run in segment order: a runner's batch laid out in a shared-memory region, or (outputs) the
-// entries of one step. The CPU kernels then read and write them in place, and the staging copy
-// or the scatter is skipped. Null where the rows are scattered (or misaligned for the dtype).
+// run in segment order, in memory the kernels reach: on the CPU backend host memory (a runner's
+// batch laid out in a shared-memory region; the outputs of a single step), on CUDA device memory
+// of the launch's device (a batch in a CUDA IPC region), 16-byte aligned so that the kernels
+// keep their vectorised path. The kernels then read and write them in place, and the staging
+// copy or the scatter is skipped. Null where the rows are scattered, misaligned, or where they
+// would have to cross between host and device.
 struct InPlace {
   const uint8_t* q = nullptr;
   const uint8_t* k = nullptr;
@@ -52,43 +119,52 @@ struct InPlace {
   uint8_t* out = nullptr;
 };
 
-InPlace FindInPlace(const ModelShape& m, const std::vector<Segment>& segments) {
+InPlace FindInPlace(const ModelShape& m, const std::vector<Segment>& segments, bool cuda) {
   const size_t elem = static_cast<size_t>(DTypeSize(m.dtype));
   const size_t q_row = static_cast<size_t>(m.num_q_heads) * m.head_dim * elem;
   const size_t kv_row = static_cast<size_t>(m.num_kv_heads) * m.head_dim * elem;
-  InPlace base;
-  bool q = true, k = true, v = true, out = true;
+  // Host rows on CUDA are staged: one transfer from pinned memory beats several from pageable.
+  const size_t alignment = cuda ? 16 : elem;
+  struct Run {
+    const uint8_t* base = nullptr;
+    bool ok = true;
+    // Rows `at` continue the run after `rows_before` rows of `row` bytes.
+    void Extend(RowsAt at, size_t rows_before, size_t row, bool cuda) {
+      if (rows_before == 0) base = at.p;
+      ok = ok && at.p != nullptr && at.device == cuda && at.p == base + rows_before * row;
+    }
+    const uint8_t* Get(size_t alignment) const {
+      return ok && reinterpret_cast<uintptr_t>(base) % alignment == 0 ? base : nullptr;
+    }
+  };
+  Run q, k, v, out;
   size_t rows_before = 0;
-  for (size_t s = 0; s < segments.size(); ++s) {
-    const Segment& g = segments[s];
-    const StepState& step = g.part->step();
-    const StepEntry& e = step.entries()[g.part->entries()[g.index]];
-    const size_t rows = static_cast<size_t>(g.b - g.a);
-    auto rows_at = [&](wire::Span span, size_t row) {
-      return step.message().Contiguous(wire::Span{span.offset + g.a * row, rows * row});
-    };
-    const uint8_t* at_q = rows_at(e.q, q_row);
-    const uint8_t* at_k = rows_at(e.k, kv_row);
-    const uint8_t* at_v = rows_at(e.v, kv_row);
-    uint8_t* at_out = step.OutputRows(e) + g.a * q_row;
-    if (s == 0) base = InPlace{at_q, at_k, at_v, at_out};
-    q = q && at_q != nullptr && at_q == base.q + rows_before * q_row;
-    k = k && at_k != nullptr && at_k == base.k + rows_before * kv_row;
-    v = v && at_v != nullptr && at_v == base.v + rows_before * kv_row;
-    out = out && at_out == base.out + rows_before * q_row;
-    rows_before += rows;
+  for (const Segment& g : segments) {
+    q.Extend(InputRows(g, Input::kQ, q_row), rows_before, q_row, cuda);
+    k.Extend(InputRows(g, Input::kK, kv_row), rows_before, kv_row, cuda);
+    v.Extend(InputRows(g, Input::kV, kv_row), rows_before, kv_row, cuda);
+    out.Extend(OutputRows(g, q_row), rows_before, q_row, cuda);
+    rows_before += static_cast<size_t>(g.b - g.a);
   }
-  auto aligned = [elem](const uint8_t* p) { return reinterpret_cast<uintptr_t>(p) % elem == 0; };
-  return InPlace{q && aligned(base.q) ? base.q : nullptr, k && aligned(base.k) ? base.k : nullptr,
-                 v && aligned(base.v) ? base.v : nullptr,
-                 out && aligned(base.out) ? base.out : nullptr};
+  return InPlace{q.Get(alignment), k.Get(alignment), v.Get(alignment),
+                 const_cast<uint8_t*>(out.Get(alignment))};
 }
 
+// What Stage filled: the longest query and key runs, the device-side input copies (rows in CUDA
+// regions that are not read in place), and how much of the host staging must be uploaded (the
+// metadata, and the q, k and v sections up to the last one that holds host rows).
+struct Staged {
+  int max_q = 0;
+  int max_kv = 0;
+  DeviceCopies device_copies;
+  size_t upload_bytes = 0;
+};
+
 // Fills the staging input: metadata for every segment, then its q, k and v rows copied straight
-// from the request's received bytes (except those the kernels read in place). Returns
-// max_seqlen_q and max_seqlen_kv.
-std::pair<int, int> Stage(const ModelShape& m, const std::vector<Segment>& segments,
-                          const Layout& layout, int stride, const InPlace& in_place, uint8_t* in) {
+// from the request's received bytes (except those the kernels read in place; rows in CUDA regions
+// are copied device-side into the device twin `dev`).
+Staged Stage(const ModelShape& m, const std::vector<Segment>& segments, const Layout& layout,
+             int stride, const InPlace& in_place, uint8_t* in, uint8_t* dev) {
   auto* slot = reinterpret_cast<int64_t*>(in + layout.slot);
   auto* cu_q = reinterpret_cast<int32_t*>(in + layout.cu_q);
   auto* cu_kv = reinterpret_cast<int32_t*>(in + layout.cu_kv);
@@ -96,8 +172,9 @@ std::pair<int, int> Stage(const ModelShape& m, const std::vector<Segment>& segme
   const size_t elem = static_cast<size_t>(DTypeSize(m.dtype));
   const size_t q_row = static_cast<size_t>(m.num_q_heads) * m.head_dim * elem;
   const size_t kv_row = static_cast<size_t>(m.num_kv_heads) * m.head_dim * elem;
+  Staged staged;
+  staged.upload_bytes = layout.q;
   cu_q[0] = cu_kv[0] = 0;
-  int max_q = 0, max_kv = 0;
   for (size_t s = 0; s < segments.size(); ++s) {
     const Segment& g = segments[s];
     const kvcache::LayerBatch& batch = *g.part->batch;
@@ -108,8 +185,8 @@ std::pair<int, int> Stage(const ModelShape& m, const std::vector<Segment>& segme
     const int64_t kv_len = context_before + g.b;
     cu_q[s + 1] = static_cast<int32_t>(cu_q[s] + rows);
     cu_kv[s + 1] = static_cast<int32_t>(cu_kv[s] + kv_len);
-    max_q = std::max<int>(max_q, static_cast<int>(rows));
-    max_kv = std::max<int>(max_kv, static_cast<int>(kv_len));
+    staged.max_q = std::max<int>(staged.max_q, static_cast<int>(rows));
+    staged.max_kv = std::max<int>(staged.max_kv, static_cast<int>(kv_len));
     std::memcpy(slot + cu_q[s], batch.slot_mapping().data() + bq[i] + g.a, rows * sizeof(int64_t));
     const int batch_stride = batch.block_table_stride();
     int32_t* row = table + s * static_cast<size_t>(stride);
@@ -118,20 +195,24 @@ std::pair<int, int> Stage(const ModelShape& m, const std::vector<Segment>& segme
     std::fill(row + batch_stride, row + stride, 0);  // block 0: the null block
     const StepEntry& e = g.part->step().entries()[g.part->entries()[i]];
     const wire::MessageBytes& message = g.part->step().message();
-    if (in_place.q == nullptr) {
-      message.CopyTo(wire::Span{e.q.offset + g.a * q_row, rows * q_row},
-                     in + layout.q + cu_q[s] * q_row);
-    }
-    if (in_place.k == nullptr) {
-      message.CopyTo(wire::Span{e.k.offset + g.a * kv_row, rows * kv_row},
-                     in + layout.k + cu_q[s] * kv_row);
-    }
-    if (in_place.v == nullptr) {
-      message.CopyTo(wire::Span{e.v.offset + g.a * kv_row, rows * kv_row},
-                     in + layout.v + cu_q[s] * kv_row);
+    for (const auto& [input, section, row_bytes, span, read_in_place] :
+         {std::tuple{Input::kQ, layout.q, q_row, e.q, in_place.q != nullptr},
+          std::tuple{Input::kK, layout.k, kv_row, e.k, in_place.k != nullptr},
+          std::tuple{Input::kV, layout.v, kv_row, e.v, in_place.v != nullptr}}) {
+      if (read_in_place) continue;
+      const size_t at = section + static_cast<size_t>(cu_q[s]) * row_bytes;
+      const size_t bytes = static_cast<size_t>(rows) * row_bytes;
+      const RowsAt rows_at = InputRows(g, input, row_bytes);
+      if (rows_at.device) {
+        staged.device_copies.Add(dev + at, rows_at.p, bytes);
+        continue;
+      }
+      message.CopyTo(wire::Span{span.offset + static_cast<size_t>(g.a) * row_bytes, bytes},
+                     in + at);
+      staged.upload_bytes = std::max(staged.upload_bytes, at + bytes);
     }
   }
-  return {max_q, max_kv};
+  return staged;
 }
 
 // The layer's pools, in the fields KvAppendArgs and PagedAttentionArgs share.
@@ -235,12 +316,11 @@ absl::StatusOr<LaunchSummary> RunLaunch(const ModelShape& m, absl::Span<const La
   layout.in_bytes = layout.v + kv_bytes;
   layout.out_bytes = q_bytes;
   if (auto s = arena->Reserve(layout.in_bytes, layout.out_bytes); !s.ok()) return s;
-  // CUDA stages everything: one transfer from pinned memory beats several from pageable memory.
-  const InPlace in_place = arena->cuda() ? InPlace{} : FindInPlace(m, segments);
-  const auto [max_q, max_kv] = Stage(m, segments, layout, stride, in_place, arena->host_in());
-
+  const InPlace in_place = FindInPlace(m, segments, arena->cuda());
   uint8_t* host = arena->host_in();
   uint8_t* dev = arena->device_in();
+  const Staged staged = Stage(m, segments, layout, stride, in_place, host, dev);
+  const int max_q = staged.max_q, max_kv = staged.max_kv;
   KvAppendArgs append;
   append.dtype = m.dtype;
   append.num_tokens = total;
@@ -275,19 +355,40 @@ absl::StatusOr<LaunchSummary> RunLaunch(const ModelShape& m, absl::Span<const La
   attention.host_cu_seqlens_kv = reinterpret_cast<const int32_t*>(host + layout.cu_kv);
   attention.options = AttentionOptions{/*causal=*/true, std::nullopt};
 
+  const size_t out_row = static_cast<size_t>(m.num_q_heads) * m.head_dim * elem;
+  const auto* cu_q = reinterpret_cast<const int32_t*>(host + layout.cu_q);
   absl::Duration kernel_time;
+  bool scatter_on_host = false;  // some outputs go to host memory through host_out
   if (arena->cuda()) {
-    // The one host-to-device copy of the launch: metadata, q, k and v together.
+    // Output rows bound for CUDA regions go there device-side; the rest come back in one copy.
+    DeviceCopies out_copies;
+    for (size_t s = 0; in_place.out == nullptr && s < n; ++s) {
+      const RowsAt to = OutputRows(segments[s], out_row);
+      const uint8_t* from = arena->device_out() + static_cast<size_t>(cu_q[s]) * out_row;
+      if (to.device) {
+        out_copies.Add(const_cast<uint8_t*>(to.p), from,
+                       static_cast<size_t>(segments[s].b - segments[s].a) * out_row);
+      } else {
+        scatter_on_host = true;
+      }
+    }
+    // One host-to-device copy of the metadata and the host-sourced q, k and v rows; rows in CUDA
+    // regions follow device-side (stream order puts them after the upload).
     cuda::Stream stream = arena->stream();
-    KernelStatus s = cuda::MemcpyHostToDevice(dev, host, layout.in_bytes, stream);
+    KernelStatus s = cuda::MemcpyHostToDevice(dev, host, staged.upload_bytes, stream);
+    if (s.ok()) s = staged.device_copies.Issue(stream);
     if (s.ok()) s = cuda::EventRecord(arena->kernels_start(), stream);
     if (s.ok()) s = cuda::AppendKv(append, stream);
     if (s.ok()) s = cuda::AttentionPaged(attention, stream);
     if (s.ok()) s = cuda::EventRecord(arena->kernels_end(), stream);
-    if (s.ok()) {
+    if (s.ok()) s = out_copies.Issue(stream);
+    if (s.ok() && scatter_on_host) {
       s = cuda::MemcpyDeviceToHost(arena->host_out(), arena->device_out(), layout.out_bytes,
                                    stream);
     }
+    // The data plane's contract (docs/client.md): when the step's response is sent, its outputs
+    // are in the caller's regions and its inputs are no longer read. Every launch of the step
+    // ends here, before the step can report.
     if (s.ok()) s = cuda::StreamSynchronize(stream);
     float ms = 0;
     if (s.ok()) s = cuda::EventElapsedMs(arena->kernels_start(), arena->kernels_end(), &ms);
@@ -299,18 +400,18 @@ absl::StatusOr<LaunchSummary> RunLaunch(const ModelShape& m, absl::Span<const La
     if (s.ok()) s = cpu::AttentionPaged(attention);
     if (!s.ok()) return FromKernelStatus(s);
     kernel_time = absl::Now() - start;
+    scatter_on_host = in_place.out == nullptr;
   }
 
-  if (in_place.out != nullptr) return LaunchSummary{static_cast<int>(n), total, kernel_time};
-  // Scatter: segment s's output rows go to its entry's rows [a, b) in the step's output.
-  const auto* cu_q = reinterpret_cast<const int32_t*>(host + layout.cu_q);
-  const size_t out_row = static_cast<size_t>(m.num_q_heads) * m.head_dim * elem;
+  if (!scatter_on_host) return LaunchSummary{static_cast<int>(n), total, kernel_time};
+  // Scatter: segment s's output rows go to its entry's rows [a, b) in the step's output (host
+  // memory; rows bound for CUDA regions were copied device-side).
   for (size_t s = 0; s < n; ++s) {
-    const Segment& g = segments[s];
-    const StepEntry& e = g.part->step().entries()[g.part->entries()[g.index]];
-    std::memcpy(g.part->step().OutputRows(e) + g.a * out_row,
+    const RowsAt to = OutputRows(segments[s], out_row);
+    if (to.device) continue;
+    std::memcpy(const_cast<uint8_t*>(to.p),
                 arena->host_out() + static_cast<size_t>(cu_q[s]) * out_row,
-                static_cast<size_t>(g.b - g.a) * out_row);
+                static_cast<size_t>(segments[s].b - segments[s].a) * out_row);
   }
   return LaunchSummary{static_cast<int>(n), total, kernel_time};
 }

@@ -116,11 +116,42 @@ absl::StatusOr<uint64_t> RegionRegistry::AttachCuda(absl::string_view tenant,
     return absl::FailedPreconditionError(
         absl::StrCat("cannot open the CUDA IPC handle on device ", device, ": ", status.message()));
   }
-  // The exporting allocation's size is not queryable through IPC: the client states it, and a
-  // wrong statement can only hurt its own memory (reads and writes stay within its allocation
-  // as far as the client told the truth; a lie makes kernels fault on the client's context).
-  return Insert(tenant, std::make_shared<CudaRegion>(static_cast<uint8_t*>(data), size, device),
-                std::move(on_release));
+  // Owned from here: closed on every path out.
+  auto region = std::make_shared<CudaRegion>(static_cast<uint8_t*>(data), size, device);
+  // The client states the size; the server's kernels then read and write up to it. A size past
+  // the exported allocation would make them fault in the server's own CUDA context, a sticky
+  // error that ends the service for every tenant: the driver's view of the allocation decides.
+  void* base = nullptr;
+  size_t allocation = 0;
+  status = cuda::MemGetAddressRange(data, &base, &allocation);
+  if (!status.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot verify the CUDA IPC region's size on device ", device, ": ", status.message()));
+  }
+  if (auto s = CheckCudaRegionSize(size, static_cast<uint8_t*>(base), allocation,
+                                   static_cast<uint8_t*>(data));
+      !s.ok()) {
+    return s;
+  }
+  return Insert(tenant, std::move(region), std::move(on_release));
+}
+
+absl::Status CheckCudaRegionSize(uint64_t size, const uint8_t* allocation_base,
+                                 uint64_t allocation_bytes, const uint8_t* data) {
+  const uint64_t allocation_end = reinterpret_cast<uintptr_t>(allocation_base) + allocation_bytes;
+  const uint64_t start = reinterpret_cast<uintptr_t>(data);
+  if (start < reinterpret_cast<uintptr_t>(allocation_base) || start > allocation_end) {
+    return absl::InternalError(absl::StrCat("the opened CUDA IPC handle lies outside the ",
+                                            allocation_bytes,
+                                            "-byte allocation the driver reports for it"));
+  }
+  const uint64_t available = allocation_end - start;
+  if (size > available) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "size (", size, " bytes) exceeds the exported CUDA allocation, which has ", available,
+        " bytes from the handle's base (allocation of ", allocation_bytes, " bytes)"));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status RegionRegistry::CheckLimits(absl::string_view tenant, uint64_t size) const {

@@ -9,12 +9,12 @@
 namespace flashkv::server {
 namespace {
 
-// `alignment`: the element size. The CPU kernels read inputs and write outputs in place, as
-// elements of their type, so an offset inside an element would be a misaligned access.
-absl::StatusOr<RegionBytes> ResolveHost(const RegionAccess& access,
-                                        const wire::RegionSliceView& slice, uint64_t bytes,
-                                        uint64_t alignment, absl::string_view name,
-                                        absl::string_view suffix) {
+// `alignment`: the element size. Kernels read inputs and write outputs in place, as elements of
+// their type, so an offset inside an element would be a misaligned access.
+absl::StatusOr<RegionBytes> ResolveSlice(const RegionAccess& access,
+                                         const wire::RegionSliceView& slice, uint64_t bytes,
+                                         uint64_t alignment, absl::string_view name,
+                                         absl::string_view suffix) {
   if (access.registry == nullptr) {
     return absl::FailedPreconditionError(absl::StrCat(
         name, suffix, " names a shared-memory region, but this server has no data plane"));
@@ -26,13 +26,6 @@ absl::StatusOr<RegionBytes> ResolveHost(const RegionAccess& access,
   if (!resolved.ok() && !suffix.empty()) {
     resolved = access.registry->Resolve(access.tenant, slice, bytes, absl::StrCat(name, suffix),
                                         alignment);
-  }
-  if (!resolved.ok()) return resolved.status();
-  if (resolved->region->device() >= 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(name, suffix, ": region ", slice.region_id,
-                     " is CUDA device memory; this call reads host "
-                     "memory regions only"));
   }
   return resolved;
 }
@@ -73,9 +66,24 @@ absl::StatusOr<uint64_t> TensorByteCount(int32_t dtype, const std::vector<int64_
   return bytes;
 }
 
-absl::Status RegionTensorResolver::Resolve(
-    std::initializer_list<std::pair<wire::TensorView*, const char*>> tensors) {
-  for (const auto& [tensor, name] : tensors) {
+absl::Status CheckRegionPlacement(absl::string_view field, uint64_t region_id, int region_device,
+                                  int compute_device, absl::string_view compute_what) {
+  if (region_device < 0 || region_device == compute_device) return absl::OkStatus();
+  if (compute_device == kCpuCompute) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        field, ": region ", region_id, " is memory of CUDA device ", region_device,
+        ", but this server computes on the CPU backend, which reads host (memfd) regions only"));
+  }
+  return absl::FailedPreconditionError(
+      absl::StrCat(field, ": region ", region_id, " is memory of CUDA device ", region_device,
+                   ", but ", compute_what, " is on CUDA device ", compute_device,
+                   ": register the region on device ", compute_device, " (or use a host region)"));
+}
+
+absl::Status RegionTensorResolver::Resolve(std::initializer_list<RegionInput> tensors) {
+  for (const RegionInput& input : tensors) {
+    wire::TensorView* tensor = input.tensor;
+    const char* name = input.name;
     if (!tensor->present || !tensor->region.present) continue;
     if (tensor->data.size != 0) {
       return absl::InvalidArgumentError(absl::StrCat(name, ".data (", tensor->data.size,
@@ -85,8 +93,19 @@ absl::Status RegionTensorResolver::Resolve(
     absl::StatusOr<uint64_t> bytes = TensorByteCount(tensor->dtype, tensor->shape, name);
     if (!bytes.ok()) return bytes.status();
     absl::StatusOr<RegionBytes> resolved =
-        ResolveHost(access_, tensor->region, *bytes, ElementBytes(tensor->dtype), name, ".region");
+        ResolveSlice(access_, tensor->region, *bytes, ElementBytes(tensor->dtype), name, ".region");
     if (!resolved.ok()) return resolved.status();
+    if (resolved->region->device() >= 0) {
+      if (input.device == nullptr) {
+        return absl::FailedPreconditionError(
+            absl::StrCat(name, ".region: region ", tensor->region.region_id,
+                         " is CUDA device memory; this field reads host memory regions only"));
+      }
+      // Not in the message: the size alone, for the shape checks.
+      tensor->data = wire::Span{0, size_t(*bytes)};
+      *input.device = *std::move(resolved);
+      continue;
+    }
     tensor->data = wire::Span{end_, size_t(*bytes)};
     if (*bytes == 0) continue;  // MessageBytes holds no empty slices
     // The slice pins the mapping for as long as anything references the request's bytes.
@@ -109,10 +128,9 @@ void RegionTensorResolver::Commit() {
   *message_ = wire::MessageBytes::FromSlices(std::move(slices));
 }
 
-absl::Status ResolveRegionTensors(
-    const RegionAccess& access,
-    std::initializer_list<std::pair<wire::TensorView*, const char*>> tensors,
-    wire::MessageBytes* message) {
+absl::Status ResolveRegionTensors(const RegionAccess& access,
+                                  std::initializer_list<RegionInput> tensors,
+                                  wire::MessageBytes* message) {
   RegionTensorResolver resolver(access, message);
   if (absl::Status s = resolver.Resolve(tensors); !s.ok()) return s;
   resolver.Commit();
@@ -124,7 +142,8 @@ absl::StatusOr<std::optional<RegionBytes>> ResolveOutputSlice(const RegionAccess
                                                               uint64_t bytes, uint64_t element_bytes,
                                                               const char* field) {
   if (!slice.present) return std::optional<RegionBytes>();
-  absl::StatusOr<RegionBytes> resolved = ResolveHost(access, slice, bytes, element_bytes, field, "");
+  absl::StatusOr<RegionBytes> resolved =
+      ResolveSlice(access, slice, bytes, element_bytes, field, "");
   if (!resolved.ok()) return resolved.status();
   return std::optional<RegionBytes>(*std::move(resolved));
 }

@@ -1,6 +1,7 @@
 #include "flashkv/server/step_request.h"
 
 #include <algorithm>
+#include <tuple>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -84,6 +85,26 @@ struct EntrySpecs {
   TensorSpec q, k, v;
 };
 
+// CUDA regions of an entry must lie on the device of its sequence's cache. (Field names are built
+// only for CUDA regions: host regions are fine on any backend.)
+absl::Status CheckEntryPlacement(const StepEntry& entry, const wire::StepEntryView& view,
+                                 const std::string& name, int compute_device) {
+  const std::tuple<const std::optional<RegionBytes>*, uint64_t, const char*> regions[] = {
+      {&entry.q_device, view.q.region.region_id, ".q.region"},
+      {&entry.k_device, view.k.region.region_id, ".k.region"},
+      {&entry.v_device, view.v.region.region_id, ".v.region"},
+      {&entry.out_region, view.out.region_id, ".out"}};
+  for (const auto& [bytes, region_id, field] : regions) {
+    if (!bytes->has_value() || (*bytes)->region->device() < 0) continue;
+    if (auto s = CheckRegionPlacement(name + field, region_id, (*bytes)->region->device(),
+                                      compute_device, "the sequence's KV cache");
+        !s.ok()) {
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<StepEntry> CheckEntry(wire::StepEntryView& view, size_t index,
                                      const ServerConfig& config, const CacheSet& caches,
                                      const RegionAccess& regions, const Tenant& tenant,
@@ -103,10 +124,11 @@ absl::StatusOr<StepEntry> CheckEntry(wire::StepEntryView& view, size_t index,
                    " tokens per entry (--max-tokens-per-entry)");
   }
   specs->Name(name);
+  StepEntry entry;
   if (view.q.region.present || view.k.region.present || view.v.region.present) {
-    if (auto s = resolver->Resolve({{&view.q, specs->q.name.c_str()},
-                                    {&view.k, specs->k.name.c_str()},
-                                    {&view.v, specs->v.name.c_str()}});
+    if (auto s = resolver->Resolve({{&view.q, specs->q.name.c_str(), &entry.q_device},
+                                    {&view.k, specs->k.name.c_str(), &entry.k_device},
+                                    {&view.v, specs->v.name.c_str(), &entry.v_device}});
         !s.ok()) {
       return s;
     }
@@ -130,8 +152,12 @@ absl::StatusOr<StepEntry> CheckEntry(wire::StepEntryView& view, size_t index,
   absl::StatusOr<std::optional<RegionBytes>> out =
       ResolveOutputSlice(regions, view.out, out_bytes, DTypeSize(m.dtype), (name + ".out").c_str());
   if (!out.ok()) return out.status();
-  StepEntry entry;
   entry.out_region = *std::move(out);
+  if (auto s = CheckEntryPlacement(entry, view, name,
+                                   caches.cuda() ? caches.device_id(*device) : kCpuCompute);
+      !s.ok()) {
+    return s;
+  }
   entry.out_slice = view.out;
   entry.sequence_id = std::move(scoped_id);
   entry.num_tokens = static_cast<int>(n);
@@ -166,10 +192,12 @@ absl::Status CheckOutputsApart(const std::vector<StepEntry>& entries,
   if (ranges.empty()) return absl::OkStatus();
   for (size_t i = 0; i < entries.size(); ++i) {
     const StepEntry& e = entries[i];
-    for (const auto& [span, field] :
-         {std::pair{e.q, ".q"}, std::pair{e.k, ".k"}, std::pair{e.v, ".v"}}) {
-      // Bytes that came in the message cannot overlap a region; region bytes are one slice.
-      const uint8_t* p = message.Contiguous(span);
+    for (const auto& [span, device, field] :
+         {std::tuple{e.q, &e.q_device, ".q"}, std::tuple{e.k, &e.k_device, ".k"},
+          std::tuple{e.v, &e.v_device, ".v"}}) {
+      // Bytes that came in the message cannot overlap a region; region bytes are one slice, and
+      // device regions are device addresses (one address space with host memory: UVA).
+      const uint8_t* p = device->has_value() ? (*device)->data : message.Contiguous(span);
       if (p == nullptr || span.size == 0) continue;
       ranges.push_back({p, p + span.size, i, field});
     }

@@ -41,7 +41,7 @@ absl::Status WarmUpAttention(AttentionBackend* backend, const ModelShape& m) {
   const FixedAttentionArgs args = MakeDenseFixedArgs(
       m.dtype, 1, s, s, m.num_q_heads, m.num_kv_heads, m.head_dim, q.data(), k.data(), v.data(),
       out.data(), nullptr, AttentionOptions{true, std::nullopt});
-  if (absl::Status status = backend->RunFixed(args); !status.ok()) {
+  if (absl::Status status = backend->RunFixed(args, OnDevice{}); !status.ok()) {
     return absl::Status(status.code(), "warm-up attention on " + backend->name() + ": " +
                                            std::string(status.message()));
   }

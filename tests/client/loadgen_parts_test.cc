@@ -10,6 +10,7 @@
 #include "histogram.h"
 #include "length_distribution.h"
 #include "request_source.h"
+#include "runner.h"
 #include "synthetic_data.h"
 
 namespace flashkv::loadgen {
@@ -122,6 +123,31 @@ TEST(RequestSourceTest, ClosedLoopBoundsPrefixesAndContext) {
   EXPECT_EQ(prefixes.size(), 2u);
   EXPECT_TRUE(source.Exhausted());
   EXPECT_EQ(source.NextAvailable(absl::Now()), absl::InfiniteFuture());
+}
+
+TEST(ChooseRegionMemoryTest, AutoTakesCudaForOneCudaDeviceOnly) {
+  LoadgenConfig config;
+  EXPECT_EQ(*ChooseRegionMemory(config, "cuda", 1, true, 1), "");  // bytes: no region
+  config.data_plane = DataPlane::kShm;
+  EXPECT_EQ(*ChooseRegionMemory(config, "cuda", 1, true, 1), "cuda");
+  EXPECT_EQ(*ChooseRegionMemory(config, "cpu", 1, true, 1), "host");
+  // Sequences spread over several devices; a region lives on one.
+  EXPECT_EQ(*ChooseRegionMemory(config, "cuda", 2, true, 2), "host");
+  EXPECT_EQ(*ChooseRegionMemory(config, "cuda", 1, false, 0), "host");  // no CUDA here
+  config.region_cuda_device = 1;
+  EXPECT_EQ(*ChooseRegionMemory(config, "cuda", 1, true, 1), "host");  // no such device here
+}
+
+TEST(ChooseRegionMemoryTest, ForcedChoices) {
+  LoadgenConfig config;
+  config.data_plane = DataPlane::kShm;
+  config.region_memory = RegionMemory::kHost;
+  EXPECT_EQ(*ChooseRegionMemory(config, "cuda", 1, true, 1), "host");
+  config.region_memory = RegionMemory::kCuda;
+  EXPECT_EQ(*ChooseRegionMemory(config, "cpu", 1, true, 1), "cuda");  // the server will refuse
+  absl::StatusOr<std::string> none = ChooseRegionMemory(config, "cuda", 1, false, 0);
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(none.status().message().find("no CUDA"), absl::string_view::npos) << none.status();
 }
 
 }  // namespace

@@ -186,5 +186,32 @@ TEST(RegionTensorsTest, OffsetsMustBeMultiplesOfTheElementSize) {
   EXPECT_TRUE(out->has_value());
 }
 
+// The stated size of a CUDA region against the allocation the driver reports (the registry asks
+// cuMemGetAddressRange on attach; tests/integration/cuda_regions_test.cc does it on a GPU).
+TEST(CheckCudaRegionSizeTest, FitsFromTheHandlesBaseToTheAllocationsEnd) {
+  alignas(64) static uint8_t allocation[4096];
+  EXPECT_TRUE(CheckCudaRegionSize(4096, allocation, 4096, allocation).ok());
+  EXPECT_TRUE(CheckCudaRegionSize(1, allocation, 4096, allocation).ok());
+  EXPECT_TRUE(CheckCudaRegionSize(1024, allocation, 4096, allocation + 3072).ok());
+}
+
+TEST(CheckCudaRegionSizeTest, ALyingSizeIsRefusedNamingBothSizes) {
+  alignas(64) static uint8_t allocation[4096];
+  absl::Status s = CheckCudaRegionSize(4097, allocation, 4096, allocation);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("size (4097 bytes)"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("4096"), std::string::npos) << s;
+  // Handle base inside the allocation: what lies after it counts, not the whole allocation.
+  s = CheckCudaRegionSize(2048, allocation, 4096, allocation + 3072);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("1024 bytes from the handle's base"), std::string::npos) << s;
+  EXPECT_EQ(CheckCudaRegionSize(std::numeric_limits<uint64_t>::max(), allocation, 4096, allocation)
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  // A pointer outside the reported allocation is the driver contradicting itself.
+  EXPECT_EQ(CheckCudaRegionSize(1, allocation + 1024, 1024, allocation).code(),
+            absl::StatusCode::kInternal);
+}
+
 }  // namespace
 }  // namespace flashkv::server

@@ -81,5 +81,10 @@ KernelStatus IpcGetMemHandle(void* ptr, IpcMemHandle* handle);
 // memory lives on another device). The pointer stays valid until IpcCloseMemHandle.
 KernelStatus IpcOpenMemHandle(const IpcMemHandle& handle, void** ptr);
 KernelStatus IpcCloseMemHandle(void* ptr);
+// The allocation that holds `ptr` (device memory mapped into this process, IPC-opened memory
+// included): its base address and size as the driver knows them (cuMemGetAddressRange, reached
+// through the runtime's driver entry point, so flashkv does not link libcuda). The IPC runtime
+// API cannot tell an importer how large the exported allocation is; this can.
+KernelStatus MemGetAddressRange(const void* ptr, void** base, size_t* bytes);
 
 }  // namespace flashkv::cuda

@@ -5,9 +5,14 @@
 // launch's metadata (slot mapping, cu_seqlens, block table) from the parts' prepared kvcache
 // batches, gathers the q/k/v rows straight from the requests' received bytes into one staging
 // buffer, copies that buffer to the device in one transfer (CUDA), runs both kernels, and
-// scatters the output rows into each step's output buffer. On the CPU backend, rows that already
-// lie in one contiguous run (a runner's batch in a shared-memory region; the outputs of a single
-// step) are read and written in place instead: no staging copy, no scatter.
+// scatters the output rows into each step's output buffer. Rows that already lie in one
+// contiguous run the kernels can reach are read and written in place instead: no staging copy,
+// no scatter. On the CPU backend that is host memory (a runner's batch in a shared-memory region;
+// the outputs of a single step); on CUDA, device memory of the launch's device (a runner's batch
+// in a CUDA IPC region). Rows in CUDA regions that are not contiguous are copied device-side into
+// the staging (and outputs out of it), adjacent rows in one copy; they never cross to the host.
+// With CUDA, RunLaunch returns after synchronising its stream: outputs are in place and inputs
+// no longer read.
 //
 // A window [begin, end) of a part computes the queries of rows begin..end-1 over the context up
 // to and including row end-1: the rows before `begin` were appended by earlier launches, the

@@ -3,7 +3,8 @@
 // The shared-memory data plane's regions (proto/flashkv/v1/region.proto): memory a client on this
 // host registered so that requests can name slices of it instead of carrying bytes. Host regions
 // are memfds of the client, sealed against shrinking and opened through /proc/<pid>/fd/<fd>;
-// device regions are CUDA IPC handles opened with flashkv::cuda::IpcOpenMemHandle.
+// device regions are CUDA IPC handles opened with flashkv::cuda::IpcOpenMemHandle, their stated
+// size checked against the exported allocation's (cuda::MemGetAddressRange).
 //
 // Why sealed memfds rather than shm_open names: the server maps the client's memory, and a client
 // that later shrank a POSIX shm object would make the server's next access fault (SIGBUS) and
@@ -61,6 +62,12 @@ struct RegionLimits {
   uint64_t max_bytes_per_tenant = uint64_t{64} << 30;
 };
 
+// Whether a CUDA region of the stated `size`, opened at `data`, fits the allocation the driver
+// reports for it ([allocation_base, allocation_base + allocation_bytes)). INVALID_ARGUMENT naming
+// the size and the allocation's bytes when it does not; INTERNAL when `data` is not inside it.
+absl::Status CheckCudaRegionSize(uint64_t size, const uint8_t* allocation_base,
+                                 uint64_t allocation_bytes, const uint8_t* data);
+
 class RegionRegistry {
  public:
   explicit RegionRegistry(RegionLimits limits = {}) : limits_(limits) {}
@@ -72,7 +79,9 @@ class RegionRegistry {
   // ReleaseAll, e.g. to end the stream that attached it.
   absl::StatusOr<uint64_t> AttachHost(absl::string_view tenant, int pid, int fd, uint64_t size,
                                       std::function<void()> on_release = nullptr);
-  // Opens a CUDA IPC handle on `device`; UNAVAILABLE without CUDA.
+  // Opens a CUDA IPC handle on `device`; UNAVAILABLE without CUDA. INVALID_ARGUMENT when `size`
+  // exceeds what the exported allocation holds from the handle's base (CheckCudaRegionSize, the
+  // driver's own figure): the server's kernels would otherwise fault on its own context.
   absl::StatusOr<uint64_t> AttachCuda(absl::string_view tenant, absl::string_view handle,
                                       int device, uint64_t size,
                                       std::function<void()> on_release = nullptr);

@@ -53,9 +53,13 @@ struct StepEntry {
   std::string sequence_id;
   int num_tokens = 0;
   wire::Span q, k, v;  // in the step's message: [n,Hq,D], [n,Hkv,D], [n,Hkv,D]
+  // Inputs in a CUDA IPC region, on the entry's device (checked): the kernels read them there, and
+  // the span above carries only the size.
+  std::optional<RegionBytes> q_device, k_device, v_device;
   std::vector<int64_t> token_ids;
   int device = 0;  // device index
-  // Where the output rows go: the caller's shared-memory region (StepEntry.out), or bytes
+  // Where the output rows go: the caller's shared-memory region (StepEntry.out; host memory, or
+  // device memory of the entry's device), or bytes
   // `out_offset` on in the step's output buffer (set by StepState), sent in the response.
   std::optional<RegionBytes> out_region;
   wire::RegionSliceView out_slice;
@@ -124,9 +128,12 @@ class StepState : public std::enable_shared_from_this<StepState> {
   uint64_t step_id() const { return step_id_; }
   const std::vector<StepEntry>& entries() const { return entries_; }
   const std::vector<std::unique_ptr<StepPart>>& parts() const { return parts_; }
-  // Where entry `e`'s output rows go.
+  // Where entry `e`'s output rows go: a host pointer, or a device pointer when OutputOnDevice.
   uint8_t* OutputRows(const StepEntry& e) const {
     return e.out_region ? e.out_region->data : output_->data() + e.out_offset;
+  }
+  static bool OutputOnDevice(const StepEntry& e) {
+    return e.out_region && e.out_region->region->device() >= 0;
   }
   int64_t out_row_bytes() const { return out_row_bytes_; }
   absl::Time received() const { return received_; }

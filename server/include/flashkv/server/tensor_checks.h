@@ -52,6 +52,12 @@ absl::StatusOr<DType> CheckTensor(const wire::TensorView& tensor, const TensorSp
 class TensorBytes {
  public:
   static TensorBytes Get(const wire::MessageBytes& message, wire::Span span, DType dtype);
+  // Bytes used where they are (device memory of a CUDA region, which the caller pins).
+  static TensorBytes Borrow(const void* data) {
+    TensorBytes bytes;
+    bytes.data_ = data;
+    return bytes;
+  }
   const void* data() const { return data_; }
   bool copied() const { return copy_ != nullptr; }
 
