@@ -6,8 +6,11 @@
 # (16 cores). Everything is logged under $OUT:
 #   log.txt            this script's output (summaries; the compact table last)
 #   build.txt          cmake + ninja output (ptxas spill / C75xx warnings included)
-#   test.txt           ctest of cuda_sm90_test (every case under each variant) and the paged suite
-#   sanitizer.txt      compute-sanitizer racecheck, one small case per variant
+#   test.txt           ctest of cuda_sm90_test and cuda_sm90_paged_test, every case under each
+#                      variant of TEST_VARIANTS (the paged suite has baseline and lazy_rescale only:
+#                      the other variants change contiguous launches alone)
+#   sanitizer.txt      compute-sanitizer racecheck, one small case per variant (and the paged
+#                      suite's small case for the variants it has)
 #   side_by_side.md    fixed-length rows: one line per variant, SDPA FLASH and cuDNN timed in the
 #                      same turns
 #   clocks.txt         nvidia-smi samples (SM clock, power, temperature) every 200 ms of the bench
@@ -16,8 +19,9 @@
 #   OUT=$OUT bash benchmarks/kernels/device_run_sm90_variants.sh          (device call timeout_s 330)
 # Knobs (environment): STEPS ("build test sanitize bench"), DIMS (64;128;256), DTYPES (fp16;bf16),
 # BENCH_DIMS (64 128 256: fp16 at each, bf16 at 128 only), SEQLENS (1024 4096 8192),
-# VARIANTS (baseline dynamic_schedule), JOBS (16), DEADLINE (300: seconds after which no step
-# starts; each step's timeout ends by then).
+# VARIANTS (baseline dynamic_schedule; any of baseline dynamic_schedule auto lazy_rescale),
+# TEST_VARIANTS (VARIANTS and auto, the default kernel), JOBS (16), DEADLINE (300: seconds after
+# which no step starts; each step's timeout ends by then).
 set -o pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -28,6 +32,7 @@ DTYPES=${DTYPES:-fp16;bf16}
 BENCH_DIMS=${BENCH_DIMS:-64 128 256}
 SEQLENS=${SEQLENS:-1024 4096 8192}
 VARIANTS=${VARIANTS:-baseline dynamic_schedule}
+TEST_VARIANTS=${TEST_VARIANTS:-$VARIANTS auto}
 JOBS=${JOBS:-16}
 DEADLINE=${DEADLINE:-300}
 B=build/sm90v
@@ -54,8 +59,9 @@ fi
 T=$B/tests/kernels/cuda
 if has test; then  # every case is its own ctest: they run side by side
   stamp test
-  timeout "$(limit 120)" ctest --test-dir $B -R "CudaSm90Test|CudaSm90PagedTest" -j12 \
-    --timeout 60 --output-on-failure > "$OUT/test.txt" 2>&1
+  tv=$(echo $TEST_VARIANTS | tr ' ' '|')
+  timeout "$(limit 120)" ctest --test-dir $B -R "(CudaSm90Test|CudaSm90PagedTest)\..*_($tv)\$" \
+    -j12 --timeout 60 --output-on-failure > "$OUT/test.txt" 2>&1
   echo "sm90 tests rc=$?"
   grep -E "tests passed|tests failed|\*\*\*(Failed|Timeout|Exception)|took sm80|took simt|Failure" \
     "$OUT/test.txt" | head -40
@@ -64,9 +70,15 @@ fi
 if has sanitize; then
   stamp sanitize
   F='Sm90Instantiations/CudaSm90Test.NegativeAndZeroScale'
+  P='Sm90Paged/CudaSm90PagedTest.SmallTailCase'
   for v in $VARIANTS; do
     timeout "$(limit 60)" compute-sanitizer --tool racecheck --racecheck-report all \
       $T/cuda_sm90_test --gtest_filter="$F/fp16_d128_$v:$F/bf16_d64_$v"
+    case $v in
+      baseline | lazy_rescale)  # the variants of the paged suite
+        timeout "$(limit 60)" compute-sanitizer --tool racecheck --racecheck-report all \
+          $T/cuda_sm90_paged_test --gtest_filter="$P/fp16_d128_$v" ;;
+    esac
   done > "$OUT/sanitizer.txt" 2>&1
   grep -E "RACECHECK SUMMARY|hazard|PASSED|FAILED" "$OUT/sanitizer.txt" | head -20
 fi

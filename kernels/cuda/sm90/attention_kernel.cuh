@@ -11,8 +11,9 @@
 //     the tile (sm90/consumer_mainloop.cuh, sm90/epilogue.cuh).
 // Policies (template flags): kCausal (bottom-right mask, key tiles past the diagonal skipped),
 // kVarlen (3-d tensor maps over packed rows, the longest-first sequence order, plain stores for
-// the rows of a tile that end inside a sequence), and Traits::kPaged (varlen queries, K/V from
-// page pools: sm90/producer.cuh). GQA maps query head h to K/V head h / group.
+// the rows of a tile that end inside a sequence), Traits::kPaged (varlen queries, K/V from
+// page pools: sm90/producer.cuh), and the variants' kDynamic (tile_scheduler.cuh) and
+// kLazyRescale (consumer_mainloop.cuh). GQA maps query head h to K/V head h / group.
 
 #include <cstdint>
 
@@ -27,7 +28,7 @@
 
 namespace flashkv::cuda::sm90 {
 
-template <class Tr, bool kCausal, bool kVarlen, bool kDynamic>
+template <class Tr, bool kCausal, bool kVarlen, bool kDynamic, bool kLazyRescale>
 __device__ __forceinline__ void Consume(const Sm90Params& params, const Smem<Tr>& smem, int wg) {
   const AttentionParams& p = params.p;
   const int tid = static_cast<int>(threadIdx.x) % 128;
@@ -37,7 +38,7 @@ __device__ __forceinline__ void Consume(const Sm90Params& params, const Smem<Tr>
   // Warpgroup 0 takes the first turn: warpgroup 1 hands it over before its first wait.
   if (wg == 1) NamedBarrierArrive(kTurnBarrier + 0, kTurnThreads);
 
-  ConsumerMainloop<Tr> ml;
+  ConsumerMainloop<Tr, kLazyRescale> ml;
   PipelineState<Tr::kStages> pipe;
   for (int local_tile = 0;; ++local_tile) {
     int tile = static_cast<int>(blockIdx.x) + local_tile * static_cast<int>(gridDim.x);
@@ -73,7 +74,8 @@ __device__ __forceinline__ void Consume(const Sm90Params& params, const Smem<Tr>
 }
 
 // kDynamic: tiles from the global counter (Sm90Variant::kDynamicSchedule), else static.
-template <class Tr, bool kCausal, bool kVarlen, bool kDynamic = false>
+// kLazyRescale: the conditional O rescale (Sm90Variant::kLazyRescale).
+template <class Tr, bool kCausal, bool kVarlen, bool kDynamic = false, bool kLazyRescale = false>
 __global__ void __launch_bounds__(kThreads, 1)
     AttentionKernel(const __grid_constant__ Sm90Params params) {
   extern __shared__ __align__(1024) char smem_raw[];
@@ -87,7 +89,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (threadIdx.x == 0) Produce<Tr, kCausal, kVarlen, kDynamic>(params, smem);
   } else {
     SetMaxRegistersIncrease<kConsumerRegisters>();
-    Consume<Tr, kCausal, kVarlen, kDynamic>(params, smem, warpgroup - 1);
+    Consume<Tr, kCausal, kVarlen, kDynamic, kLazyRescale>(params, smem, warpgroup - 1);
   }
 }
 

@@ -10,6 +10,8 @@
 //   mask + softmax of S -> P[i] (float, in S's registers) while P[i-1] V[i-1] and the other
 //     group's two GEMMs run on the tensor cores
 //   wait P V, release V[i-1]; rescale O; round P[i] to 16 bits (P[i-1]'s registers are free now)
+// Under Sm90Variant::kLazyRescale a warp skips the rescale of O when none of its rows' softmax
+// references moved (LazyRowUpdate).
 // Within the group, S of tile i is issued together with the P V of tile i-1, so that product
 // runs under tile i's softmax (FlashAttention-3, Algorithm 2). The turn (two named barriers)
 // makes the two groups issue their GEMMs alternately, so one group's softmax also overlaps the
@@ -43,7 +45,35 @@ __device__ __forceinline__ void ReleaseStage(uint32_t bar, int lane) {
   __syncwarp();
 }
 
-template <class Tr>
+// Sm90Variant::kLazyRescale's update of one row by a key tile's maximum raw score
+// (FlashAttention-4's conditional rescale). The row's reference (row.max) moves, to the tile's
+// maximum, only when that exceeds it by more than kLazyRescaleLog2; `correction` is then
+// 2^(old - new), applied here to the sum and by the caller to O, else 1. Returns whether it moved; `reference` is what this tile's
+// exponents are taken against.
+// Exact: the reference m is always a maximum the row has seen, and every tile's maximum is at most
+// m + kLazyRescaleLog2, so m <= M <= m + 8 for the row's true maximum M: probabilities 2^(x - m)
+// stay <= 2^8 and are never smaller than the baseline's 2^(x - M). O and the sum carry the same
+// factor 2^-m, which O / sum cancels, and LSE = m + log2(sum) = log2(sum over keys of 2^x) for
+// any m. A row with no key yet has m = -inf: its first tile with a key moves it (-inf + 8 is
+// -inf; the correction 2^-inf = 0 falls on an O and a sum that are still 0), a tile whose keys
+// are all masked does not (exponents against 0: 2^-inf = 0), and a row that never sees a key
+// ends with sum 0 (O = 0, LSE = -inf), as in RowState::Update.
+__device__ __forceinline__ bool LazyRowUpdate(RowState& row, float tile_max_raw, float scale_log2,
+                                              float* reference, float* correction) {
+  const float tile_max = tile_max_raw == -INFINITY ? -INFINITY : tile_max_raw * scale_log2;
+  const bool moved = tile_max > row.max + kLazyRescaleLog2;
+  *correction = 1.f;
+  if (moved) {
+    *correction = Exp2Approx(row.max - tile_max);
+    row.sum *= *correction;
+    row.max = tile_max;
+  }
+  *reference = row.max == -INFINITY ? 0.f : row.max;
+  return moved;
+}
+
+// kLazyRescale: Sm90Variant::kLazyRescale (LazyRowUpdate; RescaleO only where a row moved).
+template <class Tr, bool kLazyRescale = false>
 struct ConsumerMainloop {
   using Element = typename Tr::Element;
 
@@ -105,8 +135,13 @@ struct ConsumerMainloop {
 
   // Removes keys at or past each row's limit (only tail and causal-diagonal tiles are `masked`),
   // then folds the tile into the running softmax: P = 2^(S * scale_log2 - reference).
-  // `key0` is the tile's first key relative to the limits; t = lane % 4.
-  __device__ __forceinline__ void Softmax(bool masked, int key0, int limit0, int limit1,
+  // `key0` is the tile's first key relative to the limits; t = lane % 4. Returns whether O must
+  // be rescaled by `correction`: always, except under kLazyRescale, where the warp votes and
+  // skips it when none of its 16 rows moved. The row decisions are already the same across the
+  // four threads of a row (QuadMax); the warp is the granularity at which the skip is a uniform
+  // branch: per thread, the warp would still issue every multiply when any lane needed them and
+  // would pay for divergence; per warpgroup, it would need a barrier and would skip less often.
+  __device__ __forceinline__ bool Softmax(bool masked, int key0, int limit0, int limit1,
                                           float scale_log2, int t, float (&correction)[2]) {
     if (masked) {
 #pragma unroll
@@ -118,6 +153,7 @@ struct ConsumerMainloop {
         }
       }
     }
+    bool moved = false;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       float tile_max = -INFINITY;
@@ -126,7 +162,11 @@ struct ConsumerMainloop {
         tile_max = fmaxf(tile_max, fmaxf(s[4 * j + 2 * h], s[4 * j + 2 * h + 1]));
       }
       float reference;
-      correction[h] = rows[h].Update(QuadMax(tile_max), scale_log2, &reference);
+      if constexpr (kLazyRescale) {
+        moved |= LazyRowUpdate(rows[h], QuadMax(tile_max), scale_log2, &reference, &correction[h]);
+      } else {
+        correction[h] = rows[h].Update(QuadMax(tile_max), scale_log2, &reference);
+      }
       float partial = 0.f;
 #pragma unroll
       for (int j = 0; j < Tr::kBlockN / 8; ++j) {
@@ -137,6 +177,11 @@ struct ConsumerMainloop {
         }
       }
       rows[h].sum += partial;
+    }
+    if constexpr (kLazyRescale) {
+      return __any_sync(0xffffffffu, moved);
+    } else {
+      return true;
     }
   }
 
@@ -188,8 +233,9 @@ __device__ __forceinline__ void ZeroVRowsPast(const Smem<Tr>& smem, int stage, i
 // exclusive key ends of this thread's two rows; `unmasked_below` is the smallest limit of the
 // warpgroup's rows (tiles entirely below it need no mask); `kv_len` the sequence's keys (paged:
 // V rows past it are zeroed); tid = thread in the warpgroup.
-template <class Tr>
-__device__ __forceinline__ void RunKeyTiles(ConsumerMainloop<Tr>& ml, const Smem<Tr>& smem,
+template <class Tr, bool kLazyRescale>
+__device__ __forceinline__ void RunKeyTiles(ConsumerMainloop<Tr, kLazyRescale>& ml,
+                                            const Smem<Tr>& smem,
                                             PipelineState<Tr::kStages>& pipe, int key_tiles, int wg,
                                             int limit0, int limit1, int unmasked_below, int kv_len,
                                             float scale_log2, int tid) {
@@ -247,12 +293,13 @@ __device__ __forceinline__ void RunKeyTiles(ConsumerMainloop<Tr>& ml, const Smem
     WgmmaWait<1>();  // S of this tile
     ml.PinS();
     ReleaseStage(smem.KEmpty(stage), lane);
-    ml.Softmax(masked(n), n * Tr::kBlockN, limit0, limit1, scale_log2, t, correction);
+    const bool rescale =
+        ml.Softmax(masked(n), n * Tr::kBlockN, limit0, limit1, scale_log2, t, correction);
     WgmmaWait<0>();  // P V of the previous tile
     ml.PinO();
     ml.PinP();
     ReleaseStage(smem.VEmpty(prev_stage), lane);
-    ml.RescaleO(correction);
+    if (rescale) ml.RescaleO(correction);
     ml.ConvertP();
     prev_stage = stage;
     prev_phase = pipe.Phase();

@@ -43,8 +43,9 @@ __device__ __forceinline__ void NegateQ(const Smem<Tr>& smem, int wg, int tid) {
   NamedBarrierSync(kWarpgroupBarrier + wg, 128);
 }
 
-template <class Tr, bool kVarlen>
-__device__ __forceinline__ void StoreTile(ConsumerMainloop<Tr>& ml, const Sm90Params& params,
+template <class Tr, bool kVarlen, bool kLazyRescale>
+__device__ __forceinline__ void StoreTile(ConsumerMainloop<Tr, kLazyRescale>& ml,
+                                          const Sm90Params& params,
                                           const Smem<Tr>& smem, const WorkTile& w, int wg,
                                           int tid) {
   using Element = typename Tr::Element;

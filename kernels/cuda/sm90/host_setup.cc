@@ -161,9 +161,13 @@ bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors) {
       return true;
     case Sm90Variant::kAuto:
       return num_tiles > 2 * int64_t{multiprocessors};
+    case Sm90Variant::kLazyRescale:
+      return false;  // the baseline's static schedule: its A/B isolates the rescale
   }
   return false;
 }
+
+bool UseLazyRescale() { return ActiveVariant() == Sm90Variant::kLazyRescale; }
 
 namespace testing {
 void ForcePagedBoxRows(int rows) { forced_paged_box_rows.store(rows, std::memory_order_relaxed); }

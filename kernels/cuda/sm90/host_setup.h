@@ -49,6 +49,10 @@ Sm90Variant ActiveVariant();
 // dynamic counter, by the active variant.
 bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors);
 
+// Whether launches (contiguous and paged) take the kernels with the conditional O rescale, by the
+// active variant.
+bool UseLazyRescale();
+
 namespace testing {
 // Process-wide variant for tests and benchmarks that compare the variants in one process
 // (side_by_side.py through the C API's flashkv_cuda_testing_set_sm90_variant).

@@ -17,9 +17,9 @@
 namespace flashkv::cuda {
 namespace sm90 {
 
-template <class Tr, bool kCausal, bool kVarlen, bool kDynamic = false>
+template <class Tr, bool kCausal, bool kVarlen, bool kDynamic = false, bool kLazyRescale = false>
 KernelStatus Run(const Sm90Params& params, const DeviceProps& props, cudaStream_t stream) {
-  const auto kernel = AttentionKernel<Tr, kCausal, kVarlen, kDynamic>;
+  const auto kernel = AttentionKernel<Tr, kCausal, kVarlen, kDynamic, kLazyRescale>;
   int ctas_per_sm = 0;
   FLASHKV_RETURN_IF_ERROR(PrepareKernel(reinterpret_cast<const void*>(kernel), kThreads,
                                         Tr::kSmemBytes, props, &ctas_per_sm));
@@ -46,6 +46,31 @@ KernelStatus RunDynamic(Sm90Params& params, const DeviceProps& props, cudaStream
   return status.ok() ? freed : status;
 }
 
+// The kernel of a launch by its layout, mask and schedule. Under kLazyRescale tiles keep the
+// static schedule (Sm90Variant::kLazyRescale is measured against kBaseline), so the dynamic
+// kernels are instantiated without it.
+template <class Tr, bool kLazyRescale>
+KernelStatus RunVariant(Sm90Params& sp, const DeviceProps& props, cudaStream_t stream) {
+  if constexpr (Tr::kPaged) {  // queries are always packed (varlen)
+    return sp.p.causal ? Run<Tr, true, true, false, kLazyRescale>(sp, props, stream)
+                       : Run<Tr, false, true, false, kLazyRescale>(sp, props, stream);
+  } else {
+    const bool varlen = sp.p.cu_seqlens_q != nullptr;
+    if constexpr (!kLazyRescale) {
+      if (UseDynamicSchedule(sp.p.causal, sp.schedule.num_tiles, props.multiprocessors)) {
+        return varlen ? RunDynamic<Tr, true>(sp, props, stream)
+                      : RunDynamic<Tr, false>(sp, props, stream);
+      }
+    }
+    if (sp.p.causal) {
+      return varlen ? Run<Tr, true, true, false, kLazyRescale>(sp, props, stream)
+                    : Run<Tr, true, false, false, kLazyRescale>(sp, props, stream);
+    }
+    return varlen ? Run<Tr, false, true, false, kLazyRescale>(sp, props, stream)
+                  : Run<Tr, false, false, false, kLazyRescale>(sp, props, stream);
+  }
+}
+
 }  // namespace sm90
 
 template <DType kDType, int kHeadDim, bool kPaged>
@@ -64,22 +89,8 @@ KernelStatus LaunchAttentionSm90(const AttentionParams& params, const LaunchInfo
                                               props, &sp.schedule));
   if (sp.schedule.num_tiles == 0) return KernelStatus::Ok();
   FLASHKV_RETURN_IF_ERROR(sm90::EncodeTensorMaps(sp.p, info, kDType, &sp));
-  if constexpr (kPaged) {  // queries are always packed (varlen)
-    return sp.p.causal ? sm90::Run<Tr, true, true>(sp, props, stream)
-                       : sm90::Run<Tr, false, true>(sp, props, stream);
-  } else {
-    const bool varlen = sp.p.cu_seqlens_q != nullptr;
-    if (sm90::UseDynamicSchedule(sp.p.causal, sp.schedule.num_tiles, props.multiprocessors)) {
-      return varlen ? sm90::RunDynamic<Tr, true>(sp, props, stream)
-                    : sm90::RunDynamic<Tr, false>(sp, props, stream);
-    }
-    if (sp.p.causal) {
-      return varlen ? sm90::Run<Tr, true, true>(sp, props, stream)
-                    : sm90::Run<Tr, true, false>(sp, props, stream);
-    }
-    return varlen ? sm90::Run<Tr, false, true>(sp, props, stream)
-                  : sm90::Run<Tr, false, false>(sp, props, stream);
-  }
+  return sm90::UseLazyRescale() ? sm90::RunVariant<Tr, true>(sp, props, stream)
+                                : sm90::RunVariant<Tr, false>(sp, props, stream);
 }
 
 }  // namespace flashkv::cuda

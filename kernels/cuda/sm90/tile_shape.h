@@ -134,8 +134,21 @@ enum class Sm90Variant : int {
   // (D 256, S 1024), where a CTA holds at most two tiles, longest-first pairing already balances
   // them, and the counter's memset and atomics are pure cost.
   kAuto = 2,
+  // Every launch (fixed, varlen, paged; causal or not) with the conditional O rescale of
+  // FlashAttention-4 (sm90/consumer_mainloop.cuh, LazyRowUpdate): a row's softmax reference
+  // moves only when a key tile's maximum exceeds it by more than kLazyRescaleLog2, and a warp
+  // skips the O multiply when none of its rows moved. Tiles keep the baseline's static schedule,
+  // so an A/B against kBaseline isolates the rescale.
+  kLazyRescale = 3,
 };
-inline constexpr int kNumSm90Variants = 3;
+inline constexpr int kNumSm90Variants = 4;
+
+// Sm90Variant::kLazyRescale's threshold, in the log2 units of the scaled scores: probabilities
+// are taken against a reference at most this far below the row's true maximum, so they stay
+// <= 2^8 = 256 (fp16's largest is 65504; bf16 has fp32's range), and the fp32 row sum and O
+// accumulators grow by at most 2^8 over an exact reference. Large enough that random and real
+// score rows settle after their first key tile; small enough to keep the 16-bit P exact in range.
+inline constexpr float kLazyRescaleLog2 = 8.f;
 
 constexpr const char* Sm90VariantName(Sm90Variant v) {
   switch (v) {
@@ -145,6 +158,8 @@ constexpr const char* Sm90VariantName(Sm90Variant v) {
       return "dynamic_schedule";
     case Sm90Variant::kAuto:
       return "auto";
+    case Sm90Variant::kLazyRescale:
+      return "lazy_rescale";
   }
   return "unknown";
 }

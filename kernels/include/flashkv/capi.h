@@ -61,7 +61,8 @@ int flashkv_cuda_append_kv(int dtype, int64_t num_tokens, int num_heads_kv, int 
                            void* stream, char* error, size_t error_size);
 
 /* Benchmarks and tests only: the variant of the sm90 kernel that later launches in this process
- * take (0 = the default kernel, 1 = the dynamic tile schedule for causal launches; see
+ * take (kernels/cuda/sm90/tile_shape.h's Sm90Variant: 0 = baseline, 1 = the dynamic tile
+ * schedule for causal launches, 2 = auto, the default, 3 = the lazy O rescale; predictions in
  * kernels/cuda/NOTES.md). Process-wide; returns 0, or 3 for an unknown variant. */
 int flashkv_cuda_testing_set_sm90_variant(int variant);
 

@@ -14,6 +14,10 @@
 // queries over an empty context, and more tiles than SMs. Where the paged tile equals the
 // contiguous one (head dims 64, 128) the paged kernel must match the varlen kernel on the same
 // K/V bit for bit.
+//
+// Every case runs under the two variants that change the paged kernel (sm90::Sm90Variant, set
+// process-wide for the case; the others schedule contiguous launches only): baseline and
+// lazy_rescale (the conditional O rescale, which the paged kernel shares with the contiguous one).
 
 #include <cstring>
 #include <string>
@@ -33,13 +37,17 @@
 namespace flashkv::cuda::test {
 namespace {
 
-class CudaSm90PagedTest : public ::testing::TestWithParam<DTypeHeadDim> {
+using Variant = sm90::Sm90Variant;
+
+class CudaSm90PagedTest : public ::testing::TestWithParam<Sm90Case> {
  protected:
   void SetUp() override {
     dtype_ = std::get<0>(GetParam());
     head_dim_ = std::get<1>(GetParam());
     if (const char* why = Sm90SkipReason(dtype_, head_dim_, /*paged=*/true)) GTEST_SKIP() << why;
+    sm90::testing::SetVariant(std::get<2>(GetParam()));
   }
+  void TearDown() override { sm90::testing::SetVariant(Variant::kAuto); }
 
   // Runs one paged problem after checking that it takes the sm90 kernel.
   Result RunOnSm90(const Problem& p, int page_size, const std::string& what) {
@@ -149,8 +157,10 @@ TEST_P(CudaSm90PagedTest, SameAsContiguousKernel) {
 
 INSTANTIATE_TEST_SUITE_P(Sm90Paged, CudaSm90PagedTest,
                          ::testing::Combine(::testing::Values(DType::kFloat16, DType::kBFloat16),
-                                            ::testing::Values(64, 128, 256)),
-                         DTypeHeadDimName);
+                                            ::testing::Values(64, 128, 256),
+                                            ::testing::Values(Variant::kBaseline,
+                                                              Variant::kLazyRescale)),
+                         Sm90CaseName);
 
 }  // namespace
 }  // namespace flashkv::cuda::test

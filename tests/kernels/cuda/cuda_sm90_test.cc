@@ -12,7 +12,10 @@
 //
 // Every case runs under each variant of the kernel (sm90::Sm90Variant, set process-wide for the
 // case): the dynamic tile schedule changes which CTA runs which tile of the causal launches, so
-// the many-tile causal cases are the ones that exercise its tile ring across several uses.
+// the many-tile causal cases are the ones that exercise its tile ring across several uses. The
+// lazy rescale moves a row's softmax reference only when a key tile's maximum passes it by more
+// than sm90::kLazyRescaleLog2: on N(0, 1) inputs rows settle after their first key tile, so
+// RowMaximaGrowAcrossKeyTiles makes them grow, taking both the stale and the moving branch.
 
 #include <string>
 #include <tuple>
@@ -30,13 +33,6 @@ namespace flashkv::cuda::test {
 namespace {
 
 using Variant = sm90::Sm90Variant;
-using Sm90Case = std::tuple<DType, int, Variant>;
-
-std::string Sm90CaseName(const ::testing::TestParamInfo<Sm90Case>& info) {
-  const std::string base = DTypeHeadDimName(::testing::TestParamInfo<DTypeHeadDim>(
-      DTypeHeadDim(std::get<0>(info.param), std::get<1>(info.param)), info.index));
-  return base + "_" + sm90::Sm90VariantName(std::get<2>(info.param));
-}
 
 class CudaSm90Test : public ::testing::TestWithParam<Sm90Case> {
  protected:
@@ -113,6 +109,39 @@ TEST_P(CudaSm90Test, VarlenMixedLengths) {
   }
 }
 
+// Scales key j of each sequence by 1 + 4 (kv_len - 1 - j) / kv_len. The kernel visits key tiles
+// last first, so every row's maximum grows as it goes: about 3.7 log2 units per 128 keys (the
+// maximum of a row's 128 scores ~ 2.6 sigma, sigma = log2(e) x the key's scale) over a 700-key
+// context. Under lazy_rescale some tiles then stay on a stale reference (P up to 2^8) and others
+// move it (the O rescale after the first tile); the other variants rescale on every tile.
+void GrowKeysTowardTheStart(Problem* p) {
+  const int64_t row = int64_t{p->heads_kv} * p->head_dim;
+  for (size_t b = 0; b < p->kv_lens.size(); ++b) {
+    const int n = p->kv_lens[b];
+    for (int j = 0; j < n; ++j) {
+      const float g = 1.f + 4.f * static_cast<float>(n - 1 - j) / static_cast<float>(n);
+      float* key = p->k.data() + (p->cu_kv[b] + j) * row;
+      for (int64_t e = 0; e < row; ++e) key[e] *= g;
+    }
+  }
+  (void)Encode(p->dtype, p->k);  // rounds to the dtype again
+}
+
+TEST_P(CudaSm90Test, RowMaximaGrowAcrossKeyTiles) {
+  for (bool causal : {false, true}) {
+    const std::string name = causal ? "causal" : "full";
+    // Fixed: 6 key tiles per row (4 causal at the first rows); GQA group 2.
+    Problem fixed = MakeProblem(dtype_, 4, 2, head_dim_, {200, 200}, {700, 700}, causal, 31);
+    GrowKeysTowardTheStart(&fixed);
+    Check(fixed, false, name + " growing maxima");
+    // Varlen: a row with no key under causal (O = 0, LSE = -inf), a one-key context, a long one.
+    Problem varlen =
+        MakeProblem(dtype_, 4, 4, head_dim_, {300, 1, 129, 64}, {1000, 1, 129, 20}, causal, 32);
+    GrowKeysTowardTheStart(&varlen);
+    Check(varlen, true, name + " varlen growing maxima");
+  }
+}
+
 TEST_P(CudaSm90Test, NegativeAndZeroScale) {
   for (float scale : {-0.3f, 0.f}) {
     Problem p = MakeProblem(dtype_, 2, 2, head_dim_, {150}, {150}, true, 27);
@@ -122,13 +151,13 @@ TEST_P(CudaSm90Test, NegativeAndZeroScale) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Sm90Instantiations, CudaSm90Test,
-                         ::testing::Combine(::testing::Values(DType::kFloat16, DType::kBFloat16),
-                                            ::testing::Values(64, 128, 256),
-                                            ::testing::Values(Variant::kBaseline,
-                                                              Variant::kDynamicSchedule,
-                                                              Variant::kAuto)),
-                         Sm90CaseName);
+INSTANTIATE_TEST_SUITE_P(
+    Sm90Instantiations, CudaSm90Test,
+    ::testing::Combine(::testing::Values(DType::kFloat16, DType::kBFloat16),
+                       ::testing::Values(64, 128, 256),
+                       ::testing::Values(Variant::kBaseline, Variant::kDynamicSchedule,
+                                         Variant::kAuto, Variant::kLazyRescale)),
+    Sm90CaseName);
 
 }  // namespace
 }  // namespace flashkv::cuda::test

@@ -19,6 +19,7 @@
 #include "gtest/gtest.h"
 #include "kernel_path.h"
 #include "reference.h"
+#include "sm90/tile_shape.h"
 
 namespace flashkv::cuda::test {
 
@@ -47,6 +48,16 @@ using DTypeHeadDim = std::tuple<DType, int>;
 inline std::string DTypeHeadDimName(const ::testing::TestParamInfo<DTypeHeadDim>& info) {
   return std::string(DTypeName(std::get<0>(info.param))) + "_d" +
          std::to_string(std::get<1>(info.param));
+}
+
+// The parameter of the sm90 suites, every case under one kernel variant (set process-wide for the
+// case), and its test-name suffix ("fp16_d128_baseline").
+using Sm90Case = std::tuple<DType, int, sm90::Sm90Variant>;
+
+inline std::string Sm90CaseName(const ::testing::TestParamInfo<Sm90Case>& info) {
+  return DTypeHeadDimName(::testing::TestParamInfo<DTypeHeadDim>(
+             DTypeHeadDim(std::get<0>(info.param), std::get<1>(info.param)), info.index)) +
+         "_" + sm90::Sm90VariantName(std::get<2>(info.param));
 }
 
 // Why the sm90 tests of (dtype, head dim) cannot run here (no device, not compute capability
