@@ -8,7 +8,8 @@
 #   build.txt          cmake + ninja output (ptxas spill / C75xx warnings included)
 #   test.txt           ctest of cuda_sm90_test and cuda_sm90_paged_test, every case under each
 #                      variant of TEST_VARIANTS (the paged suite has baseline and lazy_rescale only:
-#                      the other variants change contiguous launches alone)
+#                      the other variants change contiguous launches alone; three_consumers
+#                      changes head dim 64 alone)
 #   sanitizer.txt      compute-sanitizer racecheck, one small case per variant (and the paged
 #                      suite's small case for the variants it has)
 #   side_by_side.md    fixed-length rows: one line per variant, SDPA FLASH and cuDNN timed in the
@@ -19,7 +20,8 @@
 #   OUT=$OUT bash benchmarks/kernels/device_run_sm90_variants.sh          (device call timeout_s 330)
 # Knobs (environment): STEPS ("build test sanitize bench"), DIMS (64;128;256), DTYPES (fp16;bf16),
 # BENCH_DIMS (64 128 256: fp16 at each, bf16 at 128 only), SEQLENS (1024 4096 8192),
-# VARIANTS (baseline dynamic_schedule; any of baseline dynamic_schedule auto lazy_rescale),
+# VARIANTS (baseline dynamic_schedule; any of baseline dynamic_schedule auto lazy_rescale
+# three_consumers),
 # TEST_VARIANTS (VARIANTS and auto, the default kernel), JOBS (16), DEADLINE (300: seconds after
 # which no step starts; each step's timeout ends by then).
 set -o pipefail

@@ -4,11 +4,12 @@
 // varlen, float32 accumulation. Persistent: each CTA walks tiles blockIdx.x, +gridDim.x, ... of
 // the schedule (sm90/params.h); a tile is 128 query rows of one (sequence, head).
 //
-// Warp specialisation (384 threads, one CTA per SM):
-//   warpgroup 0: producer. setmaxnreg lowers it to 24 registers; one thread issues every TMA
-//     load (sm90/producer.cuh), the other warps leave.
-//   warpgroups 1, 2: consumers. setmaxnreg raises them to 240 registers; each owns 64 rows of
-//     the tile (sm90/consumer_mainloop.cuh, sm90/epilogue.cuh).
+// Warp specialisation (384 threads, one CTA per SM; 512 with three consumers):
+//   warpgroup 0: producer. setmaxnreg lowers it to 24 registers (32 with three consumers); one
+//     thread issues every TMA load (sm90/producer.cuh), the other warps leave.
+//   warpgroups 1, 2 (and 3 under Sm90Variant::kThreeConsumers): consumers. setmaxnreg raises
+//     them to 240 registers (160 with three); each owns 64 rows of the tile
+//     (sm90/consumer_mainloop.cuh, sm90/epilogue.cuh).
 // Policies (template flags): kCausal (bottom-right mask, key tiles past the diagonal skipped),
 // kVarlen (3-d tensor maps over packed rows, the longest-first sequence order, plain stores for
 // the rows of a tile that end inside a sequence), Traits::kPaged (varlen queries, K/V from
@@ -34,9 +35,10 @@ __device__ __forceinline__ void Consume(const Sm90Params& params, const Smem<Tr>
   const int tid = static_cast<int>(threadIdx.x) % 128;
   const int lane = tid % 32;
   const int row_in_group = 16 * (tid / 32) + lane / 4;  // this thread's first row of the 64
-  constexpr int kTurnThreads = 128 * kConsumerWarpgroups;
-  // Warpgroup 0 takes the first turn: warpgroup 1 hands it over before its first wait.
-  if (wg == 1) NamedBarrierArrive(kTurnBarrier + 0, kTurnThreads);
+  constexpr int kLastGroup = Tr::kConsumerWarpgroups - 1;
+  // Warpgroup 0 takes the first turn: the last group, which precedes it in the turn order, hands
+  // it over before its first wait.
+  if (wg == kLastGroup) NamedBarrierArrive(kTurnBarrier + 0, kTurnThreads);
 
   ConsumerMainloop<Tr, kLazyRescale> ml;
   PipelineState<Tr::kStages> pipe;
@@ -68,7 +70,7 @@ __device__ __forceinline__ void Consume(const Sm90Params& params, const Smem<Tr>
     }
     StoreTile<Tr, kVarlen>(ml, params, smem, w, wg, tid);
   }
-  // Take warpgroup 1's last hand-over, so that no arrival is left pending on the barrier.
+  // Take the last group's last hand-over, so that no arrival is left pending on the barrier.
   if (wg == 0) NamedBarrierSync(kTurnBarrier + 0, kTurnThreads);
   if (tid == 0) TmaStoreWaitAll();  // this group's O stores reach global memory before exit
 }
@@ -76,7 +78,7 @@ __device__ __forceinline__ void Consume(const Sm90Params& params, const Smem<Tr>
 // kDynamic: tiles from the global counter (Sm90Variant::kDynamicSchedule), else static.
 // kLazyRescale: the conditional O rescale (Sm90Variant::kLazyRescale).
 template <class Tr, bool kCausal, bool kVarlen, bool kDynamic = false, bool kLazyRescale = false>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(Tr::kThreads, 1)
     AttentionKernel(const __grid_constant__ Sm90Params params) {
   extern __shared__ __align__(1024) char smem_raw[];
   const Smem<Tr> smem = Smem<Tr>::Locate(smem_raw);
@@ -85,10 +87,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   const int warpgroup = WarpUniform(static_cast<int>(threadIdx.x) / 128);
   if (warpgroup == 0) {
-    SetMaxRegistersDecrease<kProducerRegisters>();
+    SetMaxRegistersDecrease<Tr::kProducerRegisters>();
     if (threadIdx.x == 0) Produce<Tr, kCausal, kVarlen, kDynamic>(params, smem);
   } else {
-    SetMaxRegistersIncrease<kConsumerRegisters>();
+    SetMaxRegistersIncrease<Tr::kConsumerRegisters>();
     Consume<Tr, kCausal, kVarlen, kDynamic, kLazyRescale>(params, smem, warpgroup - 1);
   }
 }

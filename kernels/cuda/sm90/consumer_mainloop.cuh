@@ -13,10 +13,12 @@
 // Under Sm90Variant::kLazyRescale a warp skips the rescale of O when none of its rows' softmax
 // references moved (LazyRowUpdate).
 // Within the group, S of tile i is issued together with the P V of tile i-1, so that product
-// runs under tile i's softmax (FlashAttention-3, Algorithm 2). The turn (two named barriers)
-// makes the two groups issue their GEMMs alternately, so one group's softmax also overlaps the
-// other group's GEMMs. Every GEMM batch takes one turn, so both groups take the same number of
-// turns per tile (key_tiles + 1) and the hand-over never deadlocks.
+// runs under tile i's softmax (FlashAttention-3, Algorithm 2). The turn (one named barrier per
+// group) makes the groups issue their GEMMs in rotation (0, 1[, 2], 0, ...), so one group's
+// softmax also overlaps the other groups' GEMMs. Every GEMM batch takes one turn, so every group
+// takes the same number of turns per tile (key_tiles + 1) and the hand-over never deadlocks; a
+// group hands over to the next in the rotation only, so a barrier holds at most one pending
+// hand-over.
 //
 // Paged K/V: the first key tile of a tile (the last in key order) may end past the sequence's
 // last key; its K rows there are masked, and its V rows there are zeroed by consumer 0 before
@@ -211,7 +213,8 @@ struct ConsumerMainloop {
 // end, or boxes the producer did not load): any bits, NaN included. P is 0 there, but 0 x NaN
 // is NaN, so they are zeroed. Consumer 0 does it after its first S = Q K^T of the tile and
 // before its turn for the first P V; consumer 1's first P V comes in its next turn, which
-// consumer 0's hand-over (after these stores and their proxy fence) opens. Generic stores that
+// consumer 0's hand-over (after these stores and their proxy fence) opens. (Paged kernels have
+// two consumers: tile_shape.h's HasThreeConsumerShape.) Generic stores that
 // wgmma reads: fence.proxy.async in every writing thread, then the warpgroup barrier.
 template <class Tr>
 __device__ __forceinline__ void ZeroVRowsPast(const Smem<Tr>& smem, int stage, int keys, int wg,
@@ -241,8 +244,7 @@ __device__ __forceinline__ void RunKeyTiles(ConsumerMainloop<Tr, kLazyRescale>& 
                                             float scale_log2, int tid) {
   const int lane = tid % 32;
   const int my_turn = kTurnBarrier + wg;
-  const int other_turn = kTurnBarrier + (1 - wg);
-  constexpr int kTurnThreads = 128 * kConsumerWarpgroups;
+  const int next_turn = kTurnBarrier + (wg + 1) % Tr::kConsumerWarpgroups;
   const int t = lane % 4;
   const uint32_t q_rows = smem.Q() + wg * Tr::kRowsPerConsumer * Tr::kChunkRowBytes;
   auto masked = [&](int n) { return (n + 1) * Tr::kBlockN > unmasked_below; };
@@ -257,7 +259,7 @@ __device__ __forceinline__ void RunKeyTiles(ConsumerMainloop<Tr, kLazyRescale>& 
   WgmmaFence();
   ml.IssueQK(q_rows, smem.K(stage));
   WgmmaCommit();
-  NamedBarrierArrive(other_turn, kTurnThreads);
+  NamedBarrierArrive(next_turn, kTurnThreads);
   WgmmaWait<0>();
   ml.PinS();
   ReleaseStage(smem.KEmpty(stage), lane);
@@ -289,7 +291,7 @@ __device__ __forceinline__ void RunKeyTiles(ConsumerMainloop<Tr, kLazyRescale>& 
     WgmmaFence();  // the wait's loop ends the previous fence's region for ptxas
     ml.IssuePV(smem.V(prev_stage));
     WgmmaCommit();
-    NamedBarrierArrive(other_turn, kTurnThreads);
+    NamedBarrierArrive(next_turn, kTurnThreads);
     WgmmaWait<1>();  // S of this tile
     ml.PinS();
     ReleaseStage(smem.KEmpty(stage), lane);
@@ -313,7 +315,7 @@ __device__ __forceinline__ void RunKeyTiles(ConsumerMainloop<Tr, kLazyRescale>& 
   WgmmaFence();
   ml.IssuePV(smem.V(prev_stage));
   WgmmaCommit();
-  NamedBarrierArrive(other_turn, kTurnThreads);
+  NamedBarrierArrive(next_turn, kTurnThreads);
   WgmmaWait<0>();
   ml.PinO();
   ReleaseStage(smem.VEmpty(prev_stage), lane);

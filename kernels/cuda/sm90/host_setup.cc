@@ -160,6 +160,7 @@ bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors) {
     case Sm90Variant::kDynamicSchedule:
       return true;
     case Sm90Variant::kAuto:
+    case Sm90Variant::kThreeConsumers:  // kAuto's schedule: its A/B against kAuto isolates the tile
       return num_tiles > 2 * int64_t{multiprocessors};
     case Sm90Variant::kLazyRescale:
       return false;  // the baseline's static schedule: its A/B isolates the rescale
@@ -168,6 +169,12 @@ bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors) {
 }
 
 bool UseLazyRescale() { return ActiveVariant() == Sm90Variant::kLazyRescale; }
+
+int ConsumerWarpgroups(int head_dim, bool paged) {
+  return ActiveVariant() == Sm90Variant::kThreeConsumers && HasThreeConsumerShape(head_dim, paged)
+             ? 3
+             : kConsumerWarpgroups;
+}
 
 namespace testing {
 void ForcePagedBoxRows(int rows) { forced_paged_box_rows.store(rows, std::memory_order_relaxed); }
@@ -195,8 +202,10 @@ bool TmaCanDescribe(const AttentionParams& p, const LaunchInfo& info, int elemen
 }
 
 KernelStatus BuildSchedule(const AttentionParams& p, const LaunchInfo& info, int head_dim,
-                           int element_bytes, const DeviceProps& props, Schedule* schedule) {
-  const TileShape shape = ChooseTileShape(head_dim, p.block_table != nullptr);
+                           int element_bytes, const DeviceProps& props, Schedule* schedule,
+                           int consumer_warpgroups) {
+  const TileShape shape = ChooseTileShape(head_dim, p.block_table != nullptr, consumer_warpgroups);
+  if (shape.block_m == 0) return InvalidArgument("sm90 schedule: no tile shape for this head dim");
   const int64_t tiles = CountTiles(p, info, shape.block_m);
   if (tiles > kMaxTiles) return InvalidArgument("sm90 schedule: too many tiles");
   *schedule = Schedule{};
@@ -244,11 +253,13 @@ KernelStatus BuildSchedule(const AttentionParams& p, const LaunchInfo& info, int
 }
 
 KernelStatus EncodeTensorMaps(const AttentionParams& p, const LaunchInfo& info, DType dtype,
-                              Sm90Params* params) {
+                              Sm90Params* params, int consumer_warpgroups) {
   EncodeTiledFn encode = nullptr;
   FLASHKV_RETURN_IF_ERROR(GetEncoder(&encode));
   const bool paged = p.block_table != nullptr;
-  const TileShape shape = ChooseTileShape(p.head_dim, paged);
+  const TileShape shape = ChooseTileShape(p.head_dim, paged, consumer_warpgroups);
+  if (shape.block_m == 0)
+    return InvalidArgument("sm90 tensor maps: no tile shape for this head dim");
   const LaunchShapes s = Shapes(p, info);
   FLASHKV_RETURN_IF_ERROR(Encode(encode, &params->q_map, s.q, dtype, p.q, shape.block_m, "q"));
   // K and V may be null when no sequence has keys: no tile then loads them, but the map still

@@ -24,17 +24,19 @@ int64_t CountTiles(const AttentionParams& p, const LaunchInfo& info, int block_m
 // Fixed length: heads grouped in sections whose K/V fit half the L2, m-blocks heaviest first
 // under causal. Varlen and paged: sequences with queries ordered by context length (longest
 // first), m-blocks heaviest first under causal. kInvalidArgument past the schedule's limits (the
-// path choice keeps such launches on sm80, so reaching it is a caller bug).
+// path choice keeps such launches on sm80, so reaching it is a caller bug). consumer_warpgroups
+// picks the tile shape (ChooseTileShape), as the launch's kernel has it.
 KernelStatus BuildSchedule(const AttentionParams& p, const LaunchInfo& info, int head_dim,
-                           int element_bytes, const DeviceProps& props, Schedule* schedule);
+                           int element_bytes, const DeviceProps& props, Schedule* schedule,
+                           int consumer_warpgroups = kConsumerWarpgroups);
 
 // Q, K, V and O maps: fixed [batch, head, row, dim] as 4-d maps, varlen [head, packed row, dim]
 // as 3-d maps; boxes of 64 dims (128 bytes, swizzled 128B) x block_m / block_n / 64 rows. Paged
 // launches (p.block_table set): varlen Q and O, K and V as 4-d maps over the pools
 // [block, K/V head, slot, dim] (info.num_blocks blocks) with boxes of PagedBoxRows slots. Sets
-// params->kv_box_rows.
+// params->kv_box_rows. block_m and block_n by ChooseTileShape(.., consumer_warpgroups).
 KernelStatus EncodeTensorMaps(const AttentionParams& p, const LaunchInfo& info, DType dtype,
-                              Sm90Params* params);
+                              Sm90Params* params, int consumer_warpgroups = kConsumerWarpgroups);
 
 // Keys per TMA box of a paged K/V tile of block_n keys over pages of page_size keys (a multiple of
 // kPagedBoxRows): the whole tile when the page holds whole tiles (one TMA per chunk, as on
@@ -52,6 +54,11 @@ bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors);
 // Whether launches (contiguous and paged) take the kernels with the conditional O rescale, by the
 // active variant.
 bool UseLazyRescale();
+
+// Consumer warpgroups of a launch's kernel, by the active variant: 3 under
+// Sm90Variant::kThreeConsumers where the head dim and layout have that shape
+// (HasThreeConsumerShape), else kConsumerWarpgroups.
+int ConsumerWarpgroups(int head_dim, bool paged);
 
 namespace testing {
 // Process-wide variant for tests and benchmarks that compare the variants in one process

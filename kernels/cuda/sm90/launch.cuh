@@ -21,10 +21,10 @@ template <class Tr, bool kCausal, bool kVarlen, bool kDynamic = false, bool kLaz
 KernelStatus Run(const Sm90Params& params, const DeviceProps& props, cudaStream_t stream) {
   const auto kernel = AttentionKernel<Tr, kCausal, kVarlen, kDynamic, kLazyRescale>;
   int ctas_per_sm = 0;
-  FLASHKV_RETURN_IF_ERROR(PrepareKernel(reinterpret_cast<const void*>(kernel), kThreads,
+  FLASHKV_RETURN_IF_ERROR(PrepareKernel(reinterpret_cast<const void*>(kernel), Tr::kThreads,
                                         Tr::kSmemBytes, props, &ctas_per_sm));
   const int grid = std::min(params.schedule.num_tiles, props.multiprocessors * ctas_per_sm);
-  kernel<<<grid, kThreads, Tr::kSmemBytes, stream>>>(params);
+  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(params);
   FLASHKV_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return KernelStatus::Ok();
 }
@@ -76,7 +76,8 @@ KernelStatus RunVariant(Sm90Params& sp, const DeviceProps& props, cudaStream_t s
 template <DType kDType, int kHeadDim, bool kPaged>
 KernelStatus LaunchAttentionSm90(const AttentionParams& params, const LaunchInfo& info,
                                  Stream stream) {
-  using Tr = sm90::Traits<typename DeviceElement<kDType>::Type, kHeadDim, kPaged>;
+  using Element = typename DeviceElement<kDType>::Type;
+  using Tr = sm90::Traits<Element, kHeadDim, kPaged>;
   DeviceProps props;
   FLASHKV_RETURN_IF_ERROR(CurrentDevice(&props));
   // Built per call (about 5 KB with the varlen order table): launches may come from several
@@ -85,10 +86,18 @@ KernelStatus LaunchAttentionSm90(const AttentionParams& params, const LaunchInfo
   sp.p = params;
   sp.p.pack = 1;  // one query head per tile (GQA only maps heads to K/V heads)
   sp.p.num_splits = 1;
-  FLASHKV_RETURN_IF_ERROR(sm90::BuildSchedule(sp.p, info, kHeadDim, sizeof(typename Tr::Element),
-                                              props, &sp.schedule));
+  // Read once: the schedule, the Q map's box and the kernel must agree on block_m.
+  const int consumers = sm90::ConsumerWarpgroups(kHeadDim, kPaged);
+  FLASHKV_RETURN_IF_ERROR(sm90::BuildSchedule(sp.p, info, kHeadDim, sizeof(Element), props,
+                                              &sp.schedule, consumers));
   if (sp.schedule.num_tiles == 0) return KernelStatus::Ok();
-  FLASHKV_RETURN_IF_ERROR(sm90::EncodeTensorMaps(sp.p, info, kDType, &sp));
+  FLASHKV_RETURN_IF_ERROR(sm90::EncodeTensorMaps(sp.p, info, kDType, &sp, consumers));
+  if constexpr (sm90::HasThreeConsumerShape(kHeadDim, kPaged)) {
+    if (consumers == 3) {
+      return sm90::RunVariant<sm90::Traits<Element, kHeadDim, kPaged, 3>, false>(sp, props,
+                                                                                 stream);
+    }
+  }
   return sm90::UseLazyRescale() ? sm90::RunVariant<Tr, true>(sp, props, stream)
                                 : sm90::RunVariant<Tr, false>(sp, props, stream);
 }

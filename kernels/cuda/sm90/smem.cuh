@@ -2,13 +2,14 @@
 
 // Shared-memory addresses of one sm90 CTA (layout in sm90/traits.cuh) and its mbarriers:
 //   q_full        TMA of a tile's Q has landed (1 arrival + Q bytes)
-//   q_free        both consumers are done with the tile's Q (2 arrivals): after their last
+//   q_free        every consumer is done with the tile's Q (one arrival each): after their last
 //                 S = Q K^T with a separate O buffer, else once their O stores have read it
 //   k_full[s]     K tile in stage s has landed (1 arrival + K bytes); v_full likewise
-//   k_empty[s]    every consumer warp is done reading K stage s (8 arrivals); v_empty likewise
+//   k_empty[s]    every consumer warp is done reading K stage s (8 or 12 arrivals); v_empty
+//                 likewise
 //   tile_full[r]  dynamic schedule: the producer wrote the tile number into ring slot r (1
 //                 arrival; its release orders the slot's store before the consumers' reads)
-//   tile_empty[r] every consumer warp has read slot r (8 arrivals)
+//   tile_empty[r] every consumer warp has read slot r (8 or 12 arrivals)
 // Phases: the u-th use of a barrier completes its phase u, so waiters pass parity u & 1 and
 // producers of use u wait for the release of use u - 1 (parity (u & 1) ^ 1, which a fresh
 // barrier reports complete).
@@ -22,9 +23,12 @@ namespace flashkv::cuda::sm90 {
 
 // Named barriers (0 is __syncthreads): the ping-pong turn of each consumer warpgroup, and a
 // 128-thread barrier per consumer warpgroup.
-inline constexpr int kTurnBarrier = 1;        // + consumer warpgroup (1, 2)
-inline constexpr int kWarpgroupBarrier = 3;   // + consumer warpgroup (3, 4)
-inline constexpr int kConsumerWarps = 4 * kConsumerWarpgroups;
+inline constexpr int kTurnBarrier = 1;  // + consumer warpgroup (1..3)
+inline constexpr int kWarpgroupBarrier =
+    kTurnBarrier + kMaxConsumerWarpgroups;  // + consumer warpgroup (4..6)
+// A turn barrier completes when the group whose turn it is (bar.sync) and the group that hands
+// the turn over (bar.arrive) have both reached it: two warpgroups, however many consumers.
+inline constexpr int kTurnThreads = 2 * 128;
 
 template <class Tr>
 struct Smem {
@@ -74,18 +78,18 @@ struct Smem {
   // One thread, before the CTA's first __syncthreads.
   __device__ __forceinline__ void InitBarriers() const {
     MbarrierInit(QFull(), 1);
-    MbarrierInit(QFree(), kConsumerWarpgroups);
+    MbarrierInit(QFree(), Tr::kConsumerWarpgroups);
 #pragma unroll
     for (int s = 0; s < Tr::kStages; ++s) {
       MbarrierInit(KFull(s), 1);
       MbarrierInit(VFull(s), 1);
-      MbarrierInit(KEmpty(s), kConsumerWarps);
-      MbarrierInit(VEmpty(s), kConsumerWarps);
+      MbarrierInit(KEmpty(s), Tr::kConsumerWarps);
+      MbarrierInit(VEmpty(s), Tr::kConsumerWarps);
     }
 #pragma unroll
     for (int r = 0; r < kTileRingSlots; ++r) {
       MbarrierInit(TileFull(r), 1);
-      MbarrierInit(TileEmpty(r), kConsumerWarps);
+      MbarrierInit(TileEmpty(r), Tr::kConsumerWarps);
     }
     FenceBarrierInit();
   }

@@ -7,6 +7,7 @@
 //   - 3 warpgroups per CTA: one producer (one thread issues every TMA load) and two consumers.
 //     Each consumer owns 64 query rows (wgmma's M), so block_m = 128 and both consumers read the
 //     same K/V stage: a K/V byte feeds 128 rows, as in FlashAttention-2's 128-row tile.
+//     (Sm90Variant::kThreeConsumers: at head dim 64, three consumers and 192-row tiles.)
 //   - One CTA per SM (setmaxnreg moves the producer's registers to the consumers: 24 + 2 x 240
 //     per thread-slot = the 168 x 384 a 384-thread CTA starts with), persistent over the tiles.
 //   - Shared memory: Q (block_m x head_dim), then `stages` K tiles and `stages` V tiles of
@@ -30,10 +31,23 @@ struct TileShape {
   int stages;   // K/V tiles in flight (TMA pipeline depth)
 };
 
+// Consumer warpgroups of the default kernels; Sm90Variant::kThreeConsumers' head-dim-64 kernels
+// have kMaxConsumerWarpgroups.
 inline constexpr int kConsumerWarpgroups = 2;
-inline constexpr int kThreads = 128 * (1 + kConsumerWarpgroups);
-inline constexpr int kProducerRegisters = 24;
-inline constexpr int kConsumerRegisters = 240;
+inline constexpr int kMaxConsumerWarpgroups = 3;
+
+constexpr int ThreadsFor(int consumer_warpgroups) { return 128 * (1 + consumer_warpgroups); }
+
+// setmaxnreg budgets per thread. The 64K-register file is shared by every thread-slot of the CTA,
+// and the counts are multiples of 8: two consumers, 24 + 2 x 240 = 504 of the 512 per warpgroup
+// lane; three, 32 + 3 x 160 = 512 (FlashAttention-3's split; 24 would free nothing, as a consumer
+// cannot take 8 more registers without the others).
+constexpr int ProducerRegisters(int consumer_warpgroups) {
+  return consumer_warpgroups == 2 ? 24 : 32;
+}
+constexpr int ConsumerRegisters(int consumer_warpgroups) {
+  return consumer_warpgroups == 2 ? 240 : 160;
+}
 
 // Keys per TMA box of a paged K/V tile where pages do not hold whole tiles (pages that do are
 // loaded one tile per box, as contiguous K/V: host_setup.h's PagedBoxRows): every box lies inside
@@ -43,7 +57,21 @@ inline constexpr int kConsumerRegisters = 240;
 // 8 KB boundaries.
 inline constexpr int kPagedBoxRows = 64;
 
-constexpr TileShape ChooseTileShape(int head_dim, bool paged = false) {
+// The three-consumer tile (Sm90Variant::kThreeConsumers), at head dim 64 on contiguous K/V only:
+// 192 query rows x 128 keys. Each consumer holds O 32 + S 64 + P 32 registers within 160
+// (a 192-key tile would need S 96 + P 48 and spill; FlashAttention-3 then stages P in shared
+// memory). Q 24 KB + 4 x 32 KB stages + O 24 KB = 176 KB: the baseline's 4 stages, each K/V byte
+// now feeding 192 rows. Head dims 128 and 256 need O 64 / 128 registers: not within 160 beside S.
+// Paged launches keep the two-consumer kernel (the variant changes contiguous launches alone).
+constexpr bool HasThreeConsumerShape(int head_dim, bool paged) { return head_dim == 64 && !paged; }
+
+constexpr TileShape ChooseTileShape(int head_dim, bool paged = false,
+                                    int consumer_warpgroups = kConsumerWarpgroups) {
+  if (consumer_warpgroups != kConsumerWarpgroups) {
+    return consumer_warpgroups == 3 && HasThreeConsumerShape(head_dim, paged)
+               ? TileShape{192, 128, 4}
+               : TileShape{0, 0, 0};
+  }
   switch (head_dim) {
     case 64:
       // Registers: O 32 + S 64 + P 32 leave room; smem is small (Q 16 KB, 32 KB per stage), so
@@ -68,8 +96,9 @@ constexpr TileShape ChooseTileShape(int head_dim, bool paged = false) {
   }
 }
 
-constexpr bool HasTileShape(int head_dim, bool paged = false) {
-  return ChooseTileShape(head_dim, paged).block_m != 0;
+constexpr bool HasTileShape(int head_dim, bool paged = false,
+                            int consumer_warpgroups = kConsumerWarpgroups) {
+  return ChooseTileShape(head_dim, paged, consumer_warpgroups).block_m != 0;
 }
 
 inline constexpr int kMaxSmemBytes = 227 * 1024;
@@ -87,8 +116,9 @@ constexpr int BarrierBytes(int stages) {
 
 // Bytes of dynamic shared memory without a separate O buffer: operands, barriers, and 1 KB of
 // slack to align the base to the 1024-byte swizzle atom.
-constexpr int SmemBytesSharingQ(int head_dim, int element_bytes, bool paged = false) {
-  const TileShape s = ChooseTileShape(head_dim, paged);
+constexpr int SmemBytesSharingQ(int head_dim, int element_bytes, bool paged = false,
+                                int consumer_warpgroups = kConsumerWarpgroups) {
+  const TileShape s = ChooseTileShape(head_dim, paged, consumer_warpgroups);
   const int q = s.block_m * head_dim * element_bytes;
   const int kv = 2 * s.stages * s.block_n * head_dim * element_bytes;
   return q + kv + BarrierBytes(s.stages) + 1024;
@@ -97,16 +127,20 @@ constexpr int SmemBytesSharingQ(int head_dim, int element_bytes, bool paged = fa
 // O gets its own buffer where it fits (head dims 64, 128): the next tile's Q then loads while
 // this tile's O is stored, instead of after it (FlashAttention-3 does the same). At 256 it does
 // not fit, and O is staged in Q's space.
-constexpr bool SeparateO(int head_dim, int element_bytes, bool paged = false) {
-  return SmemBytesSharingQ(head_dim, element_bytes, paged) +
-             ChooseTileShape(head_dim, paged).block_m * head_dim * element_bytes <=
+constexpr bool SeparateO(int head_dim, int element_bytes, bool paged = false,
+                         int consumer_warpgroups = kConsumerWarpgroups) {
+  return SmemBytesSharingQ(head_dim, element_bytes, paged, consumer_warpgroups) +
+             ChooseTileShape(head_dim, paged, consumer_warpgroups).block_m * head_dim *
+                 element_bytes <=
          kMaxSmemBytes;
 }
 
-constexpr int SmemBytes(int head_dim, int element_bytes, bool paged = false) {
-  return SmemBytesSharingQ(head_dim, element_bytes, paged) +
-         (SeparateO(head_dim, element_bytes, paged)
-              ? ChooseTileShape(head_dim, paged).block_m * head_dim * element_bytes
+constexpr int SmemBytes(int head_dim, int element_bytes, bool paged = false,
+                        int consumer_warpgroups = kConsumerWarpgroups) {
+  return SmemBytesSharingQ(head_dim, element_bytes, paged, consumer_warpgroups) +
+         (SeparateO(head_dim, element_bytes, paged, consumer_warpgroups)
+              ? ChooseTileShape(head_dim, paged, consumer_warpgroups).block_m * head_dim *
+                    element_bytes
               : 0);
 }
 
@@ -140,8 +174,13 @@ enum class Sm90Variant : int {
   // skips the O multiply when none of its rows moved. Tiles keep the baseline's static schedule,
   // so an A/B against kBaseline isolates the rescale.
   kLazyRescale = 3,
+  // Head dim 64, contiguous launches (fixed and varlen): 192-row tiles over three consumer
+  // warpgroups at 160 registers each (HasThreeConsumerShape), so a third group's softmax is in
+  // flight beside the other two's (FlashAttention-3's head-dim-64 shape); tiles scheduled as
+  // under kAuto. Other head dims and paged launches take kAuto's (the default) kernels unchanged.
+  kThreeConsumers = 4,
 };
-inline constexpr int kNumSm90Variants = 4;
+inline constexpr int kNumSm90Variants = 5;
 
 // Sm90Variant::kLazyRescale's threshold, in the log2 units of the scaled scores: probabilities
 // are taken against a reference at most this far below the row's true maximum, so they stay
@@ -160,6 +199,8 @@ constexpr const char* Sm90VariantName(Sm90Variant v) {
       return "auto";
     case Sm90Variant::kLazyRescale:
       return "lazy_rescale";
+    case Sm90Variant::kThreeConsumers:
+      return "three_consumers";
   }
   return "unknown";
 }

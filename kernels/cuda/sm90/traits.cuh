@@ -18,13 +18,20 @@ namespace flashkv::cuda::sm90 {
 
 // kPaged: K and V come from page pools, each tile as one box of block_n keys or up to kKvBoxes
 // boxes of kPagedBoxRows keys (each inside one page); otherwise a tile is one box per 64-column
-// chunk.
-template <typename Element_, int kHeadDim_, bool kPaged_ = false>
+// chunk. kConsumerWarpgroups_: 64-row consumer warpgroups (2, or 3 under
+// Sm90Variant::kThreeConsumers), which sets block_m, the thread count and the register budgets.
+template <typename Element_, int kHeadDim_, bool kPaged_ = false,
+          int kConsumerWarpgroups_ = kConsumerWarpgroups>
 struct Traits {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr bool kPaged = kPaged_;
-  static constexpr TileShape kShape = ChooseTileShape(kHeadDim, kPaged);
+  static constexpr int kConsumerWarpgroups = kConsumerWarpgroups_;
+  static constexpr int kConsumerWarps = 4 * kConsumerWarpgroups;
+  static constexpr int kThreads = ThreadsFor(kConsumerWarpgroups);
+  static constexpr int kProducerRegisters = ProducerRegisters(kConsumerWarpgroups);
+  static constexpr int kConsumerRegisters = ConsumerRegisters(kConsumerWarpgroups);
+  static constexpr TileShape kShape = ChooseTileShape(kHeadDim, kPaged, kConsumerWarpgroups);
   static constexpr int kBlockM = kShape.block_m;
   static constexpr int kBlockN = kShape.block_n;
   static constexpr int kStages = kShape.stages;
@@ -32,8 +39,18 @@ struct Traits {
 
   static_assert(std::is_same_v<Element, __half> || std::is_same_v<Element, __nv_bfloat16>,
                 "the sm90 kernel computes 16-bit inputs");
-  static_assert(HasTileShape(kHeadDim, kPaged), "head dim without an sm90 tile shape");
+  static_assert(HasTileShape(kHeadDim, kPaged, kConsumerWarpgroups),
+                "head dim without an sm90 tile shape for this many consumers");
+  static_assert(kConsumerWarpgroups >= 2 && kConsumerWarpgroups <= kMaxConsumerWarpgroups,
+                "the turn barriers and named-barrier ids are laid out for 2..3 consumers");
   static_assert(kBlockM == kRowsPerConsumer * kConsumerWarpgroups, "64 rows per consumer");
+  // The CTA's pool is the launch count (the 64K file over kThreads, in steps of 8, which ptxas
+  // takes for kernels that use setmaxnreg) x its warpgroups; a larger sum would leave the
+  // consumers' setmaxnreg.inc waiting forever.
+  static_assert(kProducerRegisters + kConsumerWarpgroups * kConsumerRegisters <=
+                        (1 + kConsumerWarpgroups) * (65536 / kThreads / 8 * 8) &&
+                    kConsumerRegisters % 8 == 0 && kProducerRegisters % 8 == 0,
+                "setmaxnreg budgets fit the register pool, in steps of 8");
   static_assert(kHeadDim % 64 == 0, "tiles are stored as 64-column (128-byte) swizzle chunks");
   static_assert(kBlockN % 16 == 0 && kBlockN <= 256, "P V steps over keys 16 at a time");
   static_assert(kBlockN % 8 == 0 && kBlockM % 8 == 0, "8-row swizzle atoms");
@@ -62,13 +79,15 @@ struct Traits {
 
   // Shared memory map (offsets from the 1024-aligned base): Q, K stages, V stages, O (when it
   // has its own buffer), barriers.
-  static constexpr bool kSeparateO = SeparateO(kHeadDim, sizeof(Element), kPaged);
+  static constexpr bool kSeparateO =
+      SeparateO(kHeadDim, sizeof(Element), kPaged, kConsumerWarpgroups);
   static constexpr int kQOffset = 0;
   static constexpr int kKOffset = kQBytes;
   static constexpr int kVOffset = kKOffset + kStages * kKvBytes;
   static constexpr int kOOffset = kSeparateO ? kVOffset + kStages * kKvBytes : kQOffset;
   static constexpr int kBarrierOffset = kVOffset + kStages * kKvBytes + (kSeparateO ? kQBytes : 0);
-  static constexpr int kSmemBytes = SmemBytes(kHeadDim, sizeof(Element), kPaged);
+  static constexpr int kSmemBytes =
+      SmemBytes(kHeadDim, sizeof(Element), kPaged, kConsumerWarpgroups);
   static_assert(kBarrierOffset + BarrierBytes(kStages) + 1024 <= kSmemBytes, "smem map");
   static_assert(kSmemBytes <= kMaxSmemBytes, "fits one Hopper CTA");
 

@@ -207,6 +207,27 @@ TEST(KernelPathTest, ScheduleOrdersSequencesLongestContextFirst) {
   EXPECT_EQ(s.num_tiles, 5 * 4);
 }
 
+// Sm90Variant::kThreeConsumers: the schedule takes 192-row m-blocks at head dim 64 (and the
+// launch's kernel has them); head dims without that shape are refused, not divided by zero.
+TEST(KernelPathTest, ThreeConsumerScheduleTakes192RowTiles) {
+  sm90::Schedule s;
+  ASSERT_TRUE(sm90::BuildSchedule(Fixed(2, 4096, 4096, 32, 32, 64), {}, 64, 2, H100(), &s, 3).ok());
+  EXPECT_EQ(s.m_blocks, 22);  // 4096 / 192 = 21.3
+  EXPECT_EQ(s.num_tiles, 22 * 64);
+  std::vector<int32_t> cu_q = {0, 100, 100, 400}, cu_kv = {0, 50, 60, 160};
+  AttentionParams p = Fixed(3, 300, 100, 4, 4, 64);
+  p.cu_seqlens_q = cu_q.data();
+  p.cu_seqlens_kv = cu_kv.data();
+  LaunchInfo info;
+  info.host_cu_seqlens_q = cu_q.data();
+  info.host_cu_seqlens_kv = cu_kv.data();
+  ASSERT_TRUE(sm90::BuildSchedule(p, info, 64, 2, H100(), &s, 3).ok());
+  EXPECT_EQ(s.unit_start[s.count], 1 + 2);  // 100 queries: one m-block; 300: two
+  EXPECT_EQ(s.num_tiles, 3 * 4);
+  EXPECT_FALSE(
+      sm90::BuildSchedule(Fixed(2, 4096, 4096, 32, 32, 128), {}, 128, 2, H100(), &s, 3).ok());
+}
+
 TEST(KernelPathTest, FixedScheduleSectionsFitHalfTheL2) {
   sm90::Schedule s;
   // K + V of one head at 4096 x 128 fp16: 2 MiB; half of 50 MiB holds 12 heads.

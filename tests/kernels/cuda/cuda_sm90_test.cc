@@ -16,6 +16,9 @@
 // lazy rescale moves a row's softmax reference only when a key tile's maximum passes it by more
 // than sm90::kLazyRescaleLog2: on N(0, 1) inputs rows settle after their first key tile, so
 // RowMaximaGrowAcrossKeyTiles makes them grow, taking both the stale and the moving branch.
+// three_consumers runs head dim 64 on 192-row tiles (other head dims: the default kernels): the
+// shapes above then also cover a third consumer's rows (128..191) partly filled, ending inside
+// its 64 (varlen 130, 257, 300) and tiles past 192 rows (200, 257, 300).
 
 #include <string>
 #include <tuple>
@@ -151,13 +154,14 @@ TEST_P(CudaSm90Test, NegativeAndZeroScale) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Sm90Instantiations, CudaSm90Test,
-    ::testing::Combine(::testing::Values(DType::kFloat16, DType::kBFloat16),
-                       ::testing::Values(64, 128, 256),
-                       ::testing::Values(Variant::kBaseline, Variant::kDynamicSchedule,
-                                         Variant::kAuto, Variant::kLazyRescale)),
-    Sm90CaseName);
+INSTANTIATE_TEST_SUITE_P(Sm90Instantiations, CudaSm90Test,
+                         ::testing::Combine(::testing::Values(DType::kFloat16, DType::kBFloat16),
+                                            ::testing::Values(64, 128, 256),
+                                            ::testing::Values(Variant::kBaseline,
+                                                              Variant::kDynamicSchedule,
+                                                              Variant::kAuto, Variant::kLazyRescale,
+                                                              Variant::kThreeConsumers)),
+                         Sm90CaseName);
 
 }  // namespace
 }  // namespace flashkv::cuda::test
