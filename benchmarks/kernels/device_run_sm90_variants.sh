@@ -8,10 +8,11 @@
 #   build.txt          cmake + ninja output (ptxas spill / C75xx warnings included)
 #   test.txt           ctest of cuda_sm90_test and cuda_sm90_paged_test, every case under each
 #                      variant of TEST_VARIANTS (the paged suite has baseline and lazy_rescale only:
-#                      the other variants change contiguous launches alone; three_consumers
-#                      changes head dim 64 alone)
-#   sanitizer.txt      compute-sanitizer racecheck, one small case per variant (and the paged
-#                      suite's small case for the variants it has)
+#                      the other variants change contiguous launches alone, and three_consumers
+#                      head dim 64 alone; the paged suite always runs under baseline, whose paged
+#                      kernels every variant but lazy_rescale takes)
+#   sanitizer.txt      compute-sanitizer racecheck, one small case per variant, and the paged
+#                      suite's small case under baseline (and lazy_rescale when in VARIANTS)
 #   side_by_side.md    fixed-length rows: one line per variant, SDPA FLASH and cuDNN timed in the
 #                      same turns
 #   clocks.txt         nvidia-smi samples (SM clock, power, temperature) every 200 ms of the bench
@@ -62,7 +63,8 @@ T=$B/tests/kernels/cuda
 if has test; then  # every case is its own ctest: they run side by side
   stamp test
   tv=$(echo $TEST_VARIANTS | tr ' ' '|')
-  timeout "$(limit 120)" ctest --test-dir $B -R "(CudaSm90Test|CudaSm90PagedTest)\..*_($tv)\$" \
+  timeout "$(limit 120)" ctest --test-dir $B \
+    -R "(CudaSm90Test\..*_($tv)|CudaSm90PagedTest\..*_(baseline|$tv))( |\$)" \
     -j12 --timeout 60 --output-on-failure > "$OUT/test.txt" 2>&1
   echo "sm90 tests rc=$?"
   grep -E "tests passed|tests failed|\*\*\*(Failed|Timeout|Exception)|took sm80|took simt|Failure" \
@@ -73,15 +75,18 @@ if has sanitize; then
   stamp sanitize
   F='Sm90Instantiations/CudaSm90Test.NegativeAndZeroScale'
   P='Sm90Paged/CudaSm90PagedTest.SmallTailCase'
-  for v in $VARIANTS; do
-    timeout "$(limit 60)" compute-sanitizer --tool racecheck --racecheck-report all \
-      $T/cuda_sm90_test --gtest_filter="$F/fp16_d128_$v:$F/bf16_d64_$v"
-    case $v in
-      baseline | lazy_rescale)  # the variants of the paged suite
-        timeout "$(limit 60)" compute-sanitizer --tool racecheck --racecheck-report all \
-          $T/cuda_sm90_paged_test --gtest_filter="$P/fp16_d128_$v" ;;
-    esac
-  done > "$OUT/sanitizer.txt" 2>&1
+  paged=baseline  # the paged kernels of every variant but lazy_rescale
+  [[ " $VARIANTS " == *" lazy_rescale "* ]] && paged="baseline lazy_rescale"
+  {
+    for v in $VARIANTS; do
+      timeout "$(limit 60)" compute-sanitizer --tool racecheck --racecheck-report all \
+        $T/cuda_sm90_test --gtest_filter="$F/fp16_d128_$v:$F/bf16_d64_$v"
+    done
+    for v in $paged; do
+      timeout "$(limit 60)" compute-sanitizer --tool racecheck --racecheck-report all \
+        $T/cuda_sm90_paged_test --gtest_filter="$P/fp16_d128_$v"
+    done
+  } > "$OUT/sanitizer.txt" 2>&1
   grep -E "RACECHECK SUMMARY|hazard|PASSED|FAILED" "$OUT/sanitizer.txt" | head -20
 fi
 

@@ -44,6 +44,16 @@ AttentionParams Fixed(int batch, int sq, int skv, int hq, int hkv, int d) {
   return p;
 }
 
+// Makes p varlen over the offsets cu_q / cu_kv, with the same vectors as info's host copies (the
+// host side reads those; the device pointers only mark the launch varlen).
+void MakeVarlen(const std::vector<int32_t>& cu_q, const std::vector<int32_t>& cu_kv,
+                AttentionParams* p, LaunchInfo* info) {
+  p->cu_seqlens_q = cu_q.data();
+  p->cu_seqlens_kv = cu_kv.data();
+  info->host_cu_seqlens_q = cu_q.data();
+  info->host_cu_seqlens_kv = cu_kv.data();
+}
+
 const char* Reject(const AttentionParams& p, const LaunchInfo& info = {},
                    const DeviceProps& props = H100(), bool paged = false) {
   return Sm90Rejection(DType::kFloat16, p.head_dim, paged, /*sm90_compiled=*/true, p, info, props);
@@ -188,11 +198,8 @@ TEST(KernelPathTest, PagedPoolStridesTheTmaCannotDescribe) {
 TEST(KernelPathTest, ScheduleOrdersSequencesLongestContextFirst) {
   std::vector<int32_t> cu_q = {0, 100, 100, 400, 528}, cu_kv = {0, 50, 60, 160, 4000};
   AttentionParams p = Fixed(4, 300, 3840, 4, 4, 128);
-  p.cu_seqlens_q = cu_q.data();
-  p.cu_seqlens_kv = cu_kv.data();
   LaunchInfo info;
-  info.host_cu_seqlens_q = cu_q.data();
-  info.host_cu_seqlens_kv = cu_kv.data();
+  MakeVarlen(cu_q, cu_kv, &p, &info);
   sm90::Schedule s;
   ASSERT_TRUE(sm90::BuildSchedule(p, info, 128, 2, H100(), &s).ok());
   // Sequence 1 has no queries; 3 (3840 keys), 2 (100), 0 (50).
@@ -216,11 +223,8 @@ TEST(KernelPathTest, ThreeConsumerScheduleTakes192RowTiles) {
   EXPECT_EQ(s.num_tiles, 22 * 64);
   std::vector<int32_t> cu_q = {0, 100, 100, 400}, cu_kv = {0, 50, 60, 160};
   AttentionParams p = Fixed(3, 300, 100, 4, 4, 64);
-  p.cu_seqlens_q = cu_q.data();
-  p.cu_seqlens_kv = cu_kv.data();
   LaunchInfo info;
-  info.host_cu_seqlens_q = cu_q.data();
-  info.host_cu_seqlens_kv = cu_kv.data();
+  MakeVarlen(cu_q, cu_kv, &p, &info);
   ASSERT_TRUE(sm90::BuildSchedule(p, info, 64, 2, H100(), &s, 3).ok());
   EXPECT_EQ(s.unit_start[s.count], 1 + 2);  // 100 queries: one m-block; 300: two
   EXPECT_EQ(s.num_tiles, 3 * 4);
