@@ -258,8 +258,9 @@ KernelStatus EncodeTensorMaps(const AttentionParams& p, const LaunchInfo& info, 
   FLASHKV_RETURN_IF_ERROR(GetEncoder(&encode));
   const bool paged = p.block_table != nullptr;
   const TileShape shape = ChooseTileShape(p.head_dim, paged, consumer_warpgroups);
-  if (shape.block_m == 0)
+  if (shape.block_m == 0) {
     return InvalidArgument("sm90 tensor maps: no tile shape for this head dim");
+  }
   const LaunchShapes s = Shapes(p, info);
   FLASHKV_RETURN_IF_ERROR(Encode(encode, &params->q_map, s.q, dtype, p.q, shape.block_m, "q"));
   // K and V may be null when no sequence has keys: no tile then loads them, but the map still
