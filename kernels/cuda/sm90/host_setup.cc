@@ -170,10 +170,16 @@ bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors) {
 
 bool UseLazyRescale() { return ActiveVariant() == Sm90Variant::kLazyRescale; }
 
-int ConsumerWarpgroups(int head_dim, bool paged) {
-  return ActiveVariant() == Sm90Variant::kThreeConsumers && HasThreeConsumerShape(head_dim, paged)
-             ? 3
-             : kConsumerWarpgroups;
+int ConsumerWarpgroups(int head_dim, bool paged, bool causal, int max_seqlen_q) {
+  if (!HasThreeConsumerShape(head_dim, paged)) return kConsumerWarpgroups;
+  switch (ActiveVariant()) {
+    case Sm90Variant::kThreeConsumers:
+      return 3;
+    case Sm90Variant::kAuto:
+      return !causal || max_seqlen_q >= kThreeConsumerCausalMinSeqlen ? 3 : kConsumerWarpgroups;
+    default:
+      return kConsumerWarpgroups;
+  }
 }
 
 namespace testing {

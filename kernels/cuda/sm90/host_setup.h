@@ -55,10 +55,17 @@ bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors);
 // active variant.
 bool UseLazyRescale();
 
-// Consumer warpgroups of a launch's kernel, by the active variant: 3 under
-// Sm90Variant::kThreeConsumers where the head dim and layout have that shape
-// (HasThreeConsumerShape), else kConsumerWarpgroups.
-int ConsumerWarpgroups(int head_dim, bool paged);
+// Consumer warpgroups of a launch's kernel, by the active variant, where the head dim and layout
+// have the three-consumer shape (HasThreeConsumerShape): 3 under Sm90Variant::kThreeConsumers;
+// under kAuto 3 too, except for causal launches whose longest query is shorter than
+// kThreeConsumerCausalMinSeqlen; else kConsumerWarpgroups.
+int ConsumerWarpgroups(int head_dim, bool paged, bool causal, int max_seqlen_q);
+
+// Under kAuto, causal launches with shorter queries keep 128-row tiles. Measured on an H100 (D 64,
+// fp16, B 2, H 32): 192-row tiles lose 10% causal at S 1024 (a diagonal tile masks up to 192 rows'
+// worth of keys, and at S 1024 diagonal tiles are a fifth of the work) and win 4-13% causal at
+// S >= 4096 and 4-25% non-causal at every S; 2048 splits the unmeasured interval.
+inline constexpr int kThreeConsumerCausalMinSeqlen = 2048;
 
 namespace testing {
 // Process-wide variant for tests and benchmarks that compare the variants in one process

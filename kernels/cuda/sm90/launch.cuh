@@ -87,7 +87,9 @@ KernelStatus LaunchAttentionSm90(const AttentionParams& params, const LaunchInfo
   sp.p.pack = 1;  // one query head per tile (GQA only maps heads to K/V heads)
   sp.p.num_splits = 1;
   // Read once: the schedule, the Q map's box and the kernel must agree on block_m.
-  const int consumers = sm90::ConsumerWarpgroups(kHeadDim, kPaged);
+  const int consumers = sm90::ConsumerWarpgroups(
+      kHeadDim, kPaged, sp.p.causal,
+      sp.p.cu_seqlens_q == nullptr ? sp.p.seqlen_q : sp.p.max_seqlen_q);
   FLASHKV_RETURN_IF_ERROR(sm90::BuildSchedule(sp.p, info, kHeadDim, sizeof(Element), props,
                                               &sp.schedule, consumers));
   if (sp.schedule.num_tiles == 0) return KernelStatus::Ok();

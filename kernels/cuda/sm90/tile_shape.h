@@ -166,7 +166,9 @@ enum class Sm90Variant : int {
   // static order otherwise. Measured on an H100 (docs/performance.md, "Causal tile scheduling"):
   // the counter gained 4-10% on causal launches of 512+ tiles and lost 10% on one of 256 tiles
   // (D 256, S 1024), where a CTA holds at most two tiles, longest-first pairing already balances
-  // them, and the counter's memset and atomics are pure cost.
+  // them, and the counter's memset and atomics are pure cost. At head dim 64 on contiguous K/V it
+  // also takes kThreeConsumers' 192-row tiles, except for causal launches with queries shorter
+  // than kThreeConsumerCausalMinSeqlen (host_setup.h has the measurements behind that rule).
   kAuto = 2,
   // Every launch (fixed, varlen, paged; causal or not) with the conditional O rescale of
   // FlashAttention-4 (sm90/consumer_mainloop.cuh, LazyRowUpdate): a row's softmax reference
