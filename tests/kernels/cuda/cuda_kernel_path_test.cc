@@ -232,6 +232,26 @@ TEST(KernelPathTest, ThreeConsumerScheduleTakes192RowTiles) {
       sm90::BuildSchedule(Fixed(2, 4096, 4096, 32, 32, 128), {}, 128, 2, H100(), &s, 3).ok());
 }
 
+// kAuto takes three consumer warpgroups (192-row tiles) at head dim 64 on contiguous K/V, except
+// causal launches with queries shorter than kThreeConsumerCausalMinSeqlen; the variants under
+// measurement keep their own choice.
+TEST(KernelPathTest, ThreeConsumersByVariantHeadDimLayoutAndLength) {
+  ASSERT_EQ(sm90::ActiveVariant(), sm90::Sm90Variant::kAuto);
+  const int kMin = sm90::kThreeConsumerCausalMinSeqlen;
+  EXPECT_EQ(sm90::ConsumerWarpgroups(64, /*paged=*/false, /*causal=*/false, 1024), 3);
+  EXPECT_EQ(sm90::ConsumerWarpgroups(64, false, /*causal=*/true, kMin), 3);
+  EXPECT_EQ(sm90::ConsumerWarpgroups(64, false, /*causal=*/true, kMin - 1), 2);
+  EXPECT_EQ(sm90::ConsumerWarpgroups(64, /*paged=*/true, false, 8192), 2);
+  EXPECT_EQ(sm90::ConsumerWarpgroups(128, false, false, 8192), 2);
+  EXPECT_EQ(sm90::ConsumerWarpgroups(256, false, true, 8192), 2);
+  sm90::testing::SetVariant(sm90::Sm90Variant::kThreeConsumers);
+  EXPECT_EQ(sm90::ConsumerWarpgroups(64, false, /*causal=*/true, 1024), 3);
+  EXPECT_EQ(sm90::ConsumerWarpgroups(128, false, false, 8192), 2);
+  sm90::testing::SetVariant(sm90::Sm90Variant::kBaseline);
+  EXPECT_EQ(sm90::ConsumerWarpgroups(64, false, false, 8192), 2);
+  sm90::testing::SetVariant(sm90::Sm90Variant::kAuto);
+}
+
 TEST(KernelPathTest, FixedScheduleSectionsFitHalfTheL2) {
   sm90::Schedule s;
   // K + V of one head at 4096 x 128 fp16: 2 MiB; half of 50 MiB holds 12 heads.
