@@ -78,23 +78,13 @@ class CudaAttentionBackend final : public AttentionBackend {
         size_t(host.batch) * host.seqlen_kv * host.num_heads_kv * host.head_dim * elem;
     const size_t lse_bytes =
         host.lse ? size_t(host.batch) * host.num_heads_q * host.seqlen_q * sizeof(float) : 0;
-    // Scratch only for what is not already on the device.
     ScratchLayout layout;
-    const size_t q = layout.Add(on_device.q ? 0 : q_bytes);
-    const size_t k = layout.Add(on_device.k ? 0 : kv_bytes);
-    const size_t v = layout.Add(on_device.v ? 0 : kv_bytes);
-    const size_t out = layout.Add(on_device.out ? 0 : q_bytes);
-    const size_t lse = layout.Add(on_device.lse ? 0 : lse_bytes);
+    const TensorSlots slots = AddTensors(on_device, q_bytes, kv_bytes, lse_bytes, &layout);
 
     MutexLock lock(&mu_);
     if (auto s = Prepare(layout.size()); !s.ok()) return s;
-    // Tensors already on the device (CUDA regions) are used where they are: no copy either way.
     FixedAttentionArgs dev = host;
-    dev.q = on_device.q ? host.q : At(q);
-    dev.k = on_device.k ? host.k : At(k);
-    dev.v = on_device.v ? host.v : At(v);
-    dev.out = on_device.out ? host.out : At(out);
-    dev.lse = !host.lse || on_device.lse ? host.lse : static_cast<float*>(At(lse));
+    PlaceTensors(host, on_device, slots, &dev);
     if (auto s = Upload(
             {{host.q, dev.q, q_bytes}, {host.k, dev.k, kv_bytes}, {host.v, dev.v, kv_bytes}});
         !s.ok()) {
@@ -110,23 +100,14 @@ class CudaAttentionBackend final : public AttentionBackend {
     const size_t kv_bytes = size_t(host.total_kv) * host.num_heads_kv * host.head_dim * elem;
     const size_t lse_bytes = host.lse ? size_t(host.num_heads_q) * host.total_q * sizeof(float) : 0;
     const size_t cu_bytes = size_t(host.num_seqs + 1) * sizeof(int32_t);
-    // Scratch only for what is not already on the device.
     ScratchLayout layout;
-    const size_t q = layout.Add(on_device.q ? 0 : q_bytes);
-    const size_t k = layout.Add(on_device.k ? 0 : kv_bytes);
-    const size_t v = layout.Add(on_device.v ? 0 : kv_bytes);
-    const size_t out = layout.Add(on_device.out ? 0 : q_bytes);
-    const size_t lse = layout.Add(on_device.lse ? 0 : lse_bytes);
+    const TensorSlots slots = AddTensors(on_device, q_bytes, kv_bytes, lse_bytes, &layout);
     const size_t cu_q = layout.Add(cu_bytes), cu_kv = layout.Add(cu_bytes);
 
     MutexLock lock(&mu_);
     if (auto s = Prepare(layout.size()); !s.ok()) return s;
     VarlenAttentionArgs dev = host;
-    dev.q = on_device.q ? host.q : At(q);
-    dev.k = on_device.k ? host.k : At(k);
-    dev.v = on_device.v ? host.v : At(v);
-    dev.out = on_device.out ? host.out : At(out);
-    dev.lse = !host.lse || on_device.lse ? host.lse : static_cast<float*>(At(lse));
+    PlaceTensors(host, on_device, slots, &dev);
     dev.cu_seqlens_q = static_cast<const int32_t*>(At(cu_q));
     dev.cu_seqlens_kv = static_cast<const int32_t*>(At(cu_kv));
     // The kernels validate indices through the host copies before launching.
@@ -152,6 +133,35 @@ class CudaAttentionBackend final : public AttentionBackend {
   };
 
   void* At(size_t offset) const { return static_cast<uint8_t*>(scratch_) + offset; }
+
+  // Scratch offsets of a call's q, k, v, out and lse.
+  struct TensorSlots {
+    size_t q, k, v, out, lse;
+  };
+
+  // Scratch only for the tensors not already on the device (in CUDA regions).
+  static TensorSlots AddTensors(const OnDevice& on_device, size_t q_bytes, size_t kv_bytes,
+                                size_t lse_bytes, ScratchLayout* layout) {
+    TensorSlots slots;
+    slots.q = layout->Add(on_device.q ? 0 : q_bytes);
+    slots.k = layout->Add(on_device.k ? 0 : kv_bytes);
+    slots.v = layout->Add(on_device.v ? 0 : kv_bytes);
+    slots.out = layout->Add(on_device.out ? 0 : q_bytes);
+    slots.lse = layout->Add(on_device.lse ? 0 : lse_bytes);
+    return slots;
+  }
+
+  // Points `dev`'s tensors at their scratch slots, except those already on the device (CUDA
+  // regions), which are used where they are: no copy either way (Upload and Download skip them).
+  template <typename Args>
+  void PlaceTensors(const Args& host, const OnDevice& on_device, const TensorSlots& slots,
+                    Args* dev) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    dev->q = on_device.q ? host.q : At(slots.q);
+    dev->k = on_device.k ? host.k : At(slots.k);
+    dev->v = on_device.v ? host.v : At(slots.v);
+    dev->out = on_device.out ? host.out : At(slots.out);
+    dev->lse = !host.lse || on_device.lse ? host.lse : static_cast<float*>(At(slots.lse));
+  }
 
   absl::Status Prepare(size_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (auto s = FromKernelStatus(cuda::SetDevice(device_)); !s.ok()) return s;
