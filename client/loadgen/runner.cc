@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "flashkv/client/status.h"
 #include "flashkv/cuda_backend.h"
 #include "synthetic_data.h"
 
@@ -118,18 +119,14 @@ absl::Status Runner::ToDevice(uint64_t offset, const std::byte* from, size_t byt
   const KernelStatus s =
       cuda::MemcpyHostToDevice(region_->data() + offset, from, bytes, /*stream=*/nullptr);
   if (s.ok()) return absl::OkStatus();
-  return absl::Status(
-      static_cast<absl::StatusCode>(s.code()),
-      absl::StrCat("copying ", bytes, " bytes into the CUDA region: ", s.message()));
+  return FromKernel(s, absl::StrCat("copying ", bytes, " bytes into the CUDA region"));
 }
 
 absl::Status Runner::FromDevice(uint64_t offset, std::byte* to, size_t bytes) const {
   KernelStatus s = cuda::MemcpyDeviceToHost(to, region_->data() + offset, bytes, nullptr);
   if (s.ok()) s = cuda::StreamSynchronize(nullptr);
   if (s.ok()) return absl::OkStatus();
-  return absl::Status(
-      static_cast<absl::StatusCode>(s.code()),
-      absl::StrCat("copying ", bytes, " bytes out of the CUDA region: ", s.message()));
+  return FromKernel(s, absl::StrCat("copying ", bytes, " bytes out of the CUDA region"));
 }
 
 CallOptions Runner::Call() const {
@@ -348,9 +345,7 @@ absl::Status Runner::BuildLayer(int layer, const Slot& slot, bool poison) {
   KernelStatus s = KernelStatus::Ok();
   if (poison) s = cuda::Memset(region_->data() + slot.out_offset, 0xff, q_bytes, nullptr);
   if (s.ok()) s = cuda::StreamSynchronize(nullptr);
-  if (s.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(s.code()),
-                      absl::StrCat("preparing the CUDA region: ", s.message()));
+  return FromKernel(s, "preparing the CUDA region");
 }
 
 absl::Status Runner::RunPass() {

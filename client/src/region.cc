@@ -20,12 +20,6 @@ absl::Status ErrnoError(absl::string_view what) {
   return absl::InternalError(absl::StrCat(what, ": ", std::strerror(errno)));
 }
 
-// KernelStatus codes are the canonical ones.
-absl::Status FromKernel(const KernelStatus& s, absl::string_view what) {
-  if (s.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(s.code()), absl::StrCat(what, ": ", s.message()));
-}
-
 // Bytes of `shape` x `dtype`, or INVALID_ARGUMENT naming `field` for a negative or overflowing
 // shape.
 absl::StatusOr<uint64_t> ByteCount(DType dtype, absl::Span<const int64_t> shape,

@@ -15,6 +15,13 @@ absl::Status FromGrpcStatus(const grpc::Status& status, absl::string_view rpc) {
   return absl::Status(code, status.error_message());
 }
 
+absl::Status FromKernel(const KernelStatus& status, absl::string_view what) {
+  if (status.ok()) return absl::OkStatus();
+  const auto code = static_cast<absl::StatusCode>(status.code());
+  if (what.empty()) return absl::Status(code, status.message());
+  return absl::Status(code, absl::StrCat(what, ": ", status.message()));
+}
+
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));

@@ -5,17 +5,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "flashkv/attention.h"
+#include "flashkv/client/status.h"
 #include "flashkv/cpu_backend.h"
 
 namespace flashkv::tools {
-namespace {
-
-absl::Status FromKernelStatus(const KernelStatus& status) {
-  if (status.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(status.code()), status.message());
-}
-
-}  // namespace
 
 Tolerance DefaultTolerance(DType dtype) {
   switch (dtype) {
@@ -93,7 +86,7 @@ absl::StatusOr<HostTensor> CpuAttention(const TensorView& q, const TensorView& k
       static_cast<int>(qs[2]), static_cast<int>(ks[2]), static_cast<int>(qs[3]), q.data(), k.data(),
       v.data(), out.mutable_data(),
       lse != nullptr ? reinterpret_cast<float*>(lse->mutable_data()) : nullptr, options);
-  if (absl::Status s = FromKernelStatus(cpu::Attention(args)); !s.ok()) return s;
+  if (absl::Status s = FromKernel(cpu::Attention(args)); !s.ok()) return s;
   return out;
 }
 
@@ -105,7 +98,7 @@ absl::Status CpuAttentionRows(DType dtype, int64_t sq, int64_t skv, int num_head
   FixedAttentionArgs args =
       MakeDenseFixedArgs(dtype, 1, static_cast<int>(sq), static_cast<int>(skv), num_heads_q,
                          num_heads_kv, head_dim, q, k, v, out, nullptr, options);
-  return FromKernelStatus(cpu::Attention(args));
+  return FromKernel(cpu::Attention(args));
 }
 
 }  // namespace flashkv::tools

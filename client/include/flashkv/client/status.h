@@ -5,6 +5,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "flashkv/kernel_status.h"
 #include "grpcpp/support/status.h"
 
 namespace flashkv {
@@ -16,5 +17,10 @@ absl::Status FromGrpcStatus(const grpc::Status& status, absl::string_view rpc = 
 
 // The reverse, for fakes and tests that serve absl statuses.
 grpc::Status ToGrpcStatus(const absl::Status& status);
+
+// A kernel library status (the local CPU reference, CUDA calls in the client's process) as an
+// absl::Status with the same canonical code; a non-empty `what` prefixes the message ("what:
+// message") with what was being done.
+absl::Status FromKernel(const KernelStatus& status, absl::string_view what = {});
 
 }  // namespace flashkv
