@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
+#include "flashkv/server/step_batch.h"
 #include "flashkv/server/tensor_checks.h"
 
 namespace flashkv::server {
@@ -247,6 +248,13 @@ absl::StatusOr<std::vector<StepEntry>> CheckStepRequest(wire::StepRequestView& r
     return Invalid("layer (" + std::to_string(request.layer) + ") must be < the model's layers (" +
                    std::to_string(config.model.num_layers) + ")");
   }
+  if (request.batch.present) {
+    if (!request.entries.empty()) {
+      return Invalid("entries has " + std::to_string(request.entries.size()) +
+                     " items and batch is set; a StepRequest carries one or the other");
+    }
+    return CheckStepBatch(request.batch, config, caches, regions, tenant, message);
+  }
   if (request.entries.empty()) return Invalid("entries is empty");
   const RequestLimits& limits = config.limits;
   if (request.entries.size() > static_cast<size_t>(limits.max_entries_per_step)) {
@@ -292,6 +300,7 @@ absl::StatusOr<std::vector<StepEntry>> DecodeAndCheckStepRequest(const ServerCon
   limits.max_entries = static_cast<size_t>(config.limits.max_entries_per_step);
   limits.max_token_ids = static_cast<size_t>(config.limits.max_tokens_per_entry);
   limits.max_id_bytes = kMaxSequenceIdBytes;
+  limits.max_batch_rows = static_cast<size_t>(config.limits.max_tokens_per_step);
   if (auto s = wire::DecodeStepRequest(*message, request, limits); !s.ok()) return s;
   return CheckStepRequest(*request, config, caches, regions, tenant, message);
 }

@@ -153,6 +153,12 @@ class StepState : public std::enable_shared_from_this<StepState> {
   void set_urgent() { urgent_ = true; }
   bool urgent() const { return urgent_; }
 
+  // A batched request (StepRequest.batch; set before the step is submitted): the response carries
+  // the whole output as one StepResponse.batch_out, the caller's slice `out` when present (the
+  // entries' outputs are consecutive rows of it), else the output buffer's bytes (the entries'
+  // rows follow each other there too).
+  void set_batch_output(wire::RegionSliceView out) { batch_output_ = out; }
+
   // Stream order: this step commits only after `predecessor` resolved, and aborts if it failed.
   void set_predecessor(std::shared_ptr<StepState> predecessor);
 
@@ -180,6 +186,7 @@ class StepState : public std::enable_shared_from_this<StepState> {
   std::atomic<bool> cancelled_{false};
   std::atomic<bool> failed_{false};
   bool urgent_ = false;  // set before the step is submitted
+  std::optional<wire::RegionSliceView> batch_output_;  // set before the step is submitted
   std::string tenant_;
   std::optional<LedgerReservation> reservation_;  // settled (and reset) by Resolve
 
