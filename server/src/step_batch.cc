@@ -66,8 +66,7 @@ TensorSpec RowsSpec(const char* name, int64_t rows, const char* heads_name, int 
 
 // The batch's q, k and v: resolved from their regions and checked against [T, H, D].
 absl::Status CheckTensors(wire::StepBatchView& batch, int64_t total, const ModelShape& m,
-                          const RegionAccess& regions, wire::MessageBytes* message,
-                          std::optional<RegionBytes> device[3]) {
+                          RegionTensorResolver* resolver_ptr, std::optional<RegionBytes> device[3]) {
   // Before a region is resolved: the rows a region tensor names are not bounded by the message.
   for (const auto& [tensor, name] : {std::pair{&batch.q, "batch.q"}, std::pair{&batch.k, "batch.k"},
                                      std::pair{&batch.v, "batch.v"}}) {
@@ -77,7 +76,7 @@ absl::Status CheckTensors(wire::StepBatchView& batch, int64_t total, const Model
                                   total, ")"));
     }
   }
-  RegionTensorResolver resolver(regions, message);
+  RegionTensorResolver& resolver = *resolver_ptr;
   if (auto s = resolver.Resolve({{&batch.q, "batch.q", &device[0]},
                                  {&batch.k, "batch.k", &device[1]},
                                  {&batch.v, "batch.v", &device[2]}});
@@ -199,12 +198,13 @@ absl::StatusOr<std::vector<StepEntry>> CheckStepBatch(wire::StepBatchView& batch
   }
 
   std::optional<RegionBytes> device[3];
-  if (auto s = CheckTensors(batch, total, m, regions, message, device); !s.ok()) return s;
+  RegionTensorResolver resolver(regions, message);
+  if (auto s = CheckTensors(batch, total, m, &resolver, device); !s.ok()) return s;
   const size_t elem = static_cast<size_t>(DTypeSize(m.dtype));
   const size_t q_row = static_cast<size_t>(m.num_q_heads) * m.head_dim * elem;
   const size_t kv_row = static_cast<size_t>(m.num_kv_heads) * m.head_dim * elem;
-  absl::StatusOr<std::optional<RegionBytes>> out = ResolveOutputSlice(
-      regions, batch.out, static_cast<uint64_t>(total) * q_row, elem, "batch.out");
+  absl::StatusOr<std::optional<RegionBytes>> out =
+      resolver.ResolveOutput(batch.out, static_cast<uint64_t>(total) * q_row, elem, "batch.out");
   if (!out.ok()) return out.status();
   if (*out) {
     if (auto s = CheckOutputApart(**out, batch, device, *message); !s.ok()) return s;

@@ -151,7 +151,7 @@ absl::StatusOr<StepEntry> CheckEntry(wire::StepEntryView& view, size_t index,
   }
   const uint64_t out_bytes = uint64_t(n) * m.num_q_heads * m.head_dim * DTypeSize(m.dtype);
   absl::StatusOr<std::optional<RegionBytes>> out =
-      ResolveOutputSlice(regions, view.out, out_bytes, DTypeSize(m.dtype), (name + ".out").c_str());
+      resolver->ResolveOutput(view.out, out_bytes, DTypeSize(m.dtype), name.c_str(), ".out");
   if (!out.ok()) return out.status();
   entry.out_region = *std::move(out);
   if (auto s = CheckEntryPlacement(entry, view, name,
@@ -263,7 +263,9 @@ absl::StatusOr<std::vector<StepEntry>> CheckStepRequest(wire::StepRequestView& r
   }
   std::vector<StepEntry> entries;
   entries.reserve(request.entries.size());
-  absl::flat_hash_map<std::string, size_t> first_index;
+  // Views of the request's own ids (the view outlives this call).
+  absl::flat_hash_map<absl::string_view, size_t> first_index;
+  first_index.reserve(request.entries.size());
   int64_t total_tokens = 0;
   RegionTensorResolver resolver(regions, message);
   EntrySpecs specs(config.model);

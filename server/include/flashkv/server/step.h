@@ -24,6 +24,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "flashkv/base/mutex.h"
 #include "absl/time/time.h"
 #include "flashkv/kvcache/layer_batch.h"
@@ -78,7 +79,8 @@ class StepPart {
   const std::vector<int64_t>& row_start() const { return row_start_; }
   int64_t total_rows() const { return row_start_.back(); }
   const std::vector<kvcache::BatchEntry>& batch_entries() const { return batch_entries_; }
-  const std::vector<std::string>& sequence_ids() const { return sequence_ids_; }
+  // Views of the entries' ids (StepState::entries() never move once the step is built).
+  const std::vector<absl::string_view>& sequence_ids() const { return sequence_ids_; }
 
   // Scheduler state. The batch is pending from Prepare until the step resolves. (An optional:
   // LayerBatch's inline default constructor needs kvcache's private BatchRecord to be complete.)
@@ -100,7 +102,7 @@ class StepPart {
   std::vector<int> entries_;
   std::vector<int64_t> row_start_ = {0};
   std::vector<kvcache::BatchEntry> batch_entries_;
-  std::vector<std::string> sequence_ids_;
+  std::vector<absl::string_view> sequence_ids_;
 };
 
 class StepState : public std::enable_shared_from_this<StepState> {
