@@ -24,19 +24,19 @@ int64_t CountTiles(const AttentionParams& p, const LaunchInfo& info, int block_m
 // Fixed length: heads grouped in sections whose K/V fit half the L2, m-blocks heaviest first
 // under causal. Varlen and paged: sequences with queries ordered by context length (longest
 // first), m-blocks heaviest first under causal. kInvalidArgument past the schedule's limits (the
-// path choice keeps such launches on sm80, so reaching it is a caller bug). consumer_warpgroups
-// picks the tile shape (ChooseTileShape), as the launch's kernel has it.
+// path choice keeps such launches on sm80, so reaching it is a caller bug). `kind` picks the tile
+// shape (ChooseTileShape), as the launch's kernel has it.
 KernelStatus BuildSchedule(const AttentionParams& p, const LaunchInfo& info, int head_dim,
                            int element_bytes, const DeviceProps& props, Schedule* schedule,
-                           int consumer_warpgroups = kConsumerWarpgroups);
+                           TileKind kind = TileKind::kStandard);
 
 // Q, K, V and O maps: fixed [batch, head, row, dim] as 4-d maps, varlen [head, packed row, dim]
 // as 3-d maps; boxes of 64 dims (128 bytes, swizzled 128B) x block_m / block_n / 64 rows. Paged
 // launches (p.block_table set): varlen Q and O, K and V as 4-d maps over the pools
 // [block, K/V head, slot, dim] (info.num_blocks blocks) with boxes of PagedBoxRows slots. Sets
-// params->kv_box_rows. block_m and block_n by ChooseTileShape(.., consumer_warpgroups).
+// params->kv_box_rows. block_m and block_n by ChooseTileShape(.., kind).
 KernelStatus EncodeTensorMaps(const AttentionParams& p, const LaunchInfo& info, DType dtype,
-                              Sm90Params* params, int consumer_warpgroups = kConsumerWarpgroups);
+                              Sm90Params* params, TileKind kind = TileKind::kStandard);
 
 // Keys per TMA box of a paged K/V tile of block_n keys over pages of page_size keys (a multiple of
 // kPagedBoxRows): the whole tile when the page holds whole tiles (one TMA per chunk, as on
@@ -55,11 +55,13 @@ bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors);
 // active variant.
 bool UseLazyRescale();
 
-// Consumer warpgroups of a launch's kernel, by the active variant, where the head dim and layout
-// have the three-consumer shape (HasThreeConsumerShape): 3 under Sm90Variant::kThreeConsumers;
-// under kAuto 3 too, except for causal launches whose longest query is shorter than
-// kThreeConsumerCausalMinSeqlen; else kConsumerWarpgroups.
-int ConsumerWarpgroups(int head_dim, bool paged, bool causal, int max_seqlen_q);
+// The tile shape of a launch's kernel, by the active variant. Where the head dim and layout have
+// the three-consumer shape (HasThreeConsumerShape): kThreeConsumers under
+// Sm90Variant::kThreeConsumers, and under kAuto too except for causal launches whose longest query
+// is shorter than kThreeConsumerCausalMinSeqlen. Where they have the wide key shape
+// (HasWideKeyShape), launches without a causal mask: kKeys160 / kKeys176 under the variants of
+// those names. Else kStandard.
+TileKind ChooseTileKind(int head_dim, bool paged, bool causal, int max_seqlen_q);
 
 // Under kAuto, causal launches with shorter queries keep 128-row tiles. Measured on an H100 (D 64,
 // fp16, B 2, H 32): 192-row tiles lose 10% causal at S 1024 (a diagonal tile masks up to 192 rows'
