@@ -172,7 +172,8 @@ bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors) {
 
 bool UseLazyRescale() { return ActiveVariant() == Sm90Variant::kLazyRescale; }
 
-TileKind ChooseTileKind(int head_dim, bool paged, bool causal, int max_seqlen_q) {
+TileKind ChooseTileKind(int head_dim, bool paged, bool causal, int max_seqlen_q,
+                        int max_seqlen_kv) {
   const Sm90Variant variant = ActiveVariant();
   if (HasThreeConsumerShape(head_dim, paged)) {
     const bool three = variant == Sm90Variant::kThreeConsumers ||
@@ -183,6 +184,9 @@ TileKind ChooseTileKind(int head_dim, bool paged, bool causal, int max_seqlen_q)
   if (HasWideKeyShape(head_dim, paged) && !causal) {
     if (variant == Sm90Variant::kKeys160) return TileKind::kKeys160;
     if (variant == Sm90Variant::kKeys176) return TileKind::kKeys176;
+    if (variant == Sm90Variant::kAuto && max_seqlen_kv >= kWideKeysMinSeqlenKv) {
+      return TileKind::kKeys160;
+    }
   }
   return TileKind::kStandard;
 }

@@ -60,14 +60,22 @@ bool UseLazyRescale();
 // Sm90Variant::kThreeConsumers, and under kAuto too except for causal launches whose longest query
 // is shorter than kThreeConsumerCausalMinSeqlen. Where they have the wide key shape
 // (HasWideKeyShape), launches without a causal mask: kKeys160 / kKeys176 under the variants of
-// those names. Else kStandard.
-TileKind ChooseTileKind(int head_dim, bool paged, bool causal, int max_seqlen_q);
+// those names, and kKeys160 under kAuto when the longest context has at least
+// kWideKeysMinSeqlenKv keys. Else kStandard.
+TileKind ChooseTileKind(int head_dim, bool paged, bool causal, int max_seqlen_q, int max_seqlen_kv);
 
 // Under kAuto, causal launches with shorter queries keep 128-row tiles. Measured on an H100 (D 64,
 // fp16, B 2, H 32): 192-row tiles lose 10% causal at S 1024 (a diagonal tile masks up to 192 rows'
 // worth of keys, and at S 1024 diagonal tiles are a fifth of the work) and win 4-13% causal at
 // S >= 4096 and 4-25% non-causal at every S; 2048 splits the unmeasured interval.
 inline constexpr int kThreeConsumerCausalMinSeqlen = 2048;
+
+// Under kAuto, head dim 128 launches without a causal mask take 160-key tiles from this context
+// length on. Measured on an H200 (fp16 and bf16, B 2, H 32, x cuDNN, 128 -> 160 keys): S 1024
+// 0.91 -> 0.85-0.86 (7 tiles of 160 compute 1120 keys' work for 1024), 2048 0.95-0.96 ->
+// 0.96-0.97, 4096 0.99-1.00 -> 1.01, 8192 1.00 -> 1.02, 16384 0.99-1.00 -> 1.03-1.04. 176-key
+// tiles (O in Q's space) measured 1.00/1.01-1.03/1.01-1.03 at 4096/8192/16384: not taken.
+inline constexpr int kWideKeysMinSeqlenKv = 2048;
 
 namespace testing {
 // Process-wide variant for tests and benchmarks that compare the variants in one process

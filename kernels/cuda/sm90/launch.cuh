@@ -97,9 +97,11 @@ KernelStatus LaunchAttentionSm90(const AttentionParams& params, const LaunchInfo
   sp.p.pack = 1;  // one query head per tile (GQA only maps heads to K/V heads)
   sp.p.num_splits = 1;
   // Read once: the schedule, the TMA boxes and the kernel must agree on the tile shape.
+  const bool varlen = sp.p.cu_seqlens_q != nullptr;
   const sm90::TileKind kind =
       sm90::ChooseTileKind(kHeadDim, kPaged, sp.p.causal,
-                           sp.p.cu_seqlens_q == nullptr ? sp.p.seqlen_q : sp.p.max_seqlen_q);
+                           varlen ? sp.p.max_seqlen_q : sp.p.seqlen_q,
+                           varlen ? sp.p.max_seqlen_kv : sp.p.seqlen_kv);
   FLASHKV_RETURN_IF_ERROR(
       sm90::BuildSchedule(sp.p, info, kHeadDim, sizeof(Element), props, &sp.schedule, kind));
   if (sp.schedule.num_tiles == 0) return KernelStatus::Ok();

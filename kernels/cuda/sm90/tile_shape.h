@@ -198,7 +198,8 @@ enum class Sm90Variant : int {
   // (D 256, S 1024), where a CTA holds at most two tiles, longest-first pairing already balances
   // them, and the counter's memset and atomics are pure cost. At head dim 64 on contiguous K/V it
   // also takes kThreeConsumers' 192-row tiles, except for causal launches with queries shorter
-  // than kThreeConsumerCausalMinSeqlen (host_setup.h has the measurements behind that rule).
+  // than kThreeConsumerCausalMinSeqlen, and at head dim 128 without a causal mask kKeys160's
+  // tiles from kWideKeysMinSeqlenKv keys on (host_setup.h has the measurements behind both).
   kAuto = 2,
   // Every launch (fixed, varlen, paged; causal or not) with the conditional O rescale of
   // FlashAttention-4 (sm90/consumer_mainloop.cuh, LazyRowUpdate): a row's softmax reference
@@ -212,8 +213,8 @@ enum class Sm90Variant : int {
   // under kAuto. Other head dims and paged launches take kAuto's (the default) kernels unchanged.
   kThreeConsumers = 4,
   // Head dim 128, contiguous launches (fixed and varlen) without a causal mask: 160-key
-  // (kKeys160) or 176-key (kKeys176) tiles (HasWideKeyShape has the budgets); tiles scheduled as
-  // under kAuto. Every other launch takes kAuto's kernels unchanged.
+  // (kKeys160) or 176-key (kKeys176) tiles at every length (HasWideKeyShape has the budgets);
+  // tiles scheduled as under kAuto. Every other launch takes kAuto's kernels unchanged.
   kKeys160 = 5,
   kKeys176 = 6,
 };
