@@ -29,8 +29,7 @@
 
 namespace flashkv::cuda::sm90 {
 
-template <class Tr, bool kCausal, bool kVarlen, bool kDynamic, bool kLazyRescale,
-          bool kRescaleUnderGemm>
+template <class Tr, bool kCausal, bool kVarlen, bool kDynamic, bool kLazyRescale>
 __device__ __forceinline__ void Consume(const Sm90Params& params, const Smem<Tr>& smem, int wg) {
   const AttentionParams& p = params.p;
   const int tid = static_cast<int>(threadIdx.x) % 128;
@@ -58,10 +57,10 @@ __device__ __forceinline__ void Consume(const Sm90Params& params, const Smem<Tr>
     if (key_tiles > 0) {
       const int first_token = w.row0 + wg * Tr::kRowsPerConsumer;
       const int token = first_token + row_in_group;
-      RunKeyTiles<Tr, kLazyRescale, kRescaleUnderGemm>(
-          ml, smem, pipe, key_tiles, wg, KeyLimit<kCausal>(w.seq, token),
-          KeyLimit<kCausal>(w.seq, token + 8), WarpUniform(KeyLimit<kCausal>(w.seq, first_token)),
-          Tr::kPaged ? WarpUniform(w.seq.kv_len) : 0, p.scale_log2, tid);
+      RunKeyTiles(ml, smem, pipe, key_tiles, wg, KeyLimit<kCausal>(w.seq, token),
+                  KeyLimit<kCausal>(w.seq, token + 8),
+                  WarpUniform(KeyLimit<kCausal>(w.seq, first_token)),
+                  Tr::kPaged ? WarpUniform(w.seq.kv_len) : 0, p.scale_log2, tid);
     }
     if constexpr (Tr::kSeparateO) {
       // A tile without keys read no Q: release it here (RunKeyTiles does after the last S).
@@ -75,10 +74,8 @@ __device__ __forceinline__ void Consume(const Sm90Params& params, const Smem<Tr>
 }
 
 // kDynamic: tiles from the global counter (Sm90Variant::kDynamicSchedule), else static.
-// kLazyRescale: the conditional O rescale (Sm90Variant::kLazyRescale). kRescaleUnderGemm: O's
-// rescale issued under the next S GEMM (Sm90Variant::kRescaleUnderGemm).
-template <class Tr, bool kCausal, bool kVarlen, bool kDynamic = false, bool kLazyRescale = false,
-          bool kRescaleUnderGemm = false>
+// kLazyRescale: the conditional O rescale (Sm90Variant::kLazyRescale).
+template <class Tr, bool kCausal, bool kVarlen, bool kDynamic = false, bool kLazyRescale = false>
 __global__ void __launch_bounds__(Tr::kThreads, 1)
     AttentionKernel(const __grid_constant__ Sm90Params params) {
   extern __shared__ __align__(1024) char smem_raw[];
@@ -92,8 +89,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     if (threadIdx.x == 0) Produce<Tr, kCausal, kVarlen, kDynamic>(params, smem);
   } else {
     SetMaxRegistersIncrease<Tr::kConsumerRegisters>();
-    Consume<Tr, kCausal, kVarlen, kDynamic, kLazyRescale, kRescaleUnderGemm>(params, smem,
-                                                                             warpgroup - 1);
+    Consume<Tr, kCausal, kVarlen, kDynamic, kLazyRescale>(params, smem, warpgroup - 1);
   }
 }
 

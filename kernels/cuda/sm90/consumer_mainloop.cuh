@@ -241,12 +241,7 @@ __device__ __forceinline__ void ZeroVRowsPast(const Smem<Tr>& smem, int stage, i
 // exclusive key ends of this thread's two rows; `unmasked_below` is the smallest limit of the
 // warpgroup's rows (tiles entirely below it need no mask); `kv_len` the sequence's keys (paged:
 // V rows past it are zeroed); tid = thread in the warpgroup.
-// kRescaleUnderGemm (Sm90Variant::kRescaleUnderGemm): O's rescale by tile i's correction moves
-// from the end of tile i's softmax (after P[i-1] V[i-1] completes) to the next turn, after
-// S[i+1] = Q K[i+1]^T is issued and before P[i] V[i] is (FlashAttention-3's order): the 64
-// multiplies at head dim 128 leave the softmax's critical path, which bounds how soon this group
-// can take its next turn, and run while its S GEMM is on the tensor cores.
-template <class Tr, bool kLazyRescale, bool kRescaleUnderGemm = false>
+template <class Tr, bool kLazyRescale>
 __device__ __forceinline__ void RunKeyTiles(ConsumerMainloop<Tr, kLazyRescale>& ml,
                                             const Smem<Tr>& smem,
                                             PipelineState<Tr::kStages>& pipe, int key_tiles, int wg,
@@ -286,8 +281,6 @@ __device__ __forceinline__ void RunKeyTiles(ConsumerMainloop<Tr, kLazyRescale>& 
   int prev_stage = stage;
   uint32_t prev_phase = pipe.Phase();
   ++pipe.it;
-  // Whether O takes `correction` before the next P V (the first tile's is not applied: O is 0).
-  bool rescale = false;
 
   for (int i = 1; i < key_tiles; ++i, ++pipe.it) {
     n = key_tiles - 1 - i;
@@ -300,10 +293,6 @@ __device__ __forceinline__ void RunKeyTiles(ConsumerMainloop<Tr, kLazyRescale>& 
     WgmmaFence();
     ml.IssueQK(q_rows, smem.K(stage));
     WgmmaCommit();
-    if constexpr (kRescaleUnderGemm) {
-      if (rescale) ml.RescaleO(correction);
-      ml.PinO();
-    }
     MbarrierWait(smem.VFull(prev_stage), prev_phase);
     WgmmaFence();  // the wait's loop ends the previous fence's region for ptxas
     ml.IssuePV(smem.V(prev_stage));
@@ -313,14 +302,13 @@ __device__ __forceinline__ void RunKeyTiles(ConsumerMainloop<Tr, kLazyRescale>& 
     ml.PinS();
     ReleaseStage(smem.KEmpty(stage), lane);
     if (Tr::kSeparateO && n == 0) ReleaseStage(smem.QFree(), lane);
-    rescale = ml.Softmax(masked(n), n * Tr::kBlockN, limit0, limit1, scale_log2, t, correction);
+    const bool rescale =
+        ml.Softmax(masked(n), n * Tr::kBlockN, limit0, limit1, scale_log2, t, correction);
     WgmmaWait<0>();  // P V of the previous tile
     ml.PinO();
     ml.PinP();
     ReleaseStage(smem.VEmpty(prev_stage), lane);
-    if constexpr (!kRescaleUnderGemm) {
-      if (rescale) ml.RescaleO(correction);
-    }
+    if (rescale) ml.RescaleO(correction);
     ml.ConvertP();
     prev_stage = stage;
     prev_phase = pipe.Phase();
@@ -329,9 +317,6 @@ __device__ __forceinline__ void RunKeyTiles(ConsumerMainloop<Tr, kLazyRescale>& 
   // Last P V.
   MbarrierWait(smem.VFull(prev_stage), prev_phase);
   NamedBarrierSync(my_turn, kTurnThreads);
-  if constexpr (kRescaleUnderGemm) {
-    if (rescale) ml.RescaleO(correction);
-  }
   ml.PinO();
   ml.PinP();
   WgmmaFence();

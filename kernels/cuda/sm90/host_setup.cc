@@ -163,7 +163,6 @@ bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors) {
     case Sm90Variant::kThreeConsumers:  // kAuto's schedule: an A/B against kAuto isolates the tile
     case Sm90Variant::kKeys160:
     case Sm90Variant::kKeys176:
-    case Sm90Variant::kRescaleUnderGemm:
       return num_tiles > 2 * int64_t{multiprocessors};
     case Sm90Variant::kLazyRescale:
       return false;  // the baseline's static schedule: its A/B isolates the rescale
@@ -173,13 +172,9 @@ bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors) {
 
 bool UseLazyRescale() { return ActiveVariant() == Sm90Variant::kLazyRescale; }
 
-bool UseRescaleUnderGemm() { return ActiveVariant() == Sm90Variant::kRescaleUnderGemm; }
-
 TileKind ChooseTileKind(int head_dim, bool paged, bool causal, int max_seqlen_q,
                         int max_seqlen_kv) {
-  Sm90Variant variant = ActiveVariant();
-  // kRescaleUnderGemm changes the key loop of kAuto's kernels, not their shapes.
-  if (variant == Sm90Variant::kRescaleUnderGemm) variant = Sm90Variant::kAuto;
+  const Sm90Variant variant = ActiveVariant();
   if (HasThreeConsumerShape(head_dim, paged)) {
     const bool three = variant == Sm90Variant::kThreeConsumers ||
                        (variant == Sm90Variant::kAuto &&

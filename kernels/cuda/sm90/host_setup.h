@@ -55,10 +55,6 @@ bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors);
 // active variant.
 bool UseLazyRescale();
 
-// Whether contiguous launches without a causal mask take the kernels that rescale O under the
-// next S GEMM, by the active variant (Sm90Variant::kRescaleUnderGemm).
-bool UseRescaleUnderGemm();
-
 // The tile shape of a launch's kernel, by the active variant. Where the head dim and layout have
 // the three-consumer shape (HasThreeConsumerShape): kThreeConsumers under
 // Sm90Variant::kThreeConsumers, and under kAuto too except for causal launches whose longest query

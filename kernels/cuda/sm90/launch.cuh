@@ -17,11 +17,9 @@
 namespace flashkv::cuda {
 namespace sm90 {
 
-template <class Tr, bool kCausal, bool kVarlen, bool kDynamic = false, bool kLazyRescale = false,
-          bool kRescaleUnderGemm = false>
+template <class Tr, bool kCausal, bool kVarlen, bool kDynamic = false, bool kLazyRescale = false>
 KernelStatus Run(const Sm90Params& params, const DeviceProps& props, cudaStream_t stream) {
-  const auto kernel =
-      AttentionKernel<Tr, kCausal, kVarlen, kDynamic, kLazyRescale, kRescaleUnderGemm>;
+  const auto kernel = AttentionKernel<Tr, kCausal, kVarlen, kDynamic, kLazyRescale>;
   int ctas_per_sm = 0;
   FLASHKV_RETURN_IF_ERROR(PrepareKernel(reinterpret_cast<const void*>(kernel), Tr::kThreads,
                                         Tr::kSmemBytes, props, &ctas_per_sm));
@@ -74,15 +72,13 @@ KernelStatus RunVariant(Sm90Params& sp, const DeviceProps& props, cudaStream_t s
 }
 
 // Contiguous launches without a causal mask (ChooseTileKind takes the wide key tiles for those
-// alone, and Sm90Variant::kRescaleUnderGemm changes those alone), so that these kernels are
-// instantiated without causal ones.
-template <class Tr, bool kRescaleUnderGemm = false>
+// alone), so that the wide tiles' kernels are instantiated without the causal ones.
+template <class Tr>
 KernelStatus RunWithoutMask(Sm90Params& sp, const DeviceProps& props, cudaStream_t stream) {
-  static_assert(!Tr::kPaged, "contiguous-only kernels");
-  if (sp.p.causal) return InvalidArgument("sm90: a causal launch reached a kernel without a mask");
-  return sp.p.cu_seqlens_q != nullptr
-             ? Run<Tr, false, true, false, false, kRescaleUnderGemm>(sp, props, stream)
-             : Run<Tr, false, false, false, false, kRescaleUnderGemm>(sp, props, stream);
+  static_assert(!Tr::kPaged, "the wide key tiles are contiguous-only");
+  if (sp.p.causal) return InvalidArgument("sm90: a causal launch reached a wide-key kernel");
+  return sp.p.cu_seqlens_q != nullptr ? Run<Tr, false, true>(sp, props, stream)
+                                      : Run<Tr, false, false>(sp, props, stream);
 }
 
 }  // namespace sm90
@@ -110,27 +106,21 @@ KernelStatus LaunchAttentionSm90(const AttentionParams& params, const LaunchInfo
       sm90::BuildSchedule(sp.p, info, kHeadDim, sizeof(Element), props, &sp.schedule, kind));
   if (sp.schedule.num_tiles == 0) return KernelStatus::Ok();
   FLASHKV_RETURN_IF_ERROR(sm90::EncodeTensorMaps(sp.p, info, kDType, &sp, kind));
-  const bool under_gemm = !kPaged && !sp.p.causal && sm90::UseRescaleUnderGemm();
   if constexpr (sm90::HasThreeConsumerShape(kHeadDim, kPaged)) {
     if (kind == sm90::TileKind::kThreeConsumers) {
       using Three = sm90::Traits<Element, kHeadDim, kPaged, sm90::TileKind::kThreeConsumers>;
-      return under_gemm ? sm90::RunWithoutMask<Three, true>(sp, props, stream)
-                        : sm90::RunVariant<Three, false>(sp, props, stream);
+      return sm90::RunVariant<Three, false>(sp, props, stream);
     }
   }
   if constexpr (sm90::HasWideKeyShape(kHeadDim, kPaged)) {
     if (kind == sm90::TileKind::kKeys160) {
       using Keys160 = sm90::Traits<Element, kHeadDim, kPaged, sm90::TileKind::kKeys160>;
-      return under_gemm ? sm90::RunWithoutMask<Keys160, true>(sp, props, stream)
-                        : sm90::RunWithoutMask<Keys160>(sp, props, stream);
+      return sm90::RunWithoutMask<Keys160>(sp, props, stream);
     }
     if (kind == sm90::TileKind::kKeys176) {
       using Keys176 = sm90::Traits<Element, kHeadDim, kPaged, sm90::TileKind::kKeys176>;
       return sm90::RunWithoutMask<Keys176>(sp, props, stream);
     }
-  }
-  if constexpr (!kPaged) {
-    if (under_gemm) return sm90::RunWithoutMask<Tr, true>(sp, props, stream);
   }
   return sm90::UseLazyRescale() ? sm90::RunVariant<Tr, true>(sp, props, stream)
                                 : sm90::RunVariant<Tr, false>(sp, props, stream);

@@ -217,12 +217,8 @@ enum class Sm90Variant : int {
   // tiles scheduled as under kAuto. Every other launch takes kAuto's kernels unchanged.
   kKeys160 = 5,
   kKeys176 = 6,
-  // kAuto's kernels, with O's rescale issued under the next S = Q K^T GEMM instead of at the end
-  // of the softmax (sm90/consumer_mainloop.cuh, RunKeyTiles), for contiguous launches without a
-  // causal mask; causal and paged launches take kAuto's kernels unchanged.
-  kRescaleUnderGemm = 7,
 };
-inline constexpr int kNumSm90Variants = 8;
+inline constexpr int kNumSm90Variants = 7;
 
 // Sm90Variant::kLazyRescale's threshold, in the log2 units of the scaled scores: probabilities
 // are taken against a reference at most this far below the row's true maximum, so they stay
@@ -247,8 +243,6 @@ constexpr const char* Sm90VariantName(Sm90Variant v) {
       return "keys160";
     case Sm90Variant::kKeys176:
       return "keys176";
-    case Sm90Variant::kRescaleUnderGemm:
-      return "rescale_under_gemm";
   }
   return "unknown";
 }

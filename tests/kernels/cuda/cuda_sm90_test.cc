@@ -21,8 +21,6 @@
 // its 64 (varlen 130, 257, 300) and tiles past 192 rows (200, 257, 300). keys160 and keys176 run
 // head dim 128's launches without a causal mask on 160- and 176-key tiles (the rest: the default
 // kernels): key counts 130..700 end inside their first, second and later key tiles.
-// rescale_under_gemm moves O's rescale of the launches without a causal mask to the next turn
-// (the causal ones: the default kernels).
 
 #include <string>
 #include <tuple>
@@ -166,8 +164,7 @@ INSTANTIATE_TEST_SUITE_P(Sm90Instantiations, CudaSm90Test,
                                                               Variant::kAuto, Variant::kLazyRescale,
                                                               Variant::kThreeConsumers,
                                                               Variant::kKeys160,
-                                                              Variant::kKeys176,
-                                                              Variant::kRescaleUnderGemm)),
+                                                              Variant::kKeys176)),
                          Sm90CaseName);
 
 }  // namespace
