@@ -22,7 +22,7 @@
 # Knobs (environment): STEPS ("build test sanitize bench"), DIMS (64;128;256), DTYPES (fp16;bf16),
 # BENCH_DIMS (64 128 256: fp16 at each, bf16 at 128 only), SEQLENS (1024 4096 8192),
 # VARIANTS (baseline dynamic_schedule; any of baseline dynamic_schedule auto lazy_rescale
-# three_consumers),
+# three_consumers keys160 keys176),
 # TEST_VARIANTS (VARIANTS and auto, the default kernel), JOBS (16), DEADLINE (300: seconds after
 # which no step starts; each step's timeout ends by then).
 set -o pipefail

@@ -63,10 +63,8 @@ __device__ __forceinline__ void Consume(const Sm90Params& params, const Smem<Tr>
                   Tr::kPaged ? WarpUniform(w.seq.kv_len) : 0, p.scale_log2, tid);
     }
     if constexpr (Tr::kSeparateO) {
-      // Every warp of the group is past its last S = Q K^T (the final P V took a turn barrier
-      // after it): the producer may load the next tile's Q while this one's O is stored.
-      if (tid == 0) MbarrierArrive(smem.QFree());
-      __syncwarp();
+      // A tile without keys read no Q: release it here (RunKeyTiles does after the last S).
+      if (key_tiles == 0) ReleaseStage(smem.QFree(), lane);
     }
     StoreTile<Tr, kVarlen>(ml, params, smem, w, wg, tid);
   }

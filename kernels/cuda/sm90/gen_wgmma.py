@@ -8,7 +8,7 @@ than built from templates. Run after changing the shape lists (the build does no
 """
 
 # S = Q K^T: N = keys per tile (sm90/tile_shape.h). O += P V: N = head dim.
-SS_SHAPES = [64, 80, 128, 176]
+SS_SHAPES = [64, 80, 128, 160, 176]
 RS_SHAPES = [64, 128, 256]
 TYPES = [("__half", "f16"), ("__nv_bfloat16", "bf16")]
 

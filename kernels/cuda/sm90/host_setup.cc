@@ -160,7 +160,9 @@ bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors) {
     case Sm90Variant::kDynamicSchedule:
       return true;
     case Sm90Variant::kAuto:
-    case Sm90Variant::kThreeConsumers:  // kAuto's schedule: its A/B against kAuto isolates the tile
+    case Sm90Variant::kThreeConsumers:  // kAuto's schedule: an A/B against kAuto isolates the tile
+    case Sm90Variant::kKeys160:
+    case Sm90Variant::kKeys176:
       return num_tiles > 2 * int64_t{multiprocessors};
     case Sm90Variant::kLazyRescale:
       return false;  // the baseline's static schedule: its A/B isolates the rescale
@@ -170,16 +172,23 @@ bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors) {
 
 bool UseLazyRescale() { return ActiveVariant() == Sm90Variant::kLazyRescale; }
 
-int ConsumerWarpgroups(int head_dim, bool paged, bool causal, int max_seqlen_q) {
-  if (!HasThreeConsumerShape(head_dim, paged)) return kConsumerWarpgroups;
-  switch (ActiveVariant()) {
-    case Sm90Variant::kThreeConsumers:
-      return 3;
-    case Sm90Variant::kAuto:
-      return !causal || max_seqlen_q >= kThreeConsumerCausalMinSeqlen ? 3 : kConsumerWarpgroups;
-    default:
-      return kConsumerWarpgroups;
+TileKind ChooseTileKind(int head_dim, bool paged, bool causal, int max_seqlen_q,
+                        int max_seqlen_kv) {
+  const Sm90Variant variant = ActiveVariant();
+  if (HasThreeConsumerShape(head_dim, paged)) {
+    const bool three = variant == Sm90Variant::kThreeConsumers ||
+                       (variant == Sm90Variant::kAuto &&
+                        (!causal || max_seqlen_q >= kThreeConsumerCausalMinSeqlen));
+    return three ? TileKind::kThreeConsumers : TileKind::kStandard;
   }
+  if (HasWideKeyShape(head_dim, paged) && !causal) {
+    if (variant == Sm90Variant::kKeys160) return TileKind::kKeys160;
+    if (variant == Sm90Variant::kKeys176) return TileKind::kKeys176;
+    if (variant == Sm90Variant::kAuto && max_seqlen_kv >= kWideKeysMinSeqlenKv) {
+      return TileKind::kKeys160;
+    }
+  }
+  return TileKind::kStandard;
 }
 
 namespace testing {
@@ -209,8 +218,8 @@ bool TmaCanDescribe(const AttentionParams& p, const LaunchInfo& info, int elemen
 
 KernelStatus BuildSchedule(const AttentionParams& p, const LaunchInfo& info, int head_dim,
                            int element_bytes, const DeviceProps& props, Schedule* schedule,
-                           int consumer_warpgroups) {
-  const TileShape shape = ChooseTileShape(head_dim, p.block_table != nullptr, consumer_warpgroups);
+                           TileKind kind) {
+  const TileShape shape = ChooseTileShape(head_dim, p.block_table != nullptr, kind);
   if (shape.block_m == 0) return InvalidArgument("sm90 schedule: no tile shape for this head dim");
   const int64_t tiles = CountTiles(p, info, shape.block_m);
   if (tiles > kMaxTiles) return InvalidArgument("sm90 schedule: too many tiles");
@@ -259,11 +268,11 @@ KernelStatus BuildSchedule(const AttentionParams& p, const LaunchInfo& info, int
 }
 
 KernelStatus EncodeTensorMaps(const AttentionParams& p, const LaunchInfo& info, DType dtype,
-                              Sm90Params* params, int consumer_warpgroups) {
+                              Sm90Params* params, TileKind kind) {
   EncodeTiledFn encode = nullptr;
   FLASHKV_RETURN_IF_ERROR(GetEncoder(&encode));
   const bool paged = p.block_table != nullptr;
-  const TileShape shape = ChooseTileShape(p.head_dim, paged, consumer_warpgroups);
+  const TileShape shape = ChooseTileShape(p.head_dim, paged, kind);
   if (shape.block_m == 0) {
     return InvalidArgument("sm90 tensor maps: no tile shape for this head dim");
   }

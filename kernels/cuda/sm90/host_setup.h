@@ -24,19 +24,19 @@ int64_t CountTiles(const AttentionParams& p, const LaunchInfo& info, int block_m
 // Fixed length: heads grouped in sections whose K/V fit half the L2, m-blocks heaviest first
 // under causal. Varlen and paged: sequences with queries ordered by context length (longest
 // first), m-blocks heaviest first under causal. kInvalidArgument past the schedule's limits (the
-// path choice keeps such launches on sm80, so reaching it is a caller bug). consumer_warpgroups
-// picks the tile shape (ChooseTileShape), as the launch's kernel has it.
+// path choice keeps such launches on sm80, so reaching it is a caller bug). `kind` picks the tile
+// shape (ChooseTileShape), as the launch's kernel has it.
 KernelStatus BuildSchedule(const AttentionParams& p, const LaunchInfo& info, int head_dim,
                            int element_bytes, const DeviceProps& props, Schedule* schedule,
-                           int consumer_warpgroups = kConsumerWarpgroups);
+                           TileKind kind = TileKind::kStandard);
 
 // Q, K, V and O maps: fixed [batch, head, row, dim] as 4-d maps, varlen [head, packed row, dim]
 // as 3-d maps; boxes of 64 dims (128 bytes, swizzled 128B) x block_m / block_n / 64 rows. Paged
 // launches (p.block_table set): varlen Q and O, K and V as 4-d maps over the pools
 // [block, K/V head, slot, dim] (info.num_blocks blocks) with boxes of PagedBoxRows slots. Sets
-// params->kv_box_rows. block_m and block_n by ChooseTileShape(.., consumer_warpgroups).
+// params->kv_box_rows. block_m and block_n by ChooseTileShape(.., kind).
 KernelStatus EncodeTensorMaps(const AttentionParams& p, const LaunchInfo& info, DType dtype,
-                              Sm90Params* params, int consumer_warpgroups = kConsumerWarpgroups);
+                              Sm90Params* params, TileKind kind = TileKind::kStandard);
 
 // Keys per TMA box of a paged K/V tile of block_n keys over pages of page_size keys (a multiple of
 // kPagedBoxRows): the whole tile when the page holds whole tiles (one TMA per chunk, as on
@@ -55,17 +55,27 @@ bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors);
 // active variant.
 bool UseLazyRescale();
 
-// Consumer warpgroups of a launch's kernel, by the active variant, where the head dim and layout
-// have the three-consumer shape (HasThreeConsumerShape): 3 under Sm90Variant::kThreeConsumers;
-// under kAuto 3 too, except for causal launches whose longest query is shorter than
-// kThreeConsumerCausalMinSeqlen; else kConsumerWarpgroups.
-int ConsumerWarpgroups(int head_dim, bool paged, bool causal, int max_seqlen_q);
+// The tile shape of a launch's kernel, by the active variant. Where the head dim and layout have
+// the three-consumer shape (HasThreeConsumerShape): kThreeConsumers under
+// Sm90Variant::kThreeConsumers, and under kAuto too except for causal launches whose longest query
+// is shorter than kThreeConsumerCausalMinSeqlen. Where they have the wide key shape
+// (HasWideKeyShape), launches without a causal mask: kKeys160 / kKeys176 under the variants of
+// those names, and kKeys160 under kAuto when the longest context has at least
+// kWideKeysMinSeqlenKv keys. Else kStandard.
+TileKind ChooseTileKind(int head_dim, bool paged, bool causal, int max_seqlen_q, int max_seqlen_kv);
 
 // Under kAuto, causal launches with shorter queries keep 128-row tiles. Measured on an H100 (D 64,
 // fp16, B 2, H 32): 192-row tiles lose 10% causal at S 1024 (a diagonal tile masks up to 192 rows'
 // worth of keys, and at S 1024 diagonal tiles are a fifth of the work) and win 4-13% causal at
 // S >= 4096 and 4-25% non-causal at every S; 2048 splits the unmeasured interval.
 inline constexpr int kThreeConsumerCausalMinSeqlen = 2048;
+
+// Under kAuto, head dim 128 launches without a causal mask take 160-key tiles from this context
+// length on. Measured on an H200 (fp16 and bf16, B 2, H 32, x cuDNN, 128 -> 160 keys): S 1024
+// 0.91 -> 0.85-0.86 (7 tiles of 160 compute 1120 keys' work for 1024), 2048 0.95-0.96 ->
+// 0.96-0.97, 4096 0.99-1.00 -> 1.01, 8192 1.00 -> 1.02, 16384 0.99-1.00 -> 1.03-1.04. 176-key
+// tiles (O in Q's space) measured 1.00/1.01-1.03/1.01-1.03 at 4096/8192/16384: not taken.
+inline constexpr int kWideKeysMinSeqlenKv = 2048;
 
 namespace testing {
 // Process-wide variant for tests and benchmarks that compare the variants in one process

@@ -71,6 +71,16 @@ KernelStatus RunVariant(Sm90Params& sp, const DeviceProps& props, cudaStream_t s
   }
 }
 
+// Contiguous launches without a causal mask (ChooseTileKind takes the wide key tiles for those
+// alone), so that the wide tiles' kernels are instantiated without the causal ones.
+template <class Tr>
+KernelStatus RunWithoutMask(Sm90Params& sp, const DeviceProps& props, cudaStream_t stream) {
+  static_assert(!Tr::kPaged, "the wide key tiles are contiguous-only");
+  if (sp.p.causal) return InvalidArgument("sm90: a causal launch reached a wide-key kernel");
+  return sp.p.cu_seqlens_q != nullptr ? Run<Tr, false, true>(sp, props, stream)
+                                      : Run<Tr, false, false>(sp, props, stream);
+}
+
 }  // namespace sm90
 
 template <DType kDType, int kHeadDim, bool kPaged>
@@ -86,18 +96,30 @@ KernelStatus LaunchAttentionSm90(const AttentionParams& params, const LaunchInfo
   sp.p = params;
   sp.p.pack = 1;  // one query head per tile (GQA only maps heads to K/V heads)
   sp.p.num_splits = 1;
-  // Read once: the schedule, the Q map's box and the kernel must agree on block_m.
-  const int consumers = sm90::ConsumerWarpgroups(
-      kHeadDim, kPaged, sp.p.causal,
-      sp.p.cu_seqlens_q == nullptr ? sp.p.seqlen_q : sp.p.max_seqlen_q);
-  FLASHKV_RETURN_IF_ERROR(sm90::BuildSchedule(sp.p, info, kHeadDim, sizeof(Element), props,
-                                              &sp.schedule, consumers));
+  // Read once: the schedule, the TMA boxes and the kernel must agree on the tile shape.
+  const bool varlen = sp.p.cu_seqlens_q != nullptr;
+  const sm90::TileKind kind =
+      sm90::ChooseTileKind(kHeadDim, kPaged, sp.p.causal,
+                           varlen ? sp.p.max_seqlen_q : sp.p.seqlen_q,
+                           varlen ? sp.p.max_seqlen_kv : sp.p.seqlen_kv);
+  FLASHKV_RETURN_IF_ERROR(
+      sm90::BuildSchedule(sp.p, info, kHeadDim, sizeof(Element), props, &sp.schedule, kind));
   if (sp.schedule.num_tiles == 0) return KernelStatus::Ok();
-  FLASHKV_RETURN_IF_ERROR(sm90::EncodeTensorMaps(sp.p, info, kDType, &sp, consumers));
+  FLASHKV_RETURN_IF_ERROR(sm90::EncodeTensorMaps(sp.p, info, kDType, &sp, kind));
   if constexpr (sm90::HasThreeConsumerShape(kHeadDim, kPaged)) {
-    if (consumers == 3) {
-      return sm90::RunVariant<sm90::Traits<Element, kHeadDim, kPaged, 3>, false>(sp, props,
-                                                                                 stream);
+    if (kind == sm90::TileKind::kThreeConsumers) {
+      using Three = sm90::Traits<Element, kHeadDim, kPaged, sm90::TileKind::kThreeConsumers>;
+      return sm90::RunVariant<Three, false>(sp, props, stream);
+    }
+  }
+  if constexpr (sm90::HasWideKeyShape(kHeadDim, kPaged)) {
+    if (kind == sm90::TileKind::kKeys160) {
+      using Keys160 = sm90::Traits<Element, kHeadDim, kPaged, sm90::TileKind::kKeys160>;
+      return sm90::RunWithoutMask<Keys160>(sp, props, stream);
+    }
+    if (kind == sm90::TileKind::kKeys176) {
+      using Keys176 = sm90::Traits<Element, kHeadDim, kPaged, sm90::TileKind::kKeys176>;
+      return sm90::RunWithoutMask<Keys176>(sp, props, stream);
     }
   }
   return sm90::UseLazyRescale() ? sm90::RunVariant<Tr, true>(sp, props, stream)

@@ -78,7 +78,10 @@ struct Smem {
   // One thread, before the CTA's first __syncthreads.
   __device__ __forceinline__ void InitBarriers() const {
     MbarrierInit(QFull(), 1);
-    MbarrierInit(QFree(), Tr::kConsumerWarpgroups);
+    // Q with its own O buffer is released by each consumer warp once its last S = Q K^T of the
+    // tile is complete (consumer_mainloop.cuh); O staged in Q's space, by each warpgroup after
+    // the O stores have read it (epilogue.cuh).
+    MbarrierInit(QFree(), Tr::kSeparateO ? Tr::kConsumerWarps : Tr::kConsumerWarpgroups);
 #pragma unroll
     for (int s = 0; s < Tr::kStages; ++s) {
       MbarrierInit(KFull(s), 1);

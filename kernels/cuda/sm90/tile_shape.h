@@ -7,7 +7,8 @@
 //   - 3 warpgroups per CTA: one producer (one thread issues every TMA load) and two consumers.
 //     Each consumer owns 64 query rows (wgmma's M), so block_m = 128 and both consumers read the
 //     same K/V stage: a K/V byte feeds 128 rows, as in FlashAttention-2's 128-row tile.
-//     (Sm90Variant::kThreeConsumers: at head dim 64, three consumers and 192-row tiles.)
+//     (TileKind: at head dim 64, three consumers and 192-row tiles; at head dim 128 without a
+//     causal mask, 160- or 176-key tiles.)
 //   - One CTA per SM (setmaxnreg moves the producer's registers to the consumers: 24 + 2 x 240
 //     per thread-slot = the 168 x 384 a 384-thread CTA starts with), persistent over the tiles.
 //   - Shared memory: Q (block_m x head_dim), then `stages` K tiles and `stages` V tiles of
@@ -31,10 +32,24 @@ struct TileShape {
   int stages;   // K/V tiles in flight (TMA pipeline depth)
 };
 
-// Consumer warpgroups of the default kernels; Sm90Variant::kThreeConsumers' head-dim-64 kernels
-// have kMaxConsumerWarpgroups.
+// The kernel shapes: which tile table a launch's kernel has (a template parameter of Traits; host
+// code picks it per launch with host_setup.h's ChooseTileKind, so the schedule, the TMA boxes and
+// the kernel agree).
+enum class TileKind : int {
+  kStandard = 0,        // two consumers; ChooseTileShape's table per head dim (every launch)
+  kThreeConsumers = 1,  // head dim 64, contiguous: 192 x 128 over three consumers
+  kKeys160 = 2,         // head dim 128, contiguous, not causal: 128 x 160, O in its own buffer
+  kKeys176 = 3,         // head dim 128, contiguous, not causal: 128 x 176, O staged in Q's space
+};
+
+// Consumer warpgroups of the standard kernels; TileKind::kThreeConsumers has
+// kMaxConsumerWarpgroups.
 inline constexpr int kConsumerWarpgroups = 2;
 inline constexpr int kMaxConsumerWarpgroups = 3;
+
+constexpr int ConsumerWarpgroupsOf(TileKind kind) {
+  return kind == TileKind::kThreeConsumers ? kMaxConsumerWarpgroups : kConsumerWarpgroups;
+}
 
 constexpr int ThreadsFor(int consumer_warpgroups) { return 128 * (1 + consumer_warpgroups); }
 
@@ -65,12 +80,30 @@ inline constexpr int kPagedBoxRows = 64;
 // Paged launches keep the two-consumer kernel (the variant changes contiguous launches alone).
 constexpr bool HasThreeConsumerShape(int head_dim, bool paged) { return head_dim == 64 && !paged; }
 
+// The wide key tiles (Sm90Variants kKeys160, kKeys176), at head dim 128 on contiguous K/V for
+// launches without a causal mask. The standard tile's registers are O 64 + S 64 + P 32 = 160 of a
+// consumer's 240, so a key tile of 160 (S 80 + P 40: 184) or 176 (S 88 + P 44: 196, the tile
+// FlashAttention-3 takes here) still fits, and every per-key-tile cost that does not grow with the
+// keys (the O rescale's 64 multiplies, the row maxima's shuffles, barrier waits and turn
+// hand-overs, the gap between one GEMM batch and the next) is paid once per 160 or 176 keys
+// instead of 128. Against it: a sequence that is not a multiple of the tile computes a partly
+// masked last tile (S 4096: 4160 keys' work at 160, 4224 at 176). Shared memory: 160 keeps O's own
+// buffer (Q 32 KB + 2 x 80 KB + O 32 KB = 224 KB), 176 does not (Q 32 + 2 x 88 = 208 KB; O then
+// waits in Q's space and the next tile's Q loads after the epilogue). Causal launches keep 128:
+// wider tiles on the diagonal mask more.
+constexpr bool HasWideKeyShape(int head_dim, bool paged) { return head_dim == 128 && !paged; }
+
 constexpr TileShape ChooseTileShape(int head_dim, bool paged = false,
-                                    int consumer_warpgroups = kConsumerWarpgroups) {
-  if (consumer_warpgroups != kConsumerWarpgroups) {
-    return consumer_warpgroups == 3 && HasThreeConsumerShape(head_dim, paged)
-               ? TileShape{192, 128, 4}
-               : TileShape{0, 0, 0};
+                                    TileKind kind = TileKind::kStandard) {
+  switch (kind) {
+    case TileKind::kStandard:
+      break;
+    case TileKind::kThreeConsumers:
+      return HasThreeConsumerShape(head_dim, paged) ? TileShape{192, 128, 4} : TileShape{0, 0, 0};
+    case TileKind::kKeys160:
+      return HasWideKeyShape(head_dim, paged) ? TileShape{128, 160, 2} : TileShape{0, 0, 0};
+    case TileKind::kKeys176:
+      return HasWideKeyShape(head_dim, paged) ? TileShape{128, 176, 2} : TileShape{0, 0, 0};
   }
   switch (head_dim) {
     case 64:
@@ -96,9 +129,8 @@ constexpr TileShape ChooseTileShape(int head_dim, bool paged = false,
   }
 }
 
-constexpr bool HasTileShape(int head_dim, bool paged = false,
-                            int consumer_warpgroups = kConsumerWarpgroups) {
-  return ChooseTileShape(head_dim, paged, consumer_warpgroups).block_m != 0;
+constexpr bool HasTileShape(int head_dim, bool paged = false, TileKind kind = TileKind::kStandard) {
+  return ChooseTileShape(head_dim, paged, kind).block_m != 0;
 }
 
 inline constexpr int kMaxSmemBytes = 227 * 1024;
@@ -117,8 +149,8 @@ constexpr int BarrierBytes(int stages) {
 // Bytes of dynamic shared memory without a separate O buffer: operands, barriers, and 1 KB of
 // slack to align the base to the 1024-byte swizzle atom.
 constexpr int SmemBytesSharingQ(int head_dim, int element_bytes, bool paged = false,
-                                int consumer_warpgroups = kConsumerWarpgroups) {
-  const TileShape s = ChooseTileShape(head_dim, paged, consumer_warpgroups);
+                                TileKind kind = TileKind::kStandard) {
+  const TileShape s = ChooseTileShape(head_dim, paged, kind);
   const int q = s.block_m * head_dim * element_bytes;
   const int kv = 2 * s.stages * s.block_n * head_dim * element_bytes;
   return q + kv + BarrierBytes(s.stages) + 1024;
@@ -128,19 +160,17 @@ constexpr int SmemBytesSharingQ(int head_dim, int element_bytes, bool paged = fa
 // this tile's O is stored, instead of after it (FlashAttention-3 does the same). At 256 it does
 // not fit, and O is staged in Q's space.
 constexpr bool SeparateO(int head_dim, int element_bytes, bool paged = false,
-                         int consumer_warpgroups = kConsumerWarpgroups) {
-  return SmemBytesSharingQ(head_dim, element_bytes, paged, consumer_warpgroups) +
-             ChooseTileShape(head_dim, paged, consumer_warpgroups).block_m * head_dim *
-                 element_bytes <=
+                         TileKind kind = TileKind::kStandard) {
+  return SmemBytesSharingQ(head_dim, element_bytes, paged, kind) +
+             ChooseTileShape(head_dim, paged, kind).block_m * head_dim * element_bytes <=
          kMaxSmemBytes;
 }
 
 constexpr int SmemBytes(int head_dim, int element_bytes, bool paged = false,
-                        int consumer_warpgroups = kConsumerWarpgroups) {
-  return SmemBytesSharingQ(head_dim, element_bytes, paged, consumer_warpgroups) +
-         (SeparateO(head_dim, element_bytes, paged, consumer_warpgroups)
-              ? ChooseTileShape(head_dim, paged, consumer_warpgroups).block_m * head_dim *
-                    element_bytes
+                        TileKind kind = TileKind::kStandard) {
+  return SmemBytesSharingQ(head_dim, element_bytes, paged, kind) +
+         (SeparateO(head_dim, element_bytes, paged, kind)
+              ? ChooseTileShape(head_dim, paged, kind).block_m * head_dim * element_bytes
               : 0);
 }
 
@@ -168,7 +198,8 @@ enum class Sm90Variant : int {
   // (D 256, S 1024), where a CTA holds at most two tiles, longest-first pairing already balances
   // them, and the counter's memset and atomics are pure cost. At head dim 64 on contiguous K/V it
   // also takes kThreeConsumers' 192-row tiles, except for causal launches with queries shorter
-  // than kThreeConsumerCausalMinSeqlen (host_setup.h has the measurements behind that rule).
+  // than kThreeConsumerCausalMinSeqlen, and at head dim 128 without a causal mask kKeys160's
+  // tiles from kWideKeysMinSeqlenKv keys on (host_setup.h has the measurements behind both).
   kAuto = 2,
   // Every launch (fixed, varlen, paged; causal or not) with the conditional O rescale of
   // FlashAttention-4 (sm90/consumer_mainloop.cuh, LazyRowUpdate): a row's softmax reference
@@ -181,8 +212,13 @@ enum class Sm90Variant : int {
   // flight beside the other two's (FlashAttention-3's head-dim-64 shape); tiles scheduled as
   // under kAuto. Other head dims and paged launches take kAuto's (the default) kernels unchanged.
   kThreeConsumers = 4,
+  // Head dim 128, contiguous launches (fixed and varlen) without a causal mask: 160-key
+  // (kKeys160) or 176-key (kKeys176) tiles at every length (HasWideKeyShape has the budgets);
+  // tiles scheduled as under kAuto. Every other launch takes kAuto's kernels unchanged.
+  kKeys160 = 5,
+  kKeys176 = 6,
 };
-inline constexpr int kNumSm90Variants = 5;
+inline constexpr int kNumSm90Variants = 7;
 
 // Sm90Variant::kLazyRescale's threshold, in the log2 units of the scaled scores: probabilities
 // are taken against a reference at most this far below the row's true maximum, so they stay
@@ -203,6 +239,10 @@ constexpr const char* Sm90VariantName(Sm90Variant v) {
       return "lazy_rescale";
     case Sm90Variant::kThreeConsumers:
       return "three_consumers";
+    case Sm90Variant::kKeys160:
+      return "keys160";
+    case Sm90Variant::kKeys176:
+      return "keys176";
   }
   return "unknown";
 }

@@ -18,20 +18,21 @@ namespace flashkv::cuda::sm90 {
 
 // kPaged: K and V come from page pools, each tile as one box of block_n keys or up to kKvBoxes
 // boxes of kPagedBoxRows keys (each inside one page); otherwise a tile is one box per 64-column
-// chunk. kConsumerWarpgroups_: 64-row consumer warpgroups (2, or 3 under
-// Sm90Variant::kThreeConsumers), which sets block_m, the thread count and the register budgets.
+// chunk. kKind_: the tile table (tile_shape.h's TileKind), which sets block_m, block_n, the
+// consumer warpgroups (64 rows each), the thread count and the register budgets.
 template <typename Element_, int kHeadDim_, bool kPaged_ = false,
-          int kConsumerWarpgroups_ = kConsumerWarpgroups>
+          TileKind kKind_ = TileKind::kStandard>
 struct Traits {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr bool kPaged = kPaged_;
-  static constexpr int kConsumerWarpgroups = kConsumerWarpgroups_;
+  static constexpr TileKind kKind = kKind_;
+  static constexpr int kConsumerWarpgroups = ConsumerWarpgroupsOf(kKind);
   static constexpr int kConsumerWarps = 4 * kConsumerWarpgroups;
   static constexpr int kThreads = ThreadsFor(kConsumerWarpgroups);
   static constexpr int kProducerRegisters = ProducerRegisters(kConsumerWarpgroups);
   static constexpr int kConsumerRegisters = ConsumerRegisters(kConsumerWarpgroups);
-  static constexpr TileShape kShape = ChooseTileShape(kHeadDim, kPaged, kConsumerWarpgroups);
+  static constexpr TileShape kShape = ChooseTileShape(kHeadDim, kPaged, kKind);
   static constexpr int kBlockM = kShape.block_m;
   static constexpr int kBlockN = kShape.block_n;
   static constexpr int kStages = kShape.stages;
@@ -39,8 +40,8 @@ struct Traits {
 
   static_assert(std::is_same_v<Element, __half> || std::is_same_v<Element, __nv_bfloat16>,
                 "the sm90 kernel computes 16-bit inputs");
-  static_assert(HasTileShape(kHeadDim, kPaged, kConsumerWarpgroups),
-                "head dim without an sm90 tile shape for this many consumers");
+  static_assert(HasTileShape(kHeadDim, kPaged, kKind),
+                "head dim and K/V layout without this sm90 tile shape");
   static_assert(kConsumerWarpgroups >= 2 && kConsumerWarpgroups <= kMaxConsumerWarpgroups,
                 "the turn barriers and named-barrier ids are laid out for 2..3 consumers");
   static_assert(kBlockM == kRowsPerConsumer * kConsumerWarpgroups, "64 rows per consumer");
@@ -79,15 +80,13 @@ struct Traits {
 
   // Shared memory map (offsets from the 1024-aligned base): Q, K stages, V stages, O (when it
   // has its own buffer), barriers.
-  static constexpr bool kSeparateO =
-      SeparateO(kHeadDim, sizeof(Element), kPaged, kConsumerWarpgroups);
+  static constexpr bool kSeparateO = SeparateO(kHeadDim, sizeof(Element), kPaged, kKind);
   static constexpr int kQOffset = 0;
   static constexpr int kKOffset = kQBytes;
   static constexpr int kVOffset = kKOffset + kStages * kKvBytes;
   static constexpr int kOOffset = kSeparateO ? kVOffset + kStages * kKvBytes : kQOffset;
   static constexpr int kBarrierOffset = kVOffset + kStages * kKvBytes + (kSeparateO ? kQBytes : 0);
-  static constexpr int kSmemBytes =
-      SmemBytes(kHeadDim, sizeof(Element), kPaged, kConsumerWarpgroups);
+  static constexpr int kSmemBytes = SmemBytes(kHeadDim, sizeof(Element), kPaged, kKind);
   static_assert(kBarrierOffset + BarrierBytes(kStages) + 1024 <= kSmemBytes, "smem map");
   static_assert(kSmemBytes <= kMaxSmemBytes, "fits one Hopper CTA");
 

@@ -3,6 +3,7 @@
 // described by a DeviceProps value and "compiled" is passed in.
 
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 #include "attention_params.h"
@@ -217,39 +218,80 @@ TEST(KernelPathTest, ScheduleOrdersSequencesLongestContextFirst) {
 // Sm90Variant::kThreeConsumers: the schedule takes 192-row m-blocks at head dim 64 (and the
 // launch's kernel has them); head dims without that shape are refused, not divided by zero.
 TEST(KernelPathTest, ThreeConsumerScheduleTakes192RowTiles) {
+  constexpr sm90::TileKind kThree = sm90::TileKind::kThreeConsumers;
   sm90::Schedule s;
-  ASSERT_TRUE(sm90::BuildSchedule(Fixed(2, 4096, 4096, 32, 32, 64), {}, 64, 2, H100(), &s, 3).ok());
+  ASSERT_TRUE(
+      sm90::BuildSchedule(Fixed(2, 4096, 4096, 32, 32, 64), {}, 64, 2, H100(), &s, kThree).ok());
   EXPECT_EQ(s.m_blocks, 22);  // 4096 / 192 = 21.3
   EXPECT_EQ(s.num_tiles, 22 * 64);
   std::vector<int32_t> cu_q = {0, 100, 100, 400}, cu_kv = {0, 50, 60, 160};
   AttentionParams p = Fixed(3, 300, 100, 4, 4, 64);
   LaunchInfo info;
   MakeVarlen(cu_q, cu_kv, &p, &info);
-  ASSERT_TRUE(sm90::BuildSchedule(p, info, 64, 2, H100(), &s, 3).ok());
+  ASSERT_TRUE(sm90::BuildSchedule(p, info, 64, 2, H100(), &s, kThree).ok());
   EXPECT_EQ(s.unit_start[s.count], 1 + 2);  // 100 queries: one m-block; 300: two
   EXPECT_EQ(s.num_tiles, 3 * 4);
   EXPECT_FALSE(
-      sm90::BuildSchedule(Fixed(2, 4096, 4096, 32, 32, 128), {}, 128, 2, H100(), &s, 3).ok());
+      sm90::BuildSchedule(Fixed(2, 4096, 4096, 32, 32, 128), {}, 128, 2, H100(), &s, kThree).ok());
 }
 
 // kAuto takes three consumer warpgroups (192-row tiles) at head dim 64 on contiguous K/V, except
-// causal launches with queries shorter than kThreeConsumerCausalMinSeqlen; the variants under
-// measurement keep their own choice.
-TEST(KernelPathTest, ThreeConsumersByVariantHeadDimLayoutAndLength) {
+// causal launches with queries shorter than kThreeConsumerCausalMinSeqlen, and 160-key tiles at
+// head dim 128 on contiguous K/V without a causal mask from kWideKeysMinSeqlenKv keys on; the
+// variants under measurement keep their own choice, and no wide key tile takes a causal or paged
+// launch. Arguments: head dim, paged, causal, longest query, longest context.
+TEST(KernelPathTest, TileKindByVariantHeadDimLayoutAndLength) {
+  using sm90::TileKind;
   ASSERT_EQ(sm90::ActiveVariant(), sm90::Sm90Variant::kAuto);
   const int kMin = sm90::kThreeConsumerCausalMinSeqlen;
-  EXPECT_EQ(sm90::ConsumerWarpgroups(64, /*paged=*/false, /*causal=*/false, 1024), 3);
-  EXPECT_EQ(sm90::ConsumerWarpgroups(64, false, /*causal=*/true, kMin), 3);
-  EXPECT_EQ(sm90::ConsumerWarpgroups(64, false, /*causal=*/true, kMin - 1), 2);
-  EXPECT_EQ(sm90::ConsumerWarpgroups(64, /*paged=*/true, false, 8192), 2);
-  EXPECT_EQ(sm90::ConsumerWarpgroups(128, false, false, 8192), 2);
-  EXPECT_EQ(sm90::ConsumerWarpgroups(256, false, true, 8192), 2);
+  const int kWide = sm90::kWideKeysMinSeqlenKv;
+  EXPECT_EQ(sm90::ChooseTileKind(64, false, false, 1024, 1024), TileKind::kThreeConsumers);
+  EXPECT_EQ(sm90::ChooseTileKind(64, false, true, kMin, kMin), TileKind::kThreeConsumers);
+  EXPECT_EQ(sm90::ChooseTileKind(64, false, true, kMin - 1, 8192), TileKind::kStandard);
+  EXPECT_EQ(sm90::ChooseTileKind(64, true, false, 8192, 8192), TileKind::kStandard);
+  EXPECT_EQ(sm90::ChooseTileKind(128, false, false, 128, kWide), TileKind::kKeys160);
+  EXPECT_EQ(sm90::ChooseTileKind(128, false, false, 8192, kWide - 1), TileKind::kStandard);
+  EXPECT_EQ(sm90::ChooseTileKind(128, false, true, 8192, 8192), TileKind::kStandard);
+  EXPECT_EQ(sm90::ChooseTileKind(128, true, false, 8192, 8192), TileKind::kStandard);
+  EXPECT_EQ(sm90::ChooseTileKind(256, false, false, 8192, 8192), TileKind::kStandard);
   sm90::testing::SetVariant(sm90::Sm90Variant::kThreeConsumers);
-  EXPECT_EQ(sm90::ConsumerWarpgroups(64, false, /*causal=*/true, 1024), 3);
-  EXPECT_EQ(sm90::ConsumerWarpgroups(128, false, false, 8192), 2);
+  EXPECT_EQ(sm90::ChooseTileKind(64, false, true, 1024, 1024), TileKind::kThreeConsumers);
+  EXPECT_EQ(sm90::ChooseTileKind(128, false, false, 8192, 8192), TileKind::kStandard);
+  for (const auto& [variant, kind] : {std::pair{sm90::Sm90Variant::kKeys160, TileKind::kKeys160},
+                                      std::pair{sm90::Sm90Variant::kKeys176, TileKind::kKeys176}}) {
+    sm90::testing::SetVariant(variant);
+    EXPECT_EQ(sm90::ChooseTileKind(128, false, false, 1024, 1024), kind);
+    EXPECT_EQ(sm90::ChooseTileKind(128, false, true, 8192, 8192), TileKind::kStandard);
+    EXPECT_EQ(sm90::ChooseTileKind(128, true, false, 8192, 8192), TileKind::kStandard);
+    EXPECT_EQ(sm90::ChooseTileKind(64, false, false, 8192, 8192), TileKind::kStandard);
+    EXPECT_EQ(sm90::ChooseTileKind(256, false, false, 8192, 8192), TileKind::kStandard);
+  }
   sm90::testing::SetVariant(sm90::Sm90Variant::kBaseline);
-  EXPECT_EQ(sm90::ConsumerWarpgroups(64, false, false, 8192), 2);
+  EXPECT_EQ(sm90::ChooseTileKind(64, false, false, 8192, 8192), TileKind::kStandard);
+  EXPECT_EQ(sm90::ChooseTileKind(128, false, false, 8192, 8192), TileKind::kStandard);
   sm90::testing::SetVariant(sm90::Sm90Variant::kAuto);
+}
+
+// The wide key tiles: 128-row m-blocks as the standard tile (the keys change only the kernel's
+// loop), and shared memory within a CTA's: 160 keys keep O's own buffer, 176 stage O in Q's space.
+TEST(KernelPathTest, WideKeyTilesFitSharedMemory) {
+  using sm90::TileKind;
+  EXPECT_EQ(sm90::ChooseTileShape(128, false, TileKind::kKeys160).block_n, 160);
+  EXPECT_EQ(sm90::ChooseTileShape(128, false, TileKind::kKeys176).block_n, 176);
+  EXPECT_FALSE(sm90::HasTileShape(128, /*paged=*/true, TileKind::kKeys160));
+  EXPECT_FALSE(sm90::HasTileShape(64, false, TileKind::kKeys176));
+  EXPECT_TRUE(sm90::SeparateO(128, 2, false, TileKind::kKeys160));
+  EXPECT_FALSE(sm90::SeparateO(128, 2, false, TileKind::kKeys176));
+  EXPECT_LE(sm90::SmemBytes(128, 2, false, TileKind::kKeys160), sm90::kMaxSmemBytes);
+  EXPECT_LE(sm90::SmemBytes(128, 2, false, TileKind::kKeys176), sm90::kMaxSmemBytes);
+  sm90::Schedule s;
+  ASSERT_TRUE(sm90::BuildSchedule(Fixed(2, 4096, 4096, 32, 32, 128), {}, 128, 2, H100(), &s,
+                                  TileKind::kKeys176)
+                  .ok());
+  EXPECT_EQ(s.m_blocks, 32);
+  EXPECT_FALSE(sm90::BuildSchedule(Fixed(2, 4096, 4096, 32, 32, 64), {}, 64, 2, H100(), &s,
+                                   TileKind::kKeys160)
+                   .ok());
 }
 
 TEST(KernelPathTest, FixedScheduleSectionsFitHalfTheL2) {

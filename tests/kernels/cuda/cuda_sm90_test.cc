@@ -18,7 +18,9 @@
 // RowMaximaGrowAcrossKeyTiles makes them grow, taking both the stale and the moving branch.
 // three_consumers runs head dim 64 on 192-row tiles (other head dims: the default kernels): the
 // shapes above then also cover a third consumer's rows (128..191) partly filled, ending inside
-// its 64 (varlen 130, 257, 300) and tiles past 192 rows (200, 257, 300).
+// its 64 (varlen 130, 257, 300) and tiles past 192 rows (200, 257, 300). keys160 and keys176 run
+// head dim 128's launches without a causal mask on 160- and 176-key tiles (the rest: the default
+// kernels): key counts 130..700 end inside their first, second and later key tiles.
 
 #include <string>
 #include <tuple>
@@ -160,7 +162,9 @@ INSTANTIATE_TEST_SUITE_P(Sm90Instantiations, CudaSm90Test,
                                             ::testing::Values(Variant::kBaseline,
                                                               Variant::kDynamicSchedule,
                                                               Variant::kAuto, Variant::kLazyRescale,
-                                                              Variant::kThreeConsumers)),
+                                                              Variant::kThreeConsumers,
+                                                              Variant::kKeys160,
+                                                              Variant::kKeys176)),
                          Sm90CaseName);
 
 }  // namespace
