@@ -55,6 +55,16 @@ bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors);
 // active variant.
 bool UseLazyRescale();
 
+// Whether fixed-length launches without a causal mask take the stream-K tail, by the active
+// variant (Sm90Variant::kStreamK).
+bool UseStreamK();
+
+// Plans the stream-K tail of a fixed-length launch without a causal mask (every tile has
+// key_tiles key tiles) over a grid of `grid` CTAs: schedule->dp_tiles and sk_key_tiles. Returns
+// false, leaving the schedule's round-robin whole, where the tiles are a whole number of rounds,
+// fewer than one round, or one key tile each (nothing to divide).
+bool PlanStreamK(Schedule* schedule, int grid, int key_tiles);
+
 // The tile shape of a launch's kernel, by the active variant. Where the head dim and layout have
 // the three-consumer shape (HasThreeConsumerShape): kThreeConsumers under
 // Sm90Variant::kThreeConsumers, and under kAuto too except for causal launches whose longest query
