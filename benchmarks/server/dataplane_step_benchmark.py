@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Per-layer decode steps with tensors in the Step messages (bytes) vs in a shared-memory region
 (shm), measured by flashkv-loadgen against flashkv-server over a Unix socket and loopback TCP.
+Planes ending in -batch send each layer as one StepBatch (one descriptor per tensor for the whole
+batch, flashkv-loadgen --step-format=batch) instead of one StepEntry per sequence.
 
 One model runner (one StepStream, pipeline depth 1: layer l+1 waits for layer l, as in a real
 model) decodes a batch of B sequences; each Step carries one token per sequence at the per-layer
@@ -77,7 +79,9 @@ def run_loadgen(args, target, batch, plane):
                f"--max-pass-tokens={max(batch * args.prompt_len, batch, 256)}",
                f"--prefill-chunk={args.prompt_len}", "--verify=none", "--no-token-ids",
                f"--duration={args.duration}", "--progress=none", "--json",
-               f"--data-plane={plane}", f"--region-memory={args.region_memory}"]
+               f"--data-plane={plane.removesuffix('-batch')}",
+               f"--step-format={'batch' if plane.endswith('-batch') else 'entries'}",
+               f"--region-memory={args.region_memory}"]
     command[command.index("--verify=none")] = f"--verify={args.verify}"
     done = subprocess.run(command, capture_output=True, text=True)
     try:
@@ -94,7 +98,7 @@ def run_loadgen(args, target, batch, plane):
                                           "verification": report.get("verification")})[:4000]
     elif report is None:
         problem = f"flashkv-loadgen printed no JSON report: {done.stdout[-500:]}"
-    elif plane == "shm" and args.expect_region_memory and \
+    elif plane.startswith("shm") and args.expect_region_memory and \
             report["config"].get("region_memory") != args.expect_region_memory:
         problem = (f"shm regions were in {report['config'].get('region_memory')!r} memory, "
                    f"expected {args.expect_region_memory!r}")
@@ -129,7 +133,8 @@ def main():
     p.add_argument("--backend", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batches", default="1,32,256")
     p.add_argument("--transports", default="unix,tcp")
-    p.add_argument("--planes", default="bytes,shm")
+    p.add_argument("--planes", default="bytes,shm,shm-batch",
+                   help="bytes, shm, bytes-batch, shm-batch (comma-separated)")
     p.add_argument("--duration", type=float, default=10, help="seconds per cell")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--q-heads", type=int, default=32)
@@ -190,7 +195,7 @@ def main():
         if floor is not None:
             print(f"transport floor ({transport}): bare gRPC stream round trip of 1 KiB, p50 "
                   f"{floor:.0f} us")
-    header = (f"{'transport':9} {'plane':5} {'mem':4} {'batch':>5} {'MiB/step':>8} {'steps':>6} "
+    header = (f"{'transport':9} {'plane':9} {'mem':4} {'batch':>5} {'MiB/step':>8} {'steps':>6} "
               f"{'step':>8} {'step p99':>9} {'kernel':>8} {'overhead':>9} {'ovh p99':>8} "
               f"{'server':>7} {'tok/s':>9} {'ovh/kern':>8} {'load':>5}")
     print(header)
@@ -200,7 +205,7 @@ def main():
         memory = report["config"].get("region_memory") or "-"
         checked = report["verification"]["steps_checked"]
         if "decode Step" not in lat:
-            print(f"{transport:9} {plane:5} {memory:4} {batch:5}  (no decode steps measured)")
+            print(f"{transport:9} {plane:9} {memory:4} {batch:5}  (no decode steps measured)")
             continue
         us = lambda key, q="p50_ms": lat[key][q] * 1000  # noqa: E731
         step, kernel = us("decode Step"), us("decode Step kernel")
@@ -215,7 +220,7 @@ def main():
                "server_overhead_p50_us": server, "tokens_per_s": batch / (step * 1e-6),
                "load_average": load}
         out_rows.append(row)
-        print(f"{transport:9} {plane:5} {memory:4} {batch:5} {row['mib_per_step']:8.3f} {row['steps']:6} "
+        print(f"{transport:9} {plane:9} {memory:4} {batch:5} {row['mib_per_step']:8.3f} {row['steps']:6} "
               f"{step:8.0f} {row['step_p99_us']:9.0f} {kernel:8.0f} {overhead:9.0f} "
               f"{row['overhead_p99_us']:8.0f} {server:7.0f} {row['tokens_per_s']:9.0f} "
               f"{overhead / max(kernel, 1e-9):8.2f} {load:5.1f}")

@@ -49,6 +49,9 @@ struct LoadgenConfig {
   // layer that arrives while the previous one is still in flight).
   int pipeline_depth = 1;
   DataPlane data_plane = DataPlane::kBytes;
+  // Each layer's request as one StepBatch (one descriptor per tensor for the whole pass) instead
+  // of one StepEntry per sequence.
+  bool batched_steps = false;
   RegionMemory region_memory = RegionMemory::kAuto;
   // The CUDA ordinal (as this process numbers devices) of the server's device, for CUDA regions.
   int region_cuda_device = 0;

@@ -154,6 +154,7 @@ json Report::ToJson() const {
             {"max_pass_tokens", config.max_pass_tokens},
             {"pipeline_depth", config.pipeline_depth},
             {"data_plane", DataPlaneName(config.data_plane)},
+            {"step_format", config.batched_steps ? "batch" : "entries"},
             {"region_memory", region_memory},
             {"prefix_pool", config.prefix_pool},
             {"prefix_len", config.prefix_len.spec()},
@@ -211,12 +212,13 @@ void Report::PrintTable(std::ostream& out) const {
       shape.head_dim, DTypeName(shape.dtype), shape.page_size);
   out << absl::StrFormat(
       "%s loop%s, %d runners x %d sequences; prompt %s, output %s; chunk %d, pipeline %d; "
-      "data plane %s%s\n",
+      "data plane %s%s%s\n",
       config.rate > 0 ? "open" : "closed",
       config.rate > 0 ? absl::StrFormat(" at %.3g req/s", config.rate) : "", config.runners,
       config.max_batch, config.prompt_len.spec(), config.output_len.spec(), config.prefill_chunk,
       config.pipeline_depth, DataPlaneName(config.data_plane),
-      region_memory.empty() ? "" : absl::StrCat(" (", region_memory, " memory)"));
+      region_memory.empty() ? "" : absl::StrCat(" (", region_memory, " memory)"),
+      config.batched_steps ? ", batched steps" : "");
   out << absl::StrFormat(
       "requests      %d started, %d completed, %d aborted, %d preempted, %d rejected, %d "
       "incomplete\n",

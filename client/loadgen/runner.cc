@@ -329,8 +329,9 @@ absl::Status Runner::BuildLayer(int layer, const Slot& slot, bool poison) {
     input.out.reset();
     if (region_ != nullptr) input.out = RegionSlice{region_->id(), slot.out_offset + q_at};
   }
-  if (region_ == nullptr) return absl::OkStatus();
   const size_t rows = pass_.empty() ? 0 : static_cast<size_t>(pass_rows_.back() + pass_.back().n);
+  if (config_.batched_steps) BuildBatch(slot, static_cast<int64_t>(rows));
+  if (region_ == nullptr) return absl::OkStatus();
   const size_t q_bytes = rows * q_row_bytes, kv_bytes = rows * kv_row_bytes;
   if (!context_.cuda_regions) {
     if (poison) std::memset(slot.out, 0xff, q_bytes);  // NaN in every float format
@@ -346,6 +347,27 @@ absl::Status Runner::BuildLayer(int layer, const Slot& slot, bool poison) {
   if (poison) s = cuda::Memset(region_->data() + slot.out_offset, 0xff, q_bytes, nullptr);
   if (s.ok()) s = cuda::StreamSynchronize(nullptr);
   return FromKernel(s, "preparing the CUDA region");
+}
+
+void Runner::BuildBatch(const Slot& slot, int64_t rows) {
+  batch_.sequence_ids.resize(inputs_.size());
+  batch_.num_tokens.clear();
+  batch_.token_ids.clear();
+  bool all_one = true;
+  for (size_t i = 0; i < inputs_.size(); ++i) {
+    batch_.sequence_ids[i] = inputs_[i].sequence_id;
+    all_one = all_one && pass_[i].n == 1;
+    batch_.token_ids.insert(batch_.token_ids.end(), inputs_[i].token_ids.begin(),
+                            inputs_[i].token_ids.end());
+  }
+  if (!all_one) {
+    for (const Entry& e : pass_) batch_.num_tokens.push_back(e.n);
+  }
+  batch_.q = SlotView(slot.q, slot.q_offset, rows, shape_.num_q_heads);
+  batch_.k = SlotView(slot.k, slot.k_offset, rows, shape_.num_kv_heads);
+  batch_.v = SlotView(slot.v, slot.v_offset, rows, shape_.num_kv_heads);
+  batch_.out.reset();
+  if (region_ != nullptr) batch_.out = RegionSlice{region_->id(), slot.out_offset};
 }
 
 absl::Status Runner::RunPass() {
@@ -371,7 +393,9 @@ absl::Status Runner::RunPass() {
       return s;
     }
     f.sent = absl::Now();
-    absl::StatusOr<uint64_t> id = session_->Send(static_cast<uint32_t>(layer), inputs_);
+    absl::StatusOr<uint64_t> id =
+        config_.batched_steps ? session_->Send(static_cast<uint32_t>(layer), batch_)
+                              : session_->Send(static_cast<uint32_t>(layer), inputs_);
     if (!id.ok()) return id.status();
     f.step_id = *id;
     in_flight.push_back(std::move(f));
@@ -445,8 +469,10 @@ void Runner::Check(const InFlight& f, const v1::StepResponse& response) {
       continue;
     }
     const Shape out_shape = {e.n, shape_.num_q_heads, shape_.head_dim};
-    const void* got =
-        slot.out != nullptr ? static_cast<const void*>(slot.out + q_at) : response.out(i).data().data();
+    const void* got = slot.out != nullptr ? static_cast<const void*>(slot.out + q_at)
+                      : config_.batched_steps
+                          ? static_cast<const void*>(response.batch_out().data().data() + q_at)
+                          : response.out(i).data().data();
     const tools::Comparison c = tools::Compare(TensorView(shape_.dtype, out_shape, got),
                                                TensorView(shape_.dtype, out_shape, want_.data()),
                                                context_.tolerance);

@@ -163,8 +163,10 @@ absl::Status Client::FreeSequence(absl::string_view sequence_id, const CallOptio
 absl::StatusOr<v1::StepResponse> Client::Step(const v1::StepRequest& request,
                                               const CallOptions& options) {
   static const std::string kNoEntries;
-  const std::string& key =
-      request.entries_size() > 0 ? request.entries(0).sequence_id() : kNoEntries;
+  const std::string& key = request.entries_size() > 0 ? request.entries(0).sequence_id()
+                           : request.batch().sequence_ids_size() > 0
+                               ? request.batch().sequence_ids(0)
+                               : kNoEntries;
   grpc::ClientContext context;
   if (absl::Status s = Prepare(&context, options, &key); !s.ok()) return s;
   v1::StepResponse response;
@@ -228,6 +230,22 @@ absl::StatusOr<std::vector<HostTensor>> Client::Step(uint32_t layer,
     outputs[i] = *std::move(out);
   }
   return outputs;
+}
+
+absl::StatusOr<HostTensor> Client::Step(uint32_t layer, const StepBatchInput& batch,
+                                        const CallOptions& options, StepTiming* timing) {
+  static const std::string kNoEntries;
+  const std::string& key = batch.sequence_ids.empty() ? kNoEntries : batch.sequence_ids.front();
+  grpc::ClientContext context;
+  if (absl::Status s = Prepare(&context, options, &key); !s.ok()) return s;
+  const grpc::ByteBuffer request = client_internal::EncodeStepBatch(layer, 0, batch);
+  v1::StepResponse response;
+  const grpc::Status status = BlockingCall(*step_bytes_, &context, kStepMethod, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status, "Step");
+  if (absl::Status s = CheckStepResponse(ExpectationFor(0, batch), response); !s.ok()) return s;
+  if (timing != nullptr) *timing = TimingOf(response);
+  if (batch.out.has_value()) return HostTensor();
+  return HostTensor::FromProto(std::move(*response.mutable_batch_out()), "batch_out");
 }
 
 absl::StatusOr<std::unique_ptr<StepSession>> Client::OpenStepSession(StepSessionOptions options) {

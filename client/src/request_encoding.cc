@@ -51,6 +51,18 @@ grpc::ByteBuffer EncodeStep(uint32_t layer, uint64_t step_id,
   return wire::EncodeStepRequest(layer, step_id, data);
 }
 
+grpc::ByteBuffer EncodeStepBatch(uint32_t layer, uint64_t step_id, const StepBatchInput& batch) {
+  wire::StepBatchData data;
+  data.sequence_ids.assign(batch.sequence_ids.begin(), batch.sequence_ids.end());
+  data.num_tokens = batch.num_tokens;
+  data.q = WireTensor(batch.q);
+  data.k = WireTensor(batch.k);
+  data.v = WireTensor(batch.v);
+  data.out = WireSlice(batch.out);
+  data.token_ids = batch.token_ids;
+  return wire::EncodeStepBatchRequest(layer, step_id, data);
+}
+
 grpc::ByteBuffer EncodeAttention(const AttentionInput& input, bool varlen) {
   wire::AttentionRequestData request;
   request.q = WireTensor(input.q);

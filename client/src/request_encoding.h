@@ -21,6 +21,7 @@ namespace flashkv::client_internal {
 
 wire::TensorData WireTensor(const TensorView& view);
 grpc::ByteBuffer EncodeStep(uint32_t layer, uint64_t step_id, absl::Span<const StepInput> entries);
+grpc::ByteBuffer EncodeStepBatch(uint32_t layer, uint64_t step_id, const StepBatchInput& batch);
 grpc::ByteBuffer EncodeAttention(const AttentionInput& input, bool varlen);
 
 }  // namespace flashkv::client_internal

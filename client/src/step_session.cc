@@ -11,6 +11,15 @@ namespace flashkv {
 StepExpectation ExpectationFor(const v1::StepRequest& request) {
   StepExpectation expected;
   expected.step_id = request.step_id();
+  if (request.has_batch()) {
+    const v1::StepBatch& batch = request.batch();
+    expected.batch = true;
+    expected.batch_out_shape.assign(batch.q().shape().begin(), batch.q().shape().end());
+    expected.batch_out_dtype = batch.q().dtype();
+    if (batch.has_out()) {
+      expected.batch_out_region = RegionSlice{batch.out().region_id(), batch.out().offset()};
+    }
+  }
   expected.out_shapes.reserve(request.entries_size());
   expected.out_dtypes.reserve(request.entries_size());
   expected.out_regions.reserve(request.entries_size());
@@ -35,6 +44,16 @@ StepExpectation ExpectationFor(uint64_t step_id, absl::Span<const StepInput> ent
     expected.out_dtypes.push_back(ToProtoDType(entry.q.dtype()));
     expected.out_regions.push_back(entry.out);
   }
+  return expected;
+}
+
+StepExpectation ExpectationFor(uint64_t step_id, const StepBatchInput& batch) {
+  StepExpectation expected;
+  expected.step_id = step_id;
+  expected.batch = true;
+  expected.batch_out_shape.assign(batch.q.shape().begin(), batch.q.shape().end());
+  expected.batch_out_dtype = ToProtoDType(batch.q.dtype());
+  expected.batch_out_region = batch.out;
   return expected;
 }
 
@@ -70,6 +89,31 @@ absl::Status CheckStepResponse(const StepExpectation& expected, const v1::StepRe
   if (response.step_id() != expected.step_id) {
     return absl::InternalError(absl::StrCat("step response out of order: expected step_id ",
                                             expected.step_id, ", got ", response.step_id()));
+  }
+  if (expected.batch != response.has_batch_out()) {
+    return absl::InternalError(absl::StrCat("step ", expected.step_id, ": ",
+                                            expected.batch ? "no batch_out for a batched request"
+                                                           : "a batch_out for a request of entries"));
+  }
+  if (expected.batch) {
+    const v1::Tensor& out = response.batch_out();
+    const std::string field = absl::StrCat("step ", expected.step_id, " batch_out");
+    if (expected.batch_out_region.has_value()) {
+      if (absl::Status s = CheckRegionOutput(field, *expected.batch_out_region, out); !s.ok()) {
+        return s;
+      }
+    } else if (out.has_region()) {
+      return absl::InternalError(absl::StrCat(field, " names a region; the request asked for bytes"));
+    } else if (absl::Status s = ValidateTensorProto(out, field); !s.ok()) {
+      return absl::InternalError(s.message());
+    }
+    if (out.dtype() != expected.batch_out_dtype ||
+        !std::equal(out.shape().begin(), out.shape().end(), expected.batch_out_shape.begin(),
+                    expected.batch_out_shape.end())) {
+      return absl::InternalError(absl::StrCat(
+          field, " is ", ShapeString(out.shape()), " of dtype ", out.dtype(), "; batch.q is ",
+          ShapeString(expected.batch_out_shape), " of dtype ", expected.batch_out_dtype));
+    }
   }
   if (static_cast<size_t>(response.out_size()) != expected.out_shapes.size()) {
     return absl::InternalError(absl::StrCat("step ", expected.step_id, ": ", response.out_size(),
@@ -317,8 +361,11 @@ absl::Status StepSession::Write(grpc::ByteBuffer request, StepExpectation expect
 
 absl::StatusOr<uint64_t> StepSession::Send(v1::StepRequest request) {
   absl::MutexLock lock(&mu_);
-  absl::StatusOr<uint64_t> id = Prepare(
-      request.step_id(), request.entries_size() > 0 ? &request.entries(0).sequence_id() : nullptr);
+  const std::string* first_id =
+      request.entries_size() > 0 ? &request.entries(0).sequence_id()
+      : request.batch().sequence_ids_size() > 0 ? &request.batch().sequence_ids(0)
+                                                : nullptr;
+  absl::StatusOr<uint64_t> id = Prepare(request.step_id(), first_id);
   if (!id.ok()) return id.status();
   request.set_step_id(*id);
   StepExpectation expectation = ExpectationFor(request);
@@ -339,6 +386,20 @@ absl::StatusOr<uint64_t> StepSession::Send(uint32_t layer, absl::Span<const Step
   if (!id.ok()) return id.status();
   if (absl::Status s = Write(client_internal::EncodeStep(layer, *id, entries),
                              ExpectationFor(*id, entries));
+      !s.ok()) {
+    return s;
+  }
+  return *id;
+}
+
+absl::StatusOr<uint64_t> StepSession::Send(uint32_t layer, const StepBatchInput& batch,
+                                           uint64_t step_id) {
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<uint64_t> id =
+      Prepare(step_id, batch.sequence_ids.empty() ? nullptr : &batch.sequence_ids.front());
+  if (!id.ok()) return id.status();
+  if (absl::Status s = Write(client_internal::EncodeStepBatch(layer, *id, batch),
+                             ExpectationFor(*id, batch));
       !s.ok()) {
     return s;
   }

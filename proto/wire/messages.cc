@@ -18,11 +18,15 @@ constexpr uint32_t kRegionId = 1, kOffset = 2;
 namespace step_entry {
 constexpr uint32_t kSequenceId = 1, kQ = 2, kK = 3, kV = 4, kTokenIds = 5, kOut = 6;
 }
+namespace step_batch {
+constexpr uint32_t kSequenceIds = 1, kNumTokens = 2, kQ = 3, kK = 4, kV = 5, kOut = 6,
+                   kTokenIds = 7;
+}
 namespace step_request {
-constexpr uint32_t kLayer = 1, kEntries = 2, kStepId = 3;
+constexpr uint32_t kLayer = 1, kEntries = 2, kStepId = 3, kBatch = 4;
 }
 namespace step_response {
-constexpr uint32_t kOut = 1, kStepId = 2, kKernelNs = 3, kServerNs = 4;
+constexpr uint32_t kOut = 1, kStepId = 2, kKernelNs = 3, kServerNs = 4, kBatchOut = 5;
 }
 namespace attention_request {
 constexpr uint32_t kQ = 1, kK = 2, kV = 3, kCausal = 4, kSoftmaxScale = 5, kReturnLse = 6,
@@ -148,6 +152,71 @@ absl::Status DecodeStepEntry(const MessageBytes& message, Span span, const Decod
   return absl::OkStatus();
 }
 
+// Merges one occurrence of a StepBatch field (repeated fields append, as protobuf merges).
+absl::Status DecodeStepBatch(const MessageBytes& message, Span span, const DecodeLimits& limits,
+                             StepBatchView* batch) {
+  batch->present = true;
+  FieldReader reader(message, span);
+  Field field;
+  while (reader.Next(&field)) {
+    absl::Status status;
+    switch (field.number) {
+      case step_batch::kSequenceIds:
+        if (!IsBytes(field)) break;
+        if (batch->sequence_ids.size() >= limits.max_entries) {
+          return absl::InvalidArgumentError("StepBatch.sequence_ids: more than " +
+                                            std::to_string(limits.max_entries) +
+                                            " ids (the server's limit)");
+        }
+        if (field.bytes.size > limits.max_id_bytes) {
+          return absl::InvalidArgumentError(
+              "StepBatch.sequence_ids[" + std::to_string(batch->sequence_ids.size()) + "] has " +
+              std::to_string(field.bytes.size) + " bytes; at most " +
+              std::to_string(limits.max_id_bytes) + " are allowed");
+        }
+        batch->sequence_ids.push_back(ReadString(message, field));
+        break;
+      case step_batch::kNumTokens: {
+        const size_t before = batch->num_tokens.size();
+        status = AppendRepeatedVarint(message, field, &batch->num_tokens, limits.max_entries);
+        if (!status.ok()) {
+          status =
+              absl::InvalidArgumentError("StepBatch.num_tokens: " + std::string(status.message()));
+        }
+        // uint32 fields keep the low 32 bits, as protobuf parses them.
+        for (size_t i = before; i < batch->num_tokens.size(); ++i) {
+          batch->num_tokens[i] = static_cast<uint32_t>(batch->num_tokens[i]);
+        }
+        break;
+      }
+      case step_batch::kQ:
+        if (IsBytes(field)) status = DecodeTensor(message, field.bytes, limits, &batch->q);
+        break;
+      case step_batch::kK:
+        if (IsBytes(field)) status = DecodeTensor(message, field.bytes, limits, &batch->k);
+        break;
+      case step_batch::kV:
+        if (IsBytes(field)) status = DecodeTensor(message, field.bytes, limits, &batch->v);
+        break;
+      case step_batch::kOut:
+        if (IsBytes(field)) status = DecodeRegionSlice(message, field.bytes, &batch->out);
+        break;
+      case step_batch::kTokenIds:
+        status = AppendRepeatedVarint(message, field, &batch->token_ids, limits.max_batch_rows);
+        if (!status.ok()) {
+          status =
+              absl::InvalidArgumentError("StepBatch.token_ids: " + std::string(status.message()));
+        }
+        break;
+      default:
+        break;
+    }
+    if (!status.ok()) return status;
+  }
+  if (!reader.status().ok()) return Malformed("StepBatch", reader.status());
+  return absl::OkStatus();
+}
+
 // The three tensors, the flags and the output slices (`out`, then lse at out + 1) shared by
 // AttentionRequest and AttentionVarlenRequest.
 template <typename View>
@@ -201,6 +270,10 @@ absl::Status DecodeStepRequest(const MessageBytes& message, StepRequestView* req
           !s.ok()) {
         return s;
       }
+    } else if (field.number == step_request::kBatch && IsBytes(field)) {
+      if (auto s = DecodeStepBatch(message, field.bytes, limits, &request->batch); !s.ok()) {
+        return s;
+      }
     }
   }
   if (!reader.status().ok()) return Malformed("StepRequest", reader.status());
@@ -223,6 +296,11 @@ absl::Status DecodeStepResponse(const MessageBytes& message, StepResponseView* r
       response->timing.kernel_ns = field.value;
     } else if (field.number == step_response::kServerNs && IsVarint(field)) {
       response->timing.server_ns = field.value;
+    } else if (field.number == step_response::kBatchOut && IsBytes(field)) {
+      if (auto s = DecodeTensor(message, field.bytes, DecodeLimits{}, &response->batch_out);
+          !s.ok()) {
+        return s;
+      }
     }
   }
   if (!reader.status().ok()) return Malformed("StepResponse", reader.status());
@@ -349,6 +427,25 @@ size_t StepEntryPayloadSize(const StepEntryData& entry) {
   return size;
 }
 
+size_t StepBatchPayloadSize(const StepBatchData& batch) {
+  size_t size = 0;
+  for (std::string_view id : batch.sequence_ids) {
+    size += LengthDelimitedFieldSize(step_batch::kSequenceIds, id.size());
+  }
+  if (!batch.num_tokens.empty()) {
+    size += LengthDelimitedFieldSize(step_batch::kNumTokens, PackedVarintsSize(batch.num_tokens));
+  }
+  size += TensorFieldSize(step_batch::kQ, batch.q) + TensorFieldSize(step_batch::kK, batch.k) +
+          TensorFieldSize(step_batch::kV, batch.v);
+  if (batch.out.present) {
+    size += LengthDelimitedFieldSize(step_batch::kOut, RegionSlicePayloadSize(batch.out));
+  }
+  if (!batch.token_ids.empty()) {
+    size += LengthDelimitedFieldSize(step_batch::kTokenIds, PackedVarintsSize(batch.token_ids));
+  }
+  return size;
+}
+
 }  // namespace
 
 size_t TensorFieldSize(uint32_t field_number, const TensorData& tensor) {
@@ -385,6 +482,25 @@ grpc::ByteBuffer EncodeStepRequest(uint32_t layer, uint64_t step_id,
     AppendRegionSliceField(step_entry::kOut, entry.out, &builder);
   }
   if (step_id != 0) builder.VarintField(step_request::kStepId, step_id);
+  return builder.Finish();
+}
+
+grpc::ByteBuffer EncodeStepBatchRequest(uint32_t layer, uint64_t step_id,
+                                        const StepBatchData& batch) {
+  MessageBuilder builder;
+  if (layer != 0) builder.VarintField(step_request::kLayer, layer);
+  if (step_id != 0) builder.VarintField(step_request::kStepId, step_id);
+  builder.LengthDelimitedHeader(step_request::kBatch, StepBatchPayloadSize(batch));
+  for (std::string_view id : batch.sequence_ids) {
+    builder.LengthDelimitedHeader(step_batch::kSequenceIds, id.size());
+    builder.Copy(id.data(), id.size());
+  }
+  AppendPackedVarints(step_batch::kNumTokens, batch.num_tokens, &builder);
+  AppendTensorField(step_batch::kQ, batch.q, &builder);
+  AppendTensorField(step_batch::kK, batch.k, &builder);
+  AppendTensorField(step_batch::kV, batch.v, &builder);
+  AppendRegionSliceField(step_batch::kOut, batch.out, &builder);
+  AppendPackedVarints(step_batch::kTokenIds, batch.token_ids, &builder);
   return builder.Finish();
 }
 
@@ -431,12 +547,13 @@ grpc::ByteBuffer EncodeAttentionVarlenRequest(const AttentionRequestData& reques
 }
 
 grpc::ByteBuffer EncodeStepResponse(absl::Span<const TensorData> out, uint64_t step_id,
-                                    const StepTiming& timing) {
+                                    const StepTiming& timing, const TensorData* batch_out) {
   MessageBuilder builder;
   for (const TensorData& tensor : out) AppendTensorField(step_response::kOut, tensor, &builder);
   if (step_id != 0) builder.VarintField(step_response::kStepId, step_id);
   if (timing.kernel_ns != 0) builder.VarintField(step_response::kKernelNs, timing.kernel_ns);
   if (timing.server_ns != 0) builder.VarintField(step_response::kServerNs, timing.server_ns);
+  if (batch_out != nullptr) AppendTensorField(step_response::kBatchOut, *batch_out, &builder);
   return builder.Finish();
 }
 

@@ -2,7 +2,8 @@
 # One device call that checks and measures the data plane on a GPU: per-layer decode steps with
 # tensors in the Step messages (bytes) vs in a shared-memory region (shm), batch 1, 32 and 256,
 # over a Unix socket and loopback TCP, against flashkv-server on CUDA (benchmarks/server/
-# dataplane_step_benchmark.py; the same table as on the development machine). On the CUDA backend
+# dataplane_step_benchmark.py; the same table as on the development machine), with the per-entry
+# Step format and the batched one (shm-batch: one StepBatch per layer). On the CUDA backend
 # the shm regions are CUDA IPC device memory: the server's kernels read q/k/v and write the
 # outputs in the runner's own buffers, with no host round trip. Binaries come from the Debian
 # build, bundled with their libraries:
@@ -66,14 +67,16 @@ run_without_python() {
     done
     [[ $transport == unix ]] && target=$listen
     for batch in 1 32 256; do
-      for plane in bytes shm; do
+      for plane in bytes shm shm-batch; do
         echo "-- $transport $plane batch $batch"
         local report
         report=$(timeout 120 "$bin/flashkv-loadgen" --target="$target" --runners=1 \
           --max-batch=$batch --prompt-len=16 --output-len=128 \
           --max-pass-tokens=$((batch * 16 > 256 ? batch * 16 : 256)) --prefill-chunk=16 \
           --verify="$verify" --no-token-ids --duration="$duration" --progress=none \
-          --data-plane=$plane --region-memory=auto --json)
+          --data-plane="${plane%-batch}" \
+          --step-format="$([[ $plane == *-batch ]] && echo batch || echo entries)" \
+          --region-memory=auto --json)
         rc=$?
         echo "$report" | tr -d '\n' >>"$out"
         echo >>"$out"
@@ -82,7 +85,7 @@ run_without_python() {
         echo "   region memory ${memory:-?}, server overhead p50 (ms):" \
           "$(echo "$report" | tr -d '\n ' | grep -oE '"decodeStepserveroverhead":\{[^}]*' |
             grep -oE '"p50_ms":[0-9.e+-]*')"
-        if [[ $backend == cuda && $plane == shm && $memory != '"cuda"' ]]; then
+        if [[ $backend == cuda && $plane == shm* && $memory != '"cuda"' ]]; then
           fail "$backend $transport shm batch $batch: regions in ${memory:-?} memory, not cuda"
         fi
       done
@@ -110,7 +113,7 @@ for backend in cuda $([[ ${CPU:-0} == 1 ]] && echo cpu); do
     if [[ $backend == cuda && ${HOST_SHM:-1} == 1 ]]; then
       stamp "data plane, cuda backend, host (memfd) regions for comparison"
       timeout 600 python3 benchmarks/server/dataplane_step_benchmark.py --backend=cuda \
-        --server="$bin/flashkv-server" --loadgen="$bin/flashkv-loadgen" --planes=shm \
+        --server="$bin/flashkv-server" --loadgen="$bin/flashkv-loadgen" --planes=shm,shm-batch \
         --duration="$duration" "${extra[@]}" --verify="$verify" --region-memory=host \
         --expect-region-memory=host --json-out="$OUT/dataplane-cuda-hostshm.json"
       rc=$?

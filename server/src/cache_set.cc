@@ -170,6 +170,15 @@ std::optional<int> CacheSet::DeviceOf(absl::string_view id) const {
   return it->second;
 }
 
+void CacheSet::DevicesOf(absl::Span<const std::string> ids, std::vector<int>* devices) const {
+  devices->resize(ids.size());
+  MutexLock lock(&mu_);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const auto it = device_of_.find(ids[i]);
+    (*devices)[i] = it == device_of_.end() ? -1 : it->second;
+  }
+}
+
 std::vector<std::string> CacheSet::ExpireIdle(absl::Time now, absl::Duration ttl) {
   MutexLock lock(&mu_);
   std::vector<std::string> expired;

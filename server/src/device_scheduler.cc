@@ -113,9 +113,10 @@ void DeviceScheduler::ReleasePart(const StepPart& part) {
   {
     MutexLock lock(&mu_);
     if (part.holds_sequences) {
-      for (const std::string& id : part.sequence_ids()) {
+      for (absl::string_view id : part.sequence_ids()) {
         auto it = busy_.find(id);
-        if (it != busy_.end() && --it->second == 0) busy_.erase(it);
+        // Only the holder's own view is erased (the map's key must not outlive it).
+        if (it != busy_.end() && it->data() == id.data()) busy_.erase(it);
       }
     }
     waiting = !pending_.empty() || !active_.empty();
@@ -178,8 +179,13 @@ bool DeviceScheduler::PlanLaunch(Plan* plan, std::vector<Item>* doomed, absl::Ti
   std::vector<size_t> eligible;
   for (size_t i = 0; i < pending_.size(); ++i) {
     bool free = true;
-    for (const std::string& id : pending_[i].part->sequence_ids()) {
-      if (busy_.contains(id) || !claimed.insert(id).second) free = false;
+    // The last waiting part's ids need not be remembered: no later part looks for them (and with
+    // one part waiting, the usual case, this is a lookup in `busy_` per entry and nothing else).
+    const bool last = i + 1 == pending_.size();
+    for (absl::string_view id : pending_[i].part->sequence_ids()) {
+      if (busy_.contains(id) || (last ? claimed.contains(id) : !claimed.insert(id).second)) {
+        free = false;
+      }
     }
     if (free) eligible.push_back(i);
   }
@@ -259,7 +265,7 @@ bool DeviceScheduler::PlanLaunch(Plan* plan, std::vector<Item>* doomed, absl::Ti
     if (c.fresh) {
       taken[c.pending_index] = true;
       part->holds_sequences = true;
-      for (const std::string& id : part->sequence_ids()) ++busy_[id];
+      for (absl::string_view id : part->sequence_ids()) busy_.insert(id);
       plan->fresh.push_back(c.item);
     } else {
       active_.erase(std::find_if(active_.begin(), active_.end(),

@@ -351,8 +351,11 @@ absl::StatusOr<std::shared_ptr<StepState>> KvCacheService::NewStep(const grpc::B
     if (!reserved.ok()) return reserved.status();
     reservation = *std::move(reserved);
   }
-  return MakeStep(*std::move(message), view.layer, view.step_id, *std::move(entries), received,
-                  std::move(done), tenant.name, std::move(reservation));
+  std::shared_ptr<StepState> step =
+      MakeStep(*std::move(message), view.layer, view.step_id, *std::move(entries), received,
+               std::move(done), tenant.name, std::move(reservation));
+  if (view.batch.present) step->set_batch_output(view.batch.out);
+  return step;
 }
 
 std::shared_ptr<StepState> KvCacheService::MakeStep(

@@ -80,6 +80,43 @@ absl::Status CheckRegionPlacement(absl::string_view field, uint64_t region_id, i
                    ": register the region on device ", compute_device, " (or use a host region)"));
 }
 
+absl::StatusOr<RegionTensorResolver::Mapped*> RegionTensorResolver::Find(
+    const wire::RegionSliceView& slice, uint64_t bytes, uint64_t alignment, const char* name,
+    const char* suffix) {
+  Mapped* mapped = nullptr;
+  for (Mapped& m : mapped_) {
+    if (m.region_id == slice.region_id) mapped = &m;
+  }
+  if (mapped == nullptr && access_.registry != nullptr) {
+    absl::StatusOr<RegionBytes> whole =
+        access_.registry->Resolve(access_.tenant, wire::RegionSliceView{true, slice.region_id, 0},
+                                  0, name);
+    if (whole.ok()) {
+      mapped_.push_back(Mapped{slice.region_id, std::move(whole->region)});
+      mapped = &mapped_.back();
+    }
+  }
+  const uint64_t size = mapped == nullptr ? 0 : mapped->region->size();
+  if (mapped == nullptr || slice.offset > size || bytes > size - slice.offset ||
+      (alignment > 1 && slice.offset % alignment != 0)) {
+    // The registry's own checks, for their messages (the success path never builds one).
+    absl::StatusOr<RegionBytes> refused = ResolveSlice(access_, slice, bytes, alignment, name, suffix);
+    return refused.ok() ? absl::InternalError(absl::StrCat(name, suffix, ": region check mismatch"))
+                        : refused.status();
+  }
+  return mapped;
+}
+
+absl::StatusOr<std::optional<RegionBytes>> RegionTensorResolver::ResolveOutput(
+    const wire::RegionSliceView& slice, uint64_t bytes, uint64_t element_bytes,
+    const char* field, const char* suffix) {
+  if (!slice.present) return std::optional<RegionBytes>();
+  absl::StatusOr<Mapped*> mapped = Find(slice, bytes, element_bytes, field, suffix);
+  if (!mapped.ok()) return mapped.status();
+  const std::shared_ptr<MappedRegion>& region = (*mapped)->region;
+  return std::optional<RegionBytes>(RegionBytes{region, region->data() + slice.offset, bytes});
+}
+
 absl::Status RegionTensorResolver::Resolve(std::initializer_list<RegionInput> tensors) {
   for (const RegionInput& input : tensors) {
     wire::TensorView* tensor = input.tensor;
@@ -92,10 +129,12 @@ absl::Status RegionTensorResolver::Resolve(std::initializer_list<RegionInput> te
     }
     absl::StatusOr<uint64_t> bytes = TensorByteCount(tensor->dtype, tensor->shape, name);
     if (!bytes.ok()) return bytes.status();
-    absl::StatusOr<RegionBytes> resolved =
-        ResolveSlice(access_, tensor->region, *bytes, ElementBytes(tensor->dtype), name, ".region");
-    if (!resolved.ok()) return resolved.status();
-    if (resolved->region->device() >= 0) {
+    absl::StatusOr<Mapped*> found =
+        Find(tensor->region, *bytes, ElementBytes(tensor->dtype), name, ".region");
+    if (!found.ok()) return found.status();
+    Mapped& mapped = **found;
+    const uint64_t offset = tensor->region.offset;
+    if (mapped.region->device() >= 0) {
       if (input.device == nullptr) {
         return absl::FailedPreconditionError(
             absl::StrCat(name, ".region: region ", tensor->region.region_id,
@@ -103,17 +142,20 @@ absl::Status RegionTensorResolver::Resolve(std::initializer_list<RegionInput> te
       }
       // Not in the message: the size alone, for the shape checks.
       tensor->data = wire::Span{0, size_t(*bytes)};
-      *input.device = *std::move(resolved);
+      *input.device = RegionBytes{mapped.region, mapped.region->data() + offset, *bytes};
       continue;
     }
-    tensor->data = wire::Span{end_, size_t(*bytes)};
-    if (*bytes == 0) continue;  // MessageBytes holds no empty slices
-    // The slice pins the mapping for as long as anything references the request's bytes.
-    auto* pin = new std::shared_ptr<MappedRegion>(resolved->region);
-    extra_.emplace_back(
-        resolved->data, size_t(*bytes),
-        [](void* p) { delete static_cast<std::shared_ptr<MappedRegion>*>(p); }, pin);
-    end_ += *bytes;
+    if (mapped.message_offset == SIZE_MAX) {
+      // The whole region joins the message as one slice, which pins the mapping for as long as
+      // anything references the request's bytes.
+      auto* pin = new std::shared_ptr<MappedRegion>(mapped.region);
+      extra_.emplace_back(
+          mapped.region->data(), size_t(mapped.region->size()),
+          [](void* p) { delete static_cast<std::shared_ptr<MappedRegion>*>(p); }, pin);
+      mapped.message_offset = end_;
+      end_ += mapped.region->size();
+    }
+    tensor->data = wire::Span{mapped.message_offset + size_t(offset), size_t(*bytes)};
   }
   return absl::OkStatus();
 }

@@ -153,8 +153,22 @@ std::shared_ptr<StepState> StepState::Resolve() {
 
 grpc::ByteBuffer StepState::EncodeResponse() const {
   std::vector<wire::TensorData> out;
-  out.reserve(entries_.size());
-  for (const StepEntry& e : entries_) {
+  wire::TensorData batch_out;
+  if (batch_output_.has_value()) {
+    const int64_t rows = total_rows();
+    batch_out.dtype = wire_dtype_;
+    batch_out.shape = {rows, num_q_heads_, head_dim_};
+    if (batch_output_->present) {
+      batch_out.region = *batch_output_;
+    } else {
+      batch_out.data = output_->data();
+      batch_out.size = static_cast<size_t>(rows * out_row_bytes_);
+      batch_out.owner = output_;
+    }
+  }
+  out.reserve(batch_output_.has_value() ? 0 : entries_.size());
+  for (size_t i = 0; !batch_output_.has_value() && i < entries_.size(); ++i) {
+    const StepEntry& e = entries_[i];
     wire::TensorData tensor;
     tensor.dtype = wire_dtype_;
     tensor.shape = {e.num_tokens, num_q_heads_, head_dim_};
@@ -174,7 +188,8 @@ grpc::ByteBuffer StepState::EncodeResponse() const {
   timing.kernel_ns = static_cast<uint64_t>(absl::ToInt64Nanoseconds(kernel_time));
   timing.server_ns =
       static_cast<uint64_t>(std::max<int64_t>(0, absl::ToInt64Nanoseconds(clock_->Now() - received_)));
-  return wire::EncodeStepResponse(out, step_id_, timing);
+  return wire::EncodeStepResponse(out, step_id_, timing,
+                                  batch_output_.has_value() ? &batch_out : nullptr);
 }
 
 }  // namespace flashkv::server

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
+#include "flashkv/server/step_batch.h"
 #include "flashkv/server/tensor_checks.h"
 
 namespace flashkv::server {
@@ -150,7 +151,7 @@ absl::StatusOr<StepEntry> CheckEntry(wire::StepEntryView& view, size_t index,
   }
   const uint64_t out_bytes = uint64_t(n) * m.num_q_heads * m.head_dim * DTypeSize(m.dtype);
   absl::StatusOr<std::optional<RegionBytes>> out =
-      ResolveOutputSlice(regions, view.out, out_bytes, DTypeSize(m.dtype), (name + ".out").c_str());
+      resolver->ResolveOutput(view.out, out_bytes, DTypeSize(m.dtype), name.c_str(), ".out");
   if (!out.ok()) return out.status();
   entry.out_region = *std::move(out);
   if (auto s = CheckEntryPlacement(entry, view, name,
@@ -247,6 +248,13 @@ absl::StatusOr<std::vector<StepEntry>> CheckStepRequest(wire::StepRequestView& r
     return Invalid("layer (" + std::to_string(request.layer) + ") must be < the model's layers (" +
                    std::to_string(config.model.num_layers) + ")");
   }
+  if (request.batch.present) {
+    if (!request.entries.empty()) {
+      return Invalid("entries has " + std::to_string(request.entries.size()) +
+                     " items and batch is set; a StepRequest carries one or the other");
+    }
+    return CheckStepBatch(request.batch, config, caches, regions, tenant, message);
+  }
   if (request.entries.empty()) return Invalid("entries is empty");
   const RequestLimits& limits = config.limits;
   if (request.entries.size() > static_cast<size_t>(limits.max_entries_per_step)) {
@@ -255,7 +263,9 @@ absl::StatusOr<std::vector<StepEntry>> CheckStepRequest(wire::StepRequestView& r
   }
   std::vector<StepEntry> entries;
   entries.reserve(request.entries.size());
-  absl::flat_hash_map<std::string, size_t> first_index;
+  // Views of the request's own ids (the view outlives this call).
+  absl::flat_hash_map<absl::string_view, size_t> first_index;
+  first_index.reserve(request.entries.size());
   int64_t total_tokens = 0;
   RegionTensorResolver resolver(regions, message);
   EntrySpecs specs(config.model);
@@ -292,6 +302,7 @@ absl::StatusOr<std::vector<StepEntry>> DecodeAndCheckStepRequest(const ServerCon
   limits.max_entries = static_cast<size_t>(config.limits.max_entries_per_step);
   limits.max_token_ids = static_cast<size_t>(config.limits.max_tokens_per_entry);
   limits.max_id_bytes = kMaxSequenceIdBytes;
+  limits.max_batch_rows = static_cast<size_t>(config.limits.max_tokens_per_step);
   if (auto s = wire::DecodeStepRequest(*message, request, limits); !s.ok()) return s;
   return CheckStepRequest(*request, config, caches, regions, tenant, message);
 }

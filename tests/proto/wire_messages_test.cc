@@ -202,6 +202,99 @@ TEST(WireMessagesTest, EncodesStepRequestsAndResponsesThatProtobufParses) {
   }
 }
 
+v1::StepRequest RandomBatchRequest(Random& r) {
+  v1::StepRequest m;
+  if (r.Bool()) m.set_layer(r.Int(0, 100));
+  if (r.Bool()) m.set_step_id(uint64_t(r.Int(0, 1 << 30)) << 20);
+  v1::StepBatch* b = m.mutable_batch();
+  for (int i = r.Int(0, 6); i > 0; --i) b->add_sequence_ids("seq-" + std::to_string(r.Int(0, 99)));
+  for (int i = r.Int(0, 6); i > 0; --i) b->add_num_tokens(uint32_t(r.Int(0, 1 << 30)) << 1);
+  if (r.Int(0, 4) > 0) FillTensor(r, b->mutable_q());
+  if (r.Int(0, 4) > 0) FillTensor(r, b->mutable_k());
+  if (r.Int(0, 4) > 0) FillTensor(r, b->mutable_v());
+  if (r.Bool()) FillRegionSlice(r, b->mutable_out());
+  for (int j = r.Int(0, 20); j > 0; --j) b->add_token_ids(r.Int(-5, 1 << 30));
+  return m;
+}
+
+TEST(WireMessagesTest, StepBatchesAsProtobufHasThem) {
+  Random r(9);
+  auto owner = std::make_shared<int>(0);
+  for (int trial = 0; trial < 200; ++trial) {
+    const v1::StepRequest want = RandomBatchRequest(r);
+    const v1::StepBatch& w = want.batch();
+    // Decoding, from random slices.
+    const std::string bytes = want.SerializeAsString();
+    const MessageBytes message = r.Slices(bytes);
+    StepRequestView got;
+    ASSERT_TRUE(DecodeStepRequest(message, &got).ok()) << trial;
+    EXPECT_TRUE(got.batch.present);
+    EXPECT_TRUE(got.entries.empty());
+    EXPECT_EQ(got.layer, want.layer());
+    EXPECT_EQ(got.step_id, want.step_id());
+    EXPECT_EQ(got.batch.sequence_ids,
+              std::vector<std::string>(w.sequence_ids().begin(), w.sequence_ids().end()));
+    EXPECT_EQ(got.batch.num_tokens,
+              std::vector<int64_t>(w.num_tokens().begin(), w.num_tokens().end()));
+    ExpectTensorEq(message, got.batch.q, w.has_q(), w.q(), "batch.q");
+    ExpectTensorEq(message, got.batch.k, w.has_k(), w.k(), "batch.k");
+    ExpectTensorEq(message, got.batch.v, w.has_v(), w.v(), "batch.v");
+    ExpectRegionSliceEq(got.batch.out, w.has_out(), w.out(), "batch.out");
+    EXPECT_EQ(got.batch.token_ids,
+              std::vector<int64_t>(w.token_ids().begin(), w.token_ids().end()));
+    // Encoding: what protobuf parses back (absent and empty tensors encode alike).
+    StepBatchData data;
+    data.sequence_ids.assign(w.sequence_ids().begin(), w.sequence_ids().end());
+    data.num_tokens.assign(w.num_tokens().begin(), w.num_tokens().end());
+    data.q = ToData(w.q(), owner);
+    data.k = ToData(w.k(), owner);
+    data.v = ToData(w.v(), owner);
+    data.out = ToView(w.has_out(), w.out());
+    data.token_ids.assign(w.token_ids().begin(), w.token_ids().end());
+    v1::StepRequest parsed;
+    ASSERT_TRUE(parsed.ParseFromString(
+        Flatten(EncodeStepBatchRequest(want.layer(), want.step_id(), data))));
+    v1::StepRequest canonical = want;
+    canonical.mutable_batch()->mutable_q();
+    canonical.mutable_batch()->mutable_k();
+    canonical.mutable_batch()->mutable_v();
+    EXPECT_EQ(parsed.SerializeAsString(), canonical.SerializeAsString()) << trial;
+    // The response's batch_out, both ways.
+    v1::StepResponse response;
+    response.set_step_id(want.step_id());
+    *response.mutable_batch_out() = w.q();
+    const TensorData batch_out = ToData(w.q(), owner);
+    v1::StepResponse parsed_response;
+    ASSERT_TRUE(parsed_response.ParseFromString(
+        Flatten(EncodeStepResponse({}, want.step_id(), StepTiming{}, &batch_out))));
+    EXPECT_EQ(parsed_response.SerializeAsString(), response.SerializeAsString());
+    const std::string response_bytes = response.SerializeAsString();
+    const MessageBytes response_message = r.Slices(response_bytes);
+    StepResponseView view;
+    ASSERT_TRUE(DecodeStepResponse(response_message, &view).ok());
+    EXPECT_TRUE(view.out.empty());
+    ExpectTensorEq(response_message, view.batch_out, true, response.batch_out(), "batch_out");
+  }
+}
+
+TEST(WireMessagesTest, StepBatchLimits) {
+  v1::StepRequest request;
+  for (int i = 0; i < 3; ++i) request.mutable_batch()->add_sequence_ids("s" + std::to_string(i));
+  for (int i = 0; i < 5; ++i) request.mutable_batch()->add_token_ids(i);
+  const std::string bytes = request.SerializeAsString();
+  const MessageBytes message = MessageBytes::FromSlices({grpc::Slice(bytes)});
+  DecodeLimits limits;
+  limits.max_entries = 2;
+  StepRequestView view;
+  absl::Status s = DecodeStepRequest(message, &view, limits);
+  EXPECT_NE(s.message().find("StepBatch.sequence_ids: more than 2"), std::string::npos) << s;
+  limits = DecodeLimits();
+  limits.max_batch_rows = 4;
+  view = StepRequestView();
+  s = DecodeStepRequest(message, &view, limits);
+  EXPECT_NE(s.message().find("StepBatch.token_ids"), std::string::npos) << s;
+}
+
 TEST(WireMessagesTest, AttentionRequestsAndResponses) {
   Random r(3);
   for (int trial = 0; trial < 100; ++trial) {

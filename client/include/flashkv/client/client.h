@@ -124,6 +124,10 @@ class Client {
   absl::StatusOr<std::vector<HostTensor>> Step(uint32_t layer, absl::Span<const StepInput> entries,
                                                const CallOptions& options = {},
                                                StepTiming* timing = nullptr);
+  // A batched Step (StepBatchInput): the output [T,Hq,D], or a default HostTensor when
+  // `batch.out` names a region slice (the rows are there).
+  absl::StatusOr<HostTensor> Step(uint32_t layer, const StepBatchInput& batch,
+                                  const CallOptions& options = {}, StepTiming* timing = nullptr);
 
   // Opens one StepStream. The routing key is fixed for the stream's life (a stream reaches one
   // replica): options.routing_key, else the first request's first entry's sequence id.

@@ -28,6 +28,21 @@ struct StepInput {
   std::optional<RegionSlice> out;
 };
 
+// A whole batch in one descriptor per tensor (StepRequest.batch, docs/api.md#batched-steps):
+// entry i is sequence_ids[i] with num_tokens[i] new tokens (all 1 when num_tokens is empty) and
+// owns rows [sum(num_tokens[0..i)), + num_tokens[i]) of q [T,Hq,D], k and v [T,Hkv,D]. Tensors in a
+// SharedRegion travel as descriptors, others as bytes. The server checks the batch once and
+// answers with one output [T,Hq,D] (StepResponse.batch_out): written to `out` when set.
+struct StepBatchInput {
+  std::vector<std::string> sequence_ids;
+  std::vector<int64_t> num_tokens;  // empty: one token each (a decode batch)
+  TensorView q;
+  TensorView k;
+  TensorView v;
+  std::optional<RegionSlice> out;
+  std::vector<int64_t> token_ids;  // T of them, or none
+};
+
 // StepResponse.kernel_ns / server_ns: the step's attention kernels, and its whole time in the
 // server (arrival to response). Round-trip latency minus `kernel` is the service overhead;
 // minus `server` is what the transport and the client cost.

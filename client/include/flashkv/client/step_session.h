@@ -67,9 +67,16 @@ struct StepExpectation {
   std::vector<int> out_dtypes;    // = the entries' q dtypes (flashkv.v1.DType values)
   // The entries' `out` slices: such an output must come back as that slice, without bytes.
   std::vector<std::optional<RegionSlice>> out_regions;
+  // A batched request: no out[], one batch_out of this shape and dtype (in the region slice when
+  // set, else as bytes).
+  bool batch = false;
+  Shape batch_out_shape;
+  int batch_out_dtype = 0;
+  std::optional<RegionSlice> batch_out_region;
 };
 StepExpectation ExpectationFor(const v1::StepRequest& request);
 StepExpectation ExpectationFor(uint64_t step_id, absl::Span<const StepInput> entries);
+StepExpectation ExpectationFor(uint64_t step_id, const StepBatchInput& batch);
 // INTERNAL naming the mismatch ("out[2].shape [1,8,128] != q shape [2,8,128]").
 absl::Status CheckStepResponse(const StepExpectation& expected, const v1::StepResponse& response);
 
@@ -88,6 +95,9 @@ class StepSession {
   // bytes must stay valid and unchanged until Receive() has returned this request's response.
   absl::StatusOr<uint64_t> Send(uint32_t layer, absl::Span<const StepInput> entries,
                                 uint64_t step_id = 0);
+  // A batched request (StepRequest.batch), encoded the same way; the response's batch_out holds
+  // the output [T,Hq,D] (or names batch.out's slice).
+  absl::StatusOr<uint64_t> Send(uint32_t layer, const StepBatchInput& batch, uint64_t step_id = 0);
 
   // The response to the oldest request not yet received; blocks until it arrives or the stream
   // fails. FAILED_PRECONDITION when nothing is in flight.

@@ -53,10 +53,23 @@ struct StepEntryView {
   RegionSliceView out;  // where to write the output, if not into the response
 };
 
+// flashkv.v1.StepBatch: a whole batch, one descriptor per tensor.
+struct StepBatchView {
+  bool present = false;  // the field appeared on the wire
+  std::vector<std::string> sequence_ids;
+  std::vector<int64_t> num_tokens;  // empty: one token per entry
+  TensorView q;
+  TensorView k;
+  TensorView v;
+  RegionSliceView out;
+  std::vector<int64_t> token_ids;
+};
+
 struct StepRequestView {
   uint32_t layer = 0;
   uint64_t step_id = 0;
   std::vector<StepEntryView> entries;
+  StepBatchView batch;
 };
 
 // StepResponse.kernel_ns and server_ns: where the step's time went on the server.
@@ -69,6 +82,7 @@ struct StepResponseView {
   std::vector<TensorView> out;
   uint64_t step_id = 0;
   StepTiming timing;
+  TensorView batch_out;  // a batched request's output
 };
 
 struct AttentionRequestView {
@@ -106,7 +120,8 @@ struct AttentionResponseView {
 // wire and eight in a vector. A server passes its request limits; the defaults bound only the
 // tensor rank (no flashkv tensor has more than 4 dimensions).
 struct DecodeLimits {
-  size_t max_entries = SIZE_MAX;     // StepRequest.entries
+  size_t max_entries = SIZE_MAX;     // StepRequest.entries; StepBatch.sequence_ids, num_tokens
+  size_t max_batch_rows = SIZE_MAX;  // StepBatch.token_ids
   size_t max_rank = 8;               // Tensor.shape values (repeated Tensor fields merge)
   size_t max_token_ids = SIZE_MAX;   // StepEntry.token_ids
   size_t max_id_bytes = SIZE_MAX;    // StepEntry.sequence_id
@@ -146,6 +161,17 @@ struct StepEntryData {
   RegionSliceView out;
 };
 
+// A StepBatch to encode (tensors as in TensorData: referenced, or region descriptors).
+struct StepBatchData {
+  std::vector<std::string_view> sequence_ids;
+  std::vector<int64_t> num_tokens;  // empty: one token each
+  TensorData q;
+  TensorData k;
+  TensorData v;
+  RegionSliceView out;
+  std::vector<int64_t> token_ids;
+};
+
 // AttentionRequest (cu_seqlens ignored) or AttentionVarlenRequest, to encode.
 struct AttentionRequestData {
   TensorData q;
@@ -166,8 +192,13 @@ size_t TensorFieldSize(uint32_t field_number, const TensorData& tensor);
 
 grpc::ByteBuffer EncodeStepRequest(uint32_t layer, uint64_t step_id,
                                    absl::Span<const StepEntryData> entries);
+// A batched StepRequest (StepRequest.batch, no entries).
+grpc::ByteBuffer EncodeStepBatchRequest(uint32_t layer, uint64_t step_id,
+                                        const StepBatchData& batch);
+// `batch_out` (a batched request's output) is written when not null.
 grpc::ByteBuffer EncodeStepResponse(absl::Span<const TensorData> out, uint64_t step_id,
-                                    const StepTiming& timing = {});
+                                    const StepTiming& timing = {},
+                                    const TensorData* batch_out = nullptr);
 // Clients: the stateless attention requests, tensors referenced as their TensorData says.
 grpc::ByteBuffer EncodeAttentionRequest(const AttentionRequestData& request);
 grpc::ByteBuffer EncodeAttentionVarlenRequest(const AttentionRequestData& request);

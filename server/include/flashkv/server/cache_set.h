@@ -69,6 +69,8 @@ class CacheSet {
   std::vector<std::pair<std::string, TenantUsage>> AllUsage() const;
   // The device index holding `id`.
   std::optional<int> DeviceOf(absl::string_view id) const;
+  // DeviceOf for a whole batch under one lock: (*devices)[i] for ids[i], -1 when none holds it.
+  void DevicesOf(absl::Span<const std::string> ids, std::vector<int>* devices) const;
   // Frees sequences idle for `ttl` on every device; returns their ids.
   std::vector<std::string> ExpireIdle(absl::Time now, absl::Duration ttl);
   int64_t num_sequences(int device) const;

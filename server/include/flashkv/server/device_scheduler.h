@@ -112,7 +112,10 @@ class DeviceScheduler final : public PartReleaser {
   mutable Mutex mu_;
   std::deque<Item> pending_ ABSL_GUARDED_BY(mu_);  // not yet in a launch, arrival order
   std::vector<Item> active_ ABSL_GUARDED_BY(mu_);  // prepared, rows left
-  absl::flat_hash_map<std::string, int> busy_ ABSL_GUARDED_BY(mu_);
+  // Sequences of started parts. A part starts only when none of its sequences is here, so each
+  // id is held by one part at a time, and the key views that part's own id (StepPart::
+  // sequence_ids), valid until ReleasePart takes it out: no copy of the id per entry and launch.
+  absl::flat_hash_set<absl::string_view> busy_ ABSL_GUARDED_BY(mu_);
   bool executing_ ABSL_GUARDED_BY(mu_) = false;   // a launch is planned and running
   // The inline launch Enqueue claimed: written under mu_ as executing_ is set, then used by the
   // claiming thread alone until it clears executing_.

@@ -24,6 +24,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "flashkv/base/mutex.h"
 #include "absl/time/time.h"
 #include "flashkv/kvcache/layer_batch.h"
@@ -78,7 +79,8 @@ class StepPart {
   const std::vector<int64_t>& row_start() const { return row_start_; }
   int64_t total_rows() const { return row_start_.back(); }
   const std::vector<kvcache::BatchEntry>& batch_entries() const { return batch_entries_; }
-  const std::vector<std::string>& sequence_ids() const { return sequence_ids_; }
+  // Views of the entries' ids (StepState::entries() never move once the step is built).
+  const std::vector<absl::string_view>& sequence_ids() const { return sequence_ids_; }
 
   // Scheduler state. The batch is pending from Prepare until the step resolves. (An optional:
   // LayerBatch's inline default constructor needs kvcache's private BatchRecord to be complete.)
@@ -100,7 +102,7 @@ class StepPart {
   std::vector<int> entries_;
   std::vector<int64_t> row_start_ = {0};
   std::vector<kvcache::BatchEntry> batch_entries_;
-  std::vector<std::string> sequence_ids_;
+  std::vector<absl::string_view> sequence_ids_;
 };
 
 class StepState : public std::enable_shared_from_this<StepState> {
@@ -153,6 +155,12 @@ class StepState : public std::enable_shared_from_this<StepState> {
   void set_urgent() { urgent_ = true; }
   bool urgent() const { return urgent_; }
 
+  // A batched request (StepRequest.batch; set before the step is submitted): the response carries
+  // the whole output as one StepResponse.batch_out, the caller's slice `out` when present (the
+  // entries' outputs are consecutive rows of it), else the output buffer's bytes (the entries'
+  // rows follow each other there too).
+  void set_batch_output(wire::RegionSliceView out) { batch_output_ = out; }
+
   // Stream order: this step commits only after `predecessor` resolved, and aborts if it failed.
   void set_predecessor(std::shared_ptr<StepState> predecessor);
 
@@ -180,6 +188,7 @@ class StepState : public std::enable_shared_from_this<StepState> {
   std::atomic<bool> cancelled_{false};
   std::atomic<bool> failed_{false};
   bool urgent_ = false;  // set before the step is submitted
+  std::optional<wire::RegionSliceView> batch_output_;  // set before the step is submitted
   std::string tenant_;
   std::optional<LedgerReservation> reservation_;  // settled (and reset) by Resolve
 
