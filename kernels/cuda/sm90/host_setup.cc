@@ -173,7 +173,16 @@ bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors) {
 
 bool UseLazyRescale() { return ActiveVariant() == Sm90Variant::kLazyRescale; }
 
-bool UseStreamK() { return ActiveVariant() == Sm90Variant::kStreamK; }
+bool UseStreamK(TileKind kind, int seqlen_kv) {
+  switch (ActiveVariant()) {
+    case Sm90Variant::kStreamK:
+      return true;
+    case Sm90Variant::kAuto:
+      return kind == TileKind::kKeys160 && seqlen_kv >= kStreamKMinSeqlenKv;
+    default:
+      return false;
+  }
+}
 
 bool PlanStreamK(Schedule* schedule, int grid, int key_tiles) {
   const int tiles = schedule->num_tiles;

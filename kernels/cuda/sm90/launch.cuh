@@ -143,8 +143,8 @@ KernelStatus LaunchAttentionSm90(const AttentionParams& params, const LaunchInfo
       sm90::BuildSchedule(sp.p, info, kHeadDim, sizeof(Element), props, &sp.schedule, kind));
   if (sp.schedule.num_tiles == 0) return KernelStatus::Ok();
   FLASHKV_RETURN_IF_ERROR(sm90::EncodeTensorMaps(sp.p, info, kDType, &sp, kind));
-  const bool stream_k = !kPaged && !sp.p.causal && sp.p.cu_seqlens_q == nullptr &&
-                        sm90::UseStreamK();
+  const bool stream_k = !kPaged && !sp.p.causal && !varlen &&
+                        sm90::UseStreamK(kind, sp.p.seqlen_kv);
   if constexpr (sm90::HasThreeConsumerShape(kHeadDim, kPaged)) {
     if (kind == sm90::TileKind::kThreeConsumers) {
       using Three = sm90::Traits<Element, kHeadDim, kPaged, sm90::TileKind::kThreeConsumers>;

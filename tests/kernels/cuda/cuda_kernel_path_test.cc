@@ -316,6 +316,24 @@ TEST(KernelPathTest, StreamKPlansTheLastRoundAndTheRemainder) {
   EXPECT_EQ(s.dp_tiles, 0);
 }
 
+// kAuto takes the stream-K tail for 160-key tiles from kStreamKMinSeqlenKv keys on; the
+// stream_k variant wherever a launch reaches it; the other variants never.
+TEST(KernelPathTest, StreamKByVariantKindAndLength) {
+  using sm90::TileKind;
+  ASSERT_EQ(sm90::ActiveVariant(), sm90::Sm90Variant::kAuto);
+  const int kMin = sm90::kStreamKMinSeqlenKv;
+  EXPECT_TRUE(sm90::UseStreamK(TileKind::kKeys160, kMin));
+  EXPECT_FALSE(sm90::UseStreamK(TileKind::kKeys160, kMin - 1));
+  EXPECT_FALSE(sm90::UseStreamK(TileKind::kThreeConsumers, 16384));
+  EXPECT_FALSE(sm90::UseStreamK(TileKind::kStandard, 16384));
+  sm90::testing::SetVariant(sm90::Sm90Variant::kStreamK);
+  EXPECT_TRUE(sm90::UseStreamK(TileKind::kThreeConsumers, 1024));
+  EXPECT_TRUE(sm90::UseStreamK(TileKind::kStandard, 1024));
+  sm90::testing::SetVariant(sm90::Sm90Variant::kKeys160);
+  EXPECT_FALSE(sm90::UseStreamK(TileKind::kKeys160, 16384));
+  sm90::testing::SetVariant(sm90::Sm90Variant::kAuto);
+}
+
 TEST(KernelPathTest, FixedScheduleSectionsFitHalfTheL2) {
   sm90::Schedule s;
   // K + V of one head at 4096 x 128 fp16: 2 MiB; half of 50 MiB holds 12 heads.
