@@ -29,7 +29,7 @@
 
 namespace flashkv::cuda::sm90 {
 
-template <class Tr, bool kCausal, bool kVarlen, bool kDynamic, bool kLazyRescale>
+template <class Tr, bool kCausal, bool kVarlen, bool kDynamic, bool kLazyRescale, bool kStreamK>
 __device__ __forceinline__ void Consume(const Sm90Params& params, const Smem<Tr>& smem, int wg) {
   const AttentionParams& p = params.p;
   const int tid = static_cast<int>(threadIdx.x) % 128;
@@ -42,29 +42,39 @@ __device__ __forceinline__ void Consume(const Sm90Params& params, const Smem<Tr>
 
   ConsumerMainloop<Tr, kLazyRescale> ml;
   PipelineState<Tr::kStages> pipe;
+  int tile = 0, key_begin = 0, key_end = -1, slot = -1, side = 0;
   for (int local_tile = 0;; ++local_tile) {
-    int tile = static_cast<int>(blockIdx.x) + local_tile * static_cast<int>(gridDim.x);
-    if constexpr (kDynamic) tile = ReceiveTile(smem, local_tile, lane);
-    if (tile >= params.schedule.num_tiles) break;
-    const WorkTile w =
-        DecodeTile<kVarlen, kCausal, Tr::kBlockM, Tr::kBlockN>(p, params.schedule, tile);
+    if constexpr (kDynamic) {
+      tile = ReceiveTile(smem, local_tile, lane);
+      if (tile >= params.schedule.num_tiles) break;
+    } else if (!StaticWorkItem<kStreamK>(params.schedule, local_tile, &tile, &key_begin,
+                                         &key_end, &slot, &side)) {
+      break;
+    }
+    WorkTile w = DecodeTile<kVarlen, kCausal, Tr::kBlockM, Tr::kBlockN>(p, params.schedule, tile);
+    ApplyKeyRange(&w, key_begin, key_end, slot, side);
     ml.Init();
     MbarrierWait(smem.QFull(), static_cast<uint32_t>(local_tile) & 1u);
     if (p.negate_q) NegateQ(smem, wg, tid);
     // Sequence lengths come from memory in varlen launches: broadcast what steers the wgmma
     // loop so that ptxas sees it warp-uniform.
     const int key_tiles = WarpUniform(w.key_tiles);
-    if (key_tiles > 0) {
+    const int first_key_tile = WarpUniform(w.key_begin);
+    if (key_tiles > first_key_tile) {
       const int first_token = w.row0 + wg * Tr::kRowsPerConsumer;
       const int token = first_token + row_in_group;
-      RunKeyTiles(ml, smem, pipe, key_tiles, wg, KeyLimit<kCausal>(w.seq, token),
+      RunKeyTiles(ml, smem, pipe, first_key_tile, key_tiles, wg, KeyLimit<kCausal>(w.seq, token),
                   KeyLimit<kCausal>(w.seq, token + 8),
                   WarpUniform(KeyLimit<kCausal>(w.seq, first_token)),
                   Tr::kPaged ? WarpUniform(w.seq.kv_len) : 0, p.scale_log2, tid);
     }
     if constexpr (Tr::kSeparateO) {
       // A tile without keys read no Q: release it here (RunKeyTiles does after the last S).
-      if (key_tiles == 0) ReleaseStage(smem.QFree(), lane);
+      if (key_tiles <= first_key_tile) ReleaseStage(smem.QFree(), lane);
+    }
+    if constexpr (kStreamK) {
+      // A tile shared with another CTA is stored by the second of the two to finish.
+      if (w.shared_slot >= 0 && !MergeSharedTile(ml, params, smem, w, wg, tid)) continue;
     }
     StoreTile<Tr, kVarlen>(ml, params, smem, w, wg, tid);
   }
@@ -74,8 +84,10 @@ __device__ __forceinline__ void Consume(const Sm90Params& params, const Smem<Tr>
 }
 
 // kDynamic: tiles from the global counter (Sm90Variant::kDynamicSchedule), else static.
-// kLazyRescale: the conditional O rescale (Sm90Variant::kLazyRescale).
-template <class Tr, bool kCausal, bool kVarlen, bool kDynamic = false, bool kLazyRescale = false>
+// kLazyRescale: the conditional O rescale (Sm90Variant::kLazyRescale). kStreamK: the static
+// schedule with a stream-K tail (Sm90Variant::kStreamK; sm90/tile_scheduler.cuh).
+template <class Tr, bool kCausal, bool kVarlen, bool kDynamic = false, bool kLazyRescale = false,
+          bool kStreamK = false>
 __global__ void __launch_bounds__(Tr::kThreads, 1)
     AttentionKernel(const __grid_constant__ Sm90Params params) {
   extern __shared__ __align__(1024) char smem_raw[];
@@ -86,10 +98,10 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
   const int warpgroup = WarpUniform(static_cast<int>(threadIdx.x) / 128);
   if (warpgroup == 0) {
     SetMaxRegistersDecrease<Tr::kProducerRegisters>();
-    if (threadIdx.x == 0) Produce<Tr, kCausal, kVarlen, kDynamic>(params, smem);
+    if (threadIdx.x == 0) Produce<Tr, kCausal, kVarlen, kDynamic, kStreamK>(params, smem);
   } else {
     SetMaxRegistersIncrease<Tr::kConsumerRegisters>();
-    Consume<Tr, kCausal, kVarlen, kDynamic, kLazyRescale>(params, smem, warpgroup - 1);
+    Consume<Tr, kCausal, kVarlen, kDynamic, kLazyRescale, kStreamK>(params, smem, warpgroup - 1);
   }
 }
 

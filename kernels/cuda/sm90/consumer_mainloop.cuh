@@ -21,7 +21,7 @@
 // hand-over.
 //
 // Q: with O in its own buffer (Traits::kSeparateO), each warp releases Q as soon as its last
-// S = Q K^T of the tile (key tile 0) is complete, so the producer loads the next tile's Q under
+// S = Q K^T of the tile (key tile key_begin) is complete, so the producer loads the next tile's Q under
 // this tile's last softmax, last P V and epilogue rather than after them (at S = 1024, D = 128 a
 // tile is ~18 us on an H100 and a Q load ~1 us of latency the consumers waited out).
 //
@@ -236,7 +236,8 @@ __device__ __forceinline__ void ZeroVRowsPast(const Smem<Tr>& smem, int stage, i
   NamedBarrierSync(kWarpgroupBarrier + wg, 128);
 }
 
-// Runs the key tiles [0, key_tiles) of one tile, last first, for consumer warpgroup `wg`.
+// Runs the key tiles [key_begin, key_end) of one tile, last first, for consumer warpgroup `wg`
+// (a tile's whole range is [0, key_tiles); a stream-K item's may be part of it).
 // `pipe` is the CTA-wide ring position (shared with the producer's count); row limits are
 // exclusive key ends of this thread's two rows; `unmasked_below` is the smallest limit of the
 // warpgroup's rows (tiles entirely below it need no mask); `kv_len` the sequence's keys (paged:
@@ -244,7 +245,8 @@ __device__ __forceinline__ void ZeroVRowsPast(const Smem<Tr>& smem, int stage, i
 template <class Tr, bool kLazyRescale>
 __device__ __forceinline__ void RunKeyTiles(ConsumerMainloop<Tr, kLazyRescale>& ml,
                                             const Smem<Tr>& smem,
-                                            PipelineState<Tr::kStages>& pipe, int key_tiles, int wg,
+                                            PipelineState<Tr::kStages>& pipe, int key_begin,
+                                            int key_end, int wg,
                                             int limit0, int limit1, int unmasked_below, int kv_len,
                                             float scale_log2, int tid) {
   const int lane = tid % 32;
@@ -256,7 +258,7 @@ __device__ __forceinline__ void RunKeyTiles(ConsumerMainloop<Tr, kLazyRescale>& 
   float correction[2];
 
   // First key tile: S only.
-  int n = key_tiles - 1;
+  int n = key_end - 1;
   int stage = pipe.Stage();
   MbarrierWait(smem.KFull(stage), pipe.Phase());
   NamedBarrierSync(my_turn, kTurnThreads);
@@ -268,7 +270,7 @@ __device__ __forceinline__ void RunKeyTiles(ConsumerMainloop<Tr, kLazyRescale>& 
   WgmmaWait<0>();
   ml.PinS();
   ReleaseStage(smem.KEmpty(stage), lane);
-  if (Tr::kSeparateO && n == 0) ReleaseStage(smem.QFree(), lane);
+  if (Tr::kSeparateO && n == key_begin) ReleaseStage(smem.QFree(), lane);
   ml.Softmax(masked(n), n * Tr::kBlockN, limit0, limit1, scale_log2, t, correction);
   ml.ConvertP();
   if constexpr (Tr::kPaged) {
@@ -282,8 +284,8 @@ __device__ __forceinline__ void RunKeyTiles(ConsumerMainloop<Tr, kLazyRescale>& 
   uint32_t prev_phase = pipe.Phase();
   ++pipe.it;
 
-  for (int i = 1; i < key_tiles; ++i, ++pipe.it) {
-    n = key_tiles - 1 - i;
+  for (int i = 1; i < key_end - key_begin; ++i, ++pipe.it) {
+    n = key_end - 1 - i;
     stage = pipe.Stage();
     MbarrierWait(smem.KFull(stage), pipe.Phase());
     NamedBarrierSync(my_turn, kTurnThreads);
@@ -301,7 +303,7 @@ __device__ __forceinline__ void RunKeyTiles(ConsumerMainloop<Tr, kLazyRescale>& 
     WgmmaWait<1>();  // S of this tile
     ml.PinS();
     ReleaseStage(smem.KEmpty(stage), lane);
-    if (Tr::kSeparateO && n == 0) ReleaseStage(smem.QFree(), lane);
+    if (Tr::kSeparateO && n == key_begin) ReleaseStage(smem.QFree(), lane);
     const bool rescale =
         ml.Softmax(masked(n), n * Tr::kBlockN, limit0, limit1, scale_log2, t, correction);
     WgmmaWait<0>();  // P V of the previous tile

@@ -136,4 +136,62 @@ __device__ __forceinline__ void StoreTile(ConsumerMainloop<Tr, kLazyRescale>& ml
   // (A separate O buffer is next written after the barrier that opens the next epilogue.)
 }
 
+// Stream-K: a tile whose keys two CTAs share (w.shared_slot >= 0; sm90/tile_scheduler.cuh). Each
+// of its two work items writes this warpgroup's partial (O accumulators and row states, straight
+// from the registers: the other item's thread of the same warpgroup and rank holds the same rows
+// and columns) to its side's slot, then counts itself in; the second to arrive reads the other
+// side's partial, merges it into its registers and returns true (it stores the tile); the first
+// returns false. Nobody waits for the other side: it may not be running yet (the grid shares
+// the GPU with other kernels), and whichever finishes second has both partials.
+// Memory order: every thread's partial stores, __threadfence, the warpgroup barrier, then one
+// atomic arrival (release); the second arrival's reads go through L2 (__ldcg) after it.
+template <class Tr, bool kLazyRescale>
+__device__ __forceinline__ bool MergeSharedTile(ConsumerMainloop<Tr, kLazyRescale>& ml,
+                                                const Sm90Params& params, const Smem<Tr>& smem,
+                                                const WorkTile& w, int wg, int tid) {
+  constexpr int kFloats = Tr::kORegs + 4;  // per thread: O, then max and sum of both rows
+  auto slot = [&](int side) {
+    const int64_t index =
+        (int64_t{w.shared_slot} * 2 + side) * Tr::kConsumerWarpgroups + wg;
+    return params.sk_partials + index * kFloats * 128 + tid;
+  };
+  float* mine = slot(w.side);
+#pragma unroll
+  for (int i = 0; i < Tr::kORegs; ++i) mine[i * 128] = ml.o[i];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    mine[(Tr::kORegs + 2 * h) * 128] = ml.rows[h].max;
+    mine[(Tr::kORegs + 2 * h + 1) * 128] = ml.rows[h].sum;
+  }
+  __threadfence();
+  NamedBarrierSync(kWarpgroupBarrier + wg, 128);
+  if (tid == 0) {
+    *smem.ArrivalSlot(wg) =
+        atomicAdd(params.sk_arrivals + w.shared_slot * Tr::kConsumerWarpgroups + wg, 1);
+  }
+  NamedBarrierSync(kWarpgroupBarrier + wg, 128);
+  if (*smem.ArrivalSlot(wg) == 0) return false;
+  __threadfence();
+  const float* other = slot(1 - w.side);
+  float mine_scale[2], other_scale[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    RowState& row = ml.rows[h];
+    const float other_max = __ldcg(other + (Tr::kORegs + 2 * h) * 128);
+    const float other_sum = __ldcg(other + (Tr::kORegs + 2 * h + 1) * 128);
+    const float new_max = fmaxf(row.max, other_max);
+    const float reference = new_max == -INFINITY ? 0.f : new_max;
+    mine_scale[h] = Exp2Approx(row.max - reference);
+    other_scale[h] = Exp2Approx(other_max - reference);
+    row.sum = row.sum * mine_scale[h] + other_sum * other_scale[h];
+    row.max = new_max;
+  }
+#pragma unroll
+  for (int i = 0; i < Tr::kORegs; ++i) {
+    const int h = (i % 4) / 2;  // accumulator pairs alternate rows g and g + 8
+    ml.o[i] = ml.o[i] * mine_scale[h] + __ldcg(other + i * 128) * other_scale[h];
+  }
+  return true;
+}
+
 }  // namespace flashkv::cuda::sm90

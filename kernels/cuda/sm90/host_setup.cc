@@ -163,6 +163,7 @@ bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors) {
     case Sm90Variant::kThreeConsumers:  // kAuto's schedule: an A/B against kAuto isolates the tile
     case Sm90Variant::kKeys160:
     case Sm90Variant::kKeys176:
+    case Sm90Variant::kStreamK:
       return num_tiles > 2 * int64_t{multiprocessors};
     case Sm90Variant::kLazyRescale:
       return false;  // the baseline's static schedule: its A/B isolates the rescale
@@ -172,9 +173,34 @@ bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors) {
 
 bool UseLazyRescale() { return ActiveVariant() == Sm90Variant::kLazyRescale; }
 
+bool UseStreamK(TileKind kind, int seqlen_kv) {
+  switch (ActiveVariant()) {
+    case Sm90Variant::kStreamK:
+      return true;
+    case Sm90Variant::kAuto:
+      return kind == TileKind::kKeys160 && seqlen_kv >= kStreamKMinSeqlenKv;
+    default:
+      return false;
+  }
+}
+
+bool PlanStreamK(Schedule* schedule, int grid, int key_tiles) {
+  const int tiles = schedule->num_tiles;
+  schedule->dp_tiles = tiles;
+  schedule->sk_key_tiles = 0;
+  if (grid <= 0 || tiles < grid || tiles % grid == 0 || key_tiles < 2) return false;
+  // The last full round and the remainder: every CTA's share is then at least one tile's keys
+  // (tile_scheduler.cuh relies on it: at most one CTA boundary per tile).
+  schedule->dp_tiles = (tiles / grid - 1) * grid;
+  schedule->sk_key_tiles = key_tiles;
+  return true;
+}
+
 TileKind ChooseTileKind(int head_dim, bool paged, bool causal, int max_seqlen_q,
                         int max_seqlen_kv) {
-  const Sm90Variant variant = ActiveVariant();
+  Sm90Variant variant = ActiveVariant();
+  // kStreamK changes the schedule of kAuto's kernels, not their shapes.
+  if (variant == Sm90Variant::kStreamK) variant = Sm90Variant::kAuto;
   if (HasThreeConsumerShape(head_dim, paged)) {
     const bool three = variant == Sm90Variant::kThreeConsumers ||
                        (variant == Sm90Variant::kAuto &&
@@ -225,6 +251,7 @@ KernelStatus BuildSchedule(const AttentionParams& p, const LaunchInfo& info, int
   if (tiles > kMaxTiles) return InvalidArgument("sm90 schedule: too many tiles");
   *schedule = Schedule{};
   schedule->num_tiles = static_cast<int>(tiles);
+  schedule->dp_tiles = schedule->num_tiles;
   if (p.cu_seqlens_q == nullptr) {
     schedule->m_blocks = static_cast<int>(CeilDiv(p.seqlen_q, shape.block_m));
     // Heads in flight share L2: a section's K/V (one copy per K/V head: GQA groups share it)

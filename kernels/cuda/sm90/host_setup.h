@@ -55,6 +55,26 @@ bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors);
 // active variant.
 bool UseLazyRescale();
 
+// Whether a fixed-length launch without a causal mask on a kernel of `kind` takes the stream-K
+// tail (where its tiles are not a whole number of rounds: PlanStreamK), by the active variant:
+// always under Sm90Variant::kStreamK; under kAuto for 160-key tiles (head dim 128) over
+// kStreamKMinSeqlenKv keys or more.
+bool UseStreamK(TileKind kind, int seqlen_kv);
+
+// Measured on an H200 (B 2, H 32, x cuDNN, fixed length, no causal mask, kAuto -> stream_k):
+// head dim 128 fp16 / bf16 S 4096 1.01 -> 1.03 / 1.00 -> 1.02, 8192 1.02 -> 1.05 / 1.02 -> 1.04,
+// 16384 1.06 -> 1.08 / 1.05 -> 1.07; but S 2048 0.97 -> 0.95 and S 1024 0.95 -> 0.82 (a launch of
+// ~70 us pays the workspace allocation, the counters' memset and a third work item per CTA for a
+// tail of at most one round), and head dim 64's three-consumer kernels lost 1-4% at S >= 4096
+// (their last round is under 1% of the time there).
+inline constexpr int kStreamKMinSeqlenKv = 4096;
+
+// Plans the stream-K tail of a fixed-length launch without a causal mask (every tile has
+// key_tiles key tiles) over a grid of `grid` CTAs: schedule->dp_tiles and sk_key_tiles. Returns
+// false, leaving the schedule's round-robin whole, where the tiles are a whole number of rounds,
+// fewer than one round, or one key tile each (nothing to divide).
+bool PlanStreamK(Schedule* schedule, int grid, int key_tiles);
+
 // The tile shape of a launch's kernel, by the active variant. Where the head dim and layout have
 // the three-consumer shape (HasThreeConsumerShape): kThreeConsumers under
 // Sm90Variant::kThreeConsumers, and under kAuto too except for causal launches whose longest query

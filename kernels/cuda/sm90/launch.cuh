@@ -17,9 +17,10 @@
 namespace flashkv::cuda {
 namespace sm90 {
 
-template <class Tr, bool kCausal, bool kVarlen, bool kDynamic = false, bool kLazyRescale = false>
+template <class Tr, bool kCausal, bool kVarlen, bool kDynamic = false, bool kLazyRescale = false,
+          bool kStreamK = false>
 KernelStatus Run(const Sm90Params& params, const DeviceProps& props, cudaStream_t stream) {
-  const auto kernel = AttentionKernel<Tr, kCausal, kVarlen, kDynamic, kLazyRescale>;
+  const auto kernel = AttentionKernel<Tr, kCausal, kVarlen, kDynamic, kLazyRescale, kStreamK>;
   int ctas_per_sm = 0;
   FLASHKV_RETURN_IF_ERROR(PrepareKernel(reinterpret_cast<const void*>(kernel), Tr::kThreads,
                                         Tr::kSmemBytes, props, &ctas_per_sm));
@@ -43,6 +44,42 @@ KernelStatus RunDynamic(Sm90Params& params, const DeviceProps& props, cudaStream
                                                                                     stream)
                             : FromCudaError(zeroed, "cudaMemsetAsync(tile counter)");
   const KernelStatus freed = WorkspaceFree(counter, stream);
+  return status.ok() ? freed : status;
+}
+
+// Fixed-length launches without a causal mask under Sm90Variant::kStreamK: the stream-K tail
+// (PlanStreamK) where the tiles are not a whole number of rounds of the grid, with its partials
+// and arrival counters in the stream-ordered workspace (counters zeroed on the stream first);
+// else the static schedule. The tail needs O's own buffer: a CTA that leaves a shared tile to the
+// other side skips the epilogue, which is where Q's space is released when O is staged there.
+template <class Tr>
+KernelStatus RunStreamK(Sm90Params& sp, const DeviceProps& props, cudaStream_t stream) {
+  static_assert(!Tr::kPaged && Tr::kSeparateO, "the stream-K tail: contiguous, O's own buffer");
+  const auto kernel = AttentionKernel<Tr, false, false, false, false, true>;
+  int ctas_per_sm = 0;
+  FLASHKV_RETURN_IF_ERROR(PrepareKernel(reinterpret_cast<const void*>(kernel), Tr::kThreads,
+                                        Tr::kSmemBytes, props, &ctas_per_sm));
+  const int grid = std::min(sp.schedule.num_tiles, props.multiprocessors * ctas_per_sm);
+  const int key_tiles = (sp.p.seqlen_kv + Tr::kBlockN - 1) / Tr::kBlockN;
+  if (!PlanStreamK(&sp.schedule, grid, key_tiles)) return Run<Tr, false, false>(sp, props, stream);
+  // One slot per CTA boundary (grid + 1), two sides, one partial per consumer warpgroup.
+  const size_t slots = static_cast<size_t>(grid + 1) * Tr::kConsumerWarpgroups;
+  const size_t partial_bytes = slots * 2 * (Tr::kORegs + 4) * 128 * sizeof(float);
+  const size_t arrival_bytes = slots * sizeof(int);
+  void* workspace = nullptr;
+  FLASHKV_RETURN_IF_ERROR(WorkspaceAllocate(partial_bytes + arrival_bytes, stream, &workspace));
+  sp.sk_partials = static_cast<float*>(workspace);
+  sp.sk_arrivals = reinterpret_cast<int*>(static_cast<char*>(workspace) + partial_bytes);
+  KernelStatus status = KernelStatus::Ok();
+  const cudaError_t zeroed = cudaMemsetAsync(sp.sk_arrivals, 0, arrival_bytes, stream);
+  if (zeroed != cudaSuccess) {
+    status = FromCudaError(zeroed, "cudaMemsetAsync(stream-K arrivals)");
+  } else {
+    kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(sp);
+    const cudaError_t launched = cudaGetLastError();
+    if (launched != cudaSuccess) status = FromCudaError(launched, "stream-K attention launch");
+  }
+  const KernelStatus freed = WorkspaceFree(workspace, stream);
   return status.ok() ? freed : status;
 }
 
@@ -106,21 +143,28 @@ KernelStatus LaunchAttentionSm90(const AttentionParams& params, const LaunchInfo
       sm90::BuildSchedule(sp.p, info, kHeadDim, sizeof(Element), props, &sp.schedule, kind));
   if (sp.schedule.num_tiles == 0) return KernelStatus::Ok();
   FLASHKV_RETURN_IF_ERROR(sm90::EncodeTensorMaps(sp.p, info, kDType, &sp, kind));
+  const bool stream_k = !kPaged && !sp.p.causal && !varlen &&
+                        sm90::UseStreamK(kind, sp.p.seqlen_kv);
   if constexpr (sm90::HasThreeConsumerShape(kHeadDim, kPaged)) {
     if (kind == sm90::TileKind::kThreeConsumers) {
       using Three = sm90::Traits<Element, kHeadDim, kPaged, sm90::TileKind::kThreeConsumers>;
-      return sm90::RunVariant<Three, false>(sp, props, stream);
+      return stream_k ? sm90::RunStreamK<Three>(sp, props, stream)
+                      : sm90::RunVariant<Three, false>(sp, props, stream);
     }
   }
   if constexpr (sm90::HasWideKeyShape(kHeadDim, kPaged)) {
     if (kind == sm90::TileKind::kKeys160) {
       using Keys160 = sm90::Traits<Element, kHeadDim, kPaged, sm90::TileKind::kKeys160>;
-      return sm90::RunWithoutMask<Keys160>(sp, props, stream);
+      return stream_k ? sm90::RunStreamK<Keys160>(sp, props, stream)
+                      : sm90::RunWithoutMask<Keys160>(sp, props, stream);
     }
     if (kind == sm90::TileKind::kKeys176) {
       using Keys176 = sm90::Traits<Element, kHeadDim, kPaged, sm90::TileKind::kKeys176>;
       return sm90::RunWithoutMask<Keys176>(sp, props, stream);
     }
+  }
+  if constexpr (!kPaged && Tr::kSeparateO) {
+    if (stream_k) return sm90::RunStreamK<Tr>(sp, props, stream);
   }
   return sm90::UseLazyRescale() ? sm90::RunVariant<Tr, true>(sp, props, stream)
                                 : sm90::RunVariant<Tr, false>(sp, props, stream);

@@ -32,6 +32,12 @@ struct Schedule {
   int count = 0;
   int32_t order[kMaxVarlenSequences];
   int32_t unit_start[kMaxVarlenSequences + 1];
+  // Stream-K tail (fixed length without a causal mask, Sm90Variant::kStreamK; see
+  // sm90/tile_scheduler.cuh): tiles [0, dp_tiles) round-robin as above, a whole number of rounds
+  // of the grid; the key tiles of tiles [dp_tiles, num_tiles) (sk_key_tiles each) divided evenly
+  // among the grid's CTAs. dp_tiles = num_tiles without it.
+  int dp_tiles = 0;
+  int sk_key_tiles = 0;
 };
 
 struct Sm90Params {
@@ -46,6 +52,11 @@ struct Sm90Params {
   // Dynamic schedule only: the next unclaimed tile minus gridDim.x, zeroed before the launch
   // (stream-ordered workspace); CTA c starts with tile c.
   int* tile_counter = nullptr;
+  // Stream-K only (stream-ordered workspace): partial O and row states of the tiles whose keys
+  // two CTAs share, and one arrival counter per (shared tile, consumer warpgroup), zeroed before
+  // the launch. Indexed by the CTA boundary inside the tile (sm90/tile_scheduler.cuh).
+  float* sk_partials = nullptr;
+  int* sk_arrivals = nullptr;
   Schedule schedule;
 };
 

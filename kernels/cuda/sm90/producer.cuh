@@ -125,7 +125,7 @@ __device__ __forceinline__ KeyTileOf<Tr> LookupKeyTile(const Sm90Params& params,
   }
 }
 
-template <class Tr, bool kCausal, bool kVarlen, bool kDynamic>
+template <class Tr, bool kCausal, bool kVarlen, bool kDynamic, bool kStreamK>
 __device__ __forceinline__ void Produce(const Sm90Params& params, const Smem<Tr>& smem) {
   PrefetchTensorMap(&params.q_map);
   PrefetchTensorMap(&params.k_map);
@@ -133,17 +133,25 @@ __device__ __forceinline__ void Produce(const Sm90Params& params, const Smem<Tr>
   const TmaIssuer<Tr, kVarlen> tma{params, smem};
   PipelineState<Tr::kStages> pipe;
   int tile = blockIdx.x;
-  if constexpr (kDynamic) PublishTile(smem, 0, tile);
+  int key_begin = 0, key_end = -1, slot = -1, side = 0;
+  if constexpr (kDynamic) {
+    PublishTile(smem, 0, tile);
+  } else if (!StaticWorkItem<kStreamK>(params.schedule, 0, &tile, &key_begin, &key_end, &slot,
+                                       &side)) {
+    return;
+  }
   for (int local_tile = 0; tile < params.schedule.num_tiles; ++local_tile) {
-    const WorkTile w =
+    WorkTile w =
         DecodeTile<kVarlen, kCausal, Tr::kBlockM, Tr::kBlockN>(params.p, params.schedule, tile);
+    ApplyKeyRange(&w, key_begin, key_end, slot, side);
+    const int count = w.key_tiles - w.key_begin;
     KeyTileOf<Tr> next{};
-    if (w.key_tiles > 0) next = LookupKeyTile<Tr>(params, w, w.key_tiles - 1);
-    for (int i = 0; i < w.key_tiles; ++i, ++pipe.it) {
+    if (count > 0) next = LookupKeyTile<Tr>(params, w, w.key_tiles - 1);
+    for (int i = 0; i < count; ++i, ++pipe.it) {
       const int n = w.key_tiles - 1 - i;
       const KeyTileOf<Tr> kt = next;
       // (Paged: the table reads for key tile n - 1 are in flight during the waits below.)
-      if (n > 0) next = LookupKeyTile<Tr>(params, w, n - 1);
+      if (n > w.key_begin) next = LookupKeyTile<Tr>(params, w, n - 1);
       const int stage = pipe.Stage();
       const uint32_t released = pipe.Phase() ^ 1u;
       MbarrierWait(smem.KEmpty(stage), released);
@@ -157,14 +165,18 @@ __device__ __forceinline__ void Produce(const Sm90Params& params, const Smem<Tr>
     }
     // A tile whose rows see no key still has its Q loaded: the consumers then run the same
     // epilogue (O = 0, LSE = -inf) and the Q barrier phases stay in step.
-    if (w.key_tiles == 0) {
+    if (count <= 0) {
       tma.LoadQ(w, local_tile);
       if constexpr (kDynamic) ClaimNextTile(params, smem, local_tile);
     }
     // Dynamic: read back from the ring (no register holds it across the loads: at the
     // producer's 24 registers that spilled).
-    tile = kDynamic ? *smem.TileSlot((local_tile + 1) % kTileRingSlots)
-                    : tile + static_cast<int>(gridDim.x);
+    if constexpr (kDynamic) {
+      tile = *smem.TileSlot((local_tile + 1) % kTileRingSlots);
+    } else if (!StaticWorkItem<kStreamK>(params.schedule, local_tile + 1, &tile, &key_begin,
+                                         &key_end, &slot, &side)) {
+      break;
+    }
   }
 }
 

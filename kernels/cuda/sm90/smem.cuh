@@ -75,6 +75,12 @@ struct Smem {
            r;
   }
 
+  // Stream-K: the arrival order consumer warpgroup `wg` broadcasts to its threads (an int after
+  // the ring's; tile_shape.h's BarrierBytes reserves it).
+  __device__ __forceinline__ volatile int* ArrivalSlot(int wg) const {
+    return TileSlot(kTileRingSlots) + wg;
+  }
+
   // One thread, before the CTA's first __syncthreads.
   __device__ __forceinline__ void InitBarriers() const {
     MbarrierInit(QFull(), 1);

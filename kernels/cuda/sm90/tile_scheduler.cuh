@@ -11,6 +11,17 @@
 // is as late as it can be without the next tile waiting for it) and publishes each tile number to
 // the consumers through a two-slot ring in shared memory (sm90/smem.cuh), the number past the
 // last tile included, which ends every role's loop.
+//
+// Stream-K tail (Sm90Variant::kStreamK; fixed length, no causal mask, so every tile has the same
+// sk_key_tiles key tiles): a static schedule whose tiles are not a whole number of rounds of the
+// grid G leaves the last round's SMs idle but for num_tiles % G of them (S 4096, D 128 on an
+// H100: 2048 tiles = 15.5 rounds of 132, run as 16). The last full round and the remainder
+// (G + num_tiles % G tiles) are instead divided by key tiles: CTA c takes units [c U / G,
+// (c + 1) U / G) of their U = tiles x sk_key_tiles, as work items of whole tiles or key ranges
+// of one tile. A CTA's share is at least one tile's keys, so a tile holds at most one CTA
+// boundary: at most two items, side 1 (from the boundary to its end: the first item of the CTA
+// whose share starts there) and side 0 (the last item of the CTA before it), each computing a
+// partial O that the later of the two to finish merges (sm90/epilogue.cuh, MergeSharedTile).
 
 #include <cstdint>
 
@@ -30,6 +41,12 @@ struct WorkTile {
   int m_block = 0;
   int row0 = 0;       // first query token of the tile within the sequence
   int key_tiles = 0;  // key tiles [0, key_tiles) hold keys some row of the tile sees
+  // This work item computes key tiles [key_begin, key_tiles): 0 but for a stream-K item.
+  int key_begin = 0;
+  // Stream-K items that share their tile with another CTA: the boundary's index (the slot of the
+  // partials and of the arrival counter) and which side of it this item computes; else -1.
+  int shared_slot = -1;
+  int side = 0;
 };
 
 template <bool kVarlen>
@@ -79,6 +96,55 @@ __device__ __forceinline__ WorkTile DecodeTile(const AttentionParams& p, const S
   const int limit = KeyLimit<kCausal>(w.seq, last_token);
   w.key_tiles = limit > 0 ? (limit + kBlockN - 1) / kBlockN : 0;
   return w;
+}
+
+// Static schedule: the CTA's local-th work item as its tile number and, under the stream-K tail,
+// its key range (*key_begin, *key_end; -1: the whole tile) and shared-tile slot and side. False
+// past the CTA's last item. Every role evaluates it on the same local numbers.
+template <bool kStreamK>
+__device__ __forceinline__ bool StaticWorkItem(const Schedule& s, int local, int* tile,
+                                               int* key_begin, int* key_end, int* slot,
+                                               int* side) {
+  const int cta = static_cast<int>(blockIdx.x);
+  const int grid = static_cast<int>(gridDim.x);
+  *key_begin = 0;
+  *key_end = -1;
+  *slot = -1;
+  *side = 0;
+  if (!kStreamK || local < s.dp_tiles / grid) {
+    *tile = cta + local * grid;
+    return *tile < s.num_tiles;
+  }
+  const int64_t kt = s.sk_key_tiles;
+  const int64_t units = (s.num_tiles - s.dp_tiles) * kt;
+  const int64_t first = cta * units / grid;
+  const int64_t last = (cta + 1) * units / grid;  // exclusive
+  const int64_t t = first / kt + (local - s.dp_tiles / grid);
+  const int64_t begin = max(first, t * kt);
+  if (begin >= last) return false;
+  const int64_t end = min(last, (t + 1) * kt);
+  *tile = s.dp_tiles + static_cast<int>(t);
+  *key_begin = static_cast<int>(begin - t * kt);
+  *key_end = static_cast<int>(end - t * kt);
+  if (*key_begin > 0) {  // the first item of this CTA's share: the boundary at its start
+    *slot = cta;
+    *side = 1;
+  } else if (*key_end < kt) {  // the last item of this CTA's share: the boundary at its end
+    *slot = cta + 1;
+    *side = 0;
+  }
+  return true;
+}
+
+// The work item's tile with its key range applied (StaticWorkItem's outputs).
+__device__ __forceinline__ void ApplyKeyRange(WorkTile* w, int key_begin, int key_end, int slot,
+                                              int side) {
+  if (key_end >= 0) {
+    w->key_begin = key_begin;
+    w->key_tiles = key_end;
+  }
+  w->shared_slot = slot;
+  w->side = side;
 }
 
 // Dynamic schedule, producer thread: the CTA's local_tile-th tile number into its ring slot, once

@@ -140,10 +140,11 @@ inline constexpr int kMaxSmemBytes = 227 * 1024;
 inline constexpr int kTileRingSlots = 2;
 
 // Barrier area: q_full, q_free, 4 per stage (K/V full/empty), 2 per ring slot (full/empty), then
-// the ring's int slots. Reserved in every kernel (40 bytes) so that one smem map serves both
-// schedules.
+// the ring's int slots and one int per consumer warpgroup (the stream-K arrival order it
+// broadcasts). Reserved in every kernel so that one smem map serves every schedule.
 constexpr int BarrierBytes(int stages) {
-  return 8 * (2 + 4 * stages + 2 * kTileRingSlots) + 4 * kTileRingSlots;
+  return 8 * (2 + 4 * stages + 2 * kTileRingSlots) + 4 * kTileRingSlots +
+         4 * kMaxConsumerWarpgroups;
 }
 
 // Bytes of dynamic shared memory without a separate O buffer: operands, barriers, and 1 KB of
@@ -199,7 +200,8 @@ enum class Sm90Variant : int {
   // them, and the counter's memset and atomics are pure cost. At head dim 64 on contiguous K/V it
   // also takes kThreeConsumers' 192-row tiles, except for causal launches with queries shorter
   // than kThreeConsumerCausalMinSeqlen, and at head dim 128 without a causal mask kKeys160's
-  // tiles from kWideKeysMinSeqlenKv keys on (host_setup.h has the measurements behind both).
+  // tiles from kWideKeysMinSeqlenKv keys on, with kStreamK's tail for fixed-length launches from
+  // kStreamKMinSeqlenKv keys on (host_setup.h has the measurements behind each).
   kAuto = 2,
   // Every launch (fixed, varlen, paged; causal or not) with the conditional O rescale of
   // FlashAttention-4 (sm90/consumer_mainloop.cuh, LazyRowUpdate): a row's softmax reference
@@ -217,8 +219,12 @@ enum class Sm90Variant : int {
   // tiles scheduled as under kAuto. Every other launch takes kAuto's kernels unchanged.
   kKeys160 = 5,
   kKeys176 = 6,
+  // kAuto's kernels, with a stream-K tail for fixed-length launches without a causal mask whose
+  // tiles are not a whole number of rounds of the grid (sm90/tile_scheduler.cuh): the last
+  // round's idle SMs take a share of its keys. Other launches take kAuto's kernels unchanged.
+  kStreamK = 7,
 };
-inline constexpr int kNumSm90Variants = 7;
+inline constexpr int kNumSm90Variants = 8;
 
 // Sm90Variant::kLazyRescale's threshold, in the log2 units of the scaled scores: probabilities
 // are taken against a reference at most this far below the row's true maximum, so they stay
@@ -243,6 +249,8 @@ constexpr const char* Sm90VariantName(Sm90Variant v) {
       return "keys160";
     case Sm90Variant::kKeys176:
       return "keys176";
+    case Sm90Variant::kStreamK:
+      return "stream_k";
   }
   return "unknown";
 }

@@ -3,6 +3,7 @@
 // described by a DeviceProps value and "compiled" is passed in.
 
 #include <algorithm>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -292,6 +293,45 @@ TEST(KernelPathTest, WideKeyTilesFitSharedMemory) {
   EXPECT_FALSE(sm90::BuildSchedule(Fixed(2, 4096, 4096, 32, 32, 64), {}, 64, 2, H100(), &s,
                                    TileKind::kKeys160)
                    .ok());
+}
+
+// The stream-K tail: the last full round and the remainder are divided by key tiles, so that
+// every CTA's share is at least one tile's keys; whole rounds, less than a round and one key tile
+// per tile keep the round-robin.
+TEST(KernelPathTest, StreamKPlansTheLastRoundAndTheRemainder) {
+  sm90::Schedule s;
+  s.num_tiles = 2048;  // 15.5 rounds of 132
+  ASSERT_TRUE(sm90::PlanStreamK(&s, 132, 26));
+  EXPECT_EQ(s.dp_tiles, 14 * 132);
+  EXPECT_EQ(s.sk_key_tiles, 26);
+  EXPECT_GE((s.num_tiles - s.dp_tiles) * s.sk_key_tiles / 132, s.sk_key_tiles);
+  for (const auto& [tiles, grid, key_tiles] :
+       {std::tuple{264, 132, 8}, std::tuple{100, 132, 8}, std::tuple{300, 132, 1}}) {
+    s.num_tiles = tiles;
+    EXPECT_FALSE(sm90::PlanStreamK(&s, grid, key_tiles)) << tiles << " " << key_tiles;
+    EXPECT_EQ(s.dp_tiles, tiles);
+  }
+  s.num_tiles = 133;  // one round and one tile: no full round left to the round-robin
+  ASSERT_TRUE(sm90::PlanStreamK(&s, 132, 2));
+  EXPECT_EQ(s.dp_tiles, 0);
+}
+
+// kAuto takes the stream-K tail for 160-key tiles from kStreamKMinSeqlenKv keys on; the
+// stream_k variant wherever a launch reaches it; the other variants never.
+TEST(KernelPathTest, StreamKByVariantKindAndLength) {
+  using sm90::TileKind;
+  ASSERT_EQ(sm90::ActiveVariant(), sm90::Sm90Variant::kAuto);
+  const int kMin = sm90::kStreamKMinSeqlenKv;
+  EXPECT_TRUE(sm90::UseStreamK(TileKind::kKeys160, kMin));
+  EXPECT_FALSE(sm90::UseStreamK(TileKind::kKeys160, kMin - 1));
+  EXPECT_FALSE(sm90::UseStreamK(TileKind::kThreeConsumers, 16384));
+  EXPECT_FALSE(sm90::UseStreamK(TileKind::kStandard, 16384));
+  sm90::testing::SetVariant(sm90::Sm90Variant::kStreamK);
+  EXPECT_TRUE(sm90::UseStreamK(TileKind::kThreeConsumers, 1024));
+  EXPECT_TRUE(sm90::UseStreamK(TileKind::kStandard, 1024));
+  sm90::testing::SetVariant(sm90::Sm90Variant::kKeys160);
+  EXPECT_FALSE(sm90::UseStreamK(TileKind::kKeys160, 16384));
+  sm90::testing::SetVariant(sm90::Sm90Variant::kAuto);
 }
 
 TEST(KernelPathTest, FixedScheduleSectionsFitHalfTheL2) {

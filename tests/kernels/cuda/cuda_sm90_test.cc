@@ -20,7 +20,9 @@
 // shapes above then also cover a third consumer's rows (128..191) partly filled, ending inside
 // its 64 (varlen 130, 257, 300) and tiles past 192 rows (200, 257, 300). keys160 and keys176 run
 // head dim 128's launches without a causal mask on 160- and 176-key tiles (the rest: the default
-// kernels): key counts 130..700 end inside their first, second and later key tiles.
+// kernels): key counts 130..700 end inside their first, second and later key tiles. stream_k
+// divides the keys of the last tiles of fixed-length launches without a causal mask among the
+// CTAs (FixedStreamKTail has the shape that does it on an H100).
 
 #include <string>
 #include <tuple>
@@ -83,6 +85,18 @@ TEST_P(CudaSm90Test, FixedMoreTilesThanSms) {
     Check(MakeProblem(dtype_, 32, 8, head_dim_, std::vector<int>(8, 128), std::vector<int>(8, 160),
                       causal, 24),
           false, causal ? "causal many tiles" : "full many tiles");
+  }
+}
+
+TEST_P(CudaSm90Test, FixedStreamKTail) {
+  // 8 x 32 heads x 2 M tiles = 512 tiles over 7-8 key tiles of 1000 keys (the last partial):
+  // on a 132-SM H100 not a whole number of rounds, so under stream_k the last 248 tiles' keys are
+  // divided among the CTAs, and tiles that two CTAs share are merged by the second to finish
+  // (with a partial key tile on either side of a boundary). GQA group 2.
+  for (bool causal : {false, true}) {
+    Check(MakeProblem(dtype_, 32, 16, head_dim_, std::vector<int>(8, 200),
+                      std::vector<int>(8, 1000), causal, 30),
+          false, causal ? "causal stream-K shape" : "full stream-K tail");
   }
 }
 
@@ -164,7 +178,8 @@ INSTANTIATE_TEST_SUITE_P(Sm90Instantiations, CudaSm90Test,
                                                               Variant::kAuto, Variant::kLazyRescale,
                                                               Variant::kThreeConsumers,
                                                               Variant::kKeys160,
-                                                              Variant::kKeys176)),
+                                                              Variant::kKeys176,
+                                                              Variant::kStreamK)),
                          Sm90CaseName);
 
 }  // namespace
