@@ -204,7 +204,8 @@ TileKind ChooseTileKind(int head_dim, bool paged, bool causal, int max_seqlen_q,
   if (HasThreeConsumerShape(head_dim, paged)) {
     const bool three = variant == Sm90Variant::kThreeConsumers ||
                        (variant == Sm90Variant::kAuto &&
-                        (!causal || max_seqlen_q >= kThreeConsumerCausalMinSeqlen));
+                        max_seqlen_q >= (causal ? kThreeConsumerCausalMinSeqlen
+                                                : kThreeConsumerMinSeqlen));
     return three ? TileKind::kThreeConsumers : TileKind::kStandard;
   }
   if (HasWideKeyShape(head_dim, paged) && !causal) {

@@ -77,8 +77,8 @@ bool PlanStreamK(Schedule* schedule, int grid, int key_tiles);
 
 // The tile shape of a launch's kernel, by the active variant. Where the head dim and layout have
 // the three-consumer shape (HasThreeConsumerShape): kThreeConsumers under
-// Sm90Variant::kThreeConsumers, and under kAuto too except for causal launches whose longest query
-// is shorter than kThreeConsumerCausalMinSeqlen. Where they have the wide key shape
+// Sm90Variant::kThreeConsumers, and under kAuto too except for launches whose longest query is
+// shorter than kThreeConsumerCausalMinSeqlen (causal) or kThreeConsumerMinSeqlen (not). Where they have the wide key shape
 // (HasWideKeyShape), launches without a causal mask: kKeys160 / kKeys176 under the variants of
 // those names, and kKeys160 under kAuto when the longest context has at least
 // kWideKeysMinSeqlenKv keys. Else kStandard.
@@ -89,6 +89,11 @@ TileKind ChooseTileKind(int head_dim, bool paged, bool causal, int max_seqlen_q,
 // worth of keys, and at S 1024 diagonal tiles are a fifth of the work) and win 4-13% causal at
 // S >= 4096 and 4-25% non-causal at every S; 2048 splits the unmeasured interval.
 inline constexpr int kThreeConsumerCausalMinSeqlen = 2048;
+
+// And launches without a causal mask with queries shorter than this. Measured on an H100 (D 64,
+// fp16, B 2, H 32, x cuDNN, 128 -> 192-row tiles): S 512 0.95 -> 0.82 (3 m-blocks of 192 rows
+// for 512 queries, and 192 tiles on 132 SMs: 1.45 rounds), S 1024 0.93 -> 0.98.
+inline constexpr int kThreeConsumerMinSeqlen = 1024;
 
 // Under kAuto, head dim 128 launches without a causal mask take 160-key tiles from this context
 // length on. Measured on an H200 (fp16 and bf16, B 2, H 32, x cuDNN, 128 -> 160 keys): S 1024

@@ -237,7 +237,8 @@ TEST(KernelPathTest, ThreeConsumerScheduleTakes192RowTiles) {
 }
 
 // kAuto takes three consumer warpgroups (192-row tiles) at head dim 64 on contiguous K/V, except
-// causal launches with queries shorter than kThreeConsumerCausalMinSeqlen, and 160-key tiles at
+// launches with queries shorter than kThreeConsumerCausalMinSeqlen (causal) or
+// kThreeConsumerMinSeqlen (not), and 160-key tiles at
 // head dim 128 on contiguous K/V without a causal mask from kWideKeysMinSeqlenKv keys on; the
 // variants under measurement keep their own choice, and no wide key tile takes a causal or paged
 // launch. Arguments: head dim, paged, causal, longest query, longest context.
@@ -247,6 +248,8 @@ TEST(KernelPathTest, TileKindByVariantHeadDimLayoutAndLength) {
   const int kMin = sm90::kThreeConsumerCausalMinSeqlen;
   const int kWide = sm90::kWideKeysMinSeqlenKv;
   EXPECT_EQ(sm90::ChooseTileKind(64, false, false, 1024, 1024), TileKind::kThreeConsumers);
+  EXPECT_EQ(sm90::ChooseTileKind(64, false, false, sm90::kThreeConsumerMinSeqlen - 1, 8192),
+            TileKind::kStandard);
   EXPECT_EQ(sm90::ChooseTileKind(64, false, true, kMin, kMin), TileKind::kThreeConsumers);
   EXPECT_EQ(sm90::ChooseTileKind(64, false, true, kMin - 1, 8192), TileKind::kStandard);
   EXPECT_EQ(sm90::ChooseTileKind(64, true, false, 8192, 8192), TileKind::kStandard);
