@@ -125,8 +125,11 @@ absl::Status TooMany(const Field& field, size_t max_values) {
 
 }  // namespace
 
-absl::Status AppendRepeatedVarint(const MessageBytes& message, const Field& field,
-                                  std::vector<int64_t>* out, size_t max_values) {
+namespace {
+
+template <typename Values>
+absl::Status AppendVarints(const MessageBytes& message, const Field& field, Values* out,
+                          size_t max_values) {
   if (field.type == WireType::kVarint) {
     if (out->size() >= max_values) return TooMany(field, max_values);
     out->push_back(static_cast<int64_t>(field.value));
@@ -167,6 +170,18 @@ absl::Status AppendRepeatedVarint(const MessageBytes& message, const Field& fiel
     out->push_back(static_cast<int64_t>(value));
   }
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status AppendRepeatedVarint(const MessageBytes& message, const Field& field,
+                                  std::vector<int64_t>* out, size_t max_values) {
+  return AppendVarints(message, field, out, max_values);
+}
+
+absl::Status AppendRepeatedVarint(const MessageBytes& message, const Field& field,
+                                  absl::InlinedVector<int64_t, 4>* out, size_t max_values) {
+  return AppendVarints(message, field, out, max_values);
 }
 
 std::string ReadString(const MessageBytes& message, const Field& field) {

@@ -377,7 +377,7 @@ absl::Status DecodeAttentionResponse(const MessageBytes& message, AttentionRespo
 
 namespace {
 
-size_t PackedVarintsSize(const std::vector<int64_t>& values) {
+size_t PackedVarintsSize(absl::Span<const int64_t> values) {
   size_t size = 0;
   for (int64_t v : values) size += VarintSize(static_cast<uint64_t>(v));
   return size;
@@ -415,7 +415,7 @@ size_t TensorPayloadSize(const TensorData& tensor) {
   return size;
 }
 
-void AppendPackedVarints(uint32_t field_number, const std::vector<int64_t>& values,
+void AppendPackedVarints(uint32_t field_number, absl::Span<const int64_t> values,
                          MessageBuilder* builder) {
   if (values.empty()) return;
   builder->LengthDelimitedHeader(field_number, PackedVarintsSize(values));

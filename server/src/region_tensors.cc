@@ -44,7 +44,7 @@ uint64_t ElementBytes(int32_t dtype) {
   }
 }
 
-absl::StatusOr<uint64_t> TensorByteCount(int32_t dtype, const std::vector<int64_t>& shape,
+absl::StatusOr<uint64_t> TensorByteCount(int32_t dtype, absl::Span<const int64_t> shape,
                                          const char* field) {
   const uint64_t element = ElementBytes(dtype);
   if (element == 0) {

@@ -56,7 +56,7 @@ void ExpectSameTensor(const MessageBytes& message, const wire::TensorView& view,
                       const v1::Tensor& proto, const char* what) {
   FUZZ_CHECK(view.present == has) << what << ".present";
   FUZZ_CHECK(view.dtype == static_cast<int32_t>(proto.dtype())) << what << ".dtype";
-  FUZZ_CHECK(view.shape == std::vector<int64_t>(proto.shape().begin(), proto.shape().end()))
+  FUZZ_CHECK(view.shape == wire::Dims(proto.shape().begin(), proto.shape().end()))
       << what << ".shape";
   FUZZ_CHECK(SpanBytes(message, view.data) == proto.data()) << what << ".data";
   ExpectSameRegion(view.region, proto.has_region(), proto.region(), what);
