@@ -42,6 +42,8 @@ class FieldReader {
   const absl::Status& status() const { return status_; }
 
  private:
+  // Points the cursor at the slice holding position_; false at the end of the span.
+  bool Seek();
   bool ReadByte(uint8_t* byte);
   bool ReadVarint(uint64_t* value);
   bool ReadFixed(int num_bytes, uint64_t* value);
