@@ -169,10 +169,10 @@ absl::Status DecodeStepBatch(const MessageBytes& message, Span span, const Decod
                                             " ids (the server's limit)");
         }
         if (field.bytes.size > limits.max_id_bytes) {
-          return absl::InvalidArgumentError(
-              "StepBatch.sequence_ids[" + std::to_string(batch->sequence_ids.size()) + "] has " +
-              std::to_string(field.bytes.size) + " bytes; at most " +
-              std::to_string(limits.max_id_bytes) + " are allowed");
+          return absl::InvalidArgumentError("StepBatch.sequence_ids[" +
+                                            std::to_string(batch->sequence_ids.size()) + "] has " +
+                                            std::to_string(field.bytes.size) + " bytes; at most " +
+                                            std::to_string(limits.max_id_bytes) + " are allowed");
         }
         batch->sequence_ids.push_back(ReadString(message, field));
         break;

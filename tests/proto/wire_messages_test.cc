@@ -128,12 +128,9 @@ void ExpectStepRequestEq(const MessageBytes& message, const StepRequestView& got
 
 
 TensorData ToData(const v1::Tensor& t, std::shared_ptr<const void> owner) {
-  return TensorData{int32_t(t.dtype()),
-                    Dims(t.shape().begin(), t.shape().end()),
-                    t.data().data(),
-                    t.data().size(),
-                    std::move(owner),
-                    ToView(t.has_region(), t.region())};
+  return TensorData{int32_t(t.dtype()), Dims(t.shape().begin(), t.shape().end()),
+                    t.data().data(),    t.data().size(),
+                    std::move(owner),   ToView(t.has_region(), t.region())};
 }
 
 TEST(WireMessagesTest, DecodesStepRequestsAsProtobufParsesThem) {
