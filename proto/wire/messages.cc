@@ -252,8 +252,19 @@ bool DecodeCommonAttentionField(const MessageBytes& message, const Field& field,
 
 absl::Status DecodeStepRequest(const MessageBytes& message, StepRequestView* request,
                                const DecodeLimits& limits) {
-  FieldReader reader(message, message.whole());
   Field field;
+  {
+    // Entries are counted first (a pass over the top-level tags, skipping their payloads), so
+    // that the views are built in place: growing the vector moved every view built so far,
+    // several times over for a large step.
+    size_t entries = 0;
+    FieldReader counter(message, message.whole());
+    while (counter.Next(&field) && entries < limits.max_entries) {
+      if (field.number == step_request::kEntries && IsBytes(field)) ++entries;
+    }
+    request->entries.reserve(request->entries.size() + entries);
+  }
+  FieldReader reader(message, message.whole());
   while (reader.Next(&field)) {
     if (field.number == step_request::kLayer && IsVarint(field)) {
       request->layer = static_cast<uint32_t>(field.value);

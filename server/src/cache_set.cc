@@ -118,7 +118,7 @@ absl::StatusOr<int> CacheSet::CreateSequence(const Tenant& tenant, absl::string_
     (void)caches_[device]->FreeSequence(id);
     return s;
   }
-  device_of_.emplace(std::string(id), device);
+  device_of_.emplace(std::string(id), Placement{device});
   ++sequences_per_device_[device];
   return cached;
 }
@@ -133,7 +133,7 @@ absl::Status CacheSet::ForkSequence(const Tenant& tenant, absl::string_view pare
   if (device_of_.contains(child)) {
     return absl::AlreadyExistsError("sequence '" + std::string(child) + "' already exists");
   }
-  const int device = it->second;
+  const int device = it->second.device;
   if (absl::Status s = ledger_.CheckNewSequence(tenant); !s.ok()) return s;
   if (absl::Status s = caches_[device]->ForkSequence(parent, child); !s.ok()) return s;
   // The child's length is the parent's committed one, as the cache has it.
@@ -144,7 +144,7 @@ absl::Status CacheSet::ForkSequence(const Tenant& tenant, absl::string_view pare
     (void)caches_[device]->FreeSequence(child);
     return s;
   }
-  device_of_.emplace(std::string(child), device);
+  device_of_.emplace(std::string(child), Placement{device});
   ++sequences_per_device_[device];
   return absl::OkStatus();
 }
@@ -155,7 +155,7 @@ absl::Status CacheSet::FreeSequence(absl::string_view id) {
   if (it == device_of_.end()) {
     return absl::NotFoundError("sequence '" + std::string(id) + "' does not exist");
   }
-  const int device = it->second;
+  const int device = it->second.device;
   if (absl::Status s = caches_[device]->FreeSequence(id); !s.ok()) return s;
   ledger_.RemoveSequence(id);
   device_of_.erase(it);
@@ -167,16 +167,28 @@ std::optional<int> CacheSet::DeviceOf(absl::string_view id) const {
   MutexLock lock(&mu_);
   const auto it = device_of_.find(id);
   if (it == device_of_.end()) return std::nullopt;
-  return it->second;
+  return it->second.device;
 }
 
-void CacheSet::DevicesOf(absl::Span<const std::string> ids, std::vector<int>* devices) const {
+std::optional<std::pair<size_t, size_t>> CacheSet::DevicesOf(absl::Span<const std::string> ids,
+                                                              std::vector<int>* devices) const {
   devices->resize(ids.size());
+  std::optional<std::pair<size_t, size_t>> repeat;
   MutexLock lock(&mu_);
+  const uint64_t lookup = ++lookups_;
   for (size_t i = 0; i < ids.size(); ++i) {
     const auto it = device_of_.find(ids[i]);
-    (*devices)[i] = it == device_of_.end() ? -1 : it->second;
+    if (it == device_of_.end()) {
+      (*devices)[i] = -1;
+      continue;
+    }
+    const Placement& p = it->second;
+    (*devices)[i] = p.device;
+    if (p.seen_by == lookup && !repeat.has_value()) repeat.emplace(p.seen_at, i);
+    p.seen_by = lookup;
+    p.seen_at = i;
   }
+  return repeat;
 }
 
 std::vector<std::string> CacheSet::ExpireIdle(absl::Time now, absl::Duration ttl) {

@@ -8,6 +8,13 @@
 
 namespace flashkv::server {
 
+void StepPart::Reserve(size_t entries) {
+  entries_.reserve(entries);
+  row_start_.reserve(entries + 1);
+  sequence_ids_.reserve(entries);
+  batch_entries_.reserve(entries);
+}
+
 void StepPart::AddEntry(int index, const StepEntry& entry) {
   entries_.push_back(index);
   row_start_.push_back(row_start_.back() + entry.num_tokens);
@@ -59,6 +66,9 @@ StepState::StepState(wire::MessageBytes message, uint32_t layer, uint64_t step_i
     if (part == nullptr) {
       parts_.push_back(std::make_unique<StepPart>(this, e.device));
       part = parts_.back().get();
+      // Most steps have one part: room for every entry (a step over several devices
+      // over-reserves its first part a little).
+      if (parts_.size() == 1) part->Reserve(entries_.size() - i);
     }
     part->AddEntry(static_cast<int>(i), e);
     if (!e.out_region) {

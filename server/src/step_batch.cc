@@ -5,7 +5,6 @@
 #include <tuple>
 #include <utility>
 
-#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "flashkv/server/step_request.h"
 #include "flashkv/server/tensor_checks.h"
@@ -166,31 +165,27 @@ absl::StatusOr<std::vector<StepEntry>> CheckStepBatch(wire::StepBatchView& batch
   int64_t total = 0;
   for (int c : *counts) total += c;
 
-  // Ids: well formed, distinct, and held by the tenant (one directory lookup for the batch).
+  // Ids: well formed, held by the tenant, distinct (one directory lookup for the batch, which
+  // also finds a repeated id).
   std::vector<std::string> scoped(n);
-  absl::flat_hash_set<absl::string_view> seen;
-  seen.reserve(n);
   for (size_t i = 0; i < n; ++i) {
     const std::string& id = batch.sequence_ids[i];
     if (!CheckSequenceId(id, "").ok()) {
       return CheckSequenceId(id, absl::StrCat("batch.sequence_ids[", i, "]"));
     }
-    if (!seen.insert(id).second) {
-      for (size_t j = 0; j < i; ++j) {
-        if (batch.sequence_ids[j] == id) {
-          return Invalid(absl::StrCat("batch.sequence_ids[", i, "] '", id, "' repeats [", j, "]"));
-        }
-      }
-    }
     scoped[i] = ScopedSequenceId(tenant, id);
   }
   std::vector<int> device_of;
-  caches.DevicesOf(scoped, &device_of);
+  const std::optional<std::pair<size_t, size_t>> repeat = caches.DevicesOf(scoped, &device_of);
   std::vector<int> devices;  // distinct, for the placement checks
   for (size_t i = 0; i < n; ++i) {
     if (device_of[i] < 0) {
       return absl::NotFoundError(absl::StrCat("batch.sequence_ids[", i, "]: sequence '",
                                               batch.sequence_ids[i], "' does not exist"));
+    }
+    if (repeat.has_value() && repeat->second == i) {
+      return Invalid(absl::StrCat("batch.sequence_ids[", i, "] '", batch.sequence_ids[i],
+                                  "' repeats [", repeat->first, "]"));
     }
     if (std::find(devices.begin(), devices.end(), device_of[i]) == devices.end()) {
       devices.push_back(device_of[i]);

@@ -143,6 +143,29 @@ def step_seeds(kvcache_pb2, tensor_pb2, rng):
     write("step_request", "other-tenant-id", bytes([0]) + sliced(
         request(0, [("d", 1, None, None)])))
 
+    # Batched steps (StepRequest.batch), from an rng of their own so that the seeds above and
+    # after keep their bytes.
+    brng = random.Random(20261126)
+    bt = lambda *a, **k: tensor(tensor_pb2, *a, rng=brng, **k)
+
+    def batch(layer, ids, num_tokens, q_region, out_region):
+        step = kvcache_pb2.StepRequest(layer=layer, step_id=4)
+        b = step.batch
+        b.sequence_ids.extend(ids)
+        b.num_tokens.extend(num_tokens)
+        rows = sum(num_tokens) if num_tokens else len(ids)
+        b.q.CopyFrom(bt(FP16, [rows, 4, 32], region=q_region))
+        b.k.CopyFrom(bt(FP16, [rows, 2, 32]))
+        b.v.CopyFrom(bt(FP16, [rows, 2, 32]))
+        if out_region is not None:
+            b.out.region_id, b.out.offset = out_region
+        return step.SerializeToString()
+
+    write("step_request", "batch-decode", bytes([0]) + sliced(
+        batch(0, ["a", "b", "c"], [], None, None), (40,)))
+    write("step_request", "batch-regions", bytes([1]) + sliced(
+        batch(1, ["c", "a"], [2, 3], (1, 0), (1, 8192))))
+
 
 def decision_seeds(rng):
     for i in range(6):

@@ -8,6 +8,8 @@
 // "fuzz" holding sequences a, b, c and tenant "other" holding a and d (the same client id "a"
 // in two namespaces).
 //
+// Requests of entries and batched ones (StepRequest.batch, expanded into the same entries).
+//
 // Properties: no crash, leak or undefined behaviour; refusals are client errors; an accepted
 // step names only the caller's sequences (scoped ids, on the device that holds them), keeps
 // every limit, has tensors of exactly the model's size inside the message, and outputs inside
@@ -80,6 +82,13 @@ bool PatchRequest(v1::StepRequest* proto, const FuzzRegions& regions) {
     }
     if (e.has_out()) other |= PatchSlice(e.mutable_out(), regions);
   }
+  if (proto->has_batch()) {
+    v1::StepBatch* b = proto->mutable_batch();
+    for (v1::Tensor* t : {b->mutable_q(), b->mutable_k(), b->mutable_v()}) {
+      if (t->has_region()) other |= PatchSlice(t->mutable_region(), regions);
+    }
+    if (b->has_out()) other |= PatchSlice(b->mutable_out(), regions);
+  }
   return other;
 }
 
@@ -96,14 +105,20 @@ void CheckAccepted(const Setup& s, const wire::StepRequestView& view,
   const size_t row_q = size_t(m.num_q_heads) * m.head_dim * DTypeSize(m.dtype);
   const size_t row_kv = size_t(m.num_kv_heads) * m.head_dim * DTypeSize(m.dtype);
   FUZZ_CHECK(view.layer < uint32_t(m.num_layers)) << "layer";
-  FUZZ_CHECK(!entries.empty() && entries.size() == view.entries.size() &&
+  // A batched request (StepRequest.batch) expands into one entry per sequence id.
+  const std::vector<std::string>* batch_ids =
+      view.batch.present ? &view.batch.sequence_ids : nullptr;
+  FUZZ_CHECK(!view.batch.present || view.entries.empty()) << "entries and batch both accepted";
+  const size_t requested = batch_ids != nullptr ? batch_ids->size() : view.entries.size();
+  FUZZ_CHECK(!entries.empty() && entries.size() == requested &&
              entries.size() <= size_t(s.config.limits.max_entries_per_step))
       << "entries";
   int64_t tokens = 0;
   std::vector<Range> ranges;
   for (size_t i = 0; i < entries.size(); ++i) {
     const server::StepEntry& e = entries[i];
-    FUZZ_CHECK(e.sequence_id == server::ScopedSequenceId(s.tenant, view.entries[i].sequence_id))
+    const std::string& id = batch_ids != nullptr ? (*batch_ids)[i] : view.entries[i].sequence_id;
+    FUZZ_CHECK(e.sequence_id == server::ScopedSequenceId(s.tenant, id))
         << "entry " << i << " is '" << e.sequence_id << "', not the caller's";
     FUZZ_CHECK(s.caches->DeviceOf(e.sequence_id) == e.device) << "device of entry " << i;
     FUZZ_CHECK(e.num_tokens >= 1 && e.num_tokens <= s.config.limits.max_tokens_per_entry)

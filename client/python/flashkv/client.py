@@ -27,7 +27,8 @@ from . import _proto
 from .channel import ChannelConfig, TlsConfig, TransportOptions, create_channel
 from .errors import FlashkvError, StatusCode, from_rpc_error
 from .routing import SEQUENCE_HEADER, validate_routing_key
-from .step import build_step_request, check_step_response, expectation_for
+from .step import (build_step_batch_request, build_step_request, check_step_response,
+                   expectation_for)
 from .region import RegionTensor, SharedRegion
 from .step_session import StepSession
 from .tensor import FP32, NUMPY, WireArray, fill_proto, from_proto, prepare
@@ -187,6 +188,22 @@ class Client:
         response = self._step(request, routing_key, timeout)
         return check_step_response(expected, response)
 
+    def step_batch(self, layer: int, sequence_ids: Sequence[str], q, k, v, *,
+                   num_tokens: Optional[Sequence[int]] = None,
+                   token_ids: Optional[Sequence[int]] = None, out: Optional[RegionTensor] = None,
+                   step_id: int = 0, dtype=None, routing_key: Optional[str] = None,
+                   timeout: Optional[float] = None):
+        """One batched Step (docs/api.md "Batched steps"): q [T,Hq,D], k, v [T,Hkv,D] hold every
+        sequence's new tokens, sequence i owning the next num_tokens[i] rows (one each when
+        num_tokens is None, a decode batch). q, k, v may be RegionTensors (only descriptors
+        travel); `out` (a RegionTensor) receives the output in place. Returns the output
+        [T,Hq,D] like q (out.array when `out` is given)."""
+        request, expected = build_step_batch_request(layer, sequence_ids, q, k, v,
+                                                     num_tokens=num_tokens, token_ids=token_ids,
+                                                     out=out, step_id=step_id, dtype=dtype)
+        response = self._step(request, routing_key, timeout)
+        return check_step_response(expected, response)
+
     def step_raw(self, request, *, routing_key: Optional[str] = None,
                  timeout: Optional[float] = None):
         """A flashkv.v1.StepRequest as built by the caller; returns the checked StepResponse."""
@@ -195,7 +212,9 @@ class Client:
         return response
 
     def _step(self, request, routing_key, timeout):
-        key = routing_key or (request.entries[0].sequence_id if request.entries else "")
+        key = routing_key or (request.entries[0].sequence_id if request.entries
+                              else request.batch.sequence_ids[0] if request.batch.sequence_ids
+                              else "")
         return self._invoke("Step", self._kvcache.Step, request, key, timeout)
 
     def open_step_session(self, *, routing_key: Optional[str] = None, max_in_flight: int = 64,

@@ -4,6 +4,11 @@ A StepEntry carries n new tokens of one sequence: q [n,Hq,D], k and v [n,Hkv,D] 
 The answer must carry one output per entry, shaped like the entry's q, in q's dtype, echoing the
 request's step_id; anything else is INTERNAL naming the mismatch (as the C++ client's
 CheckStepResponse), so nothing reaches the caller unchecked.
+
+A batched Step (StepRequest.batch, docs/api.md "Batched steps") carries the whole batch as one
+q [T,Hq,D], k and v [T,Hkv,D] (arrays, or RegionTensors sent as descriptors) with the sequence ids
+and their token counts; its answer is one output [T,Hq,D] (batch_out), written into `out` when
+that RegionTensor is given.
 """
 
 from dataclasses import dataclass, field
@@ -11,7 +16,8 @@ from typing import List, Optional, Sequence, Tuple
 
 from . import _proto
 from .errors import FlashkvError, StatusCode
-from .tensor import NUMPY, Like, dtype_name, fill_proto, from_proto, prepare
+from .region import RegionTensor
+from .tensor import NUMPY, Like, WireArray, dtype_name, fill_proto, from_proto, prepare
 
 
 @dataclass
@@ -30,6 +36,8 @@ class StepExpectation:
     """What the answer to a request must look like, and the form its outputs take."""
     outputs: List[Tuple[Tuple[int, ...], str, Like]] = field(default_factory=list)
     step_id: int = 0
+    # A batched request: (shape, dtype, like, the RegionTensor `out` or None) of its batch_out.
+    batch: Optional[Tuple[Tuple[int, ...], str, Like, Optional[RegionTensor]]] = None
 
 
 def _as_input(entry, index: int) -> StepInput:
@@ -61,9 +69,47 @@ def build_step_request(layer: int, entries, step_id: int = 0,
     return request, expected
 
 
+def build_step_batch_request(layer: int, sequence_ids: Sequence[str], q, k, v, *,
+                             num_tokens: Optional[Sequence[int]] = None,
+                             token_ids: Optional[Sequence[int]] = None,
+                             out: Optional[RegionTensor] = None, step_id: int = 0,
+                             dtype=None) -> Tuple[object, StepExpectation]:
+    """A batched flashkv.v1.StepRequest: q [T,Hq,D], k, v [T,Hkv,D] for the sequences'
+    new tokens, entry i owning the next num_tokens[i] rows (one each when num_tokens is None).
+    q, k, v may be RegionTensors (descriptors only); `out` (a RegionTensor) receives the
+    output."""
+    request = _proto.kvcache_pb2.StepRequest(layer=layer, step_id=step_id)
+    batch = request.batch
+    batch.sequence_ids[:] = list(sequence_ids)
+    if num_tokens is not None:
+        batch.num_tokens[:] = [int(n) for n in num_tokens]
+    wq = None
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if isinstance(x, RegionTensor):
+            x.fill_proto(getattr(batch, name))
+            wire = WireArray(x.array, x.dtype, NUMPY)
+        else:
+            wire = prepare(x, dtype, f"batch.{name}")
+            fill_proto(wire, getattr(batch, name))
+        wq = wq or wire
+    if out is not None:
+        out.fill_slice(batch.out)
+    if token_ids is not None:
+        batch.token_ids[:] = [int(t) for t in token_ids]
+    shape = tuple(int(d) for d in batch.q.shape)
+    expected = StepExpectation(step_id=step_id, batch=(shape, wq.dtype_name, wq.like, out))
+    return request, expected
+
+
 def expectation_for(request) -> StepExpectation:
     """The expectation of a request built elsewhere (outputs come back as numpy arrays)."""
     expected = StepExpectation(step_id=request.step_id)
+    if request.HasField("batch"):
+        try:
+            dtype = dtype_name(request.batch.q.dtype)
+        except ValueError as e:
+            raise FlashkvError(StatusCode.INVALID_ARGUMENT, f"batch.q.dtype: {e}") from None
+        expected.batch = (tuple(request.batch.q.shape), dtype, NUMPY, None)
     for i, entry in enumerate(request.entries):
         try:
             dtype = dtype_name(entry.q.dtype)
@@ -73,12 +119,37 @@ def expectation_for(request) -> StepExpectation:
     return expected
 
 
-def check_step_response(expected: StepExpectation, response) -> list:
-    """The outputs of `response` in entry order, after checking it answers `expected`."""
+def check_step_response(expected: StepExpectation, response):
+    """The outputs of `response` in entry order (for a batched request, its one output), after
+    checking it answers `expected`."""
     if response.step_id != expected.step_id:
         raise FlashkvError(StatusCode.INTERNAL,
                            f"step response out of order: expected step_id {expected.step_id}, "
                            f"got {response.step_id}")
+    if (expected.batch is not None) != response.HasField("batch_out"):
+        raise FlashkvError(StatusCode.INTERNAL,
+                           f"step {expected.step_id}: "
+                           + ("no batch_out for a batched request" if expected.batch is not None
+                              else "a batch_out for a request of entries"))
+    if expected.batch is not None:
+        shape, dtype, like, slot = expected.batch
+        field_name = f"step {expected.step_id} batch_out"
+        message = response.batch_out
+        if len(response.out) != 0:
+            raise FlashkvError(StatusCode.INTERNAL, f"step {expected.step_id}: out[] for a "
+                                                    "batched request")
+        if slot is None:
+            if message.HasField("region"):
+                raise FlashkvError(StatusCode.INTERNAL,
+                                   f"{field_name} names a region; the request asked for bytes")
+            return from_proto(message, field_name, like, dtype, shape)
+        if not message.HasField("region") or (message.region.region_id,
+                                              message.region.offset) != (
+                slot.region.region_id, slot.offset):
+            raise FlashkvError(StatusCode.INTERNAL,
+                               f"{field_name} does not name the region slice the request gave")
+        from_proto(message, field_name, like, dtype, shape, data_in_region=True)
+        return slot.array
     if len(response.out) != len(expected.outputs):
         raise FlashkvError(StatusCode.INTERNAL,
                            f"step {expected.step_id}: {len(response.out)} outputs for "

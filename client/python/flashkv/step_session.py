@@ -25,7 +25,8 @@ import grpc
 
 from .errors import FlashkvError, StatusCode, from_rpc_error
 from .routing import validate_routing_key
-from .step import StepExpectation, build_step_request, check_step_response, expectation_for
+from .step import (StepExpectation, build_step_batch_request, build_step_request,
+                   check_step_response, expectation_for)
 
 _CLOSE = object()  # ends the request iterator (half-close)
 
@@ -67,6 +68,15 @@ class StepSession:
         request, expected = build_step_request(layer, entries, step_id, dtype)
         return self._send(request, expected)
 
+    def send_batch(self, layer: int, sequence_ids, q, k, v, *, num_tokens=None, token_ids=None,
+                   out=None, step_id: int = 0, dtype=None) -> int:
+        """Queues one batched Step (arguments as for Client.step_batch); its receive() returns
+        the batch's one output [T,Hq,D] (out.array when `out` is given)."""
+        request, expected = build_step_batch_request(layer, sequence_ids, q, k, v,
+                                                     num_tokens=num_tokens, token_ids=token_ids,
+                                                     out=out, step_id=step_id, dtype=dtype)
+        return self._send(request, expected)
+
     def send_request(self, request) -> int:
         """Queues a flashkv.v1.StepRequest built by the caller (outputs come back as numpy)."""
         copy = type(request)()
@@ -96,11 +106,14 @@ class StepSession:
     def _open(self, first_request) -> None:
         key = self._routing_key
         if not key:
-            if not first_request.entries:
+            if first_request.entries:
+                key = first_request.entries[0].sequence_id
+            elif first_request.batch.sequence_ids:
+                key = first_request.batch.sequence_ids[0]
+            else:
                 raise FlashkvError(StatusCode.INVALID_ARGUMENT,
                                    "the first request of a StepSession without a routing_key "
                                    "needs an entry to take the routing key from")
-            key = first_request.entries[0].sequence_id
         validate_routing_key(key, "routing key")
         self._call = self._start(self._request_iterator(), key)
         self._reader = threading.Thread(target=self._read, name="flashkv-step-reader",

@@ -93,6 +93,49 @@ def test_prefill_then_decode_equals_dense_attention(dtype_server):
         c.free_sequence(b)
 
 
+def test_batched_steps_equal_dense_attention(dtype_server):
+    """StepRequest.batch: the whole batch as one q/k/v, in bytes and in a region (output written
+    there, poisoned first), by Client.step_batch and by a StepSession; prefill then decodes."""
+    dtype, server = dtype_server
+    with _client(server) as c, c.attach_region(1 << 20) as region:
+        m = Model(c.cache_info(), seed=17)
+        ids = [unique("batch") for _ in range(3)]
+        for s in ids:
+            c.create_sequence(s)
+        session = c.open_step_session()
+        passes = [[4, 1, 2], [1, 1, 1], [1, 1, 1], [3, 1, 1]]
+        for p, counts in enumerate(passes):
+            for layer in range(3):
+                entries = [m.entry(s, layer, n) for s, n in zip(ids, counts)]
+                q, k, v = (np.concatenate([getattr(e, t) for e in entries]) for t in "qkv")
+                num_tokens = None if counts == [1, 1, 1] else counts
+                way = (p + layer) % 3
+                if way == 0:  # bytes, unary
+                    out = c.step_batch(layer, ids, q, k, v, num_tokens=num_tokens)
+                else:  # a region (unary, or on the stream)
+                    region.reset()
+                    rq, rk, rv = region.put(q), region.put(k), region.put(v)
+                    slot = region.empty(q.shape, dtype)
+                    slot.array[...] = 0xFFFF if dtype == "bf16" else np.nan  # poisoned
+                    if way == 1:
+                        out = c.step_batch(layer, ids, rq, rk, rv, num_tokens=num_tokens, out=slot)
+                    else:
+                        session.send_batch(layer, ids, rq, rk, rv, num_tokens=num_tokens,
+                                           out=slot)
+                        out = session.receive()
+                    assert out is slot.array
+                m.commit(layer, entries)
+                rows = np.cumsum([0] + counts)
+                m.check(layer, entries, [out[rows[i]:rows[i + 1]] for i in range(len(ids))])
+        session.finish()
+        with pytest.raises(FlashkvError) as e:
+            c.step_batch(0, [ids[0], ids[0]], *(np.concatenate([x, x]) for x in (
+                m.tensor(1, 4), m.tensor(1, 2), m.tensor(1, 2))))
+        assert e.value.code == StatusCode.INVALID_ARGUMENT and "repeats" in str(e.value)
+        for s in ids:
+            c.free_sequence(s)
+
+
 def test_float_inputs_converted_to_the_model_dtype(dtype_server):
     dtype, server = dtype_server
     with _client(server) as c:

@@ -70,7 +70,10 @@ class CacheSet {
   // The device index holding `id`.
   std::optional<int> DeviceOf(absl::string_view id) const;
   // DeviceOf for a whole batch under one lock: (*devices)[i] for ids[i], -1 when none holds it.
-  void DevicesOf(absl::Span<const std::string> ids, std::vector<int>* devices) const;
+  // A known id named twice is found on the way (no set of the batch's ids needed): returns the
+  // first such pair (earlier index, later index), or nullopt.
+  std::optional<std::pair<size_t, size_t>> DevicesOf(absl::Span<const std::string> ids,
+                                                     std::vector<int>* devices) const;
   // Frees sequences idle for `ttl` on every device; returns their ids.
   std::vector<std::string> ExpireIdle(absl::Time now, absl::Duration ttl);
   int64_t num_sequences(int device) const;
@@ -87,7 +90,14 @@ class CacheSet {
   const DevicePlan plan_;
   const std::vector<std::unique_ptr<kvcache::KvCache>> caches_;
   mutable Mutex mu_;
-  absl::flat_hash_map<std::string, int> device_of_ ABSL_GUARDED_BY(mu_);
+  struct Placement {
+    int device = 0;
+    // The DevicesOf call that last saw this id, and at which index (repeat detection).
+    mutable uint64_t seen_by = 0;
+    mutable size_t seen_at = 0;
+  };
+  absl::flat_hash_map<std::string, Placement> device_of_ ABSL_GUARDED_BY(mu_);
+  mutable uint64_t lookups_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<int64_t> sequences_per_device_ ABSL_GUARDED_BY(mu_);
   TenantLedger ledger_ ABSL_GUARDED_BY(mu_);
 };

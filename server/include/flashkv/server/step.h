@@ -95,6 +95,7 @@ class StepPart {
 
  private:
   friend class StepState;
+  void Reserve(size_t entries);
   void AddEntry(int index, const StepEntry& entry);
 
   StepState* const step_;
