@@ -20,7 +20,8 @@
 # Run from the repository root (main's checkout carries everything; nothing to carry):
 #   OUT=$OUT bash benchmarks/kernels/device_run_sm90_variants.sh          (device call timeout_s 330)
 # Knobs (environment): STEPS ("build test sanitize bench"), DIMS (64;128;256), DTYPES (fp16;bf16),
-# BENCH_DIMS (64 128 256: fp16 at each, bf16 at 128 only), SEQLENS (1024 4096 8192),
+# BENCH_DIMS (64 128 256: fp16 at each), BF16_DIMS (128: bf16's; empty for none),
+# SEQLENS (1024 4096 8192),
 # VARIANTS (baseline dynamic_schedule; any of baseline dynamic_schedule auto lazy_rescale
 # three_consumers keys160 keys176),
 # TEST_VARIANTS (VARIANTS and auto, the default kernel), JOBS (16), DEADLINE (300: seconds after
@@ -33,6 +34,7 @@ STEPS=${STEPS:-build test sanitize bench}
 DIMS=${DIMS:-64;128;256}
 DTYPES=${DTYPES:-fp16;bf16}
 BENCH_DIMS=${BENCH_DIMS:-64 128 256}
+BF16_DIMS=${BF16_DIMS-128}
 SEQLENS=${SEQLENS:-1024 4096 8192}
 VARIANTS=${VARIANTS:-baseline dynamic_schedule}
 TEST_VARIANTS=${TEST_VARIANTS:-$VARIANTS auto}
@@ -104,7 +106,8 @@ if has bench; then
   }
   # shellcheck disable=SC2086
   run_table fp16 $BENCH_DIMS
-  [[ " $BENCH_DIMS " == *" 128 "* ]] && ((SECONDS < DEADLINE - 20)) && run_table bf16 128
+  # shellcheck disable=SC2086
+  [[ -n $BF16_DIMS ]] && ((SECONDS < DEADLINE - 20)) && run_table bf16 $BF16_DIMS
   kill "$smi" 2> /dev/null
   echo "bench done (${SECONDS}s)"
   awk -F', ' 'NR > 1 && $2 + 0 > 0 { print $2 + 0, $3 + 0, $4 + 0 }' "$OUT/clocks.txt" | sort -n |
