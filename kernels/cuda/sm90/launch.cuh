@@ -148,8 +148,10 @@ KernelStatus LaunchAttentionSm90(const AttentionParams& params, const LaunchInfo
   if constexpr (sm90::HasThreeConsumerShape(kHeadDim, kPaged)) {
     if (kind == sm90::TileKind::kThreeConsumers) {
       using Three = sm90::Traits<Element, kHeadDim, kPaged, sm90::TileKind::kThreeConsumers>;
-      return stream_k ? sm90::RunStreamK<Three>(sp, props, stream)
-                      : sm90::RunVariant<Three, false>(sp, props, stream);
+      if constexpr (!kPaged) {
+        if (stream_k) return sm90::RunStreamK<Three>(sp, props, stream);
+      }
+      return sm90::RunVariant<Three, false>(sp, props, stream);
     }
   }
   if constexpr (sm90::HasWideKeyShape(kHeadDim, kPaged)) {
