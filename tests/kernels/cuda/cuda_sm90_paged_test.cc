@@ -17,7 +17,7 @@
 //
 // Every case runs under the variants that change the paged kernel (sm90::Sm90Variant, set
 // process-wide for the case; the others change contiguous launches only): baseline, auto (the
-// default), lazy_rescale (the conditional O rescale, which the paged kernel shares with the
+// default; its dynamic schedule takes MoreTilesThanSms' causal launch), lazy_rescale (the conditional O rescale, which the paged kernel shares with the
 // contiguous one) and three_consumers (192-row tiles at head dim 64 whatever the length; auto
 // takes them from 1024 queries, 2048 causal, longer than these cases).
 
