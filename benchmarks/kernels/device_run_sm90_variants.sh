@@ -7,12 +7,12 @@
 #   log.txt            this script's output (summaries; the compact table last)
 #   build.txt          cmake + ninja output (ptxas spill / C75xx warnings included)
 #   test.txt           ctest of cuda_sm90_test and cuda_sm90_paged_test, every case under each
-#                      variant of TEST_VARIANTS (the paged suite has baseline and lazy_rescale only:
-#                      the other variants change contiguous launches alone, and three_consumers
-#                      head dim 64 alone; the paged suite always runs under baseline, whose paged
-#                      kernels every variant but lazy_rescale takes)
+#                      variant of TEST_VARIANTS (the paged suite has baseline, auto, lazy_rescale
+#                      and three_consumers: the other variants change contiguous launches alone;
+#                      it always runs under baseline too)
 #   sanitizer.txt      compute-sanitizer racecheck, one small case per variant, and the paged
-#                      suite's small case under baseline (and lazy_rescale when in VARIANTS)
+#                      suite's small cases (D 128 and D 64) under baseline and each of VARIANTS
+#                      that the paged suite has
 #   side_by_side.md    fixed-length rows: one line per variant, SDPA FLASH and cuDNN timed in the
 #                      same turns
 #   clocks.txt         nvidia-smi samples (SM clock, power, temperature) every 200 ms of the bench
@@ -20,7 +20,8 @@
 # Run from the repository root (main's checkout carries everything; nothing to carry):
 #   OUT=$OUT bash benchmarks/kernels/device_run_sm90_variants.sh          (device call timeout_s 330)
 # Knobs (environment): STEPS ("build test sanitize bench"), DIMS (64;128;256), DTYPES (fp16;bf16),
-# BENCH_DIMS (64 128 256: fp16 at each, bf16 at 128 only), SEQLENS (1024 4096 8192),
+# BENCH_DIMS (64 128 256: fp16 at each), BF16_DIMS (128: bf16's; empty for none),
+# SEQLENS (1024 4096 8192),
 # VARIANTS (baseline dynamic_schedule; any of baseline dynamic_schedule auto lazy_rescale
 # three_consumers keys160 keys176),
 # TEST_VARIANTS (VARIANTS and auto, the default kernel), JOBS (16), DEADLINE (300: seconds after
@@ -33,6 +34,7 @@ STEPS=${STEPS:-build test sanitize bench}
 DIMS=${DIMS:-64;128;256}
 DTYPES=${DTYPES:-fp16;bf16}
 BENCH_DIMS=${BENCH_DIMS:-64 128 256}
+BF16_DIMS=${BF16_DIMS-128}
 SEQLENS=${SEQLENS:-1024 4096 8192}
 VARIANTS=${VARIANTS:-baseline dynamic_schedule}
 TEST_VARIANTS=${TEST_VARIANTS:-$VARIANTS auto}
@@ -75,8 +77,10 @@ if has sanitize; then
   stamp sanitize
   F='Sm90Instantiations/CudaSm90Test.NegativeAndZeroScale'
   P='Sm90Paged/CudaSm90PagedTest.SmallTailCase'
-  paged=baseline  # the paged kernels of every variant but lazy_rescale
-  [[ " $VARIANTS " == *" lazy_rescale "* ]] && paged="baseline lazy_rescale"
+  paged=baseline  # and the variants of VARIANTS that change paged kernels
+  for v in auto lazy_rescale three_consumers; do
+    [[ " $VARIANTS " == *" $v "* ]] && paged="$paged $v"
+  done
   {
     for v in $VARIANTS; do
       timeout "$(limit 60)" compute-sanitizer --tool racecheck --racecheck-report all \
@@ -84,7 +88,7 @@ if has sanitize; then
     done
     for v in $paged; do
       timeout "$(limit 60)" compute-sanitizer --tool racecheck --racecheck-report all \
-        $T/cuda_sm90_paged_test --gtest_filter="$P/fp16_d128_$v"
+        $T/cuda_sm90_paged_test --gtest_filter="$P/fp16_d128_$v:$P/bf16_d64_$v"
     done
   } > "$OUT/sanitizer.txt" 2>&1
   grep -E "RACECHECK SUMMARY|hazard|PASSED|FAILED" "$OUT/sanitizer.txt" | head -20
@@ -104,7 +108,8 @@ if has bench; then
   }
   # shellcheck disable=SC2086
   run_table fp16 $BENCH_DIMS
-  [[ " $BENCH_DIMS " == *" 128 "* ]] && ((SECONDS < DEADLINE - 20)) && run_table bf16 128
+  # shellcheck disable=SC2086
+  [[ -n $BF16_DIMS ]] && ((SECONDS < DEADLINE - 20)) && run_table bf16 $BF16_DIMS
   kill "$smi" 2> /dev/null
   echo "bench done (${SECONDS}s)"
   awk -F', ' 'NR > 1 && $2 + 0 > 0 { print $2 + 0, $3 + 0, $4 + 0 }' "$OUT/clocks.txt" | sort -n |

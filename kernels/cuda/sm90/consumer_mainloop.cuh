@@ -217,9 +217,9 @@ struct ConsumerMainloop {
 // Paged K/V: V rows [keys, block_n) of a stage hold no key of the sequence (page slots past its
 // end, or boxes the producer did not load): any bits, NaN included. P is 0 there, but 0 x NaN
 // is NaN, so they are zeroed. Consumer 0 does it after its first S = Q K^T of the tile and
-// before its turn for the first P V; consumer 1's first P V comes in its next turn, which
-// consumer 0's hand-over (after these stores and their proxy fence) opens. (Paged kernels have
-// two consumers: tile_shape.h's HasThreeConsumerShape.) Generic stores that
+// before its turn for the first P V; every other consumer's first P V comes in its next turn,
+// which the rotation opens only after consumer 0's hand-over (after these stores and their proxy
+// fence): directly for consumer 1, through consumer 1's for consumer 2. Generic stores that
 // wgmma reads: fence.proxy.async in every writing thread, then the warpgroup barrier.
 template <class Tr>
 __device__ __forceinline__ void ZeroVRowsPast(const Smem<Tr>& smem, int stage, int keys, int wg,

@@ -72,13 +72,14 @@ constexpr int ConsumerRegisters(int consumer_warpgroups) {
 // 8 KB boundaries.
 inline constexpr int kPagedBoxRows = 64;
 
-// The three-consumer tile (Sm90Variant::kThreeConsumers), at head dim 64 on contiguous K/V only:
+// The three-consumer tile (Sm90Variant::kThreeConsumers), at head dim 64, contiguous or paged:
 // 192 query rows x 128 keys. Each consumer holds O 32 + S 64 + P 32 registers within 160
 // (a 192-key tile would need S 96 + P 48 and spill; FlashAttention-3 then stages P in shared
 // memory). Q 24 KB + 4 x 32 KB stages + O 24 KB = 176 KB: the baseline's 4 stages, each K/V byte
 // now feeding 192 rows. Head dims 128 and 256 need O 64 / 128 registers: not within 160 beside S.
-// Paged launches keep the two-consumer kernel (the variant changes contiguous launches alone).
-constexpr bool HasThreeConsumerShape(int head_dim, bool paged) { return head_dim == 64 && !paged; }
+// Paged launches take it too (its 128-key tile is one or two 64-key boxes, as the standard
+// tile's), so that paged prefill keeps up with contiguous prefill at head dim 64.
+constexpr bool HasThreeConsumerShape(int head_dim, bool /*paged*/) { return head_dim == 64; }
 
 // The wide key tiles (Sm90Variants kKeys160, kKeys176), at head dim 128 on contiguous K/V for
 // launches without a causal mask. The standard tile's registers are O 64 + S 64 + P 32 = 160 of a
@@ -209,10 +210,10 @@ enum class Sm90Variant : int {
   // skips the O multiply when none of its rows moved. Tiles keep the baseline's static schedule,
   // so an A/B against kBaseline isolates the rescale.
   kLazyRescale = 3,
-  // Head dim 64, contiguous launches (fixed and varlen): 192-row tiles over three consumer
-  // warpgroups at 160 registers each (HasThreeConsumerShape), so a third group's softmax is in
-  // flight beside the other two's (FlashAttention-3's head-dim-64 shape); tiles scheduled as
-  // under kAuto. Other head dims and paged launches take kAuto's (the default) kernels unchanged.
+  // Head dim 64 (fixed, varlen and paged): 192-row tiles over three consumer warpgroups at 160
+  // registers each (HasThreeConsumerShape), so a third group's softmax is in flight beside the
+  // other two's (FlashAttention-3's head-dim-64 shape); tiles scheduled as under kAuto. Other
+  // head dims take kAuto's (the default) kernels unchanged.
   kThreeConsumers = 4,
   // Head dim 128, contiguous launches (fixed and varlen) without a causal mask: 160-key
   // (kKeys160) or 176-key (kKeys176) tiles at every length (HasWideKeyShape has the budgets);

@@ -252,7 +252,7 @@ TEST(KernelPathTest, TileKindByVariantHeadDimLayoutAndLength) {
             TileKind::kStandard);
   EXPECT_EQ(sm90::ChooseTileKind(64, false, true, kMin, kMin), TileKind::kThreeConsumers);
   EXPECT_EQ(sm90::ChooseTileKind(64, false, true, kMin - 1, 8192), TileKind::kStandard);
-  EXPECT_EQ(sm90::ChooseTileKind(64, true, false, 8192, 8192), TileKind::kStandard);
+  EXPECT_EQ(sm90::ChooseTileKind(64, true, false, 8192, 8192), TileKind::kThreeConsumers);
   EXPECT_EQ(sm90::ChooseTileKind(128, false, false, 128, kWide), TileKind::kKeys160);
   EXPECT_EQ(sm90::ChooseTileKind(128, false, false, 8192, kWide - 1), TileKind::kStandard);
   EXPECT_EQ(sm90::ChooseTileKind(128, false, true, 8192, 8192), TileKind::kStandard);

@@ -15,9 +15,11 @@
 // contiguous one (head dims 64, 128) the paged kernel must match the varlen kernel on the same
 // K/V bit for bit.
 //
-// Every case runs under the two variants that change the paged kernel (sm90::Sm90Variant, set
-// process-wide for the case; the others schedule contiguous launches only): baseline and
-// lazy_rescale (the conditional O rescale, which the paged kernel shares with the contiguous one).
+// Every case runs under the variants that change the paged kernel (sm90::Sm90Variant, set
+// process-wide for the case; the others change contiguous launches only): baseline, auto (the
+// default; its dynamic schedule takes MoreTilesThanSms' causal launch), lazy_rescale (the conditional O rescale, which the paged kernel shares with the
+// contiguous one) and three_consumers (192-row tiles at head dim 64 whatever the length; auto
+// takes them from 1024 queries, 2048 causal, longer than these cases).
 
 #include <cstring>
 #include <string>
@@ -158,8 +160,9 @@ TEST_P(CudaSm90PagedTest, SameAsContiguousKernel) {
 INSTANTIATE_TEST_SUITE_P(Sm90Paged, CudaSm90PagedTest,
                          ::testing::Combine(::testing::Values(DType::kFloat16, DType::kBFloat16),
                                             ::testing::Values(64, 128, 256),
-                                            ::testing::Values(Variant::kBaseline,
-                                                              Variant::kLazyRescale)),
+                                            ::testing::Values(Variant::kBaseline, Variant::kAuto,
+                                                              Variant::kLazyRescale,
+                                                              Variant::kThreeConsumers)),
                          Sm90CaseName);
 
 }  // namespace
