@@ -80,8 +80,9 @@ def run_loadgen(args, target, batch, plane):
                f"--prefill-chunk={args.prompt_len}", "--verify=none", "--no-token-ids",
                f"--duration={args.duration}", "--progress=none", "--json",
                f"--data-plane={plane.removesuffix('-batch')}",
-               f"--step-format={'batch' if plane.endswith('-batch') else 'entries'}",
                f"--region-memory={args.region_memory}"]
+    if plane.endswith("-batch"):  # (only then: loadgens from before StepBatch lack the flag)
+        command.append("--step-format=batch")
     command[command.index("--verify=none")] = f"--verify={args.verify}"
     done = subprocess.run(command, capture_output=True, text=True)
     try:

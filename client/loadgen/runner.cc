@@ -393,9 +393,9 @@ absl::Status Runner::RunPass() {
       return s;
     }
     f.sent = absl::Now();
-    absl::StatusOr<uint64_t> id =
-        config_.batched_steps ? session_->Send(static_cast<uint32_t>(layer), batch_)
-                              : session_->Send(static_cast<uint32_t>(layer), inputs_);
+    absl::StatusOr<uint64_t> id = config_.batched_steps
+                                      ? session_->Send(static_cast<uint32_t>(layer), batch_)
+                                      : session_->Send(static_cast<uint32_t>(layer), inputs_);
     if (!id.ok()) return id.status();
     f.step_id = *id;
     in_flight.push_back(std::move(f));

@@ -92,8 +92,9 @@ absl::Status CheckStepResponse(const StepExpectation& expected, const v1::StepRe
   }
   if (expected.batch != response.has_batch_out()) {
     return absl::InternalError(absl::StrCat("step ", expected.step_id, ": ",
-                                            expected.batch ? "no batch_out for a batched request"
-                                                           : "a batch_out for a request of entries"));
+                                            expected.batch
+                                                ? "no batch_out for a batched request"
+                                                : "a batch_out for a request of entries"));
   }
   if (expected.batch) {
     const v1::Tensor& out = response.batch_out();
@@ -103,7 +104,8 @@ absl::Status CheckStepResponse(const StepExpectation& expected, const v1::StepRe
         return s;
       }
     } else if (out.has_region()) {
-      return absl::InternalError(absl::StrCat(field, " names a region; the request asked for bytes"));
+      return absl::InternalError(
+          absl::StrCat(field, " names a region; the request asked for bytes"));
     } else if (absl::Status s = ValidateTensorProto(out, field); !s.ok()) {
       return absl::InternalError(s.message());
     }
@@ -361,10 +363,10 @@ absl::Status StepSession::Write(grpc::ByteBuffer request, StepExpectation expect
 
 absl::StatusOr<uint64_t> StepSession::Send(v1::StepRequest request) {
   absl::MutexLock lock(&mu_);
-  const std::string* first_id =
-      request.entries_size() > 0 ? &request.entries(0).sequence_id()
-      : request.batch().sequence_ids_size() > 0 ? &request.batch().sequence_ids(0)
-                                                : nullptr;
+  const std::string* first_id = request.entries_size() > 0 ? &request.entries(0).sequence_id()
+                                : request.batch().sequence_ids_size() > 0
+                                    ? &request.batch().sequence_ids(0)
+                                    : nullptr;
   absl::StatusOr<uint64_t> id = Prepare(request.step_id(), first_id);
   if (!id.ok()) return id.status();
   request.set_step_id(*id);
@@ -398,8 +400,8 @@ absl::StatusOr<uint64_t> StepSession::Send(uint32_t layer, const StepBatchInput&
   absl::StatusOr<uint64_t> id =
       Prepare(step_id, batch.sequence_ids.empty() ? nullptr : &batch.sequence_ids.front());
   if (!id.ok()) return id.status();
-  if (absl::Status s = Write(client_internal::EncodeStepBatch(layer, *id, batch),
-                             ExpectationFor(*id, batch));
+  if (absl::Status s =
+          Write(client_internal::EncodeStepBatch(layer, *id, batch), ExpectationFor(*id, batch));
       !s.ok()) {
     return s;
   }

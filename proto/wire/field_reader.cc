@@ -1,5 +1,6 @@
 #include "flashkv/wire/field_reader.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace flashkv::wire {
@@ -13,7 +14,7 @@ bool FieldReader::Fail(const std::string& what) {
   return false;
 }
 
-bool FieldReader::ReadByte(uint8_t* byte) {
+bool FieldReader::Seek() {
   if (position_ >= end_) return false;
   if (cursor_ == nullptr || position_ < cursor_start_ || position_ >= cursor_end_) {
     const size_t i = message_.SliceIndex(position_);
@@ -21,26 +22,33 @@ bool FieldReader::ReadByte(uint8_t* byte) {
     cursor_start_ = message_.slice_start(i);
     cursor_end_ = cursor_start_ + message_.slice(i).size();
   }
+  return true;
+}
+
+bool FieldReader::ReadByte(uint8_t* byte) {
+  if (!Seek()) return false;
   *byte = cursor_[position_ - cursor_start_];
   ++position_;
   return true;
 }
 
 bool FieldReader::ReadVarint(uint64_t* value) {
-  // Fast path: the whole varint (at most 10 bytes) lies in the current slice and the span.
-  if (cursor_ != nullptr && position_ >= cursor_start_ && position_ + 10 <= cursor_end_ &&
-      position_ + 10 <= end_) {
+  // Fast path: the varint ends within the current slice and the span (for a small message, such
+  // as a region slice, the span holds fewer than 10 bytes: the varint is still read in place).
+  if (Seek()) {
     const uint8_t* p = cursor_ + (position_ - cursor_start_);
+    const size_t n = std::min<size_t>(10, std::min(cursor_end_, end_) - position_);
     uint64_t result = 0;
-    for (int i = 0; i < 10; ++i) {
+    for (size_t i = 0; i < n; ++i) {
       result |= static_cast<uint64_t>(p[i] & 0x7f) << (7 * i);
       if ((p[i] & 0x80) == 0) {
-        position_ += static_cast<size_t>(i) + 1;
+        position_ += i + 1;
         *value = result;
         return true;
       }
     }
-    return Fail("varint longer than 10 bytes");
+    if (n == 10) return Fail("varint longer than 10 bytes");
+    // Unfinished: it continues in the next slice, or the span ends first (truncated).
   }
   // Byte by byte. Errors name the varint's first byte, as the fast path's do: where a message's
   // slices happen to be cut must not change what a client is told.
@@ -125,8 +133,11 @@ absl::Status TooMany(const Field& field, size_t max_values) {
 
 }  // namespace
 
-absl::Status AppendRepeatedVarint(const MessageBytes& message, const Field& field,
-                                  std::vector<int64_t>* out, size_t max_values) {
+namespace {
+
+template <typename Values>
+absl::Status AppendVarints(const MessageBytes& message, const Field& field, Values* out,
+                          size_t max_values) {
   if (field.type == WireType::kVarint) {
     if (out->size() >= max_values) return TooMany(field, max_values);
     out->push_back(static_cast<int64_t>(field.value));
@@ -167,6 +178,18 @@ absl::Status AppendRepeatedVarint(const MessageBytes& message, const Field& fiel
     out->push_back(static_cast<int64_t>(value));
   }
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status AppendRepeatedVarint(const MessageBytes& message, const Field& field,
+                                  std::vector<int64_t>* out, size_t max_values) {
+  return AppendVarints(message, field, out, max_values);
+}
+
+absl::Status AppendRepeatedVarint(const MessageBytes& message, const Field& field,
+                                  absl::InlinedVector<int64_t, 4>* out, size_t max_values) {
+  return AppendVarints(message, field, out, max_values);
 }
 
 std::string ReadString(const MessageBytes& message, const Field& field) {

@@ -169,10 +169,10 @@ absl::Status DecodeStepBatch(const MessageBytes& message, Span span, const Decod
                                             " ids (the server's limit)");
         }
         if (field.bytes.size > limits.max_id_bytes) {
-          return absl::InvalidArgumentError(
-              "StepBatch.sequence_ids[" + std::to_string(batch->sequence_ids.size()) + "] has " +
-              std::to_string(field.bytes.size) + " bytes; at most " +
-              std::to_string(limits.max_id_bytes) + " are allowed");
+          return absl::InvalidArgumentError("StepBatch.sequence_ids[" +
+                                            std::to_string(batch->sequence_ids.size()) + "] has " +
+                                            std::to_string(field.bytes.size) + " bytes; at most " +
+                                            std::to_string(limits.max_id_bytes) + " are allowed");
         }
         batch->sequence_ids.push_back(ReadString(message, field));
         break;
@@ -377,7 +377,7 @@ absl::Status DecodeAttentionResponse(const MessageBytes& message, AttentionRespo
 
 namespace {
 
-size_t PackedVarintsSize(const std::vector<int64_t>& values) {
+size_t PackedVarintsSize(absl::Span<const int64_t> values) {
   size_t size = 0;
   for (int64_t v : values) size += VarintSize(static_cast<uint64_t>(v));
   return size;
@@ -415,7 +415,7 @@ size_t TensorPayloadSize(const TensorData& tensor) {
   return size;
 }
 
-void AppendPackedVarints(uint32_t field_number, const std::vector<int64_t>& values,
+void AppendPackedVarints(uint32_t field_number, absl::Span<const int64_t> values,
                          MessageBuilder* builder) {
   if (values.empty()) return;
   builder->LengthDelimitedHeader(field_number, PackedVarintsSize(values));

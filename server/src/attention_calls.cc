@@ -111,7 +111,7 @@ wire::TensorData ResponseTensor(DType dtype, const std::vector<int64_t>& shape,
                                 const wire::RegionSliceView& slice) {
   wire::TensorData tensor;
   tensor.dtype = static_cast<int32_t>(dtype);
-  tensor.shape = shape;
+  tensor.shape.assign(shape.begin(), shape.end());
   if (buffer) {
     tensor.data = buffer->data();
     tensor.size = buffer->size();
@@ -204,14 +204,14 @@ absl::StatusOr<AttentionCall> PrepareAttention(wire::MessageBytes message,
   TensorSpec q_spec{"q", {Any("B"), Any("Sq"), Any("Hq"), Any("D")}, std::nullopt, ""};
   absl::StatusOr<DType> dtype = CheckTensor(request.q, q_spec);
   if (!dtype.ok()) return dtype.status();
-  const std::vector<int64_t>& q = request.q.shape;
+  const wire::Dims& q = request.q.shape;
   TensorSpec k_spec{
       "k",
       {Same("B", q[0], "q.shape[0]"), Any("Skv"), Any("Hkv"), Same("D", q[3], "q.shape[3]")},
       *dtype,
       "q.dtype"};
   if (auto s = CheckTensor(request.k, k_spec); !s.ok()) return s.status();
-  const std::vector<int64_t>& k = request.k.shape;
+  const wire::Dims& k = request.k.shape;
   TensorSpec v_spec{"v",
                     {Same("B", q[0], "q.shape[0]"), Same("Skv", k[1], "k.shape[1]"),
                      Same("Hkv", k[2], "k.shape[2]"), Same("D", q[3], "q.shape[3]")},
@@ -232,7 +232,7 @@ absl::StatusOr<AttentionCall> PrepareAttention(wire::MessageBytes message,
   call.k = request.k.data;
   call.v = request.v.data;
   call.return_lse = request.return_lse;
-  call.out_shape = q;
+  call.out_shape.assign(q.begin(), q.end());
   call.lse_shape = {q[0], q[2], q[1]};  // [B, Hq, Sq]
   if (auto s = ResolveOutputs(regions, request, &call); !s.ok()) return s;
   AttentionOptions options{request.causal, request.softmax_scale};
@@ -256,11 +256,11 @@ absl::StatusOr<AttentionCall> PrepareAttentionVarlen(wire::MessageBytes message,
   TensorSpec q_spec{"q", {Any("Tq"), Any("Hq"), Any("D")}, std::nullopt, ""};
   absl::StatusOr<DType> dtype = CheckTensor(request.q, q_spec);
   if (!dtype.ok()) return dtype.status();
-  const std::vector<int64_t>& q = request.q.shape;
+  const wire::Dims& q = request.q.shape;
   TensorSpec k_spec{
       "k", {Any("Tkv"), Any("Hkv"), Same("D", q[2], "q.shape[2]")}, *dtype, "q.dtype"};
   if (auto s = CheckTensor(request.k, k_spec); !s.ok()) return s.status();
-  const std::vector<int64_t>& k = request.k.shape;
+  const wire::Dims& k = request.k.shape;
   TensorSpec v_spec{"v",
                     {Same("Tkv", k[0], "k.shape[0]"), Same("Hkv", k[1], "k.shape[1]"),
                      Same("D", q[2], "q.shape[2]")},
@@ -303,7 +303,7 @@ absl::StatusOr<AttentionCall> PrepareAttentionVarlen(wire::MessageBytes message,
   call.k = request.k.data;
   call.v = request.v.data;
   call.return_lse = request.return_lse;
-  call.out_shape = q;
+  call.out_shape.assign(q.begin(), q.end());
   call.lse_shape = {q[1], q[0]};  // [Hq, Tq]
   if (auto s = ResolveOutputs(regions, request, &call); !s.ok()) return s;
   call.cu_seqlens_q = std::move(request.cu_seqlens_q);

@@ -171,7 +171,7 @@ std::optional<int> CacheSet::DeviceOf(absl::string_view id) const {
 }
 
 std::optional<std::pair<size_t, size_t>> CacheSet::DevicesOf(absl::Span<const std::string> ids,
-                                                              std::vector<int>* devices) const {
+                                                             std::vector<int>* devices) const {
   devices->resize(ids.size());
   std::optional<std::pair<size_t, size_t>> repeat;
   MutexLock lock(&mu_);

@@ -44,7 +44,7 @@ uint64_t ElementBytes(int32_t dtype) {
   }
 }
 
-absl::StatusOr<uint64_t> TensorByteCount(int32_t dtype, const std::vector<int64_t>& shape,
+absl::StatusOr<uint64_t> TensorByteCount(int32_t dtype, absl::Span<const int64_t> shape,
                                          const char* field) {
   const uint64_t element = ElementBytes(dtype);
   if (element == 0) {
@@ -88,9 +88,8 @@ absl::StatusOr<RegionTensorResolver::Mapped*> RegionTensorResolver::Find(
     if (m.region_id == slice.region_id) mapped = &m;
   }
   if (mapped == nullptr && access_.registry != nullptr) {
-    absl::StatusOr<RegionBytes> whole =
-        access_.registry->Resolve(access_.tenant, wire::RegionSliceView{true, slice.region_id, 0},
-                                  0, name);
+    absl::StatusOr<RegionBytes> whole = access_.registry->Resolve(
+        access_.tenant, wire::RegionSliceView{true, slice.region_id, 0}, 0, name);
     if (whole.ok()) {
       mapped_.push_back(Mapped{slice.region_id, std::move(whole->region)});
       mapped = &mapped_.back();
@@ -100,7 +99,8 @@ absl::StatusOr<RegionTensorResolver::Mapped*> RegionTensorResolver::Find(
   if (mapped == nullptr || slice.offset > size || bytes > size - slice.offset ||
       (alignment > 1 && slice.offset % alignment != 0)) {
     // The registry's own checks, for their messages (the success path never builds one).
-    absl::StatusOr<RegionBytes> refused = ResolveSlice(access_, slice, bytes, alignment, name, suffix);
+    absl::StatusOr<RegionBytes> refused =
+        ResolveSlice(access_, slice, bytes, alignment, name, suffix);
     return refused.ok() ? absl::InternalError(absl::StrCat(name, suffix, ": region check mismatch"))
                         : refused.status();
   }
@@ -108,8 +108,8 @@ absl::StatusOr<RegionTensorResolver::Mapped*> RegionTensorResolver::Find(
 }
 
 absl::StatusOr<std::optional<RegionBytes>> RegionTensorResolver::ResolveOutput(
-    const wire::RegionSliceView& slice, uint64_t bytes, uint64_t element_bytes,
-    const char* field, const char* suffix) {
+    const wire::RegionSliceView& slice, uint64_t bytes, uint64_t element_bytes, const char* field,
+    const char* suffix) {
   if (!slice.present) return std::optional<RegionBytes>();
   absl::StatusOr<Mapped*> mapped = Find(slice, bytes, element_bytes, field, suffix);
   if (!mapped.ok()) return mapped.status();

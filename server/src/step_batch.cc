@@ -55,24 +55,25 @@ absl::StatusOr<std::vector<int>> TokenCounts(const wire::StepBatchView& batch,
 
 TensorSpec RowsSpec(const char* name, int64_t rows, const char* heads_name, int heads,
                     const char* heads_source, const ModelShape& m) {
-  return TensorSpec{name,
-                    {DimSpec{"T", rows, "the batch's new tokens (sum of batch.num_tokens)"},
-                     DimSpec{heads_name, heads, heads_source},
-                     DimSpec{"D", m.head_dim, "the model's head dim"}},
-                    m.dtype,
-                    "the model's dtype"};
+  return TensorSpec{
+      name,
+      {DimSpec{"T", rows, "the batch's new tokens (sum of batch.num_tokens)"},
+       DimSpec{heads_name, heads, heads_source}, DimSpec{"D", m.head_dim, "the model's head dim"}},
+      m.dtype,
+      "the model's dtype"};
 }
 
 // The batch's q, k and v: resolved from their regions and checked against [T, H, D].
 absl::Status CheckTensors(wire::StepBatchView& batch, int64_t total, const ModelShape& m,
-                          RegionTensorResolver* resolver_ptr, std::optional<RegionBytes> device[3]) {
+                          RegionTensorResolver* resolver_ptr,
+                          std::optional<RegionBytes> device[3]) {
   // Before a region is resolved: the rows a region tensor names are not bounded by the message.
   for (const auto& [tensor, name] : {std::pair{&batch.q, "batch.q"}, std::pair{&batch.k, "batch.k"},
                                      std::pair{&batch.v, "batch.v"}}) {
     if (!tensor->shape.empty() && tensor->shape[0] != total) {
-      return Invalid(absl::StrCat(name, ".shape[0] (T) = ", tensor->shape[0],
-                                  " must equal the batch's new tokens (sum of batch.num_tokens: ",
-                                  total, ")"));
+      return Invalid(absl::StrCat(
+          name, ".shape[0] (T) = ", tensor->shape[0],
+          " must equal the batch's new tokens (sum of batch.num_tokens: ", total, ")"));
     }
   }
   RegionTensorResolver& resolver = *resolver_ptr;
@@ -152,12 +153,9 @@ std::optional<RegionBytes> RowBytes(const std::optional<RegionBytes>& whole, int
 
 }  // namespace
 
-absl::StatusOr<std::vector<StepEntry>> CheckStepBatch(wire::StepBatchView& batch,
-                                                      const ServerConfig& config,
-                                                      const CacheSet& caches,
-                                                      const RegionAccess& regions,
-                                                      const Tenant& tenant,
-                                                      wire::MessageBytes* message) {
+absl::StatusOr<std::vector<StepEntry>> CheckStepBatch(
+    wire::StepBatchView& batch, const ServerConfig& config, const CacheSet& caches,
+    const RegionAccess& regions, const Tenant& tenant, wire::MessageBytes* message) {
   const ModelShape& m = config.model;
   absl::StatusOr<std::vector<int>> counts = TokenCounts(batch, config.limits);
   if (!counts.ok()) return counts.status();

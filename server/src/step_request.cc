@@ -223,8 +223,8 @@ absl::Status CheckOutputsApart(const std::vector<StepEntry>& entries,
   }
   for (size_t r = 1; r < run_starts.size(); ++r) {
     const auto at = [&](size_t i) {
-      return ranges.begin() + static_cast<std::ptrdiff_t>(i < run_starts.size() ? run_starts[i]
-                                                                               : ranges.size());
+      return ranges.begin() +
+             static_cast<std::ptrdiff_t>(i < run_starts.size() ? run_starts[i] : ranges.size());
     };
     std::inplace_merge(ranges.begin(), at(r), at(r + 1), ByBegin);
   }

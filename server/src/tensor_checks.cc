@@ -7,7 +7,7 @@ namespace {
 
 absl::Status Invalid(std::string message) { return absl::InvalidArgumentError(std::move(message)); }
 
-std::string ShapeString(const std::vector<int64_t>& shape) {
+std::string ShapeString(absl::Span<const int64_t> shape) {
   std::string out = "[";
   for (size_t i = 0; i < shape.size(); ++i) {
     if (i > 0) out += ",";

@@ -58,13 +58,17 @@ void CheckResponse(const server::AttentionCall& call, const grpc::ByteBuffer& bu
   const wire::MessageBytes bytes = FromBuffer(buffer);
   wire::AttentionResponseView response;
   FUZZ_CHECK(wire::DecodeAttentionResponse(bytes, &response).ok()) << "response does not decode";
-  FUZZ_CHECK(response.out.shape == call.out_shape) << "out shape";
+  FUZZ_CHECK(absl::MakeConstSpan(response.out.shape) == absl::MakeConstSpan(call.out_shape))
+      << "out shape";
   FUZZ_CHECK(response.out.region.present == call.out_region.has_value()) << "out region";
   if (!call.out_region.has_value()) {
     FUZZ_CHECK(response.out.data.size == call.q.size) << "out bytes";
   }
   FUZZ_CHECK(response.lse.present == call.return_lse) << "lse presence";
-  if (call.return_lse) FUZZ_CHECK(response.lse.shape == call.lse_shape) << "lse shape";
+  if (call.return_lse) {
+    FUZZ_CHECK(absl::MakeConstSpan(response.lse.shape) == absl::MakeConstSpan(call.lse_shape))
+        << "lse shape";
+  }
 }
 
 }  // namespace

@@ -167,6 +167,27 @@ def step_seeds(kvcache_pb2, tensor_pb2, rng):
         batch(1, ["c", "a"], [2, 3], (1, 0), (1, 8192))))
 
 
+def wire_batch_seeds(kvcache_pb2, tensor_pb2):
+    """A batched StepRequest and its StepResponse.batch_out (an rng of their own: the seeds
+    written before keep their bytes)."""
+    rng = random.Random(20261127)
+    t = lambda *a, **k: tensor(tensor_pb2, *a, rng=rng, **k)
+    step = kvcache_pb2.StepRequest(layer=2, step_id=9)
+    step.batch.sequence_ids.extend(["seq-0", "seq-1", "seq-2"])
+    step.batch.num_tokens.extend([2, 1, 1])
+    step.batch.q.CopyFrom(t(FP16, [4, 4, 32], region=(1, 64)))
+    step.batch.k.CopyFrom(t(FP16, [4, 2, 32]))
+    step.batch.v.CopyFrom(t(FP16, [4, 2, 32]))
+    step.batch.out.region_id, step.batch.out.offset = 1, 4096
+    step.batch.token_ids.extend([5, 6, 7, 8])
+    response = kvcache_pb2.StepResponse(step_id=9, kernel_ns=1000, server_ns=3000)
+    response.batch_out.CopyFrom(t(FP16, [4, 4, 32], region=(1, 4096)))
+    for kind, (name, msg) in enumerate([("step_batch_request", step),
+                                        ("step_batch_response", response)]):
+        data = msg.SerializeToString()
+        write("wire_decode", name, bytes([kind]) + sliced(data, (5, 60)))
+
+
 def decision_seeds(rng):
     for i in range(6):
         write("kernel_args", "random-%d" % i, bytes(rng.randrange(256) for _ in range(96)))
@@ -181,6 +202,7 @@ def main():
         fixed, varlen = wire_seeds(attention_pb2, kvcache_pb2, tensor_pb2, rng)
         attention_seeds(attention_pb2, tensor_pb2, fixed, varlen, rng)
         step_seeds(kvcache_pb2, tensor_pb2, rng)
+        wire_batch_seeds(kvcache_pb2, tensor_pb2)
     decision_seeds(rng)
 
 

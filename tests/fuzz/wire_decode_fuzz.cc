@@ -56,19 +56,23 @@ void ExpectSameTensor(const MessageBytes& message, const wire::TensorView& view,
                       const v1::Tensor& proto, const char* what) {
   FUZZ_CHECK(view.present == has) << what << ".present";
   FUZZ_CHECK(view.dtype == static_cast<int32_t>(proto.dtype())) << what << ".dtype";
-  FUZZ_CHECK(view.shape == std::vector<int64_t>(proto.shape().begin(), proto.shape().end()))
+  FUZZ_CHECK(view.shape == wire::Dims(proto.shape().begin(), proto.shape().end()))
       << what << ".shape";
   FUZZ_CHECK(SpanBytes(message, view.data) == proto.data()) << what << ".data";
   ExpectSameRegion(view.region, proto.has_region(), proto.region(), what);
 }
 
-// Whether any StepEntry.sequence_id on the wire is not UTF-8 — every occurrence, not only the
-// last one the view keeps: protobuf checks each string as it parses it.
+// Whether any StepEntry.sequence_id or StepBatch.sequence_ids value on the wire is not UTF-8 —
+// every occurrence, not only the last one the view keeps: protobuf checks each string as it
+// parses it. (Both are field 1 of a length-delimited StepRequest field: entries 2, batch 4.)
 bool AnySequenceIdNotUtf8(const MessageBytes& message) {
   wire::FieldReader request(message, message.whole());
   wire::Field entry;
   while (request.Next(&entry)) {
-    if (entry.number != 2 || entry.type != wire::WireType::kLengthDelimited) continue;
+    if ((entry.number != 2 && entry.number != 4) ||
+        entry.type != wire::WireType::kLengthDelimited) {
+      continue;
+    }
     wire::FieldReader fields(message, entry.bytes);
     wire::Field field;
     while (fields.Next(&field)) {
@@ -105,6 +109,20 @@ void CompareStepRequest(const MessageBytes& message, const wire::StepRequestView
         << "entries[" << i << "].token_ids";
     ExpectSameRegion(e.out, p.has_out(), p.out(), "entry.out");
   }
+  const wire::StepBatchView& b = view.batch;
+  const v1::StepBatch& pb = proto.batch();
+  FUZZ_CHECK(b.present == proto.has_batch()) << "batch.present";
+  FUZZ_CHECK(b.sequence_ids ==
+             std::vector<std::string>(pb.sequence_ids().begin(), pb.sequence_ids().end()))
+      << "batch.sequence_ids";
+  FUZZ_CHECK(b.num_tokens == std::vector<int64_t>(pb.num_tokens().begin(), pb.num_tokens().end()))
+      << "batch.num_tokens";
+  ExpectSameTensor(message, b.q, pb.has_q(), pb.q(), "batch.q");
+  ExpectSameTensor(message, b.k, pb.has_k(), pb.k(), "batch.k");
+  ExpectSameTensor(message, b.v, pb.has_v(), pb.v(), "batch.v");
+  ExpectSameRegion(b.out, pb.has_out(), pb.out(), "batch.out");
+  FUZZ_CHECK(b.token_ids == std::vector<int64_t>(pb.token_ids().begin(), pb.token_ids().end()))
+      << "batch.token_ids";
 }
 
 void CompareStepResponse(const MessageBytes& message, const wire::StepResponseView& view) {
@@ -115,6 +133,7 @@ void CompareStepResponse(const MessageBytes& message, const wire::StepResponseVi
   for (size_t i = 0; i < view.out.size(); ++i) {
     ExpectSameTensor(message, view.out[i], true, proto.out(static_cast<int>(i)), "out[i]");
   }
+  ExpectSameTensor(message, view.batch_out, proto.has_batch_out(), proto.batch_out(), "batch_out");
 }
 
 template <typename View, typename Proto>

@@ -39,7 +39,8 @@ class StepBatchTest : public ::testing::Test {
   }
 
   size_t QRow() const {
-    return size_t(config_.model.num_q_heads) * config_.model.head_dim * DTypeSize(config_.model.dtype);
+    return size_t(config_.model.num_q_heads) * config_.model.head_dim *
+           DTypeSize(config_.model.dtype);
   }
   size_t KvRow() const {
     return size_t(config_.model.num_kv_heads) * config_.model.head_dim *
@@ -142,7 +143,8 @@ TEST_F(StepBatchTest, RegionAndBytesBatchesMatchTheReference) {
       for (size_t i = 0; i < entries.size(); ++i) {
         v1::Tensor entry_out;
         entry_out.set_dtype(out.dtype());
-        for (int64_t d : {int64_t(passes[p][i]), out.shape(1), out.shape(2)}) entry_out.add_shape(d);
+        for (int64_t d : {int64_t(passes[p][i]), out.shape(1), out.shape(2)})
+          entry_out.add_shape(d);
         entry_out.set_data(rows + row * QRow(), passes[p][i] * QRow());
         EXPECT_EQ(reference_->Apply(layer, entries[i], entry_out), "")
             << "pass " << p << " layer " << layer << " entry " << i;

@@ -103,7 +103,7 @@ void ExpectTensorEq(const MessageBytes& message, const TensorView& got, bool has
                     const v1::Tensor& want, const std::string& where) {
   EXPECT_EQ(got.present, has) << where;
   EXPECT_EQ(got.dtype, int32_t(want.dtype())) << where;
-  EXPECT_EQ(got.shape, std::vector<int64_t>(want.shape().begin(), want.shape().end())) << where;
+  EXPECT_EQ(got.shape, Dims(want.shape().begin(), want.shape().end())) << where;
   EXPECT_EQ(DataOf(message, got.data), want.data()) << where;
   ExpectRegionSliceEq(got.region, want.has_region(), want.region(), where + ".region");
 }
@@ -128,12 +128,9 @@ void ExpectStepRequestEq(const MessageBytes& message, const StepRequestView& got
 
 
 TensorData ToData(const v1::Tensor& t, std::shared_ptr<const void> owner) {
-  return TensorData{int32_t(t.dtype()),
-                    std::vector<int64_t>(t.shape().begin(), t.shape().end()),
-                    t.data().data(),
-                    t.data().size(),
-                    std::move(owner),
-                    ToView(t.has_region(), t.region())};
+  return TensorData{int32_t(t.dtype()), Dims(t.shape().begin(), t.shape().end()),
+                    t.data().data(),    t.data().size(),
+                    std::move(owner),   ToView(t.has_region(), t.region())};
 }
 
 TEST(WireMessagesTest, DecodesStepRequestsAsProtobufParsesThem) {

@@ -12,7 +12,7 @@ wire::TensorView View(int32_t dtype, std::vector<int64_t> shape, size_t bytes) {
   wire::TensorView t;
   t.present = true;
   t.dtype = dtype;
-  t.shape = std::move(shape);
+  t.shape.assign(shape.begin(), shape.end());
   t.data = wire::Span{0, bytes};
   return t;
 }

@@ -29,9 +29,9 @@ from .errors import FlashkvError, StatusCode, from_rpc_error
 from .routing import SEQUENCE_HEADER, validate_routing_key
 from .step import (build_step_batch_request, build_step_request, check_step_response,
                    expectation_for)
-from .region import RegionTensor, SharedRegion
+from .region import RegionTensor, SharedRegion, fill_inputs
 from .step_session import StepSession
-from .tensor import FP32, NUMPY, WireArray, fill_proto, from_proto, prepare
+from .tensor import FP32, from_proto
 
 HEALTH_STATES = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
 
@@ -291,15 +291,7 @@ class Client:
 
     @staticmethod
     def _fill_qkv(request, q, k, v, dtype, out, lse):
-        wq = None
-        for name, x in (("q", q), ("k", k), ("v", v)):
-            if isinstance(x, RegionTensor):
-                x.fill_proto(getattr(request, name))
-                wire = WireArray(x.array, x.dtype, NUMPY)
-            else:
-                wire = prepare(x, dtype, name)
-                fill_proto(wire, getattr(request, name))
-            wq = wq or wire
+        wq = fill_inputs(request, (("q", q), ("k", k), ("v", v)), dtype)
         if out is not None:
             out.fill_slice(request.out)
         if lse is not None:

@@ -28,7 +28,8 @@ import numpy as np
 
 from . import _proto
 from .errors import FlashkvError, StatusCode, from_rpc_error
-from .tensor import _NUMPY_STORAGE, dtype_name, itemsize, proto_dtype
+from .tensor import (_NUMPY_STORAGE, NUMPY, WireArray, dtype_name, fill_proto, itemsize, prepare,
+                     proto_dtype)
 
 ALIGNMENT = 64
 
@@ -56,6 +57,23 @@ class RegionTensor:
     def fill_slice(self, slice_message) -> None:
         slice_message.region_id = self.region.region_id
         slice_message.offset = self.offset
+
+
+def fill_inputs(message, tensors, dtype=None, prefix: str = "") -> WireArray:
+    """Fills the q, k, v fields of `message` from `tensors` ((name, x) pairs): a RegionTensor as
+    its descriptor, anything else as bytes (converted to `dtype` when given; errors name
+    prefix + name). Returns the first tensor's wire form (its dtype and array kind are the
+    outputs')."""
+    first = None
+    for name, x in tensors:
+        if isinstance(x, RegionTensor):
+            x.fill_proto(getattr(message, name))
+            wire = WireArray(x.array, x.dtype, NUMPY)
+        else:
+            wire = prepare(x, dtype, prefix + name)
+            fill_proto(wire, getattr(message, name))
+        first = first or wire
+    return first
 
 
 class SharedRegion:

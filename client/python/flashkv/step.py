@@ -16,8 +16,8 @@ from typing import List, Optional, Sequence, Tuple
 
 from . import _proto
 from .errors import FlashkvError, StatusCode
-from .region import RegionTensor
-from .tensor import NUMPY, Like, WireArray, dtype_name, fill_proto, from_proto, prepare
+from .region import RegionTensor, fill_inputs
+from .tensor import NUMPY, Like, dtype_name, fill_proto, from_proto, prepare
 
 
 @dataclass
@@ -83,15 +83,7 @@ def build_step_batch_request(layer: int, sequence_ids: Sequence[str], q, k, v, *
     batch.sequence_ids[:] = list(sequence_ids)
     if num_tokens is not None:
         batch.num_tokens[:] = [int(n) for n in num_tokens]
-    wq = None
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if isinstance(x, RegionTensor):
-            x.fill_proto(getattr(batch, name))
-            wire = WireArray(x.array, x.dtype, NUMPY)
-        else:
-            wire = prepare(x, dtype, f"batch.{name}")
-            fill_proto(wire, getattr(batch, name))
-        wq = wq or wire
+    wq = fill_inputs(batch, (("q", q), ("k", k), ("v", v)), dtype, "batch.")
     if out is not None:
         out.fill_slice(batch.out)
     if token_ids is not None:

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
 #include "flashkv/wire/message_bytes.h"
 
@@ -41,6 +42,8 @@ class FieldReader {
   const absl::Status& status() const { return status_; }
 
  private:
+  // Points the cursor at the slice holding position_; false at the end of the span.
+  bool Seek();
   bool ReadByte(uint8_t* byte);
   bool ReadVarint(uint64_t* value);
   bool ReadFixed(int num_bytes, uint64_t* value);
@@ -63,6 +66,9 @@ class FieldReader {
 // in memory.
 absl::Status AppendRepeatedVarint(const MessageBytes& message, const Field& field,
                                   std::vector<int64_t>* out, size_t max_values = SIZE_MAX);
+absl::Status AppendRepeatedVarint(const MessageBytes& message, const Field& field,
+                                  absl::InlinedVector<int64_t, 4>* out,
+                                  size_t max_values = SIZE_MAX);
 
 // The payload of a length-delimited field, copied (for short strings such as ids).
 std::string ReadString(const MessageBytes& message, const Field& field);

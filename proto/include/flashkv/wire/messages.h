@@ -21,12 +21,17 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
 #include "absl/types/span.h"
 #include "flashkv/wire/message_builder.h"
 #include "flashkv/wire/message_bytes.h"
 
 namespace flashkv::wire {
+
+// A tensor's shape: flashkv tensors have at most 4 dimensions, kept inline (a decoded Step entry
+// has three tensors, and a heap allocation for each showed in profiles of large steps).
+using Dims = absl::InlinedVector<int64_t, 4>;
 
 // flashkv.v1.RegionSlice (shared-memory data plane): bytes of a registered region.
 struct RegionSliceView {
@@ -39,7 +44,7 @@ struct RegionSliceView {
 struct TensorView {
   bool present = false;  // the field appeared on the wire
   int32_t dtype = 0;     // flashkv.v1.DType value, unchecked
-  std::vector<int64_t> shape;
+  Dims shape;
   Span data;
   RegionSliceView region;  // when present, the bytes lie there instead of in `data`
 };
@@ -144,7 +149,7 @@ absl::Status DecodeAttentionResponse(const MessageBytes& message, AttentionRespo
 // bytes are copied.
 struct TensorData {
   int32_t dtype = 0;
-  std::vector<int64_t> shape;
+  Dims shape;
   const void* data = nullptr;
   size_t size = 0;  // bytes
   std::shared_ptr<const void> owner;

@@ -117,7 +117,7 @@ uint64_t ElementBytes(int32_t dtype);
 
 // Bytes of a tensor of `dtype` (a flashkv.v1.DType value) and `shape`; INVALID_ARGUMENT naming
 // `field` for an unknown dtype, a negative dimension or a size past 2^62.
-absl::StatusOr<uint64_t> TensorByteCount(int32_t dtype, const std::vector<int64_t>& shape,
+absl::StatusOr<uint64_t> TensorByteCount(int32_t dtype, absl::Span<const int64_t> shape,
                                          const char* field);
 
 }  // namespace flashkv::server

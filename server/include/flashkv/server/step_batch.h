@@ -23,11 +23,8 @@ namespace flashkv::server {
 // NOT_FOUND (a sequence or region the tenant does not have), FAILED_PRECONDITION (a CUDA region
 // on another device than the batch's sequences). On success, one entry per sequence id, in
 // order, whose tensors are row ranges of the batch's.
-absl::StatusOr<std::vector<StepEntry>> CheckStepBatch(wire::StepBatchView& batch,
-                                                      const ServerConfig& config,
-                                                      const CacheSet& caches,
-                                                      const RegionAccess& regions,
-                                                      const Tenant& tenant,
-                                                      wire::MessageBytes* message);
+absl::StatusOr<std::vector<StepEntry>> CheckStepBatch(
+    wire::StepBatchView& batch, const ServerConfig& config, const CacheSet& caches,
+    const RegionAccess& regions, const Tenant& tenant, wire::MessageBytes* message);
 
 }  // namespace flashkv::server
