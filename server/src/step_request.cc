@@ -4,7 +4,6 @@
 #include <tuple>
 #include <utility>
 
-#include "absl/container/flat_hash_map.h"
 #include "flashkv/server/step_batch.h"
 #include "flashkv/server/tensor_checks.h"
 
@@ -106,10 +105,12 @@ absl::Status CheckEntryPlacement(const StepEntry& entry, const wire::StepEntryVi
   return absl::OkStatus();
 }
 
+// `scoped_id` and `device` (-1: no device holds it) come from one directory lookup for the whole
+// request.
 absl::StatusOr<StepEntry> CheckEntry(wire::StepEntryView& view, size_t index,
                                      const ServerConfig& config, const CacheSet& caches,
-                                     const RegionAccess& regions, const Tenant& tenant,
-                                     EntrySpecs* specs, RegionTensorResolver* resolver) {
+                                     std::string scoped_id, int device, EntrySpecs* specs,
+                                     RegionTensorResolver* resolver) {
   const ModelShape& m = config.model;
   const std::string name = "entries[" + std::to_string(index) + "]";
   // Field names are spelled out only for an error message (this runs for every entry).
@@ -144,9 +145,7 @@ absl::StatusOr<StepEntry> CheckEntry(wire::StepEntryView& view, size_t index,
     return Invalid(name + ".token_ids has " + std::to_string(view.token_ids.size()) +
                    " ids; it must be empty or have one per new token (" + std::to_string(n) + ")");
   }
-  std::string scoped_id = ScopedSequenceId(tenant, view.sequence_id);
-  const std::optional<int> device = caches.DeviceOf(scoped_id);
-  if (!device.has_value()) {
+  if (device < 0) {
     return absl::NotFoundError(name + ": sequence '" + view.sequence_id + "' does not exist");
   }
   const uint64_t out_bytes = uint64_t(n) * m.num_q_heads * m.head_dim * DTypeSize(m.dtype);
@@ -155,7 +154,7 @@ absl::StatusOr<StepEntry> CheckEntry(wire::StepEntryView& view, size_t index,
   if (!out.ok()) return out.status();
   entry.out_region = *std::move(out);
   if (auto s = CheckEntryPlacement(entry, view, name,
-                                   caches.cuda() ? caches.device_id(*device) : kCpuCompute);
+                                   caches.cuda() ? caches.device_id(device) : kCpuCompute);
       !s.ok()) {
     return s;
   }
@@ -166,7 +165,7 @@ absl::StatusOr<StepEntry> CheckEntry(wire::StepEntryView& view, size_t index,
   entry.k = view.k.data;
   entry.v = view.v.data;
   entry.token_ids = std::move(view.token_ids);
-  entry.device = *device;
+  entry.device = device;
   return entry;
 }
 
@@ -284,23 +283,27 @@ absl::StatusOr<std::vector<StepEntry>> CheckStepRequest(wire::StepRequestView& r
     return Invalid("entries has " + std::to_string(request.entries.size()) + " items; at most " +
                    std::to_string(limits.max_entries_per_step) + " (--max-entries-per-step)");
   }
+  // The entries' devices in one directory lookup under one lock, which also finds a known id
+  // named twice (an unknown one is NOT_FOUND at its first occurrence, which comes first).
+  std::vector<std::string> scoped(request.entries.size());
+  for (size_t i = 0; i < scoped.size(); ++i) {
+    scoped[i] = ScopedSequenceId(tenant, request.entries[i].sequence_id);
+  }
+  std::vector<int> devices;
+  const std::optional<std::pair<size_t, size_t>> repeat = caches.DevicesOf(scoped, &devices);
   std::vector<StepEntry> entries;
   entries.reserve(request.entries.size());
-  // Views of the request's own ids (the view outlives this call).
-  absl::flat_hash_map<absl::string_view, size_t> first_index;
-  first_index.reserve(request.entries.size());
   int64_t total_tokens = 0;
   RegionTensorResolver resolver(regions, message);
   EntrySpecs specs(config.model);
   for (size_t i = 0; i < request.entries.size(); ++i) {
     wire::StepEntryView& view = request.entries[i];
-    const auto [it, inserted] = first_index.emplace(view.sequence_id, i);
-    if (!inserted) {
+    if (repeat.has_value() && repeat->second == i) {
       return Invalid("entries[" + std::to_string(i) + "].sequence_id '" + view.sequence_id +
-                     "' repeats entries[" + std::to_string(it->second) + "]");
+                     "' repeats entries[" + std::to_string(repeat->first) + "]");
     }
-    absl::StatusOr<StepEntry> entry =
-        CheckEntry(view, i, config, caches, regions, tenant, &specs, &resolver);
+    absl::StatusOr<StepEntry> entry = CheckEntry(view, i, config, caches, std::move(scoped[i]),
+                                                 devices[i], &specs, &resolver);
     if (!entry.ok()) return entry.status();
     total_tokens += entry->num_tokens;
     if (total_tokens > limits.max_tokens_per_step) {
