@@ -141,11 +141,11 @@ int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 int PagedBoxRows(int page_size, int block_n) {
   const int forced = forced_paged_box_rows.load(std::memory_order_relaxed);
-  if (forced > 0 && forced % PagedBoxOf(block_n) == 0 && block_n % forced == 0 &&
+  if (forced > 0 && forced % kPagedBoxRows == 0 && block_n % forced == 0 &&
       page_size % forced == 0) {
     return forced;
   }
-  return page_size % block_n == 0 ? block_n : PagedBoxOf(block_n);
+  return page_size % block_n == 0 ? block_n : kPagedBoxRows;
 }
 
 Sm90Variant ActiveVariant() {

@@ -40,7 +40,7 @@ KernelStatus EncodeTensorMaps(const AttentionParams& p, const LaunchInfo& info, 
 
 // Keys per TMA box of a paged K/V tile of block_n keys over pages of page_size keys (a multiple of
 // kPagedBoxRows): the whole tile when the page holds whole tiles (one TMA per chunk, as on
-// contiguous K/V), else PagedBoxOf(block_n) (every box then still lies in one page).
+// contiguous K/V), else kPagedBoxRows (every box then still lies in one page).
 int PagedBoxRows(int page_size, int block_n);
 
 // The variant of the contiguous kernel that launches take (tile_shape.h's Sm90Variant): kAuto
@@ -78,10 +78,10 @@ bool PlanStreamK(Schedule* schedule, int grid, int key_tiles);
 // The tile shape of a launch's kernel, by the active variant. Where the head dim and layout have
 // the three-consumer shape (HasThreeConsumerShape): kThreeConsumers under
 // Sm90Variant::kThreeConsumers, and under kAuto too except for launches whose longest query is
-// shorter than kThreeConsumerCausalMinSeqlen (causal) or kThreeConsumerMinSeqlen (not). Where
-// they have the wide key shape (HasWideKeyShape), launches without a causal mask: kKeys160 /
-// kKeys176 under the variants of those names, and kKeys160 under kAuto when the longest context
-// has at least kWideKeysMinSeqlenKv keys. Else kStandard.
+// shorter than kThreeConsumerCausalMinSeqlen (causal) or kThreeConsumerMinSeqlen (not). Where they have the wide key shape
+// (HasWideKeyShape), launches without a causal mask: kKeys160 / kKeys176 under the variants of
+// those names, and kKeys160 under kAuto when the longest context has at least
+// kWideKeysMinSeqlenKv keys. Else kStandard.
 TileKind ChooseTileKind(int head_dim, bool paged, bool causal, int max_seqlen_q, int max_seqlen_kv);
 
 // Under kAuto, causal launches with shorter queries keep 128-row tiles. Measured on an H100 (D 64,
@@ -107,9 +107,9 @@ namespace testing {
 // (side_by_side.py through the C API's flashkv_cuda_testing_set_sm90_variant).
 void SetVariant(Sm90Variant variant);
 
-// Makes PagedBoxRows return `rows` wherever that is valid (a multiple of PagedBoxOf(block_n)
-// dividing both block_n and page_size); 0 restores the choice. Process-wide: for tests and
-// benchmarks that compare the two box shapes on the same pool.
+// Makes PagedBoxRows return `rows` wherever that is valid (a multiple of kPagedBoxRows dividing
+// both block_n and page_size); 0 restores the choice. Process-wide: for tests and benchmarks that
+// compare the two box shapes on the same pool.
 void ForcePagedBoxRows(int rows);
 }  // namespace testing
 
