@@ -19,7 +19,8 @@
 # (VERIFY, default 0.2) of its steps on the CPU with poisoned outputs, and the CUDA table's shm
 # cells must have used CUDA regions. Any test failure, mismatch, unexpected error or host region
 # where a CUDA one was expected makes the script exit 1 (after the tables). HOST_SHM=1 (default)
-# adds shm cells with host (memfd) regions on the CUDA backend, for comparison; CPU=1 also runs
+# adds shm cells with host (memfd) regions on the CUDA backend, for comparison; INLINE=1 (default)
+# shm-batch cells with --inline-launch-tokens=512 (Unix socket); CPU=1 also runs
 # the CPU backend on the same host (16 cores: a quieter machine than the 2-core development one).
 # Files back: dataplane.txt, dataplane*.json.
 set -uo pipefail
@@ -119,6 +120,19 @@ for backend in cuda $([[ ${CPU:-0} == 1 ]] && echo cpu); do
       rc=$?
       echo "benchmark rc=$rc"
       [[ $rc == 0 ]] || fail "cuda host-region benchmark rc=$rc"
+    fi
+    if [[ $backend == cuda && ${INLINE:-1} == 1 ]]; then
+      # A step of up to 512 tokens launched on the thread that received it when the device is
+      # idle (no scheduler wake-up; the default is 16): the fixed per-step cost left at batch 256.
+      stamp "data plane, cuda backend, shm-batch with --inline-launch-tokens=512 (Unix socket)"
+      timeout 300 python3 benchmarks/server/dataplane_step_benchmark.py --backend=cuda \
+        --server="$bin/flashkv-server" --loadgen="$bin/flashkv-loadgen" --planes=shm-batch \
+        --transports=unix --duration="$duration" "${extra[@]}" \
+        --server-arg=--inline-launch-tokens=512 --verify="$verify" \
+        --expect-region-memory=cuda --json-out="$OUT/dataplane-cuda-inline.json"
+      rc=$?
+      echo "benchmark rc=$rc"
+      [[ $rc == 0 ]] || fail "cuda inline-launch benchmark rc=$rc"
     fi
   else
     echo "no python3: raw loadgen reports in dataplane-$backend.json (one per line)"
