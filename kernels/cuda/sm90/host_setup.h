@@ -78,10 +78,10 @@ bool PlanStreamK(Schedule* schedule, int grid, int key_tiles);
 // The tile shape of a launch's kernel, by the active variant. Where the head dim and layout have
 // the three-consumer shape (HasThreeConsumerShape): kThreeConsumers under
 // Sm90Variant::kThreeConsumers, and under kAuto too except for launches whose longest query is
-// shorter than kThreeConsumerCausalMinSeqlen (causal) or kThreeConsumerMinSeqlen (not). Where they have the wide key shape
-// (HasWideKeyShape), launches without a causal mask: kKeys160 / kKeys176 under the variants of
-// those names, and kKeys160 under kAuto when the longest context has at least
-// kWideKeysMinSeqlenKv keys. Else kStandard.
+// shorter than kThreeConsumerCausalMinSeqlen (causal) or kThreeConsumerMinSeqlen (not). Where
+// they have the wide key shape (HasWideKeyShape), launches without a causal mask: kKeys160 /
+// kKeys176 under the variants of those names, and kKeys160 under kAuto when the longest context
+// has at least kWideKeysMinSeqlenKv keys. Else kStandard.
 TileKind ChooseTileKind(int head_dim, bool paged, bool causal, int max_seqlen_q, int max_seqlen_kv);
 
 // Under kAuto, causal launches with shorter queries keep 128-row tiles. Measured on an H100 (D 64,

@@ -200,9 +200,10 @@ enum class Sm90Variant : int {
   // (D 256, S 1024), where a CTA holds at most two tiles, longest-first pairing already balances
   // them, and the counter's memset and atomics are pure cost. At head dim 64 on contiguous K/V it
   // also takes kThreeConsumers' 192-row tiles, except for launches with queries shorter than
-  // kThreeConsumerCausalMinSeqlen (causal) or kThreeConsumerMinSeqlen (not), and at head dim 128 without a causal mask kKeys160's
-  // tiles from kWideKeysMinSeqlenKv keys on, with kStreamK's tail for fixed-length launches from
-  // kStreamKMinSeqlenKv keys on (host_setup.h has the measurements behind each).
+  // kThreeConsumerCausalMinSeqlen (causal) or kThreeConsumerMinSeqlen (not), and at head dim
+  // 128 without a causal mask kKeys160's tiles from kWideKeysMinSeqlenKv keys on, with kStreamK's
+  // tail for fixed-length launches from kStreamKMinSeqlenKv keys on (host_setup.h has the
+  // measurements behind each).
   kAuto = 2,
   // Every launch (fixed, varlen, paged; causal or not) with the conditional O rescale of
   // FlashAttention-4 (sm90/consumer_mainloop.cuh, LazyRowUpdate): a row's softmax reference
