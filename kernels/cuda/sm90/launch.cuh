@@ -143,7 +143,7 @@ KernelStatus LaunchAttentionSm90(const AttentionParams& params, const LaunchInfo
   // Read once: the schedule, the TMA boxes and the kernel must agree on the tile shape.
   const bool varlen = sp.p.cu_seqlens_q != nullptr;
   const sm90::TileKind kind =
-      sm90::ChooseTileKind(kHeadDim, kPaged, sp.p.causal,
+      sm90::ChooseTileKind(kHeadDim, kPaged, varlen, sp.p.causal,
                            varlen ? sp.p.max_seqlen_q : sp.p.seqlen_q,
                            varlen ? sp.p.max_seqlen_kv : sp.p.seqlen_kv);
   FLASHKV_RETURN_IF_ERROR(
