@@ -70,15 +70,14 @@ KernelStatus RunStreamK(Sm90Params& sp, const DeviceProps& props, cudaStream_t s
   FLASHKV_RETURN_IF_ERROR(WorkspaceAllocate(partial_bytes + arrival_bytes, stream, &workspace));
   sp.sk_partials = static_cast<float*>(workspace);
   sp.sk_arrivals = reinterpret_cast<int*>(static_cast<char*>(workspace) + partial_bytes);
-  KernelStatus status = KernelStatus::Ok();
-  const cudaError_t zeroed = cudaMemsetAsync(sp.sk_arrivals, 0, arrival_bytes, stream);
-  if (zeroed != cudaSuccess) {
-    status = FromCudaError(zeroed, "cudaMemsetAsync(stream-K arrivals)");
-  } else {
+  const auto launch = [&] {
     kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(sp);
-    const cudaError_t launched = cudaGetLastError();
-    if (launched != cudaSuccess) status = FromCudaError(launched, "stream-K attention launch");
-  }
+    return FromCudaError(cudaGetLastError(), "stream-K attention launch");
+  };
+  const cudaError_t zeroed = cudaMemsetAsync(sp.sk_arrivals, 0, arrival_bytes, stream);
+  const KernelStatus status = zeroed == cudaSuccess
+                                  ? launch()
+                                  : FromCudaError(zeroed, "cudaMemsetAsync(stream-K arrivals)");
   const KernelStatus freed = WorkspaceFree(workspace, stream);
   return status.ok() ? freed : status;
 }
