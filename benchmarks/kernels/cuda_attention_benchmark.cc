@@ -350,8 +350,8 @@ void PagedPrefillTable(DType dtype, int reps, const std::vector<int>& head_dims,
           }
           v.box = sm90::PagedBoxRows(pool->page, block_n);
           variants.push_back(v);
-          if (v.box != sm90::PagedBoxOf(block_n)) {
-            v.box = sm90::PagedBoxOf(block_n);
+          if (v.box != sm90::kPagedBoxRows) {
+            v.box = sm90::kPagedBoxRows;
             variants.push_back(v);
           }
         }

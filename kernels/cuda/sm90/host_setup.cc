@@ -141,11 +141,11 @@ int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 int PagedBoxRows(int page_size, int block_n) {
   const int forced = forced_paged_box_rows.load(std::memory_order_relaxed);
-  if (forced > 0 && forced % PagedBoxOf(block_n) == 0 && block_n % forced == 0 &&
+  if (forced > 0 && forced % kPagedBoxRows == 0 && block_n % forced == 0 &&
       page_size % forced == 0) {
     return forced;
   }
-  return page_size % block_n == 0 ? block_n : PagedBoxOf(block_n);
+  return page_size % block_n == 0 ? block_n : kPagedBoxRows;
 }
 
 Sm90Variant ActiveVariant() {
@@ -196,7 +196,7 @@ bool PlanStreamK(Schedule* schedule, int grid, int key_tiles) {
   return true;
 }
 
-TileKind ChooseTileKind(int head_dim, bool paged, bool causal, int max_seqlen_q,
+TileKind ChooseTileKind(int head_dim, bool paged, bool varlen, bool causal, int max_seqlen_q,
                         int max_seqlen_kv) {
   Sm90Variant variant = ActiveVariant();
   // kStreamK changes the schedule of kAuto's kernels, not their shapes.
@@ -211,7 +211,7 @@ TileKind ChooseTileKind(int head_dim, bool paged, bool causal, int max_seqlen_q,
   if (HasWideKeyShape(head_dim, paged) && !causal) {
     if (variant == Sm90Variant::kKeys160) return TileKind::kKeys160;
     if (variant == Sm90Variant::kKeys176) return TileKind::kKeys176;
-    if (variant == Sm90Variant::kAuto && max_seqlen_kv >= kWideKeysMinSeqlenKv) {
+    if (variant == Sm90Variant::kAuto && !varlen && max_seqlen_kv >= kWideKeysMinSeqlenKv) {
       return TileKind::kKeys160;
     }
   }

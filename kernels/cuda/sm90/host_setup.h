@@ -40,7 +40,7 @@ KernelStatus EncodeTensorMaps(const AttentionParams& p, const LaunchInfo& info, 
 
 // Keys per TMA box of a paged K/V tile of block_n keys over pages of page_size keys (a multiple of
 // kPagedBoxRows): the whole tile when the page holds whole tiles (one TMA per chunk, as on
-// contiguous K/V), else PagedBoxOf(block_n) (every box then still lies in one page).
+// contiguous K/V), else kPagedBoxRows (every box then still lies in one page).
 int PagedBoxRows(int page_size, int block_n);
 
 // The variant of the contiguous kernel that launches take (tile_shape.h's Sm90Variant): kAuto
@@ -80,9 +80,10 @@ bool PlanStreamK(Schedule* schedule, int grid, int key_tiles);
 // Sm90Variant::kThreeConsumers, and under kAuto too except for launches whose longest query is
 // shorter than kThreeConsumerCausalMinSeqlen (causal) or kThreeConsumerMinSeqlen (not). Where
 // they have the wide key shape (HasWideKeyShape), launches without a causal mask: kKeys160 /
-// kKeys176 under the variants of those names, and kKeys160 under kAuto when the longest context
-// has at least kWideKeysMinSeqlenKv keys. Else kStandard.
-TileKind ChooseTileKind(int head_dim, bool paged, bool causal, int max_seqlen_q, int max_seqlen_kv);
+// kKeys176 under the variants of those names, and kKeys160 under kAuto for fixed-length launches
+// whose context has at least kWideKeysMinSeqlenKv keys. Else kStandard.
+TileKind ChooseTileKind(int head_dim, bool paged, bool varlen, bool causal, int max_seqlen_q,
+                        int max_seqlen_kv);
 
 // Under kAuto, causal launches with shorter queries keep 128-row tiles. Measured on an H100 (D 64,
 // fp16, B 2, H 32): 192-row tiles lose 10% causal at S 1024 (a diagonal tile masks up to 192 rows'
@@ -100,6 +101,9 @@ inline constexpr int kThreeConsumerMinSeqlen = 1024;
 // 0.91 -> 0.85-0.86 (7 tiles of 160 compute 1120 keys' work for 1024), 2048 0.95-0.96 ->
 // 0.96-0.97, 4096 0.99-1.00 -> 1.01, 8192 1.00 -> 1.02, 16384 0.99-1.00 -> 1.03-1.04. 176-key
 // tiles (O in Q's space) measured 1.00/1.01-1.03/1.01-1.03 at 4096/8192/16384: not taken.
+// Varlen launches keep 128 keys: in cuda_attention_benchmark's varlen prefill (B 4, Hq 32, Hkv 8,
+// H100) the 160-key varlen kernel ran at 609-631 TF where the paged kernel on 128-key tiles ran
+// 615-654 over the same problem (S 4096-8192), i.e. no gain and up to 4% loss there.
 inline constexpr int kWideKeysMinSeqlenKv = 2048;
 
 namespace testing {
@@ -107,9 +111,9 @@ namespace testing {
 // (side_by_side.py through the C API's flashkv_cuda_testing_set_sm90_variant).
 void SetVariant(Sm90Variant variant);
 
-// Makes PagedBoxRows return `rows` wherever that is valid (a multiple of PagedBoxOf(block_n)
-// dividing both block_n and page_size); 0 restores the choice. Process-wide: for tests and
-// benchmarks that compare the two box shapes on the same pool.
+// Makes PagedBoxRows return `rows` wherever that is valid (a multiple of kPagedBoxRows dividing
+// both block_n and page_size); 0 restores the choice. Process-wide: for tests and benchmarks that
+// compare the two box shapes on the same pool.
 void ForcePagedBoxRows(int rows);
 }  // namespace testing
 

@@ -70,15 +70,14 @@ KernelStatus RunStreamK(Sm90Params& sp, const DeviceProps& props, cudaStream_t s
   FLASHKV_RETURN_IF_ERROR(WorkspaceAllocate(partial_bytes + arrival_bytes, stream, &workspace));
   sp.sk_partials = static_cast<float*>(workspace);
   sp.sk_arrivals = reinterpret_cast<int*>(static_cast<char*>(workspace) + partial_bytes);
-  KernelStatus status = KernelStatus::Ok();
-  const cudaError_t zeroed = cudaMemsetAsync(sp.sk_arrivals, 0, arrival_bytes, stream);
-  if (zeroed != cudaSuccess) {
-    status = FromCudaError(zeroed, "cudaMemsetAsync(stream-K arrivals)");
-  } else {
+  const auto launch = [&] {
     kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(sp);
-    const cudaError_t launched = cudaGetLastError();
-    if (launched != cudaSuccess) status = FromCudaError(launched, "stream-K attention launch");
-  }
+    return FromCudaError(cudaGetLastError(), "stream-K attention launch");
+  };
+  const cudaError_t zeroed = cudaMemsetAsync(sp.sk_arrivals, 0, arrival_bytes, stream);
+  const KernelStatus status = zeroed == cudaSuccess
+                                  ? launch()
+                                  : FromCudaError(zeroed, "cudaMemsetAsync(stream-K arrivals)");
   const KernelStatus freed = WorkspaceFree(workspace, stream);
   return status.ok() ? freed : status;
 }
@@ -143,7 +142,7 @@ KernelStatus LaunchAttentionSm90(const AttentionParams& params, const LaunchInfo
   // Read once: the schedule, the TMA boxes and the kernel must agree on the tile shape.
   const bool varlen = sp.p.cu_seqlens_q != nullptr;
   const sm90::TileKind kind =
-      sm90::ChooseTileKind(kHeadDim, kPaged, sp.p.causal,
+      sm90::ChooseTileKind(kHeadDim, kPaged, varlen, sp.p.causal,
                            varlen ? sp.p.max_seqlen_q : sp.p.seqlen_q,
                            varlen ? sp.p.max_seqlen_kv : sp.p.seqlen_kv);
   FLASHKV_RETURN_IF_ERROR(

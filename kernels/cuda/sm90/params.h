@@ -48,7 +48,7 @@ struct Sm90Params {
   CUtensorMap k_map;
   CUtensorMap v_map;
   CUtensorMap o_map;  // box (64 dims, 64 rows): one consumer warpgroup's rows
-  int kv_box_rows = 0;  // keys per K/V box: block_n, or PagedBoxOf(block_n) (paged, page % block_n)
+  int kv_box_rows = 0;  // keys per K/V box: block_n, or kPagedBoxRows (paged, page % block_n != 0)
   // Dynamic schedule only: the next unclaimed tile minus gridDim.x, zeroed before the launch
   // (stream-ordered workspace); CTA c starts with tile c.
   int* tile_counter = nullptr;

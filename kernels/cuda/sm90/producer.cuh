@@ -8,7 +8,7 @@
 // overlaps the current tile's epilogue.
 //
 // Paged K/V (Traits::kPaged): a key tile is block_n / box boxes of `box` keys (params.kv_box_rows:
-// the whole tile where pages hold whole tiles, else PagedBoxOf(block_n); host_setup.h), each in one
+// the whole tile where pages hold whole tiles, else kPagedBoxRows; host_setup.h), each inside one
 // page, loaded from the pool's 4-d map at (slot, K/V head, block). The block ids of the next key
 // tile are read from the block table while the current tile's loads wait for their stage, so the
 // table's latency stays off the issue path except at a tile's first key tile. Boxes past the
@@ -28,13 +28,12 @@
 
 namespace flashkv::cuda::sm90 {
 
-// The boxes of one paged key tile: how many hold keys of the sequence, and the pool block (page)
-// of each. A box's slot in its page is (its first key) % page_size, recomputed at issue rather
-// than held: the producer thread has 24 registers, and head dim 256's tile has 5 boxes.
+// The boxes of one paged key tile: how many hold keys of the sequence, and where each comes from.
 template <class Tr>
 struct PagedKeyTile {
   int boxes = 0;
-  int block[Tr::kKvBoxes];  // pool block (page) of box j (boxes <= kKvBoxes)
+  int block[Tr::kKvBoxes];  // pool block (page) of box j (boxes <= kKvBoxes: the 64-key boxes)
+  int slot[Tr::kKvBoxes];   // its first key's slot in that page
 
   __device__ __forceinline__ static PagedKeyTile Lookup(const AttentionParams& p, const WorkTile& w,
                                                         int n, int box_rows) {
@@ -43,8 +42,11 @@ struct PagedKeyTile {
     t.boxes = min(Tr::kBlockN / box_rows, (w.seq.kv_len - key0 + box_rows - 1) / box_rows);
 #pragma unroll
     for (int j = 0; j < Tr::kKvBoxes; ++j) {
+      const int key = key0 + j * box_rows;
+      const int page = key / p.page_size;
       t.block[j] = 0;
-      if (j < t.boxes) t.block[j] = __ldg(w.seq.block_table + (key0 + j * box_rows) / p.page_size);
+      if (j < t.boxes) t.block[j] = __ldg(w.seq.block_table + page);
+      t.slot[j] = key - page * p.page_size;
     }
     return t;
   }
@@ -94,18 +96,15 @@ struct TmaIssuer {
   // Pool maps are [block, K/V head, slot, dim] (4-d); box j fills rows [j * box, (j + 1) * box)
   // of every chunk.
   __device__ __forceinline__ void LoadKv(const CUtensorMap& map, uint32_t tile, uint32_t bar,
-                                         const WorkTile& w, int n,
-                                         const PagedKeyTile<Tr>& kt) const {
-    const int box_rows = params.kv_box_rows;
-    const uint32_t box_bytes = static_cast<uint32_t>(box_rows) * Tr::kChunkRowBytes;
+                                         const WorkTile& w, int, const PagedKeyTile<Tr>& kt) const {
+    const uint32_t box_bytes = static_cast<uint32_t>(params.kv_box_rows) * Tr::kChunkRowBytes;
     MbarrierArriveExpectTx(bar, kt.boxes * Tr::kChunks * box_bytes);
 #pragma unroll
     for (int j = 0; j < Tr::kKvBoxes; ++j) {
       if (j < kt.boxes) {
-        const int slot = (n * Tr::kBlockN + j * box_rows) % params.p.page_size;
 #pragma unroll
         for (int c = 0; c < Tr::kChunks; ++c) {
-          TmaLoad4d(tile + c * Tr::kKvChunkBytes + j * box_bytes, &map, bar, 64 * c, slot,
+          TmaLoad4d(tile + c * Tr::kKvChunkBytes + j * box_bytes, &map, bar, 64 * c, kt.slot[j],
                     w.head_kv, kt.block[j]);
         }
       }

@@ -20,7 +20,7 @@
 //
 // Paged K/V (`paged`, FLASHKV_ENABLE_SM90_PAGED): the same kernel, with each K/V tile loaded as
 // boxes of kPagedBoxRows keys, each box from the page the block table names. The tile must be a
-// whole number of boxes (PagedBoxOf).
+// whole number of boxes, which changes head dim 256 only.
 
 #include <cstdint>
 
@@ -72,14 +72,6 @@ constexpr int ConsumerRegisters(int consumer_warpgroups) {
 // 8 KB boundaries.
 inline constexpr int kPagedBoxRows = 64;
 
-// Keys per box of a paged tile of block_n keys where pages do not hold whole tiles: kPagedBoxRows
-// where it divides the tile; 16 for head dim 256's 80-key tile (16 divides 80 and every page size
-// the sm90 path takes, and a 16-row box is two whole 8-row swizzle atoms). The 80-key tile keeps
-// paged head dim 256 on the contiguous kernel's shape: with 64-key tiles (one 64-key box) paged
-// causal prefill ran 7-11% behind contiguous (H100, S 4096-8192), more key tiles for the same
-// keys and nothing gained, as the contiguous side's 80 keys fit where 64 did.
-constexpr int PagedBoxOf(int block_n) { return block_n % kPagedBoxRows == 0 ? kPagedBoxRows : 16; }
-
 // The three-consumer tile (Sm90Variant::kThreeConsumers), at head dim 64, contiguous or paged:
 // 192 query rows x 128 keys. Each consumer holds O 32 + S 64 + P 32 registers within 160
 // (a 192-key tile would need S 96 + P 48 and spill; FlashAttention-3 then stages P in shared
@@ -125,9 +117,10 @@ constexpr TileShape ChooseTileShape(int head_dim, bool paged = false,
       return TileShape{128, 128, 2};
     case 256:
       // O alone is 128 registers, so S is kept to 40 (80 keys, FlashAttention-3's choice):
-      // Q 64 KB + 2 x 80 KB stages = 224 KB, the most that fits beside the barriers. Paged: the
-      // same tile, in 16-key boxes where pages do not hold whole tiles (PagedBoxOf).
-      return TileShape{128, 80, 2};
+      // Q 64 KB + 2 x 80 KB stages = 224 KB, the most that fits beside the barriers. Paged: 80 is
+      // not a whole number of 64-key boxes, so 64-key tiles (S 32 registers; 192 KB; a third
+      // stage would need 256 KB).
+      return paged ? TileShape{128, 64, 2} : TileShape{128, 80, 2};
     default:
       // 32 and 96 stay on sm80: they are not multiples of the 64-column chunk a 128-byte-swizzled
       // TMA box holds (32 would need the 64-byte swizzle mode, 96 a mixed chunk layout). 192

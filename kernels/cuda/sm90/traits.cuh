@@ -17,7 +17,7 @@
 namespace flashkv::cuda::sm90 {
 
 // kPaged: K and V come from page pools, each tile as one box of block_n keys or up to kKvBoxes
-// boxes of PagedBoxOf(block_n) keys (each inside one page); otherwise a tile is one box per 64-col
+// boxes of kPagedBoxRows keys (each inside one page); otherwise a tile is one box per 64-column
 // chunk. kKind_: the tile table (tile_shape.h's TileKind), which sets block_m, block_n, the
 // consumer warpgroups (64 rows each), the thread count and the register budgets.
 template <typename Element_, int kHeadDim_, bool kPaged_ = false,
@@ -71,13 +71,12 @@ struct Traits {
   static_assert(kQChunkBytes % 1024 == 0 && kKvChunkBytes % 1024 == 0,
                 "every chunk starts on a swizzle atom");
 
-  // Paged K/V boxes per chunk of a tile: at most kKvBoxes boxes of PagedBoxOf(block_n) keys, box
-  // j at rows [j * box, (j + 1) * box) of every chunk; the launch picks the box (block_n or
-  // PagedBoxOf(block_n) keys: host_setup.h's PagedBoxRows).
-  static constexpr int kPagedBox = PagedBoxOf(kBlockN);
-  static constexpr int kKvBoxes = kPaged ? kBlockN / kPagedBox : 1;
-  static_assert(!kPaged || kBlockN % kPagedBox == 0, "a paged tile is a whole number of boxes");
-  static_assert(kPagedBox * kChunkRowBytes % 1024 == 0, "every box starts on a swizzle atom");
+  // Paged K/V boxes per chunk of a tile: at most kKvBoxes boxes of kPagedBoxRows keys, box j at
+  // rows [j * box, (j + 1) * box) of every chunk; the launch picks the box (block_n or
+  // kPagedBoxRows keys: host_setup.h's PagedBoxRows).
+  static constexpr int kKvBoxes = kPaged ? kBlockN / kPagedBoxRows : 1;
+  static_assert(!kPaged || kBlockN % kPagedBoxRows == 0, "a paged tile is a whole number of boxes");
+  static_assert(kPagedBoxRows * kChunkRowBytes % 1024 == 0, "every box starts on a swizzle atom");
 
   // Shared memory map (offsets from the 1024-aligned base): Q, K stages, V stages, O (when it
   // has its own buffer), barriers.

@@ -241,38 +241,40 @@ TEST(KernelPathTest, ThreeConsumerScheduleTakes192RowTiles) {
 // kThreeConsumerMinSeqlen (not), and 160-key tiles at
 // head dim 128 on contiguous K/V without a causal mask from kWideKeysMinSeqlenKv keys on; the
 // variants under measurement keep their own choice, and no wide key tile takes a causal or paged
-// launch. Arguments: head dim, paged, causal, longest query, longest context.
+// launch. Arguments: head dim, paged, varlen, causal, longest query, longest context.
 TEST(KernelPathTest, TileKindByVariantHeadDimLayoutAndLength) {
   using sm90::TileKind;
   ASSERT_EQ(sm90::ActiveVariant(), sm90::Sm90Variant::kAuto);
   const int kMin = sm90::kThreeConsumerCausalMinSeqlen;
   const int kWide = sm90::kWideKeysMinSeqlenKv;
-  EXPECT_EQ(sm90::ChooseTileKind(64, false, false, 1024, 1024), TileKind::kThreeConsumers);
-  EXPECT_EQ(sm90::ChooseTileKind(64, false, false, sm90::kThreeConsumerMinSeqlen - 1, 8192),
+  EXPECT_EQ(sm90::ChooseTileKind(64, false, false, false, 1024, 1024), TileKind::kThreeConsumers);
+  EXPECT_EQ(sm90::ChooseTileKind(64, false, false, false, sm90::kThreeConsumerMinSeqlen - 1, 8192),
             TileKind::kStandard);
-  EXPECT_EQ(sm90::ChooseTileKind(64, false, true, kMin, kMin), TileKind::kThreeConsumers);
-  EXPECT_EQ(sm90::ChooseTileKind(64, false, true, kMin - 1, 8192), TileKind::kStandard);
-  EXPECT_EQ(sm90::ChooseTileKind(64, true, false, 8192, 8192), TileKind::kThreeConsumers);
-  EXPECT_EQ(sm90::ChooseTileKind(128, false, false, 128, kWide), TileKind::kKeys160);
-  EXPECT_EQ(sm90::ChooseTileKind(128, false, false, 8192, kWide - 1), TileKind::kStandard);
-  EXPECT_EQ(sm90::ChooseTileKind(128, false, true, 8192, 8192), TileKind::kStandard);
-  EXPECT_EQ(sm90::ChooseTileKind(128, true, false, 8192, 8192), TileKind::kStandard);
-  EXPECT_EQ(sm90::ChooseTileKind(256, false, false, 8192, 8192), TileKind::kStandard);
+  EXPECT_EQ(sm90::ChooseTileKind(64, false, false, true, kMin, kMin), TileKind::kThreeConsumers);
+  EXPECT_EQ(sm90::ChooseTileKind(64, false, false, true, kMin - 1, 8192), TileKind::kStandard);
+  EXPECT_EQ(sm90::ChooseTileKind(64, true, false, false, 8192, 8192), TileKind::kThreeConsumers);
+  EXPECT_EQ(sm90::ChooseTileKind(128, false, false, false, 128, kWide), TileKind::kKeys160);
+  EXPECT_EQ(sm90::ChooseTileKind(128, false, /*varlen=*/true, false, 8192, 8192),
+            TileKind::kStandard);
+  EXPECT_EQ(sm90::ChooseTileKind(128, false, false, false, 8192, kWide - 1), TileKind::kStandard);
+  EXPECT_EQ(sm90::ChooseTileKind(128, false, false, true, 8192, 8192), TileKind::kStandard);
+  EXPECT_EQ(sm90::ChooseTileKind(128, true, false, false, 8192, 8192), TileKind::kStandard);
+  EXPECT_EQ(sm90::ChooseTileKind(256, false, false, false, 8192, 8192), TileKind::kStandard);
   sm90::testing::SetVariant(sm90::Sm90Variant::kThreeConsumers);
-  EXPECT_EQ(sm90::ChooseTileKind(64, false, true, 1024, 1024), TileKind::kThreeConsumers);
-  EXPECT_EQ(sm90::ChooseTileKind(128, false, false, 8192, 8192), TileKind::kStandard);
+  EXPECT_EQ(sm90::ChooseTileKind(64, false, false, true, 1024, 1024), TileKind::kThreeConsumers);
+  EXPECT_EQ(sm90::ChooseTileKind(128, false, false, false, 8192, 8192), TileKind::kStandard);
   for (const auto& [variant, kind] : {std::pair{sm90::Sm90Variant::kKeys160, TileKind::kKeys160},
                                       std::pair{sm90::Sm90Variant::kKeys176, TileKind::kKeys176}}) {
     sm90::testing::SetVariant(variant);
-    EXPECT_EQ(sm90::ChooseTileKind(128, false, false, 1024, 1024), kind);
-    EXPECT_EQ(sm90::ChooseTileKind(128, false, true, 8192, 8192), TileKind::kStandard);
-    EXPECT_EQ(sm90::ChooseTileKind(128, true, false, 8192, 8192), TileKind::kStandard);
-    EXPECT_EQ(sm90::ChooseTileKind(64, false, false, 8192, 8192), TileKind::kStandard);
-    EXPECT_EQ(sm90::ChooseTileKind(256, false, false, 8192, 8192), TileKind::kStandard);
+    EXPECT_EQ(sm90::ChooseTileKind(128, false, false, false, 1024, 1024), kind);
+    EXPECT_EQ(sm90::ChooseTileKind(128, false, false, true, 8192, 8192), TileKind::kStandard);
+    EXPECT_EQ(sm90::ChooseTileKind(128, true, false, false, 8192, 8192), TileKind::kStandard);
+    EXPECT_EQ(sm90::ChooseTileKind(64, false, false, false, 8192, 8192), TileKind::kStandard);
+    EXPECT_EQ(sm90::ChooseTileKind(256, false, false, false, 8192, 8192), TileKind::kStandard);
   }
   sm90::testing::SetVariant(sm90::Sm90Variant::kBaseline);
-  EXPECT_EQ(sm90::ChooseTileKind(64, false, false, 8192, 8192), TileKind::kStandard);
-  EXPECT_EQ(sm90::ChooseTileKind(128, false, false, 8192, 8192), TileKind::kStandard);
+  EXPECT_EQ(sm90::ChooseTileKind(64, false, false, false, 8192, 8192), TileKind::kStandard);
+  EXPECT_EQ(sm90::ChooseTileKind(128, false, false, false, 8192, 8192), TileKind::kStandard);
   sm90::testing::SetVariant(sm90::Sm90Variant::kAuto);
 }
 
