@@ -15,6 +15,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "flashkv/cuda_backend.h"
@@ -308,6 +309,57 @@ TEST_F(CudaRegionsTest, StepReadsAndWritesTheRegionOnTheDevice) {
       EXPECT_EQ(reference.Apply(layer, a, FromRegion(response.out(0), out_a, kQRow)), "");
       EXPECT_EQ(reference.Apply(layer, plain, response.out(1)), "");
       EXPECT_EQ(reference.Apply(layer, b, FromRegion(response.out(2), out_b, 2 * kQRow)), "");
+    }
+  }
+}
+
+// A batched step (StepRequest.batch): one q, k, v and out slice for the whole batch, read and
+// written in place on the device; the response names the batch's output slice.
+TEST_F(CudaRegionsTest, BatchedStepReadsAndWritesTheRegionOnTheDevice) {
+  ASSERT_NO_FATAL_FAILURE(StartAll(CudaConfig()));
+  ASSERT_NO_FATAL_FAILURE(Attach());
+  for (const char* id : {"a", "b"}) ASSERT_NO_FATAL_FAILURE(Create(id));
+  ReferenceCache reference(server_->config().model);
+  std::mt19937_64 rng(13);
+  for (int layer = 0; layer < 3; ++layer) {
+    SCOPED_TRACE("layer " + std::to_string(layer));
+    const int na = 4, nb = 1;
+    const v1::StepEntry a = reference.MakeEntry("a", na, rng);
+    const v1::StepEntry b = reference.MakeEntry("b", nb, rng);
+    v1::StepRequest request;
+    request.set_layer(layer);
+    v1::StepBatch* batch = request.mutable_batch();
+    batch->add_sequence_ids("a");
+    batch->add_sequence_ids("b");
+    batch->add_num_tokens(na);
+    batch->add_num_tokens(nb);
+    const std::tuple<v1::Tensor*, const v1::Tensor*, const v1::Tensor*, uint64_t> tensors[] = {
+        {batch->mutable_q(), &a.q(), &b.q(), kQAt},
+        {batch->mutable_k(), &a.k(), &b.k(), kKAt},
+        {batch->mutable_v(), &a.v(), &b.v(), kVAt}};
+    for (const auto& [whole, of_a, of_b, at] : tensors) {
+      *whole = *of_a;
+      whole->set_shape(0, na + nb);
+      whole->set_data(of_a->data() + of_b->data());
+      Place(whole, at);
+    }
+    batch->mutable_out()->set_region_id(region_->id());
+    batch->mutable_out()->set_offset(kOutAt);
+    peer_->Poison(kOutAt, (na + nb) * kQRow);
+    v1::StepResponse response;
+    const grpc::Status status = Step(request, &response);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(response.out_size(), 0);
+    ASSERT_TRUE(response.has_batch_out());
+    ASSERT_EQ(response.batch_out().shape_size(), 3);
+    EXPECT_EQ(response.batch_out().shape(0), na + nb);
+    for (const auto& [entry, row, n] : {std::tuple{&a, 0, na}, std::tuple{&b, na, nb}}) {
+      v1::Tensor described = response.batch_out();
+      described.set_shape(0, n);
+      const uint64_t at = kOutAt + uint64_t(row) * kQRow;
+      described.mutable_region()->set_offset(at);
+      EXPECT_EQ(reference.Apply(layer, *entry, FromRegion(described, at, n * kQRow)), "")
+          << entry->sequence_id();
     }
   }
 }
