@@ -14,7 +14,8 @@ namespace flashkv::server {
 namespace {
 
 // kvcache names entries by their index in the batch it was given (this part's entries); the
-// client knows them by their index in its request.
+// client knows them by their index in its request: entries[i], or batch.sequence_ids[i] for a
+// batched request.
 absl::Status InRequestTerms(absl::Status status, const StepPart& part) {
   const std::optional<int> index = kvcache::FailedEntryIndex(status);
   if (!index.has_value() || *index < 0 || *index >= static_cast<int>(part.entries().size())) {
@@ -22,7 +23,8 @@ absl::Status InRequestTerms(absl::Status status, const StepPart& part) {
   }
   const std::string local = "entries[" + std::to_string(*index) + "]";
   std::string message(status.message());
-  const std::string global = "entries[" + std::to_string(part.entries()[*index]) + "]";
+  const std::string global = (part.step().batched() ? "batch.sequence_ids[" : "entries[") +
+                             std::to_string(part.entries()[*index]) + "]";
   if (absl::StartsWith(message, local)) {
     message = global + message.substr(local.size());
   } else {

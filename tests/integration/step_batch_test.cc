@@ -209,6 +209,14 @@ TEST_F(StepBatchTest, RefusalsNameTheFieldAndChangeNothing) {
   b.mutable_out()->set_region_id(region_->id());
   b.mutable_out()->set_offset((1 << 20) - 16);
   ExpectRefused(b, grpc::StatusCode::INVALID_ARGUMENT, "batch.out");
+  {
+    // The KV cache's own refusals name the batch's field too: layer 1 may not run ahead of 0.
+    v1::StepResponse response;
+    const grpc::Status status = Run(1, good, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << status.error_message();
+    EXPECT_EQ(status.error_message().rfind("batch.sequence_ids[0]: sequence 'a' layer 1", 0), 0u)
+        << status.error_message();
+  }
   // Nothing was applied: the good batch runs at layer 0 and matches the reference.
   v1::StepBatch ok = good;
   ok.mutable_out()->set_region_id(region_->id());

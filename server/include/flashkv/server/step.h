@@ -161,6 +161,7 @@ class StepState : public std::enable_shared_from_this<StepState> {
   // entries' outputs are consecutive rows of it), else the output buffer's bytes (the entries'
   // rows follow each other there too).
   void set_batch_output(wire::RegionSliceView out) { batch_output_ = out; }
+  bool batched() const { return batch_output_.has_value(); }
 
   // Stream order: this step commits only after `predecessor` resolved, and aborts if it failed.
   void set_predecessor(std::shared_ptr<StepState> predecessor);
