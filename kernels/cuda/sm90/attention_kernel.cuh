@@ -42,17 +42,17 @@ __device__ __forceinline__ void Consume(const Sm90Params& params, const Smem<Tr>
 
   ConsumerMainloop<Tr, kLazyRescale> ml;
   PipelineState<Tr::kStages> pipe;
-  int tile = 0, key_begin = 0, key_end = -1, slot = -1, side = 0;
+  WorkItem item;
   for (int local_tile = 0;; ++local_tile) {
     if constexpr (kDynamic) {
-      tile = ReceiveTile(smem, local_tile, lane);
-      if (tile >= params.schedule.num_tiles) break;
-    } else if (!StaticWorkItem<kStreamK>(params.schedule, local_tile, &tile, &key_begin,
-                                         &key_end, &slot, &side)) {
+      item.tile = ReceiveTile(smem, local_tile, lane);
+      if (item.tile >= params.schedule.num_tiles) break;
+    } else if (!StaticWorkItem<kStreamK>(params.schedule, local_tile, &item)) {
       break;
     }
-    WorkTile w = DecodeTile<kVarlen, kCausal, Tr::kBlockM, Tr::kBlockN>(p, params.schedule, tile);
-    ApplyKeyRange(&w, key_begin, key_end, slot, side);
+    WorkTile w =
+        DecodeTile<kVarlen, kCausal, Tr::kBlockM, Tr::kBlockN>(p, params.schedule, item.tile);
+    ApplyKeyRange(&w, item);
     ml.Init();
     MbarrierWait(smem.QFull(), static_cast<uint32_t>(local_tile) & 1u);
     if (p.negate_q) NegateQ(smem, wg, tid);

@@ -17,34 +17,57 @@
 namespace flashkv::cuda {
 namespace sm90 {
 
+// The persistent grid of a kernel over a schedule: one CTA per resident slot, or fewer when
+// there are fewer tiles (also opts the kernel into its shared memory).
 template <class Tr, bool kCausal, bool kVarlen, bool kDynamic = false, bool kLazyRescale = false,
           bool kStreamK = false>
-KernelStatus Run(const Sm90Params& params, const DeviceProps& props, cudaStream_t stream) {
+KernelStatus PersistentGrid(const Schedule& schedule, const DeviceProps& props, int* grid) {
   const auto kernel = AttentionKernel<Tr, kCausal, kVarlen, kDynamic, kLazyRescale, kStreamK>;
   int ctas_per_sm = 0;
   FLASHKV_RETURN_IF_ERROR(PrepareKernel(reinterpret_cast<const void*>(kernel), Tr::kThreads,
                                         Tr::kSmemBytes, props, &ctas_per_sm));
-  const int grid = std::min(params.schedule.num_tiles, props.multiprocessors * ctas_per_sm);
-  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(params);
+  *grid = std::min(schedule.num_tiles, props.multiprocessors * ctas_per_sm);
+  return KernelStatus::Ok();
+}
+
+template <class Tr, bool kCausal, bool kVarlen, bool kDynamic = false, bool kLazyRescale = false,
+          bool kStreamK = false>
+KernelStatus Run(const Sm90Params& params, const DeviceProps& props, cudaStream_t stream) {
+  int grid = 0;
+  FLASHKV_RETURN_IF_ERROR(
+      (PersistentGrid<Tr, kCausal, kVarlen, kDynamic, kLazyRescale, kStreamK>(params.schedule,
+                                                                               props, &grid)));
+  AttentionKernel<Tr, kCausal, kVarlen, kDynamic, kLazyRescale, kStreamK>
+      <<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(params);
   FLASHKV_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return KernelStatus::Ok();
 }
 
+// Runs `run(workspace)` with `bytes` of the stream-ordered workspace (so concurrent streams and
+// graph replays each get their own), bytes [zero_from, bytes) zeroed on the stream first, and
+// frees it on the stream after. `what` names the zeroed part in a memset error.
+template <class RunFn>
+KernelStatus WithZeroedWorkspace(size_t bytes, size_t zero_from, cudaStream_t stream,
+                                 const char* what, RunFn run) {
+  void* workspace = nullptr;
+  FLASHKV_RETURN_IF_ERROR(WorkspaceAllocate(bytes, stream, &workspace));
+  char* base = static_cast<char*>(workspace);
+  const cudaError_t zeroed = cudaMemsetAsync(base + zero_from, 0, bytes - zero_from, stream);
+  const KernelStatus status = zeroed == cudaSuccess ? run(base) : FromCudaError(zeroed, what);
+  const KernelStatus freed = WorkspaceFree(workspace, stream);
+  return status.ok() ? freed : status;
+}
+
 // Causal launches under Sm90Variant::kDynamicSchedule: the tile counter comes from the
-// stream-ordered workspace (so concurrent streams and graph replays each get their own) and is
-// zeroed on the stream before the kernel.
+// workspace, zeroed before the kernel.
 template <class Tr, bool kVarlen>
 KernelStatus RunDynamic(Sm90Params& params, const DeviceProps& props, cudaStream_t stream) {
-  void* counter = nullptr;
-  FLASHKV_RETURN_IF_ERROR(WorkspaceAllocate(sizeof(int), stream, &counter));
-  params.tile_counter = static_cast<int*>(counter);
-  const cudaError_t zeroed = cudaMemsetAsync(counter, 0, sizeof(int), stream);
-  KernelStatus status = zeroed == cudaSuccess
-                            ? Run<Tr, /*kCausal=*/true, kVarlen, /*kDynamic=*/true>(params, props,
-                                                                                    stream)
-                            : FromCudaError(zeroed, "cudaMemsetAsync(tile counter)");
-  const KernelStatus freed = WorkspaceFree(counter, stream);
-  return status.ok() ? freed : status;
+  return WithZeroedWorkspace(sizeof(int), 0, stream, "cudaMemsetAsync(tile counter)",
+                             [&](char* workspace) {
+                               params.tile_counter = reinterpret_cast<int*>(workspace);
+                               return Run<Tr, /*kCausal=*/true, kVarlen, /*kDynamic=*/true>(
+                                   params, props, stream);
+                             });
 }
 
 // Fixed-length launches without a causal mask under Sm90Variant::kStreamK: the stream-K tail
@@ -55,31 +78,22 @@ KernelStatus RunDynamic(Sm90Params& params, const DeviceProps& props, cudaStream
 template <class Tr>
 KernelStatus RunStreamK(Sm90Params& sp, const DeviceProps& props, cudaStream_t stream) {
   static_assert(!Tr::kPaged && Tr::kSeparateO, "the stream-K tail: contiguous, O's own buffer");
-  const auto kernel = AttentionKernel<Tr, false, false, false, false, true>;
-  int ctas_per_sm = 0;
-  FLASHKV_RETURN_IF_ERROR(PrepareKernel(reinterpret_cast<const void*>(kernel), Tr::kThreads,
-                                        Tr::kSmemBytes, props, &ctas_per_sm));
-  const int grid = std::min(sp.schedule.num_tiles, props.multiprocessors * ctas_per_sm);
+  constexpr auto kRun = Run<Tr, false, false, false, false, /*kStreamK=*/true>;
+  int grid = 0;  // the grid kRun launches: the plan divides the tail among exactly these CTAs
+  FLASHKV_RETURN_IF_ERROR(
+      (PersistentGrid<Tr, false, false, false, false, true>(sp.schedule, props, &grid)));
   const int key_tiles = (sp.p.seqlen_kv + Tr::kBlockN - 1) / Tr::kBlockN;
   if (!PlanStreamK(&sp.schedule, grid, key_tiles)) return Run<Tr, false, false>(sp, props, stream);
   // One slot per CTA boundary (grid + 1), two sides, one partial per consumer warpgroup.
   const size_t slots = static_cast<size_t>(grid + 1) * Tr::kConsumerWarpgroups;
   const size_t partial_bytes = slots * 2 * (Tr::kORegs + 4) * 128 * sizeof(float);
   const size_t arrival_bytes = slots * sizeof(int);
-  void* workspace = nullptr;
-  FLASHKV_RETURN_IF_ERROR(WorkspaceAllocate(partial_bytes + arrival_bytes, stream, &workspace));
-  sp.sk_partials = static_cast<float*>(workspace);
-  sp.sk_arrivals = reinterpret_cast<int*>(static_cast<char*>(workspace) + partial_bytes);
-  const auto launch = [&] {
-    kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(sp);
-    return FromCudaError(cudaGetLastError(), "stream-K attention launch");
-  };
-  const cudaError_t zeroed = cudaMemsetAsync(sp.sk_arrivals, 0, arrival_bytes, stream);
-  const KernelStatus status = zeroed == cudaSuccess
-                                  ? launch()
-                                  : FromCudaError(zeroed, "cudaMemsetAsync(stream-K arrivals)");
-  const KernelStatus freed = WorkspaceFree(workspace, stream);
-  return status.ok() ? freed : status;
+  return WithZeroedWorkspace(partial_bytes + arrival_bytes, partial_bytes, stream,
+                             "cudaMemsetAsync(stream-K arrivals)", [&](char* workspace) {
+                               sp.sk_partials = reinterpret_cast<float*>(workspace);
+                               sp.sk_arrivals = reinterpret_cast<int*>(workspace + partial_bytes);
+                               return kRun(sp, props, stream);
+                             });
 }
 
 // The kernel of a launch by its layout, mask and schedule. Under kLazyRescale tiles keep the

@@ -132,18 +132,17 @@ __device__ __forceinline__ void Produce(const Sm90Params& params, const Smem<Tr>
   PrefetchTensorMap(&params.v_map);
   const TmaIssuer<Tr, kVarlen> tma{params, smem};
   PipelineState<Tr::kStages> pipe;
-  int tile = blockIdx.x;
-  int key_begin = 0, key_end = -1, slot = -1, side = 0;
+  WorkItem item;
+  item.tile = blockIdx.x;
   if constexpr (kDynamic) {
-    PublishTile(smem, 0, tile);
-  } else if (!StaticWorkItem<kStreamK>(params.schedule, 0, &tile, &key_begin, &key_end, &slot,
-                                       &side)) {
+    PublishTile(smem, 0, item.tile);
+  } else if (!StaticWorkItem<kStreamK>(params.schedule, 0, &item)) {
     return;
   }
-  for (int local_tile = 0; tile < params.schedule.num_tiles; ++local_tile) {
-    WorkTile w =
-        DecodeTile<kVarlen, kCausal, Tr::kBlockM, Tr::kBlockN>(params.p, params.schedule, tile);
-    ApplyKeyRange(&w, key_begin, key_end, slot, side);
+  for (int local_tile = 0; item.tile < params.schedule.num_tiles; ++local_tile) {
+    WorkTile w = DecodeTile<kVarlen, kCausal, Tr::kBlockM, Tr::kBlockN>(params.p, params.schedule,
+                                                                         item.tile);
+    ApplyKeyRange(&w, item);
     const int count = w.key_tiles - w.key_begin;
     KeyTileOf<Tr> next{};
     if (count > 0) next = LookupKeyTile<Tr>(params, w, w.key_tiles - 1);
@@ -172,9 +171,8 @@ __device__ __forceinline__ void Produce(const Sm90Params& params, const Smem<Tr>
     // Dynamic: read back from the ring (no register holds it across the loads: at the
     // producer's 24 registers that spilled).
     if constexpr (kDynamic) {
-      tile = *smem.TileSlot((local_tile + 1) % kTileRingSlots);
-    } else if (!StaticWorkItem<kStreamK>(params.schedule, local_tile + 1, &tile, &key_begin,
-                                         &key_end, &slot, &side)) {
+      item.tile = *smem.TileSlot((local_tile + 1) % kTileRingSlots);
+    } else if (!StaticWorkItem<kStreamK>(params.schedule, local_tile + 1, &item)) {
       break;
     }
   }

@@ -98,22 +98,26 @@ __device__ __forceinline__ WorkTile DecodeTile(const AttentionParams& p, const S
   return w;
 }
 
-// Static schedule: the CTA's local-th work item as its tile number and, under the stream-K tail,
-// its key range (*key_begin, *key_end; -1: the whole tile) and shared-tile slot and side. False
-// past the CTA's last item. Every role evaluates it on the same local numbers.
+// One work item of a CTA: a tile number and, under the stream-K tail, a key range of it and
+// the shared-tile slot and side (WorkTile's fields of the same names).
+struct WorkItem {
+  int tile = 0;
+  int key_begin = 0;
+  int key_end = -1;  // -1: the tile's whole key range
+  int shared_slot = -1;
+  int side = 0;
+};
+
+// Static schedule: the CTA's local-th work item. False past the CTA's last item. Every role
+// evaluates it on the same local numbers.
 template <bool kStreamK>
-__device__ __forceinline__ bool StaticWorkItem(const Schedule& s, int local, int* tile,
-                                               int* key_begin, int* key_end, int* slot,
-                                               int* side) {
+__device__ __forceinline__ bool StaticWorkItem(const Schedule& s, int local, WorkItem* item) {
   const int cta = static_cast<int>(blockIdx.x);
   const int grid = static_cast<int>(gridDim.x);
-  *key_begin = 0;
-  *key_end = -1;
-  *slot = -1;
-  *side = 0;
+  *item = WorkItem{};
   if (!kStreamK || local < s.dp_tiles / grid) {
-    *tile = cta + local * grid;
-    return *tile < s.num_tiles;
+    item->tile = cta + local * grid;
+    return item->tile < s.num_tiles;
   }
   const int64_t kt = s.sk_key_tiles;
   const int64_t units = (s.num_tiles - s.dp_tiles) * kt;
@@ -123,28 +127,27 @@ __device__ __forceinline__ bool StaticWorkItem(const Schedule& s, int local, int
   const int64_t begin = max(first, t * kt);
   if (begin >= last) return false;
   const int64_t end = min(last, (t + 1) * kt);
-  *tile = s.dp_tiles + static_cast<int>(t);
-  *key_begin = static_cast<int>(begin - t * kt);
-  *key_end = static_cast<int>(end - t * kt);
-  if (*key_begin > 0) {  // the first item of this CTA's share: the boundary at its start
-    *slot = cta;
-    *side = 1;
-  } else if (*key_end < kt) {  // the last item of this CTA's share: the boundary at its end
-    *slot = cta + 1;
-    *side = 0;
+  item->tile = s.dp_tiles + static_cast<int>(t);
+  item->key_begin = static_cast<int>(begin - t * kt);
+  item->key_end = static_cast<int>(end - t * kt);
+  if (item->key_begin > 0) {  // the first item of this CTA's share: the boundary at its start
+    item->shared_slot = cta;
+    item->side = 1;
+  } else if (item->key_end < kt) {  // the last item of this CTA's share: the boundary at its end
+    item->shared_slot = cta + 1;
+    item->side = 0;
   }
   return true;
 }
 
-// The work item's tile with its key range applied (StaticWorkItem's outputs).
-__device__ __forceinline__ void ApplyKeyRange(WorkTile* w, int key_begin, int key_end, int slot,
-                                              int side) {
-  if (key_end >= 0) {
-    w->key_begin = key_begin;
-    w->key_tiles = key_end;
+// The work item's tile with its key range applied.
+__device__ __forceinline__ void ApplyKeyRange(WorkTile* w, const WorkItem& item) {
+  if (item.key_end >= 0) {
+    w->key_begin = item.key_begin;
+    w->key_tiles = item.key_end;
   }
-  w->shared_slot = slot;
-  w->side = side;
+  w->shared_slot = item.shared_slot;
+  w->side = item.side;
 }
 
 // Dynamic schedule, producer thread: the CTA's local_tile-th tile number into its ring slot, once
