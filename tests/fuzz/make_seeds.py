@@ -122,15 +122,20 @@ def step_seeds(kvcache_pb2, tensor_pb2, rng):
     the caller's sequences a, b, c (another tenant holds a and d)."""
     t = lambda *a, **k: tensor(tensor_pb2, *a, rng=rng, **k)
 
+    # q, k, v and out of a StepEntry or a StepBatch (the same fields): rows of 4 query and 2 K/V
+    # heads of 32, q and out optionally in a region; tensors drawn from `make`.
+    def fill_step_tensors(dst, rows, q_region, out_region, make):
+        dst.q.CopyFrom(make(FP16, [rows, 4, 32], region=q_region))
+        dst.k.CopyFrom(make(FP16, [rows, 2, 32]))
+        dst.v.CopyFrom(make(FP16, [rows, 2, 32]))
+        if out_region is not None:
+            dst.out.region_id, dst.out.offset = out_region
+
     def request(layer, entries):
         step = kvcache_pb2.StepRequest(layer=layer, step_id=3)
         for seq, n, q_region, out_region in entries:
             e = step.entries.add(sequence_id=seq, token_ids=list(range(100, 100 + n)))
-            e.q.CopyFrom(t(FP16, [n, 4, 32], region=q_region))
-            e.k.CopyFrom(t(FP16, [n, 2, 32]))
-            e.v.CopyFrom(t(FP16, [n, 2, 32]))
-            if out_region is not None:
-                e.out.region_id, e.out.offset = out_region
+            fill_step_tensors(e, n, q_region, out_region, t)
         return step.SerializeToString()
 
     write("step_request", "two-entries", bytes([0]) + sliced(
@@ -154,11 +159,7 @@ def step_seeds(kvcache_pb2, tensor_pb2, rng):
         b.sequence_ids.extend(ids)
         b.num_tokens.extend(num_tokens)
         rows = sum(num_tokens) if num_tokens else len(ids)
-        b.q.CopyFrom(bt(FP16, [rows, 4, 32], region=q_region))
-        b.k.CopyFrom(bt(FP16, [rows, 2, 32]))
-        b.v.CopyFrom(bt(FP16, [rows, 2, 32]))
-        if out_region is not None:
-            b.out.region_id, b.out.offset = out_region
+        fill_step_tensors(b, rows, q_region, out_region, bt)
         return step.SerializeToString()
 
     write("step_request", "batch-decode", bytes([0]) + sliced(
