@@ -177,14 +177,14 @@ __device__ __forceinline__ bool MergeSharedTile(ConsumerMainloop<Tr, kLazyRescal
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     RowState& row = ml.rows[h];
-    const float other_max = __ldcg(other + (Tr::kORegs + 2 * h) * 128);
-    const float other_sum = __ldcg(other + (Tr::kORegs + 2 * h + 1) * 128);
-    const float new_max = fmaxf(row.max, other_max);
-    const float reference = new_max == -INFINITY ? 0.f : new_max;
-    mine_scale[h] = Exp2Approx(row.max - reference);
-    other_scale[h] = Exp2Approx(other_max - reference);
-    row.sum = row.sum * mine_scale[h] + other_sum * other_scale[h];
-    row.max = new_max;
+    const RowState theirs{__ldcg(other + (Tr::kORegs + 2 * h) * 128),
+                          __ldcg(other + (Tr::kORegs + 2 * h + 1) * 128)};
+    const float my_max = row.max;
+    row.Merge(theirs);
+    // Each half of O by the factor Merge applied to its sum (the same reference rule).
+    const float reference = row.max == -INFINITY ? 0.f : row.max;
+    mine_scale[h] = Exp2Approx(my_max - reference);
+    other_scale[h] = Exp2Approx(theirs.max - reference);
   }
 #pragma unroll
   for (int i = 0; i < Tr::kORegs; ++i) {
