@@ -215,46 +215,90 @@ TEST(DrainTest, SigtermFinishesCallsInFlightThenExitsZero) {
   EXPECT_EQ(process.WaitForExit(std::chrono::seconds(25)), 0);
 }
 
-// A StepStream with a long prefill in flight: the step completes and is answered, then the
+// A StepStream with long prefills in flight: every step the server took is answered, then the
 // stream ends with UNAVAILABLE and the process exits 0.
 TEST(DrainTest, SigtermLetsStepsInFlightFinishThenEndsStreams) {
   auto server = StartServing("drain-steps",
-                             {"--page-size=16", "--kv-cache-bytes=16MiB", "--prefill-chunk=16"});
+                             {"--page-size=16", "--kv-cache-bytes=32MiB", "--prefill-chunk=16"});
   ASSERT_NE(server, nullptr);
   ServerProcess& process = *server->process;
   const std::string& metrics_address = server->metrics_address;
   auto stub = v1::KvCacheService::NewStub(server->channel);
-  {
-    grpc::ClientContext context;
-    v1::CreateSequenceRequest request;
-    request.set_sequence_id("s");
-    v1::CreateSequenceResponse response;
-    ASSERT_TRUE(stub->CreateSequence(&context, request, &response).ok());
-  }
+  // Steps answered OK so far (-1 if the metrics endpoint does not answer within 10 s).
+  const auto answered_so_far = [&]() -> double {
+    for (const auto end = Clock::now() + std::chrono::seconds(10); Clock::now() < end;) {
+      absl::StatusOr<std::string> metrics = HttpGet(metrics_address, "/metrics");
+      if (metrics.ok()) {
+        return MetricValue(*metrics, "flashkv_rpc_requests_total{code=\"OK\",rpc=\"StepStream\"}");
+      }
+    }
+    return -1;
+  };
   std::mt19937_64 rng(2);
-  v1::StepRequest request;
-  v1::StepEntry* entry = request.add_entries();
-  entry->set_sequence_id("s");
-  const int n = 1024;  // 64 launches of 16 rows
-  RandomTensor(DType::kFloat32, {n, 4, 64}, rng).ToProto(entry->mutable_q());
-  RandomTensor(DType::kFloat32, {n, 2, 64}, rng).ToProto(entry->mutable_k());
-  RandomTensor(DType::kFloat32, {n, 2, 64}, rng).ToProto(entry->mutable_v());
-  grpc::ClientContext context;
-  auto stream = stub->StepStream(&context);
-  ASSERT_TRUE(stream->Write(request));
-  for (;;) {
-    absl::StatusOr<std::string> metrics = HttpGet(metrics_address, "/metrics");
-    if (metrics.ok() && MetricValue(*metrics, "flashkv_rpc_in_flight{rpc=\"StepStream\"}") >= 1)
-      break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  const int n = 1024;  // tokens per step: 64 launches of 16 rows
+  constexpr int kSteps = 2;
+  // The signal must land while a step computes, but one scrape of the metrics can take longer
+  // than both steps on a loaded machine (200 ms under TSan on 2 cores, against 300 ms for a
+  // step). An attempt whose steps were all answered before a scrape saw one in flight ends its
+  // stream and goes again on a new sequence; the server is not signalled until one is seen.
+  for (int attempt = 0;; ++attempt) {
+    ASSERT_LT(attempt, 5) << "every attempt's steps were answered before the signal could land";
+    const std::string sequence = "s" + std::to_string(attempt);
+    {
+      grpc::ClientContext context;
+      v1::CreateSequenceRequest request;
+      request.set_sequence_id(sequence);
+      v1::CreateSequenceResponse response;
+      ASSERT_TRUE(stub->CreateSequence(&context, request, &response).ok());
+    }
+    const double answered_before = answered_so_far();
+    ASSERT_GE(answered_before, 0) << "the metrics endpoint does not answer";
+    grpc::ClientContext context;
+    auto stream = stub->StepStream(&context);
+    for (int i = 0; i < kSteps; ++i) {
+      v1::StepRequest request;
+      request.set_step_id(i);
+      v1::StepEntry* entry = request.add_entries();
+      entry->set_sequence_id(sequence);
+      RandomTensor(DType::kFloat32, {n, 4, 64}, rng).ToProto(entry->mutable_q());
+      RandomTensor(DType::kFloat32, {n, 2, 64}, rng).ToProto(entry->mutable_k());
+      RandomTensor(DType::kFloat32, {n, 2, 64}, rng).ToProto(entry->mutable_v());
+      ASSERT_TRUE(stream->Write(request));
+    }
+    bool signalled = false;
+    for (const auto end = Clock::now() + std::chrono::seconds(60);;) {
+      ASSERT_LT(Clock::now(), end) << "the server never took the steps";
+      absl::StatusOr<std::string> metrics = HttpGet(metrics_address, "/metrics");
+      if (!metrics.ok()) continue;
+      const double in_flight = MetricValue(*metrics, "flashkv_rpc_in_flight{rpc=\"StepStream\"}");
+      const double answered =
+          MetricValue(*metrics, "flashkv_rpc_requests_total{code=\"OK\",rpc=\"StepStream\"}") -
+          answered_before;
+      if (in_flight >= 1 && in_flight + answered == kSteps) {
+        process.Signal(SIGTERM);
+        signalled = true;
+        break;
+      }
+      if (answered == kSteps) break;  // too late: both steps are done
+    }
+    int responses = 0;
+    v1::StepResponse response;
+    while (stream->Read(&response)) {
+      EXPECT_EQ(response.step_id(), uint64_t(responses));
+      ASSERT_EQ(response.out_size(), 1);
+      EXPECT_EQ(response.out(0).data().size(), size_t(n) * 4 * 64 * 4);
+      ++responses;
+      if (!signalled && responses == kSteps) stream->WritesDone();
+    }
+    EXPECT_EQ(responses, kSteps) << "every step the server took is answered";
+    const grpc::Status status = stream->Finish();
+    if (!signalled) {
+      EXPECT_TRUE(status.ok()) << status.error_message();
+      continue;
+    }
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+    break;
   }
-  process.Signal(SIGTERM);
-  v1::StepResponse response;
-  ASSERT_TRUE(stream->Read(&response)) << "the step in flight is answered";
-  EXPECT_EQ(response.out(0).data().size(), size_t(n) * 4 * 64 * 4);
-  EXPECT_FALSE(stream->Read(&response));
-  const grpc::Status status = stream->Finish();
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
   EXPECT_EQ(process.WaitForExit(std::chrono::seconds(25)), 0);
 }
 
