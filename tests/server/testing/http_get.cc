@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -22,6 +23,10 @@ absl::StatusOr<std::string> HttpGet(const std::string& host_port, const std::str
   }
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) return absl::InternalError("socket failed");
+  // A server that accepts and then never answers must fail the caller's wait, not hang the test.
+  const timeval timeout{/*tv_sec=*/10, /*tv_usec=*/0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
   if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
     close(fd);
     return absl::UnavailableError("cannot connect to " + host_port);
@@ -35,7 +40,11 @@ absl::StatusOr<std::string> HttpGet(const std::string& host_port, const std::str
   char buffer[8192];
   for (;;) {
     const ssize_t n = recv(fd, buffer, sizeof buffer, 0);
-    if (n <= 0) break;
+    if (n < 0) {
+      close(fd);
+      return absl::DeadlineExceededError("no answer from " + host_port + " within 10 s");
+    }
+    if (n == 0) break;
     response.append(buffer, static_cast<size_t>(n));
   }
   close(fd);
