@@ -323,7 +323,9 @@ void CacheState::Apply(BatchRecord* record) {
   for (const EntryRecord& e : record->entries) {
     Sequence* seq = e.seq;
     FLASHKV_CHECK(seq->pending == record);
-    seq->layer_len[record->layer] = e.old_len + e.num_tokens;
+    for (int l = record->layer; l < record->layer + record->num_layers; ++l) {
+      seq->layer_len[l] = e.old_len + e.num_tokens;
+    }
     if (e.tokens_count > 0) {
       seq->token_ids.insert(seq->token_ids.end(), record->token_ids.begin() + e.tokens_begin,
                             record->token_ids.begin() + e.tokens_begin + e.tokens_count);

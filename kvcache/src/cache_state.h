@@ -79,6 +79,9 @@ struct CowRecord {
 struct BatchRecord {
   const void* owner = nullptr;  // the KvCache
   int layer = 0;
+  // Layers [layer, layer + num_layers) the batch appends to: 1 for a layer batch, every layer for
+  // a decode pass (KvCache::PreparePass), whose Commit advances them all.
+  int num_layers = 1;
   std::vector<EntryRecord> entries;
   std::vector<CowRecord> cows;
   std::vector<int64_t> token_ids;

@@ -38,6 +38,7 @@ const BatchRecord& LayerBatch::record() const {
 }
 
 int LayerBatch::layer() const { return record().layer; }
+int LayerBatch::num_layers() const { return record().num_layers; }
 int LayerBatch::num_seqs() const { return static_cast<int>(record().entries.size()); }
 int64_t LayerBatch::total_q() const { return record().total_q; }
 int64_t LayerBatch::total_kv() const { return record().total_kv; }
@@ -45,6 +46,12 @@ int LayerBatch::max_seqlen_q() const { return record().max_seqlen_q; }
 int LayerBatch::max_seqlen_kv() const { return record().max_seqlen_kv; }
 int LayerBatch::block_table_stride() const { return record().block_table_stride; }
 const LayerPools& LayerBatch::pools() const { return record().pools; }
+
+LayerPools LayerBatch::pools(int layer) const {
+  const BatchRecord& r = record();
+  FLASHKV_CHECK(layer >= r.layer && layer < r.layer + r.num_layers);
+  return layer == r.layer ? r.pools : cache_->layer_pools(layer);
+}
 const void* LayerBatch::data() const { return record().buffer; }
 size_t LayerBatch::size_bytes() const { return record().layout.size_bytes; }
 const BatchLayout& LayerBatch::layout() const { return record().layout; }
@@ -73,8 +80,19 @@ absl::Span<const int32_t> LayerBatch::block_table() const {
 }
 
 KvAppendArgs LayerBatch::MakeAppendArgs(const void* metadata, const void* k, const void* v) const {
+  return MakeAppendArgs(layer(), metadata, k, v);
+}
+
+PagedAttentionArgs LayerBatch::MakeAttentionArgs(const void* metadata, int num_heads_q,
+                                                 const void* q, void* out, float* lse,
+                                                 const AttentionOptions& options) const {
+  return MakeAttentionArgs(layer(), metadata, num_heads_q, q, out, lse, options);
+}
+
+KvAppendArgs LayerBatch::MakeAppendArgs(int layer, const void* metadata, const void* k,
+                                        const void* v) const {
   const BatchRecord& r = record();
-  const LayerPools& p = r.pools;
+  const LayerPools p = pools(layer);
   KvAppendArgs a;
   a.dtype = p.dtype;
   a.num_tokens = r.total_q;
@@ -94,11 +112,11 @@ KvAppendArgs LayerBatch::MakeAppendArgs(const void* metadata, const void* k, con
   return a;
 }
 
-PagedAttentionArgs LayerBatch::MakeAttentionArgs(const void* metadata, int num_heads_q,
+PagedAttentionArgs LayerBatch::MakeAttentionArgs(int layer, const void* metadata, int num_heads_q,
                                                  const void* q, void* out, float* lse,
                                                  const AttentionOptions& options) const {
   const BatchRecord& r = record();
-  const LayerPools& p = r.pools;
+  const LayerPools p = pools(layer);
   PagedAttentionArgs a;
   a.dtype = p.dtype;
   a.num_seqs = static_cast<int>(r.entries.size());

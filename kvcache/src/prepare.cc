@@ -1,5 +1,5 @@
-// The scheduler-facing half of KvCache: PrepareLayerBatch (validate, make room, reserve, write
-// the metadata buffer), Commit and Abort.
+// The scheduler-facing half of KvCache: PrepareLayerBatch and PreparePass (validate, make room,
+// reserve, write the metadata buffer), Commit and Abort.
 
 #include <algorithm>
 #include <cstring>
@@ -40,6 +40,7 @@ struct Needs {
 };
 
 // Checks one entry against its sequence and records it in `record`; adds its needs.
+// A pass (record->num_layers > 1) also needs the sequence level: the same length on every layer.
 absl::Status CheckEntry(CacheState& st, int layer, const BatchEntry& entry, int index,
                         BatchRecord* record, Needs* needs) ABSL_EXCLUSIVE_LOCKS_REQUIRED(st.mu) {
   const int n = entry.num_tokens;
@@ -64,10 +65,19 @@ absl::Status CheckEntry(CacheState& st, int layer, const BatchEntry& entry, int 
   seq->mark = st.epoch;
   if (seq->pending != nullptr) {
     return absl::AbortedError(absl::StrCat(
-        "entries[", index, "]: sequence '", seq->id, "' is in a layer-",
-        seq->pending->layer, " batch still in flight; retry once that batch is done"));
+        "entries[", index, "]: sequence '", seq->id, "' is in ",
+        seq->pending->num_layers > 1 ? "a decode pass"
+                                     : absl::StrCat("a layer-", seq->pending->layer, " batch"),
+        " still in flight; retry once that ", seq->pending->num_layers > 1 ? "pass" : "batch",
+        " is done"));
   }
   const int len = seq->layer_len[layer];
+  if (record->num_layers > 1 && seq->layer_len.back() != len) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "entries[", index, "]: sequence '", seq->id, "' has ", len, " tokens at layer 0 but ",
+        seq->layer_len.back(), " at layer ", st.num_layers - 1,
+        "; a decode pass needs every layer at the same length"));
+  }
   if (static_cast<int64_t>(len) + n > st.max_context) {
     return absl::InvalidArgumentError(absl::StrCat(
         "entries[", index, "]: sequence '", seq->id, "' would reach ",
@@ -204,17 +214,27 @@ std::optional<int> FailedEntryIndex(const absl::Status& status) {
 
 absl::StatusOr<LayerBatch> KvCache::PrepareLayerBatch(int layer,
                                                       absl::Span<const BatchEntry> entries) {
-  CacheState& st = *state_;
-  if (layer < 0 || layer >= st.num_layers) {
+  if (layer < 0 || layer >= state_->num_layers) {
     return absl::InvalidArgumentError(
-        absl::StrCat("layer (", layer, ") must be in [0, ", st.num_layers, ")"));
+        absl::StrCat("layer (", layer, ") must be in [0, ", state_->num_layers, ")"));
   }
+  return Prepare(layer, 1, entries);
+}
+
+absl::StatusOr<LayerBatch> KvCache::PreparePass(absl::Span<const BatchEntry> entries) {
+  return Prepare(0, state_->num_layers, entries);
+}
+
+absl::StatusOr<LayerBatch> KvCache::Prepare(int layer, int num_layers,
+                                            absl::Span<const BatchEntry> entries) {
+  CacheState& st = *state_;
   if (entries.empty()) return absl::InvalidArgumentError("entries is empty");
   const absl::Time now = st.Now();
   MutexLock lock(&st.mu);
   std::unique_ptr<BatchRecord> record = st.TakeRecord();
   record->owner = this;
   record->layer = layer;
+  record->num_layers = num_layers;
   record->total_q = record->total_kv = 0;
   record->max_seqlen_q = record->max_seqlen_kv = record->block_table_stride = 0;
   record->entries.reserve(entries.size());
@@ -245,7 +265,8 @@ absl::StatusOr<LayerBatch> KvCache::PrepareLayerBatch(int layer,
   }
   const std::string what =
       needs.total() > st.blocks.num_available()
-          ? absl::StrCat("layer ", layer, " batch of ", entries.size(), " sequences (", needs.tail,
+          ? absl::StrCat(num_layers > 1 ? "decode pass" : absl::StrCat("layer ", layer, " batch"),
+                         " of ", entries.size(), " sequences (", needs.tail,
                          " new blocks, ", needs.cow, " copy-on-write, ", needs.swap_in,
                          " swap-in)")
           : std::string();

@@ -41,6 +41,12 @@ absl::Status CheckTensor(const char* name, const TensorRef& t, const CacheConfig
 absl::Status ValidateStepTensors(const KvCache& cache, const LayerBatch& batch,
                                  const StepTensors& t) {
   if (!batch.pending()) return absl::FailedPreconditionError("the batch is not pending");
+  if (t.layer >= 0 && (t.layer < batch.layer() || t.layer >= batch.layer() + batch.num_layers())) {
+    return absl::InvalidArgumentError(absl::StrCat("layer (", t.layer, ") must be in [",
+                                                   batch.layer(), ", ",
+                                                   batch.layer() + batch.num_layers(),
+                                                   "): the layers the batch spans"));
+  }
   const CacheConfig& c = cache.config();
   const int64_t rows = batch.total_q();
   if (absl::Status s = CheckTensor("k", t.k, c, rows, c.num_kv_heads); !s.ok()) return s;
@@ -110,11 +116,12 @@ absl::Status RunLayerStep(const KvCache& cache, const LayerBatch& batch, const S
     if (!uploaded.ok()) return uploaded.status();
     metadata = *uploaded;
   }
-  const KvAppendArgs append = batch.MakeAppendArgs(metadata, t.k.data, t.v.data);
+  const int layer = t.layer < 0 ? batch.layer() : t.layer;
+  const KvAppendArgs append = batch.MakeAppendArgs(layer, metadata, t.k.data, t.v.data);
   KernelStatus status = cuda ? cuda::AppendKv(append, workspace->stream()) : cpu::AppendKv(append);
   if (status.ok() && t.q.data != nullptr) {
     const PagedAttentionArgs attention =
-        batch.MakeAttentionArgs(metadata, t.q.heads, t.q.data, t.out, t.lse, t.options);
+        batch.MakeAttentionArgs(layer, metadata, t.q.heads, t.q.data, t.out, t.lse, t.options);
     status = cuda ? cuda::AttentionPaged(attention, workspace->stream())
                   : cpu::AttentionPaged(attention);
   }

@@ -20,7 +20,7 @@ constexpr uint32_t kSequenceId = 1, kQ = 2, kK = 3, kV = 4, kTokenIds = 5, kOut 
 }
 namespace step_batch {
 constexpr uint32_t kSequenceIds = 1, kNumTokens = 2, kQ = 3, kK = 4, kV = 5, kOut = 6,
-                   kTokenIds = 7;
+                   kTokenIds = 7, kPassId = 8;
 }
 namespace step_request {
 constexpr uint32_t kLayer = 1, kEntries = 2, kStepId = 3, kBatch = 4;
@@ -200,6 +200,9 @@ absl::Status DecodeStepBatch(const MessageBytes& message, Span span, const Decod
         break;
       case step_batch::kOut:
         if (IsBytes(field)) status = DecodeRegionSlice(message, field.bytes, &batch->out);
+        break;
+      case step_batch::kPassId:
+        if (IsVarint(field)) batch->pass_id = field.value;
         break;
       case step_batch::kTokenIds:
         status = AppendRepeatedVarint(message, field, &batch->token_ids, limits.max_batch_rows);
@@ -454,6 +457,7 @@ size_t StepBatchPayloadSize(const StepBatchData& batch) {
   if (!batch.token_ids.empty()) {
     size += LengthDelimitedFieldSize(step_batch::kTokenIds, PackedVarintsSize(batch.token_ids));
   }
+  if (batch.pass_id != 0) size += TagSize(step_batch::kPassId) + VarintSize(batch.pass_id);
   return size;
 }
 
@@ -512,6 +516,7 @@ grpc::ByteBuffer EncodeStepBatchRequest(uint32_t layer, uint64_t step_id,
   AppendTensorField(step_batch::kV, batch.v, &builder);
   AppendRegionSliceField(step_batch::kOut, batch.out, &builder);
   AppendPackedVarints(step_batch::kTokenIds, batch.token_ids, &builder);
+  if (batch.pass_id != 0) builder.VarintField(step_batch::kPassId, batch.pass_id);
   return builder.Finish();
 }
 

@@ -255,6 +255,20 @@ std::vector<std::string> Harness::Expire(absl::Duration ttl) {
 }
 
 absl::StatusOr<LayerBatch> Harness::Prepare(int layer, const std::vector<Step>& steps) {
+  return PrepareWith(layer, steps, [&](absl::Span<const BatchEntry> entries) {
+    return cache_->PrepareLayerBatch(layer, entries);
+  });
+}
+
+absl::StatusOr<LayerBatch> Harness::PreparePass(const std::vector<Step>& steps) {
+  return PrepareWith(0, steps, [&](absl::Span<const BatchEntry> entries) {
+    return cache_->PreparePass(entries);
+  });
+}
+
+absl::StatusOr<LayerBatch> Harness::PrepareWith(
+    int layer, const std::vector<Step>& steps,
+    const std::function<absl::StatusOr<LayerBatch>(absl::Span<const BatchEntry>)>& prepare) {
   std::vector<std::vector<int64_t>> ids(steps.size());
   std::vector<BatchEntry> entries(steps.size());
   for (size_t i = 0; i < steps.size(); ++i) {
@@ -266,7 +280,7 @@ absl::StatusOr<LayerBatch> Harness::Prepare(int layer, const std::vector<Step>& 
       entries[i].token_ids = ids[i];
     }
   }
-  absl::StatusOr<LayerBatch> batch = cache_->PrepareLayerBatch(layer, entries);
+  absl::StatusOr<LayerBatch> batch = prepare(entries);
   if (batch.ok()) {
     std::vector<uint64_t>& uids = pending_uids_[batch->data()];
     uids.clear();
@@ -322,6 +336,7 @@ absl::Status Harness::Write(const LayerBatch& batch, int layer, const std::vecto
   StepTensors t;
   t.k = TensorRef{config_.dtype, batch.total_q(), config_.num_kv_heads, config_.head_dim, k_buf.data()};
   t.v = TensorRef{config_.dtype, batch.total_q(), config_.num_kv_heads, config_.head_dim, v_buf.data()};
+  t.layer = layer;
   if (s.ok()) s = RunLayerStep(*cache_, batch, t, workspace_.get());
   Check();
   return s;
@@ -332,10 +347,13 @@ void Harness::Commit(LayerBatch&& batch, int layer, const std::vector<Step>& ste
   ASSERT_NE(pending, pending_uids_.end());
   const std::vector<uint64_t> uids = std::move(pending->second);
   pending_uids_.erase(pending);
+  const int first = batch.num_layers() > 1 ? batch.layer() : layer;
+  const int end = batch.num_layers() > 1 ? batch.layer() + batch.num_layers() : layer + 1;
   cache_->Commit(std::move(batch));
   for (size_t i = 0; i < steps.size(); ++i) {
     auto it = model.find(steps[i].id);
-    if (it != model.end() && it->second.uid == uids[i]) it->second.len[layer] += steps[i].n;
+    if (it == model.end() || it->second.uid != uids[i]) continue;
+    for (int l = first; l < end; ++l) it->second.len[l] += steps[i].n;
   }
   Check();
 }

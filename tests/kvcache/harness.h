@@ -10,6 +10,7 @@
 // handed a sequence anything but its own prefix's rows shows up as a mismatch.
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -110,8 +111,12 @@ class Harness {
   std::vector<std::string> Expire(absl::Duration ttl);
 
   absl::StatusOr<LayerBatch> Prepare(int layer, const std::vector<Step>& steps);
-  // Writes the model's K/V rows for the batch (append only, through RunLayerStep).
+  // A decode pass over every layer (KvCache::PreparePass).
+  absl::StatusOr<LayerBatch> PreparePass(const std::vector<Step>& steps);
+  // Writes the model's K/V rows for the batch at `layer` (append only, through RunLayerStep): the
+  // batch's own layer, or any layer of a pass.
   absl::Status Write(const LayerBatch& batch, int layer, const std::vector<Step>& steps);
+  // Advances the model at `layer`, or at every layer for a pass.
   void Commit(LayerBatch&& batch, int layer, const std::vector<Step>& steps);
   void Abort(LayerBatch&& batch);
   // Prepare + Write + Commit.
@@ -136,6 +141,10 @@ class Harness {
 
  private:
   std::vector<uint64_t> PrefixHashes(const ModelSeq& seq, int64_t count) const;
+  // Prepare's and PreparePass's shared half: `layer` (0 for a pass) picks the new token ids.
+  absl::StatusOr<LayerBatch> PrepareWith(
+      int layer, const std::vector<Step>& steps,
+      const std::function<absl::StatusOr<LayerBatch>(absl::Span<const BatchEntry>)>& prepare);
 
   CacheConfig config_;
   // The model sequences a pending batch (keyed by its buffer) was prepared for: an id freed and

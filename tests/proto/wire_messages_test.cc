@@ -211,6 +211,7 @@ v1::StepRequest RandomBatchRequest(Random& r) {
   if (r.Int(0, 4) > 0) FillTensor(r, b->mutable_v());
   if (r.Bool()) FillRegionSlice(r, b->mutable_out());
   for (int j = r.Int(0, 20); j > 0; --j) b->add_token_ids(r.Int(-5, 1 << 30));
+  if (r.Bool()) b->set_pass_id(uint64_t(r.Int(1, 1 << 30)) << r.Int(0, 33));
   return m;
 }
 
@@ -239,6 +240,7 @@ TEST(WireMessagesTest, StepBatchesAsProtobufHasThem) {
     ExpectRegionSliceEq(got.batch.out, w.has_out(), w.out(), "batch.out");
     EXPECT_EQ(got.batch.token_ids,
               std::vector<int64_t>(w.token_ids().begin(), w.token_ids().end()));
+    EXPECT_EQ(got.batch.pass_id, w.pass_id());
     // Encoding: what protobuf parses back (absent and empty tensors encode alike).
     StepBatchData data;
     data.sequence_ids.assign(w.sequence_ids().begin(), w.sequence_ids().end());
@@ -248,6 +250,7 @@ TEST(WireMessagesTest, StepBatchesAsProtobufHasThem) {
     data.v = ToData(w.v(), owner);
     data.out = ToView(w.has_out(), w.out());
     data.token_ids.assign(w.token_ids().begin(), w.token_ids().end());
+    data.pass_id = w.pass_id();
     v1::StepRequest parsed;
     ASSERT_TRUE(parsed.ParseFromString(
         Flatten(EncodeStepBatchRequest(want.layer(), want.step_id(), data))));

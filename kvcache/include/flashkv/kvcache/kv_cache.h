@@ -21,6 +21,7 @@
 //   2. The caller copies the metadata to the device, runs the append and paged attention kernels
 //      (RunLayerStep in step.h does both) and waits for them to finish.
 //   3. Commit(batch) advances the lengths and publishes blocks that became full on every layer;
+//      (PreparePass: one batch for every layer of a decode pass, committed once at the end.)
 //      Abort(batch) releases every block the batch reserved and undoes its copy-on-write swaps, so
 //      every sequence is as before Prepare. Destroying a pending batch aborts it.
 // While pending, a batch holds its sequences: a second Prepare naming one of them fails with
@@ -125,6 +126,17 @@ class KvCache {
   // sequence already in a pending batch. RESOURCE_EXHAUSTED: not enough blocks even after
   // reclaiming cached blocks and swapping out every other sequence that fits the swap space.
   absl::StatusOr<LayerBatch> PrepareLayerBatch(int layer, absl::Span<const BatchEntry> entries);
+  // A decode pass: one batch over every layer (layer() 0, num_layers() all of them), prepared once
+  // for a forward pass of the same new tokens through each layer — the blocks reserved and the
+  // metadata written once, since block ids and so the slot mapping, cu_seqlens and block table are
+  // the same on every layer. The caller runs each layer's append and attention with
+  // MakeAppendArgs(layer, ...)/MakeAttentionArgs(layer, ...), in layer order; Commit advances every
+  // layer's length (and publishes full blocks), Abort leaves every layer as it was (rows the
+  // kernels wrote past the lengths are overwritten by the next append). While pending the pass
+  // holds its sequences as a layer batch does. Errors as PrepareLayerBatch's, and
+  // FAILED_PRECONDITION for a sequence whose layers are not all at the same length (naming it and
+  // both lengths).
+  absl::StatusOr<LayerBatch> PreparePass(absl::Span<const BatchEntry> entries);
   // Consumes a pending batch prepared by this cache (crashes otherwise: a programming error).
   void Commit(LayerBatch&& batch);
   void Abort(LayerBatch&& batch);
@@ -140,6 +152,9 @@ class KvCache {
  private:
   friend class LayerBatch;
   KvCache(const CacheConfig& config, std::unique_ptr<internal::CacheState> state);
+  // Both prepares: a batch appending to layers [layer, layer + num_layers).
+  absl::StatusOr<LayerBatch> Prepare(int layer, int num_layers,
+                                     absl::Span<const BatchEntry> entries);
   void AbortRecord(std::unique_ptr<internal::BatchRecord> record);
 
   const CacheConfig config_;

@@ -68,14 +68,17 @@ class LayerBatch {
   // True from Prepare until Commit or Abort.
   bool pending() const { return record_ != nullptr; }
 
-  int layer() const;
+  int layer() const;       // the first layer it appends to
+  int num_layers() const;  // 1, or every layer for a decode pass (KvCache::PreparePass)
   int num_seqs() const;      // entries, in the order given to Prepare
   int64_t total_q() const;   // new tokens over all entries (rows of packed q/k/v/out)
   int64_t total_kv() const;  // context tokens over all entries
   int max_seqlen_q() const;
   int max_seqlen_kv() const;
   int block_table_stride() const;  // max blocks of any entry's context
-  const LayerPools& pools() const;
+  const LayerPools& pools() const;  // layer()'s
+  // The pools of `layer`, one of [layer(), layer() + num_layers()).
+  LayerPools pools(int layer) const;
 
   // The contiguous metadata buffer (pinned host memory with CUDA) and its layout.
   const void* data() const;
@@ -94,6 +97,11 @@ class LayerBatch {
   KvAppendArgs MakeAppendArgs(const void* metadata, const void* k, const void* v) const;
   PagedAttentionArgs MakeAttentionArgs(const void* metadata, int num_heads_q, const void* q,
                                        void* out, float* lse,
+                                       const AttentionOptions& options) const;
+  // The same for one layer of a decode pass (any layer the batch spans): only the pools differ.
+  KvAppendArgs MakeAppendArgs(int layer, const void* metadata, const void* k, const void* v) const;
+  PagedAttentionArgs MakeAttentionArgs(int layer, const void* metadata, int num_heads_q,
+                                       const void* q, void* out, float* lse,
                                        const AttentionOptions& options) const;
 
  private:

@@ -34,6 +34,9 @@ struct StepTensors {
   TensorRef v;  // [total_q, Hkv, D]
   void* out = nullptr;   // [total_q, Hq, D], dtype of q
   float* lse = nullptr;  // optional [Hq, total_q]
+  // The layer to run: -1 for the batch's own; for a decode pass (KvCache::PreparePass) any layer
+  // it spans.
+  int layer = -1;
   AttentionOptions options{/*causal=*/true, /*softmax_scale=*/std::nullopt};
 };
 

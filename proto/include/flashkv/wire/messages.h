@@ -68,6 +68,7 @@ struct StepBatchView {
   TensorView v;
   RegionSliceView out;
   std::vector<int64_t> token_ids;
+  uint64_t pass_id = 0;  // a decode pass of the stream (docs/api.md#decode-passes); 0: none
 };
 
 struct StepRequestView {
@@ -175,6 +176,7 @@ struct StepBatchData {
   TensorData v;
   RegionSliceView out;
   std::vector<int64_t> token_ids;
+  uint64_t pass_id = 0;  // 0: not a pass step
 };
 
 // AttentionRequest (cu_seqlens ignored) or AttentionVarlenRequest, to encode.
