@@ -2,7 +2,9 @@
 """Per-layer decode steps with tensors in the Step messages (bytes) vs in a shared-memory region
 (shm), measured by flashkv-loadgen against flashkv-server over a Unix socket and loopback TCP.
 Planes ending in -batch send each layer as one StepBatch (one descriptor per tensor for the whole
-batch, flashkv-loadgen --step-format=batch) instead of one StepEntry per sequence.
+batch, flashkv-loadgen --step-format=batch) instead of one StepEntry per sequence; planes ending in
+-pass send each forward pass as a decode pass (--step-format=pass: the sequences named at layer 0
+only, docs/api.md#decode-passes).
 
 One model runner (one StepStream, pipeline depth 1: layer l+1 waits for layer l, as in a real
 model) decodes a batch of B sequences; each Step carries one token per sequence at the per-layer
@@ -79,10 +81,12 @@ def run_loadgen(args, target, batch, plane):
                f"--max-pass-tokens={max(batch * args.prompt_len, batch, 256)}",
                f"--prefill-chunk={args.prompt_len}", "--verify=none", "--no-token-ids",
                f"--duration={args.duration}", "--progress=none", "--json",
-               f"--data-plane={plane.removesuffix('-batch')}",
+               f"--data-plane={plane.split('-')[0]}",
                f"--region-memory={args.region_memory}"]
-    if plane.endswith("-batch"):  # (only then: loadgens from before StepBatch lack the flag)
-        command.append("--step-format=batch")
+    # (only then: loadgens from before StepBatch or decode passes lack the flag)
+    for suffix in ("batch", "pass"):
+        if plane.endswith("-" + suffix):
+            command.append(f"--step-format={suffix}")
     command[command.index("--verify=none")] = f"--verify={args.verify}"
     done = subprocess.run(command, capture_output=True, text=True)
     try:
@@ -135,7 +139,7 @@ def main():
     p.add_argument("--batches", default="1,32,256")
     p.add_argument("--transports", default="unix,tcp")
     p.add_argument("--planes", default="bytes,shm,shm-batch",
-                   help="bytes, shm, bytes-batch, shm-batch (comma-separated)")
+                   help="bytes, shm, bytes-batch, shm-batch, bytes-pass, shm-pass (comma-separated)")
     p.add_argument("--duration", type=float, default=10, help="seconds per cell")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--q-heads", type=int, default=32)
@@ -218,7 +222,10 @@ def main():
                "step_p50_us": step, "step_p99_us": us("decode Step", "p99_ms"),
                "kernel_p50_us": kernel, "overhead_p50_us": overhead,
                "overhead_p99_us": us("decode Step overhead", "p99_ms"),
-               "server_overhead_p50_us": server, "tokens_per_s": batch / (step * 1e-6),
+               "server_overhead_p50_us": server,
+               # Over every layer: a decode pass's layer-0 step does the per-sequence work of all.
+               "server_overhead_mean_us": us("decode Step server overhead", "mean_ms"),
+               "tokens_per_s": batch / (step * 1e-6),
                "load_average": load}
         out_rows.append(row)
         print(f"{transport:9} {plane:9} {memory:4} {batch:5} {row['mib_per_step']:8.3f} {row['steps']:6} "
@@ -226,10 +233,11 @@ def main():
               f"{row['overhead_p99_us']:8.0f} {server:7.0f} {row['tokens_per_s']:9.0f} "
               f"{overhead / max(kernel, 1e-9):8.2f} {load:5.1f}")
     # The issue's figure: the server's own overhead (server_ns - kernel_ns), p50, per batch.
-    print("server overhead p50 (server_ns - kernel_ns), us:")
+    print("server overhead (server_ns - kernel_ns) p50 / mean over the layers, us:")
     for transport in args.transports.split(","):
         for batch in batches:
             cells = [f"{r['plane']}({r['region_memory']}) {r['server_overhead_p50_us']:.0f}"
+                     f" / {r['server_overhead_mean_us']:.0f}"
                      for r in out_rows if r["transport"] == transport and r["batch"] == batch]
             kernel = [r["kernel_p50_us"] for r in out_rows
                       if r["transport"] == transport and r["batch"] == batch]

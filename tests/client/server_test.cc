@@ -220,6 +220,47 @@ TEST_P(RealServerTest, LoadgenRunIsClean) {
   }
 }
 
+// --step-format=pass: every forward pass as a decode pass (the sequences named at layer 0 only),
+// through bytes and a region, layers pipelined or not; every output recomputed on the CPU.
+TEST_P(RealServerTest, LoadgenDecodePassesAreClean) {
+  loadgen::LoadgenConfig config;
+  config.runners = 2;
+  config.max_batch = 4;
+  config.duration = absl::ZeroDuration();
+  config.requests = 12;
+  config.prompt_len = *loadgen::LengthDistribution::Parse("uniform:3:30");
+  config.output_len = *loadgen::LengthDistribution::Parse("uniform:1:8");
+  config.prefill_chunk = 16;
+  config.max_pass_tokens = 32;
+  config.verify_fraction = 1.0;
+  config.batched_steps = true;
+  config.pass_steps = true;
+  config.run_id = "pass";
+  Client* clients[] = {client_.get()};
+  for (auto [depth, plane] : {std::pair{1, loadgen::DataPlane::kBytes},
+                              {3, loadgen::DataPlane::kShm}}) {
+    config.pipeline_depth = depth;
+    config.data_plane = plane;
+    absl::StatusOr<loadgen::Report> report = loadgen::RunLoadgen(config, clients, {});
+    ASSERT_TRUE(report.ok()) << report.status();
+    EXPECT_TRUE(report->clean()) << report->ToJson().dump(2);
+    EXPECT_EQ(report->ToJson()["config"]["step_format"], "pass");
+    EXPECT_EQ(report->totals.requests_completed, 12u);
+    EXPECT_EQ(report->totals.verification.steps_checked, report->totals.steps);
+    ASSERT_TRUE(report->server_after.has_value());
+    EXPECT_EQ(report->server_after->sequences(), 0u);
+  }
+  // SendPass refuses what the server would, before sending.
+  absl::StatusOr<std::unique_ptr<StepSession>> session = client_->OpenStepSession({});
+  ASSERT_TRUE(session.ok()) << session.status();
+  StepBatchInput named;
+  named.sequence_ids = {"x"};
+  EXPECT_EQ((*session)->SendPass(0, 0, named).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*session)->SendPass(1, 4, named).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*session)->SendPass(0, 4, StepBatchInput{}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST_P(RealServerTest, CliInfoAndStatsJson) {
   const std::string cli = std::string(FLASHKV_CLI) + " --target " + server_->target() + " --json ";
   std::string out;

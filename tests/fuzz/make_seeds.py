@@ -167,6 +167,23 @@ def step_seeds(kvcache_pb2, tensor_pb2, rng):
     write("step_request", "batch-regions", bytes([1]) + sliced(
         batch(1, ["c", "a"], [2, 3], (1, 0), (1, 8192))))
 
+    # Decode-pass steps (StepBatch.pass_id): a layer step of the target's live 3-row pass, in
+    # bytes and in regions, and one naming sequences (refused). An rng of their own again.
+    prng = random.Random(20261128)
+    pt = lambda *a, **k: tensor(tensor_pb2, *a, rng=prng, **k)
+
+    def pass_step(layer, ids, rows, q_region, out_region):
+        step = kvcache_pb2.StepRequest(layer=layer, step_id=5)
+        step.batch.pass_id = 7
+        step.batch.sequence_ids.extend(ids)
+        fill_step_tensors(step.batch, rows, q_region, out_region, pt)
+        return step.SerializeToString()
+
+    write("step_request", "pass-layer", bytes([0]) + sliced(pass_step(1, [], 3, None, None), (30,)))
+    write("step_request", "pass-layer-regions", bytes([1]) + sliced(
+        pass_step(1, [], 3, (1, 0), (1, 4096))))
+    write("step_request", "pass-named", bytes([0]) + sliced(pass_step(1, ["a"], 3, None, None)))
+
 
 def wire_batch_seeds(kvcache_pb2, tensor_pb2):
     """A batched StepRequest and its StepResponse.batch_out (an rng of their own: the seeds

@@ -8,7 +8,10 @@
 // "fuzz" holding sequences a, b, c and tenant "other" holding a and d (the same client id "a"
 // in two namespaces).
 //
-// Requests of entries and batched ones (StepRequest.batch, expanded into the same entries).
+// Requests of entries and batched ones (StepRequest.batch, expanded into the same entries). A
+// batch naming a decode pass (batch.pass_id) goes through server::CheckPassLayerBatch instead, as
+// the step of a live pass of kPassRows rows on device 0 (what the service does for a stream's
+// layer step after 0): accepted, it is one entry of exactly those rows.
 //
 // Properties: no crash, leak or undefined behaviour; refusals are client errors; an accepted
 // step names only the caller's sequences (scoped ids, on the device that holds them), keeps
@@ -25,6 +28,7 @@
 
 #include "flashkv/server/auth.h"
 #include "flashkv/server/cache_set.h"
+#include "flashkv/server/step_batch.h"
 #include "flashkv/server/step_request.h"
 #include "flashkv/v1/kvcache.pb.h"
 #include "fuzz_check.h"
@@ -150,6 +154,38 @@ void CheckAccepted(const Setup& s, const wire::StepRequestView& view,
   }
 }
 
+// The rows of the live pass a pass step is checked against.
+constexpr int64_t kPassRows = 3;
+
+void CheckPassStep(const Setup& s, wire::StepRequestView& view, wire::MessageBytes& message,
+                   bool names_other) {
+  const server::RegionAccess access{&s.regions.registry, kTenant};
+  absl::StatusOr<server::StepEntry> entry = server::CheckPassLayerBatch(
+      view.batch, kPassRows, 0, s.config, *s.caches, access, &message);
+  if (!entry.ok()) {
+    FUZZ_CHECK(IsClientError(entry.status())) << entry.status();
+    return;
+  }
+  FUZZ_CHECK(!names_other) << "a pass step reached another tenant's region";
+  FUZZ_CHECK(view.batch.sequence_ids.empty() && view.batch.num_tokens.empty() &&
+             view.batch.token_ids.empty())
+      << "a pass step named sequences";
+  const server::ModelShape& m = s.config.model;
+  const size_t row_q = size_t(m.num_q_heads) * m.head_dim * DTypeSize(m.dtype);
+  const size_t row_kv = size_t(m.num_kv_heads) * m.head_dim * DTypeSize(m.dtype);
+  FUZZ_CHECK(entry->sequence_id.empty() && entry->num_tokens == kPassRows && entry->device == 0)
+      << "pass entry";
+  FUZZ_CHECK(entry->q.size == kPassRows * row_q && entry->k.size == kPassRows * row_kv &&
+             entry->v.size == kPassRows * row_kv)
+      << "pass tensor sizes";
+  for (wire::Span span : {entry->q, entry->k, entry->v}) (void)SpanBytes(message, span);
+  if (entry->out_region) {
+    const uint8_t* out = entry->out_region->data;
+    FUZZ_CHECK(out >= s.own_base && out + kPassRows * row_q <= s.own_base + kRegionBytes)
+        << "the pass step's output lies outside the caller's region";
+  }
+}
+
 }  // namespace
 }  // namespace flashkv::fuzz
 
@@ -169,6 +205,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   const server::RegionAccess access{&setup.regions.registry, kTenant};
   wire::StepRequestView view;
+  if (server::DecodeStepRequestWithinLimits(setup.config, message, &view).ok() &&
+      view.batch.present && view.batch.pass_id != 0 && view.entries.empty()) {
+    CheckPassStep(setup, view, message, names_other);
+    return 0;
+  }
+  view = wire::StepRequestView();
   absl::StatusOr<std::vector<server::StepEntry>> entries = server::DecodeAndCheckStepRequest(
       setup.config, *setup.caches, access, setup.tenant, &message, &view);
   if (!entries.ok()) {

@@ -364,6 +364,63 @@ TEST_F(CudaRegionsTest, BatchedStepReadsAndWritesTheRegionOnTheDevice) {
   }
 }
 
+// Decode passes over CUDA memory (docs/api.md#decode-passes): the pass's metadata is copied to
+// the device once at layer 0; every layer reads q, k and v in place in the region and writes out
+// there, except layer 1 of each pass, whose tensors come as bytes (staged and uploaded). Two
+// passes on one stream, each layer against the float64 reference with the outputs poisoned.
+TEST_F(CudaRegionsTest, DecodePassesReadAndWriteTheRegionOnTheDevice) {
+  ASSERT_NO_FATAL_FAILURE(StartAll(CudaConfig()));
+  ASSERT_NO_FATAL_FAILURE(Attach());
+  for (const char* id : {"a", "b", "c"}) ASSERT_NO_FATAL_FAILURE(Create(id));
+  ReferenceCache reference(server_->config().model);
+  std::mt19937_64 rng(17);
+  const int layers = server_->config().model.num_layers;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  auto stream = server_->kvcache().StepStream(&context);
+  for (uint64_t pass = 1; pass <= 2; ++pass) {
+    const int n = pass == 1 ? 3 : 1;  // a prompt of 3 tokens each, then a decode token
+    for (int layer = 0; layer < layers; ++layer) {
+      SCOPED_TRACE("pass " + std::to_string(pass) + " layer " + std::to_string(layer));
+      std::vector<v1::StepEntry> entries;
+      for (const char* id : {"a", "b", "c"}) entries.push_back(reference.MakeEntry(id, n, rng));
+      v1::StepRequest request;
+      request.set_layer(layer);
+      v1::StepBatch* batch = request.mutable_batch();
+      *batch = MakeBatch(entries);
+      batch->set_pass_id(pass);
+      if (layer > 0) {
+        batch->clear_sequence_ids();
+        batch->clear_num_tokens();
+      }
+      const bool in_region = layer != 1;
+      if (in_region) {
+        Place(batch->mutable_q(), kQAt);
+        Place(batch->mutable_k(), kKAt);
+        Place(batch->mutable_v(), kVAt);
+      }
+      batch->mutable_out()->set_region_id(region_->id());
+      batch->mutable_out()->set_offset(kOutAt);
+      peer_->Poison(kOutAt, 3 * n * kQRow);
+      ASSERT_TRUE(stream->Write(request));
+      v1::StepResponse response;
+      ASSERT_TRUE(stream->Read(&response));
+      ASSERT_TRUE(response.has_batch_out());
+      for (int i = 0; i < 3; ++i) {
+        v1::Tensor described = response.batch_out();
+        described.set_shape(0, n);
+        const uint64_t at = kOutAt + uint64_t(i) * n * kQRow;
+        described.mutable_region()->set_offset(at);
+        EXPECT_EQ(reference.Apply(layer, entries[i], FromRegion(described, at, n * kQRow)), "")
+            << entries[i].sequence_id();
+      }
+    }
+  }
+  stream->WritesDone();
+  const grpc::Status status = stream->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_message();
+}
+
 TEST_F(CudaRegionsTest, StepRefusesSlicesOutOfBoundsAndOutputsOverInputs) {
   ASSERT_NO_FATAL_FAILURE(StartAll(CudaConfig()));
   ASSERT_NO_FATAL_FAILURE(Attach(0, kRegionBytes));
