@@ -138,7 +138,7 @@ def main():
     p.add_argument("--backend", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batches", default="1,32,256")
     p.add_argument("--transports", default="unix,tcp")
-    p.add_argument("--planes", default="bytes,shm,shm-batch",
+    p.add_argument("--planes", default="bytes,shm,shm-batch,shm-pass",
                    help="bytes, shm, bytes-batch, shm-batch, bytes-pass, shm-pass (comma-separated)")
     p.add_argument("--duration", type=float, default=10, help="seconds per cell")
     p.add_argument("--layers", type=int, default=4)

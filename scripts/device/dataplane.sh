@@ -124,9 +124,9 @@ for backend in cuda $([[ ${CPU:-0} == 1 ]] && echo cpu); do
     if [[ $backend == cuda && ${INLINE:-1} == 1 ]]; then
       # A step of up to 512 tokens launched on the thread that received it when the device is
       # idle (no scheduler wake-up; the default is 16): the fixed per-step cost left at batch 256.
-      stamp "data plane, cuda backend, shm-batch with --inline-launch-tokens=512 (Unix socket)"
+      stamp "data plane, cuda backend, shm-batch and shm-pass with --inline-launch-tokens=512 (Unix socket)"
       timeout 300 python3 benchmarks/server/dataplane_step_benchmark.py --backend=cuda \
-        --server="$bin/flashkv-server" --loadgen="$bin/flashkv-loadgen" --planes=shm-batch \
+        --server="$bin/flashkv-server" --loadgen="$bin/flashkv-loadgen" --planes=shm-batch,shm-pass \
         --transports=unix --duration="$duration" "${extra[@]}" \
         --server-arg=--inline-launch-tokens=512 --verify="$verify" \
         --expect-region-memory=cuda --json-out="$OUT/dataplane-cuda-inline.json"
