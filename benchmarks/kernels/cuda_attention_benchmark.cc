@@ -7,6 +7,10 @@
 //
 //   cuda_attention_benchmark [--reps 30] [--dtype fp16|bf16|fp32] [--head-dim D]
 //                            [--seqlen S[,S...]] [--no-fixed] [--no-paged-prefill] [--no-decode]
+//                            [--sm90-variant N]
+// --sm90-variant: the sm90 kernel variant every call takes (sm90/tile_shape.h's Sm90Variant
+// numbers; default the shipped one, kAuto), so that two runs compare variants of the paged and
+// contiguous kernels alike.
 
 #include <cuda_runtime_api.h>
 
@@ -469,6 +473,13 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--no-fixed") == 0) fixed = false;
     if (std::strcmp(argv[i], "--no-paged-prefill") == 0) paged_prefill = false;
     if (std::strcmp(argv[i], "--no-decode") == 0) decode = false;
+    if (std::strcmp(argv[i], "--sm90-variant") == 0 && i + 1 < argc) {
+      const int variant = std::atoi(argv[++i]);
+      if (variant < 0 || variant >= cuda::sm90::kNumSm90Variants) {
+        return std::fprintf(stderr, "--sm90-variant: 0..%d\n", cuda::sm90::kNumSm90Variants - 1), 2;
+      }
+      cuda::sm90::testing::SetVariant(static_cast<cuda::sm90::Sm90Variant>(variant));
+    }
   }
   if (cuda::DeviceCount() == 0) {
     std::printf("no CUDA device: nothing to measure\n");
@@ -476,8 +487,9 @@ int main(int argc, char** argv) {
   }
   cuda::DeviceInfo info;
   if (!cuda::GetDeviceInfo(0, &info).ok()) return 1;
-  std::printf("# CUDA attention benchmark: %s, %d SMs, median of %d\n\n", info.name.c_str(),
-              info.multiprocessor_count, reps);
+  std::printf("# CUDA attention benchmark: %s, %d SMs, median of %d, sm90 variant %d\n\n",
+              info.name.c_str(), info.multiprocessor_count, reps,
+              static_cast<int>(cuda::sm90::ActiveVariant()));
   const double copy_gbs = cuda::CopyGBs(reps);
   std::printf("Device-to-device copy (bytes read + written): %.0f GB/s\n\n", copy_gbs);
   if (fixed) {

@@ -202,8 +202,9 @@ enum class Sm90Variant : int {
   // also takes kThreeConsumers' 192-row tiles, except for launches with queries shorter than
   // kThreeConsumerCausalMinSeqlen (causal) or kThreeConsumerMinSeqlen (not), and at head dim
   // 128 without a causal mask kKeys160's tiles from kWideKeysMinSeqlenKv keys on, with kStreamK's
-  // tail for fixed-length launches from kStreamKMinSeqlenKv keys on (host_setup.h has the
-  // measurements behind each).
+  // tail for fixed-length launches from kStreamKMinSeqlenKv keys on, and at head dim 256
+  // (kLazyRescaleHeadDim) kLazyRescale's conditional O rescale on both schedules (host_setup.h
+  // has the measurements behind each).
   kAuto = 2,
   // Every launch (fixed, varlen, paged; causal or not) with the conditional O rescale of
   // FlashAttention-4 (sm90/consumer_mainloop.cuh, LazyRowUpdate): a row's softmax reference
