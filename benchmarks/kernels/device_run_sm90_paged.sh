@@ -24,7 +24,7 @@
 # DEADLINE (450: seconds after which no step starts; each step's timeout ends by then, so a hung
 # kernel costs at most the rest of that budget), BENCH_VARIANTS (auto: the sm90 variants the
 # bench runs under, one table each, paged and contiguous calls alike; any of baseline
-# dynamic_schedule auto lazy_rescale three_consumers keys160 keys176 stream_k).
+# dynamic_schedule auto lazy_rescale three_consumers keys160 keys176 stream_k paged_keys80).
 set -o pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -38,7 +38,8 @@ JOBS=${JOBS:-16}
 DEADLINE=${DEADLINE:-450}
 BENCH_VARIANTS=${BENCH_VARIANTS:-auto}
 variant_number() {  # sm90/tile_shape.h's Sm90Variant
-  local names=(baseline dynamic_schedule auto lazy_rescale three_consumers keys160 keys176 stream_k)
+  local names=(baseline dynamic_schedule auto lazy_rescale three_consumers keys160 keys176 stream_k
+    paged_keys80)
   for i in "${!names[@]}"; do [[ ${names[$i]} == "$1" ]] && echo "$i" && return; done
   echo "unknown sm90 variant $1" >&2; exit 2
 }

@@ -163,6 +163,7 @@ bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors) {
     case Sm90Variant::kKeys160:
     case Sm90Variant::kKeys176:
     case Sm90Variant::kStreamK:
+    case Sm90Variant::kPagedKeys80:
       return num_tiles > 2 * int64_t{multiprocessors};
     case Sm90Variant::kLazyRescale:
       return false;  // the baseline's static schedule: its A/B isolates the rescale
@@ -179,6 +180,7 @@ bool UseLazyRescale(int head_dim) {
     case Sm90Variant::kKeys160:
     case Sm90Variant::kKeys176:
     case Sm90Variant::kStreamK:
+    case Sm90Variant::kPagedKeys80:
       return head_dim == kLazyRescaleHeadDim;
     default:
       return false;
@@ -190,6 +192,7 @@ bool UseStreamK(TileKind kind, int seqlen_kv) {
     case Sm90Variant::kStreamK:
       return true;
     case Sm90Variant::kAuto:
+    case Sm90Variant::kPagedKeys80:
       return kind == TileKind::kKeys160 && seqlen_kv >= kStreamKMinSeqlenKv;
     default:
       return false;
@@ -211,8 +214,14 @@ bool PlanStreamK(Schedule* schedule, int grid, int key_tiles) {
 TileKind ChooseTileKind(int head_dim, bool paged, bool varlen, bool causal, int max_seqlen_q,
                         int max_seqlen_kv) {
   Sm90Variant variant = ActiveVariant();
-  // kStreamK changes the schedule of kAuto's kernels, not their shapes.
-  if (variant == Sm90Variant::kStreamK) variant = Sm90Variant::kAuto;
+  if (variant == Sm90Variant::kPagedKeys80 && HasPagedKeys80Shape(head_dim, paged)) {
+    return TileKind::kPagedKeys80;
+  }
+  // kStreamK changes the schedule of kAuto's kernels, not their shapes; kPagedKeys80 the shape of
+  // paged head dim 256 alone.
+  if (variant == Sm90Variant::kStreamK || variant == Sm90Variant::kPagedKeys80) {
+    variant = Sm90Variant::kAuto;
+  }
   if (HasThreeConsumerShape(head_dim, paged)) {
     const bool three =
         variant == Sm90Variant::kThreeConsumers ||
@@ -322,7 +331,19 @@ KernelStatus EncodeTensorMaps(const AttentionParams& p, const LaunchInfo& info, 
   // needs a valid address.
   const void* k = p.k != nullptr ? p.k : p.q;
   const void* v = p.v != nullptr ? p.v : p.q;
-  params->kv_box_rows = paged ? PagedBoxRows(p.page_size, shape.block_n) : shape.block_n;
+  if (kind == TileKind::kPagedKeys80) {
+    // The whole-tile box where pages can hold a tile (the producer takes it for tiles inside one
+    // page), and the part boxes of PagedPartRows(i) keys for tiles split at a page boundary.
+    params->kv_box_rows = p.page_size >= shape.block_n ? shape.block_n : kPagedBoxRows;
+    for (int i = 0; i < kPagedParts; ++i) {
+      FLASHKV_RETURN_IF_ERROR(
+          Encode(encode, &params->k_part_maps[i], s.k, dtype, k, PagedPartRows(i), "k part"));
+      FLASHKV_RETURN_IF_ERROR(
+          Encode(encode, &params->v_part_maps[i], s.v, dtype, v, PagedPartRows(i), "v part"));
+    }
+  } else {
+    params->kv_box_rows = paged ? PagedBoxRows(p.page_size, shape.block_n) : shape.block_n;
+  }
   FLASHKV_RETURN_IF_ERROR(Encode(encode, &params->k_map, s.k, dtype, k, params->kv_box_rows, "k"));
   FLASHKV_RETURN_IF_ERROR(Encode(encode, &params->v_map, s.v, dtype, v, params->kv_box_rows, "v"));
   return Encode(encode, &params->o_map, s.out, dtype, p.out, 64, "out");

@@ -185,6 +185,13 @@ KernelStatus LaunchAttentionSm90(const AttentionParams& params, const LaunchInfo
       return sm90::RunWithoutMask<Keys176>(sp, props, stream);
     }
   }
+  if constexpr (sm90::HasPagedKeys80Shape(kHeadDim, kPaged)) {
+    if (kind == sm90::TileKind::kPagedKeys80) {
+      using Keys80 = sm90::Traits<Element, kHeadDim, kPaged, sm90::TileKind::kPagedKeys80>;
+      return sm90::UseLazyRescale(kHeadDim) ? sm90::RunVariant<Keys80, true>(sp, props, stream)
+                                            : sm90::RunVariant<Keys80, false>(sp, props, stream);
+    }
+  }
   if constexpr (!kPaged && Tr::kSeparateO) {
     if (stream_k) return sm90::RunStreamK<Tr>(sp, props, stream);
   }
