@@ -12,6 +12,7 @@ See docs/client.md ("Python client") for the whole API.
 from . import reference
 from .channel import ChannelConfig, TlsConfig, TransportOptions, create_channel
 from .client import AttentionResult, Client
+from .decode_pass import DecodePass
 from .errors import FlashkvError, StatusCode
 from .region import RegionTensor, SharedRegion
 from .routing import SEQUENCE_HEADER, validate_routing_key
@@ -24,9 +25,9 @@ from .v1 import attention_pb2, kvcache_pb2, region_pb2, tensor_pb2  # noqa: F401
 __version__ = "0.1.0"
 
 __all__ = [
-    "AttentionResult", "BF16", "ChannelConfig", "Client", "FP16", "FP32", "FlashkvError",
-    "RegionTensor", "SEQUENCE_HEADER", "SharedRegion", "StatusCode", "StepInput", "StepSession", "TlsConfig", "TransportOptions",
-    "attention_pb2", "bf16_bits_to_float32", "region_pb2", "create_channel", "float_to_bf16_bits",
-    "from_proto", "kvcache_pb2", "reference", "tensor_pb2", "to_float32", "to_proto",
-    "validate_routing_key",
+    "AttentionResult", "BF16", "ChannelConfig", "Client", "DecodePass", "FP16", "FP32",
+    "FlashkvError", "RegionTensor", "SEQUENCE_HEADER", "SharedRegion", "StatusCode", "StepInput",
+    "StepSession", "TlsConfig", "TransportOptions", "attention_pb2", "bf16_bits_to_float32",
+    "region_pb2", "create_channel", "float_to_bf16_bits", "from_proto", "kvcache_pb2",
+    "reference", "tensor_pb2", "to_float32", "to_proto", "validate_routing_key",
 ]

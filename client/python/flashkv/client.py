@@ -238,7 +238,8 @@ class Client:
                                             metadata=self._call_metadata(key),
                                             wait_for_ready=wait_for_ready or None)
 
-        return StepSession(start, routing_key or "", max_in_flight, response_timeout)
+        return StepSession(start, routing_key or "", max_in_flight, response_timeout,
+                           num_layers=lambda: self.cache_info().num_layers)
 
     # ----- shared-memory data plane ---------------------------------------------------------
 

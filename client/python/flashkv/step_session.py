@@ -13,16 +13,20 @@ answer that breaks the contract) fails the waiting request and every later one w
 FlashkvError; open a new session to go on. A Step is all-or-nothing on the server, so requests
 that failed this way changed nothing; those answered before the failure did.
 
+Decode passes: begin_pass() returns a DecodePass (flashkv/decode_pass.py) whose layer steps go
+out on this stream, their answers coming back through receive() with everything else.
+
 Thread-safety: one thread may send() while another receive()s; one receiver at a time.
 """
 
 import collections
 import queue
 import threading
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import grpc
 
+from .decode_pass import DecodePass, check_pass_arguments
 from .errors import FlashkvError, StatusCode, from_rpc_error
 from .routing import validate_routing_key
 from .step import (StepExpectation, build_step_batch_request, build_step_request,
@@ -43,9 +47,16 @@ class StepSession:
     exit, cancel() when the block raises)."""
 
     def __init__(self, start, routing_key: str, max_in_flight: int,
-                 response_timeout: Optional[float]):
+                 response_timeout: Optional[float],
+                 num_layers: Optional[Callable[[], int]] = None):
         # start(request_iterator, routing_key) issues the RPC and returns the call.
         self._start = start
+        # num_layers() asks the server for the model's layer count (GetCacheInfo), once, at the
+        # first begin_pass that does not give it.
+        self._num_layers_source = num_layers
+        self._num_layers: Optional[int] = None
+        self._live_passes = set()  # ids of passes begun here whose layers are not all sent
+        self._next_pass_id = 1
         self._routing_key = routing_key
         self._max_in_flight = max_in_flight
         self._response_timeout = response_timeout
@@ -82,6 +93,47 @@ class StepSession:
         copy = type(request)()
         copy.CopyFrom(request)
         return self._send(copy, expectation_for(copy))
+
+    def begin_pass(self, sequence_ids: Sequence[str], *,
+                   num_tokens: Optional[Sequence[int]] = None,
+                   token_ids: Optional[Sequence[int]] = None, pass_id: int = 0,
+                   num_layers: Optional[int] = None) -> DecodePass:
+        """A decode pass over `sequence_ids` (each level: the same length on every layer), with
+        num_tokens[i] new tokens each (one each when None) and optional token_ids (one per new
+        token). Nothing is sent until its layer-0 step. A zero pass_id takes the session's next
+        unused one; num_layers defaults to the server's (GetCacheInfo, asked once)."""
+        check_pass_arguments(pass_id or 1, sequence_ids, num_tokens)
+        layers = num_layers if num_layers is not None else self._model_layers()
+        if layers < 1:
+            raise FlashkvError(StatusCode.INVALID_ARGUMENT, f"num_layers ({layers}) must be >= 1")
+        with self._lock:
+            if self._failure is not None:
+                raise self._failure
+            if pass_id == 0:
+                while self._next_pass_id in self._live_passes:
+                    self._next_pass_id += 1
+                pass_id = self._next_pass_id
+                self._next_pass_id += 1
+            elif pass_id in self._live_passes:
+                raise FlashkvError(StatusCode.INVALID_ARGUMENT,
+                                   f"pass_id {pass_id} names a pass of this session that is "
+                                   "still sending its layers")
+            self._live_passes.add(pass_id)
+        return DecodePass(self, pass_id, layers, sequence_ids, num_tokens, token_ids)
+
+    def _model_layers(self) -> int:
+        if self._num_layers is None:
+            if self._num_layers_source is None:
+                raise FlashkvError(StatusCode.INVALID_ARGUMENT,
+                                   "begin_pass needs num_layers: this session cannot ask the "
+                                   "server")
+            self._num_layers = int(self._num_layers_source())
+        return self._num_layers
+
+    def _pass_sent(self, pass_id: int) -> None:
+        # The pass's last layer is queued: the server frees its id once it takes that step.
+        with self._lock:
+            self._live_passes.discard(pass_id)
 
     def _send(self, request, expected: StepExpectation) -> int:
         with self._lock:

@@ -1,6 +1,7 @@
 """An in-test KvCacheService that records what clients send (metadata above all) and can be told
 to misbehave: stall a stream, fail a chosen stream request, answer with a wrong step_id or a
-misshaped output. The real server can do none of that on demand. Steps answer out = q."""
+misshaped output. The real server can do none of that on demand. Steps answer out = q (a batched
+step: batch_out = batch.q)."""
 
 import threading
 import time
@@ -19,6 +20,7 @@ class FakeKvCache(kvcache_pb2_grpc.KvCacheServiceServicer):
         self.stream_stall = threading.Event()  # set: StepStream stops answering
         self.wrong_step_id = False
         self.drop_output = False
+        self.stream_requests = []  # every StepStream request, in arrival order
 
     def _record(self, method, context):
         with self.lock:
@@ -47,6 +49,8 @@ class FakeKvCache(kvcache_pb2_grpc.KvCacheServiceServicer):
 
     def _answer(self, request):
         response = kvcache_pb2.StepResponse(step_id=request.step_id + int(self.wrong_step_id))
+        if request.HasField("batch"):
+            response.batch_out.CopyFrom(request.batch.q)
         entries = request.entries[:-1] if self.drop_output else request.entries
         for entry in entries:
             response.out.add().CopyFrom(entry.q)
@@ -59,6 +63,8 @@ class FakeKvCache(kvcache_pb2_grpc.KvCacheServiceServicer):
     def StepStream(self, request_iterator, context):
         self._record("StepStream", context)
         for index, request in enumerate(request_iterator):
+            with self.lock:
+                self.stream_requests.append(request)
             if self.stream_fail_at is not None and self.stream_fail_at[0] == index:
                 context.abort(self.stream_fail_at[1], self.stream_fail_at[2])
             while self.stream_stall.is_set() and context.is_active():

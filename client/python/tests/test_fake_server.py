@@ -206,3 +206,102 @@ def test_cancel_and_send_from_one_thread_receive_from_another(fake):
         with pytest.raises(FlashkvError) as e:
             s2.receive()
         assert e.value.code == StatusCode.CANCELLED
+
+
+def _batch(rows, seed):
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((rows, 2, 32)).astype(np.float32)
+    kv = rng.standard_normal((rows, 1, 32)).astype(np.float32)
+    return q, kv, kv
+
+
+def test_decode_pass_wire_form_and_pipelining(fake):
+    """Layer 0 names the sequences, later layers only the pass and the tensors; two passes
+    interleave layer by layer on one stream and answer in request order."""
+    with flashkv.Client(fake.target) as c, c.open_step_session() as s:
+        a = s.begin_pass(["a0", "a1"], num_tokens=[2, 1], token_ids=[5, 6, 7], num_layers=3)
+        b = s.begin_pass(["b0"], num_layers=3)
+        assert (a.pass_id, b.pass_id, a.rows, b.rows) == (1, 2, 3, 1)
+        for layer in range(3):
+            qa, qb = _batch(3, layer)[0], _batch(1, 10 + layer)[0]
+            a.send(layer, *_batch(3, layer))
+            b.send(layer, *_batch(1, 10 + layer))
+            np.testing.assert_array_equal(s.receive(), qa)  # the fake answers batch_out = q
+            np.testing.assert_array_equal(s.receive(), qb)
+        assert a.sent_all and b.next_layer == 3
+        assert s.begin_pass(["a0"], num_layers=3).pass_id == 3
+    sent = fake.service.stream_requests
+    assert [(r.layer, r.batch.pass_id) for r in sent] == [(0, 1), (0, 2), (1, 1), (1, 2),
+                                                           (2, 1), (2, 2)]
+    assert list(sent[0].batch.sequence_ids) == ["a0", "a1"]
+    assert list(sent[0].batch.num_tokens) == [2, 1]
+    assert list(sent[0].batch.token_ids) == [5, 6, 7]
+    assert list(sent[1].batch.sequence_ids) == ["b0"] and not sent[1].batch.num_tokens
+    for r in sent[2:]:
+        assert not (r.batch.sequence_ids or r.batch.num_tokens or r.batch.token_ids)
+        assert list(r.batch.q.shape)[0] == (3 if r.batch.pass_id == 1 else 1)
+    assert [r.step_id for r in sent] == [1, 2, 3, 4, 5, 6]
+
+
+def test_decode_pass_misuse_is_refused_before_sending(fake):
+    with flashkv.Client(fake.target) as c, c.open_step_session() as s:
+        p = s.begin_pass(["x", "y"], num_layers=2)
+        for layer in (1, 2, -1):
+            with pytest.raises(FlashkvError, match=f"expects layer 0 next, not {layer}") as e:
+                p.send(layer, *_batch(2, 0))
+            assert e.value.code == StatusCode.FAILED_PRECONDITION and e.value.rpc is None
+        with pytest.raises(FlashkvError, match=r"q.shape \[3,2,32\]: pass 1 has T = 2") as e:
+            p.send(0, *_batch(3, 0))
+        assert e.value.code == StatusCode.INVALID_ARGUMENT
+        q, k, v = _batch(2, 0)
+        with pytest.raises(FlashkvError, match=r"v.shape \[1,1,32\]"):
+            p.send(0, q, k, v[:1])
+        assert p.next_layer == 0 and fake.service.stream_requests == []
+        p.step(0, q, k, v)
+        with pytest.raises(FlashkvError, match="differ from layer 0's") as e:
+            p.send(1, q, np.concatenate([k, k], axis=1), np.concatenate([v, v], axis=1))
+        assert e.value.code == StatusCode.INVALID_ARGUMENT
+        p.step(1, q, k, v)
+        with pytest.raises(FlashkvError, match="all 2 layers were sent") as e:
+            p.send(2, q, k, v)
+        assert e.value.code == StatusCode.FAILED_PRECONDITION
+        s.begin_pass(["x"], pass_id=7, num_layers=2).send(0, *_batch(1, 0))
+        with pytest.raises(FlashkvError, match="pass_id 7 names a pass of this session"):
+            s.begin_pass(["x"], pass_id=7, num_layers=2)
+        for kwargs, message in [(dict(sequence_ids=[]), "sequence_ids is empty"),
+                                (dict(sequence_ids=["x"], num_tokens=[1, 1]),
+                                 "num_tokens has 2 values"),
+                                (dict(sequence_ids=["x"], num_tokens=[0]), r"num_tokens\[0\] = 0"),
+                                (dict(sequence_ids=["x"], pass_id=1 << 64), "pass_id"),
+                                (dict(sequence_ids=["x"], num_layers=0), "num_layers")]:
+            with pytest.raises(FlashkvError, match=message) as e:
+                s.begin_pass(**kwargs)
+            assert e.value.code == StatusCode.INVALID_ARGUMENT
+        with pytest.raises(TypeError):
+            s.begin_pass("x")
+    assert len(fake.service.stream_requests) == 3  # layer 0, layer 1, pass 7's layer 0
+
+
+def test_decode_pass_takes_the_layer_count_from_the_server_once(fake):
+    with flashkv.Client(fake.target) as c, c.open_step_session() as s:
+        for _ in range(2):  # the fake model has one layer: each pass is one step
+            p = s.begin_pass(["a"])
+            assert p.num_layers == 1
+            p.step(0, *_batch(1, 0))
+            assert p.sent_all
+    assert len(fake.service.metadata_of("GetCacheInfo")) == 1
+
+
+def test_decode_pass_after_a_stream_failure_raises_it(fake):
+    fake.service.stream_fail_at = (0, StatusCode.NOT_FOUND, "batch.sequence_ids[0]: no 'a'")
+    with flashkv.Client(fake.target) as c:
+        s = c.open_step_session()
+        p = s.begin_pass(["a"], num_layers=2)
+        p.send(0, *_batch(1, 0))
+        with pytest.raises(FlashkvError) as e:
+            s.receive()
+        assert e.value.code == StatusCode.NOT_FOUND and "no 'a'" in e.value.message
+        for attempt in (lambda: p.send(1, *_batch(1, 0)), lambda: s.begin_pass(["a"])):
+            with pytest.raises(FlashkvError, match="NOT_FOUND"):
+                attempt()
+        s.cancel()
