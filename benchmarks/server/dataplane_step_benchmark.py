@@ -2,9 +2,9 @@
 """Per-layer decode steps with tensors in the Step messages (bytes) vs in a shared-memory region
 (shm), measured by flashkv-loadgen against flashkv-server over a Unix socket and loopback TCP.
 Planes ending in -batch send each layer as one StepBatch (one descriptor per tensor for the whole
-batch, flashkv-loadgen --step-format=batch) instead of one StepEntry per sequence; planes ending in
--pass send each forward pass as a decode pass (--step-format=pass: the sequences named at layer 0
-only, docs/api.md#decode-passes).
+batch, flashkv-loadgen --step-format=batch) instead of one StepEntry per sequence; planes ending
+in -pass send decode passes (--step-format=pass: layer 0's StepBatch names the sequences once for
+every layer of the token, later layers carry only the pass id and the tensors).
 
 One model runner (one StepStream, pipeline depth 1: layer l+1 waits for layer l, as in a real
 model) decodes a batch of B sequences; each Step carries one token per sequence at the per-layer
@@ -83,10 +83,9 @@ def run_loadgen(args, target, batch, plane):
                f"--duration={args.duration}", "--progress=none", "--json",
                f"--data-plane={plane.split('-')[0]}",
                f"--region-memory={args.region_memory}"]
-    # (only then: loadgens from before StepBatch or decode passes lack the flag)
-    for suffix in ("batch", "pass"):
-        if plane.endswith("-" + suffix):
-            command.append(f"--step-format={suffix}")
+    step_format = plane.partition("-")[2]
+    if step_format:  # (only then: loadgens from before StepBatch lack the flag)
+        command.append(f"--step-format={step_format}")
     command[command.index("--verify=none")] = f"--verify={args.verify}"
     done = subprocess.run(command, capture_output=True, text=True)
     try:
@@ -138,7 +137,7 @@ def main():
     p.add_argument("--backend", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batches", default="1,32,256")
     p.add_argument("--transports", default="unix,tcp")
-    p.add_argument("--planes", default="bytes,shm,shm-batch,shm-pass",
+    p.add_argument("--planes", default="bytes,shm,shm-batch",
                    help="bytes, shm, bytes-batch, shm-batch, bytes-pass, shm-pass (comma-separated)")
     p.add_argument("--duration", type=float, default=10, help="seconds per cell")
     p.add_argument("--layers", type=int, default=4)
