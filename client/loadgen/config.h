@@ -52,6 +52,9 @@ struct LoadgenConfig {
   // Each layer's request as one StepBatch (one descriptor per tensor for the whole pass) instead
   // of one StepEntry per sequence.
   bool batched_steps = false;
+  // With batched_steps: each pass through the layers as a decode pass (StepBatch.pass_id): the
+  // sequences named at layer 0 only, later layers carrying only the tensors.
+  bool pass_steps = false;
   RegionMemory region_memory = RegionMemory::kAuto;
   // The CUDA ordinal (as this process numbers devices) of the server's device, for CUDA regions.
   int region_cuda_device = 0;

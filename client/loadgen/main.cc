@@ -114,9 +114,10 @@ int main(int argc, char** argv) {
   std::string step_format = "entries";
   app.add_option("--step-format", step_format,
                  "entries: one StepEntry per sequence; batch: the pass as one StepBatch (q, k, v "
-                 "and out one descriptor each for all sequences)")
+                 "and out one descriptor each for all sequences); pass: batch, as a decode pass "
+                 "(the sequences named at layer 0 only, StepBatch.pass_id)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"entries", "batch"}));
+      ->check(CLI::IsMember({"entries", "batch", "pass"}));
   std::string region_memory = "auto";
   app.add_option("--region-memory", region_memory,
                  "shm regions in host memory (a sealed memfd) or CUDA device memory (CUDA IPC, "
@@ -186,7 +187,8 @@ int main(int argc, char** argv) {
   c->rpc_timeout = absl::Seconds(rpc_timeout_s);
   c->send_token_ids = !no_token_ids;
   c->data_plane = data_plane == "shm" ? loadgen::DataPlane::kShm : loadgen::DataPlane::kBytes;
-  c->batched_steps = step_format == "batch";
+  c->batched_steps = step_format == "batch" || step_format == "pass";
+  c->pass_steps = step_format == "pass";
   c->region_memory = region_memory == "host"   ? loadgen::RegionMemory::kHost
                      : region_memory == "cuda" ? loadgen::RegionMemory::kCuda
                                                : loadgen::RegionMemory::kAuto;

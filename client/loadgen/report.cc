@@ -154,7 +154,7 @@ json Report::ToJson() const {
             {"max_pass_tokens", config.max_pass_tokens},
             {"pipeline_depth", config.pipeline_depth},
             {"data_plane", DataPlaneName(config.data_plane)},
-            {"step_format", config.batched_steps ? "batch" : "entries"},
+            {"step_format", config.pass_steps ? "pass" : config.batched_steps ? "batch" : "entries"},
             {"region_memory", region_memory},
             {"prefix_pool", config.prefix_pool},
             {"prefix_len", config.prefix_len.spec()},

@@ -330,7 +330,7 @@ absl::Status Runner::BuildLayer(int layer, const Slot& slot, bool poison) {
     if (region_ != nullptr) input.out = RegionSlice{region_->id(), slot.out_offset + q_at};
   }
   const size_t rows = pass_.empty() ? 0 : static_cast<size_t>(pass_rows_.back() + pass_.back().n);
-  if (config_.batched_steps) BuildBatch(slot, static_cast<int64_t>(rows));
+  if (config_.batched_steps) BuildBatch(slot, static_cast<int64_t>(rows), layer);
   if (region_ == nullptr) return absl::OkStatus();
   const size_t q_bytes = rows * q_row_bytes, kv_bytes = rows * kv_row_bytes;
   if (!context_.cuda_regions) {
@@ -349,18 +349,20 @@ absl::Status Runner::BuildLayer(int layer, const Slot& slot, bool poison) {
   return FromKernel(s, "preparing the CUDA region");
 }
 
-void Runner::BuildBatch(const Slot& slot, int64_t rows) {
-  batch_.sequence_ids.resize(inputs_.size());
+void Runner::BuildBatch(const Slot& slot, int64_t rows, int layer) {
+  // A decode pass names its sequences at layer 0 only.
+  const bool named = !config_.pass_steps || layer == 0;
+  batch_.sequence_ids.resize(named ? inputs_.size() : 0);
   batch_.num_tokens.clear();
   batch_.token_ids.clear();
   bool all_one = true;
-  for (size_t i = 0; i < inputs_.size(); ++i) {
+  for (size_t i = 0; named && i < inputs_.size(); ++i) {
     batch_.sequence_ids[i] = inputs_[i].sequence_id;
     all_one = all_one && pass_[i].n == 1;
     batch_.token_ids.insert(batch_.token_ids.end(), inputs_[i].token_ids.begin(),
                             inputs_[i].token_ids.end());
   }
-  if (!all_one) {
+  if (named && !all_one) {
     for (const Entry& e : pass_) batch_.num_tokens.push_back(e.n);
   }
   batch_.q = SlotView(slot.q, slot.q_offset, rows, shape_.num_q_heads);
@@ -383,6 +385,7 @@ absl::Status Runner::RunPass() {
   }
   std::bernoulli_distribution check(config_.verify_fraction);
   std::deque<InFlight> in_flight;
+  batch_.pass_id = config_.pass_steps ? ++passes_begun_ : 0;
   for (int layer = 0; layer < shape_.num_layers; ++layer) {
     // The slot of layer - depth is free once its response is in.
     if (static_cast<int>(in_flight.size()) >= config_.pipeline_depth) {
@@ -393,9 +396,10 @@ absl::Status Runner::RunPass() {
       return s;
     }
     f.sent = absl::Now();
-    absl::StatusOr<uint64_t> id = config_.batched_steps
-                                      ? session_->Send(static_cast<uint32_t>(layer), batch_)
-                                      : session_->Send(static_cast<uint32_t>(layer), inputs_);
+    const auto at = static_cast<uint32_t>(layer);
+    absl::StatusOr<uint64_t> id = config_.pass_steps      ? session_->SendPass(at, batch_.pass_id, batch_)
+                                  : config_.batched_steps ? session_->Send(at, batch_)
+                                                          : session_->Send(at, inputs_);
     if (!id.ok()) return id.status();
     f.step_id = *id;
     in_flight.push_back(std::move(f));

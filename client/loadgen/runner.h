@@ -130,8 +130,9 @@ class Runner {
   // Fills the layer's tensors into `slot` and inputs_ with views of them. `poison`: the output
   // rows (shm) are first overwritten with NaN, so that rows the server failed to write show.
   absl::Status BuildLayer(int layer, const Slot& slot, bool poison);
-  // batch_ from inputs_: the pass's `rows` rows of the slot as one StepBatch.
-  void BuildBatch(const Slot& slot, int64_t rows);
+  // batch_ from inputs_: the pass's `rows` rows of the slot as one StepBatch (at layers after 0
+  // of a decode pass, without the sequences).
+  void BuildBatch(const Slot& slot, int64_t rows, int layer);
   // CUDA regions: the pass's `bytes` at `offset` between a slot's host twin and the region.
   absl::Status ToDevice(uint64_t offset, const std::byte* from, size_t bytes) const;
   absl::Status FromDevice(uint64_t offset, std::byte* to, size_t bytes) const;
@@ -178,7 +179,8 @@ class Runner {
   std::vector<std::vector<std::byte>> memory_;  // bytes, CUDA regions: the slots' host storage
   std::vector<Slot> slots_;
   std::vector<StepInput> inputs_;  // the request being built (views into a slot)
-  StepBatchInput batch_;           // the same, batched (--step-format=batch)
+  StepBatchInput batch_;           // the same, batched (--step-format=batch or pass)
+  uint64_t passes_begun_ = 0;      // decode pass ids of this runner's stream (--step-format=pass)
   RunStats stats_;
 };
 

@@ -60,6 +60,7 @@ grpc::ByteBuffer EncodeStepBatch(uint32_t layer, uint64_t step_id, const StepBat
   data.v = WireTensor(batch.v);
   data.out = WireSlice(batch.out);
   data.token_ids = batch.token_ids;
+  data.pass_id = batch.pass_id;
   return wire::EncodeStepBatchRequest(layer, step_id, data);
 }
 

@@ -408,6 +408,26 @@ absl::StatusOr<uint64_t> StepSession::Send(uint32_t layer, const StepBatchInput&
   return *id;
 }
 
+absl::StatusOr<uint64_t> StepSession::SendPass(uint32_t layer, uint64_t pass_id,
+                                               const StepBatchInput& batch, uint64_t step_id) {
+  if (pass_id == 0) return absl::InvalidArgumentError("SendPass: pass_id must not be 0");
+  const bool names = !batch.sequence_ids.empty() || !batch.num_tokens.empty() ||
+                     !batch.token_ids.empty();
+  if (layer == 0 && batch.sequence_ids.empty()) {
+    return absl::InvalidArgumentError("SendPass: layer 0 begins the pass and must name sequences");
+  }
+  if (layer > 0 && names) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "SendPass: layer ", layer, " of pass ", pass_id,
+        " must leave sequence_ids, num_tokens and token_ids empty (layer 0 named them)"));
+  }
+  if (batch.pass_id == pass_id) return Send(layer, batch, step_id);
+  // A copy (ids and views) only for a caller that left batch.pass_id unset.
+  StepBatchInput with_id = batch;
+  with_id.pass_id = pass_id;
+  return Send(layer, with_id, step_id);
+}
+
 absl::StatusOr<v1::StepResponse> StepSession::Receive() {
   Stream* stream;
   {

@@ -8,6 +8,7 @@
 
 #include "absl/strings/match.h"
 #include "flashkv/cuda_backend.h"
+#include "flashkv/server/decode_pass.h"
 #include "flashkv/server/status.h"
 
 namespace flashkv::server {
@@ -180,6 +181,12 @@ bool DeviceScheduler::PlanLaunch(Plan* plan, std::vector<Item>* doomed, absl::Ti
   absl::flat_hash_set<absl::string_view> claimed;
   std::vector<size_t> eligible;
   for (size_t i = 0; i < pending_.size(); ++i) {
+    // A decode pass's layer step names no sequence; it waits for the pass's layers before it.
+    const StepState& step = *pending_[i].step;
+    if (step.pass() != nullptr && !step.pass_begin()) {
+      if (step.pass()->ReadyFor(static_cast<int>(step.layer()))) eligible.push_back(i);
+      continue;
+    }
     bool free = true;
     // The last waiting part's ids need not be remembered: no later part looks for them (and with
     // one part waiting, the usual case, this is a lookup in `busy_` per entry and nothing else).
@@ -218,12 +225,16 @@ bool DeviceScheduler::PlanLaunch(Plan* plan, std::vector<Item>* doomed, absl::Ti
   for (size_t t = 0; t < ranked.size(); ++t) tenant_index[ranked[t]] = t;
   for (Candidate& c : candidates) c.tenant = tenant_index.at(c.item.step->tenant());
   // The most deserving tenant leads: the layer of its longest-waiting part.
-  const int layer = static_cast<int>(
-      std::find_if(candidates.begin(), candidates.end(), [](const Candidate& c) {
-        return c.tenant == 0;
-      })->item.step->layer());
+  const Candidate& lead = *std::find_if(candidates.begin(), candidates.end(),
+                                        [](const Candidate& c) { return c.tenant == 0; });
+  const int layer = static_cast<int>(lead.item.step->layer());
+  if (lead.item.step->pass() != nullptr) {
+    // A pass step is a whole batch already: it launches alone, at once, all its rows.
+    PlanAlone(lead.item, lead.pending_index, ranked.front(), plan);
+    return true;
+  }
   auto at_layer = [layer](const Candidate& c) {
-    return static_cast<int>(c.item.step->layer()) == layer;
+    return static_cast<int>(c.item.step->layer()) == layer && c.item.step->pass() == nullptr;
   };
   // The rows a part asks of this launch.
   auto wanted = [this](const StepPart& part) {
@@ -285,6 +296,20 @@ bool DeviceScheduler::PlanLaunch(Plan* plan, std::vector<Item>* doomed, absl::Ti
   return true;
 }
 
+void DeviceScheduler::PlanAlone(const Item& item, size_t pending_index, const std::string& tenant,
+                                Plan* plan) {
+  StepPart* part = item.part;
+  plan->layer = static_cast<int>(item.step->layer());
+  plan->windows.push_back(LaunchWindow{part, 0, part->total_rows()});
+  plan->items.push_back(item);
+  plan->fresh.push_back(item);
+  part->holds_sequences = true;
+  for (absl::string_view id : part->sequence_ids()) busy_.insert(id);
+  shares_.Charge(tenant, part->total_rows());
+  shares_.Led(tenant);
+  pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(pending_index));
+}
+
 void DeviceScheduler::Loop() {
   if (arena_->cuda()) {
     if (KernelStatus s = cuda::SetDevice(device_id_); !s.ok()) {
@@ -335,7 +360,60 @@ void DeviceScheduler::Loop() {
   }
 }
 
+void DeviceScheduler::ExecutePass(const Item& item) {
+  StepPart* part = item.part;
+  DecodePass& pass = *item.step->pass();
+  const int layer = static_cast<int>(item.step->layer());
+  const absl::Time started = clock_->Now();
+  part->first_launch = started;
+  metrics_->RecordQueueWait(started - item.step->received());
+  if (layer == 0) {
+    if (absl::Status s = pass.Prepare(part->batch_entries()); !s.ok()) {
+      s = InRequestTerms(s, *part);
+      pass.Abort(s);
+      Report(item, s);
+      return;
+    }
+  }
+  absl::StatusOr<const kvcache::LayerBatch*> batch = pass.Acquire(layer);
+  if (!batch.ok()) {
+    Report(item, batch.status());
+    return;
+  }
+  absl::Status uploaded;
+  if (layer == 0) uploaded = pass.UploadMetadata(arena_->cuda(), device_id_, arena_->stream());
+  absl::StatusOr<LaunchSummary> summary =
+      uploaded.ok() ? RunPassLaunch(model_, **batch, layer, pass.metadata(), *part, arena_.get())
+                    : absl::StatusOr<LaunchSummary>(uploaded);
+  const absl::Duration elapsed = clock_->Now() - started;
+  pass.Release(layer, summary.ok());
+  if (!summary.ok()) {
+    spdlog::warn("device {} layer {}: pass {} launch failed: {}", device_id_, layer, pass.id(),
+                 summary.status().ToString());
+    pass.Abort(summary.status());
+    Report(item, summary.status());
+    return;
+  }
+  metrics_->RecordBatch(device_id_, summary->entries, summary->tokens, elapsed);
+  {
+    MutexLock lock(&mu_);
+    part->rows_done = part->total_rows();
+    part->kernel_time += summary->kernel_time;
+    ++counters_.launches;
+    counters_.entries += summary->entries;
+    counters_.tokens += summary->tokens;
+    counters_.max_entries = std::max<uint64_t>(counters_.max_entries, summary->entries);
+    ++counters_.parts_completed;
+    RetainWaitingTenants();
+  }
+  Report(item, absl::OkStatus());
+}
+
 void DeviceScheduler::Execute(Plan& plan) {
+  if (plan.items.size() == 1 && plan.items[0].step->pass() != nullptr) {
+    ExecutePass(plan.items[0]);
+    return;
+  }
   const absl::Time prepared_at = clock_->Now();
   std::vector<std::pair<Item, absl::Status>> failed;
   for (const Item& item : plan.fresh) {

@@ -332,30 +332,40 @@ v1::ServerStats KvCacheService::Stats(const Tenant* tenant) const {
 absl::StatusOr<std::shared_ptr<StepState>> KvCacheService::NewStep(const grpc::ByteBuffer& request,
                                                                    const Tenant& tenant,
                                                                    absl::Time received,
-                                                                   StepCompletion done) {
+                                                                   StepCompletion done,
+                                                                   StreamPasses* passes) {
   if (absl::Status s = Ready(); !s.ok()) return s;
   absl::StatusOr<wire::MessageBytes> message = wire::MessageBytes::FromByteBuffer(request);
   if (!message.ok()) return message.status();
   wire::StepRequestView view;
+  if (auto s = DecodeStepRequestWithinLimits(config_, *message, &view); !s.ok()) return s;
+  if (view.batch.present && view.batch.pass_id != 0) {
+    return NewPassStep(&*message, view, tenant, received, std::move(done), passes);
+  }
   const RegionAccess regions{regions_, tenant.name};
   absl::StatusOr<std::vector<StepEntry>> entries =
-      DecodeAndCheckStepRequest(config_, *caches_, regions, tenant, &*message, &view);
+      CheckStepRequest(view, config_, *caches_, regions, tenant, &*message);
   if (!entries.ok()) return entries.status();
-  // Layer 0 leads: only its appends add blocks, so only its entries reserve against the quota.
-  std::optional<LedgerReservation> reservation;
-  if (view.layer == 0) {
-    std::vector<std::pair<std::string, int64_t>> adds;
-    adds.reserve(entries->size());
-    for (const StepEntry& e : *entries) adds.emplace_back(e.sequence_id, e.num_tokens);
-    absl::StatusOr<LedgerReservation> reserved = caches_->ReserveStep(tenant, adds);
-    if (!reserved.ok()) return reserved.status();
-    reservation = *std::move(reserved);
-  }
+  absl::StatusOr<std::optional<LedgerReservation>> reservation =
+      ReserveLayerZero(tenant, view.layer, *entries);
+  if (!reservation.ok()) return reservation.status();
   std::shared_ptr<StepState> step =
       MakeStep(*std::move(message), view.layer, view.step_id, *std::move(entries), received,
-               std::move(done), tenant.name, std::move(reservation));
+               std::move(done), tenant.name, *std::move(reservation));
   if (view.batch.present) step->set_batch_output(view.batch.out);
   return step;
+}
+
+absl::StatusOr<std::optional<LedgerReservation>> KvCacheService::ReserveLayerZero(
+    const Tenant& tenant, uint32_t layer, const std::vector<StepEntry>& entries) {
+  // Layer 0 leads: only its appends add blocks, so only its entries reserve against the quota.
+  if (layer != 0) return std::nullopt;
+  std::vector<std::pair<std::string, int64_t>> adds;
+  adds.reserve(entries.size());
+  for (const StepEntry& e : entries) adds.emplace_back(e.sequence_id, e.num_tokens);
+  absl::StatusOr<LedgerReservation> reserved = caches_->ReserveStep(tenant, adds);
+  if (!reserved.ok()) return reserved.status();
+  return std::optional<LedgerReservation>(*std::move(reserved));
 }
 
 std::shared_ptr<StepState> KvCacheService::MakeStep(

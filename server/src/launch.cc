@@ -160,6 +160,33 @@ struct Staged {
   size_t upload_bytes = 0;
 };
 
+// Stages segment `g`'s q, k and v rows at launch row `row` of the staging sections: copied
+// straight from the request's received bytes (except those the kernels read in place; rows in
+// CUDA regions are copied device-side into the device twin `dev`).
+void StageRows(const ModelShape& m, const Segment& g, int64_t row, const Layout& layout,
+               const InPlace& in_place, uint8_t* in, uint8_t* dev, Staged* staged) {
+  const size_t elem = static_cast<size_t>(DTypeSize(m.dtype));
+  const size_t q_row = static_cast<size_t>(m.num_q_heads) * m.head_dim * elem;
+  const size_t kv_row = static_cast<size_t>(m.num_kv_heads) * m.head_dim * elem;
+  const StepEntry& e = g.part->step().entries()[g.part->entries()[g.index]];
+  const wire::MessageBytes& message = g.part->step().message();
+  for (const auto& [input, section, row_bytes, span, read_in_place] :
+       {std::tuple{Input::kQ, layout.q, q_row, e.q, in_place.q != nullptr},
+        std::tuple{Input::kK, layout.k, kv_row, e.k, in_place.k != nullptr},
+        std::tuple{Input::kV, layout.v, kv_row, e.v, in_place.v != nullptr}}) {
+    if (read_in_place) continue;
+    const size_t at = section + static_cast<size_t>(row) * row_bytes;
+    const size_t bytes = static_cast<size_t>(g.b - g.a) * row_bytes;
+    const RowsAt rows_at = InputRows(g, input, row_bytes);
+    if (rows_at.device) {
+      staged->device_copies.Add(dev + at, rows_at.p, bytes);
+      continue;
+    }
+    message.CopyTo(wire::Span{span.offset + static_cast<size_t>(g.a) * row_bytes, bytes}, in + at);
+    staged->upload_bytes = std::max(staged->upload_bytes, at + bytes);
+  }
+}
+
 // Fills the staging input: metadata for every segment, then its q, k and v rows copied straight
 // from the request's received bytes (except those the kernels read in place; rows in CUDA regions
 // are copied device-side into the device twin `dev`).
@@ -169,9 +196,6 @@ Staged Stage(const ModelShape& m, const std::vector<Segment>& segments, const La
   auto* cu_q = reinterpret_cast<int32_t*>(in + layout.cu_q);
   auto* cu_kv = reinterpret_cast<int32_t*>(in + layout.cu_kv);
   auto* table = reinterpret_cast<int32_t*>(in + layout.table);
-  const size_t elem = static_cast<size_t>(DTypeSize(m.dtype));
-  const size_t q_row = static_cast<size_t>(m.num_q_heads) * m.head_dim * elem;
-  const size_t kv_row = static_cast<size_t>(m.num_kv_heads) * m.head_dim * elem;
   Staged staged;
   staged.upload_bytes = layout.q;
   cu_q[0] = cu_kv[0] = 0;
@@ -193,24 +217,7 @@ Staged Stage(const ModelShape& m, const std::vector<Segment>& segments, const La
     std::memcpy(row, batch.block_table().data() + static_cast<size_t>(i) * batch_stride,
                 batch_stride * sizeof(int32_t));
     std::fill(row + batch_stride, row + stride, 0);  // block 0: the null block
-    const StepEntry& e = g.part->step().entries()[g.part->entries()[i]];
-    const wire::MessageBytes& message = g.part->step().message();
-    for (const auto& [input, section, row_bytes, span, read_in_place] :
-         {std::tuple{Input::kQ, layout.q, q_row, e.q, in_place.q != nullptr},
-          std::tuple{Input::kK, layout.k, kv_row, e.k, in_place.k != nullptr},
-          std::tuple{Input::kV, layout.v, kv_row, e.v, in_place.v != nullptr}}) {
-      if (read_in_place) continue;
-      const size_t at = section + static_cast<size_t>(cu_q[s]) * row_bytes;
-      const size_t bytes = static_cast<size_t>(rows) * row_bytes;
-      const RowsAt rows_at = InputRows(g, input, row_bytes);
-      if (rows_at.device) {
-        staged.device_copies.Add(dev + at, rows_at.p, bytes);
-        continue;
-      }
-      message.CopyTo(wire::Span{span.offset + static_cast<size_t>(g.a) * row_bytes, bytes},
-                     in + at);
-      staged.upload_bytes = std::max(staged.upload_bytes, at + bytes);
-    }
+    StageRows(m, g, cu_q[s], layout, in_place, in, dev, &staged);
   }
   return staged;
 }
@@ -223,6 +230,79 @@ void SetPools(const kvcache::LayerPools& pools, Args* args) {
   args->cache_strides = pools.strides;
   args->num_blocks = pools.num_blocks;
   args->page_size = pools.page_size;
+}
+
+// Runs append and attention with `append` and `attention` (whose inputs and metadata Stage put
+// in place), then delivers each segment's output rows (launch rows [cu_q[s], cu_q[s+1])) to its
+// entry: in place already, device-side into CUDA regions, or through host_out into host memory.
+// With CUDA: one upload of the host staging, the device-side input copies, the kernels between
+// two events, the output copies, one synchronisation. Returns the kernels' time.
+absl::StatusOr<absl::Duration> RunKernels(const ModelShape& m, const std::vector<Segment>& segments,
+                                          const int32_t* cu_q, const KvAppendArgs& append,
+                                          const PagedAttentionArgs& attention,
+                                          const InPlace& in_place, const Staged& staged,
+                                          size_t out_bytes, LaunchArena* arena) {
+  const size_t n = segments.size();
+  const size_t out_row = static_cast<size_t>(m.num_q_heads) * m.head_dim * DTypeSize(m.dtype);
+  absl::Duration kernel_time;
+  bool scatter_on_host = false;  // some outputs go to host memory through host_out
+  if (arena->cuda()) {
+    // Output rows bound for CUDA regions go there device-side; the rest come back in one copy.
+    DeviceCopies out_copies;
+    for (size_t s = 0; in_place.out == nullptr && s < n; ++s) {
+      const RowsAt to = OutputRows(segments[s], out_row);
+      const uint8_t* from = arena->device_out() + static_cast<size_t>(cu_q[s]) * out_row;
+      if (to.device) {
+        out_copies.Add(const_cast<uint8_t*>(to.p), from,
+                       static_cast<size_t>(segments[s].b - segments[s].a) * out_row);
+      } else {
+        scatter_on_host = true;
+      }
+    }
+    // One host-to-device copy of the metadata and the host-sourced q, k and v rows; rows in CUDA
+    // regions follow device-side (stream order puts them after the upload).
+    cuda::Stream stream = arena->stream();
+    KernelStatus s = KernelStatus::Ok();
+    if (staged.upload_bytes > 0) {
+      s = cuda::MemcpyHostToDevice(arena->device_in(), arena->host_in(), staged.upload_bytes,
+                                   stream);
+    }
+    if (s.ok()) s = staged.device_copies.Issue(stream);
+    if (s.ok()) s = cuda::EventRecord(arena->kernels_start(), stream);
+    if (s.ok()) s = cuda::AppendKv(append, stream);
+    if (s.ok()) s = cuda::AttentionPaged(attention, stream);
+    if (s.ok()) s = cuda::EventRecord(arena->kernels_end(), stream);
+    if (s.ok()) s = out_copies.Issue(stream);
+    if (s.ok() && scatter_on_host) {
+      s = cuda::MemcpyDeviceToHost(arena->host_out(), arena->device_out(), out_bytes, stream);
+    }
+    // The data plane's contract (docs/client.md): when the step's response is sent, its outputs
+    // are in the caller's regions and its inputs are no longer read. Every launch of the step
+    // ends here, before the step can report.
+    if (s.ok()) s = cuda::StreamSynchronize(stream);
+    float ms = 0;
+    if (s.ok()) s = cuda::EventElapsedMs(arena->kernels_start(), arena->kernels_end(), &ms);
+    if (!s.ok()) return FromKernelStatus(s);
+    kernel_time = absl::Microseconds(static_cast<double>(ms) * 1000.0);
+  } else {
+    const absl::Time start = absl::Now();
+    KernelStatus s = cpu::AppendKv(append);
+    if (s.ok()) s = cpu::AttentionPaged(attention);
+    if (!s.ok()) return FromKernelStatus(s);
+    kernel_time = absl::Now() - start;
+    scatter_on_host = in_place.out == nullptr;
+  }
+  if (!scatter_on_host) return kernel_time;
+  // Scatter: segment s's output rows go to its entry's rows [a, b) in the step's output (host
+  // memory; rows bound for CUDA regions were copied device-side).
+  for (size_t s = 0; s < n; ++s) {
+    const RowsAt to = OutputRows(segments[s], out_row);
+    if (to.device) continue;
+    std::memcpy(const_cast<uint8_t*>(to.p),
+                arena->host_out() + static_cast<size_t>(cu_q[s]) * out_row,
+                static_cast<size_t>(segments[s].b - segments[s].a) * out_row);
+  }
+  return kernel_time;
 }
 
 }  // namespace
@@ -355,65 +435,46 @@ absl::StatusOr<LaunchSummary> RunLaunch(const ModelShape& m, absl::Span<const La
   attention.host_cu_seqlens_kv = reinterpret_cast<const int32_t*>(host + layout.cu_kv);
   attention.options = AttentionOptions{/*causal=*/true, std::nullopt};
 
-  const size_t out_row = static_cast<size_t>(m.num_q_heads) * m.head_dim * elem;
   const auto* cu_q = reinterpret_cast<const int32_t*>(host + layout.cu_q);
-  absl::Duration kernel_time;
-  bool scatter_on_host = false;  // some outputs go to host memory through host_out
-  if (arena->cuda()) {
-    // Output rows bound for CUDA regions go there device-side; the rest come back in one copy.
-    DeviceCopies out_copies;
-    for (size_t s = 0; in_place.out == nullptr && s < n; ++s) {
-      const RowsAt to = OutputRows(segments[s], out_row);
-      const uint8_t* from = arena->device_out() + static_cast<size_t>(cu_q[s]) * out_row;
-      if (to.device) {
-        out_copies.Add(const_cast<uint8_t*>(to.p), from,
-                       static_cast<size_t>(segments[s].b - segments[s].a) * out_row);
-      } else {
-        scatter_on_host = true;
-      }
-    }
-    // One host-to-device copy of the metadata and the host-sourced q, k and v rows; rows in CUDA
-    // regions follow device-side (stream order puts them after the upload).
-    cuda::Stream stream = arena->stream();
-    KernelStatus s = cuda::MemcpyHostToDevice(dev, host, staged.upload_bytes, stream);
-    if (s.ok()) s = staged.device_copies.Issue(stream);
-    if (s.ok()) s = cuda::EventRecord(arena->kernels_start(), stream);
-    if (s.ok()) s = cuda::AppendKv(append, stream);
-    if (s.ok()) s = cuda::AttentionPaged(attention, stream);
-    if (s.ok()) s = cuda::EventRecord(arena->kernels_end(), stream);
-    if (s.ok()) s = out_copies.Issue(stream);
-    if (s.ok() && scatter_on_host) {
-      s = cuda::MemcpyDeviceToHost(arena->host_out(), arena->device_out(), layout.out_bytes,
-                                   stream);
-    }
-    // The data plane's contract (docs/client.md): when the step's response is sent, its outputs
-    // are in the caller's regions and its inputs are no longer read. Every launch of the step
-    // ends here, before the step can report.
-    if (s.ok()) s = cuda::StreamSynchronize(stream);
-    float ms = 0;
-    if (s.ok()) s = cuda::EventElapsedMs(arena->kernels_start(), arena->kernels_end(), &ms);
-    if (!s.ok()) return FromKernelStatus(s);
-    kernel_time = absl::Microseconds(static_cast<double>(ms) * 1000.0);
-  } else {
-    const absl::Time start = absl::Now();
-    KernelStatus s = cpu::AppendKv(append);
-    if (s.ok()) s = cpu::AttentionPaged(attention);
-    if (!s.ok()) return FromKernelStatus(s);
-    kernel_time = absl::Now() - start;
-    scatter_on_host = in_place.out == nullptr;
-  }
+  absl::StatusOr<absl::Duration> kernel_time =
+      RunKernels(m, segments, cu_q, append, attention, in_place, staged, layout.out_bytes, arena);
+  if (!kernel_time.ok()) return kernel_time.status();
+  return LaunchSummary{static_cast<int>(n), total, *kernel_time};
+}
 
-  if (!scatter_on_host) return LaunchSummary{static_cast<int>(n), total, kernel_time};
-  // Scatter: segment s's output rows go to its entry's rows [a, b) in the step's output (host
-  // memory; rows bound for CUDA regions were copied device-side).
-  for (size_t s = 0; s < n; ++s) {
-    const RowsAt to = OutputRows(segments[s], out_row);
-    if (to.device) continue;
-    std::memcpy(const_cast<uint8_t*>(to.p),
-                arena->host_out() + static_cast<size_t>(cu_q[s]) * out_row,
-                static_cast<size_t>(segments[s].b - segments[s].a) * out_row);
-  }
-  return LaunchSummary{static_cast<int>(n), total, kernel_time};
+
+absl::StatusOr<LaunchSummary> RunPassLaunch(const ModelShape& m, const kvcache::LayerBatch& pass,
+                                            int layer, const void* metadata, const StepPart& part,
+                                            LaunchArena* arena) {
+  // The step's one entry holds the pass's T rows of every tensor; the metadata is the pass's.
+  const int64_t total = pass.total_q();
+  const std::vector<Segment> segments = {Segment{&part, 0, 0, total}};
+  const size_t elem = static_cast<size_t>(DTypeSize(m.dtype));
+  const size_t q_bytes = total * static_cast<size_t>(m.num_q_heads) * m.head_dim * elem;
+  const size_t kv_bytes = total * static_cast<size_t>(m.num_kv_heads) * m.head_dim * elem;
+  Layout layout;
+  layout.q = 0;
+  layout.k = Align64(q_bytes);
+  layout.v = layout.k + Align64(kv_bytes);
+  layout.in_bytes = layout.v + kv_bytes;
+  layout.out_bytes = q_bytes;
+  if (auto s = arena->Reserve(layout.in_bytes, layout.out_bytes); !s.ok()) return s;
+  const InPlace in_place = FindInPlace(m, segments, arena->cuda());
+  uint8_t* dev = arena->device_in();
+  Staged staged;
+  StageRows(m, segments[0], 0, layout, in_place, arena->host_in(), dev, &staged);
+  const KvAppendArgs append =
+      pass.MakeAppendArgs(layer, metadata, in_place.k != nullptr ? in_place.k : dev + layout.k,
+                          in_place.v != nullptr ? in_place.v : dev + layout.v);
+  const PagedAttentionArgs attention = pass.MakeAttentionArgs(
+      layer, metadata, m.num_q_heads, in_place.q != nullptr ? in_place.q : dev + layout.q,
+      in_place.out != nullptr ? in_place.out : arena->device_out(), nullptr,
+      AttentionOptions{/*causal=*/true, std::nullopt});
+  const int32_t cu_q[2] = {0, static_cast<int32_t>(total)};
+  absl::StatusOr<absl::Duration> kernel_time =
+      RunKernels(m, segments, cu_q, append, attention, in_place, staged, layout.out_bytes, arena);
+  if (!kernel_time.ok()) return kernel_time.status();
+  return LaunchSummary{pass.num_seqs(), total, *kernel_time};
 }
 
 }  // namespace flashkv::server

@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "flashkv/server/cache_set.h"
+#include "flashkv/server/decode_pass.h"
 #include "flashkv/wire/messages.h"
 
 namespace flashkv::server {
@@ -18,6 +19,9 @@ void StepPart::Reserve(size_t entries) {
 void StepPart::AddEntry(int index, const StepEntry& entry) {
   entries_.push_back(index);
   row_start_.push_back(row_start_.back() + entry.num_tokens);
+  // A decode pass's layer step: its one entry is the pass's rows, and names no sequence (the pass
+  // holds them; ids are never empty otherwise).
+  if (entry.sequence_id.empty()) return;
   sequence_ids_.push_back(entry.sequence_id);
   // The BatchEntry views point into the step's entries, which never move after construction.
   batch_entries_.push_back(kvcache::BatchEntry{entry.sequence_id, entry.num_tokens,
@@ -135,6 +139,15 @@ std::shared_ptr<StepState> StepState::Resolve() {
     }
     predecessor_.reset();  // resolved: the chain behind this step can go
   }
+  if (pass_ != nullptr) {
+    // Stream order makes this the pass's order too: its last layer commits after every earlier
+    // step of the stream resolved OK.
+    if (!status.ok()) {
+      pass_->Abort(status);
+    } else if (static_cast<int>(layer_) + 1 == pass_->num_layers()) {
+      pass_->Commit();
+    }
+  }
   for (auto& part : parts_) {
     if (!part->prepared()) continue;
     kvcache::KvCache& cache = caches_->cache(part->device());
@@ -149,7 +162,9 @@ std::shared_ptr<StepState> StepState::Resolve() {
     caches_->SettleStep(*reservation_, status.ok());
     reservation_.reset();
   }
-  for (auto& part : parts_) releasers_[part->device()]->ReleasePart(*part);
+  if (!pass_begin()) {
+    for (auto& part : parts_) releasers_[part->device()]->ReleasePart(*part);
+  }
   std::shared_ptr<StepState> successor;
   {
     MutexLock lock(&mu_);

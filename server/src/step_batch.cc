@@ -53,27 +53,31 @@ absl::StatusOr<std::vector<int>> TokenCounts(const wire::StepBatchView& batch,
   return counts;
 }
 
-TensorSpec RowsSpec(const char* name, int64_t rows, const char* heads_name, int heads,
-                    const char* heads_source, const ModelShape& m) {
+// What T is, in the errors: a batch's own new tokens, or its pass's.
+constexpr const char* kBatchRows = "the batch's new tokens (sum of batch.num_tokens)";
+constexpr const char* kPassRows = "the pass's new tokens (sum of its layer-0 step's num_tokens)";
+
+TensorSpec RowsSpec(const char* name, int64_t rows, const char* rows_source,
+                    const char* heads_name, int heads, const char* heads_source,
+                    const ModelShape& m) {
   return TensorSpec{
       name,
-      {DimSpec{"T", rows, "the batch's new tokens (sum of batch.num_tokens)"},
+      {DimSpec{"T", rows, rows_source},
        DimSpec{heads_name, heads, heads_source}, DimSpec{"D", m.head_dim, "the model's head dim"}},
       m.dtype,
       "the model's dtype"};
 }
 
 // The batch's q, k and v: resolved from their regions and checked against [T, H, D].
-absl::Status CheckTensors(wire::StepBatchView& batch, int64_t total, const ModelShape& m,
-                          RegionTensorResolver* resolver_ptr,
+absl::Status CheckTensors(wire::StepBatchView& batch, int64_t total, const char* rows_source,
+                          const ModelShape& m, RegionTensorResolver* resolver_ptr,
                           std::optional<RegionBytes> device[3]) {
   // Before a region is resolved: the rows a region tensor names are not bounded by the message.
   for (const auto& [tensor, name] : {std::pair{&batch.q, "batch.q"}, std::pair{&batch.k, "batch.k"},
                                      std::pair{&batch.v, "batch.v"}}) {
     if (!tensor->shape.empty() && tensor->shape[0] != total) {
-      return Invalid(absl::StrCat(
-          name, ".shape[0] (T) = ", tensor->shape[0],
-          " must equal the batch's new tokens (sum of batch.num_tokens: ", total, ")"));
+      return Invalid(absl::StrCat(name, ".shape[0] (T) = ", tensor->shape[0], " must equal ",
+                                  rows_source, ": ", total));
     }
   }
   RegionTensorResolver& resolver = *resolver_ptr;
@@ -85,9 +89,12 @@ absl::Status CheckTensors(wire::StepBatchView& batch, int64_t total, const Model
   }
   resolver.Commit();
   const std::pair<const wire::TensorView*, TensorSpec> checks[] = {
-      {&batch.q, RowsSpec("batch.q", total, "Hq", m.num_q_heads, "the model's q heads", m)},
-      {&batch.k, RowsSpec("batch.k", total, "Hkv", m.num_kv_heads, "the model's kv heads", m)},
-      {&batch.v, RowsSpec("batch.v", total, "Hkv", m.num_kv_heads, "the model's kv heads", m)}};
+      {&batch.q,
+       RowsSpec("batch.q", total, rows_source, "Hq", m.num_q_heads, "the model's q heads", m)},
+      {&batch.k,
+       RowsSpec("batch.k", total, rows_source, "Hkv", m.num_kv_heads, "the model's kv heads", m)},
+      {&batch.v,
+       RowsSpec("batch.v", total, rows_source, "Hkv", m.num_kv_heads, "the model's kv heads", m)}};
   for (const auto& [tensor, spec] : checks) {
     if (auto s = CheckTensor(*tensor, spec); !s.ok()) return s.status();
   }
@@ -151,7 +158,75 @@ std::optional<RegionBytes> RowBytes(const std::optional<RegionBytes>& whole, int
                      static_cast<uint64_t>(n) * row_bytes};
 }
 
+// A batch's tensors once checked: q, k and v in CUDA regions (else in the message, possibly
+// through host regions), the output region, and the row sizes.
+struct BatchTensors {
+  std::optional<RegionBytes> device[3];
+  std::optional<RegionBytes> out;
+  size_t q_row = 0;
+  size_t kv_row = 0;
+};
+
+// Resolves and checks q, k, v ([total, H, D]) and out, and that CUDA regions lie on `devices`.
+absl::Status CheckBatchTensors(wire::StepBatchView& batch, int64_t total, const char* rows_source,
+                               const std::vector<int>& devices, const ModelShape& m,
+                               const CacheSet& caches, const RegionAccess& regions,
+                               wire::MessageBytes* message, BatchTensors* tensors) {
+  RegionTensorResolver resolver(regions, message);
+  if (auto s = CheckTensors(batch, total, rows_source, m, &resolver, tensors->device); !s.ok()) {
+    return s;
+  }
+  const size_t elem = static_cast<size_t>(DTypeSize(m.dtype));
+  tensors->q_row = static_cast<size_t>(m.num_q_heads) * m.head_dim * elem;
+  tensors->kv_row = static_cast<size_t>(m.num_kv_heads) * m.head_dim * elem;
+  absl::StatusOr<std::optional<RegionBytes>> out = resolver.ResolveOutput(
+      batch.out, static_cast<uint64_t>(total) * tensors->q_row, elem, "batch.out");
+  if (!out.ok()) return out.status();
+  tensors->out = *std::move(out);
+  if (tensors->out) {
+    if (auto s = CheckOutputApart(*tensors->out, batch, tensors->device, *message); !s.ok()) {
+      return s;
+    }
+  }
+  return CheckPlacement(devices, caches, batch, tensors->device, tensors->out);
+}
+
 }  // namespace
+
+absl::StatusOr<StepEntry> CheckPassLayerBatch(wire::StepBatchView& batch, int64_t rows,
+                                              int device, const ServerConfig& config,
+                                              const CacheSet& caches, const RegionAccess& regions,
+                                              wire::MessageBytes* message) {
+  const uint64_t id = batch.pass_id;
+  for (const auto& [count, field] :
+       {std::pair{batch.sequence_ids.size(), "batch.sequence_ids"},
+        std::pair{batch.num_tokens.size(), "batch.num_tokens"},
+        std::pair{batch.token_ids.size(), "batch.token_ids"}}) {
+    if (count != 0) {
+      return Invalid(absl::StrCat(field, " has ", count, " values; a step of pass ", id,
+                                  " after layer 0 must leave it empty (the pass's layer-0 step "
+                                  "named the sequences and their tokens)"));
+    }
+  }
+  BatchTensors tensors;
+  if (auto s = CheckBatchTensors(batch, rows, kPassRows, {device}, config.model, caches, regions,
+                                 message, &tensors);
+      !s.ok()) {
+    return s;
+  }
+  StepEntry e;
+  e.num_tokens = static_cast<int>(rows);
+  e.device = device;
+  e.q = batch.q.data;
+  e.k = batch.k.data;
+  e.v = batch.v.data;
+  e.q_device = tensors.device[0];
+  e.k_device = tensors.device[1];
+  e.v_device = tensors.device[2];
+  e.out_region = tensors.out;
+  if (e.out_region) e.out_slice = batch.out;
+  return e;
+}
 
 absl::StatusOr<std::vector<StepEntry>> CheckStepBatch(
     wire::StepBatchView& batch, const ServerConfig& config, const CacheSet& caches,
@@ -190,19 +265,15 @@ absl::StatusOr<std::vector<StepEntry>> CheckStepBatch(
     }
   }
 
-  std::optional<RegionBytes> device[3];
-  RegionTensorResolver resolver(regions, message);
-  if (auto s = CheckTensors(batch, total, m, &resolver, device); !s.ok()) return s;
-  const size_t elem = static_cast<size_t>(DTypeSize(m.dtype));
-  const size_t q_row = static_cast<size_t>(m.num_q_heads) * m.head_dim * elem;
-  const size_t kv_row = static_cast<size_t>(m.num_kv_heads) * m.head_dim * elem;
-  absl::StatusOr<std::optional<RegionBytes>> out =
-      resolver.ResolveOutput(batch.out, static_cast<uint64_t>(total) * q_row, elem, "batch.out");
-  if (!out.ok()) return out.status();
-  if (*out) {
-    if (auto s = CheckOutputApart(**out, batch, device, *message); !s.ok()) return s;
+  BatchTensors tensors;
+  if (auto s = CheckBatchTensors(batch, total, kBatchRows, devices, config.model, caches, regions,
+                                 message, &tensors);
+      !s.ok()) {
+    return s;
   }
-  if (auto s = CheckPlacement(devices, caches, batch, device, *out); !s.ok()) return s;
+  const std::optional<RegionBytes>* device = tensors.device;
+  const std::optional<RegionBytes>* out = &tensors.out;
+  const size_t q_row = tensors.q_row, kv_row = tensors.kv_row;
 
   std::vector<StepEntry> entries(n);
   int64_t row = 0;

@@ -318,18 +318,33 @@ absl::StatusOr<std::vector<StepEntry>> CheckStepRequest(wire::StepRequestView& r
   return entries;
 }
 
+absl::Status RefusePassOutsideStream(uint64_t pass_id) {
+  return Invalid("batch.pass_id (" + std::to_string(pass_id) +
+                 ") is set, but decode passes live on a StepStream: a unary Step may not name "
+                 "one (docs/api.md#decode-passes)");
+}
+
+absl::Status DecodeStepRequestWithinLimits(const ServerConfig& config,
+                                           const wire::MessageBytes& message,
+                                           wire::StepRequestView* request) {
+  wire::DecodeLimits limits;
+  limits.max_entries = static_cast<size_t>(config.limits.max_entries_per_step);
+  limits.max_token_ids = static_cast<size_t>(config.limits.max_tokens_per_entry);
+  limits.max_id_bytes = kMaxSequenceIdBytes;
+  limits.max_batch_rows = static_cast<size_t>(config.limits.max_tokens_per_step);
+  return wire::DecodeStepRequest(message, request, limits);
+}
+
 absl::StatusOr<std::vector<StepEntry>> DecodeAndCheckStepRequest(const ServerConfig& config,
                                                                  const CacheSet& caches,
                                                                  const RegionAccess& regions,
                                                                  const Tenant& tenant,
                                                                  wire::MessageBytes* message,
                                                                  wire::StepRequestView* request) {
-  wire::DecodeLimits limits;
-  limits.max_entries = static_cast<size_t>(config.limits.max_entries_per_step);
-  limits.max_token_ids = static_cast<size_t>(config.limits.max_tokens_per_entry);
-  limits.max_id_bytes = kMaxSequenceIdBytes;
-  limits.max_batch_rows = static_cast<size_t>(config.limits.max_tokens_per_step);
-  if (auto s = wire::DecodeStepRequest(*message, request, limits); !s.ok()) return s;
+  if (auto s = DecodeStepRequestWithinLimits(config, *message, request); !s.ok()) return s;
+  if (request->batch.present && request->batch.pass_id != 0) {
+    return RefusePassOutsideStream(request->batch.pass_id);
+  }
   return CheckStepRequest(*request, config, caches, regions, tenant, message);
 }
 

@@ -46,7 +46,8 @@ void StepStreamReactor::OnReadDone(bool ok) {
       absl::StatusOr<std::shared_ptr<StepState>> created = service_->NewStep(
           request_, *tenant_, received, [this, slot](const absl::Status& s, grpc::ByteBuffer r) {
             StepDone(slot, s, std::move(r));
-          });
+          },
+          &passes_);
       if (!created.ok()) {
         // A request that cannot even start ends the stream, in order, like a failed step.
         slot->done = true;
@@ -117,6 +118,7 @@ void StepStreamReactor::Advance(bool release_hold) {
   bool finish = false;
   bool resume_reading = false;
   grpc::Status final_status;
+  std::vector<std::shared_ptr<DecodePass>> ended_passes;
   {
     MutexLock lock(&mu_);
     if (release_hold) --holds_;
@@ -147,6 +149,7 @@ void StepStreamReactor::Advance(bool release_hold) {
         holds_ == 0) {
       finished_ = true;
       finish = true;
+      ended_passes = passes_.TakeAll();
       if (cancelled_) {
         final_status = grpc::Status(grpc::StatusCode::CANCELLED, "the stream was cancelled");
       } else if (!end_status_.ok()) {
@@ -170,6 +173,9 @@ void StepStreamReactor::Advance(bool release_hold) {
     StartWrite(write);
   }
   if (finish) {
+    // Every step has resolved: a pass still live never got its last layer. It is aborted before
+    // the client can see the stream end.
+    for (const auto& pass : ended_passes) pass->Abort(absl::CancelledError("its stream ended"));
     spdlog::debug("StepStream ends: {}", final_status.ok() ? "OK" : final_status.error_message());
     HandOff(this);
     Finish(final_status);

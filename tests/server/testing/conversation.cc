@@ -96,4 +96,39 @@ v1::StepRequest MakeStep(int layer, std::vector<v1::StepEntry> entries, uint64_t
   return request;
 }
 
+v1::StepBatch MakeBatch(const std::vector<v1::StepEntry>& entries) {
+  v1::StepBatch batch;
+  int64_t total = 0;
+  for (const v1::StepEntry& e : entries) {
+    batch.add_sequence_ids(e.sequence_id());
+    batch.add_num_tokens(static_cast<uint32_t>(e.q().shape(0)));
+    total += e.q().shape(0);
+  }
+  for (const auto& [tensor, pick] :
+       {std::pair{batch.mutable_q(), &v1::StepEntry::q}, std::pair{batch.mutable_k(), &v1::StepEntry::k},
+        std::pair{batch.mutable_v(), &v1::StepEntry::v}}) {
+    const v1::Tensor& first = (entries.front().*pick)();
+    tensor->set_dtype(first.dtype());
+    tensor->add_shape(total);
+    tensor->add_shape(first.shape(1));
+    tensor->add_shape(first.shape(2));
+    std::string* data = tensor->mutable_data();
+    for (const v1::StepEntry& e : entries) *data += (e.*pick)().data();
+  }
+  return batch;
+}
+
+v1::Tensor OutputRows(const v1::Tensor& out, const uint8_t* data, int64_t row, int64_t n) {
+  const size_t row_bytes =
+      size_t(out.shape(1)) * size_t(out.shape(2)) * size_t(DTypeSize(DType(out.dtype())));
+  if (data == nullptr) data = reinterpret_cast<const uint8_t*>(out.data().data());
+  v1::Tensor rows;
+  rows.set_dtype(out.dtype());
+  rows.add_shape(n);
+  rows.add_shape(out.shape(1));
+  rows.add_shape(out.shape(2));
+  rows.set_data(data + row * row_bytes, n * row_bytes);
+  return rows;
+}
+
 }  // namespace flashkv::testing

@@ -53,4 +53,12 @@ class ReferenceCache {
 flashkv::v1::StepRequest MakeStep(int layer, std::vector<flashkv::v1::StepEntry> entries,
                                   uint64_t step_id = 0);
 
+// The StepBatch of `entries` (ids, num_tokens, and q, k, v concatenated in entry order), with
+// its tensors in bytes.
+flashkv::v1::StepBatch MakeBatch(const std::vector<flashkv::v1::StepEntry>& entries);
+// The rows [row, row + n) of a batch output `out` [T, H, D] (in its bytes or at `data`), as a
+// tensor of their own.
+flashkv::v1::Tensor OutputRows(const flashkv::v1::Tensor& out, const uint8_t* data, int64_t row,
+                               int64_t n);
+
 }  // namespace flashkv::testing

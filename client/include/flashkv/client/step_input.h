@@ -41,6 +41,10 @@ struct StepBatchInput {
   TensorView v;
   std::optional<RegionSlice> out;
   std::vector<int64_t> token_ids;  // T of them, or none
+  // A decode pass of the stream (docs/api.md#decode-passes; StepSession::SendPass): non-zero at
+  // layer 0 with the sequences begins it, at later layers (no sequence_ids, num_tokens or
+  // token_ids) runs its next layer.
+  uint64_t pass_id = 0;
 };
 
 // StepResponse.kernel_ns / server_ns: the step's attention kernels, and its whole time in the

@@ -98,6 +98,14 @@ class StepSession {
   // A batched request (StepRequest.batch), encoded the same way; the response's batch_out holds
   // the output [T,Hq,D] (or names batch.out's slice).
   absl::StatusOr<uint64_t> Send(uint32_t layer, const StepBatchInput& batch, uint64_t step_id = 0);
+  // A step of decode pass `pass_id` (docs/api.md#decode-passes): at layer 0 `batch` names the
+  // sequences and begins the pass (the server prepares it once for every layer); at layers
+  // 1..L-1, in order, it carries only q, k, v and out (sequence_ids, num_tokens and token_ids
+  // empty), T rows as at layer 0. The last layer's step commits the pass; a failure, or the
+  // session ending first, aborts it. INVALID_ARGUMENT here for a zero id or ids at the wrong
+  // layer; batch.pass_id is ignored (`pass_id` is sent).
+  absl::StatusOr<uint64_t> SendPass(uint32_t layer, uint64_t pass_id, const StepBatchInput& batch,
+                                    uint64_t step_id = 0);
 
   // The response to the oldest request not yet received; blocks until it arrives or the stream
   // fails. FAILED_PRECONDITION when nothing is in flight.

@@ -17,6 +17,8 @@
 // - Batching window: with no part already computing and fewer waiting tokens than the budget,
 //   the thread waits until the oldest waiting part is batch_window old (zero: not at all).
 // - A part whose step is cancelled or failed elsewhere stops at the next launch boundary.
+// - A decode pass's step (decode_pass.h) launches alone and whole, when its tenant leads; a
+//   pass's layer step waits until the pass computed every layer before it.
 //
 // Ownership: does not own the cache, metrics or clock. Thread-safety: Enqueue, Wake and
 // ReleasePart from any thread. Lifetime: the destructor fails whatever is still queued with
@@ -91,7 +93,14 @@ class DeviceScheduler final : public PartReleaser {
   // false to wait: nothing to do, or the batching window asks to wait until `*wake_at`.
   bool PlanLaunch(Plan* plan, std::vector<Item>* doomed, absl::Time* wake_at)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A decode pass's step (decode_pass.h) launches alone: `plan` gets only `item`, taken out of
+  // pending_ at `pending_index`, its sequences (a begin step's) busy until the pass ends.
+  void PlanAlone(const Item& item, size_t pending_index, const std::string& tenant, Plan* plan)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Execute(Plan& plan);
+  // Begin (prepare the pass over every layer) or next layer, then the launch with the pass's
+  // metadata; a failure aborts the pass.
+  void ExecutePass(const Item& item);
   // Tells the fair shares which tenants have parts queued (pending or active).
   void RetainWaitingTenants() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Report(const Item& item, absl::Status status);

@@ -23,6 +23,7 @@
 #include "flashkv/server/cache_set.h"
 #include "flashkv/server/clock.h"
 #include "flashkv/server/config.h"
+#include "flashkv/server/decode_pass.h"
 #include "flashkv/server/device_scheduler.h"
 #include "flashkv/server/executor.h"
 #include "flashkv/server/metrics.h"
@@ -80,10 +81,12 @@ class KvCacheService final : public KvCacheServiceBase {
 
   // Decodes and checks a Step request of `tenant` (whose namespace its ids and regions are in),
   // reserves the KV blocks it adds against the tenant's quota, and builds its state; `done` runs
-  // once when it resolves, with a status whose ids are the client's own.
+  // once when it resolves, with a status whose ids are the client's own. `passes`: the decode
+  // passes of the calling stream (under its lock); null for a unary Step, which may not name one.
   absl::StatusOr<std::shared_ptr<StepState>> NewStep(const grpc::ByteBuffer& request,
                                                      const Tenant& tenant, absl::Time received,
-                                                     StepCompletion done);
+                                                     StepCompletion done,
+                                                     StreamPasses* passes = nullptr);
   // A step from checked, routed entries (NewStep's second half; the warm-up uses it directly,
   // without a tenant or a reservation).
   std::shared_ptr<StepState> MakeStep(wire::MessageBytes message, uint32_t layer, uint64_t step_id,
@@ -116,6 +119,16 @@ class KvCacheService final : public KvCacheServiceBase {
 
   // Whether Attach has run; an error for the client when not.
   absl::Status Ready() const;
+  // The KV blocks a layer-0 step adds, reserved against the tenant's quota (none at other layers).
+  absl::StatusOr<std::optional<LedgerReservation>> ReserveLayerZero(
+      const Tenant& tenant, uint32_t layer, const std::vector<StepEntry>& entries);
+  // NewStep for a step naming a decode pass (pass_step.cc): begins the pass at layer 0, else runs
+  // the pass's next layer.
+  absl::StatusOr<std::shared_ptr<StepState>> NewPassStep(wire::MessageBytes* message,
+                                                         wire::StepRequestView& view,
+                                                         const Tenant& tenant, absl::Time received,
+                                                         StepCompletion done,
+                                                         StreamPasses* passes);
 
   const ServerConfig config_;
   // Set once by Attach, before `attached_` turns true (release); read after it (acquire).

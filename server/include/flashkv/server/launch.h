@@ -101,4 +101,14 @@ absl::StatusOr<LaunchSummary> RunLaunch(const ModelShape& model,
                                         absl::Span<const LaunchWindow> windows,
                                         const kvcache::LayerPools& pools, LaunchArena* arena);
 
+// One layer of a decode pass (decode_pass.h): `part` is the layer step's part, whose one entry
+// holds the pass's T rows of q, k, v and out; the kernels run with the pass's kvcache batch at
+// `layer` and its `metadata` (already where the kernels read it: on the device with CUDA). No
+// per-entry work: the rows are read and written in place when they can be, else staged in one
+// copy per tensor.
+absl::StatusOr<LaunchSummary> RunPassLaunch(const ModelShape& model,
+                                            const kvcache::LayerBatch& pass, int layer,
+                                            const void* metadata, const StepPart& part,
+                                            LaunchArena* arena);
+
 }  // namespace flashkv::server

@@ -38,6 +38,7 @@
 namespace flashkv::server {
 
 class CacheSet;
+class DecodePass;
 class StepState;
 
 // Called once per step with its final status and, on success, the serialized StepResponse.
@@ -166,6 +167,15 @@ class StepState : public std::enable_shared_from_this<StepState> {
   // Stream order: this step commits only after `predecessor` resolved, and aborts if it failed.
   void set_predecessor(std::shared_ptr<StepState> predecessor);
 
+  // A step of a decode pass (decode_pass.h; set before the step is submitted): the begin step
+  // (layer 0, naming the sequences), or a layer step, whose one entry holds the pass's T rows
+  // and names no sequence. It launches alone with the pass's batch; the last layer's step commits
+  // the pass when it resolves OK, any failing step aborts it. The begin step's part keeps its
+  // sequences busy until the pass ends (the pass releases them, not the step).
+  void set_pass(std::shared_ptr<DecodePass> pass) { pass_ = std::move(pass); }
+  DecodePass* pass() const { return pass_.get(); }
+  bool pass_begin() const { return pass_ != nullptr && layer_ == 0; }
+
  private:
   // Commits or aborts every part, releases their sequences and completes. Returns a successor
   // that was waiting for this step and is now ready to resolve.
@@ -191,6 +201,7 @@ class StepState : public std::enable_shared_from_this<StepState> {
   std::atomic<bool> failed_{false};
   bool urgent_ = false;  // set before the step is submitted
   std::optional<wire::RegionSliceView> batch_output_;  // set before the step is submitted
+  std::shared_ptr<DecodePass> pass_;                   // set before the step is submitted
   std::string tenant_;
   std::optional<LedgerReservation> reservation_;  // settled (and reset) by Resolve
 

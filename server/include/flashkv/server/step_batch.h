@@ -27,4 +27,13 @@ absl::StatusOr<std::vector<StepEntry>> CheckStepBatch(
     wire::StepBatchView& batch, const ServerConfig& config, const CacheSet& caches,
     const RegionAccess& regions, const Tenant& tenant, wire::MessageBytes* message);
 
+// A decode pass's step after layer 0 (batch.pass_id set, docs/api.md#decode-passes): sequence_ids,
+// num_tokens and token_ids must be empty (INVALID_ARGUMENT naming the field), q/k/v [rows,H,D]
+// and out are checked as a batch's, their CUDA regions on `device` (the pass's). On success one
+// entry holding all `rows` rows of every tensor, naming no sequence.
+absl::StatusOr<StepEntry> CheckPassLayerBatch(wire::StepBatchView& batch, int64_t rows,
+                                              int device, const ServerConfig& config,
+                                              const CacheSet& caches, const RegionAccess& regions,
+                                              wire::MessageBytes* message);
+
 }  // namespace flashkv::server

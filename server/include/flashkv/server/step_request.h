@@ -38,10 +38,20 @@ absl::StatusOr<std::vector<StepEntry>> CheckStepRequest(wire::StepRequestView& r
                                                         const Tenant& tenant,
                                                         wire::MessageBytes* message);
 
+// INVALID_ARGUMENT naming batch.pass_id: a unary Step may not name a decode pass.
+absl::Status RefusePassOutsideStream(uint64_t pass_id);
+
+// Decodes a Step message into `*request` within the request limits (below).
+absl::Status DecodeStepRequestWithinLimits(const ServerConfig& config,
+                                           const wire::MessageBytes& message,
+                                           wire::StepRequestView* request);
+
 // What the service does first with a received Step message: decodes it into `*request` within
 // the request limits (the decoder stops before it allocates past them: a request of empty
 // entries would otherwise cost a few hundred bytes per two bytes on the wire), then
-// CheckStepRequest. The fuzz target tests/fuzz/step_request_fuzz.cc drives exactly this.
+// CheckStepRequest. A request naming a decode pass (batch.pass_id) is refused: passes live on a
+// stream (the service routes them before this; a unary Step gets this refusal). The fuzz target
+// tests/fuzz/step_request_fuzz.cc drives exactly this.
 absl::StatusOr<std::vector<StepEntry>> DecodeAndCheckStepRequest(const ServerConfig& config,
                                                                  const CacheSet& caches,
                                                                  const RegionAccess& regions,

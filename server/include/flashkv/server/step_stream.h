@@ -6,8 +6,10 @@
 // RequestLimits::max_stream_steps_in_flight requests are held (computing, or answered and not yet
 // written); at the limit the stream is not read until a response is written. The first request that fails ends
 // the stream with its status, after every response before it has been written; the requests
-// after it are not applied. A cancelled stream aborts every step not yet committed. When the
-// server drains, the stream ends (UNAVAILABLE) once the requests already read are answered.
+// after it are not applied. A cancelled stream aborts every step not yet committed. Decode passes
+// (decode_pass.h) live on one stream: when it ends, for any reason, its live passes are aborted.
+// When the server drains, the stream ends (UNAVAILABLE) once the requests already read are
+// answered.
 //
 // Ownership: deletes itself in OnDone, which gRPC calls only after Finish; Finish is called only
 // when no step of this stream is unresolved and no step completion is still running (`holds_`:
@@ -25,6 +27,7 @@
 #include "absl/status/status.h"
 #include "flashkv/base/mutex.h"
 #include "flashkv/server/auth.h"
+#include "flashkv/server/decode_pass.h"
 #include "absl/time/time.h"
 #include "flashkv/server/step.h"
 
@@ -71,6 +74,8 @@ class StepStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer,
   Mutex mu_;
   std::deque<std::unique_ptr<Slot>> slots_ ABSL_GUARDED_BY(mu_);  // request order
   std::shared_ptr<StepState> last_step_ ABSL_GUARDED_BY(mu_);
+  // The stream's live decode passes; those still here when the reactor goes are aborted.
+  StreamPasses passes_ ABSL_GUARDED_BY(mu_);
   bool client_done_ ABSL_GUARDED_BY(mu_) = false;  // the client half-closed
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
