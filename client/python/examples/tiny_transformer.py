@@ -260,6 +260,7 @@ def main(argv=None):
     print(f"tiny_transformer: {info.backend} server, {model.layers} layers, Hq={model.hq} "
           f"Hkv={model.hkv} D={model.d} {model.dtype}, {'torch' if use_torch else 'numpy'} "
           f"math; prefix cache gave {cached} of {len(shared_prompt)} prompt tokens; "
+          f"{args.decode_steps * min(2, len(live))} decode passes; "
           f"{checker.outputs} attention outputs ({checker.elements} elements) checked, max "
           f"error {checker.max_error:.3g}, {checker.bad} beyond tolerance")
     return 0 if checker.bad == 0 else 1
