@@ -10,7 +10,8 @@ import pytest
 
 import flashkv
 from conftest import unique
-from flashkv import FlashkvError, StatusCode, reference
+from flashkv import FlashkvError, StatusCode
+from test_kvcache import Model
 
 LAYERS = 3
 
@@ -31,127 +32,102 @@ def _client(server):
     return c
 
 
-class Reference:
-    """The K/V each (sequence, layer) holds, float64; fresh random tensors in the model's dtype;
-    a batch output checked against dense causal attention over each sequence's context."""
-
-    def __init__(self, info, seed):
-        self.info = info
-        self.dtype = flashkv.tensor.dtype_name(info.dtype)
-        self.rng = np.random.default_rng(seed)
-        self.kv = {}
-
-    def tensor(self, rows, heads):
-        x = self.rng.uniform(-1, 1, (rows, heads, self.info.head_dim))
-        if self.dtype == "bf16":
-            return flashkv.float_to_bf16_bits(x)
-        return x.astype(np.float16 if self.dtype == "fp16" else np.float32)
-
-    def qkv(self, rows):
-        return (self.tensor(rows, self.info.num_q_heads), self.tensor(rows, self.info.num_kv_heads),
-                self.tensor(rows, self.info.num_kv_heads))
-
-    def append(self, ids, counts, layer, k, v):
-        rows = np.cumsum([0] + list(counts))
-        for i, s in enumerate(ids):
-            ki, vi = (reference.to_float64(x[rows[i]:rows[i + 1]]) for x in (k, v))
-            old = self.kv.get((s, layer))
-            self.kv[(s, layer)] = (ki, vi) if old is None else (np.concatenate([old[0], ki]),
-                                                                np.concatenate([old[1], vi]))
-
-    def check(self, ids, counts, layer, q, out):
-        assert out.shape == q.shape and out.dtype == q.dtype
-        rows = np.cumsum([0] + list(counts))
-        for i, s in enumerate(ids):
-            k, v = self.kv[(s, layer)]
-            want, _ = reference.attention(q[rows[i]:rows[i + 1]], k, v, causal=True)
-            err, bad = reference.max_violation(out[rows[i]:rows[i + 1]], want, self.dtype)
-            assert bad == 0, f"{s} layer {layer}: max error {err}"
+def _batch(m, ids, counts, layer):
+    """Fresh entries of `ids` (counts[i] rows each) and their rows stacked: q, k, v."""
+    entries = [m.entry(s, layer, n) for s, n in zip(ids, counts)]
+    return entries, [np.concatenate([getattr(e, t) for e in entries]) for t in "qkv"]
 
 
-def _prefill(c, ref, ids, counts):
+def _check(m, layer, entries, out):
+    """Commits the entries' K/V to the model, then checks each one's rows of the batch output."""
+    assert out.shape == (sum(e.q.shape[0] for e in entries),) + entries[0].q.shape[1:]
+    rows = np.cumsum([0] + [e.q.shape[0] for e in entries])
+    m.commit(layer, entries)
+    m.check(layer, entries, [out[rows[i]:rows[i + 1]] for i in range(len(entries))])
+
+
+def _prefill(c, m, ids, counts):
     """Plain batched steps over every layer (the sequences end level)."""
     for layer in range(LAYERS):
-        q, k, v = ref.qkv(sum(counts))
-        out = c.step_batch(layer, ids, q, k, v, num_tokens=counts)
-        ref.append(ids, counts, layer, k, v)
-        ref.check(ids, counts, layer, q, out)
+        entries, (q, k, v) = _batch(m, ids, counts, layer)
+        _check(m, layer, entries, c.step_batch(layer, ids, q, k, v, num_tokens=counts))
 
 
 def test_passes_equal_plain_batched_steps_and_float64(dtype_server):
     """Prefill, then decode: two micro-batches as two passes pipelined layer by layer (bytes, and
     a region with a poisoned output slot), the same tensors sent as plain batched steps to twin
-    sequences; outputs equal each other bit for bit and float64 attention."""
+    sequences (forks); outputs equal each other bit for bit and float64 attention."""
     dtype, server = dtype_server
     with _client(server) as c, c.attach_region(1 << 20) as region:
-        ref = Reference(c.cache_info(), seed=21)
+        m = Model(c.cache_info(), seed=21)
         ids = [unique("pass") for _ in range(4)]
-        twins = [unique("plain") for _ in ids]
+        twin = {s: unique("plain") for s in ids}
         for s in ids:
             c.create_sequence(s)
-        prompt = [5, 1, 3, 2]  # the first pass's last token crosses a page (page_size 4)
-        _prefill(c, ref, ids, prompt)
-        for s, t in zip(ids, twins):
+        _prefill(c, m, ids, [5, 1, 3, 2])  # the first pass's tokens cross pages (page_size 4)
+        for s in ids:
+            c.fork_sequence(s, twin[s])
             for layer in range(LAYERS):
-                ref.kv[(t, layer)] = ref.kv[(s, layer)]
-            c.fork_sequence(s, t)
+                m.kv[(twin[s], layer)] = m.kv[(s, layer)]
         groups = [ids[:2], ids[2:]]
         with c.open_step_session() as session:
             for step, counts in enumerate([[1, 1], [2, 1], [1, 1]]):
                 passes = [session.begin_pass(g, num_tokens=counts) for g in groups]
-                use_region = step == 1
                 for layer in range(LAYERS):
                     region.reset()
                     sent = []
                     for g, p in zip(groups, passes):
-                        q, k, v = ref.qkv(p.rows)
-                        if use_region:
+                        entries, (q, k, v) = _batch(m, g, counts, layer)
+                        slot = None
+                        if step == 1:
                             slot = region.empty(q.shape, dtype)
                             slot.array[...] = 0xFFFF if dtype == "bf16" else np.nan  # poisoned
                             p.send(layer, region.put(q), region.put(k), region.put(v), out=slot)
                         else:
-                            slot = None
                             p.send(layer, q, k, v)
-                        sent.append((g, q, k, v, slot))
-                    for g, q, k, v, slot in sent:
+                        sent.append((g, entries, (q, k, v), slot))
+                    for g, entries, (q, k, v), slot in sent:
                         out = session.receive()
-                        if slot is not None:
-                            assert out is slot.array
-                        ref.append(g, counts, layer, k, v)
-                        ref.check(g, counts, layer, q, out)
-                        twin = [twins[ids.index(s)] for s in g]
-                        plain = c.step_batch(layer, twin, q, k, v, num_tokens=counts)
-                        ref.append(twin, counts, layer, k, v)
+                        assert slot is None or out is slot.array
+                        _check(m, layer, entries, out)
+                        twins = [twin[s] for s in g]
+                        plain = c.step_batch(layer, twins, q, k, v, num_tokens=counts)
+                        m.commit(layer, [flashkv.StepInput(twin[e.sequence_id], e.q, e.k, e.v)
+                                         for e in entries])
                         np.testing.assert_array_equal(plain, out)
                 assert all(p.sent_all for p in passes)
-        for s in ids + twins:
+        for s in ids:
             c.free_sequence(s)
+            c.free_sequence(twin[s])
 
 
 def test_server_refusals_arrive_with_their_status(server):
     with _client(server) as c:
-        ref = Reference(c.cache_info(), seed=22)
+        m = Model(c.cache_info(), seed=22)
         seq, ahead = unique(), unique("ahead")
         c.create_sequence(seq)
         c.create_sequence(ahead)
-        _prefill(c, ref, [seq], [2])
+        _prefill(c, m, [seq], [2])
+
+        def qkv(rows=1):
+            return _batch(m, ["x"] * rows, [1] * rows, 0)[1]
 
         cases = []
         # An unknown sequence: the begin step fails, NOT_FOUND naming it.
-        cases.append((lambda s: s.begin_pass([unique("missing")]).send(0, *ref.qkv(1)),
+        cases.append((lambda s: s.begin_pass([unique("missing")]).send(0, *qkv()),
                       StatusCode.NOT_FOUND, "batch.sequence_ids[0]"))
         # A sequence that is not level (layer 0 ran ahead): FAILED_PRECONDITION.
-        c.step_batch(0, [ahead], *ref.qkv(1))
-        cases.append((lambda s: s.begin_pass([ahead]).send(0, *ref.qkv(1)),
+        c.step_batch(0, [ahead], *qkv())
+        cases.append((lambda s: s.begin_pass([ahead]).send(0, *qkv()),
                       StatusCode.FAILED_PRECONDITION, ahead))
         # The model's kv heads are checked at the begin step.
         cases.append((lambda s: s.begin_pass([seq]).send(
-            0, ref.tensor(1, 4), ref.tensor(1, 4), ref.tensor(1, 4)),
+            0, m.tensor(1, 4), m.tensor(1, 4), m.tensor(1, 4)),
             StatusCode.INVALID_ARGUMENT, "batch.k.shape"))
         # A layer step naming a pass the stream never began (sent raw, past the local checks).
         raw = flashkv.kvcache_pb2.StepRequest(layer=1)
         raw.batch.pass_id = 99
-        for name, x in zip("qkv", ref.qkv(1)):
+        for name, x in zip("qkv", qkv()):
             flashkv.to_proto(x, out=getattr(raw.batch, name))
         cases.append((lambda s: s.send_request(raw), StatusCode.FAILED_PRECONDITION, "99"))
         for start, code, text in cases:
@@ -192,23 +168,23 @@ def test_a_stream_ended_mid_pass_leaves_lengths_unchanged(server):
     is attention over the committed context only, on every layer)."""
     with _client(server) as c:
         info = c.cache_info()
-        ref = Reference(info, seed=23)
+        m = Model(info, seed=23)
         ids = [unique("mid") for _ in range(2)]
         for s in ids:
             c.create_sequence(s)
-        _prefill(c, ref, ids, [info.page_size, info.page_size])  # full pages: a pass needs more
+        _prefill(c, m, ids, [info.page_size, info.page_size])  # full pages: a pass needs more
         before = c.cache_info()
         for end, layers_sent in (("finish", 2), ("cancel", 1)):
             session = c.open_step_session()
             p = session.begin_pass(ids, num_tokens=[1, 2])
             for layer in range(layers_sent):
-                p.step(layer, *ref.qkv(3))  # answered: computed, not committed
+                p.step(layer, *_batch(m, ids, [1, 2], layer)[1])  # computed, not committed
             assert c.cache_info().blocks_free < before.blocks_free  # the pass holds new pages
             if end == "finish":
                 session.finish()
             else:
                 session.cancel()
             _wait_for_blocks(c, before, end)
-        _prefill(c, ref, ids, [1, 1])  # checked against the committed context only
+        _prefill(c, m, ids, [1, 1])  # checked against the committed context only
         for s in ids:
             c.free_sequence(s)
