@@ -7,6 +7,10 @@
 //
 //   cuda_attention_benchmark [--reps 30] [--dtype fp16|bf16|fp32] [--head-dim D]
 //                            [--seqlen S[,S...]] [--no-fixed] [--no-paged-prefill] [--no-decode]
+//                            [--sm90-variant N]
+// --sm90-variant: the sm90 kernel variant every call takes (sm90/tile_shape.h's Sm90Variant
+// numbers; default the shipped one, kAuto), so that two runs compare variants of the paged and
+// contiguous kernels alike.
 
 #include <cuda_runtime_api.h>
 
@@ -340,7 +344,12 @@ void PagedPrefillTable(DType dtype, int reps, const std::vector<int>& head_dims,
           int box = 0;  // 0: not the sm90 kernel
         };
         std::vector<Variant> variants;
-        const int block_n = sm90::ChooseTileShape(d, /*paged=*/true).block_n;
+        // The paged tile of the active variant (kPagedKeys80: 80-key tiles split at pages, one
+        // call per pool; else 64-key boxes or whole-tile boxes, both shapes timed).
+        const sm90::TileKind kind = sm90::ChooseTileKind(d, /*paged=*/true, /*varlen=*/true,
+                                                         causal, s, s);
+        const bool split = kind == sm90::TileKind::kPagedKeys80;
+        const int block_n = sm90::ChooseTileShape(d, /*paged=*/true, kind).block_n;
         for (const auto& pool : pools) {
           Variant v{pool.get(), PagedArgs(c, *pool)};
           BENCH_CHECK(testing::PathOf(v.args, &v.path));
@@ -348,9 +357,9 @@ void PagedPrefillTable(DType dtype, int reps, const std::vector<int>& head_dims,
             variants.push_back(v);
             continue;
           }
-          v.box = sm90::PagedBoxRows(pool->page, block_n);
+          v.box = split ? block_n : sm90::PagedBoxRows(pool->page, block_n);
           variants.push_back(v);
-          if (v.box != sm90::kPagedBoxRows) {
+          if (!split && v.box != sm90::kPagedBoxRows) {
             v.box = sm90::kPagedBoxRows;
             variants.push_back(v);
           }
@@ -469,6 +478,13 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--no-fixed") == 0) fixed = false;
     if (std::strcmp(argv[i], "--no-paged-prefill") == 0) paged_prefill = false;
     if (std::strcmp(argv[i], "--no-decode") == 0) decode = false;
+    if (std::strcmp(argv[i], "--sm90-variant") == 0 && i + 1 < argc) {
+      const int variant = std::atoi(argv[++i]);
+      if (variant < 0 || variant >= cuda::sm90::kNumSm90Variants) {
+        return std::fprintf(stderr, "--sm90-variant: 0..%d\n", cuda::sm90::kNumSm90Variants - 1), 2;
+      }
+      cuda::sm90::testing::SetVariant(static_cast<cuda::sm90::Sm90Variant>(variant));
+    }
   }
   if (cuda::DeviceCount() == 0) {
     std::printf("no CUDA device: nothing to measure\n");
@@ -476,8 +492,9 @@ int main(int argc, char** argv) {
   }
   cuda::DeviceInfo info;
   if (!cuda::GetDeviceInfo(0, &info).ok()) return 1;
-  std::printf("# CUDA attention benchmark: %s, %d SMs, median of %d\n\n", info.name.c_str(),
-              info.multiprocessor_count, reps);
+  std::printf("# CUDA attention benchmark: %s, %d SMs, median of %d, sm90 variant %d\n\n",
+              info.name.c_str(), info.multiprocessor_count, reps,
+              static_cast<int>(cuda::sm90::ActiveVariant()));
   const double copy_gbs = cuda::CopyGBs(reps);
   std::printf("Device-to-device copy (bytes read + written): %.0f GB/s\n\n", copy_gbs);
   if (fixed) {

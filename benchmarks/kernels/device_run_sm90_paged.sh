@@ -22,7 +22,9 @@
 # DTYPES (fp16;bf16), BENCH_DIMS (128 64 256), SEQLENS (4096,8192: the first run's misses; S=1024
 # was within 1.04 everywhere), JOBS (16),
 # DEADLINE (450: seconds after which no step starts; each step's timeout ends by then, so a hung
-# kernel costs at most the rest of that budget).
+# kernel costs at most the rest of that budget), BENCH_VARIANTS (auto: the sm90 variants the
+# bench runs under, one table each, paged and contiguous calls alike; any of baseline
+# dynamic_schedule auto lazy_rescale three_consumers keys160 keys176 stream_k paged_keys80).
 set -o pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -34,7 +36,14 @@ BENCH_DIMS=${BENCH_DIMS:-128 64 256}
 SEQLENS=${SEQLENS:-4096,8192}
 JOBS=${JOBS:-16}
 DEADLINE=${DEADLINE:-450}
-B=build/sm90p
+BENCH_VARIANTS=${BENCH_VARIANTS:-auto}
+variant_number() {  # sm90/tile_shape.h's Sm90Variant
+  local names=(baseline dynamic_schedule auto lazy_rescale three_consumers keys160 keys176 stream_k
+    paged_keys80)
+  for i in "${!names[@]}"; do [[ ${names[$i]} == "$1" ]] && echo "$i" && return; done
+  echo "unknown sm90 variant $1" >&2; exit 2
+}
+B=${B:-build/sm90p}  # a build of device_run_sm90_variants.sh serves too (STEPS="bench")
 has() { [[ " $STEPS " == *" $1 "* ]] && ((SECONDS < DEADLINE - 10)); }
 limit() { local left=$((DEADLINE - SECONDS)); echo $(($1 < left ? $1 : left)); }  # seconds
 stamp() { echo "== $1 ($(date +%T), ${SECONDS}s)"; }
@@ -95,13 +104,17 @@ if has bench; then
     QUERY=$QUERY,clocks_event_reasons.active
   nvidia-smi --query-gpu=$QUERY --format=csv -lms 200 > "$OUT/clocks.txt" 2>&1 &
   smi=$!
-  for d in $BENCH_DIMS; do
-    for dt in ${DTYPES//;/ }; do
-      [[ $d != 128 && $dt != fp16 ]] && continue  # bf16 at the target head dim only
-      ((SECONDS < DEADLINE - 20)) || break 2
-      timeout "$(limit 90)" $B/benchmarks/cuda_attention_benchmark --no-fixed --no-decode \
-        --dtype "$dt" --head-dim "$d" --seqlen "$SEQLENS" --reps 30 2>&1 | grep -v "^Device-to"
-      ((PIPESTATUS[0] == 124)) && { echo "benchmark timed out: $d $dt" >&2; break 2; }
+  for variant in $BENCH_VARIANTS; do
+    for d in $BENCH_DIMS; do
+      for dt in ${DTYPES//;/ }; do
+        [[ $d != 128 && $dt != fp16 ]] && continue  # bf16 at the target head dim only
+        ((SECONDS < DEADLINE - 20)) || break 3
+        echo "## variant $variant"
+        timeout "$(limit 90)" $B/benchmarks/cuda_attention_benchmark --no-fixed --no-decode \
+          --dtype "$dt" --head-dim "$d" --seqlen "$SEQLENS" --reps 30 \
+          --sm90-variant "$(variant_number "$variant")" 2>&1 | grep -v "^Device-to"
+        ((PIPESTATUS[0] == 124)) && { echo "benchmark timed out: $d $dt" >&2; break 3; }
+      done
     done
   done > "$OUT/paged_prefill.md"
   kill "$smi" 2> /dev/null
@@ -125,7 +138,8 @@ fi
 stamp done
 # The tables, compact (full rows in paged_prefill.md): D S causal page box kernel TFLOPS,
 # contiguous TFLOPS, paged / contiguous time (target <= 1.10 at pages >= 64).
-echo "dtype D S causal page box kernel TF contiguous_TF paged/contiguous"
-awk -F'|' '/^## Paged prefill/ { dt = $0; sub(/^[^(]*\(/, "", dt); sub(/,.*/, "", dt) }
-  /^\| [0-9]/ { gsub(/ /, ""); print dt, $2, $3, $4, $5, $6, $7, $9, $12, $13 }' \
+echo "variant dtype D S causal page box kernel TF contiguous_TF paged/contiguous"
+awk -F'|' '/^## variant/ { variant = $0; sub(/^## variant /, "", variant) }
+  /^## Paged prefill/ { dt = $0; sub(/^[^(]*\(/, "", dt); sub(/,.*/, "", dt) }
+  /^\| [0-9]/ { gsub(/ /, ""); print variant, dt, $2, $3, $4, $5, $6, $7, $9, $12, $13 }' \
   "$OUT/paged_prefill.md" 2>/dev/null

@@ -25,7 +25,8 @@
 # VARIANTS (baseline dynamic_schedule; any of baseline dynamic_schedule auto lazy_rescale
 # three_consumers keys160 keys176),
 # TEST_VARIANTS (VARIANTS and auto, the default kernel), JOBS (16), DEADLINE (300: seconds after
-# which no step starts; each step's timeout ends by then).
+# which no step starts; each step's timeout ends by then), EXTRA_TARGETS (more ninja targets, e.g.
+# cuda_attention_benchmark for device_run_sm90_paged.sh's bench on this build: B=build/sm90v).
 set -o pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -40,7 +41,7 @@ VARIANTS=${VARIANTS:-baseline dynamic_schedule}
 TEST_VARIANTS=${TEST_VARIANTS:-$VARIANTS auto}
 JOBS=${JOBS:-16}
 DEADLINE=${DEADLINE:-300}
-B=build/sm90v
+B=${B:-build/sm90v}
 has() { [[ " $STEPS " == *" $1 "* ]] && ((SECONDS < DEADLINE - 10)); }
 limit() { local left=$((DEADLINE - SECONDS)); echo $(($1 < left ? $1 : left)); }  # seconds
 stamp() { echo "== $1 ($(date +%T), ${SECONDS}s)"; }
@@ -55,7 +56,9 @@ if has build; then
     -DFLASHKV_DTYPES="$DTYPES" -DFLASHKV_HEAD_DIMS="$DIMS" > "$OUT/build.txt" 2>&1 ||
     { tail -30 "$OUT/build.txt"; exit 1; }
   start=$SECONDS
-  ninja -C $B -j"$JOBS" cuda_sm90_test cuda_sm90_paged_test flashkv_capi >> "$OUT/build.txt" 2>&1 ||
+  # shellcheck disable=SC2086
+  ninja -C $B -j"$JOBS" cuda_sm90_test cuda_sm90_paged_test flashkv_capi ${EXTRA_TARGETS:-} \
+    >> "$OUT/build.txt" 2>&1 ||
     { grep -E "error" -A5 "$OUT/build.txt" | head -60; exit 1; }
   echo "BUILD (90a; $DTYPES; $DIMS; sm90 + paged + capi) on $(nproc) cores: $((SECONDS - start)) s"
   grep -E "C75[0-9]{2}|spill" "$OUT/build.txt" | grep -v "sm807RunTile" | sort | uniq | head -20

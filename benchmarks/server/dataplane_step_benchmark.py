@@ -2,7 +2,9 @@
 """Per-layer decode steps with tensors in the Step messages (bytes) vs in a shared-memory region
 (shm), measured by flashkv-loadgen against flashkv-server over a Unix socket and loopback TCP.
 Planes ending in -batch send each layer as one StepBatch (one descriptor per tensor for the whole
-batch, flashkv-loadgen --step-format=batch) instead of one StepEntry per sequence.
+batch, flashkv-loadgen --step-format=batch) instead of one StepEntry per sequence; planes ending
+in -pass send decode passes (--step-format=pass: layer 0's StepBatch names the sequences once for
+every layer of the token, later layers carry only the pass id and the tensors).
 
 One model runner (one StepStream, pipeline depth 1: layer l+1 waits for layer l, as in a real
 model) decodes a batch of B sequences; each Step carries one token per sequence at the per-layer
@@ -79,10 +81,11 @@ def run_loadgen(args, target, batch, plane):
                f"--max-pass-tokens={max(batch * args.prompt_len, batch, 256)}",
                f"--prefill-chunk={args.prompt_len}", "--verify=none", "--no-token-ids",
                f"--duration={args.duration}", "--progress=none", "--json",
-               f"--data-plane={plane.removesuffix('-batch')}",
+               f"--data-plane={plane.split('-')[0]}",
                f"--region-memory={args.region_memory}"]
-    if plane.endswith("-batch"):  # (only then: loadgens from before StepBatch lack the flag)
-        command.append("--step-format=batch")
+    step_format = plane.partition("-")[2]
+    if step_format:  # (only then: loadgens from before StepBatch lack the flag)
+        command.append(f"--step-format={step_format}")
     command[command.index("--verify=none")] = f"--verify={args.verify}"
     done = subprocess.run(command, capture_output=True, text=True)
     try:
@@ -135,7 +138,7 @@ def main():
     p.add_argument("--batches", default="1,32,256")
     p.add_argument("--transports", default="unix,tcp")
     p.add_argument("--planes", default="bytes,shm,shm-batch",
-                   help="bytes, shm, bytes-batch, shm-batch (comma-separated)")
+                   help="bytes, shm, bytes-batch, shm-batch, bytes-pass, shm-pass (comma-separated)")
     p.add_argument("--duration", type=float, default=10, help="seconds per cell")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--q-heads", type=int, default=32)

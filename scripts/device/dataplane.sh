@@ -22,6 +22,7 @@
 # adds shm cells with host (memfd) regions on the CUDA backend, for comparison; INLINE=1 (default)
 # shm-batch cells with --inline-launch-tokens=512 (Unix socket); CPU=1 also runs
 # the CPU backend on the same host (16 cores: a quieter machine than the 2-core development one).
+# PLANES (default bytes,shm,shm-batch,shm-pass) and TRANSPORTS (unix,tcp) narrow the main table.
 # Files back: dataplane.txt, dataplane*.json.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -68,15 +69,15 @@ run_without_python() {
     done
     [[ $transport == unix ]] && target=$listen
     for batch in 1 32 256; do
-      for plane in bytes shm shm-batch; do
+      for plane in bytes shm shm-batch shm-pass; do
         echo "-- $transport $plane batch $batch"
         local report
         report=$(timeout 120 "$bin/flashkv-loadgen" --target="$target" --runners=1 \
           --max-batch=$batch --prompt-len=16 --output-len=128 \
           --max-pass-tokens=$((batch * 16 > 256 ? batch * 16 : 256)) --prefill-chunk=16 \
           --verify="$verify" --no-token-ids --duration="$duration" --progress=none \
-          --data-plane="${plane%-batch}" \
-          --step-format="$([[ $plane == *-batch ]] && echo batch || echo entries)" \
+          --data-plane="${plane%%-*}" \
+          --step-format="$([[ $plane == *-* ]] && echo "${plane#*-}" || echo entries)" \
           --region-memory=auto --json)
         rc=$?
         echo "$report" | tr -d '\n' >>"$out"
@@ -106,6 +107,7 @@ for backend in cuda $([[ ${CPU:-0} == 1 ]] && echo cpu); do
     timeout 900 python3 benchmarks/server/dataplane_step_benchmark.py --backend="$backend" \
       --server="$bin/flashkv-server" --loadgen="$bin/flashkv-loadgen" \
       --transport-benchmark="$bin/transport_benchmark" --duration="$duration" "${extra[@]}" \
+      --planes="${PLANES:-bytes,shm,shm-batch,shm-pass}" --transports="${TRANSPORTS:-unix,tcp}" \
       --verify="$verify" --expect-region-memory="$expect" \
       --json-out="$OUT/dataplane-$backend.json"
     rc=$?

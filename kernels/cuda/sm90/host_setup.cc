@@ -92,10 +92,10 @@ KernelStatus Encode(EncodeTiledFn encode, CUtensorMap* map, const TensorShape& s
   }
   const CUtensorMapDataType type = dtype == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
                                                              : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-  const CUresult result = encode(
-      map, type, static_cast<cuuint32_t>(s.rank), const_cast<void*>(base), dims, strides, box,
-      element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-      CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  const CUresult result =
+      encode(map, type, static_cast<cuuint32_t>(s.rank), const_cast<void*>(base), dims, strides,
+             box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (result != CUDA_SUCCESS) {
     return Internal(std::string("cuTensorMapEncodeTiled failed for ") + what + " (CUresult " +
                     std::to_string(static_cast<int>(result)) + ")");
@@ -111,10 +111,9 @@ LaunchShapes Shapes(const AttentionParams& p, const LaunchInfo& info) {
   const bool varlen = p.cu_seqlens_q != nullptr;
   const bool paged = p.block_table != nullptr;
   const int64_t q_rows = varlen ? p.total_q : p.seqlen_q;
-  const int64_t kv_rows = varlen ? (info.host_cu_seqlens_kv != nullptr
-                                        ? info.host_cu_seqlens_kv[p.num_seqs]
-                                        : 0)
-                                 : p.seqlen_kv;
+  const int64_t kv_rows =
+      varlen ? (info.host_cu_seqlens_kv != nullptr ? info.host_cu_seqlens_kv[p.num_seqs] : 0)
+             : p.seqlen_kv;
   LaunchShapes s;
   s.q = Shape(p.head_dim, q_rows, p.num_heads_q, p.num_seqs, p.q_row_stride, p.q_head_stride,
               p.q_batch_stride, varlen);
@@ -122,8 +121,8 @@ LaunchShapes Shapes(const AttentionParams& p, const LaunchInfo& info) {
               p.k_batch_stride, varlen);
   s.v = Shape(p.head_dim, kv_rows, p.num_heads_kv, p.num_seqs, p.v_row_stride, p.v_head_stride,
               p.v_batch_stride, varlen);
-  s.out = Shape(p.head_dim, q_rows, p.num_heads_q, p.num_seqs, p.out_row_stride,
-                p.out_head_stride, p.out_batch_stride, varlen);
+  s.out = Shape(p.head_dim, q_rows, p.num_heads_q, p.num_seqs, p.out_row_stride, p.out_head_stride,
+                p.out_batch_stride, varlen);
   if (paged) {
     // The pools as [block, K/V head, slot, dim]: a box of slots is addressed by (slot, head,
     // block), the block read from the table on the device.
@@ -164,6 +163,7 @@ bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors) {
     case Sm90Variant::kKeys160:
     case Sm90Variant::kKeys176:
     case Sm90Variant::kStreamK:
+    case Sm90Variant::kPagedKeys80:
       return num_tiles > 2 * int64_t{multiprocessors};
     case Sm90Variant::kLazyRescale:
       return false;  // the baseline's static schedule: its A/B isolates the rescale
@@ -171,13 +171,28 @@ bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors) {
   return false;
 }
 
-bool UseLazyRescale() { return ActiveVariant() == Sm90Variant::kLazyRescale; }
+bool UseLazyRescale(int head_dim) {
+  switch (ActiveVariant()) {
+    case Sm90Variant::kLazyRescale:
+      return true;
+    case Sm90Variant::kAuto:
+    case Sm90Variant::kThreeConsumers:  // (kAuto's kernels but for the one being measured)
+    case Sm90Variant::kKeys160:
+    case Sm90Variant::kKeys176:
+    case Sm90Variant::kStreamK:
+    case Sm90Variant::kPagedKeys80:
+      return head_dim == kLazyRescaleHeadDim;
+    default:
+      return false;
+  }
+}
 
 bool UseStreamK(TileKind kind, int seqlen_kv) {
   switch (ActiveVariant()) {
     case Sm90Variant::kStreamK:
       return true;
     case Sm90Variant::kAuto:
+    case Sm90Variant::kPagedKeys80:
       return kind == TileKind::kKeys160 && seqlen_kv >= kStreamKMinSeqlenKv;
     default:
       return false;
@@ -199,13 +214,19 @@ bool PlanStreamK(Schedule* schedule, int grid, int key_tiles) {
 TileKind ChooseTileKind(int head_dim, bool paged, bool varlen, bool causal, int max_seqlen_q,
                         int max_seqlen_kv) {
   Sm90Variant variant = ActiveVariant();
-  // kStreamK changes the schedule of kAuto's kernels, not their shapes.
-  if (variant == Sm90Variant::kStreamK) variant = Sm90Variant::kAuto;
+  if (variant == Sm90Variant::kPagedKeys80 && HasPagedKeys80Shape(head_dim, paged)) {
+    return TileKind::kPagedKeys80;
+  }
+  // kStreamK changes the schedule of kAuto's kernels, not their shapes; kPagedKeys80 the shape of
+  // paged head dim 256 alone.
+  if (variant == Sm90Variant::kStreamK || variant == Sm90Variant::kPagedKeys80) {
+    variant = Sm90Variant::kAuto;
+  }
   if (HasThreeConsumerShape(head_dim, paged)) {
-    const bool three = variant == Sm90Variant::kThreeConsumers ||
-                       (variant == Sm90Variant::kAuto &&
-                        max_seqlen_q >= (causal ? kThreeConsumerCausalMinSeqlen
-                                                : kThreeConsumerMinSeqlen));
+    const bool three =
+        variant == Sm90Variant::kThreeConsumers ||
+        (variant == Sm90Variant::kAuto &&
+         max_seqlen_q >= (causal ? kThreeConsumerCausalMinSeqlen : kThreeConsumerMinSeqlen));
     return three ? TileKind::kThreeConsumers : TileKind::kStandard;
   }
   if (HasWideKeyShape(head_dim, paged) && !causal) {
@@ -310,11 +331,21 @@ KernelStatus EncodeTensorMaps(const AttentionParams& p, const LaunchInfo& info, 
   // needs a valid address.
   const void* k = p.k != nullptr ? p.k : p.q;
   const void* v = p.v != nullptr ? p.v : p.q;
-  params->kv_box_rows = paged ? PagedBoxRows(p.page_size, shape.block_n) : shape.block_n;
-  FLASHKV_RETURN_IF_ERROR(
-      Encode(encode, &params->k_map, s.k, dtype, k, params->kv_box_rows, "k"));
-  FLASHKV_RETURN_IF_ERROR(
-      Encode(encode, &params->v_map, s.v, dtype, v, params->kv_box_rows, "v"));
+  if (kind == TileKind::kPagedKeys80) {
+    // The whole-tile box where pages can hold a tile (the producer takes it for tiles inside one
+    // page), and the part boxes of PagedPartRows(i) keys for tiles split at a page boundary.
+    params->kv_box_rows = p.page_size >= shape.block_n ? shape.block_n : kPagedBoxRows;
+    for (int i = 0; i < kPagedParts; ++i) {
+      FLASHKV_RETURN_IF_ERROR(
+          Encode(encode, &params->k_part_maps[i], s.k, dtype, k, PagedPartRows(i), "k part"));
+      FLASHKV_RETURN_IF_ERROR(
+          Encode(encode, &params->v_part_maps[i], s.v, dtype, v, PagedPartRows(i), "v part"));
+    }
+  } else {
+    params->kv_box_rows = paged ? PagedBoxRows(p.page_size, shape.block_n) : shape.block_n;
+  }
+  FLASHKV_RETURN_IF_ERROR(Encode(encode, &params->k_map, s.k, dtype, k, params->kv_box_rows, "k"));
+  FLASHKV_RETURN_IF_ERROR(Encode(encode, &params->v_map, s.v, dtype, v, params->kv_box_rows, "v"));
   return Encode(encode, &params->o_map, s.out, dtype, p.out, 64, "out");
 }
 

@@ -51,9 +51,18 @@ Sm90Variant ActiveVariant();
 // dynamic counter, by the active variant.
 bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors);
 
-// Whether launches (contiguous and paged) take the kernels with the conditional O rescale, by the
-// active variant.
-bool UseLazyRescale();
+// Whether a launch of head dim `head_dim` (contiguous or paged) takes the kernels with the
+// conditional O rescale, by the active variant: always under Sm90Variant::kLazyRescale, under
+// kAuto (and the variants that keep kAuto's kernels) at kLazyRescaleHeadDim.
+bool UseLazyRescale(int head_dim);
+
+// The head dim at which kAuto skips O rescales that do not matter (FlashAttention-4's conditional
+// rescale). At 256 O is 128 registers a thread, so a rescale is 128 multiplies per key tile of 80
+// (contiguous) or 64 (paged) keys, the most per key of any shape. Measured on an H100 (fp16, B 2,
+// H 32, x cuDNN, static schedule, lazy against not): +1-3% at head dim 256 causal and not (S 4096
+// 1.03 -> 1.06 not causal, 0.95 -> 0.97 causal), neutral at 128, -3..-6% at 64 (where the skipped
+// multiplies are few and the extra vote and branch per key tile are not).
+inline constexpr int kLazyRescaleHeadDim = 256;
 
 // Whether a fixed-length launch without a causal mask on a kernel of `kind` takes the stream-K
 // tail (where its tiles are not a whole number of rounds: PlanStreamK), by the active variant:

@@ -10,8 +10,8 @@
 #include "device_state.h"
 #include "element.cuh"
 #include "sm90/attention_kernel.cuh"
-#include "sm90/host_setup.h"
 #include "sm90/entry_points.h"
+#include "sm90/host_setup.h"
 #include "sm90/traits.cuh"
 
 namespace flashkv::cuda {
@@ -34,9 +34,8 @@ template <class Tr, bool kCausal, bool kVarlen, bool kDynamic = false, bool kLaz
           bool kStreamK = false>
 KernelStatus Run(const Sm90Params& params, const DeviceProps& props, cudaStream_t stream) {
   int grid = 0;
-  FLASHKV_RETURN_IF_ERROR(
-      (PersistentGrid<Tr, kCausal, kVarlen, kDynamic, kLazyRescale, kStreamK>(params.schedule,
-                                                                               props, &grid)));
+  FLASHKV_RETURN_IF_ERROR((PersistentGrid<Tr, kCausal, kVarlen, kDynamic, kLazyRescale, kStreamK>(
+      params.schedule, props, &grid)));
   AttentionKernel<Tr, kCausal, kVarlen, kDynamic, kLazyRescale, kStreamK>
       <<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(params);
   FLASHKV_CUDA_RETURN_IF_ERROR(cudaGetLastError());
@@ -58,16 +57,16 @@ KernelStatus WithZeroedWorkspace(size_t bytes, size_t zero_from, cudaStream_t st
   return status.ok() ? freed : status;
 }
 
-// Causal launches under Sm90Variant::kDynamicSchedule: the tile counter comes from the
+// Causal launches on the dynamic schedule (UseDynamicSchedule): the tile counter comes from the
 // workspace, zeroed before the kernel.
-template <class Tr, bool kVarlen>
+template <class Tr, bool kVarlen, bool kLazyRescale = false>
 KernelStatus RunDynamic(Sm90Params& params, const DeviceProps& props, cudaStream_t stream) {
-  return WithZeroedWorkspace(sizeof(int), 0, stream, "cudaMemsetAsync(tile counter)",
-                             [&](char* workspace) {
-                               params.tile_counter = reinterpret_cast<int*>(workspace);
-                               return Run<Tr, /*kCausal=*/true, kVarlen, /*kDynamic=*/true>(
-                                   params, props, stream);
-                             });
+  return WithZeroedWorkspace(
+      sizeof(int), 0, stream, "cudaMemsetAsync(tile counter)", [&](char* workspace) {
+        params.tile_counter = reinterpret_cast<int*>(workspace);
+        return Run<Tr, /*kCausal=*/true, kVarlen, /*kDynamic=*/true, kLazyRescale>(params, props,
+                                                                                   stream);
+      });
 }
 
 // Fixed-length launches without a causal mask under Sm90Variant::kStreamK: the stream-K tail
@@ -96,27 +95,29 @@ KernelStatus RunStreamK(Sm90Params& sp, const DeviceProps& props, cudaStream_t s
                              });
 }
 
-// The kernel of a launch by its layout, mask and schedule. Under kLazyRescale tiles keep the
-// static schedule (Sm90Variant::kLazyRescale is measured against kBaseline), so the dynamic
-// kernels are instantiated without it. Paged launches take the dynamic schedule as contiguous
+// The kernel of a launch by its layout, mask and schedule. The dynamic kernels with the lazy
+// rescale exist at kLazyRescaleHeadDim only, where kAuto takes both (elsewhere only
+// Sm90Variant::kLazyRescale takes the lazy rescale, on the static schedule, so that its A/B
+// against kBaseline isolates the rescale). Paged launches take the dynamic schedule as contiguous
 // ones do: without it, paged causal prefill fell 7-14% behind contiguous at head dims 64 and 256
 // (H100, S 4096-8192), the counter's gain on the contiguous side.
 template <class Tr, bool kLazyRescale>
 KernelStatus RunVariant(Sm90Params& sp, const DeviceProps& props, cudaStream_t stream) {
+  constexpr bool kHasDynamic = !kLazyRescale || Tr::kHeadDim == kLazyRescaleHeadDim;
   if constexpr (Tr::kPaged) {  // queries are always packed (varlen)
-    if constexpr (!kLazyRescale) {
+    if constexpr (kHasDynamic) {
       if (UseDynamicSchedule(sp.p.causal, sp.schedule.num_tiles, props.multiprocessors)) {
-        return RunDynamic<Tr, true>(sp, props, stream);
+        return RunDynamic<Tr, true, kLazyRescale>(sp, props, stream);
       }
     }
     return sp.p.causal ? Run<Tr, true, true, false, kLazyRescale>(sp, props, stream)
                        : Run<Tr, false, true, false, kLazyRescale>(sp, props, stream);
   } else {
     const bool varlen = sp.p.cu_seqlens_q != nullptr;
-    if constexpr (!kLazyRescale) {
+    if constexpr (kHasDynamic) {
       if (UseDynamicSchedule(sp.p.causal, sp.schedule.num_tiles, props.multiprocessors)) {
-        return varlen ? RunDynamic<Tr, true>(sp, props, stream)
-                      : RunDynamic<Tr, false>(sp, props, stream);
+        return varlen ? RunDynamic<Tr, true, kLazyRescale>(sp, props, stream)
+                      : RunDynamic<Tr, false, kLazyRescale>(sp, props, stream);
       }
     }
     if (sp.p.causal) {
@@ -155,16 +156,15 @@ KernelStatus LaunchAttentionSm90(const AttentionParams& params, const LaunchInfo
   sp.p.num_splits = 1;
   // Read once: the schedule, the TMA boxes and the kernel must agree on the tile shape.
   const bool varlen = sp.p.cu_seqlens_q != nullptr;
-  const sm90::TileKind kind =
-      sm90::ChooseTileKind(kHeadDim, kPaged, varlen, sp.p.causal,
-                           varlen ? sp.p.max_seqlen_q : sp.p.seqlen_q,
-                           varlen ? sp.p.max_seqlen_kv : sp.p.seqlen_kv);
+  const sm90::TileKind kind = sm90::ChooseTileKind(kHeadDim, kPaged, varlen, sp.p.causal,
+                                                   varlen ? sp.p.max_seqlen_q : sp.p.seqlen_q,
+                                                   varlen ? sp.p.max_seqlen_kv : sp.p.seqlen_kv);
   FLASHKV_RETURN_IF_ERROR(
       sm90::BuildSchedule(sp.p, info, kHeadDim, sizeof(Element), props, &sp.schedule, kind));
   if (sp.schedule.num_tiles == 0) return KernelStatus::Ok();
   FLASHKV_RETURN_IF_ERROR(sm90::EncodeTensorMaps(sp.p, info, kDType, &sp, kind));
-  const bool stream_k = !kPaged && !sp.p.causal && !varlen &&
-                        sm90::UseStreamK(kind, sp.p.seqlen_kv);
+  const bool stream_k =
+      !kPaged && !sp.p.causal && !varlen && sm90::UseStreamK(kind, sp.p.seqlen_kv);
   if constexpr (sm90::HasThreeConsumerShape(kHeadDim, kPaged)) {
     if (kind == sm90::TileKind::kThreeConsumers) {
       using Three = sm90::Traits<Element, kHeadDim, kPaged, sm90::TileKind::kThreeConsumers>;
@@ -185,11 +185,18 @@ KernelStatus LaunchAttentionSm90(const AttentionParams& params, const LaunchInfo
       return sm90::RunWithoutMask<Keys176>(sp, props, stream);
     }
   }
+  if constexpr (sm90::HasPagedKeys80Shape(kHeadDim, kPaged)) {
+    if (kind == sm90::TileKind::kPagedKeys80) {
+      using Keys80 = sm90::Traits<Element, kHeadDim, kPaged, sm90::TileKind::kPagedKeys80>;
+      return sm90::UseLazyRescale(kHeadDim) ? sm90::RunVariant<Keys80, true>(sp, props, stream)
+                                            : sm90::RunVariant<Keys80, false>(sp, props, stream);
+    }
+  }
   if constexpr (!kPaged && Tr::kSeparateO) {
     if (stream_k) return sm90::RunStreamK<Tr>(sp, props, stream);
   }
-  return sm90::UseLazyRescale() ? sm90::RunVariant<Tr, true>(sp, props, stream)
-                                : sm90::RunVariant<Tr, false>(sp, props, stream);
+  return sm90::UseLazyRescale(kHeadDim) ? sm90::RunVariant<Tr, true>(sp, props, stream)
+                                        : sm90::RunVariant<Tr, false>(sp, props, stream);
 }
 
 }  // namespace flashkv::cuda

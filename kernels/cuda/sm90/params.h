@@ -47,8 +47,12 @@ struct Sm90Params {
   // with box (64 dims, kv_box_rows slots).
   CUtensorMap k_map;
   CUtensorMap v_map;
-  CUtensorMap o_map;  // box (64 dims, 64 rows): one consumer warpgroup's rows
+  CUtensorMap o_map;    // box (64 dims, 64 rows): one consumer warpgroup's rows
   int kv_box_rows = 0;  // keys per K/V box: block_n, or kPagedBoxRows (paged, page % block_n != 0)
+  // TileKind::kPagedKeys80 only: the pools again with boxes of PagedPartRows(i) slots, for key
+  // tiles split at a page boundary (sm90/producer.cuh).
+  CUtensorMap k_part_maps[kPagedParts];
+  CUtensorMap v_part_maps[kPagedParts];
   // Dynamic schedule only: the next unclaimed tile minus gridDim.x, zeroed before the launch
   // (stream-ordered workspace); CTA c starts with tile c.
   int* tile_counter = nullptr;

@@ -16,6 +16,8 @@
 // covers the loaded boxes only, the consumers mask those keys and zero their V rows
 // (sm90/consumer_mainloop.cuh). A box that starts before the last key is loaded whole: it stays
 // inside its page (page_size is a multiple of the box), and the slots past the key are masked.
+// TileKind::kPagedKeys80's tiles (80 keys over pages of 64k) are split at their page boundary
+// instead, each part into 64/32/16-key boxes from their own maps (SplitKeyTile).
 
 #include <cstdint>
 #include <type_traits>
@@ -52,6 +54,54 @@ struct PagedKeyTile {
   }
 };
 
+// A key tile of TileKind::kPagedKeys80: keys [key0, key0 + block_n) lie in one page (slot0 on)
+// or in two, block0's slots [slot0, page_size) then block1's from slot 0. The second block is
+// read only when that part holds keys of the sequence (its table entry may be unset otherwise).
+template <class Tr>
+struct SplitKeyTile {
+  int block0 = 0;
+  int block1 = 0;
+  int slot0 = 0;
+
+  __device__ __forceinline__ static SplitKeyTile Lookup(const AttentionParams& p, const WorkTile& w,
+                                                        int n) {
+    SplitKeyTile t;
+    const int key0 = n * Tr::kBlockN;
+    const int page = key0 / p.page_size;
+    t.slot0 = key0 - page * p.page_size;
+    t.block0 = __ldg(w.seq.block_table + page);
+    const int first_part = p.page_size - t.slot0;
+    if (first_part < Tr::kBlockN && key0 + first_part < w.seq.kv_len) {
+      t.block1 = __ldg(w.seq.block_table + page + 1);
+    }
+    return t;
+  }
+};
+
+// Calls box(row, part, slot, block) for each box of a split key tile: the part in block0
+// (`first_part` keys from slot0), then the part in block1 (the rest, from slot 0), each as its
+// PagedPartRows boxes, largest first. `row` is the box's first row in the tile.
+template <class Tr, class Box>
+__device__ __forceinline__ void ForEachSplitBox(const SplitKeyTile<Tr>& kt, int first_part,
+                                                Box&& box) {
+  int row = 0;
+#pragma unroll
+  for (int part = 0; part < 2; ++part) {
+    const int rows = part == 0 ? first_part : Tr::kBlockN - first_part;
+    const int block = part == 0 ? kt.block0 : kt.block1;
+    int slot = part == 0 ? kt.slot0 : 0;
+#pragma unroll
+    for (int i = 0; i < kPagedParts; ++i) {
+      const int box_rows = kLargestPagedPart >> i;  // PagedPartRows(i), in device code
+      if (rows & box_rows) {
+        box(row, i, slot, block);
+        row += box_rows;
+        slot += box_rows;
+      }
+    }
+  }
+}
+
 // Contiguous K/V: nothing to look up.
 struct NoKeyTile {};
 
@@ -83,8 +133,8 @@ struct TmaIssuer {
     }
   }
 
-  __device__ __forceinline__ void LoadKv(const CUtensorMap& map, uint32_t tile, uint32_t bar,
-                                         const WorkTile& w, int n, NoKeyTile) const {
+  __device__ __forceinline__ void LoadKv(const CUtensorMap& map, const CUtensorMap*, uint32_t tile,
+                                         uint32_t bar, const WorkTile& w, int n, NoKeyTile) const {
     MbarrierArriveExpectTx(bar, Tr::kKvBytes);
 #pragma unroll
     for (int c = 0; c < Tr::kChunks; ++c) {
@@ -95,8 +145,9 @@ struct TmaIssuer {
 
   // Pool maps are [block, K/V head, slot, dim] (4-d); box j fills rows [j * box, (j + 1) * box)
   // of every chunk.
-  __device__ __forceinline__ void LoadKv(const CUtensorMap& map, uint32_t tile, uint32_t bar,
-                                         const WorkTile& w, int, const PagedKeyTile<Tr>& kt) const {
+  __device__ __forceinline__ void LoadKv(const CUtensorMap& map, const CUtensorMap*, uint32_t tile,
+                                         uint32_t bar, const WorkTile& w, int,
+                                         const PagedKeyTile<Tr>& kt) const {
     const uint32_t box_bytes = static_cast<uint32_t>(params.kv_box_rows) * Tr::kChunkRowBytes;
     MbarrierArriveExpectTx(bar, kt.boxes * Tr::kChunks * box_bytes);
 #pragma unroll
@@ -110,15 +161,51 @@ struct TmaIssuer {
       }
     }
   }
+
+  // Split tiles (TileKind::kPagedKeys80): one block_n box from `map` when the tile lies in one
+  // page, else the boxes of its two parts from `parts` (the PagedPartRows maps). As above, a box
+  // starting past the sequence's last key is not loaded, and one starting before it is loaded
+  // whole (it lies inside its page).
+  __device__ __forceinline__ void LoadKv(const CUtensorMap& map, const CUtensorMap* parts,
+                                         uint32_t tile, uint32_t bar, const WorkTile& w, int n,
+                                         const SplitKeyTile<Tr>& kt) const {
+    const int first_part = min(Tr::kBlockN, params.p.page_size - kt.slot0);
+    if (first_part == Tr::kBlockN) {
+      MbarrierArriveExpectTx(bar, Tr::kKvBytes);
+#pragma unroll
+      for (int c = 0; c < Tr::kChunks; ++c) {
+        TmaLoad4d(tile + c * Tr::kKvChunkBytes, &map, bar, 64 * c, kt.slot0, w.head_kv, kt.block0);
+      }
+      return;
+    }
+    const int keys = w.seq.kv_len - n * Tr::kBlockN;  // rows holding keys of the sequence
+    int rows = 0;
+    ForEachSplitBox(kt, first_part, [&](int row, int part, int, int) {
+      if (row < keys) rows += (kLargestPagedPart >> part);
+    });
+    MbarrierArriveExpectTx(bar, static_cast<uint32_t>(rows) * Tr::kChunks * Tr::kChunkRowBytes);
+    ForEachSplitBox(kt, first_part, [&](int row, int part, int slot, int block) {
+      if (row < keys) {
+#pragma unroll
+        for (int c = 0; c < Tr::kChunks; ++c) {
+          TmaLoad4d(tile + c * Tr::kKvChunkBytes + row * Tr::kChunkRowBytes, &parts[part], bar,
+                    64 * c, slot, w.head_kv, block);
+        }
+      }
+    });
+  }
 };
 
 template <class Tr>
-using KeyTileOf = std::conditional_t<Tr::kPaged, PagedKeyTile<Tr>, NoKeyTile>;
+using KeyTileOf = std::conditional_t<Tr::kPagedSplit, SplitKeyTile<Tr>,
+                                     std::conditional_t<Tr::kPaged, PagedKeyTile<Tr>, NoKeyTile>>;
 
 template <class Tr>
 __device__ __forceinline__ KeyTileOf<Tr> LookupKeyTile(const Sm90Params& params, const WorkTile& w,
                                                        int n) {
-  if constexpr (Tr::kPaged) {
+  if constexpr (Tr::kPagedSplit) {
+    return SplitKeyTile<Tr>::Lookup(params.p, w, n);
+  } else if constexpr (Tr::kPaged) {
     return PagedKeyTile<Tr>::Lookup(params.p, w, n, params.kv_box_rows);
   } else {
     return NoKeyTile{};
@@ -130,6 +217,13 @@ __device__ __forceinline__ void Produce(const Sm90Params& params, const Smem<Tr>
   PrefetchTensorMap(&params.q_map);
   PrefetchTensorMap(&params.k_map);
   PrefetchTensorMap(&params.v_map);
+  if constexpr (Tr::kPagedSplit) {
+#pragma unroll
+    for (int i = 0; i < kPagedParts; ++i) {
+      PrefetchTensorMap(&params.k_part_maps[i]);
+      PrefetchTensorMap(&params.v_part_maps[i]);
+    }
+  }
   const TmaIssuer<Tr, kVarlen> tma{params, smem};
   PipelineState<Tr::kStages> pipe;
   WorkItem item;
@@ -141,7 +235,7 @@ __device__ __forceinline__ void Produce(const Sm90Params& params, const Smem<Tr>
   }
   for (int local_tile = 0; item.tile < params.schedule.num_tiles; ++local_tile) {
     WorkTile w = DecodeTile<kVarlen, kCausal, Tr::kBlockM, Tr::kBlockN>(params.p, params.schedule,
-                                                                         item.tile);
+                                                                        item.tile);
     ApplyKeyRange(&w, item);
     const int count = w.key_tiles - w.key_begin;
     KeyTileOf<Tr> next{};
@@ -154,13 +248,13 @@ __device__ __forceinline__ void Produce(const Sm90Params& params, const Smem<Tr>
       const int stage = pipe.Stage();
       const uint32_t released = pipe.Phase() ^ 1u;
       MbarrierWait(smem.KEmpty(stage), released);
-      tma.LoadKv(params.k_map, smem.K(stage), smem.KFull(stage), w, n, kt);
+      tma.LoadKv(params.k_map, params.k_part_maps, smem.K(stage), smem.KFull(stage), w, n, kt);
       if (i == 0) {
         tma.LoadQ(w, local_tile);
         if constexpr (kDynamic) ClaimNextTile(params, smem, local_tile);
       }
       MbarrierWait(smem.VEmpty(stage), released);
-      tma.LoadKv(params.v_map, smem.V(stage), smem.VFull(stage), w, n, kt);
+      tma.LoadKv(params.v_map, params.v_part_maps, smem.V(stage), smem.VFull(stage), w, n, kt);
     }
     // A tile whose rows see no key still has its Q loaded: the consumers then run the same
     // epilogue (O = 0, LSE = -inf) and the Q barrier phases stay in step.

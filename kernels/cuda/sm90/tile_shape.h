@@ -40,6 +40,7 @@ enum class TileKind : int {
   kThreeConsumers = 1,  // head dim 64, contiguous: 192 x 128 over three consumers
   kKeys160 = 2,         // head dim 128, contiguous, not causal: 128 x 160, O in its own buffer
   kKeys176 = 3,         // head dim 128, contiguous, not causal: 128 x 176, O staged in Q's space
+  kPagedKeys80 = 4,     // head dim 256, paged: 128 x 80 as on contiguous K/V, boxes split at pages
 };
 
 // Consumer warpgroups of the standard kernels; TileKind::kThreeConsumers has
@@ -93,6 +94,20 @@ constexpr bool HasThreeConsumerShape(int head_dim, bool /*paged*/) { return head
 // waits in Q's space and the next tile's Q loads after the epilogue). Causal launches keep 128:
 // wider tiles on the diagonal mask more.
 constexpr bool HasWideKeyShape(int head_dim, bool paged) { return head_dim == 128 && !paged; }
+// Paged head dim 256 on the contiguous kernel's 80-key tiles (Sm90Variant::kPagedKeys80). 80 is
+// not a whole number of 64-key boxes, and one box per 16 keys (the only size dividing both) cost
+// 40 TMA issues per K and V tile: 1.18-1.34x contiguous, TMA-bound. Here a tile lies in at most
+// two pages (pages are multiples of 64 keys and a tile starts on a multiple of 16, so it crosses
+// at most one page boundary), and each page's part is loaded as 64-, 32- and 16-key boxes (a
+// part of 16 k keys takes one box per bit of k: at most 2 per part, 2-3 per tile and chunk
+// instead of 5), or as one 80-key box when the tile lies inside one page. Shared memory as on
+// contiguous K/V: Q 64 KB + 2 x 80 KB stages.
+constexpr bool HasPagedKeys80Shape(int head_dim, bool paged) { return head_dim == 256 && paged; }
+// The part boxes of kPagedKeys80, largest first: box i has PagedPartRows(i) keys (64, 32, 16), and
+// a part of r keys (a multiple of 16 below 128) takes the boxes whose sizes make up r.
+inline constexpr int kPagedParts = 3;
+inline constexpr int kLargestPagedPart = 64;
+constexpr int PagedPartRows(int i) { return kLargestPagedPart >> i; }
 
 constexpr TileShape ChooseTileShape(int head_dim, bool paged = false,
                                     TileKind kind = TileKind::kStandard) {
@@ -105,6 +120,8 @@ constexpr TileShape ChooseTileShape(int head_dim, bool paged = false,
       return HasWideKeyShape(head_dim, paged) ? TileShape{128, 160, 2} : TileShape{0, 0, 0};
     case TileKind::kKeys176:
       return HasWideKeyShape(head_dim, paged) ? TileShape{128, 176, 2} : TileShape{0, 0, 0};
+    case TileKind::kPagedKeys80:
+      return HasPagedKeys80Shape(head_dim, paged) ? TileShape{128, 80, 2} : TileShape{0, 0, 0};
   }
   switch (head_dim) {
     case 64:
@@ -202,8 +219,9 @@ enum class Sm90Variant : int {
   // also takes kThreeConsumers' 192-row tiles, except for launches with queries shorter than
   // kThreeConsumerCausalMinSeqlen (causal) or kThreeConsumerMinSeqlen (not), and at head dim
   // 128 without a causal mask kKeys160's tiles from kWideKeysMinSeqlenKv keys on, with kStreamK's
-  // tail for fixed-length launches from kStreamKMinSeqlenKv keys on (host_setup.h has the
-  // measurements behind each).
+  // tail for fixed-length launches from kStreamKMinSeqlenKv keys on, and at head dim 256
+  // (kLazyRescaleHeadDim) kLazyRescale's conditional O rescale on both schedules (host_setup.h
+  // has the measurements behind each).
   kAuto = 2,
   // Every launch (fixed, varlen, paged; causal or not) with the conditional O rescale of
   // FlashAttention-4 (sm90/consumer_mainloop.cuh, LazyRowUpdate): a row's softmax reference
@@ -225,8 +243,12 @@ enum class Sm90Variant : int {
   // tiles are not a whole number of rounds of the grid (sm90/tile_scheduler.cuh): the last
   // round's idle SMs take a share of its keys. Other launches take kAuto's kernels unchanged.
   kStreamK = 7,
+  // kAuto's kernels, but paged launches at head dim 256 on 80-key tiles loaded in boxes split at
+  // page boundaries (TileKind::kPagedKeys80) instead of 64-key tiles of one box. Other launches
+  // take kAuto's kernels unchanged.
+  kPagedKeys80 = 8,
 };
-inline constexpr int kNumSm90Variants = 8;
+inline constexpr int kNumSm90Variants = 9;
 
 // Sm90Variant::kLazyRescale's threshold, in the log2 units of the scaled scores: probabilities
 // are taken against a reference at most this far below the row's true maximum, so they stay
@@ -253,6 +275,8 @@ constexpr const char* Sm90VariantName(Sm90Variant v) {
       return "keys176";
     case Sm90Variant::kStreamK:
       return "stream_k";
+    case Sm90Variant::kPagedKeys80:
+      return "paged_keys80";
   }
   return "unknown";
 }

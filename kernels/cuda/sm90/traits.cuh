@@ -74,9 +74,20 @@ struct Traits {
   // Paged K/V boxes per chunk of a tile: at most kKvBoxes boxes of kPagedBoxRows keys, box j at
   // rows [j * box, (j + 1) * box) of every chunk; the launch picks the box (block_n or
   // kPagedBoxRows keys: host_setup.h's PagedBoxRows).
-  static constexpr int kKvBoxes = kPaged ? kBlockN / kPagedBoxRows : 1;
-  static_assert(!kPaged || kBlockN % kPagedBoxRows == 0, "a paged tile is a whole number of boxes");
+  // TileKind::kPagedKeys80 instead splits a tile at a page boundary into parts of
+  // PagedPartRows boxes (kPagedSplit; sm90/producer.cuh's SplitKeyTile).
+  static constexpr bool kPagedSplit = kPaged && kKind == TileKind::kPagedKeys80;
+  static constexpr int kKvBoxes = kPaged && !kPagedSplit ? kBlockN / kPagedBoxRows : 1;
+  static_assert(!kPaged || kPagedSplit || kBlockN % kPagedBoxRows == 0,
+                "a paged tile is a whole number of boxes");
   static_assert(kPagedBoxRows * kChunkRowBytes % 1024 == 0, "every box starts on a swizzle atom");
+  // Split tiles: parts are multiples of 16 keys (a tile starts on a multiple of 16 keys, pages
+  // are multiples of 64), so every part box starts on a swizzle atom; a tile of at most 80 keys
+  // over pages of at least 64 crosses at most one page boundary (it starts at most 48 keys into
+  // a page: 48 + 80 <= 2 x 64).
+  static_assert(!kPagedSplit || (kBlockN % 16 == 0 && kBlockN <= 80 &&
+                                 (kLargestPagedPart >> (kPagedParts - 1)) == 16),
+                "split paged tiles: parts of whole 16-key boxes, at most two pages");
 
   // Shared memory map (offsets from the 1024-aligned base): Q, K stages, V stages, O (when it
   // has its own buffer), barriers.

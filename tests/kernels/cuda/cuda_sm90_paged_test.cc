@@ -17,9 +17,12 @@
 //
 // Every case runs under the variants that change the paged kernel (sm90::Sm90Variant, set
 // process-wide for the case; the others change contiguous launches only): baseline, auto (the
-// default; its dynamic schedule takes MoreTilesThanSms' causal launch), lazy_rescale (the conditional O rescale, which the paged kernel shares with the
-// contiguous one) and three_consumers (192-row tiles at head dim 64 whatever the length; auto
-// takes them from 1024 queries, 2048 causal, longer than these cases).
+// default; its dynamic schedule takes MoreTilesThanSms' causal launch), lazy_rescale (the
+// conditional O rescale, which the paged kernel shares with the contiguous one) and three_consumers
+// (192-row tiles at head dim 64 whatever the length; auto takes them from 1024 queries, 2048
+// causal, longer than these cases) and paged_keys80 (head dim 256 on the contiguous kernel's
+// 80-key tiles, split into 64/32/16-key boxes at page boundaries: SameAsContiguousKernel then
+// holds it bit for bit to the contiguous kernel).
 
 #include <cstring>
 #include <string>
@@ -126,12 +129,19 @@ TEST_P(CudaSm90PagedTest, MoreTilesThanSms) {
 }
 
 TEST_P(CudaSm90PagedTest, SameAsContiguousKernel) {
-  if (sm90::ChooseTileShape(head_dim_, true).block_n != sm90::ChooseTileShape(head_dim_).block_n) {
+  // The tiles the active variant gives this problem's paged and varlen launches.
+  const auto block_n = [&](bool paged) {
+    return sm90::ChooseTileShape(
+               head_dim_, paged,
+               sm90::ChooseTileKind(head_dim_, paged, /*varlen=*/true, /*causal=*/true, 300, 700))
+        .block_n;
+  };
+  if (block_n(true) != block_n(false)) {
     GTEST_SKIP() << "the paged tile differs from the contiguous one at this head dim";
   }
   // Pages 128 and 256 run twice: with their default one box per tile and forced to 64-key boxes.
-  const std::vector<std::pair<int, int>> pages_boxes = {{64, 0}, {128, 0}, {128, 64}, {256, 0},
-                                                        {256, 64}};
+  const std::vector<std::pair<int, int>> pages_boxes = {
+      {64, 0}, {128, 0}, {128, 64}, {256, 0}, {256, 64}};
   for (const auto& [page_size, box] : pages_boxes) {
     for (bool causal : {false, true}) {
       const std::string what = Name("paged vs varlen", page_size, causal) +
@@ -157,13 +167,13 @@ TEST_P(CudaSm90PagedTest, SameAsContiguousKernel) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Sm90Paged, CudaSm90PagedTest,
-                         ::testing::Combine(::testing::Values(DType::kFloat16, DType::kBFloat16),
-                                            ::testing::Values(64, 128, 256),
-                                            ::testing::Values(Variant::kBaseline, Variant::kAuto,
-                                                              Variant::kLazyRescale,
-                                                              Variant::kThreeConsumers)),
-                         Sm90CaseName);
+INSTANTIATE_TEST_SUITE_P(
+    Sm90Paged, CudaSm90PagedTest,
+    ::testing::Combine(::testing::Values(DType::kFloat16, DType::kBFloat16),
+                       ::testing::Values(64, 128, 256),
+                       ::testing::Values(Variant::kBaseline, Variant::kAuto, Variant::kLazyRescale,
+                                         Variant::kThreeConsumers, Variant::kPagedKeys80)),
+    Sm90CaseName);
 
 }  // namespace
 }  // namespace flashkv::cuda::test
