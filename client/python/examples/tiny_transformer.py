@@ -11,7 +11,10 @@ Q/K/V/O projections and a small MLP. It does what a model runner does:
      tokens, and only the rest of its prompt is sent;
   3. a fork: the first sequence is forked, and the child decodes its own tokens;
   4. decode: greedy tokens for all sequences, the batch split into two micro-batches pipelined
-     over one StepStream (layer l of micro-batch B is on the wire while A's is computed).
+     over one StepStream (layer l of micro-batch B is on the wire while A's is computed), each
+     micro-batch's forward pass a decode pass: its layer-0 step names the sequences, and the
+     server resolves them and reserves their pages once for every layer; the later layers carry
+     only the pass id and the batch's q/k/v.
 
 Every attention output flashkv returns is compared with attention computed here in float64 on
 exactly the q, k and v that were sent (the cached prefix and the fork's parent context
@@ -85,6 +88,10 @@ class Model:
             return x.float()
         return flashkv.to_float32(x)
 
+    def concat(self, xs):
+        """Rows of several sequences as one batch tensor."""
+        return self.torch.cat(xs) if self.torch is not None else np.concatenate(xs)
+
     def embed_tokens(self, tokens):
         return self.embed[[int(t) for t in tokens]]
 
@@ -147,28 +154,38 @@ class Checker:
 
 def run_layers(client, model, checker, seqs, tokens_of, label, session=None, micro_batches=1):
     """One forward pass of `seqs` over new tokens tokens_of[s]; returns each one's last hidden
-    state. With a session, the batch is split into micro-batches pipelined layer by layer."""
+    state. Without a session, one Step of entries per layer; with one, the batch is split into
+    micro-batches, each a decode pass, pipelined layer by layer."""
     xs = {s: model.embed_tokens(tokens_of[s]) for s in seqs}
     groups = [seqs[i::micro_batches] for i in range(micro_batches)]
     groups = [g for g in groups if g]
+    passes = None
+    if session is not None:
+        passes = [session.begin_pass(g, num_tokens=[len(tokens_of[s]) for s in g],
+                                     token_ids=[t for s in g for t in tokens_of[s]])
+                  for g in groups]
     for layer in range(model.layers):
         sent = []
-        for group in groups:
-            entries = []
+        for i, group in enumerate(groups):
+            qkv = {s: model.qkv(layer, xs[s]) for s in group}
             for s in group:
-                q, k, v = model.qkv(layer, xs[s])
-                checker.append(s, layer, k, v)
-                entries.append(flashkv.StepInput(s, q, k, v, token_ids=tokens_of[s]))
-            if session is None:
-                sent.append((entries, client.step(layer, entries)))
-            else:
-                session.send(layer, entries)
-                sent.append((entries, None))
-        for entries, outs in sent:
-            outs = outs if outs is not None else session.receive()
-            for entry, out in zip(entries, outs):
-                checker.check(entry.sequence_id, layer, entry.q, out, label)
-                xs[entry.sequence_id] = model.finish_layer(layer, xs[entry.sequence_id], out)
+                checker.append(s, layer, qkv[s][1], qkv[s][2])
+            if passes is None:
+                entries = [flashkv.StepInput(s, *qkv[s], token_ids=tokens_of[s]) for s in group]
+                outs = client.step(layer, entries)
+            else:  # the group's rows stacked: q [T,Hq,D], k, v [T,Hkv,D]
+                passes[i].send(layer, *(model.concat([qkv[s][j] for s in group])
+                                        for j in range(3)))
+                outs = None
+            sent.append((group, qkv, outs))
+        for group, qkv, outs in sent:
+            if outs is None:
+                batch_out = session.receive()
+                rows = np.cumsum([0] + [len(tokens_of[s]) for s in group])
+                outs = [batch_out[rows[j]:rows[j + 1]] for j in range(len(group))]
+            for s, out in zip(group, outs):
+                checker.check(s, layer, qkv[s][0], out, label)
+                xs[s] = model.finish_layer(layer, xs[s], out)
     return {s: xs[s][-1] for s in seqs}
 
 
@@ -243,6 +260,7 @@ def main(argv=None):
     print(f"tiny_transformer: {info.backend} server, {model.layers} layers, Hq={model.hq} "
           f"Hkv={model.hkv} D={model.d} {model.dtype}, {'torch' if use_torch else 'numpy'} "
           f"math; prefix cache gave {cached} of {len(shared_prompt)} prompt tokens; "
+          f"{args.decode_steps * min(2, len(live))} decode passes; "
           f"{checker.outputs} attention outputs ({checker.elements} elements) checked, max "
           f"error {checker.max_error:.3g}, {checker.bad} beyond tolerance")
     return 0 if checker.bad == 0 else 1

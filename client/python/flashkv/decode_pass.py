@@ -126,7 +126,7 @@ def check_pass_arguments(pass_id: int, sequence_ids, num_tokens) -> None:
                            f"pass_id ({pass_id}) must be in [1, 2^64 - 1]")
     if isinstance(sequence_ids, (str, bytes)):
         raise TypeError("sequence_ids must be a sequence of ids, not one id")
-    if not sequence_ids:
+    if len(sequence_ids) == 0:
         raise FlashkvError(StatusCode.INVALID_ARGUMENT, "sequence_ids is empty: a pass needs "
                                                         "at least one sequence")
     if num_tokens is not None:
