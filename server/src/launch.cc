@@ -30,6 +30,18 @@ struct Layout {
   size_t out_bytes = 0;
 };
 
+// The q, k and v sections of `total` rows from byte `at` of the staging input on, and the output.
+void SetTensorSections(const ModelShape& m, int64_t total, size_t at, Layout* layout) {
+  const size_t elem = static_cast<size_t>(DTypeSize(m.dtype));
+  const size_t q_bytes = total * static_cast<size_t>(m.num_q_heads) * m.head_dim * elem;
+  const size_t kv_bytes = total * static_cast<size_t>(m.num_kv_heads) * m.head_dim * elem;
+  layout->q = at;
+  layout->k = layout->q + Align64(q_bytes);
+  layout->v = layout->k + Align64(kv_bytes);
+  layout->in_bytes = layout->v + kv_bytes;
+  layout->out_bytes = q_bytes;
+}
+
 std::vector<Segment> Segments(absl::Span<const LaunchWindow> windows) {
   std::vector<Segment> segments;
   for (const LaunchWindow& w : windows) {
@@ -383,18 +395,11 @@ absl::StatusOr<LaunchSummary> RunLaunch(const ModelShape& m, absl::Span<const La
   for (const Segment& g : segments) total += g.b - g.a;
   for (const LaunchWindow& w : windows)
     stride = std::max(stride, w.part->batch->block_table_stride());
-  const size_t elem = static_cast<size_t>(DTypeSize(m.dtype));
-  const size_t q_bytes = total * static_cast<size_t>(m.num_q_heads) * m.head_dim * elem;
-  const size_t kv_bytes = total * static_cast<size_t>(m.num_kv_heads) * m.head_dim * elem;
   Layout layout;
   layout.cu_q = Align64(total * sizeof(int64_t));
   layout.cu_kv = layout.cu_q + Align64((n + 1) * sizeof(int32_t));
   layout.table = layout.cu_kv + Align64((n + 1) * sizeof(int32_t));
-  layout.q = layout.table + Align64(n * stride * sizeof(int32_t));
-  layout.k = layout.q + Align64(q_bytes);
-  layout.v = layout.k + Align64(kv_bytes);
-  layout.in_bytes = layout.v + kv_bytes;
-  layout.out_bytes = q_bytes;
+  SetTensorSections(m, total, layout.table + Align64(n * stride * sizeof(int32_t)), &layout);
   if (auto s = arena->Reserve(layout.in_bytes, layout.out_bytes); !s.ok()) return s;
   const InPlace in_place = FindInPlace(m, segments, arena->cuda());
   uint8_t* host = arena->host_in();
@@ -449,15 +454,8 @@ absl::StatusOr<LaunchSummary> RunPassLaunch(const ModelShape& m, const kvcache::
   // The step's one entry holds the pass's T rows of every tensor; the metadata is the pass's.
   const int64_t total = pass.total_q();
   const std::vector<Segment> segments = {Segment{&part, 0, 0, total}};
-  const size_t elem = static_cast<size_t>(DTypeSize(m.dtype));
-  const size_t q_bytes = total * static_cast<size_t>(m.num_q_heads) * m.head_dim * elem;
-  const size_t kv_bytes = total * static_cast<size_t>(m.num_kv_heads) * m.head_dim * elem;
-  Layout layout;
-  layout.q = 0;
-  layout.k = Align64(q_bytes);
-  layout.v = layout.k + Align64(kv_bytes);
-  layout.in_bytes = layout.v + kv_bytes;
-  layout.out_bytes = q_bytes;
+  Layout layout;  // no metadata: the pass's is already where the kernels read it
+  SetTensorSections(m, total, 0, &layout);
   if (auto s = arena->Reserve(layout.in_bytes, layout.out_bytes); !s.ok()) return s;
   const InPlace in_place = FindInPlace(m, segments, arena->cuda());
   uint8_t* dev = arena->device_in();

@@ -199,15 +199,20 @@ TEST_P(RealServerTest, LoadgenRunIsClean) {
   config.verify_fraction = 1.0;
   config.run_id = "real";
   Client* clients[] = {client_.get()};
-  for (auto [depth, plane] : {std::pair{1, loadgen::DataPlane::kBytes},
-                              {3, loadgen::DataPlane::kBytes},  // 3: layers overlap on a stream
-                              {1, loadgen::DataPlane::kShm},
-                              {3, loadgen::DataPlane::kShm}}) {
+  // Last: --step-format=pass, every forward pass as a decode pass (sequences named at layer 0).
+  for (auto [depth, plane, passes] : {std::tuple{1, loadgen::DataPlane::kBytes, false},
+                                      {3, loadgen::DataPlane::kBytes, false},  // layers overlap
+                                      {1, loadgen::DataPlane::kShm, false},
+                                      {3, loadgen::DataPlane::kShm, false},
+                                      {1, loadgen::DataPlane::kBytes, true},
+                                      {3, loadgen::DataPlane::kShm, true}}) {
     config.pipeline_depth = depth;
     config.data_plane = plane;
+    config.batched_steps = config.pass_steps = passes;
     absl::StatusOr<loadgen::Report> report = loadgen::RunLoadgen(config, clients, {});
     ASSERT_TRUE(report.ok()) << report.status();
     EXPECT_TRUE(report->clean()) << report->ToJson().dump(2);
+    EXPECT_EQ(report->ToJson()["config"]["step_format"], passes ? "pass" : "entries");
     const nlohmann::json latency = report->ToJson()["latency"];
     EXPECT_GT(latency["Step kernel"]["p50_ms"].get<double>(), 0) << latency.dump(2);
     EXPECT_GT(latency["Step"]["p50_ms"], latency["Step kernel"]["p50_ms"]);
@@ -220,37 +225,8 @@ TEST_P(RealServerTest, LoadgenRunIsClean) {
   }
 }
 
-// --step-format=pass: every forward pass as a decode pass (the sequences named at layer 0 only),
-// through bytes and a region, layers pipelined or not; every output recomputed on the CPU.
-TEST_P(RealServerTest, LoadgenDecodePassesAreClean) {
-  loadgen::LoadgenConfig config;
-  config.runners = 2;
-  config.max_batch = 4;
-  config.duration = absl::ZeroDuration();
-  config.requests = 12;
-  config.prompt_len = *loadgen::LengthDistribution::Parse("uniform:3:30");
-  config.output_len = *loadgen::LengthDistribution::Parse("uniform:1:8");
-  config.prefill_chunk = 16;
-  config.max_pass_tokens = 32;
-  config.verify_fraction = 1.0;
-  config.batched_steps = true;
-  config.pass_steps = true;
-  config.run_id = "pass";
-  Client* clients[] = {client_.get()};
-  for (auto [depth, plane] : {std::pair{1, loadgen::DataPlane::kBytes},
-                              {3, loadgen::DataPlane::kShm}}) {
-    config.pipeline_depth = depth;
-    config.data_plane = plane;
-    absl::StatusOr<loadgen::Report> report = loadgen::RunLoadgen(config, clients, {});
-    ASSERT_TRUE(report.ok()) << report.status();
-    EXPECT_TRUE(report->clean()) << report->ToJson().dump(2);
-    EXPECT_EQ(report->ToJson()["config"]["step_format"], "pass");
-    EXPECT_EQ(report->totals.requests_completed, 12u);
-    EXPECT_EQ(report->totals.verification.steps_checked, report->totals.steps);
-    ASSERT_TRUE(report->server_after.has_value());
-    EXPECT_EQ(report->server_after->sequences(), 0u);
-  }
-  // SendPass refuses what the server would, before sending.
+// StepSession::SendPass refuses what the server would, before sending.
+TEST_P(RealServerTest, SendPassChecksItsInput) {
   absl::StatusOr<std::unique_ptr<StepSession>> session = client_->OpenStepSession({});
   ASSERT_TRUE(session.ok()) << session.status();
   StepBatchInput named;

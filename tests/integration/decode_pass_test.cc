@@ -17,6 +17,7 @@
 
 #include "host_region.h"
 #include "testing/conversation.h"
+#include "testing/kvcache_calls.h"
 #include "testing/reference.h"
 #include "testing/test_server.h"
 
@@ -55,19 +56,10 @@ class DecodePassTest : public ::testing::TestWithParam<int> {
   int layers() const { return config_.model.num_layers; }
 
   void Create(const std::string& id) {
-    grpc::ClientContext context;
-    v1::CreateSequenceRequest request;
-    request.set_sequence_id(id);
-    v1::CreateSequenceResponse response;
-    ASSERT_TRUE(server_->kvcache().CreateSequence(&context, request, &response).ok());
+    const grpc::Status status = CreateSequence(server_->kvcache(), id);
+    ASSERT_TRUE(status.ok()) << status.error_message();
   }
-
-  uint64_t BlocksUsed() {
-    grpc::ClientContext context;
-    v1::ServerStats stats;
-    EXPECT_TRUE(server_->kvcache().GetStats(&context, v1::GetStatsRequest(), &stats).ok());
-    return stats.blocks_used();
-  }
+  uint64_t BlocksUsed() { return GetStats(server_->kvcache()).blocks_used(); }
 
   // One unary batched step of `entries` at `layer`, checked against the reference.
   void PlainStep(int layer, const std::vector<v1::StepEntry>& entries) {
@@ -300,13 +292,7 @@ TEST_P(DecodePassTest, ALivePassHoldsItsSequences) {
     done = true;
   });
   // b is freed while held: deferred to the pass's end.
-  {
-    grpc::ClientContext free_context;
-    v1::FreeSequenceRequest request;
-    request.set_sequence_id("b");
-    v1::FreeSequenceResponse ignored;
-    EXPECT_TRUE(server_->kvcache().FreeSequence(&free_context, request, &ignored).ok());
-  }
+  EXPECT_TRUE(FreeSequence(server_->kvcache(), "b").ok());
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   EXPECT_FALSE(done.load()) << "a step on a held sequence ran before the pass ended";
   for (int layer = 1; layer < layers(); ++layer) {
@@ -320,10 +306,7 @@ TEST_P(DecodePassTest, ALivePassHoldsItsSequences) {
   reference_->Free("b");
   stream->WritesDone();
   EXPECT_TRUE(stream->Finish().ok());
-  grpc::ClientContext stats_context;
-  v1::ServerStats stats;
-  ASSERT_TRUE(server_->kvcache().GetStats(&stats_context, v1::GetStatsRequest(), &stats).ok());
-  EXPECT_EQ(stats.sequences(), 1u);
+  EXPECT_EQ(GetStats(server_->kvcache()).sequences(), 1u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Layers, DecodePassTest, ::testing::Values(1, 2, 4));
