@@ -45,9 +45,10 @@ absl::Status DecodePass::Prepare(absl::Span<const kvcache::BatchEntry> entries) 
   return absl::OkStatus();
 }
 
-absl::Status DecodePass::UploadMetadata(bool cuda, int device_id, void* stream) {
+absl::Status DecodePass::UploadMetadata(const kvcache::LayerBatch& batch, bool cuda,
+                                        int device_id, void* stream) {
   if (!cuda) return absl::OkStatus();
-  const size_t bytes = batch_->size_bytes();
+  const size_t bytes = batch.size_bytes();
   if (device_allocator_ == nullptr) device_allocator_ = kvcache::NewDeviceAllocator(device_id);
   absl::StatusOr<void*> buffer = device_allocator_->Allocate(bytes);
   if (!buffer.ok()) return buffer.status();
@@ -56,7 +57,7 @@ absl::Status DecodePass::UploadMetadata(bool cuda, int device_id, void* stream) 
   metadata_ = device_metadata_;
   // Stream order puts the copy before the layer-0 kernels on the same stream; the host buffer
   // stays untouched until the pass ends.
-  return FromKernelStatus(cuda::MemcpyHostToDevice(device_metadata_, batch_->data(), bytes,
+  return FromKernelStatus(cuda::MemcpyHostToDevice(device_metadata_, batch.data(), bytes,
                                                    static_cast<cuda::Stream>(stream)));
 }
 

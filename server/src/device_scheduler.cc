@@ -381,7 +381,9 @@ void DeviceScheduler::ExecutePass(const Item& item) {
     return;
   }
   absl::Status uploaded;
-  if (layer == 0) uploaded = pass.UploadMetadata(arena_->cuda(), device_id_, arena_->stream());
+  if (layer == 0) {
+    uploaded = pass.UploadMetadata(**batch, arena_->cuda(), device_id_, arena_->stream());
+  }
   absl::StatusOr<LaunchSummary> summary =
       uploaded.ok() ? RunPassLaunch(model_, **batch, layer, pass.metadata(), *part, arena_.get())
                     : absl::StatusOr<LaunchSummary>(uploaded);

@@ -75,7 +75,10 @@ class DecodePass {
   // The batch's metadata where the kernels read it (a device copy with CUDA, set by the launch
   // of layer 0; the host buffer otherwise).
   const void* metadata() const { return metadata_; }
-  absl::Status UploadMetadata(bool cuda, int device_id, void* stream);
+  // With CUDA, copies `batch` (Acquire's, during the layer-0 launch) to a device buffer of the
+  // pass on `stream`, once; freed when the pass ends.
+  absl::Status UploadMetadata(const kvcache::LayerBatch& batch, bool cuda, int device_id,
+                              void* stream);
 
   // Layer L-1's step resolved OK: every layer's length advances.
   void Commit();
