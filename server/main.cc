@@ -73,6 +73,10 @@ void AddFlags(CLI::App& app, ServerConfig& c, std::string& dtype, std::string& b
   app.add_option("--inline-launch-tokens", c.scheduler.inline_launch_tokens,
                  "Small steps that find the scheduler idle launch on the receiving thread (0: never)")
       ->capture_default_str();
+  app.add_option("--inline-pass-tokens", c.scheduler.inline_pass_tokens,
+                 "Decode-pass layer steps up to this many tokens that find a CUDA device's "
+                 "scheduler idle launch on the receiving thread (0: never)")
+      ->capture_default_str();
   app.add_option("--prefill-chunk", c.scheduler.prefill_chunk_tokens,
                  "Most tokens of one step per launch")
       ->capture_default_str();

@@ -50,6 +50,9 @@ absl::Status ValidateScheduler(const SchedulerConfig& s) {
   if (s.inline_launch_tokens < 0) {
     return Invalid("inline-launch-tokens", std::to_string(s.inline_launch_tokens), "must be >= 0");
   }
+  if (s.inline_pass_tokens < 0) {
+    return Invalid("inline-pass-tokens", std::to_string(s.inline_pass_tokens), "must be >= 0");
+  }
   if (s.prefill_chunk_tokens < 1 || s.prefill_chunk_tokens > s.max_batch_tokens) {
     return Invalid("prefill-chunk", std::to_string(s.prefill_chunk_tokens),
                    "must be in [1, max-batch-tokens (" + std::to_string(s.max_batch_tokens) + ")]");

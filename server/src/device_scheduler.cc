@@ -70,7 +70,10 @@ DeviceScheduler::~DeviceScheduler() {
 }
 
 bool DeviceScheduler::Enqueue(std::shared_ptr<StepState> step, StepPart* part, bool may_claim) {
-  const bool small = part->total_rows() <= config_.inline_launch_tokens;
+  const bool pass_layer = step->pass() != nullptr && !step->pass_begin();
+  const bool small =
+      part->total_rows() <= config_.inline_launch_tokens ||
+      (pass_layer && arena_->cuda() && part->total_rows() <= config_.inline_pass_tokens);
   std::vector<Item> doomed;
   bool claimed = false;
   {

@@ -38,6 +38,7 @@ TEST(ConfigTest, EveryBadFieldIsNamedWithItsLimit) {
        "batch-window (2s) must be in [0, 1s]"},
       {[](ServerConfig& c) { c.scheduler.max_batch_tokens = 0; }, "max-batch-tokens (0)"},
       {[](ServerConfig& c) { c.scheduler.inline_launch_tokens = -1; }, "inline-launch-tokens (-1)"},
+      {[](ServerConfig& c) { c.scheduler.inline_pass_tokens = -1; }, "inline-pass-tokens (-1)"},
       {[](ServerConfig& c) { c.scheduler.prefill_chunk_tokens = 9000; },
        "prefill-chunk (9000) must be in [1, max-batch-tokens (8192)]"},
       {[](ServerConfig& c) { c.cpu_devices = 0; }, "cpu-devices (0)"},

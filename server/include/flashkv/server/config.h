@@ -48,6 +48,12 @@ struct SchedulerConfig {
   // it, instead of waking the scheduler's thread: that wake-up is most of a small decode step's
   // time in the server. Zero: every launch runs on the scheduler's thread.
   int inline_launch_tokens = 16;
+  // The same for a decode pass's layer steps (layers 1..L-1) on CUDA devices, up to this many
+  // tokens: such a step launches alone anyway (nothing to merge it with), and on a GPU the
+  // receiving thread is held only for its two kernels (tens of µs at decode sizes), while the
+  // wake-up it saves was a third of a pass layer step's fixed path (docs/performance.md, "Decode
+  // passes"). CPU devices keep inline_launch_tokens: there the thread would run the kernel.
+  int inline_pass_tokens = 512;
 };
 
 inline constexpr int64_t kDefaultCpuKvCacheBytes = int64_t{1} << 30;
