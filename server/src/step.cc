@@ -124,6 +124,11 @@ void StepState::ReportPart(StepPart* part, absl::Status status) {
 
 std::shared_ptr<StepState> StepState::Resolve() {
   absl::Status status;
+  // Resolved, this step no longer needs its predecessor, but the predecessor may be the last
+  // owner of that step (and through it of a finished pass and its begin step). Freeing them walks
+  // memory the kernels just evicted from the caches (~10 µs at batch 256 on the CPU backend), so
+  // it happens after the response is handed on, outside the step's server time.
+  std::shared_ptr<StepState> predecessor;
   {
     MutexLock lock(&mu_);
     status = failure_;
@@ -137,7 +142,7 @@ std::shared_ptr<StepState> StepState::Resolve() {
                                     std::to_string(predecessor_->step_id_) + ") failed");
       }
     }
-    predecessor_.reset();  // resolved: the chain behind this step can go
+    predecessor = std::move(predecessor_);  // resolved: the chain behind this step can go
   }
   if (pass_ != nullptr) {
     // Stream order makes this the pass's order too: its last layer commits after every earlier
