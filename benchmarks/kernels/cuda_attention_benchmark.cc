@@ -344,12 +344,6 @@ void PagedPrefillTable(DType dtype, int reps, const std::vector<int>& head_dims,
           int box = 0;  // 0: not the sm90 kernel
         };
         std::vector<Variant> variants;
-        // The paged tile of the active variant (kPagedKeys80: 80-key tiles split at pages, one
-        // call per pool; else 64-key boxes or whole-tile boxes, both shapes timed).
-        const sm90::TileKind kind = sm90::ChooseTileKind(d, /*paged=*/true, /*varlen=*/true,
-                                                         causal, s, s);
-        const bool split = kind == sm90::TileKind::kPagedKeys80;
-        const int block_n = sm90::ChooseTileShape(d, /*paged=*/true, kind).block_n;
         for (const auto& pool : pools) {
           Variant v{pool.get(), PagedArgs(c, *pool)};
           BENCH_CHECK(testing::PathOf(v.args, &v.path));
@@ -357,6 +351,12 @@ void PagedPrefillTable(DType dtype, int reps, const std::vector<int>& head_dims,
             variants.push_back(v);
             continue;
           }
+          // The pool's tile under the active variant (kPagedKeys80: 80-key tiles split at pages,
+          // one call; else 64-key boxes or whole-tile boxes, both shapes timed).
+          const sm90::TileKind kind = sm90::ChooseTileKind(d, /*paged=*/true, /*varlen=*/true,
+                                                           causal, s, s, pool->page);
+          const bool split = kind == sm90::TileKind::kPagedKeys80;
+          const int block_n = sm90::ChooseTileShape(d, /*paged=*/true, kind).block_n;
           v.box = split ? block_n : sm90::PagedBoxRows(pool->page, block_n);
           variants.push_back(v);
           if (!split && v.box != sm90::kPagedBoxRows) {

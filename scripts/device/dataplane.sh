@@ -23,7 +23,8 @@
 # shm-batch cells with --inline-launch-tokens=512 (Unix socket); CPU=1 also runs
 # the CPU backend on the same host (16 cores: a quieter machine than the 2-core development one).
 # PLANES (default bytes,shm,shm-batch,shm-pass) and TRANSPORTS (unix,tcp) narrow the main table;
-# LAYERS (4) sets the model's layer count (a decode pass's layer-0 work is spread over them).
+# LAYERS (16) sets the model's layer count (a decode pass's layer-0 work is spread over them;
+# 32 outlasts 4 s cells at batch 256 with its prefill).
 # Files back: dataplane.txt, dataplane*.json.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -109,7 +110,7 @@ for backend in cuda $([[ ${CPU:-0} == 1 ]] && echo cpu); do
       --server="$bin/flashkv-server" --loadgen="$bin/flashkv-loadgen" \
       --transport-benchmark="$bin/transport_benchmark" --duration="$duration" "${extra[@]}" \
       --planes="${PLANES:-bytes,shm,shm-batch,shm-pass}" --transports="${TRANSPORTS:-unix,tcp}" \
-      --layers="${LAYERS:-4}" \
+      --layers="${LAYERS:-16}" \
       --verify="$verify" --expect-region-memory="$expect" \
       --json-out="$OUT/dataplane-$backend.json"
     rc=$?

@@ -212,9 +212,11 @@ bool PlanStreamK(Schedule* schedule, int grid, int key_tiles) {
 }
 
 TileKind ChooseTileKind(int head_dim, bool paged, bool varlen, bool causal, int max_seqlen_q,
-                        int max_seqlen_kv) {
+                        int max_seqlen_kv, int page_size) {
   Sm90Variant variant = ActiveVariant();
-  if (variant == Sm90Variant::kPagedKeys80 && HasPagedKeys80Shape(head_dim, paged)) {
+  if (HasPagedKeys80Shape(head_dim, paged) &&
+      (variant == Sm90Variant::kPagedKeys80 ||
+       (variant == Sm90Variant::kAuto && page_size >= kPagedKeys80MinPageSize))) {
     return TileKind::kPagedKeys80;
   }
   // kStreamK changes the schedule of kAuto's kernels, not their shapes; kPagedKeys80 the shape of

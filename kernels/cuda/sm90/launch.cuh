@@ -156,9 +156,9 @@ KernelStatus LaunchAttentionSm90(const AttentionParams& params, const LaunchInfo
   sp.p.num_splits = 1;
   // Read once: the schedule, the TMA boxes and the kernel must agree on the tile shape.
   const bool varlen = sp.p.cu_seqlens_q != nullptr;
-  const sm90::TileKind kind = sm90::ChooseTileKind(kHeadDim, kPaged, varlen, sp.p.causal,
-                                                   varlen ? sp.p.max_seqlen_q : sp.p.seqlen_q,
-                                                   varlen ? sp.p.max_seqlen_kv : sp.p.seqlen_kv);
+  const sm90::TileKind kind = sm90::ChooseTileKind(
+      kHeadDim, kPaged, varlen, sp.p.causal, varlen ? sp.p.max_seqlen_q : sp.p.seqlen_q,
+      varlen ? sp.p.max_seqlen_kv : sp.p.seqlen_kv, kPaged ? sp.p.page_size : 0);
   FLASHKV_RETURN_IF_ERROR(
       sm90::BuildSchedule(sp.p, info, kHeadDim, sizeof(Element), props, &sp.schedule, kind));
   if (sp.schedule.num_tiles == 0) return KernelStatus::Ok();

@@ -260,6 +260,18 @@ TEST(KernelPathTest, TileKindByVariantHeadDimLayoutAndLength) {
   EXPECT_EQ(sm90::ChooseTileKind(128, false, false, true, 8192, 8192), TileKind::kStandard);
   EXPECT_EQ(sm90::ChooseTileKind(128, true, false, false, 8192, 8192), TileKind::kStandard);
   EXPECT_EQ(sm90::ChooseTileKind(256, false, false, false, 8192, 8192), TileKind::kStandard);
+  // Paged head dim 256: 80-key split tiles from kPagedKeys80MinPageSize keys per page.
+  const int kPage80 = sm90::kPagedKeys80MinPageSize;
+  EXPECT_EQ(sm90::ChooseTileKind(256, true, true, true, 8192, 8192, kPage80),
+            TileKind::kPagedKeys80);
+  EXPECT_EQ(sm90::ChooseTileKind(256, true, true, true, 8192, 8192, kPage80 - 64),
+            TileKind::kStandard);
+  EXPECT_EQ(sm90::ChooseTileKind(128, true, true, true, 8192, 8192, 256), TileKind::kStandard);
+  sm90::testing::SetVariant(sm90::Sm90Variant::kPagedKeys80);
+  EXPECT_EQ(sm90::ChooseTileKind(256, true, true, true, 8192, 8192, 64), TileKind::kPagedKeys80);
+  EXPECT_EQ(sm90::ChooseTileKind(128, false, false, false, 1024, kWide), TileKind::kKeys160);
+  sm90::testing::SetVariant(sm90::Sm90Variant::kBaseline);
+  EXPECT_EQ(sm90::ChooseTileKind(256, true, true, true, 8192, 8192, 256), TileKind::kStandard);
   sm90::testing::SetVariant(sm90::Sm90Variant::kThreeConsumers);
   EXPECT_EQ(sm90::ChooseTileKind(64, false, false, true, 1024, 1024), TileKind::kThreeConsumers);
   EXPECT_EQ(sm90::ChooseTileKind(128, false, false, false, 8192, 8192), TileKind::kStandard);
@@ -342,8 +354,7 @@ TEST(KernelPathTest, StreamKByVariantKindAndLength) {
 TEST(KernelPathTest, FixedScheduleSectionsFitHalfTheL2) {
   sm90::Schedule s;
   // K + V of one head at 4096 x 128 fp16: 2 MiB; half of 50 MiB holds 12 heads.
-  ASSERT_TRUE(
-      sm90::BuildSchedule(Fixed(2, 4096, 4096, 32, 32, 128), {}, 128, 2, H100(), &s).ok());
+  ASSERT_TRUE(sm90::BuildSchedule(Fixed(2, 4096, 4096, 32, 32, 128), {}, 128, 2, H100(), &s).ok());
   EXPECT_EQ(s.m_blocks, 32);
   EXPECT_EQ(s.num_tiles, 32 * 64);
   EXPECT_EQ(s.section_heads, 12);
