@@ -45,8 +45,8 @@ absl::Status DecodePass::Prepare(absl::Span<const kvcache::BatchEntry> entries) 
   return absl::OkStatus();
 }
 
-absl::Status DecodePass::UploadMetadata(const kvcache::LayerBatch& batch, bool cuda,
-                                        int device_id, void* stream) {
+absl::Status DecodePass::UploadMetadata(const kvcache::LayerBatch& batch, bool cuda, int device_id,
+                                        void* stream) {
   if (!cuda) return absl::OkStatus();
   const size_t bytes = batch.size_bytes();
   if (device_allocator_ == nullptr) device_allocator_ = kvcache::NewDeviceAllocator(device_id);
@@ -61,19 +61,17 @@ absl::Status DecodePass::UploadMetadata(const kvcache::LayerBatch& batch, bool c
                                                    static_cast<cuda::Stream>(stream)));
 }
 
-bool DecodePass::ReadyFor(int layer) const {
-  return failed_.load() || computed_.load() >= layer;
-}
+bool DecodePass::ReadyFor(int layer) const { return failed_.load() || computed_.load() >= layer; }
 
 absl::StatusOr<const kvcache::LayerBatch*> DecodePass::Acquire(int layer) {
   MutexLock lock(&mu_);
   if (!failure_.ok()) {
-    return absl::FailedPreconditionError(absl::StrCat("pass ", id_, " was aborted: ",
-                                                      failure_.message()));
+    return absl::FailedPreconditionError(
+        absl::StrCat("pass ", id_, " was aborted: ", failure_.message()));
   }
   if (ended_ || !batch_.has_value() || computed_.load() != layer) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "pass ", id_, " cannot run layer ", layer, ": ", computed_.load(), " layers computed"));
+    return absl::FailedPreconditionError(absl::StrCat("pass ", id_, " cannot run layer ", layer,
+                                                      ": ", computed_.load(), " layers computed"));
   }
   in_use_ = true;
   return &*batch_;
@@ -132,9 +130,10 @@ absl::StatusOr<std::shared_ptr<DecodePass>> StreamPasses::ForLayer(uint64_t pass
                                                                    uint32_t layer) const {
   auto it = passes_.find(pass_id);
   if (it == passes_.end()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "batch.pass_id: pass ", pass_id, " is unknown on this stream (a pass begins with a "
-        "layer-0 step naming its sequences, and ends after its last layer)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("batch.pass_id: pass ", pass_id,
+                     " is unknown on this stream (a pass begins with a "
+                     "layer-0 step naming its sequences, and ends after its last layer)"));
   }
   const DecodePass& pass = *it->second;
   if (static_cast<int>(layer) != pass.next_layer) {
@@ -147,21 +146,61 @@ absl::StatusOr<std::shared_ptr<DecodePass>> StreamPasses::ForLayer(uint64_t pass
 
 absl::Status StreamPasses::CheckBegin(uint64_t pass_id) const {
   if (passes_.contains(pass_id)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "batch.pass_id: pass ", pass_id, " is live on this stream; a new pass needs an id no "
-        "live pass of the stream has"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("batch.pass_id: pass ", pass_id,
+                     " is live on this stream; a new pass needs an id no "
+                     "live pass of the stream has"));
   }
   return absl::OkStatus();
 }
 
-void StreamPasses::Add(std::shared_ptr<DecodePass> pass) {
+absl::Status StreamPasses::CheckNotHeld(const wire::StepRequestView& view) const {
+  if (held_.empty()) return absl::OkStatus();
+  auto refuse = [&](const std::string& field, const std::string& id) -> absl::Status {
+    auto it = held_.find(id);
+    if (it == held_.end()) return absl::OkStatus();
+    return absl::FailedPreconditionError(absl::StrCat(
+        field, ": sequence '", id, "' is in pass ", it->second,
+        " of this stream, whose last layer has not been sent; steps of one stream resolve in "
+        "order, so a step naming it would wait for the pass while the pass waited behind it "
+        "(send the pass's remaining layers first)"));
+  };
+  for (size_t i = 0; i < view.entries.size(); ++i) {
+    if (auto s = refuse(absl::StrCat("entries[", i, "].sequence_id"), view.entries[i].sequence_id);
+        !s.ok()) {
+      return s;
+    }
+  }
+  for (size_t i = 0; i < view.batch.sequence_ids.size(); ++i) {
+    if (auto s = refuse(absl::StrCat("batch.sequence_ids[", i, "]"), view.batch.sequence_ids[i]);
+        !s.ok()) {
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+void StreamPasses::Add(std::shared_ptr<DecodePass> pass,
+                       absl::Span<const std::string> sequence_ids) {
   const uint64_t id = pass->id();
+  for (const std::string& sequence : sequence_ids) held_[sequence] = id;
   passes_[id] = std::move(pass);
+}
+
+void StreamPasses::Remove(uint64_t pass_id) {
+  passes_.erase(pass_id);
+  for (auto it = held_.begin(); it != held_.end();) {
+    if (it->second == pass_id) {
+      held_.erase(it++);
+    } else {
+      ++it;
+    }
+  }
 }
 
 void StreamPasses::Accepted(DecodePass& pass, uint32_t layer) {
   pass.next_layer = static_cast<int>(layer) + 1;
-  if (pass.next_layer >= pass.num_layers()) passes_.erase(pass.id());
+  if (pass.next_layer >= pass.num_layers()) Remove(pass.id());
 }
 
 std::vector<std::shared_ptr<DecodePass>> StreamPasses::TakeAll() {
@@ -169,12 +208,14 @@ std::vector<std::shared_ptr<DecodePass>> StreamPasses::TakeAll() {
   all.reserve(passes_.size());
   for (auto& [id, pass] : passes_) all.push_back(std::move(pass));
   passes_.clear();
+  held_.clear();
   return all;
 }
 
 void StreamPasses::AbortAll(const absl::Status& why) {
   for (auto& [id, pass] : passes_) pass->Abort(why);
   passes_.clear();
+  held_.clear();
 }
 
 }  // namespace flashkv::server

@@ -342,6 +342,9 @@ absl::StatusOr<std::shared_ptr<StepState>> KvCacheService::NewStep(const grpc::B
   if (view.batch.present && view.batch.pass_id != 0) {
     return NewPassStep(&*message, view, tenant, received, std::move(done), passes);
   }
+  if (passes != nullptr) {
+    if (auto s = passes->CheckNotHeld(view); !s.ok()) return s;
+  }
   const RegionAccess regions{regions_, tenant.name};
   absl::StatusOr<std::vector<StepEntry>> entries =
       CheckStepRequest(view, config_, *caches_, regions, tenant, &*message);

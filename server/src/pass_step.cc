@@ -36,6 +36,7 @@ absl::StatusOr<std::shared_ptr<StepState>> KvCacheService::NewPassStep(
   std::optional<LedgerReservation> reservation;
   if (view.layer == 0) {
     if (auto s = passes->CheckBegin(pass_id); !s.ok()) return s;
+    if (auto s = passes->CheckNotHeld(view); !s.ok()) return s;
     absl::StatusOr<std::vector<StepEntry>> checked =
         CheckStepRequest(view, config_, *caches_, regions, tenant, message);
     if (!checked.ok()) return checked.status();
@@ -72,7 +73,7 @@ absl::StatusOr<std::shared_ptr<StepState>> KvCacheService::NewPassStep(
   step->set_pass(pass);
   if (view.layer == 0) {
     pass->SetBegin(step, std::move(reservation));
-    passes->Add(pass);
+    passes->Add(pass, view.batch.sequence_ids);
   }
   passes->Accepted(*pass, view.layer);
   return step;

@@ -157,8 +157,7 @@ TEST_P(DecodePassTest, PassesMatchPlainStepsAndTheReference) {
         batch.mutable_out()->set_offset(kOut);
         std::memset(region.data() + kOut, 0xff, 64 << 10);  // poison: NaN
       }
-      ASSERT_TRUE(stream->Write(
-          PassStep(layer, pass, layer == 0 ? batch : TensorsOnly(batch))));
+      ASSERT_TRUE(stream->Write(PassStep(layer, pass, layer == 0 ? batch : TensorsOnly(batch))));
       v1::StepResponse response;
       ASSERT_TRUE(stream->Read(&response)) << "pass " << pass << " layer " << layer;
       ASSERT_TRUE(response.has_batch_out());
@@ -220,8 +219,22 @@ TEST_P(DecodePassTest, RefusalsNameTheFieldAndChangeNothing) {
                         grpc::StatusCode::INVALID_ARGUMENT,
                         "batch.q.shape[0] (T) = 1 must equal the pass's new tokens");
     // An unknown pass, a layer out of order.
-    ExpectStreamRefused({PassStep(1, 3, TensorsOnly(good))},
-                        grpc::StatusCode::FAILED_PRECONDITION, "pass 3 is unknown");
+    ExpectStreamRefused({PassStep(1, 3, TensorsOnly(good))}, grpc::StatusCode::FAILED_PRECONDITION,
+                        "pass 3 is unknown");
+    // The pass's sequences, named again on its own stream before its last layer: a plain step,
+    // in either request format, or a new pass.
+    v1::StepRequest plain;
+    *plain.mutable_batch() = MakeBatch(Entries({"b"}));
+    ExpectStreamRefused({PassStep(0, 1, good), plain}, grpc::StatusCode::FAILED_PRECONDITION,
+                        "batch.sequence_ids[0]: sequence 'b' is in pass 1 of this stream");
+    v1::StepRequest plain_entries;
+    *plain_entries.add_entries() = Entries({"a"})[0];
+    ExpectStreamRefused({PassStep(0, 1, good), plain_entries},
+                        grpc::StatusCode::FAILED_PRECONDITION,
+                        "entries[0].sequence_id: sequence 'a' is in pass 1 of this stream");
+    ExpectStreamRefused({PassStep(0, 1, good), PassStep(0, 2, good)},
+                        grpc::StatusCode::FAILED_PRECONDITION,
+                        "batch.sequence_ids[0]: sequence 'a' is in pass 1 of this stream");
     if (layers() > 2) {
       ExpectStreamRefused({PassStep(0, 1, good), PassStep(2, 1, TensorsOnly(good))},
                           grpc::StatusCode::FAILED_PRECONDITION,

@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -35,6 +36,7 @@
 #include "flashkv/kvcache/kv_cache.h"
 #include "flashkv/kvcache/memory.h"
 #include "flashkv/server/tenant_ledger.h"
+#include "flashkv/wire/messages.h"
 
 namespace flashkv::server {
 
@@ -127,7 +129,14 @@ class StreamPasses {
   absl::StatusOr<std::shared_ptr<DecodePass>> ForLayer(uint64_t pass_id, uint32_t layer) const;
   // Whether `pass_id` may begin (no live pass has it): INVALID_ARGUMENT otherwise.
   absl::Status CheckBegin(uint64_t pass_id) const;
-  void Add(std::shared_ptr<DecodePass> pass);
+  // A step of this stream (or a new pass) naming a sequence that a live pass of the stream holds
+  // is refused, FAILED_PRECONDITION naming the field, the sequence and the pass: steps of one
+  // stream resolve in order, so it would wait for the pass while the pass's remaining layers
+  // waited behind it, and neither could finish. Once the pass's last layer is accepted its
+  // sequences may be named again (such a step waits for the commit). Free when no pass is live.
+  absl::Status CheckNotHeld(const wire::StepRequestView& view) const;
+  // `sequence_ids`: the client's ids of the pass's sequences (held until it leaves the table).
+  void Add(std::shared_ptr<DecodePass> pass, absl::Span<const std::string> sequence_ids);
   // The step of `layer` was accepted: the pass expects the next one, or, after its last layer,
   // leaves the table (its id is free again; the last step commits or aborts it).
   void Accepted(DecodePass& pass, uint32_t layer);
@@ -136,7 +145,10 @@ class StreamPasses {
   std::vector<std::shared_ptr<DecodePass>> TakeAll();
 
  private:
+  void Remove(uint64_t pass_id);
+
   absl::flat_hash_map<uint64_t, std::shared_ptr<DecodePass>> passes_;
+  absl::flat_hash_map<std::string, uint64_t> held_;  // client sequence id -> its live pass
 };
 
 }  // namespace flashkv::server
