@@ -363,6 +363,13 @@ void DeviceScheduler::Loop() {
   }
 }
 
+void DeviceScheduler::CountLaunch(const LaunchSummary& summary) {
+  ++counters_.launches;
+  counters_.entries += summary.entries;
+  counters_.tokens += summary.tokens;
+  counters_.max_entries = std::max<uint64_t>(counters_.max_entries, summary.entries);
+}
+
 void DeviceScheduler::ExecutePass(const Item& item) {
   StepPart* part = item.part;
   DecodePass& pass = *item.step->pass();
@@ -404,10 +411,7 @@ void DeviceScheduler::ExecutePass(const Item& item) {
     MutexLock lock(&mu_);
     part->rows_done = part->total_rows();
     part->kernel_time += summary->kernel_time;
-    ++counters_.launches;
-    counters_.entries += summary->entries;
-    counters_.tokens += summary->tokens;
-    counters_.max_entries = std::max<uint64_t>(counters_.max_entries, summary->entries);
+    CountLaunch(*summary);
     ++counters_.parts_completed;
     RetainWaitingTenants();
   }
@@ -455,10 +459,7 @@ void DeviceScheduler::Execute(Plan& plan) {
       spdlog::trace("device {} layer {}: {} sequences, {} tokens in {}", device_id_, plan.layer,
                     summary->entries, summary->tokens, absl::FormatDuration(elapsed));
       MutexLock lock(&mu_);
-      ++counters_.launches;
-      counters_.entries += summary->entries;
-      counters_.tokens += summary->tokens;
-      counters_.max_entries = std::max<uint64_t>(counters_.max_entries, summary->entries);
+      CountLaunch(*summary);
     } else {
       spdlog::warn("device {} layer {}: launch failed: {}", device_id_, plan.layer,
                    launch_status.ToString());

@@ -447,7 +447,6 @@ absl::StatusOr<LaunchSummary> RunLaunch(const ModelShape& m, absl::Span<const La
   return LaunchSummary{static_cast<int>(n), total, *kernel_time};
 }
 
-
 absl::StatusOr<LaunchSummary> RunPassLaunch(const ModelShape& m, const kvcache::LayerBatch& pass,
                                             int layer, const void* metadata, const StepPart& part,
                                             LaunchArena* arena) {

@@ -103,6 +103,8 @@ class DeviceScheduler final : public PartReleaser {
   void ExecutePass(const Item& item);
   // Tells the fair shares which tenants have parts queued (pending or active).
   void RetainWaitingTenants() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A launch's entries and tokens in the scheduler's counters.
+  void CountLaunch(const LaunchSummary& summary) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Report(const Item& item, absl::Status status);
   void ReportDoomed(const std::vector<Item>& doomed, bool stopping);
   // Tells the scheduler thread to look again (work queued, sequences released, a launch done).
