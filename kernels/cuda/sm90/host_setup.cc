@@ -151,40 +151,41 @@ Sm90Variant ActiveVariant() {
   return static_cast<Sm90Variant>(active_variant.load(std::memory_order_relaxed));
 }
 
-bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors) {
-  if (!causal) return false;
-  switch (ActiveVariant()) {
-    case Sm90Variant::kBaseline:
-      return false;
-    case Sm90Variant::kDynamicSchedule:
-      return true;
+namespace {
+
+// kAuto and the variants measured against it: kAuto's schedule and kernels for every launch but
+// the ones a variant changes, so that an A/B against kAuto isolates that change.
+bool TakesAutoKernels(Sm90Variant variant) {
+  switch (variant) {
     case Sm90Variant::kAuto:
-    case Sm90Variant::kThreeConsumers:  // kAuto's schedule: an A/B against kAuto isolates the tile
+    case Sm90Variant::kThreeConsumers:
     case Sm90Variant::kKeys160:
     case Sm90Variant::kKeys176:
     case Sm90Variant::kStreamK:
     case Sm90Variant::kPagedKeys80:
-      return num_tiles > 2 * int64_t{multiprocessors};
+      return true;
+    case Sm90Variant::kBaseline:
+    case Sm90Variant::kDynamicSchedule:
     case Sm90Variant::kLazyRescale:
-      return false;  // the baseline's static schedule: its A/B isolates the rescale
+      return false;
   }
   return false;
 }
 
+}  // namespace
+
+bool UseDynamicSchedule(bool causal, int64_t num_tiles, int multiprocessors) {
+  if (!causal) return false;
+  const Sm90Variant variant = ActiveVariant();
+  if (TakesAutoKernels(variant)) return num_tiles > 2 * int64_t{multiprocessors};
+  // kLazyRescale keeps the baseline's static schedule: its A/B isolates the rescale.
+  return variant == Sm90Variant::kDynamicSchedule;
+}
+
 bool UseLazyRescale(int head_dim) {
-  switch (ActiveVariant()) {
-    case Sm90Variant::kLazyRescale:
-      return true;
-    case Sm90Variant::kAuto:
-    case Sm90Variant::kThreeConsumers:  // (kAuto's kernels but for the one being measured)
-    case Sm90Variant::kKeys160:
-    case Sm90Variant::kKeys176:
-    case Sm90Variant::kStreamK:
-    case Sm90Variant::kPagedKeys80:
-      return head_dim == kLazyRescaleHeadDim;
-    default:
-      return false;
-  }
+  const Sm90Variant variant = ActiveVariant();
+  return variant == Sm90Variant::kLazyRescale ||
+         (TakesAutoKernels(variant) && head_dim == kLazyRescaleHeadDim);
 }
 
 bool UseStreamK(TileKind kind, int seqlen_kv) {

@@ -129,6 +129,13 @@ KernelStatus RunVariant(Sm90Params& sp, const DeviceProps& props, cudaStream_t s
   }
 }
 
+// RunVariant with the O rescale the active variant takes at this head dim (UseLazyRescale).
+template <class Tr>
+KernelStatus RunRescaleVariant(Sm90Params& sp, const DeviceProps& props, cudaStream_t stream) {
+  return UseLazyRescale(Tr::kHeadDim) ? RunVariant<Tr, true>(sp, props, stream)
+                                      : RunVariant<Tr, false>(sp, props, stream);
+}
+
 // Contiguous launches without a causal mask (ChooseTileKind takes the wide key tiles for those
 // alone), so that the wide tiles' kernels are instantiated without the causal ones.
 template <class Tr>
@@ -188,15 +195,13 @@ KernelStatus LaunchAttentionSm90(const AttentionParams& params, const LaunchInfo
   if constexpr (sm90::HasPagedKeys80Shape(kHeadDim, kPaged)) {
     if (kind == sm90::TileKind::kPagedKeys80) {
       using Keys80 = sm90::Traits<Element, kHeadDim, kPaged, sm90::TileKind::kPagedKeys80>;
-      return sm90::UseLazyRescale(kHeadDim) ? sm90::RunVariant<Keys80, true>(sp, props, stream)
-                                            : sm90::RunVariant<Keys80, false>(sp, props, stream);
+      return sm90::RunRescaleVariant<Keys80>(sp, props, stream);
     }
   }
   if constexpr (!kPaged && Tr::kSeparateO) {
     if (stream_k) return sm90::RunStreamK<Tr>(sp, props, stream);
   }
-  return sm90::UseLazyRescale(kHeadDim) ? sm90::RunVariant<Tr, true>(sp, props, stream)
-                                        : sm90::RunVariant<Tr, false>(sp, props, stream);
+  return sm90::RunRescaleVariant<Tr>(sp, props, stream);
 }
 
 }  // namespace flashkv::cuda
