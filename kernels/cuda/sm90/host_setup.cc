@@ -217,7 +217,7 @@ TileKind ChooseTileKind(int head_dim, bool paged, bool varlen, bool causal, int 
   Sm90Variant variant = ActiveVariant();
   if (HasPagedKeys80Shape(head_dim, paged) &&
       (variant == Sm90Variant::kPagedKeys80 ||
-       (variant == Sm90Variant::kAuto && page_size >= kPagedKeys80MinPageSize))) {
+       (TakesAutoKernels(variant) && page_size >= kPagedKeys80MinPageSize))) {
     return TileKind::kPagedKeys80;
   }
   // kStreamK changes the schedule of kAuto's kernels, not their shapes; kPagedKeys80 the shape of

@@ -274,6 +274,9 @@ TEST(KernelPathTest, TileKindByVariantHeadDimLayoutAndLength) {
   EXPECT_EQ(sm90::ChooseTileKind(256, true, true, true, 8192, 8192, 256), TileKind::kStandard);
   sm90::testing::SetVariant(sm90::Sm90Variant::kThreeConsumers);
   EXPECT_EQ(sm90::ChooseTileKind(64, false, false, true, 1024, 1024), TileKind::kThreeConsumers);
+  // kAuto's kernels wherever the variant changes nothing: paged head dim 256 as under kAuto.
+  EXPECT_EQ(sm90::ChooseTileKind(256, true, true, true, 8192, 8192, kPage80),
+            TileKind::kPagedKeys80);
   EXPECT_EQ(sm90::ChooseTileKind(128, false, false, false, 8192, 8192), TileKind::kStandard);
   for (const auto& [variant, kind] : {std::pair{sm90::Sm90Variant::kKeys160, TileKind::kKeys160},
                                       std::pair{sm90::Sm90Variant::kKeys176, TileKind::kKeys176}}) {
