@@ -71,6 +71,7 @@ absl::Status CheckCudaRegionSize(uint64_t size, const uint8_t* allocation_base,
 class RegionRegistry {
  public:
   explicit RegionRegistry(RegionLimits limits = {}) : limits_(limits) {}
+  ~RegionRegistry();
 
   // Maps `size` bytes of the memfd `fd` of process `pid`. Errors: INVALID_ARGUMENT for a size of
   // 0, NOT_FOUND when the descriptor cannot be opened, FAILED_PRECONDITION when it is not a
