@@ -93,6 +93,10 @@ double MetricValue(const std::string& text, const std::string& sample) {
   return std::stod(text.substr(at + sample.size() + 2));
 }
 
+// Probes the KvCacheService's health rather than the server's (service ""): gRPC's default health
+// service answers "" SERVING from the moment the server starts until flashkv sets it NOT_SERVING
+// right after, and a probe that lands in between (seen under TSan on a loaded machine) would send
+// calls to a server still allocating its caches. A named service is unknown until that point.
 bool WaitForServing(const std::shared_ptr<grpc::Channel>& channel, std::chrono::seconds timeout) {
   auto stub = grpc::health::v1::Health::NewStub(channel);
   const auto end = Clock::now() + timeout;
@@ -100,6 +104,7 @@ bool WaitForServing(const std::shared_ptr<grpc::Channel>& channel, std::chrono::
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
     grpc::health::v1::HealthCheckRequest request;
+    request.set_service("flashkv.v1.KvCacheService");
     grpc::health::v1::HealthCheckResponse response;
     if (stub->Check(&context, request, &response).ok() &&
         response.status() == grpc::health::v1::HealthCheckResponse::SERVING) {
@@ -249,7 +254,8 @@ TEST(DrainTest, SigtermLetsStepsInFlightFinishThenEndsStreams) {
       v1::CreateSequenceRequest request;
       request.set_sequence_id(sequence);
       v1::CreateSequenceResponse response;
-      ASSERT_TRUE(stub->CreateSequence(&context, request, &response).ok());
+      const grpc::Status created = stub->CreateSequence(&context, request, &response);
+      ASSERT_TRUE(created.ok()) << created.error_code() << " " << created.error_message();
     }
     const double answered_before = answered_so_far();
     ASSERT_GE(answered_before, 0) << "the metrics endpoint does not answer";
