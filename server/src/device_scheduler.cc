@@ -412,6 +412,7 @@ void DeviceScheduler::ExecutePass(const Item& item) {
     MutexLock lock(&mu_);
     part->rows_done = part->total_rows();
     part->kernel_time += summary->kernel_time;
+    part->launch_time += elapsed;
     CountLaunch(*summary);
     ++counters_.parts_completed;
     RetainWaitingTenants();
@@ -469,6 +470,7 @@ void DeviceScheduler::Execute(Plan& plan) {
   std::vector<Item> completed;
   {
     const absl::Time now = clock_->Now();
+    const absl::Duration round = now - prepared_at;  // preparation, staging, kernels
     MutexLock lock(&mu_);
     for (size_t i = 0; i < windows.size(); ++i) {
       if (!launch_status.ok()) {
@@ -478,6 +480,7 @@ void DeviceScheduler::Execute(Plan& plan) {
       StepPart* part = windows[i].part;
       part->rows_done = windows[i].end;
       part->kernel_time += kernel_time;
+      part->launch_time += round;
       if (part->rows_done == part->total_rows()) {
         completed.push_back(launched[i]);
         ++counters_.parts_completed;
