@@ -242,7 +242,7 @@ KernelStatus ValidateKvAppend(const KvAppendArgs& a, bool primary_is_host) {
 }
 
 PagedLayerTensors LayerTensorsOf(const PagedAttentionArgs& a) {
-  return PagedLayerTensors{a.q, a.out, a.lse, a.k_cache, a.v_cache};
+  return PagedLayerTensors{a.q, a.out, a.lse, a.k_cache, a.v_cache, a.cache_strides, a.num_blocks};
 }
 
 KernelStatus PagedAttentionPlan::Make(const PagedAttentionArgs& args, Backend backend,
@@ -272,7 +272,20 @@ KernelStatus PagedAttentionPlan::ForLayer(const PagedLayerTensors& t, Backend ba
       CheckTensor("k_cache", t.k_cache, has_kv_, args_.cache_strides, false, true));
   FLASHKV_RETURN_IF_ERROR(
       CheckTensor("v_cache", t.v_cache, has_kv_, args_.cache_strides, false, true));
+  const Strides& s = t.cache_strides;
+  const Strides& planned = args_.cache_strides;
+  if (s.batch != planned.batch || s.row != planned.row || s.head != planned.head) {
+    return InvalidArgument("cache_strides {batch " + Str(s.batch) + ", row " + Str(s.row) +
+                           ", head " + Str(s.head) + "} differ from the planned {batch " +
+                           Str(planned.batch) + ", row " + Str(planned.row) + ", head " +
+                           Str(planned.head) + "}");
+  }
+  if (t.num_blocks < args_.num_blocks) {
+    return InvalidArgument("num_blocks (" + Str(t.num_blocks) + ") is less than the planned " +
+                           Str(args_.num_blocks) + ": the plan checked block ids against those");
+  }
   *args = args_;
+  args->num_blocks = t.num_blocks;
   args->q = t.q;
   args->out = t.out;
   args->lse = t.lse;

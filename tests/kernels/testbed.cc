@@ -442,8 +442,9 @@ KernelStatus RunPlannedLayers(Backend backend, std::vector<PagedProblem>* layers
     FLASHKV_RETURN_IF_ERROR(Upload(layer->k_cache, &k_cache));
     FLASHKV_RETURN_IF_ERROR(Upload(layer->v_cache, &v_cache));
     FLASHKV_RETURN_IF_ERROR(outputs.Prepare(&layer->out, &layer->lse));
-    const PagedLayerTensors tensors{q.get(), outputs.out.get(), outputs.lse_ptr(), k_cache.get(),
-                                    v_cache.get()};
+    const PagedLayerTensors tensors{q.get(),           outputs.out.get(), outputs.lse_ptr(),
+                                    k_cache.get(),     v_cache.get(),     planned.cache_strides,
+                                    planned.num_blocks};
     FLASHKV_RETURN_IF_ERROR(RunPlannedPaged(backend, plan, tensors));
     FLASHKV_RETURN_IF_ERROR(outputs.Fetch(&layer->out, &layer->lse));
   }

@@ -565,12 +565,14 @@ TEST(PagedPlan, ALayerNeedsItsTensorsAndThePlansBackend) {
   FLASHKV_EXPECT_OK(PagedAttentionPlan::Make(setup.args, PagedAttentionPlan::Backend::kCpu, &plan));
   ExpectInvalid(plan.ForLayer(tensors, PagedAttentionPlan::Backend::kCuda, &args), "other backend");
   using T = PagedLayerTensors;
-  const std::vector<std::pair<void (*)(T&), const char*>> missing = {
+  std::vector<std::pair<void (*)(T&), const char*>> missing = {
       {[](T& t) { t.q = nullptr; }, "q is null"},
       {[](T& t) { t.out = nullptr; }, "out is null"},
       {[](T& t) { t.k_cache = nullptr; }, "k_cache is null"},
       {[](T& t) { t.v_cache = nullptr; }, "v_cache is null"},
   };
+  missing.push_back({[](T& t) { t.cache_strides.row += 1; }, "differ from the planned"});
+  missing.push_back({[](T& t) { t.num_blocks -= 1; }, "is less than the planned 9"});
   for (const auto& [edit, message] : missing) {
     T layer = tensors;
     edit(layer);

@@ -188,6 +188,10 @@ struct PagedLayerTensors {
   float* lse = nullptr;
   const void* k_cache = nullptr;
   const void* v_cache = nullptr;
+  // The layer's pools' geometry: the planned strides, and at least the planned blocks (the plan
+  // checked every block id against those).
+  Strides cache_strides;
+  int num_blocks = 0;
 };
 
 PagedLayerTensors LayerTensorsOf(const PagedAttentionArgs& args);
@@ -211,7 +215,8 @@ class PagedAttentionPlan {
   Backend backend() const { return backend_; }
   const PagedAttentionArgs& args() const { return args_; }
   // The planned args with `tensors` in place of their pointers; kInvalidArgument naming the
-  // tensor when one the launch reads or writes is null, or when the plan is not for `backend`.
+  // tensor when one the launch reads or writes is null, when the pools' geometry is not the
+  // planned one, or when the plan is not for `backend`.
   KernelStatus ForLayer(const PagedLayerTensors& tensors, Backend backend,
                         PagedAttentionArgs* args) const;
 
