@@ -226,6 +226,14 @@ def main():
                "server_overhead_mean_us": us("decode Step server overhead", "mean_ms"),
                "tokens_per_s": batch / (step * 1e-6),
                "load_average": load}
+        # The server's overhead in stages (StepResponse.queue_ns / launch_ns; servers from
+        # before those fields report none): p50 and mean of each.
+        for key, name in (("queue", "decode Step server queue"),
+                          ("launch_host", "decode Step server launch host"),
+                          ("completion", "decode Step server completion")):
+            if name in lat:
+                row[f"{key}_p50_us"] = us(name)
+                row[f"{key}_mean_us"] = us(name, "mean_ms")
         out_rows.append(row)
         print(f"{transport:9} {plane:9} {memory:4} {batch:5} {row['mib_per_step']:8.3f} {row['steps']:6} "
               f"{step:8.0f} {row['step_p99_us']:9.0f} {kernel:8.0f} {overhead:9.0f} "
@@ -243,6 +251,15 @@ def main():
             if cells:
                 print(f"  {transport:4} batch {batch:4}: {', '.join(cells)}; kernel p50 "
                       f"{min(kernel):.0f}")
+    staged = [r for r in out_rows if "queue_p50_us" in r]
+    if staged:
+        print("server overhead in stages, p50 / mean us: queue (arrival to launch: decode, checks, "
+              "wait), launch host (launch minus kernels), completion (launch end to response):")
+        for r in staged:
+            print(f"  {r['transport']:4} {r['plane']:9} batch {r['batch']:4}: "
+                  f"queue {r['queue_p50_us']:.0f} / {r['queue_mean_us']:.0f}, "
+                  f"launch host {r['launch_host_p50_us']:.0f} / {r['launch_host_mean_us']:.0f}, "
+                  f"completion {r['completion_p50_us']:.0f} / {r['completion_mean_us']:.0f}")
     verified = sum(r["steps_verified"] for r in out_rows)
     print(f"verification: {verified} steps recomputed on the CPU (--verify {args.verify}), "
           f"{sum(r['mismatched_entries'] for r in out_rows)} mismatched entries")

@@ -13,24 +13,27 @@ using nlohmann::json;
 
 // Latency rows in report order, with their table labels.
 const std::vector<std::pair<std::string, std::string>>& LatencyRows() {
-  static const auto* rows =
-      new std::vector<std::pair<std::string, std::string>>{{"Step", "Step (one layer)"},
-                                                           {"Step kernel", "  kernels (server)"},
-                                                           {"Step overhead", "  overhead"},
-                                                           {"Step server overhead",
-                                                            "  server overhead"},
-                                                           {"decode Step", "decode Step"},
-                                                           {"decode Step kernel",
-                                                            "  kernels (server)"},
-                                                           {"decode Step overhead", "  overhead"},
-                                                           {"decode Step server overhead",
-                                                            "  server overhead"},
-                                                           {"CreateSequence", "CreateSequence"},
-                                                           {"FreeSequence", "FreeSequence"},
-                                                           {"ttft", "time to first token"},
-                                                           {"tpot", "time per output token"},
-                                                           {"request", "request (end to end)"},
-                                                           {"queue", "queue wait"}};
+  static const auto* rows = new std::vector<std::pair<std::string, std::string>>{
+      {"Step", "Step (one layer)"},
+      {"Step kernel", "  kernels (server)"},
+      {"Step overhead", "  overhead"},
+      {"Step server overhead", "  server overhead"},
+      {"Step server queue", "    queue (to launch)"},
+      {"Step server launch host", "    launch host work"},
+      {"Step server completion", "    completion"},
+      {"decode Step", "decode Step"},
+      {"decode Step kernel", "  kernels (server)"},
+      {"decode Step overhead", "  overhead"},
+      {"decode Step server overhead", "  server overhead"},
+      {"decode Step server queue", "    queue (to launch)"},
+      {"decode Step server launch host", "    launch host work"},
+      {"decode Step server completion", "    completion"},
+      {"CreateSequence", "CreateSequence"},
+      {"FreeSequence", "FreeSequence"},
+      {"ttft", "time to first token"},
+      {"tpot", "time per output token"},
+      {"request", "request (end to end)"},
+      {"queue", "queue wait"}};
   return *rows;
 }
 
@@ -154,7 +157,9 @@ json Report::ToJson() const {
             {"max_pass_tokens", config.max_pass_tokens},
             {"pipeline_depth", config.pipeline_depth},
             {"data_plane", DataPlaneName(config.data_plane)},
-            {"step_format", config.pass_steps ? "pass" : config.batched_steps ? "batch" : "entries"},
+            {"step_format", config.pass_steps      ? "pass"
+                            : config.batched_steps ? "batch"
+                                                   : "entries"},
             {"region_memory", region_memory},
             {"prefix_pool", config.prefix_pool},
             {"prefix_len", config.prefix_len.spec()},

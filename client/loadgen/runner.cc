@@ -42,8 +42,8 @@ absl::Status Runner::Prepare() {
       memory_[3 * i].resize(q_bytes);
       memory_[3 * i + 1].resize(kv_bytes);
       memory_[3 * i + 2].resize(kv_bytes);
-      slots_[i] = Slot{memory_[3 * i].data(), memory_[3 * i + 1].data(),
-                       memory_[3 * i + 2].data(), nullptr};
+      slots_[i] = Slot{memory_[3 * i].data(), memory_[3 * i + 1].data(), memory_[3 * i + 2].data(),
+                       nullptr};
     }
     return absl::OkStatus();
   }
@@ -298,8 +298,7 @@ void Runner::PlanPass() {
   }
 }
 
-TensorView Runner::SlotView(std::byte* data, uint64_t offset, int64_t rows,
-                            int64_t heads) const {
+TensorView Runner::SlotView(std::byte* data, uint64_t offset, int64_t rows, int64_t heads) const {
   Shape shape = {rows, heads, shape_.head_dim};
   if (region_ == nullptr) return TensorView(shape_.dtype, std::move(shape), data);
   return TensorView(shape_.dtype, std::move(shape), data, RegionSlice{region_->id(), offset});
@@ -397,7 +396,8 @@ absl::Status Runner::RunPass() {
     }
     f.sent = absl::Now();
     const auto at = static_cast<uint32_t>(layer);
-    absl::StatusOr<uint64_t> id = config_.pass_steps      ? session_->SendPass(at, batch_.pass_id, batch_)
+    absl::StatusOr<uint64_t> id = config_.pass_steps
+                                      ? session_->SendPass(at, batch_.pass_id, batch_)
                                   : config_.batched_steps ? session_->Send(at, batch_)
                                                           : session_->Send(at, inputs_);
     if (!id.ok()) return id.status();
@@ -434,9 +434,19 @@ void Runner::RecordTiming(absl::Duration latency, const v1::StepResponse& respon
     const std::string p(prefix);
     stats_.latency[p + "Step"].Record(latency);
     stats_.latency[p + "Step kernel"].Record(timing.kernel);
-    stats_.latency[p + "Step overhead"].Record(std::max(latency - timing.kernel, absl::ZeroDuration()));
+    stats_.latency[p + "Step overhead"].Record(
+        std::max(latency - timing.kernel, absl::ZeroDuration()));
     stats_.latency[p + "Step server overhead"].Record(
         std::max(timing.server - timing.kernel, absl::ZeroDuration()));
+    // The server's overhead in stages (StepResponse.queue_ns, launch_ns): before the launch,
+    // the launch's host work (launch minus kernels), and after it up to the response.
+    if (timing.launch > absl::ZeroDuration()) {
+      stats_.latency[p + "Step server queue"].Record(timing.queue);
+      stats_.latency[p + "Step server launch host"].Record(
+          std::max(timing.launch - timing.kernel, absl::ZeroDuration()));
+      stats_.latency[p + "Step server completion"].Record(
+          std::max(timing.server - timing.queue - timing.launch, absl::ZeroDuration()));
+    }
   }
 }
 
@@ -477,9 +487,9 @@ void Runner::Check(const InFlight& f, const v1::StepResponse& response) {
                       : config_.batched_steps
                           ? static_cast<const void*>(response.batch_out().data().data() + q_at)
                           : response.out(i).data().data();
-    const tools::Comparison c = tools::Compare(TensorView(shape_.dtype, out_shape, got),
-                                               TensorView(shape_.dtype, out_shape, want_.data()),
-                                               context_.tolerance);
+    const tools::Comparison c =
+        tools::Compare(TensorView(shape_.dtype, out_shape, got),
+                       TensorView(shape_.dtype, out_shape, want_.data()), context_.tolerance);
     v.elements_checked += c.elements;
     v.max_abs_error = std::max(v.max_abs_error, c.max_abs_error);
     if (c.ok()) continue;

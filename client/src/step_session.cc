@@ -59,7 +59,8 @@ StepExpectation ExpectationFor(uint64_t step_id, const StepBatchInput& batch) {
 
 StepTiming TimingOf(const v1::StepResponse& response) {
   return StepTiming{absl::Nanoseconds(response.kernel_ns()),
-                    absl::Nanoseconds(response.server_ns())};
+                    absl::Nanoseconds(response.server_ns()), absl::Nanoseconds(response.queue_ns()),
+                    absl::Nanoseconds(response.launch_ns())};
 }
 
 namespace {
@@ -69,16 +70,14 @@ namespace {
 absl::Status CheckRegionOutput(const std::string& field, const RegionSlice& want,
                                const v1::Tensor& out) {
   if (!out.has_region()) {
-    return absl::InternalError(
-        absl::StrCat(field, " came as bytes; the request asked for region ", want.region_id,
-                     " offset ", want.offset));
+    return absl::InternalError(absl::StrCat(field, " came as bytes; the request asked for region ",
+                                            want.region_id, " offset ", want.offset));
   }
   const RegionSlice got{out.region().region_id(), out.region().offset()};
   if (!(got == want) || !out.data().empty()) {
-    return absl::InternalError(absl::StrCat(field, " names region ", got.region_id, " offset ",
-                                            got.offset, " (", out.data().size(),
-                                            " bytes inline); the request asked for region ",
-                                            want.region_id, " offset ", want.offset));
+    return absl::InternalError(absl::StrCat(
+        field, " names region ", got.region_id, " offset ", got.offset, " (", out.data().size(),
+        " bytes inline); the request asked for region ", want.region_id, " offset ", want.offset));
   }
   return absl::OkStatus();
 }
@@ -130,7 +129,8 @@ absl::Status CheckStepResponse(const StepExpectation& expected, const v1::StepRe
     if (region.has_value()) {
       if (absl::Status s = CheckRegionOutput(field, *region, out); !s.ok()) return s;
     } else if (out.has_region()) {
-      return absl::InternalError(absl::StrCat(field, " names a region; the request asked for bytes"));
+      return absl::InternalError(
+          absl::StrCat(field, " names a region; the request asked for bytes"));
     } else if (absl::Status s = ValidateTensorProto(out, field); !s.ok()) {
       return absl::InternalError(s.message());
     }
@@ -212,8 +212,9 @@ class StepSession::Stream {
       }
       if (!DriveOnce(deadline)) {
         context_.TryCancel();
-        return absl::DeadlineExceededError(absl::StrCat(
-            "StepStream: no response within ", absl::FormatDuration(timeout), "; stream cancelled"));
+        return absl::DeadlineExceededError(absl::StrCat("StepStream: no response within ",
+                                                        absl::FormatDuration(timeout),
+                                                        "; stream cancelled"));
       }
     }
   }
@@ -386,8 +387,8 @@ absl::StatusOr<uint64_t> StepSession::Send(uint32_t layer, absl::Span<const Step
   absl::StatusOr<uint64_t> id =
       Prepare(step_id, entries.empty() ? nullptr : &entries.front().sequence_id);
   if (!id.ok()) return id.status();
-  if (absl::Status s = Write(client_internal::EncodeStep(layer, *id, entries),
-                             ExpectationFor(*id, entries));
+  if (absl::Status s =
+          Write(client_internal::EncodeStep(layer, *id, entries), ExpectationFor(*id, entries));
       !s.ok()) {
     return s;
   }
@@ -411,8 +412,8 @@ absl::StatusOr<uint64_t> StepSession::Send(uint32_t layer, const StepBatchInput&
 absl::StatusOr<uint64_t> StepSession::SendPass(uint32_t layer, uint64_t pass_id,
                                                const StepBatchInput& batch, uint64_t step_id) {
   if (pass_id == 0) return absl::InvalidArgumentError("SendPass: pass_id must not be 0");
-  const bool names = !batch.sequence_ids.empty() || !batch.num_tokens.empty() ||
-                     !batch.token_ids.empty();
+  const bool names =
+      !batch.sequence_ids.empty() || !batch.num_tokens.empty() || !batch.token_ids.empty();
   if (layer == 0 && batch.sequence_ids.empty()) {
     return absl::InvalidArgumentError("SendPass: layer 0 begins the pass and must name sequences");
   }

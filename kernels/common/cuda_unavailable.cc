@@ -6,13 +6,21 @@
 namespace flashkv::cuda {
 namespace {
 
-KernelStatus NotBuilt() { return Unavailable("flashkv was built without CUDA (FLASHKV_WITH_CUDA)"); }
+KernelStatus NotBuilt() {
+  return Unavailable("flashkv was built without CUDA (FLASHKV_WITH_CUDA)");
+}
 
 }  // namespace
 
 KernelStatus Attention(const FixedAttentionArgs&, Stream) { return NotBuilt(); }
 KernelStatus AttentionVarlen(const VarlenAttentionArgs&, Stream) { return NotBuilt(); }
 KernelStatus AttentionPaged(const PagedAttentionArgs&, Stream) { return NotBuilt(); }
+KernelStatus PlanAttentionPaged(const PagedAttentionArgs&, PagedAttentionPlan*) {
+  return NotBuilt();
+}
+KernelStatus RunAttentionPaged(const PagedAttentionPlan&, const PagedLayerTensors&, Stream) {
+  return NotBuilt();
+}
 KernelStatus AppendKv(const KvAppendArgs&, Stream) { return NotBuilt(); }
 bool IsCompiled(DType, int) { return false; }
 bool IsBuilt() { return false; }

@@ -22,8 +22,7 @@ KernelStatus CheckDType(DType dtype) {
   if (dtype == DType::kFloat16 || dtype == DType::kBFloat16 || dtype == DType::kFloat32) {
     return KernelStatus::Ok();
   }
-  return InvalidArgument("dtype (" + Str(static_cast<int>(dtype)) +
-                         ") must be fp16, bf16 or fp32");
+  return InvalidArgument("dtype (" + Str(static_cast<int>(dtype)) + ") must be fp16, bf16 or fp32");
 }
 
 KernelStatus CheckHeadDim(int head_dim) {
@@ -84,8 +83,8 @@ const int32_t* HostView(const int32_t* primary, const int32_t* host, bool primar
 // cu_seqlens must start at 0, never decrease, stay within `total` rows (when total >= 0) and give
 // no sequence more than `max_len` rows.
 KernelStatus CheckCuSeqlens(const char* name, const int32_t* primary, const int32_t* host,
-                            bool primary_is_host, int num_seqs, int64_t total,
-                            const char* max_name, int max_len) {
+                            bool primary_is_host, int num_seqs, int64_t total, const char* max_name,
+                            int max_len) {
   if (primary == nullptr) return InvalidArgument(std::string(name) + " is null");
   const int32_t* cu = HostView(primary, host, primary_is_host);
   if (cu == nullptr) {
@@ -225,8 +224,9 @@ KernelStatus ValidateKvAppend(const KvAppendArgs& a, bool primary_is_host) {
   FLASHKV_RETURN_IF_ERROR(CheckTensor("k_cache", a.k_cache, true, a.cache_strides, true, true));
   FLASHKV_RETURN_IF_ERROR(CheckTensor("v_cache", a.v_cache, true, a.cache_strides, true, true));
   if (a.slot_mapping == nullptr) return InvalidArgument("slot_mapping is null");
-  const int64_t* slots =
-      a.host_slot_mapping != nullptr ? a.host_slot_mapping : (primary_is_host ? a.slot_mapping : nullptr);
+  const int64_t* slots = a.host_slot_mapping != nullptr
+                             ? a.host_slot_mapping
+                             : (primary_is_host ? a.slot_mapping : nullptr);
   if (slots == nullptr) {
     return InvalidArgument(
         "host_slot_mapping is null: this backend needs a host copy to validate slots");
@@ -238,6 +238,59 @@ KernelStatus ValidateKvAppend(const KvAppendArgs& a, bool primary_is_host) {
                              ") is out of range [0, " + Str(num_slots) + ")");
     }
   }
+  return KernelStatus::Ok();
+}
+
+PagedLayerTensors LayerTensorsOf(const PagedAttentionArgs& a) {
+  return PagedLayerTensors{a.q, a.out, a.lse, a.k_cache, a.v_cache, a.cache_strides, a.num_blocks};
+}
+
+KernelStatus PagedAttentionPlan::Make(const PagedAttentionArgs& args, Backend backend,
+                                      PagedAttentionPlan* plan) {
+  if (backend == Backend::kNone) return InvalidArgument("a paged plan needs a backend");
+  const bool primary_is_host = backend == Backend::kCpu;
+  FLASHKV_RETURN_IF_ERROR(ValidatePaged(args, primary_is_host));
+  plan->args_ = args;
+  plan->has_kv_ =
+      HostView(args.cu_seqlens_kv, args.host_cu_seqlens_kv, primary_is_host)[args.num_seqs] > 0;
+  plan->backend_ = backend;
+  return KernelStatus::Ok();
+}
+
+KernelStatus PagedAttentionPlan::ForLayer(const PagedLayerTensors& t, Backend backend,
+                                          PagedAttentionArgs* args) const {
+  if (backend_ != backend) {
+    return InvalidArgument(backend_ == Backend::kNone
+                               ? "the paged plan was not made (PlanAttentionPaged)"
+                               : "the paged plan was made for the other backend");
+  }
+  // The checks of ValidatePaged that read these pointers; the rest holds from Make.
+  const bool has_q = args_.total_q > 0;
+  FLASHKV_RETURN_IF_ERROR(CheckTensor("q", t.q, has_q, args_.q_strides, false, false));
+  FLASHKV_RETURN_IF_ERROR(CheckTensor("out", t.out, has_q, args_.out_strides, true, false));
+  FLASHKV_RETURN_IF_ERROR(
+      CheckTensor("k_cache", t.k_cache, has_kv_, args_.cache_strides, false, true));
+  FLASHKV_RETURN_IF_ERROR(
+      CheckTensor("v_cache", t.v_cache, has_kv_, args_.cache_strides, false, true));
+  const Strides& s = t.cache_strides;
+  const Strides& planned = args_.cache_strides;
+  if (s.batch != planned.batch || s.row != planned.row || s.head != planned.head) {
+    return InvalidArgument("cache_strides {batch " + Str(s.batch) + ", row " + Str(s.row) +
+                           ", head " + Str(s.head) + "} differ from the planned {batch " +
+                           Str(planned.batch) + ", row " + Str(planned.row) + ", head " +
+                           Str(planned.head) + "}");
+  }
+  if (t.num_blocks < args_.num_blocks) {
+    return InvalidArgument("num_blocks (" + Str(t.num_blocks) + ") is less than the planned " +
+                           Str(args_.num_blocks) + ": the plan checked block ids against those");
+  }
+  *args = args_;
+  args->num_blocks = t.num_blocks;
+  args->q = t.q;
+  args->out = t.out;
+  args->lse = t.lse;
+  args->k_cache = t.k_cache;
+  args->v_cache = t.v_cache;
   return KernelStatus::Ok();
 }
 

@@ -38,11 +38,10 @@ const int32_t* HostArray(const int32_t* primary, const int32_t* host) {
 }
 
 KernelStatus NotCompiled(DType dtype, int head_dim) {
-  return Unimplemented(std::string("cpu attention for dtype ") + DTypeName(dtype) +
-                       " with head_dim " + std::to_string(head_dim) +
-                       " is not compiled in this build: add " + DTypeName(dtype) +
-                       " to FLASHKV_DTYPES and " + std::to_string(head_dim) +
-                       " to FLASHKV_HEAD_DIMS");
+  return Unimplemented(
+      std::string("cpu attention for dtype ") + DTypeName(dtype) + " with head_dim " +
+      std::to_string(head_dim) + " is not compiled in this build: add " + DTypeName(dtype) +
+      " to FLASHKV_DTYPES and " + std::to_string(head_dim) + " to FLASHKV_HEAD_DIMS");
 }
 
 KernelStatus Run(DType dtype, int head_dim, AttentionProblem problem) {
@@ -140,8 +139,19 @@ KernelStatus AttentionVarlen(const VarlenAttentionArgs& a) {
   return Run(a.dtype, a.head_dim, p);
 }
 
-KernelStatus AttentionPaged(const PagedAttentionArgs& a) {
-  FLASHKV_RETURN_IF_ERROR(ValidatePaged(a, /*primary_is_host=*/true));
+KernelStatus PlanAttentionPaged(const PagedAttentionArgs& args, PagedAttentionPlan* plan) {
+  return PagedAttentionPlan::Make(args, PagedAttentionPlan::Backend::kCpu, plan);
+}
+
+KernelStatus AttentionPaged(const PagedAttentionArgs& args) {
+  PagedAttentionPlan plan;
+  FLASHKV_RETURN_IF_ERROR(PlanAttentionPaged(args, &plan));
+  return RunAttentionPaged(plan, LayerTensorsOf(args));
+}
+
+KernelStatus RunAttentionPaged(const PagedAttentionPlan& plan, const PagedLayerTensors& tensors) {
+  PagedAttentionArgs a;
+  FLASHKV_RETURN_IF_ERROR(plan.ForLayer(tensors, PagedAttentionPlan::Backend::kCpu, &a));
   const int32_t* cu_q = HostArray(a.cu_seqlens_q, a.host_cu_seqlens_q);
   const int32_t* cu_kv = HostArray(a.cu_seqlens_kv, a.host_cu_seqlens_kv);
   const int32_t* table = HostArray(a.block_table, a.host_block_table);

@@ -1,10 +1,11 @@
 // The CUDA attention API (flashkv/cuda_backend.h): validation, parameter building, and the one
 // dispatch site over (dtype, head dim) for the compiled instantiations.
 
+#include "flashkv/attention.h"
+
 #include <string>
 
 #include "device_state.h"
-#include "flashkv/attention.h"
 #include "flashkv/cuda_backend.h"
 #include "kernel_path.h"
 #include "launch.h"
@@ -22,8 +23,8 @@ constexpr int Key(DType dtype, int head_dim) { return static_cast<int>(dtype) * 
 KernelStatus Dispatch(DType dtype, int head_dim, bool paged, const AttentionParams& params,
                       const LaunchInfo& info, Stream stream) {
   switch (Key(dtype, head_dim)) {
-#define FLASHKV_CUDA_INSTANCE(DTYPE_ENUM, HEAD_DIM)                                      \
-  case Key(DType::DTYPE_ENUM, HEAD_DIM):                                                 \
+#define FLASHKV_CUDA_INSTANCE(DTYPE_ENUM, HEAD_DIM)                                         \
+  case Key(DType::DTYPE_ENUM, HEAD_DIM):                                                    \
     return paged ? LaunchAttention<DType::DTYPE_ENUM, HEAD_DIM, true>(params, info, stream) \
                  : LaunchAttention<DType::DTYPE_ENUM, HEAD_DIM, false>(params, info, stream);
 #include "flashkv_cuda_instances.inc"
@@ -136,9 +137,21 @@ KernelStatus AttentionVarlen(const VarlenAttentionArgs& args, Stream stream) {
              stream);
 }
 
-KernelStatus AttentionPaged(const PagedAttentionArgs& args, Stream stream) {
-  FLASHKV_RETURN_IF_ERROR(ValidatePaged(args, /*primary_is_host=*/false));
+KernelStatus PlanAttentionPaged(const PagedAttentionArgs& args, PagedAttentionPlan* plan) {
+  return PagedAttentionPlan::Make(args, PagedAttentionPlan::Backend::kCuda, plan);
+}
+
+KernelStatus RunAttentionPaged(const PagedAttentionPlan& plan, const PagedLayerTensors& tensors,
+                               Stream stream) {
+  PagedAttentionArgs args;
+  FLASHKV_RETURN_IF_ERROR(plan.ForLayer(tensors, PagedAttentionPlan::Backend::kCuda, &args));
   return Run(Prepare(args, true, PagedInfo(args)), stream);
+}
+
+KernelStatus AttentionPaged(const PagedAttentionArgs& args, Stream stream) {
+  PagedAttentionPlan plan;
+  FLASHKV_RETURN_IF_ERROR(PlanAttentionPaged(args, &plan));
+  return RunAttentionPaged(plan, LayerTensorsOf(args), stream);
 }
 
 namespace testing {

@@ -26,11 +26,12 @@ namespace step_request {
 constexpr uint32_t kLayer = 1, kEntries = 2, kStepId = 3, kBatch = 4;
 }
 namespace step_response {
-constexpr uint32_t kOut = 1, kStepId = 2, kKernelNs = 3, kServerNs = 4, kBatchOut = 5;
+constexpr uint32_t kOut = 1, kStepId = 2, kKernelNs = 3, kServerNs = 4, kBatchOut = 5, kQueueNs = 6,
+                   kLaunchNs = 7;
 }
 namespace attention_request {
-constexpr uint32_t kQ = 1, kK = 2, kV = 3, kCausal = 4, kSoftmaxScale = 5, kReturnLse = 6,
-                   kOut = 7, kLse = 8;
+constexpr uint32_t kQ = 1, kK = 2, kV = 3, kCausal = 4, kSoftmaxScale = 5, kReturnLse = 6, kOut = 7,
+                   kLse = 8;
 }
 namespace varlen_request {
 constexpr uint32_t kQ = 1, kK = 2, kV = 3, kCuSeqlensQ = 4, kCuSeqlensKv = 5, kCausal = 6,
@@ -118,9 +119,9 @@ absl::Status DecodeStepEntry(const MessageBytes& message, Span span, const Decod
       case step_entry::kSequenceId:
         if (!IsBytes(field)) break;
         if (field.bytes.size > limits.max_id_bytes) {
-          return absl::InvalidArgumentError(
-              "StepEntry.sequence_id has " + std::to_string(field.bytes.size) + " bytes; at most " +
-              std::to_string(limits.max_id_bytes) + " are allowed");
+          return absl::InvalidArgumentError("StepEntry.sequence_id has " +
+                                            std::to_string(field.bytes.size) + " bytes; at most " +
+                                            std::to_string(limits.max_id_bytes) + " are allowed");
         }
         entry->sequence_id = ReadString(message, field);
         break;
@@ -136,8 +137,8 @@ absl::Status DecodeStepEntry(const MessageBytes& message, Span span, const Decod
       case step_entry::kTokenIds:
         status = AppendRepeatedVarint(message, field, &entry->token_ids, limits.max_token_ids);
         if (!status.ok()) {
-          status = absl::InvalidArgumentError("StepEntry.token_ids: " +
-                                              std::string(status.message()));
+          status =
+              absl::InvalidArgumentError("StepEntry.token_ids: " + std::string(status.message()));
         }
         break;
       case step_entry::kOut:
@@ -310,6 +311,10 @@ absl::Status DecodeStepResponse(const MessageBytes& message, StepResponseView* r
       response->timing.kernel_ns = field.value;
     } else if (field.number == step_response::kServerNs && IsVarint(field)) {
       response->timing.server_ns = field.value;
+    } else if (field.number == step_response::kQueueNs && IsVarint(field)) {
+      response->timing.queue_ns = field.value;
+    } else if (field.number == step_response::kLaunchNs && IsVarint(field)) {
+      response->timing.launch_ns = field.value;
     } else if (field.number == step_response::kBatchOut && IsBytes(field)) {
       if (auto s = DecodeTensor(message, field.bytes, DecodeLimits{}, &response->batch_out);
           !s.ok()) {
@@ -570,6 +575,8 @@ grpc::ByteBuffer EncodeStepResponse(absl::Span<const TensorData> out, uint64_t s
   if (timing.kernel_ns != 0) builder.VarintField(step_response::kKernelNs, timing.kernel_ns);
   if (timing.server_ns != 0) builder.VarintField(step_response::kServerNs, timing.server_ns);
   if (batch_out != nullptr) AppendTensorField(step_response::kBatchOut, *batch_out, &builder);
+  if (timing.queue_ns != 0) builder.VarintField(step_response::kQueueNs, timing.queue_ns);
+  if (timing.launch_ns != 0) builder.VarintField(step_response::kLaunchNs, timing.launch_ns);
   return builder.Finish();
 }
 

@@ -145,10 +145,9 @@ void DeviceScheduler::Report(const Item& item, absl::Status status) {
 
 void DeviceScheduler::ReportDoomed(const std::vector<Item>& doomed, bool stopping) {
   for (const Item& item : doomed) {
-    Report(item, stopping ? absl::UnavailableError("the server is shutting down")
-                 : item.step->cancelled()
-                     ? absl::CancelledError("the call was cancelled")
-                     : absl::AbortedError("another part of the step failed"));
+    Report(item, stopping                 ? absl::UnavailableError("the server is shutting down")
+                 : item.step->cancelled() ? absl::CancelledError("the call was cancelled")
+                                          : absl::AbortedError("another part of the step failed"));
   }
 }
 
@@ -350,7 +349,8 @@ void DeviceScheduler::Loop() {
         }
       }
       MutexLock lock(&wake_mu_);
-      auto poked = [this, seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(wake_mu_) { return wakes_ != seen; };
+      auto poked = [this, seen]()
+                       ABSL_EXCLUSIVE_LOCKS_REQUIRED(wake_mu_) { return wakes_ != seen; };
       clock_->AwaitWithDeadline(&wake_mu_, poked, wake_at);
     }
     ReportDoomed(doomed, stop);
@@ -395,7 +395,8 @@ void DeviceScheduler::ExecutePass(const Item& item) {
     uploaded = pass.UploadMetadata(**batch, arena_->cuda(), device_id_, arena_->stream());
   }
   absl::StatusOr<LaunchSummary> summary =
-      uploaded.ok() ? RunPassLaunch(model_, **batch, layer, pass.metadata(), *part, arena_.get())
+      uploaded.ok() ? RunPassLaunch(model_, **batch, layer, pass.metadata(), *part,
+                                    pass.attention_plan(), arena_.get())
                     : absl::StatusOr<LaunchSummary>(uploaded);
   const absl::Duration elapsed = clock_->Now() - started;
   pass.Release(layer, summary.ok());
@@ -411,6 +412,7 @@ void DeviceScheduler::ExecutePass(const Item& item) {
     MutexLock lock(&mu_);
     part->rows_done = part->total_rows();
     part->kernel_time += summary->kernel_time;
+    part->launch_time += elapsed;
     CountLaunch(*summary);
     ++counters_.parts_completed;
     RetainWaitingTenants();
@@ -468,6 +470,7 @@ void DeviceScheduler::Execute(Plan& plan) {
   std::vector<Item> completed;
   {
     const absl::Time now = clock_->Now();
+    const absl::Duration round = now - prepared_at;  // preparation, staging, kernels
     MutexLock lock(&mu_);
     for (size_t i = 0; i < windows.size(); ++i) {
       if (!launch_status.ok()) {
@@ -477,6 +480,7 @@ void DeviceScheduler::Execute(Plan& plan) {
       StepPart* part = windows[i].part;
       part->rows_done = windows[i].end;
       part->kernel_time += kernel_time;
+      part->launch_time += round;
       if (part->rows_done == part->total_rows()) {
         completed.push_back(launched[i]);
         ++counters_.parts_completed;

@@ -234,6 +234,13 @@ Staged Stage(const ModelShape& m, const std::vector<Segment>& segments, const La
   return staged;
 }
 
+// Checks `args` once for the arena's backend, before any kernel's clock starts.
+absl::Status PlanAttention(const PagedAttentionArgs& args, const LaunchArena& arena,
+                           PagedAttentionPlan* plan) {
+  return FromKernelStatus(arena.cuda() ? cuda::PlanAttentionPaged(args, plan)
+                                       : cpu::PlanAttentionPaged(args, plan));
+}
+
 // The layer's pools, in the fields KvAppendArgs and PagedAttentionArgs share.
 template <typename Args>
 void SetPools(const kvcache::LayerPools& pools, Args* args) {
@@ -251,9 +258,10 @@ void SetPools(const kvcache::LayerPools& pools, Args* args) {
 // two events, the output copies, one synchronisation. Returns the kernels' time.
 absl::StatusOr<absl::Duration> RunKernels(const ModelShape& m, const std::vector<Segment>& segments,
                                           const int32_t* cu_q, const KvAppendArgs& append,
-                                          const PagedAttentionArgs& attention,
-                                          const InPlace& in_place, const Staged& staged,
-                                          size_t out_bytes, LaunchArena* arena) {
+                                          const PagedAttentionPlan& attention,
+                                          const PagedLayerTensors& tensors, const InPlace& in_place,
+                                          const Staged& staged, size_t out_bytes,
+                                          LaunchArena* arena) {
   const size_t n = segments.size();
   const size_t out_row = static_cast<size_t>(m.num_q_heads) * m.head_dim * DTypeSize(m.dtype);
   absl::Duration kernel_time;
@@ -282,7 +290,7 @@ absl::StatusOr<absl::Duration> RunKernels(const ModelShape& m, const std::vector
     if (s.ok()) s = staged.device_copies.Issue(stream);
     if (s.ok()) s = cuda::EventRecord(arena->kernels_start(), stream);
     if (s.ok()) s = cuda::AppendKv(append, stream);
-    if (s.ok()) s = cuda::AttentionPaged(attention, stream);
+    if (s.ok()) s = cuda::RunAttentionPaged(attention, tensors, stream);
     if (s.ok()) s = cuda::EventRecord(arena->kernels_end(), stream);
     if (s.ok()) s = out_copies.Issue(stream);
     if (s.ok() && scatter_on_host) {
@@ -299,7 +307,7 @@ absl::StatusOr<absl::Duration> RunKernels(const ModelShape& m, const std::vector
   } else {
     const absl::Time start = absl::Now();
     KernelStatus s = cpu::AppendKv(append);
-    if (s.ok()) s = cpu::AttentionPaged(attention);
+    if (s.ok()) s = cpu::RunAttentionPaged(attention, tensors);
     if (!s.ok()) return FromKernelStatus(s);
     kernel_time = absl::Now() - start;
     scatter_on_host = in_place.out == nullptr;
@@ -440,16 +448,19 @@ absl::StatusOr<LaunchSummary> RunLaunch(const ModelShape& m, absl::Span<const La
   attention.host_cu_seqlens_kv = reinterpret_cast<const int32_t*>(host + layout.cu_kv);
   attention.options = AttentionOptions{/*causal=*/true, std::nullopt};
 
+  PagedAttentionPlan plan;
+  if (auto s = PlanAttention(attention, *arena, &plan); !s.ok()) return s;
   const auto* cu_q = reinterpret_cast<const int32_t*>(host + layout.cu_q);
   absl::StatusOr<absl::Duration> kernel_time =
-      RunKernels(m, segments, cu_q, append, attention, in_place, staged, layout.out_bytes, arena);
+      RunKernels(m, segments, cu_q, append, plan, LayerTensorsOf(attention), in_place, staged,
+                 layout.out_bytes, arena);
   if (!kernel_time.ok()) return kernel_time.status();
   return LaunchSummary{static_cast<int>(n), total, *kernel_time};
 }
 
 absl::StatusOr<LaunchSummary> RunPassLaunch(const ModelShape& m, const kvcache::LayerBatch& pass,
                                             int layer, const void* metadata, const StepPart& part,
-                                            LaunchArena* arena) {
+                                            PagedAttentionPlan* plan, LaunchArena* arena) {
   // The step's one entry holds the pass's T rows of every tensor; the metadata is the pass's.
   const int64_t total = pass.total_q();
   const std::vector<Segment> segments = {Segment{&part, 0, 0, total}};
@@ -467,9 +478,13 @@ absl::StatusOr<LaunchSummary> RunPassLaunch(const ModelShape& m, const kvcache::
       layer, metadata, m.num_q_heads, in_place.q != nullptr ? in_place.q : dev + layout.q,
       in_place.out != nullptr ? in_place.out : arena->device_out(), nullptr,
       AttentionOptions{/*causal=*/true, std::nullopt});
+  if (plan->backend() == PagedAttentionPlan::Backend::kNone) {
+    if (auto s = PlanAttention(attention, *arena, plan); !s.ok()) return s;
+  }
   const int32_t cu_q[2] = {0, static_cast<int32_t>(total)};
   absl::StatusOr<absl::Duration> kernel_time =
-      RunKernels(m, segments, cu_q, append, attention, in_place, staged, layout.out_bytes, arena);
+      RunKernels(m, segments, cu_q, append, *plan, LayerTensorsOf(attention), in_place, staged,
+                 layout.out_bytes, arena);
   if (!kernel_time.ok()) return kernel_time.status();
   return LaunchSummary{pass.num_seqs(), total, *kernel_time};
 }

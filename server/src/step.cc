@@ -211,13 +211,23 @@ grpc::ByteBuffer StepState::EncodeResponse() const {
     }
     out.push_back(std::move(tensor));
   }
-  // The slowest device's kernels: parts on different devices run at the same time.
-  absl::Duration kernel_time;
-  for (const auto& part : parts_) kernel_time = std::max(kernel_time, part->kernel_time);
+  // The slowest device's kernels and launches: parts on different devices run at the same time;
+  // the queue until the last device started on the step.
+  absl::Duration kernel_time, launch_time, queue_time;
+  for (const auto& part : parts_) {
+    kernel_time = std::max(kernel_time, part->kernel_time);
+    if (part->launch_time <= absl::ZeroDuration()) continue;
+    launch_time = std::max(launch_time, part->launch_time);
+    queue_time = std::max(queue_time, part->first_launch - received_);
+  }
+  auto ns = [](absl::Duration d) {
+    return static_cast<uint64_t>(std::max<int64_t>(0, absl::ToInt64Nanoseconds(d)));
+  };
   wire::StepTiming timing;
-  timing.kernel_ns = static_cast<uint64_t>(absl::ToInt64Nanoseconds(kernel_time));
-  timing.server_ns =
-      static_cast<uint64_t>(std::max<int64_t>(0, absl::ToInt64Nanoseconds(clock_->Now() - received_)));
+  timing.kernel_ns = ns(kernel_time);
+  timing.server_ns = ns(clock_->Now() - received_);
+  timing.queue_ns = ns(queue_time);
+  timing.launch_ns = ns(launch_time);
   return wire::EncodeStepResponse(out, step_id_, timing,
                                   batch_output_.has_value() ? &batch_out : nullptr);
 }

@@ -124,6 +124,15 @@ class DecodePassTest : public ::testing::TestWithParam<int> {
   std::mt19937_64 rng_{11};
 };
 
+// StepResponse's timing adds up: the kernels lie inside the launches, and the queue and the
+// launches inside the server's time.
+void ExpectTimingAddsUp(const v1::StepResponse& r, const std::string& what) {
+  EXPECT_GT(r.kernel_ns(), 0u) << what;
+  EXPECT_GE(r.launch_ns(), r.kernel_ns()) << what;
+  EXPECT_GT(r.queue_ns(), 0u) << what;
+  EXPECT_LE(r.queue_ns() + r.launch_ns(), r.server_ns()) << what;
+}
+
 TEST_P(DecodePassTest, PassesMatchPlainStepsAndTheReference) {
   // Pass sequences p*, plain-step twins s* fed the same q/k/v: the outputs must be equal bytes.
   const std::vector<std::string> pass_ids = {"p0", "p1", "p2"}, step_ids = {"s0", "s1", "s2"};
@@ -175,6 +184,9 @@ TEST_P(DecodePassTest, PassesMatchPlainStepsAndTheReference) {
       v1::StepResponse plain_response;
       ASSERT_TRUE(server_->kvcache().Step(&plain_context, plain, &plain_response).ok());
       CheckOutputs(layer, twins, plain_response.batch_out(), nullptr);
+      const std::string at = "pass " + std::to_string(pass) + " layer " + std::to_string(layer);
+      ExpectTimingAddsUp(response, at);
+      ExpectTimingAddsUp(plain_response, "plain step, " + at);
       EXPECT_EQ(got.data(), plain_response.batch_out().data())
           << "pass " << pass << " layer " << layer;
     }

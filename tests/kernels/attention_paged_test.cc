@@ -71,6 +71,35 @@ TEST_P(PagedEdges, WideBlockTableAndManySpareBlocks) {
   EXPECT_TRUE(RunAndCheck(GetParam(), &p));
 }
 
+// A decode pass's plan: the batch checked once, then run for three layers, each with its own
+// queries and pools (fresh values, the same block table), every output against its own reference.
+// A run that kept the planned tensors would give every layer layer 0's output.
+TEST_P(PagedEdges, OnePlanRunsEveryLayerWithItsOwnTensors) {
+  FLASHKV_SKIP_UNLESS_RUNNABLE(GetParam(), DType::kFloat16, 128);
+  PagedCacheOptions cache;
+  cache.page_size = 16;
+  cache.spare_blocks = 3;
+  std::vector<PagedProblem> layers;
+  layers.push_back(
+      PagedProblem::Random(Config(), {1, 1, 3, 1}, {40, 17, 64, 1}, cache, seeded_.rng()));
+  for (int layer = 1; layer < 3; ++layer) {
+    PagedProblem p = layers[0];
+    p.q.FillNormal(seeded_.rng());
+    p.k.FillNormal(seeded_.rng());
+    p.v.FillNormal(seeded_.rng());
+    p.k_cache.Poison();
+    p.v_cache.Poison();
+    ScatterToPool(p.k, p.cu_seqlens_kv, p.block_table, p.block_table_stride, &p.k_cache);
+    ScatterToPool(p.v, p.cu_seqlens_kv, p.block_table, p.block_table_stride, &p.v_cache);
+    layers.push_back(std::move(p));
+  }
+  const KernelStatus status = RunPlannedLayers(GetParam(), &layers);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  for (size_t layer = 0; layer < layers.size(); ++layer) {
+    EXPECT_TRUE(CheckAgainstReference(layers[layer])) << "layer " << layer;
+  }
+}
+
 // The one-token decode the server runs most, with a slot-major pool ([blocks, page, H, D]) and a
 // padded one, every page size.
 TEST_P(PagedEdges, DecodeOverEveryPageSizeAndPoolLayout) {

@@ -115,6 +115,17 @@ KernelStatus RunPaged(Backend backend, const PagedAttentionArgs& args) {
   return Synchronized(cuda::AttentionPaged(args, nullptr));
 }
 
+KernelStatus PlanPaged(Backend backend, const PagedAttentionArgs& args, PagedAttentionPlan* plan) {
+  if (backend == Backend::kCpu) return cpu::PlanAttentionPaged(args, plan);
+  return cuda::PlanAttentionPaged(args, plan);
+}
+
+KernelStatus RunPlannedPaged(Backend backend, const PagedAttentionPlan& plan,
+                             const PagedLayerTensors& tensors) {
+  if (backend == Backend::kCpu) return cpu::RunAttentionPaged(plan, tensors);
+  return Synchronized(cuda::RunAttentionPaged(plan, tensors, nullptr));
+}
+
 KernelStatus RunAppendKv(Backend backend, const KvAppendArgs& args) {
   if (backend == Backend::kCpu) return cpu::AppendKv(args);
   return Synchronized(cuda::AppendKv(args, nullptr));

@@ -72,6 +72,9 @@ KernelStatus UploadVector(const std::vector<T>& host, BackendBuffer* buffer) {
 KernelStatus RunFixed(Backend backend, const FixedAttentionArgs& args);
 KernelStatus RunVarlen(Backend backend, const VarlenAttentionArgs& args);
 KernelStatus RunPaged(Backend backend, const PagedAttentionArgs& args);
+KernelStatus PlanPaged(Backend backend, const PagedAttentionArgs& args, PagedAttentionPlan* plan);
+KernelStatus RunPlannedPaged(Backend backend, const PagedAttentionPlan& plan,
+                             const PagedLayerTensors& tensors);
 KernelStatus RunAppendKv(Backend backend, const KvAppendArgs& args);
 
 }  // namespace flashkv::testbed

@@ -417,6 +417,40 @@ KernelStatus RunProblem(Backend backend, PagedProblem* p, HostCopies host_copies
   return outputs.Fetch(&p->out, &p->lse);
 }
 
+KernelStatus RunPlannedLayers(Backend backend, std::vector<PagedProblem>* layers) {
+  const PagedProblem& first = layers->front();
+  BackendBuffer table(backend), cu_q(backend), cu_kv(backend);
+  FLASHKV_RETURN_IF_ERROR(UploadVector(first.block_table, &table));
+  FLASHKV_RETURN_IF_ERROR(UploadVector(first.cu_seqlens_q, &cu_q));
+  FLASHKV_RETURN_IF_ERROR(UploadVector(first.cu_seqlens_kv, &cu_kv));
+  // Planned with layer 0's host tensors: a plan checks but never reads them, and every run
+  // replaces them with its layer's.
+  PagedAttentionArgs planned = first.HostArgs();
+  planned.out = layers->front().out.data();
+  planned.block_table = table.as<int32_t>();
+  planned.cu_seqlens_q = cu_q.as<int32_t>();
+  planned.cu_seqlens_kv = cu_kv.as<int32_t>();
+  if (backend == Backend::kCpu) {
+    planned.host_block_table = planned.host_cu_seqlens_q = planned.host_cu_seqlens_kv = nullptr;
+  }
+  PagedAttentionPlan plan;
+  FLASHKV_RETURN_IF_ERROR(PlanPaged(backend, planned, &plan));
+  for (auto layer = layers->rbegin(); layer != layers->rend(); ++layer) {
+    BackendBuffer q(backend), k_cache(backend), v_cache(backend);
+    OutputBuffers outputs(backend);
+    FLASHKV_RETURN_IF_ERROR(Upload(layer->q, &q));
+    FLASHKV_RETURN_IF_ERROR(Upload(layer->k_cache, &k_cache));
+    FLASHKV_RETURN_IF_ERROR(Upload(layer->v_cache, &v_cache));
+    FLASHKV_RETURN_IF_ERROR(outputs.Prepare(&layer->out, &layer->lse));
+    const PagedLayerTensors tensors{q.get(),           outputs.out.get(), outputs.lse_ptr(),
+                                    k_cache.get(),     v_cache.get(),     planned.cache_strides,
+                                    planned.num_blocks};
+    FLASHKV_RETURN_IF_ERROR(RunPlannedPaged(backend, plan, tensors));
+    FLASHKV_RETURN_IF_ERROR(outputs.Fetch(&layer->out, &layer->lse));
+  }
+  return KernelStatus::Ok();
+}
+
 KernelStatus RunAppendKvProblem(Backend backend, const HostTensor& k, const HostTensor& v,
                                 const std::vector<int64_t>& slot_mapping, HostTensor* k_cache,
                                 HostTensor* v_cache, HostCopies host_copies) {

@@ -168,6 +168,12 @@ KernelStatus RunProblem(Backend backend, VarlenProblem* problem,
 KernelStatus RunProblem(Backend backend, PagedProblem* problem,
                         HostCopies host_copies = HostCopies::kWhenNeeded);
 
+// One PagedAttentionPlan run for several layers, as a decode pass runs it: the metadata (block
+// table, cu_seqlens) of layers[0] uploaded once and planned once, then each layer's own q, pools
+// and poisoned output, the layers in reverse order. The layers must share everything but q, the
+// pools' contents and the outputs.
+KernelStatus RunPlannedLayers(Backend backend, std::vector<PagedProblem>* layers);
+
 // AppendKv on `backend`: writes rows of k and v ([1, T, Hkv, D]) into the pools ([num_blocks,
 // page_size, Hkv, D]) at `slot_mapping` (negative = skip), and copies the pools back.
 KernelStatus RunAppendKvProblem(Backend backend, const HostTensor& k, const HostTensor& v,

@@ -540,6 +540,56 @@ INSTANTIATE_TEST_SUITE_P(Host, ValidArguments,
                            return std::string(TargetName(info.param));
                          });
 
+// --- Paged plans (a decode pass's launch, checked once) ------------------------------------------
+
+void ExpectInvalid(const KernelStatus& status, const char* message) {
+  EXPECT_EQ(status.code(), KernelStatusCode::kInvalidArgument) << status.ToString();
+  EXPECT_NE(status.message().find(message), std::string::npos) << status.ToString();
+}
+
+TEST(PagedPlan, MakeChecksWhatValidatePagedChecks) {
+  PagedSetup setup;
+  setup.table[1] = 9;  // num_blocks is 9
+  PagedAttentionPlan plan;
+  ExpectInvalid(PagedAttentionPlan::Make(setup.args, PagedAttentionPlan::Backend::kCpu, &plan),
+                "block_table[0][1] (9) is out of range [0, 9)");
+  EXPECT_EQ(plan.backend(), PagedAttentionPlan::Backend::kNone);
+}
+
+TEST(PagedPlan, ALayerNeedsItsTensorsAndThePlansBackend) {
+  PagedSetup setup;
+  PagedAttentionPlan plan;
+  PagedAttentionArgs args;
+  const PagedLayerTensors tensors = LayerTensorsOf(setup.args);
+  ExpectInvalid(plan.ForLayer(tensors, PagedAttentionPlan::Backend::kCpu, &args), "was not made");
+  FLASHKV_EXPECT_OK(PagedAttentionPlan::Make(setup.args, PagedAttentionPlan::Backend::kCpu, &plan));
+  ExpectInvalid(plan.ForLayer(tensors, PagedAttentionPlan::Backend::kCuda, &args), "other backend");
+  using T = PagedLayerTensors;
+  std::vector<std::pair<void (*)(T&), const char*>> missing = {
+      {[](T& t) { t.q = nullptr; }, "q is null"},
+      {[](T& t) { t.out = nullptr; }, "out is null"},
+      {[](T& t) { t.k_cache = nullptr; }, "k_cache is null"},
+      {[](T& t) { t.v_cache = nullptr; }, "v_cache is null"},
+  };
+  missing.push_back({[](T& t) { t.cache_strides.row += 1; }, "differ from the planned"});
+  missing.push_back({[](T& t) { t.num_blocks -= 1; }, "is less than the planned 9"});
+  for (const auto& [edit, message] : missing) {
+    T layer = tensors;
+    edit(layer);
+    ExpectInvalid(plan.ForLayer(layer, PagedAttentionPlan::Backend::kCpu, &args), message);
+  }
+  // A layer's own tensors replace the planned ones; everything else is the plan's.
+  T other = tensors;
+  float q_elsewhere = 0;
+  other.q = &q_elsewhere;
+  other.lse = nullptr;
+  FLASHKV_EXPECT_OK(plan.ForLayer(other, PagedAttentionPlan::Backend::kCpu, &args));
+  EXPECT_EQ(args.q, &q_elsewhere);
+  EXPECT_EQ(args.lse, nullptr);
+  EXPECT_EQ(args.block_table, setup.args.block_table);
+  EXPECT_EQ(args.total_q, setup.args.total_q);
+}
+
 // --- Instantiations that are not compiled -------------------------------------------------------
 
 class UncompiledInstantiations : public ::testing::TestWithParam<Backend> {};

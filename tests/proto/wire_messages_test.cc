@@ -6,8 +6,6 @@
 #include <google/protobuf/unknown_field_set.h>
 #include <gtest/gtest.h>
 
-#include "flatten.h"
-
 #include <cstring>
 #include <random>
 #include <string>
@@ -16,6 +14,7 @@
 #include "flashkv/v1/attention.pb.h"
 #include "flashkv/v1/kvcache.pb.h"
 #include "flashkv/wire/messages.h"
+#include "flatten.h"
 
 namespace flashkv::wire {
 namespace {
@@ -126,7 +125,6 @@ void ExpectStepRequestEq(const MessageBytes& message, const StepRequestView& got
   }
 }
 
-
 TensorData ToData(const v1::Tensor& t, std::shared_ptr<const void> owner) {
   return TensorData{int32_t(t.dtype()), Dims(t.shape().begin(), t.shape().end()),
                     t.data().data(),    t.data().size(),
@@ -179,11 +177,15 @@ TEST(WireMessagesTest, EncodesStepRequestsAndResponsesThatProtobufParses) {
     StepTiming timing;
     if (r.Bool()) timing.kernel_ns = uint64_t(r.Int(0, 1 << 30)) << r.Int(0, 30);
     if (r.Bool()) timing.server_ns = uint64_t(r.Int(0, 1 << 30)) << r.Int(0, 30);
+    if (r.Bool()) timing.queue_ns = uint64_t(r.Int(0, 1 << 30)) << r.Int(0, 30);
+    if (r.Bool()) timing.launch_ns = uint64_t(r.Int(0, 1 << 30)) << r.Int(0, 30);
     response.set_kernel_ns(timing.kernel_ns);
     response.set_server_ns(timing.server_ns);
+    response.set_queue_ns(timing.queue_ns);
+    response.set_launch_ns(timing.launch_ns);
     v1::StepResponse parsed_response;
-    ASSERT_TRUE(parsed_response.ParseFromString(
-        Flatten(EncodeStepResponse(out, want.step_id(), timing))));
+    ASSERT_TRUE(
+        parsed_response.ParseFromString(Flatten(EncodeStepResponse(out, want.step_id(), timing))));
     EXPECT_EQ(parsed_response.SerializeAsString(), response.SerializeAsString());
 
     StepResponseView view;
@@ -192,6 +194,8 @@ TEST(WireMessagesTest, EncodesStepRequestsAndResponsesThatProtobufParses) {
     ASSERT_TRUE(DecodeStepResponse(message, &view).ok());
     EXPECT_EQ(view.timing.kernel_ns, timing.kernel_ns);
     EXPECT_EQ(view.timing.server_ns, timing.server_ns);
+    EXPECT_EQ(view.timing.queue_ns, timing.queue_ns);
+    EXPECT_EQ(view.timing.launch_ns, timing.launch_ns);
     ASSERT_EQ(view.out.size(), size_t(response.out_size()));
     for (size_t i = 0; i < view.out.size(); ++i) {
       ExpectTensorEq(message, view.out[i], true, response.out(int(i)), "out");

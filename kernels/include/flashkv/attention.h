@@ -114,7 +114,8 @@ struct VarlenAttentionArgs {
 // Sequence b has q_len = cu_seqlens_q[b+1] - cu_seqlens_q[b] new queries and a context of
 // kv_len = cu_seqlens_kv[b+1] - cu_seqlens_kv[b] tokens (new tokens included, already written to
 // the cache). Token t of sequence b lives in block block_table[b * block_table_stride +
-// t / page_size], slot t % page_size. Prefill chunks (q_len > 1) and decodes (q_len = 1) mix freely.
+// t / page_size], slot t % page_size. Prefill chunks (q_len > 1) and decodes (q_len = 1) mix
+// freely.
 struct PagedAttentionArgs {
   DType dtype = DType::kFloat16;
   int num_seqs = 0;
@@ -178,6 +179,52 @@ KernelStatus ValidateFixed(const FixedAttentionArgs& args);
 KernelStatus ValidateVarlen(const VarlenAttentionArgs& args, bool primary_is_host);
 KernelStatus ValidatePaged(const PagedAttentionArgs& args, bool primary_is_host);
 KernelStatus ValidateKvAppend(const KvAppendArgs& args, bool primary_is_host);
+
+// The tensors of a paged launch that change from one layer of a model to the next, the batch and
+// its metadata staying the same (a decode pass: docs/api.md#decode-passes).
+struct PagedLayerTensors {
+  const void* q = nullptr;
+  void* out = nullptr;
+  float* lse = nullptr;
+  const void* k_cache = nullptr;
+  const void* v_cache = nullptr;
+  // The layer's pools' geometry: the planned strides, and at least the planned blocks (the plan
+  // checked every block id against those).
+  Strides cache_strides;
+  int num_blocks = 0;
+};
+
+PagedLayerTensors LayerTensorsOf(const PagedAttentionArgs& args);
+
+// A paged launch validated once and run for several layers. Everything ValidatePaged checks
+// (above all the block table, one read per block of the batch) holds for every layer whose
+// launch differs only in PagedLayerTensors: the same shapes, strides, pool geometry and metadata.
+// A run then checks only the new pointers, so a pass over L layers walks its block table once
+// instead of L times, and a caller can do the checking before it starts timing the kernels.
+// The metadata the planned args point to (block_table, cu_seqlens_*, their host copies) must stay
+// unchanged and alive while the plan is run. Made by a backend's PlanAttentionPaged; run by the
+// same backend's RunAttentionPaged (a plan names the backend it was checked for).
+class PagedAttentionPlan {
+ public:
+  enum class Backend { kNone, kCpu, kCuda };
+
+  // ValidatePaged(args, primary_is_host = (backend == kCpu)); on success the plan holds args.
+  static KernelStatus Make(const PagedAttentionArgs& args, Backend backend,
+                           PagedAttentionPlan* plan);
+
+  Backend backend() const { return backend_; }
+  const PagedAttentionArgs& args() const { return args_; }
+  // The planned args with `tensors` in place of their pointers; kInvalidArgument naming the
+  // tensor when one the launch reads or writes is null, when the pools' geometry is not the
+  // planned one, or when the plan is not for `backend`.
+  KernelStatus ForLayer(const PagedLayerTensors& tensors, Backend backend,
+                        PagedAttentionArgs* args) const;
+
+ private:
+  PagedAttentionArgs args_;
+  Backend backend_ = Backend::kNone;
+  bool has_kv_ = false;  // some sequence has context: the pools are read
+};
 
 // Helpers for building the args of dense, contiguous tensors (tests, benchmarks, RPC handlers).
 FixedAttentionArgs MakeDenseFixedArgs(DType dtype, int batch, int seqlen_q, int seqlen_kv,

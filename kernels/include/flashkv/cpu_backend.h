@@ -13,6 +13,10 @@ namespace flashkv::cpu {
 KernelStatus Attention(const FixedAttentionArgs& args);
 KernelStatus AttentionVarlen(const VarlenAttentionArgs& args);
 KernelStatus AttentionPaged(const PagedAttentionArgs& args);
+// AttentionPaged in two halves (flashkv/attention.h, PagedAttentionPlan): the checks, once, and
+// runs for layers that differ only in their tensors. AttentionPaged is the two in a row.
+KernelStatus PlanAttentionPaged(const PagedAttentionArgs& args, PagedAttentionPlan* plan);
+KernelStatus RunAttentionPaged(const PagedAttentionPlan& plan, const PagedLayerTensors& tensors);
 KernelStatus AppendKv(const KvAppendArgs& args);
 
 // Whether (dtype, head_dim) was compiled in (FLASHKV_DTYPES / FLASHKV_HEAD_DIMS).

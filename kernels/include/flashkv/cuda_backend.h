@@ -25,6 +25,11 @@ using Event = CUevent_st*;
 KernelStatus Attention(const FixedAttentionArgs& args, Stream stream);
 KernelStatus AttentionVarlen(const VarlenAttentionArgs& args, Stream stream);
 KernelStatus AttentionPaged(const PagedAttentionArgs& args, Stream stream);
+// AttentionPaged in two halves (flashkv/attention.h, PagedAttentionPlan): the checks, once, and
+// launches for layers that differ only in their tensors. AttentionPaged is the two in a row.
+KernelStatus PlanAttentionPaged(const PagedAttentionArgs& args, PagedAttentionPlan* plan);
+KernelStatus RunAttentionPaged(const PagedAttentionPlan& plan, const PagedLayerTensors& tensors,
+                               Stream stream);
 KernelStatus AppendKv(const KvAppendArgs& args, Stream stream);
 
 // Whether (dtype, head_dim) was compiled in (FLASHKV_CUDA_DTYPES / FLASHKV_CUDA_HEAD_DIMS).

@@ -53,6 +53,8 @@ struct StepBatchInput {
 struct StepTiming {
   absl::Duration kernel;
   absl::Duration server;
+  absl::Duration queue;   // StepResponse.queue_ns: arrival to the first launch
+  absl::Duration launch;  // StepResponse.launch_ns: the launches, kernels included
 };
 StepTiming TimingOf(const v1::StepResponse& response);
 

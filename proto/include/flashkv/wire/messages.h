@@ -82,6 +82,8 @@ struct StepRequestView {
 struct StepTiming {
   uint64_t kernel_ns = 0;
   uint64_t server_ns = 0;
+  uint64_t queue_ns = 0;   // StepResponse.queue_ns: arrival to the first launch
+  uint64_t launch_ns = 0;  // StepResponse.launch_ns: the launches, kernels included
 };
 
 struct StepResponseView {

@@ -32,6 +32,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "flashkv/attention.h"
 #include "flashkv/base/mutex.h"
 #include "flashkv/kvcache/kv_cache.h"
 #include "flashkv/kvcache/memory.h"
@@ -82,6 +83,9 @@ class DecodePass {
   absl::Status UploadMetadata(const kvcache::LayerBatch& batch, bool cuda, int device_id,
                               void* stream);
 
+  // The pass's attention launch: checked by the layer-0 launch, run by every layer's (each
+  // launch holds the pass between Acquire and Release, so they never overlap).
+  PagedAttentionPlan* attention_plan() { return &attention_plan_; }
   // Layer L-1's step resolved OK: every layer's length advances.
   void Commit();
   // Undoes everything the pass reserved (at once, or when the launch in progress releases).
@@ -103,7 +107,8 @@ class DecodePass {
   PartReleaser* const releaser_;
   std::atomic<int> computed_{0};
   std::atomic<bool> failed_{false};
-  const void* metadata_ = nullptr;  // written by the layer-0 launch, read by later ones
+  const void* metadata_ = nullptr;     // written by the layer-0 launch, read by later ones
+  PagedAttentionPlan attention_plan_;  // likewise
 
   Mutex mu_;
   std::optional<kvcache::LayerBatch> batch_ ABSL_GUARDED_BY(mu_);

@@ -28,6 +28,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "flashkv/attention.h"
 #include "flashkv/kvcache/layer_batch.h"
 #include "flashkv/kvcache/memory.h"
 #include "flashkv/server/config.h"
@@ -90,7 +91,9 @@ class LaunchArena {
 struct LaunchSummary {
   int entries = 0;     // sequences in the launch
   int64_t tokens = 0;  // query rows
-  // The KV append and attention kernels alone: not the staging, the transfers or the scatter.
+  // The KV append and attention kernels alone: not the staging, the transfers, the scatter, or
+  // the checks of the attention launch (planned before the kernels' clock starts; with CUDA the
+  // clock is two events around the kernels' launch calls).
   absl::Duration kernel_time;
 };
 
@@ -105,10 +108,11 @@ absl::StatusOr<LaunchSummary> RunLaunch(const ModelShape& model,
 // holds the pass's T rows of q, k, v and out; the kernels run with the pass's kvcache batch at
 // `layer` and its `metadata` (already where the kernels read it: on the device with CUDA). No
 // per-entry work: the rows are read and written in place when they can be, else staged in one
-// copy per tensor.
+// copy per tensor. `plan`: the pass's attention launch, checked by the first layer's launch
+// (block table and all) and run by every layer with that layer's tensors and pools.
 absl::StatusOr<LaunchSummary> RunPassLaunch(const ModelShape& model,
                                             const kvcache::LayerBatch& pass, int layer,
                                             const void* metadata, const StepPart& part,
-                                            LaunchArena* arena);
+                                            PagedAttentionPlan* plan, LaunchArena* arena);
 
 }  // namespace flashkv::server

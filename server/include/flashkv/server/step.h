@@ -89,8 +89,10 @@ class StepPart {
   bool prepared() const { return batch.has_value() && batch->pending(); }
   int64_t rows_done = 0;
   absl::Duration kernel_time;  // of the launches this part's rows were in (StepResponse.kernel_ns)
-  absl::Time ready_time;    // for fairness: arrival, then end of its last launch
-  absl::Time first_launch;  // for the queue-wait metric
+  absl::Time ready_time;       // for fairness: arrival, then end of its last launch
+  absl::Time first_launch;     // for the queue-wait metric (and StepResponse.queue_ns)
+  // Its launch rounds, start to end, kernels included (StepResponse.launch_ns).
+  absl::Duration launch_time;
   bool reported = false;
   bool holds_sequences = false;  // its scheduler counts its sequences as busy
 
@@ -199,7 +201,7 @@ class StepState : public std::enable_shared_from_this<StepState> {
   const StepCompletion done_;
   std::atomic<bool> cancelled_{false};
   std::atomic<bool> failed_{false};
-  bool urgent_ = false;  // set before the step is submitted
+  bool urgent_ = false;                                // set before the step is submitted
   std::optional<wire::RegionSliceView> batch_output_;  // set before the step is submitted
   std::shared_ptr<DecodePass> pass_;                   // set before the step is submitted
   std::string tenant_;
