@@ -355,7 +355,7 @@ void PagedPrefillTable(DType dtype, int reps, const std::vector<int>& head_dims,
           // one call; else 64-key boxes or whole-tile boxes, both shapes timed).
           const sm90::TileKind kind = sm90::ChooseTileKind(d, /*paged=*/true, /*varlen=*/true,
                                                            causal, s, s, pool->page);
-          const bool split = kind == sm90::TileKind::kPagedKeys80;
+          const bool split = sm90::IsPagedSplitKind(kind);
           const int block_n = sm90::ChooseTileShape(d, /*paged=*/true, kind).block_n;
           v.box = split ? block_n : sm90::PagedBoxRows(pool->page, block_n);
           variants.push_back(v);

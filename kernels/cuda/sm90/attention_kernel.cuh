@@ -6,7 +6,9 @@
 //
 // Warp specialisation (384 threads, one CTA per SM; 512 with three consumers):
 //   warpgroup 0: producer. setmaxnreg lowers it to 24 registers (32 with three consumers); one
-//     thread issues every TMA load (sm90/producer.cuh), the other warps leave.
+//     thread issues every TMA load (sm90/producer.cuh), the other warps leave (under
+//     TileKind::kPagedKeys80Lanes, the first thread of each warp issues one chunk's loads, and
+//     on the dynamic schedule the first consumer thread claims the tiles).
 //   warpgroups 1, 2 (and 3 under Sm90Variant::kThreeConsumers): consumers. setmaxnreg raises
 //     them to 240 registers (160 with three); each owns 64 rows of the tile
 //     (sm90/consumer_mainloop.cuh, sm90/epilogue.cuh).
@@ -43,6 +45,18 @@ __device__ __forceinline__ void Consume(const Sm90Params& params, const Smem<Tr>
   ConsumerMainloop<Tr, kLazyRescale> ml;
   KvPipelineState<Tr> pipe;
   WorkItem item;
+  // Several K/V issuers (Traits::kKvIssuers > 1, sm90/producer.cuh's ProduceByChunk): the dynamic
+  // schedule's tiles are claimed and published by this warpgroup's first thread, not by a
+  // producer thread (at the producer's 24 registers, the claim beside an issuer's loads
+  // spilled). It publishes the CTA's first tile, and claims tile u + 1 as it starts tile u, with
+  // the atomic's latency under the wait for u's Q: about when Produce's thread claims (after
+  // the Q load that waited for these consumers to free Q). It publishes once u's Q has landed:
+  // every issuer has then read u's number, so u - 1's slot, which u + 1 takes, is free.
+  constexpr bool kConsumerClaims = kDynamic && Tr::kKvIssuers > 1;
+  const bool claims = kConsumerClaims && wg == 0 && tid == 0;
+  if constexpr (kConsumerClaims) {
+    if (claims) PublishTile(smem, 0, static_cast<int>(blockIdx.x));
+  }
   for (int local_tile = 0;; ++local_tile) {
     if constexpr (kDynamic) {
       item.tile = ReceiveTile(smem, local_tile, lane);
@@ -50,11 +64,18 @@ __device__ __forceinline__ void Consume(const Sm90Params& params, const Smem<Tr>
     } else if (!StaticWorkItem<kStreamK>(params.schedule, local_tile, &item)) {
       break;
     }
+    int claimed = 0;
+    if constexpr (kConsumerClaims) {
+      if (claims) claimed = static_cast<int>(gridDim.x) + atomicAdd(params.tile_counter, 1);
+    }
     WorkTile w =
         DecodeTile<kVarlen, kCausal, Tr::kBlockM, Tr::kBlockN>(p, params.schedule, item.tile);
     ApplyKeyRange(&w, item);
     ml.Init();
     MbarrierWait(smem.QFull(), static_cast<uint32_t>(local_tile) & 1u);
+    if constexpr (kConsumerClaims) {
+      if (claims) PublishTile(smem, local_tile + 1, claimed);
+    }
     if (p.negate_q) NegateQ(smem, wg, tid);
     // Sequence lengths come from memory in varlen launches: broadcast what steers the wgmma
     // loop so that ptxas sees it warp-uniform.
@@ -98,7 +119,15 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
   const int warpgroup = WarpUniform(static_cast<int>(threadIdx.x) / 128);
   if (warpgroup == 0) {
     SetMaxRegistersDecrease<Tr::kProducerRegisters>();
-    if (threadIdx.x == 0) Produce<Tr, kCausal, kVarlen, kDynamic, kStreamK>(params, smem);
+    if constexpr (Tr::kKvIssuers > 1) {
+      // One issuing thread per chunk, each the first lane of its own warp (producer.cuh).
+      if (threadIdx.x % 32 == 0) {
+        ProduceByChunk<Tr, kCausal, kVarlen, kDynamic, kStreamK>(
+            params, smem, static_cast<int>(threadIdx.x) / 32);
+      }
+    } else {
+      if (threadIdx.x == 0) Produce<Tr, kCausal, kVarlen, kDynamic, kStreamK>(params, smem);
+    }
   } else {
     SetMaxRegistersIncrease<Tr::kConsumerRegisters>();
     Consume<Tr, kCausal, kVarlen, kDynamic, kLazyRescale, kStreamK>(params, smem, warpgroup - 1);

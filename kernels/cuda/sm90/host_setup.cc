@@ -164,6 +164,7 @@ bool TakesAutoKernels(Sm90Variant variant) {
     case Sm90Variant::kStreamK:
     case Sm90Variant::kPagedKeys80:
     case Sm90Variant::kPagedKStages3:
+    case Sm90Variant::kPagedKeys80Lanes:
       return true;
     case Sm90Variant::kBaseline:
     case Sm90Variant::kDynamicSchedule:
@@ -196,6 +197,7 @@ bool UseStreamK(TileKind kind, int seqlen_kv) {
     case Sm90Variant::kAuto:
     case Sm90Variant::kPagedKeys80:
     case Sm90Variant::kPagedKStages3:
+    case Sm90Variant::kPagedKeys80Lanes:
       return kind == TileKind::kKeys160 && seqlen_kv >= kStreamKMinSeqlenKv;
     default:
       return false;
@@ -222,15 +224,19 @@ TileKind ChooseTileKind(int head_dim, bool paged, bool varlen, bool causal, int 
   if (variant == Sm90Variant::kPagedKStages3 && HasPagedKStages3Shape(head_dim, paged)) {
     return TileKind::kPagedKStages3;
   }
+  // Likewise the split tiles issued by one thread per chunk, at every page size.
+  if (variant == Sm90Variant::kPagedKeys80Lanes && HasPagedKeys80Shape(head_dim, paged)) {
+    return TileKind::kPagedKeys80Lanes;
+  }
   if (HasPagedKeys80Shape(head_dim, paged) &&
       (variant == Sm90Variant::kPagedKeys80 ||
        (TakesAutoKernels(variant) && page_size >= kPagedKeys80MinPageSize))) {
     return TileKind::kPagedKeys80;
   }
-  // kStreamK changes the schedule of kAuto's kernels, not their shapes; kPagedKeys80 and
-  // kPagedKStages3 the shape of paged head dim 256 alone.
+  // kStreamK changes the schedule of kAuto's kernels, not their shapes; kPagedKeys80,
+  // kPagedKStages3 and kPagedKeys80Lanes the shape of paged head dim 256 alone.
   if (variant == Sm90Variant::kStreamK || variant == Sm90Variant::kPagedKeys80 ||
-      variant == Sm90Variant::kPagedKStages3) {
+      variant == Sm90Variant::kPagedKStages3 || variant == Sm90Variant::kPagedKeys80Lanes) {
     variant = Sm90Variant::kAuto;
   }
   if (HasThreeConsumerShape(head_dim, paged)) {
@@ -342,7 +348,7 @@ KernelStatus EncodeTensorMaps(const AttentionParams& p, const LaunchInfo& info, 
   // needs a valid address.
   const void* k = p.k != nullptr ? p.k : p.q;
   const void* v = p.v != nullptr ? p.v : p.q;
-  if (kind == TileKind::kPagedKeys80) {
+  if (IsPagedSplitKind(kind)) {
     // The whole-tile box where pages can hold a tile (the producer takes it for tiles inside one
     // page), and the part boxes of PagedPartRows(i) keys for tiles split at a page boundary.
     params->kv_box_rows = p.page_size >= shape.block_n ? shape.block_n : kPagedBoxRows;

@@ -94,7 +94,8 @@ bool PlanStreamK(Schedule* schedule, int grid, int key_tiles);
 // (HasPagedKeys80Shape): kPagedKeys80 under the variant of that name, and under kAuto (and the
 // variants that keep kAuto's kernels elsewhere) for pages of at least kPagedKeys80MinPageSize
 // keys (page_size: the launch's, 0 for contiguous K/V); but kPagedKStages3
-// (HasPagedKStages3Shape) at every page size under the variant of that name. Else kStandard.
+// (HasPagedKStages3Shape) and kPagedKeys80Lanes at every page size under the variants of those
+// names. Else kStandard.
 TileKind ChooseTileKind(int head_dim, bool paged, bool varlen, bool causal, int max_seqlen_q,
                         int max_seqlen_kv, int page_size = 0);
 

@@ -197,6 +197,10 @@ KernelStatus LaunchAttentionSm90(const AttentionParams& params, const LaunchInfo
       using Keys80 = sm90::Traits<Element, kHeadDim, kPaged, sm90::TileKind::kPagedKeys80>;
       return sm90::RunRescaleVariant<Keys80>(sp, props, stream);
     }
+    if (kind == sm90::TileKind::kPagedKeys80Lanes) {
+      using Lanes = sm90::Traits<Element, kHeadDim, kPaged, sm90::TileKind::kPagedKeys80Lanes>;
+      return sm90::RunRescaleVariant<Lanes>(sp, props, stream);
+    }
   }
   if constexpr (sm90::HasPagedKStages3Shape(kHeadDim, kPaged)) {
     if (kind == sm90::TileKind::kPagedKStages3) {

@@ -19,6 +19,9 @@
 // inside its page (page_size is a multiple of the box), and the slots past the key are masked.
 // TileKind::kPagedKeys80's tiles (80 keys over pages of 64k) are split at their page boundary
 // instead, each part into 64/32/16-key boxes from their own maps (SplitKeyTile).
+//
+// TileKind::kPagedKeys80Lanes: the same split tiles, their loads issued by four threads, one per
+// 64-column chunk (ProduceByChunk).
 
 #include <cstdint>
 #include <type_traits>
@@ -195,6 +198,47 @@ struct TmaIssuer {
       }
     });
   }
+
+  // Chunk c of a split tile (TileKind::kPagedKeys80Lanes, one issuing thread per chunk): the
+  // boxes of LoadKv's split overload for chunk c alone, after an arrive on `bar` with chunk c's
+  // bytes. The full barriers of this kind expect one arrival per issuer (sm90/smem.cuh), so a
+  // phase completes once every issuer has arrived and every byte announced has landed. Each
+  // issuer announces its bytes before issuing their loads, so the tx-count never runs below
+  // zero; and the other issuers' loads landing before an issuer's arrive cannot complete the
+  // phase early, as that arrival is still pending. An issuer issues use u of a stage only after
+  // the consumers released use u - 1 (its empty barrier), which they do only after use u - 1's
+  // full phase completed, so no byte of use u is counted in use u - 1's phase.
+  __device__ __forceinline__ void LoadSplitChunk(const CUtensorMap& map, const CUtensorMap* parts,
+                                                 uint32_t tile, uint32_t bar, const WorkTile& w,
+                                                 int n, const SplitKeyTile<Tr>& kt, int c) const {
+    const int first_part = min(Tr::kBlockN, params.p.page_size - kt.slot0);
+    const uint32_t chunk = tile + c * Tr::kKvChunkBytes;
+    if (first_part == Tr::kBlockN) {
+      MbarrierArriveExpectTx(bar, Tr::kKvChunkBytes);
+      TmaLoad4d(chunk, &map, bar, 64 * c, kt.slot0, w.head_kv, kt.block0);
+      return;
+    }
+    const int keys = w.seq.kv_len - n * Tr::kBlockN;  // rows holding keys of the sequence
+    int rows = 0;
+    ForEachSplitBox(kt, first_part, [&](int row, int part, int, int) {
+      if (row < keys) rows += (kLargestPagedPart >> part);
+    });
+    MbarrierArriveExpectTx(bar, static_cast<uint32_t>(rows) * Tr::kChunkRowBytes);
+    ForEachSplitBox(kt, first_part, [&](int row, int part, int slot, int block) {
+      if (row < keys) {
+        TmaLoad4d(chunk + row * Tr::kChunkRowBytes, &parts[part], bar, 64 * c, slot, w.head_kv,
+                  block);
+      }
+    });
+  }
+
+  // Chunk c of the tile's Q (one issuing thread per chunk, QFull expecting one arrival each).
+  __device__ __forceinline__ void LoadQChunk(const WorkTile& w, int local_tile, int c) const {
+    if (local_tile > 0) MbarrierWait(smem.QFree(), static_cast<uint32_t>(local_tile - 1) & 1u);
+    MbarrierArriveExpectTx(smem.QFull(), Tr::kQChunkBytes);
+    Load(params.q_map, smem.Q() + c * Tr::kQChunkBytes, smem.QFull(), w, w.seq.token_begin,
+         w.row0, w.head, c);
+  }
 };
 
 template <class Tr>
@@ -215,11 +259,12 @@ __device__ __forceinline__ KeyTileOf<Tr> LookupKeyTile(const Sm90Params& params,
 
 // The loads of one work tile's key tiles [key_begin, key_tiles), last first, in the order K(n),
 // Q (i == 0), V(n) per key tile; `pipe` counts both rings (equal depths: one position).
-template <class Tr, bool kVarlen, bool kDynamic>
+// kByChunk (ProduceByChunk): chunk `chunk` of each tile alone, and no claim (a consumer's).
+template <class Tr, bool kVarlen, bool kDynamic, bool kByChunk = false>
 __device__ __forceinline__ void LoadKeyTilesInOrder(const Sm90Params& params, const Smem<Tr>& smem,
                                                     const TmaIssuer<Tr, kVarlen>& tma,
                                                     const WorkTile& w, int local_tile,
-                                                    KvPipelineState<Tr>& pipe) {
+                                                    KvPipelineState<Tr>& pipe, int chunk = 0) {
   static_assert(Tr::kKStages == Tr::kVStages, "one position serves both rings");
   const int count = w.key_tiles - w.key_begin;
   KeyTileOf<Tr> next{};
@@ -232,13 +277,24 @@ __device__ __forceinline__ void LoadKeyTilesInOrder(const Sm90Params& params, co
     const int stage = pipe.K().Stage();
     const uint32_t released = pipe.K().Phase() ^ 1u;
     MbarrierWait(smem.KEmpty(stage), released);
-    tma.LoadKv(params.k_map, params.k_part_maps, smem.K(stage), smem.KFull(stage), w, n, kt);
-    if (i == 0) {
-      tma.LoadQ(w, local_tile);
-      if constexpr (kDynamic) ClaimNextTile(params, smem, local_tile);
+    if constexpr (kByChunk) {
+      tma.LoadSplitChunk(params.k_map, params.k_part_maps, smem.K(stage), smem.KFull(stage), w, n,
+                         kt, chunk);
+      if (i == 0) tma.LoadQChunk(w, local_tile, chunk);
+    } else {
+      tma.LoadKv(params.k_map, params.k_part_maps, smem.K(stage), smem.KFull(stage), w, n, kt);
+      if (i == 0) {
+        tma.LoadQ(w, local_tile);
+        if constexpr (kDynamic) ClaimNextTile(params, smem, local_tile);
+      }
     }
     MbarrierWait(smem.VEmpty(stage), released);
-    tma.LoadKv(params.v_map, params.v_part_maps, smem.V(stage), smem.VFull(stage), w, n, kt);
+    if constexpr (kByChunk) {
+      tma.LoadSplitChunk(params.v_map, params.v_part_maps, smem.V(stage), smem.VFull(stage), w, n,
+                         kt, chunk);
+    } else {
+      tma.LoadKv(params.v_map, params.v_part_maps, smem.V(stage), smem.VFull(stage), w, n, kt);
+    }
   }
 }
 
@@ -336,6 +392,58 @@ __device__ __forceinline__ void Produce(const Sm90Params& params, const Smem<Tr>
       item.tile = *smem.TileSlot((local_tile + 1) % kTileRingSlots);
     } else if (!StaticWorkItem<kStreamK>(params.schedule, local_tile + 1, &item)) {
       break;
+    }
+  }
+}
+
+// TileKind::kPagedKeys80Lanes: thread 32 c of the producer warpgroup (one in each of its warps,
+// c < Traits::kKvIssuers, one per 64-column chunk) issues chunk c of every Q, K and V tile.
+// Hypothesis (kernels/cuda/NOTES.md): the split 80-key tiles are bound by the one producer
+// thread's issue rate (up to 3 boxes x 4 chunks = 12 TMA instructions per K tile and as many per
+// V tile, with the address arithmetic, empty-barrier waits and table reads between them); four
+// threads in four warps (on the SM's four sub-partitions, each its own instruction stream) issue
+// at most 3 each and do their waits and table reads in parallel. Not four lanes of one warp: the
+// TMA instruction takes its operands from uniform registers, so the lanes' loads would go out
+// one after another from the one warp. Every issuer walks the same work tiles and key tiles in
+// the same order (LoadKeyTilesInOrder), waits on the same empty barriers, reads the block
+// table itself and arrives on the full barriers with its own chunk's bytes
+// (TmaIssuer::LoadSplitChunk). The dynamic schedule's claims are a consumer thread's
+// (sm90/attention_kernel.cuh's Consume); every issuer reads the tile numbers back through
+// the tile ring as the consumer warps do (FollowTile; tile_empty counts their arrivals), so no
+// slot is rewritten before each has read it. One body for every issuer: at the producer's 24
+// registers, a body for chunk 0 (with the loads' whole byte count, Q and the claims) beside one
+// for the others spilled (68-140 bytes), as did the claims in the one body.
+template <class Tr, bool kCausal, bool kVarlen, bool kDynamic, bool kStreamK>
+__device__ __forceinline__ void ProduceByChunk(const Sm90Params& params, const Smem<Tr>& smem,
+                                               int chunk) {
+  static_assert(Tr::kPagedSplit && !Tr::kKLeadsV && Tr::kKvIssuers == Tr::kChunks,
+                "one issuer per chunk of a split tile, K and V in order");
+  PrefetchTensorMap(&params.q_map);
+  PrefetchTensorMap(&params.k_map);
+  PrefetchTensorMap(&params.v_map);
+#pragma unroll
+  for (int i = 0; i < kPagedParts; ++i) {
+    PrefetchTensorMap(&params.k_part_maps[i]);
+    PrefetchTensorMap(&params.v_part_maps[i]);
+  }
+  const TmaIssuer<Tr, kVarlen> tma{params, smem};
+  KvPipelineState<Tr> pipe;
+  WorkItem item;
+  if constexpr (!kDynamic) {
+    if (!StaticWorkItem<kStreamK>(params.schedule, 0, &item)) return;
+  }
+  for (int local_tile = 0;; ++local_tile) {
+    if constexpr (kDynamic) item.tile = FollowTile(smem, local_tile);
+    if (item.tile >= params.schedule.num_tiles) break;
+    WorkTile w = DecodeTile<kVarlen, kCausal, Tr::kBlockM, Tr::kBlockN>(params.p, params.schedule,
+                                                                        item.tile);
+    ApplyKeyRange(&w, item);
+    LoadKeyTilesInOrder<Tr, kVarlen, kDynamic, true>(params, smem, tma, w, local_tile, pipe,
+                                                     chunk);
+    // As in Produce: a tile without keys still has its Q loaded.
+    if (w.key_tiles - w.key_begin <= 0) tma.LoadQChunk(w, local_tile, chunk);
+    if constexpr (!kDynamic) {
+      if (!StaticWorkItem<kStreamK>(params.schedule, local_tile + 1, &item)) break;
     }
   }
 }

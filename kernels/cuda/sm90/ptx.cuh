@@ -21,6 +21,13 @@ __device__ __forceinline__ void StoreShared32(uint32_t addr, uint32_t value) {
   asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(value) : "memory");
 }
 
+// A load the compiler neither moves across other memory operations nor merges (a ring slot).
+__device__ __forceinline__ uint32_t LoadShared32(uint32_t addr) {
+  uint32_t value;
+  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(value) : "r"(addr) : "memory");
+  return value;
+}
+
 // ---- mbarrier ----------------------------------------------------------------------------------
 
 __device__ __forceinline__ void MbarrierInit(uint32_t bar, uint32_t arrivals) {

@@ -10,6 +10,10 @@
 //   tile_full[r]  dynamic schedule: the producer wrote the tile number into ring slot r (1
 //                 arrival; its release orders the slot's store before the consumers' reads)
 //   tile_empty[r] every consumer warp has read slot r (8 or 12 arrivals)
+// With several issuers (Traits::kKvIssuers > 1: one producer thread per chunk), q_full, k_full
+// and v_full expect one arrival per issuer (each announces its chunk's bytes), tile_empty one
+// more per issuer (each reads the ring, which a consumer thread writes there: Consume in
+// sm90/attention_kernel.cuh).
 // Phases: the u-th use of a barrier completes its phase u, so waiters pass parity u & 1 and
 // producers of use u wait for the release of use u - 1 (parity (u & 1) ^ 1, which a fresh
 // barrier reports complete).
@@ -79,6 +83,11 @@ struct Smem {
            r;
   }
 
+  // The same slot as a shared address (kept in 32 bits where the producer's registers are short).
+  __device__ __forceinline__ uint32_t TileSlotAddress(int r) const {
+    return base + Tr::kBarrierOffset + 8 * (2 + kKvBarriers + 2 * kTileRingSlots) + 4 * r;
+  }
+
   // Stream-K: the arrival order consumer warpgroup `wg` broadcasts to its threads (an int after
   // the ring's; tile_shape.h's BarrierBytes reserves it).
   __device__ __forceinline__ volatile int* ArrivalSlot(int wg) const {
@@ -87,28 +96,29 @@ struct Smem {
 
   // One thread, before the CTA's first __syncthreads.
   __device__ __forceinline__ void InitBarriers() const {
-    MbarrierInit(QFull(), 1);
+    MbarrierInit(QFull(), Tr::kKvIssuers);
     // Q with its own O buffer is released by each consumer warp once its last S = Q K^T of the
     // tile is complete (consumer_mainloop.cuh); O staged in Q's space, by each warpgroup after
     // the O stores have read it (epilogue.cuh).
     MbarrierInit(QFree(), Tr::kSeparateO ? Tr::kConsumerWarps : Tr::kConsumerWarpgroups);
 #pragma unroll
     for (int s = 0; s < Tr::kVStages; ++s) {
-      MbarrierInit(KFull(s), 1);
-      MbarrierInit(VFull(s), 1);
+      MbarrierInit(KFull(s), Tr::kKvIssuers);
+      MbarrierInit(VFull(s), Tr::kKvIssuers);
       MbarrierInit(KEmpty(s), Tr::kConsumerWarps);
       MbarrierInit(VEmpty(s), Tr::kConsumerWarps);
     }
     // K's stages past V's (Traits::kKLeadsV).
 #pragma unroll
     for (int s = Tr::kVStages; s < Tr::kKStages; ++s) {
-      MbarrierInit(KFull(s), 1);
+      MbarrierInit(KFull(s), Tr::kKvIssuers);
       MbarrierInit(KEmpty(s), Tr::kConsumerWarps);
     }
 #pragma unroll
     for (int r = 0; r < kTileRingSlots; ++r) {
       MbarrierInit(TileFull(r), 1);
-      MbarrierInit(TileEmpty(r), Tr::kConsumerWarps);
+      MbarrierInit(TileEmpty(r),
+                   Tr::kConsumerWarps + (Tr::kKvIssuers > 1 ? Tr::kKvIssuers : 0));
     }
     FenceBarrierInit();
   }

@@ -10,7 +10,9 @@
 // Q loads (the atomic's latency overlaps them; the consumers are then a tile behind, so the claim
 // is as late as it can be without the next tile waiting for it) and publishes each tile number to
 // the consumers through a two-slot ring in shared memory (sm90/smem.cuh), the number past the
-// last tile included, which ends every role's loop.
+// last tile included, which ends every role's loop. (With several K/V issuers, Traits::kKvIssuers
+// > 1, a consumer thread claims and publishes instead, and every issuer reads the ring:
+// FollowTile.)
 //
 // Stream-K tail (Sm90Variant::kStreamK; fixed length, no causal mask, so every tile has the same
 // sk_key_tiles key tiles): a static schedule whose tiles are not a whole number of rounds of the
@@ -182,6 +184,19 @@ __device__ __forceinline__ int ReceiveTile(const Smem<Tr>& smem, int local_tile,
   __syncwarp();  // the whole warp has read the slot before its release
   if (lane == 0) MbarrierArrive(smem.TileEmpty(r));
   return WarpUniform(tile);
+}
+
+// Dynamic schedule, each K/V issuer where there are several (Traits::kKvIssuers > 1): the CTA's
+// local_tile-th tile number, read from the ring as a consumer warp does, by one thread
+// (tile_empty counts one arrival per issuer).
+template <class Tr>
+__device__ __forceinline__ int FollowTile(const Smem<Tr>& smem, int local_tile) {
+  const int r = local_tile % kTileRingSlots;
+  const uint32_t use = static_cast<uint32_t>(local_tile / kTileRingSlots);
+  MbarrierWait(smem.TileFull(r), use & 1u);
+  const int tile = static_cast<int>(LoadShared32(smem.TileSlotAddress(r)));
+  MbarrierArrive(smem.TileEmpty(r));  // release: the read above precedes the slot's next store
+  return tile;
 }
 
 }  // namespace flashkv::cuda::sm90

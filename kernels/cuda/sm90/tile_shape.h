@@ -48,7 +48,13 @@ enum class TileKind : int {
   kKeys176 = 3,         // head dim 128, contiguous, not causal: 128 x 176, O staged in Q's space
   kPagedKeys80 = 4,     // head dim 256, paged: 128 x 80 as on contiguous K/V, boxes split at pages
   kPagedKStages3 = 5,   // head dim 256, paged: 128 x 64, three K stages and two V stages
+  kPagedKeys80Lanes = 6,  // kPagedKeys80's tiles, their loads issued by one thread per chunk
 };
+
+// The kinds whose paged tiles are split at page boundaries (80-key tiles: HasPagedKeys80Shape).
+constexpr bool IsPagedSplitKind(TileKind kind) {
+  return kind == TileKind::kPagedKeys80 || kind == TileKind::kPagedKeys80Lanes;
+}
 
 // Consumer warpgroups of the standard kernels; TileKind::kThreeConsumers has
 // kMaxConsumerWarpgroups.
@@ -139,6 +145,7 @@ constexpr TileShape ChooseTileShape(int head_dim, bool paged = false,
     case TileKind::kKeys176:
       return HasWideKeyShape(head_dim, paged) ? TileShape{128, 176, 2} : TileShape{0, 0, 0};
     case TileKind::kPagedKeys80:
+    case TileKind::kPagedKeys80Lanes:
       return HasPagedKeys80Shape(head_dim, paged) ? TileShape{128, 80, 2} : TileShape{0, 0, 0};
     case TileKind::kPagedKStages3:
       return HasPagedKStages3Shape(head_dim, paged) ? TileShape{128, 64, 2, 3}
@@ -273,8 +280,14 @@ enum class Sm90Variant : int {
   // the producer issuing K one key tile ahead of V (TileKind::kPagedKStages3,
   // HasPagedKStages3Shape has the hypothesis). Other launches take kAuto's kernels unchanged.
   kPagedKStages3 = 9,
+  // kPagedKeys80's kernels (paged head dim 256 on 80-key tiles split at page boundaries, at every
+  // page size), but each split tile's TMA loads issued by four producer threads, one per 64-column
+  // chunk, one in each warp of the producer warpgroup, instead of all by one thread
+  // (TileKind::kPagedKeys80Lanes; sm90/producer.cuh's ProduceByChunk has the hypothesis). Other
+  // launches take kAuto's kernels unchanged.
+  kPagedKeys80Lanes = 10,
 };
-inline constexpr int kNumSm90Variants = 10;
+inline constexpr int kNumSm90Variants = 11;
 
 // Sm90Variant::kLazyRescale's threshold, in the log2 units of the scaled scores: probabilities
 // are taken against a reference at most this far below the row's true maximum, so they stay
@@ -305,6 +318,8 @@ constexpr const char* Sm90VariantName(Sm90Variant v) {
       return "paged_keys80";
     case Sm90Variant::kPagedKStages3:
       return "paged_k3";
+    case Sm90Variant::kPagedKeys80Lanes:
+      return "paged_keys80_lanes";
   }
   return "unknown";
 }

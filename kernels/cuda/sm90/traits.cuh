@@ -82,9 +82,15 @@ struct Traits {
   // Paged K/V boxes per chunk of a tile: at most kKvBoxes boxes of kPagedBoxRows keys, box j at
   // rows [j * box, (j + 1) * box) of every chunk; the launch picks the box (block_n or
   // kPagedBoxRows keys: host_setup.h's PagedBoxRows).
-  // TileKind::kPagedKeys80 instead splits a tile at a page boundary into parts of
-  // PagedPartRows boxes (kPagedSplit; sm90/producer.cuh's SplitKeyTile).
-  static constexpr bool kPagedSplit = kPaged && kKind == TileKind::kPagedKeys80;
+  // TileKind::kPagedKeys80 (and kPagedKeys80Lanes) instead splits a tile at a page boundary into
+  // parts of PagedPartRows boxes (kPagedSplit; sm90/producer.cuh's SplitKeyTile).
+  static constexpr bool kPagedSplit = kPaged && IsPagedSplitKind(kKind);
+  // Producer threads that issue K/V loads: one per 64-column chunk, thread 32 c of the producer
+  // warpgroup for chunk c (TileKind::kPagedKeys80Lanes; sm90/producer.cuh's ProduceByChunk), else
+  // one (thread 0 issues every load).
+  static constexpr int kKvIssuers =
+      kPagedSplit && kKind == TileKind::kPagedKeys80Lanes ? kHeadDim / 64 : 1;
+  static_assert(kKvIssuers <= 4, "one issuing thread per warp of the producer warpgroup");
   static constexpr int kKvBoxes = kPaged && !kPagedSplit ? kBlockN / kPagedBoxRows : 1;
   static_assert(!kPaged || kPagedSplit || kBlockN % kPagedBoxRows == 0,
                 "a paged tile is a whole number of boxes");

@@ -283,6 +283,22 @@ TEST(KernelPathTest, TileKindByVariantHeadDimLayoutAndLength) {
   EXPECT_EQ(sm90::ChooseTileKind(64, true, true, false, 8192, 8192, 64),
             TileKind::kThreeConsumers);
   EXPECT_EQ(sm90::ChooseTileKind(128, false, false, false, 1024, kWide), TileKind::kKeys160);
+  // paged_keys80_lanes: paged head dim 256 on the split tiles issued by chunk at every page size;
+  // everything else as under kAuto.
+  sm90::testing::SetVariant(sm90::Sm90Variant::kPagedKeys80Lanes);
+  for (int page : {64, kPage80, 256}) {
+    EXPECT_EQ(sm90::ChooseTileKind(256, true, true, true, 8192, 8192, page),
+              TileKind::kPagedKeys80Lanes);
+    EXPECT_EQ(sm90::ChooseTileKind(256, true, true, false, 8192, 8192, page),
+              TileKind::kPagedKeys80Lanes);
+  }
+  EXPECT_EQ(sm90::ChooseTileKind(256, false, false, true, 8192, 8192), TileKind::kStandard);
+  EXPECT_EQ(sm90::ChooseTileKind(128, true, true, true, 8192, 8192, 64), TileKind::kStandard);
+  EXPECT_EQ(sm90::ChooseTileKind(64, true, true, false, 8192, 8192, 64),
+            TileKind::kThreeConsumers);
+  EXPECT_EQ(sm90::ChooseTileKind(128, false, false, false, 1024, kWide), TileKind::kKeys160);
+  EXPECT_TRUE(sm90::UseDynamicSchedule(true, 512, 132));
+  EXPECT_TRUE(sm90::UseLazyRescale(256));
   sm90::testing::SetVariant(sm90::Sm90Variant::kBaseline);
   EXPECT_EQ(sm90::ChooseTileKind(256, true, true, true, 8192, 8192, 256), TileKind::kStandard);
   sm90::testing::SetVariant(sm90::Sm90Variant::kThreeConsumers);
@@ -324,6 +340,28 @@ TEST(KernelPathTest, PagedKStages3FitsSharedMemory) {
   EXPECT_LE(sm90::SmemBytes(256, 2, true, kK3), sm90::kMaxSmemBytes);
   // The kinds with one ring depth keep their maps: K and V of `stages` each.
   EXPECT_EQ(sm90::SmemBytes(256, 2, true), (64 + 4 * 32) * 1024 + sm90::BarrierBytes(2, 2) + 1024);
+}
+
+// kPagedKeys80Lanes: kPagedKeys80's tile and shared memory map (only who issues the loads
+// differs), on paged head dim 256 alone.
+TEST(KernelPathTest, PagedKeys80LanesIsTheSplitTile) {
+  using sm90::TileKind;
+  constexpr TileKind kLanes = TileKind::kPagedKeys80Lanes;
+  EXPECT_TRUE(sm90::IsPagedSplitKind(kLanes));
+  EXPECT_TRUE(sm90::IsPagedSplitKind(TileKind::kPagedKeys80));
+  EXPECT_FALSE(sm90::IsPagedSplitKind(TileKind::kPagedKStages3));
+  EXPECT_FALSE(sm90::IsPagedSplitKind(TileKind::kStandard));
+  const sm90::TileShape lanes = sm90::ChooseTileShape(256, true, kLanes);
+  const sm90::TileShape keys80 = sm90::ChooseTileShape(256, true, TileKind::kPagedKeys80);
+  EXPECT_EQ(lanes.block_m, keys80.block_m);
+  EXPECT_EQ(lanes.block_n, keys80.block_n);
+  EXPECT_EQ(sm90::KStagesOf(lanes), sm90::KStagesOf(keys80));
+  EXPECT_EQ(sm90::VStagesOf(lanes), sm90::VStagesOf(keys80));
+  EXPECT_EQ(sm90::SmemBytes(256, 2, true, kLanes),
+            sm90::SmemBytes(256, 2, true, TileKind::kPagedKeys80));
+  EXPECT_FALSE(sm90::HasTileShape(256, /*paged=*/false, kLanes));
+  EXPECT_FALSE(sm90::HasTileShape(128, /*paged=*/true, kLanes));
+  EXPECT_STREQ(sm90::Sm90VariantName(sm90::Sm90Variant::kPagedKeys80Lanes), "paged_keys80_lanes");
 }
 
 // The wide key tiles: 128-row m-blocks as the standard tile (the keys change only the kernel's

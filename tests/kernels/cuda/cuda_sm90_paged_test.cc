@@ -25,7 +25,10 @@
 // holds it bit for bit to the contiguous kernel) and paged_k3 (head dim 256 on 64-key tiles with
 // three K stages, the producer issuing K one key tile ahead of V: every page size; the K and V
 // rings then wrap at different tiles, which MoreTilesThanSms carries across work tiles;
-// KStages3SameAsTwoStages holds it bit for bit to the two-stage 64-key kernel).
+// KStages3SameAsTwoStages holds it bit for bit to the two-stage 64-key kernel) and
+// paged_keys80_lanes (paged_keys80's split tiles at every page size, each chunk's loads issued by
+// its own producer thread: SameAsContiguousKernel and Keys80LanesSameAsContiguousKernel, the
+// latter over the dynamic schedule too, hold it bit for bit to the contiguous kernel).
 
 #include <cstring>
 #include <string>
@@ -211,13 +214,59 @@ TEST_P(CudaSm90PagedTest, KStages3SameAsTwoStages) {
   }
 }
 
+// paged_keys80_lanes against the contiguous 80-key kernel (the varlen launch on the same K/V, under
+// the same variant: kAuto's kernel there, with the same lazy rescale and schedule): the same
+// tiles and consumer instructions, only who issues the loads and where the rows come from
+// differ, so O and LSE must match bit for bit, at pages of 64 (every tile split), 128 and 256
+// keys, causal and not, and over a launch where every CTA runs several tiles (512 tiles: causal
+// takes the dynamic schedule, whose tile numbers a consumer thread claims and every issuer reads
+// from the tile ring).
+TEST_P(CudaSm90PagedTest, Keys80LanesSameAsContiguousKernel) {
+  if (std::get<2>(GetParam()) != Variant::kPagedKeys80Lanes ||
+      !sm90::HasPagedKeys80Shape(head_dim_, /*paged=*/true)) {
+    GTEST_SKIP() << "paged_keys80_lanes changes paged head dim 256 alone";
+  }
+  std::vector<int> q_lens(8, 256), kv_lens;
+  for (int b = 0; b < 8; ++b) kv_lens.push_back(300 + 97 * b);
+  for (bool causal : {false, true}) {
+    const std::vector<Problem> problems = {
+        MakeProblem(dtype_, 8, 2, head_dim_, {300, 1, 129}, {450, 700, 129}, causal, 92),
+        MakeProblem(dtype_, 32, 8, head_dim_, q_lens, kv_lens, causal, 93)};
+    for (const Problem& p : problems) {
+      const std::string seqs = std::to_string(p.q_lens.size()) + " sequences";
+      KernelPath path = KernelPath::kSimt;
+      RunOptions opt;
+      opt.path = &path;
+      const Result varlen = RunVarlen(p, opt);
+      ASSERT_EQ(path, KernelPath::kSm90) << seqs << ": varlen took " << KernelPathName(path);
+      ASSERT_EQ(sm90::ChooseTileShape(head_dim_, false,
+                                      sm90::ChooseTileKind(head_dim_, false, true, causal, 256,
+                                                           1000))
+                    .block_n,
+                80);
+      for (int page_size : {64, 128, 256}) {
+        const std::string what = Name("keys80 lanes", page_size, causal) + ", " + seqs;
+        ASSERT_EQ(sm90::ChooseTileKind(head_dim_, true, true, causal, 256, 1000, page_size),
+                  sm90::TileKind::kPagedKeys80Lanes);
+        const Result lanes = RunOnSm90(p, page_size, what);
+        ASSERT_EQ(lanes.out.size(), varlen.out.size());
+        EXPECT_EQ(std::memcmp(lanes.out.data(), varlen.out.data(), varlen.out.size() * 4), 0)
+            << what << ": O differs";
+        EXPECT_EQ(std::memcmp(lanes.lse.data(), varlen.lse.data(), varlen.lse.size() * 4), 0)
+            << what << ": LSE differs";
+      }
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Sm90Paged, CudaSm90PagedTest,
     ::testing::Combine(::testing::Values(DType::kFloat16, DType::kBFloat16),
                        ::testing::Values(64, 128, 256),
                        ::testing::Values(Variant::kBaseline, Variant::kAuto, Variant::kLazyRescale,
                                          Variant::kThreeConsumers, Variant::kPagedKeys80,
-                                         Variant::kPagedKStages3)),
+                                         Variant::kPagedKStages3,
+                                         Variant::kPagedKeys80Lanes)),
     Sm90CaseName);
 
 }  // namespace
