@@ -10,6 +10,8 @@
 #   regress_test.txt   ctest of the suites the change touches: cuda_sm90_test, cuda_attention_test
 #                      (sm80 paged, the moved RunPaged), the shared paged sweeps (Cuda*)
 #   sanitizer.txt      compute-sanitizer racecheck + memcheck on a small paged case (two tiles)
+#                      under each of BENCH_VARIANTS: racecheck in the first of DTYPES, memcheck
+#                      in the last, at each head dim of DIMS
 #   sass.txt           per-kernel HGMMA / UTMALDG / UTMASTG / USETMAXREG / local-memory counts
 #   paged_prefill.md   cuda_attention_benchmark: paged (pages 16/64/128/256; pages holding whole
 #                      tiles with both box shapes) vs contiguous, the calls of a row group timed
@@ -24,7 +26,8 @@
 # DEADLINE (450: seconds after which no step starts; each step's timeout ends by then, so a hung
 # kernel costs at most the rest of that budget), BENCH_VARIANTS (auto: the sm90 variants the
 # bench runs under, one table each, paged and contiguous calls alike; any of baseline
-# dynamic_schedule auto lazy_rescale three_consumers keys160 keys176 stream_k paged_keys80).
+# dynamic_schedule auto lazy_rescale three_consumers keys160 keys176 stream_k paged_keys80
+# paged_k3). The test step runs every variant the paged suite has (paged_k3 included).
 set -o pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -39,7 +42,7 @@ DEADLINE=${DEADLINE:-450}
 BENCH_VARIANTS=${BENCH_VARIANTS:-auto}
 variant_number() {  # sm90/tile_shape.h's Sm90Variant
   local names=(baseline dynamic_schedule auto lazy_rescale three_consumers keys160 keys176 stream_k
-    paged_keys80)
+    paged_keys80 paged_k3)
   for i in "${!names[@]}"; do [[ ${names[$i]} == "$1" ]] && echo "$i" && return; done
   echo "unknown sm90 variant $1" >&2; exit 2
 }
@@ -86,14 +89,23 @@ fi
 
 if has sanitize; then
   stamp sanitize
+  # The cases are named <dtype>_d<head dim>_<variant> (cuda_test_runs.h's Sm90CaseName).
   F='Sm90Paged/CudaSm90PagedTest.SmallTailCase'
-  { timeout "$(limit 90)" compute-sanitizer --tool racecheck --racecheck-report all \
-      $T/cuda_sm90_paged_test --gtest_filter="$F/fp16_d128:$F/bf16_d64"
+  dts=(${DTYPES//;/ })
+  race= mem=
+  for d in ${DIMS//;/ }; do
+    for v in $BENCH_VARIANTS; do
+      race="$race:$F/${dts[0]}_d${d}_$v"
+      mem="$mem:$F/${dts[-1]}_d${d}_$v"
+    done
+  done
+  { timeout "$(limit 120)" compute-sanitizer --tool racecheck --racecheck-report all \
+      $T/cuda_sm90_paged_test --gtest_filter="${race#:}"
     timeout "$(limit 60)" compute-sanitizer --tool memcheck $T/cuda_sm90_paged_test \
-      --gtest_filter="$F/bf16_d256:$F/fp16_d128"
+      --gtest_filter="${mem#:}"
   } > "$OUT/sanitizer.txt" 2>&1
-  grep -E "RACECHECK SUMMARY|ERROR SUMMARY|hazard|Invalid|PASSED|FAILED" "$OUT/sanitizer.txt" |
-    head -20
+  grep -E "RACECHECK SUMMARY|ERROR SUMMARY|hazard|Invalid|PASSED|FAILED|SKIPPED|Running [0-9]+" \
+    "$OUT/sanitizer.txt" | head -20
 fi
 
 if has bench; then

@@ -7,9 +7,9 @@
 #   log.txt            this script's output (summaries; the compact table last)
 #   build.txt          cmake + ninja output (ptxas spill / C75xx warnings included)
 #   test.txt           ctest of cuda_sm90_test and cuda_sm90_paged_test, every case under each
-#                      variant of TEST_VARIANTS (the paged suite has baseline, auto, lazy_rescale
-#                      and three_consumers: the other variants change contiguous launches alone;
-#                      it always runs under baseline too)
+#                      variant of TEST_VARIANTS (the paged suite has baseline, auto, lazy_rescale,
+#                      three_consumers, paged_keys80 and paged_k3: the other variants change
+#                      contiguous launches alone; it always runs under baseline too)
 #   sanitizer.txt      compute-sanitizer racecheck, one small case per variant, and the paged
 #                      suite's small cases (D 128 and D 64) under baseline and each of VARIANTS
 #                      that the paged suite has
@@ -23,7 +23,7 @@
 # BENCH_DIMS (64 128 256: fp16 at each), BF16_DIMS (128: bf16's; empty for none),
 # SEQLENS (1024 4096 8192),
 # VARIANTS (baseline dynamic_schedule; any of baseline dynamic_schedule auto lazy_rescale
-# three_consumers keys160 keys176),
+# three_consumers keys160 keys176 stream_k paged_keys80 paged_k3),
 # TEST_VARIANTS (VARIANTS and auto, the default kernel), JOBS (16), DEADLINE (300: seconds after
 # which no step starts; each step's timeout ends by then), EXTRA_TARGETS (more ninja targets, e.g.
 # cuda_attention_benchmark for device_run_sm90_paged.sh's bench on this build: B=build/sm90v).
@@ -81,7 +81,7 @@ if has sanitize; then
   F='Sm90Instantiations/CudaSm90Test.NegativeAndZeroScale'
   P='Sm90Paged/CudaSm90PagedTest.SmallTailCase'
   paged=baseline  # and the variants of VARIANTS that change paged kernels
-  for v in auto lazy_rescale three_consumers; do
+  for v in auto lazy_rescale three_consumers paged_keys80 paged_k3; do
     [[ " $VARIANTS " == *" $v "* ]] && paged="$paged $v"
   done
   {
@@ -91,7 +91,8 @@ if has sanitize; then
     done
     for v in $paged; do
       timeout "$(limit 60)" compute-sanitizer --tool racecheck --racecheck-report all \
-        $T/cuda_sm90_paged_test --gtest_filter="$P/fp16_d128_$v:$P/bf16_d64_$v"
+        $T/cuda_sm90_paged_test --gtest_filter="$P/fp16_d128_$v:$P/bf16_d64_$v$(
+          [[ $v == paged_* ]] && echo ":$P/fp16_d256_$v")"  # paged_*: head dim 256 alone
     done
   } > "$OUT/sanitizer.txt" 2>&1
   grep -E "RACECHECK SUMMARY|hazard|PASSED|FAILED" "$OUT/sanitizer.txt" | head -20

@@ -37,7 +37,8 @@ DTYPES = {"fp16": (torch.float16, 1), "bf16": (torch.bfloat16, 2)}
 # flashkv_cuda_testing_set_sm90_variant's numbers (kernels/cuda/sm90/tile_shape.h, Sm90Variant).
 SM90_VARIANTS = {0: "baseline", 1: "dynamic_schedule", 2: "auto", 3: "lazy_rescale",
                  4: "three_consumers", 5: "keys160", 6: "keys176",
-                 7: "stream_k", 8: "paged_keys80"}
+                 7: "stream_k", 8: "paged_keys80",
+                 9: "paged_k3"}
 L2_BYTES = 50 * 2**20
 
 

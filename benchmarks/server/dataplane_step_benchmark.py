@@ -83,6 +83,10 @@ def run_loadgen(args, target, batch, plane):
                f"--duration={args.duration}", "--progress=none", "--json",
                f"--data-plane={plane.split('-')[0]}",
                f"--region-memory={args.region_memory}"]
+    if plane.startswith("shm") and args.shm_inputs != "host":
+        command.append(f"--inputs={args.shm_inputs}")
+    if args.layer_gap_us > 0:
+        command.append(f"--layer-gap-us={args.layer_gap_us}")
     step_format = plane.partition("-")[2]
     if step_format:  # (only then: loadgens from before StepBatch lack the flag)
         command.append(f"--step-format={step_format}")
@@ -154,6 +158,11 @@ def main():
                    help="extra flashkv-server flag (repeatable), e.g. --server-arg=--devices=0")
     p.add_argument("--region-memory", default="auto", choices=["auto", "host", "cuda"],
                    help="where shm regions live (flashkv-loadgen --region-memory)")
+    p.add_argument("--shm-inputs", default="host", choices=["host", "device"],
+                   help="where shm cells' runners make q/k/v (flashkv-loadgen --inputs; device "
+                        "needs CUDA regions)")
+    p.add_argument("--layer-gap-us", type=float, default=0,
+                   help="the runner's own work between layer steps (flashkv-loadgen --layer-gap-us)")
     p.add_argument("--expect-region-memory", choices=["host", "cuda"],
                    help="fail a shm cell whose regions were elsewhere")
     p.add_argument("--verify", default="none",
@@ -194,7 +203,9 @@ def main():
     per_token = (2 * args.q_heads + 2 * args.kv_heads) * args.head_dim * elem  # q, k, v in; out
     print(f"Decode steps, {args.backend} backend, Hq={args.q_heads} Hkv={args.kv_heads} "
           f"D={args.head_dim} {args.dtype}, 1 runner, pipeline depth 1, {args.duration:g} s per "
-          f"cell, {os.cpu_count()} cores; times in microseconds (p50 unless marked)")
+          f"cell, {os.cpu_count()} cores; shm inputs made on the {args.shm_inputs}, "
+          f"{args.layer_gap_us:g} us of runner work between layers; times in microseconds "
+          f"(p50 unless marked)")
     for transport, floor in floors.items():
         if floor is not None:
             print(f"transport floor ({transport}): bare gRPC stream round trip of 1 KiB, p50 "

@@ -18,6 +18,10 @@ const char* RegionMemoryName(RegionMemory memory) {
   return "auto";
 }
 
+const char* InputSourceName(InputSource source) {
+  return source == InputSource::kDevice ? "device" : "host";
+}
+
 absl::Status LoadgenConfig::Validate() const {
   auto positive = [](const char* name, int64_t v) -> absl::Status {
     if (v >= 1) return absl::OkStatus();
@@ -49,6 +53,14 @@ absl::Status LoadgenConfig::Validate() const {
   if (region_cuda_device < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("--region-cuda-device (", region_cuda_device, ") must be >= 0"));
+  }
+  if (inputs == InputSource::kDevice &&
+      (data_plane != DataPlane::kShm || region_memory == RegionMemory::kHost)) {
+    return absl::InvalidArgumentError(
+        "--inputs=device needs CUDA regions (--data-plane=shm, --region-memory cuda or auto)");
+  }
+  if (layer_gap < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--layer-gap-us must be >= 0");
   }
   if (run_id.empty()) return absl::InvalidArgumentError("run_id must not be empty");
   return absl::OkStatus();

@@ -25,6 +25,12 @@ const char* DataPlaneName(DataPlane plane);
 enum class RegionMemory { kAuto, kHost, kCuda };
 const char* RegionMemoryName(RegionMemory memory);
 
+// Where a runner's q, k and v are made: generated on the host (and copied into a CUDA region), or
+// (kDevice, CUDA regions only) by a kernel straight into the region, as a co-located model
+// runner's projections write them; the host then regenerates only what it verifies.
+enum class InputSource { kHost, kDevice };
+const char* InputSourceName(InputSource source);
+
 struct LoadgenConfig {
   // Simulated model runners, each with its own StepStream, owning up to `max_batch` sequences
   // that it steps together (continuous batching: prefill chunks and decodes in one pass).
@@ -58,6 +64,11 @@ struct LoadgenConfig {
   RegionMemory region_memory = RegionMemory::kAuto;
   // The CUDA ordinal (as this process numbers devices) of the server's device, for CUDA regions.
   int region_cuda_device = 0;
+  InputSource inputs = InputSource::kHost;
+  // The runner's own work between a layer's response and the next layer's request (the rest of a
+  // model's layer: projections, MLP), spent waiting as a runner waits on its GPU: the server then
+  // sees the gaps a real model runner leaves between layer steps.
+  absl::Duration layer_gap = absl::ZeroDuration();
 
   // Shared-prefix pool: `prefix_pool` prompt prefixes (lengths from `prefix_len`); a request
   // starts with one of them with probability `prefix_fraction`, then its own prompt_len tokens.

@@ -128,6 +128,18 @@ int main(int argc, char** argv) {
   app.add_option("--region-cuda-device", c->region_cuda_device,
                  "this process's CUDA ordinal of the server's device (CUDA regions)")
       ->capture_default_str();
+  std::string inputs = "host";
+  app.add_option("--inputs", inputs,
+                 "where q, k and v are made: host (generated here, copied into CUDA regions) or "
+                 "device (CUDA regions: a kernel writes them in the region, as a model runner's "
+                 "projections do; the host regenerates only what it verifies)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"host", "device"}));
+  double layer_gap_us = 0;
+  app.add_option("--layer-gap-us", layer_gap_us,
+                 "the runner's own work between a layer's response and the next layer's request "
+                 "(the rest of a model layer), waited out busily, microseconds")
+      ->capture_default_str();
   app.add_option("--prefix-pool", c->prefix_pool, "shared prompt prefixes (0: none)")
       ->capture_default_str();
   app.add_option("--prefix-len", prefix_len, "length distribution of the shared prefixes")
@@ -192,6 +204,8 @@ int main(int argc, char** argv) {
   c->region_memory = region_memory == "host"   ? loadgen::RegionMemory::kHost
                      : region_memory == "cuda" ? loadgen::RegionMemory::kCuda
                                                : loadgen::RegionMemory::kAuto;
+  c->inputs = inputs == "device" ? loadgen::InputSource::kDevice : loadgen::InputSource::kHost;
+  c->layer_gap = absl::Microseconds(layer_gap_us);
   if (c->run_id.empty())
     c->run_id = absl::StrCat("lg", absl::Hex(std::random_device()() & 0xffffff));
   if (absl::Status s = c->Validate(); !s.ok()) return usage(s);

@@ -161,6 +161,8 @@ json Report::ToJson() const {
                             : config.batched_steps ? "batch"
                                                    : "entries"},
             {"region_memory", region_memory},
+            {"inputs", InputSourceName(config.inputs)},
+            {"layer_gap_us", absl::ToDoubleMicroseconds(config.layer_gap)},
             {"prefix_pool", config.prefix_pool},
             {"prefix_len", config.prefix_len.spec()},
             {"prefix_fraction", config.prefix_fraction},
@@ -217,13 +219,17 @@ void Report::PrintTable(std::ostream& out) const {
       shape.head_dim, DTypeName(shape.dtype), shape.page_size);
   out << absl::StrFormat(
       "%s loop%s, %d runners x %d sequences; prompt %s, output %s; chunk %d, pipeline %d; "
-      "data plane %s%s%s\n",
+      "data plane %s%s%s%s%s\n",
       config.rate > 0 ? "open" : "closed",
       config.rate > 0 ? absl::StrFormat(" at %.3g req/s", config.rate) : "", config.runners,
       config.max_batch, config.prompt_len.spec(), config.output_len.spec(), config.prefill_chunk,
       config.pipeline_depth, DataPlaneName(config.data_plane),
       region_memory.empty() ? "" : absl::StrCat(" (", region_memory, " memory)"),
-      config.batched_steps ? ", batched steps" : "");
+      config.batched_steps ? ", batched steps" : "",
+      config.inputs == InputSource::kDevice ? ", inputs made on the device" : "",
+      config.layer_gap > absl::ZeroDuration()
+          ? absl::StrFormat(", %.0f us between layers", absl::ToDoubleMicroseconds(config.layer_gap))
+          : "");
   out << absl::StrFormat(
       "requests      %d started, %d completed, %d aborted, %d preempted, %d rejected, %d "
       "incomplete\n",

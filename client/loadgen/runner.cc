@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <tuple>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -26,7 +27,8 @@ Runner::Runner(int index, Client* client, const RunContext& context)
       context_(context),
       config_(*context.config),
       shape_(context.shape),
-      keep_kv_(context.config->verify_fraction > 0),
+      device_inputs_(context.config->inputs == InputSource::kDevice),
+      keep_kv_(context.config->verify_fraction > 0 && !device_inputs_),
       routing_key_(absl::StrCat(context.config->run_id, "-r", index)),
       rng_(SplitMix64(context.config->seed * 1000003 + index)) {}
 
@@ -87,6 +89,20 @@ absl::Status Runner::Prepare() {
       *twins[t] = memory_[4 * i + t].data();
     }
   }
+  if (!device_inputs_) return absl::OkStatus();
+  if (!context_.cuda_regions) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "runner ", index_, ": --inputs=device needs a CUDA region (the server computes on CUDA "
+        "with one device, --region-memory cuda or auto)"));
+  }
+  if (KernelStatus s = cuda::SetDevice(config_.region_cuda_device); !s.ok()) {
+    return FromKernel(s, "selecting the region's CUDA device");
+  }
+  // A job per entry's q (entries <= max_batch), and one per token of its K and of its V.
+  absl::StatusOr<std::unique_ptr<DeviceInputs>> filler =
+      DeviceInputs::Create(shape_.dtype, static_cast<size_t>(config_.max_batch + 2 * rows));
+  if (!filler.ok()) return filler.status();
+  filler_ = *std::move(filler);
   return absl::OkStatus();
 }
 
@@ -253,15 +269,22 @@ absl::Status Runner::CreateOne(Request request) {
   return absl::OkStatus();
 }
 
-void Runner::AppendKv(Sequence* sequence, int layer, int64_t start, int64_t n, std::byte* k,
-                      std::byte* v) {
+void Runner::GenerateKv(const Sequence& sequence, int layer, int64_t start, int64_t n,
+                        std::byte* k, std::byte* v) const {
   const int64_t row = static_cast<int64_t>(shape_.num_kv_heads) * shape_.head_dim;
   const size_t row_bytes = static_cast<size_t>(row) * DTypeSize(shape_.dtype);
   for (int64_t t = 0; t < n; ++t) {
-    const uint64_t chain = sequence->chain[start + t];
+    const uint64_t chain = sequence.chain[start + t];
     FillValues(shape_.dtype, KeySeed(chain, layer), row, k + t * row_bytes);
     FillValues(shape_.dtype, ValueSeed(chain, layer), row, v + t * row_bytes);
   }
+}
+
+void Runner::AppendKv(Sequence* sequence, int layer, int64_t start, int64_t n, std::byte* k,
+                      std::byte* v) {
+  GenerateKv(*sequence, layer, start, n, k, v);
+  const size_t row_bytes =
+      static_cast<size_t>(shape_.num_kv_heads) * shape_.head_dim * DTypeSize(shape_.dtype);
   if (keep_kv_) {
     sequence->k[layer].append(reinterpret_cast<const char*>(k), n * row_bytes);
     sequence->v[layer].append(reinterpret_cast<const char*>(v), n * row_bytes);
@@ -310,11 +333,19 @@ absl::Status Runner::BuildLayer(int layer, const Slot& slot, bool poison) {
   const size_t q_row_bytes = q_row * size;
   const size_t kv_row_bytes = static_cast<size_t>(shape_.num_kv_heads) * shape_.head_dim * size;
   inputs_.resize(pass_.size());
+  jobs_.clear();
   for (size_t i = 0; i < pass_.size(); ++i) {
     const Entry& e = pass_[i];
     const size_t q_at = pass_rows_[i] * q_row_bytes, kv_at = pass_rows_[i] * kv_row_bytes;
-    FillValues(shape_.dtype, rng_(), e.n * q_row, slot.q + q_at);
-    AppendKv(e.sequence, layer, e.start, e.n, slot.k + kv_at, slot.v + kv_at);
+    const uint64_t q_seed = rng_();
+    if (device_inputs_) {
+      AddFillJobs(e, layer, slot, q_at, kv_at, q_seed);
+      // The host keeps the q of a step it will check (K/V are regenerated at the check).
+      if (poison) FillValues(shape_.dtype, q_seed, e.n * q_row, slot.q + q_at);
+    } else {
+      FillValues(shape_.dtype, q_seed, e.n * q_row, slot.q + q_at);
+      AppendKv(e.sequence, layer, e.start, e.n, slot.k + kv_at, slot.v + kv_at);
+    }
     StepInput& input = inputs_[i];
     input.sequence_id = e.sequence->id;
     input.q = SlotView(slot.q + q_at, slot.q_offset + q_at, e.n, shape_.num_q_heads);
@@ -337,15 +368,54 @@ absl::Status Runner::BuildLayer(int layer, const Slot& slot, bool poison) {
     return absl::OkStatus();
   }
   // The data plane's contract: the client's writes are complete before the request is sent.
+  if (device_inputs_) {
+    if (absl::Status s = filler_->Fill(region_->data(), jobs_); !s.ok()) return s;
+  }
   for (const auto& [offset, from, bytes] :
        {std::tuple{slot.q_offset, slot.q, q_bytes}, std::tuple{slot.k_offset, slot.k, kv_bytes},
         std::tuple{slot.v_offset, slot.v, kv_bytes}}) {
+    if (device_inputs_) break;
     if (absl::Status s = ToDevice(offset, from, bytes); !s.ok()) return s;
   }
   KernelStatus s = KernelStatus::Ok();
   if (poison) s = cuda::Memset(region_->data() + slot.out_offset, 0xff, q_bytes, nullptr);
   if (s.ok()) s = cuda::StreamSynchronize(nullptr);
   return FromKernel(s, "preparing the CUDA region");
+}
+
+void Runner::AddFillJobs(const Entry& e, int layer, const Slot& slot, size_t q_at, size_t kv_at,
+                         uint64_t q_seed) {
+  const int64_t q_row = static_cast<int64_t>(shape_.num_q_heads) * shape_.head_dim;
+  const int64_t kv_row = static_cast<int64_t>(shape_.num_kv_heads) * shape_.head_dim;
+  const size_t kv_row_bytes = static_cast<size_t>(kv_row) * DTypeSize(shape_.dtype);
+  jobs_.push_back(FillJob{q_seed, slot.q_offset + q_at, e.n * q_row});
+  for (int64_t t = 0; t < e.n; ++t) {
+    const uint64_t chain = e.sequence->chain[e.start + t];
+    const size_t at = kv_at + static_cast<size_t>(t) * kv_row_bytes;
+    jobs_.push_back(FillJob{KeySeed(chain, layer), slot.k_offset + at, kv_row});
+    jobs_.push_back(FillJob{ValueSeed(chain, layer), slot.v_offset + at, kv_row});
+  }
+}
+
+std::pair<const std::byte*, const std::byte*> Runner::KvToCheck(const Sequence& s, int layer,
+                                                                int64_t context) {
+  if (keep_kv_) {
+    return {reinterpret_cast<const std::byte*>(s.k[layer].data()),
+            reinterpret_cast<const std::byte*>(s.v[layer].data())};
+  }
+  const size_t bytes = static_cast<size_t>(context) * shape_.num_kv_heads * shape_.head_dim *
+                       DTypeSize(shape_.dtype);
+  scratch_.resize(2 * bytes);
+  GenerateKv(s, layer, 0, context, scratch_.data(), scratch_.data() + bytes);
+  return {scratch_.data(), scratch_.data() + bytes};
+}
+
+void Runner::WaitLayerGap() const {
+  if (config_.layer_gap <= absl::ZeroDuration()) return;
+  // Busy, as a runner waiting on its GPU spins; a sleep would add the scheduler's wake-up.
+  const absl::Time until = last_response_ + config_.layer_gap;
+  while (absl::Now() < until) {
+  }
 }
 
 void Runner::BuildBatch(const Slot& slot, int64_t rows, int layer) {
@@ -390,6 +460,7 @@ absl::Status Runner::RunPass() {
     if (static_cast<int>(in_flight.size()) >= config_.pipeline_depth) {
       if (absl::Status s = ReceiveOne(&in_flight); !s.ok()) return s;
     }
+    WaitLayerGap();
     InFlight f{layer, 0, absl::Time(), check(rng_)};
     if (absl::Status s = BuildLayer(layer, slots_[layer % slots_.size()], f.check); !s.ok()) {
       return s;
@@ -413,6 +484,7 @@ absl::Status Runner::RunPass() {
 absl::Status Runner::ReceiveOne(std::deque<InFlight>* in_flight) {
   absl::StatusOr<v1::StepResponse> response = session_->Receive();
   const absl::Time now = absl::Now();
+  last_response_ = now;
   const InFlight f = std::move(in_flight->front());
   in_flight->pop_front();
   if (!response.ok()) return response.status();
@@ -469,9 +541,10 @@ void Runner::Check(const InFlight& f, const v1::StepResponse& response) {
     const int64_t context = e.start + e.n;  // this layer's K/V after the append
     const size_t q_at = pass_rows_[i] * q_row * size;
     want_.resize(static_cast<size_t>(e.n * q_row * size));
+    const std::pair<const std::byte*, const std::byte*> kv = KvToCheck(s, f.layer, context);
     const absl::Status computed = tools::CpuAttentionRows(
         shape_.dtype, e.n, context, shape_.num_q_heads, shape_.num_kv_heads, shape_.head_dim,
-        slot.q + q_at, s.k[f.layer].data(), s.v[f.layer].data(), want_.data());
+        slot.q + q_at, kv.first, kv.second, want_.data());
     ++v.entries_checked;
     if (!computed.ok()) {  // shapes are the server's own; a refusal here is a finding too
       ++v.mismatched_entries;

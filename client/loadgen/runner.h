@@ -35,6 +35,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "config.h"
+#include "device_inputs.h"
 #include "flashkv/client/client.h"
 #include "request_source.h"
 #include "run_stats.h"
@@ -155,6 +156,17 @@ class Runner {
   // verification).
   void AppendKv(Sequence* sequence, int layer, int64_t start, int64_t n, std::byte* k,
                 std::byte* v);
+  void GenerateKv(const Sequence& sequence, int layer, int64_t start, int64_t n, std::byte* k,
+                  std::byte* v) const;
+  // --inputs=device: the fill jobs of one layer entry's q, k and v (at the slot's region offsets).
+  void AddFillJobs(const Entry& e, int layer, const Slot& slot, size_t q_at, size_t kv_at,
+                   uint64_t q_seed);
+  // The layer's K and V rows [0, context) of `s` for verification: the kept ones, or (inputs
+  // made on the device, nothing kept) regenerated into scratch_.
+  std::pair<const std::byte*, const std::byte*> KvToCheck(const Sequence& s, int layer,
+                                                          int64_t context);
+  // --layer-gap-us: waits out the runner's own layer work before a layer's request.
+  void WaitLayerGap() const;
   void RecordTiming(absl::Duration latency, const v1::StepResponse& response);
   double Seconds(absl::Time t) const { return absl::ToDoubleSeconds(t - context_.start); }
   CallOptions Call() const;
@@ -164,7 +176,8 @@ class Runner {
   const RunContext context_;
   const LoadgenConfig& config_;
   const ModelShape shape_;
-  const bool keep_kv_;  // verification on: keep every sequence's K/V
+  const bool device_inputs_;  // --inputs=device
+  const bool keep_kv_;        // verification on, inputs made on the host: keep every K/V
   const std::string routing_key_;
   std::mt19937_64 rng_;
   std::unique_ptr<StepSession> session_;
@@ -178,6 +191,9 @@ class Runner {
   std::unique_ptr<SharedRegion> region_;        // shm
   std::vector<std::vector<std::byte>> memory_;  // bytes, CUDA regions: the slots' host storage
   std::vector<Slot> slots_;
+  std::unique_ptr<DeviceInputs> filler_;  // --inputs=device
+  std::vector<FillJob> jobs_;             // the layer being built's (--inputs=device)
+  absl::Time last_response_;              // --layer-gap-us counts from here
   std::vector<StepInput> inputs_;  // the request being built (views into a slot)
   StepBatchInput batch_;           // the same, batched (--step-format=batch or pass)
   uint64_t passes_begun_ = 0;      // decode pass ids of this runner's stream (--step-format=pass)

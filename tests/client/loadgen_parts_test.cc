@@ -5,7 +5,10 @@
 #include <random>
 #include <set>
 
+#include "config.h"
+#include "device_inputs.h"
 #include "flashkv/client/tensor.h"
+#include "flashkv/cuda_backend.h"
 #include "gtest/gtest.h"
 #include "histogram.h"
 #include "length_distribution.h"
@@ -78,6 +81,58 @@ TEST(SyntheticDataTest, DeterministicNonZeroAndSpread) {
   }
   // A chain hash depends on every earlier token.
   EXPECT_NE(ChainHash(ChainHash(kChainStart, 1), 2), ChainHash(ChainHash(kChainStart, 2), 2));
+}
+
+TEST(SyntheticDataTest, ValuesArePinned) {
+  // The function is a contract (device_inputs.cu makes the same values on the GPU, and prefixes
+  // cached by an earlier run must stay consistent): these were computed independently (Python).
+  const float want[] = {0.8829193115234375f,  0.3937530517578125f, 0.7750091552734375f,
+                        -0.6801910400390625f, 0.2447052001953125f, -0.8510894775390625f};
+  float got[6];
+  FillValues(DType::kFloat32, 42, 6, got);
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(got[i], want[i]) << i;
+}
+
+TEST(DeviceInputsTest, WritesTheHostsValuesAtEachJobsOffsetOnly) {
+  const size_t elem = 2;
+  absl::StatusOr<std::unique_ptr<DeviceInputs>> inputs = DeviceInputs::Create(DType::kBFloat16, 4);
+#ifndef FLASHKV_WITH_CUDA
+  EXPECT_EQ(inputs.status().code(), absl::StatusCode::kFailedPrecondition);
+  GTEST_SKIP() << "no CUDA in this build: " << inputs.status();
+#endif
+  if (cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  ASSERT_TRUE(inputs.ok()) << inputs.status();
+  const FillJob jobs[] = {{11, 0, 13}, {12, 64 * elem, 4096}, {13, 5000 * elem, 1}};
+  const size_t bytes = 5008 * elem;
+  void* device = nullptr;
+  ASSERT_TRUE(cuda::Malloc(&device, bytes).ok());
+  ASSERT_TRUE(cuda::Memset(device, 0xff, bytes, nullptr).ok());  // poison
+  ASSERT_TRUE((*inputs)->Fill(static_cast<std::byte*>(device), jobs).ok());
+  std::vector<std::byte> got(bytes), want(bytes, std::byte{0xff});
+  ASSERT_TRUE(cuda::MemcpyDeviceToHost(got.data(), device, bytes, nullptr).ok());
+  ASSERT_TRUE(cuda::StreamSynchronize(nullptr).ok());
+  ASSERT_TRUE(cuda::Free(device).ok());
+  for (const FillJob& job : jobs)
+    FillValues(DType::kBFloat16, job.seed, job.count, &want[job.offset]);
+  EXPECT_EQ(got, want);  // the jobs' values, and the poison everywhere else
+  // More jobs than the room it was made for: refused, not overrun.
+  const FillJob five[5] = {};
+  EXPECT_EQ((*inputs)->Fill(nullptr, five).code(), absl::StatusCode::kInternal);
+}
+
+TEST(LoadgenConfigTest, DeviceInputsNeedCudaRegionsAndTheGapIsNotNegative) {
+  LoadgenConfig c;
+  c.run_id = "t";
+  c.inputs = InputSource::kDevice;
+  EXPECT_EQ(c.Validate().code(), absl::StatusCode::kInvalidArgument);  // bytes plane
+  c.data_plane = DataPlane::kShm;
+  c.region_memory = RegionMemory::kHost;
+  EXPECT_EQ(c.Validate().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(c.Validate().message().find("--inputs=device"), std::string::npos);
+  c.region_memory = RegionMemory::kAuto;
+  EXPECT_TRUE(c.Validate().ok());
+  c.layer_gap = absl::Microseconds(-1);
+  EXPECT_EQ(c.Validate().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(RequestSourceTest, OpenLoopArrivalsArePoissonAtTheRate) {

@@ -41,7 +41,7 @@ __device__ __forceinline__ void Consume(const Sm90Params& params, const Smem<Tr>
   if (wg == kLastGroup) NamedBarrierArrive(kTurnBarrier + 0, kTurnThreads);
 
   ConsumerMainloop<Tr, kLazyRescale> ml;
-  PipelineState<Tr::kStages> pipe;
+  KvPipelineState<Tr> pipe;
   WorkItem item;
   for (int local_tile = 0;; ++local_tile) {
     if constexpr (kDynamic) {

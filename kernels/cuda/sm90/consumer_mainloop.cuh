@@ -238,14 +238,15 @@ __device__ __forceinline__ void ZeroVRowsPast(const Smem<Tr>& smem, int stage, i
 
 // Runs the key tiles [key_begin, key_end) of one tile, last first, for consumer warpgroup `wg`
 // (a tile's whole range is [0, key_tiles); a stream-K item's may be part of it).
-// `pipe` is the CTA-wide ring position (shared with the producer's count); row limits are
+// `pipe` is the CTA-wide position in the K and V rings (the producer's counts, which reach the
+// same values: one K and one V per key tile); row limits are
 // exclusive key ends of this thread's two rows; `unmasked_below` is the smallest limit of the
 // warpgroup's rows (tiles entirely below it need no mask); `kv_len` the sequence's keys (paged:
 // V rows past it are zeroed); tid = thread in the warpgroup.
 template <class Tr, bool kLazyRescale>
 __device__ __forceinline__ void RunKeyTiles(ConsumerMainloop<Tr, kLazyRescale>& ml,
                                             const Smem<Tr>& smem,
-                                            PipelineState<Tr::kStages>& pipe, int key_begin,
+                                            KvPipelineState<Tr>& pipe, int key_begin,
                                             int key_end, int wg,
                                             int limit0, int limit1, int unmasked_below, int kv_len,
                                             float scale_log2, int tid) {
@@ -259,41 +260,42 @@ __device__ __forceinline__ void RunKeyTiles(ConsumerMainloop<Tr, kLazyRescale>& 
 
   // First key tile: S only.
   int n = key_end - 1;
-  int stage = pipe.Stage();
-  MbarrierWait(smem.KFull(stage), pipe.Phase());
+  int k_stage = pipe.K().Stage();
+  MbarrierWait(smem.KFull(k_stage), pipe.K().Phase());
   NamedBarrierSync(my_turn, kTurnThreads);
   ml.PinS();
   WgmmaFence();
-  ml.IssueQK(q_rows, smem.K(stage));
+  ml.IssueQK(q_rows, smem.K(k_stage));
   WgmmaCommit();
   NamedBarrierArrive(next_turn, kTurnThreads);
   WgmmaWait<0>();
   ml.PinS();
-  ReleaseStage(smem.KEmpty(stage), lane);
+  ReleaseStage(smem.KEmpty(k_stage), lane);
   if (Tr::kSeparateO && n == key_begin) ReleaseStage(smem.QFree(), lane);
   ml.Softmax(masked(n), n * Tr::kBlockN, limit0, limit1, scale_log2, t, correction);
   ml.ConvertP();
   if constexpr (Tr::kPaged) {
     const int keys = kv_len - n * Tr::kBlockN;  // keys of the sequence in this tile
     if (wg == 0 && keys < Tr::kBlockN) {
-      MbarrierWait(smem.VFull(stage), pipe.Phase());
-      ZeroVRowsPast(smem, stage, keys, wg, tid);
+      MbarrierWait(smem.VFull(pipe.V().Stage()), pipe.V().Phase());
+      ZeroVRowsPast(smem, pipe.V().Stage(), keys, wg, tid);
     }
   }
-  int prev_stage = stage;
-  uint32_t prev_phase = pipe.Phase();
+  // V's stage and phase of the previous key tile (its P V is issued with the next tile's S).
+  int prev_stage = pipe.V().Stage();
+  uint32_t prev_phase = pipe.V().Phase();
   ++pipe.it;
 
   for (int i = 1; i < key_end - key_begin; ++i, ++pipe.it) {
     n = key_end - 1 - i;
-    stage = pipe.Stage();
-    MbarrierWait(smem.KFull(stage), pipe.Phase());
+    k_stage = pipe.K().Stage();
+    MbarrierWait(smem.KFull(k_stage), pipe.K().Phase());
     NamedBarrierSync(my_turn, kTurnThreads);
     ml.PinS();
     ml.PinO();
     ml.PinP();
     WgmmaFence();
-    ml.IssueQK(q_rows, smem.K(stage));
+    ml.IssueQK(q_rows, smem.K(k_stage));
     WgmmaCommit();
     MbarrierWait(smem.VFull(prev_stage), prev_phase);
     WgmmaFence();  // the wait's loop ends the previous fence's region for ptxas
@@ -302,7 +304,7 @@ __device__ __forceinline__ void RunKeyTiles(ConsumerMainloop<Tr, kLazyRescale>& 
     NamedBarrierArrive(next_turn, kTurnThreads);
     WgmmaWait<1>();  // S of this tile
     ml.PinS();
-    ReleaseStage(smem.KEmpty(stage), lane);
+    ReleaseStage(smem.KEmpty(k_stage), lane);
     if (Tr::kSeparateO && n == key_begin) ReleaseStage(smem.QFree(), lane);
     const bool rescale =
         ml.Softmax(masked(n), n * Tr::kBlockN, limit0, limit1, scale_log2, t, correction);
@@ -312,8 +314,8 @@ __device__ __forceinline__ void RunKeyTiles(ConsumerMainloop<Tr, kLazyRescale>& 
     ReleaseStage(smem.VEmpty(prev_stage), lane);
     if (rescale) ml.RescaleO(correction);
     ml.ConvertP();
-    prev_stage = stage;
-    prev_phase = pipe.Phase();
+    prev_stage = pipe.V().Stage();
+    prev_phase = pipe.V().Phase();
   }
 
   // Last P V.

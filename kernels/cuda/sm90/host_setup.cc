@@ -163,6 +163,7 @@ bool TakesAutoKernels(Sm90Variant variant) {
     case Sm90Variant::kKeys176:
     case Sm90Variant::kStreamK:
     case Sm90Variant::kPagedKeys80:
+    case Sm90Variant::kPagedKStages3:
       return true;
     case Sm90Variant::kBaseline:
     case Sm90Variant::kDynamicSchedule:
@@ -194,6 +195,7 @@ bool UseStreamK(TileKind kind, int seqlen_kv) {
       return true;
     case Sm90Variant::kAuto:
     case Sm90Variant::kPagedKeys80:
+    case Sm90Variant::kPagedKStages3:
       return kind == TileKind::kKeys160 && seqlen_kv >= kStreamKMinSeqlenKv;
     default:
       return false;
@@ -215,14 +217,20 @@ bool PlanStreamK(Schedule* schedule, int grid, int key_tiles) {
 TileKind ChooseTileKind(int head_dim, bool paged, bool varlen, bool causal, int max_seqlen_q,
                         int max_seqlen_kv, int page_size) {
   Sm90Variant variant = ActiveVariant();
+  // Before kAuto's split tiles: under its variant every paged head-dim-256 launch (pages are
+  // multiples of 64 keys, so each 64-key tile is one box in one page) takes the third K stage.
+  if (variant == Sm90Variant::kPagedKStages3 && HasPagedKStages3Shape(head_dim, paged)) {
+    return TileKind::kPagedKStages3;
+  }
   if (HasPagedKeys80Shape(head_dim, paged) &&
       (variant == Sm90Variant::kPagedKeys80 ||
        (TakesAutoKernels(variant) && page_size >= kPagedKeys80MinPageSize))) {
     return TileKind::kPagedKeys80;
   }
-  // kStreamK changes the schedule of kAuto's kernels, not their shapes; kPagedKeys80 the shape of
-  // paged head dim 256 alone.
-  if (variant == Sm90Variant::kStreamK || variant == Sm90Variant::kPagedKeys80) {
+  // kStreamK changes the schedule of kAuto's kernels, not their shapes; kPagedKeys80 and
+  // kPagedKStages3 the shape of paged head dim 256 alone.
+  if (variant == Sm90Variant::kStreamK || variant == Sm90Variant::kPagedKeys80 ||
+      variant == Sm90Variant::kPagedKStages3) {
     variant = Sm90Variant::kAuto;
   }
   if (HasThreeConsumerShape(head_dim, paged)) {

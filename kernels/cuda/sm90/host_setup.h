@@ -92,8 +92,9 @@ bool PlanStreamK(Schedule* schedule, int grid, int key_tiles);
 // kKeys176 under the variants of those names, and kKeys160 under kAuto for fixed-length launches
 // whose context has at least kWideKeysMinSeqlenKv keys. Where they have the split paged shape
 // (HasPagedKeys80Shape): kPagedKeys80 under the variant of that name, and under kAuto (and the
-// variants that keep kAuto's kernels elsewhere) for pages of at least kPagedKeys80MinPageSize keys (page_size: the launch's, 0 for contiguous K/V). Else
-// kStandard.
+// variants that keep kAuto's kernels elsewhere) for pages of at least kPagedKeys80MinPageSize
+// keys (page_size: the launch's, 0 for contiguous K/V); but kPagedKStages3
+// (HasPagedKStages3Shape) at every page size under the variant of that name. Else kStandard.
 TileKind ChooseTileKind(int head_dim, bool paged, bool varlen, bool causal, int max_seqlen_q,
                         int max_seqlen_kv, int page_size = 0);
 

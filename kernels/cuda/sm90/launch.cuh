@@ -198,6 +198,12 @@ KernelStatus LaunchAttentionSm90(const AttentionParams& params, const LaunchInfo
       return sm90::RunRescaleVariant<Keys80>(sp, props, stream);
     }
   }
+  if constexpr (sm90::HasPagedKStages3Shape(kHeadDim, kPaged)) {
+    if (kind == sm90::TileKind::kPagedKStages3) {
+      using KStages3 = sm90::Traits<Element, kHeadDim, kPaged, sm90::TileKind::kPagedKStages3>;
+      return sm90::RunRescaleVariant<KStages3>(sp, props, stream);
+    }
+  }
   if constexpr (!kPaged && Tr::kSeparateO) {
     if (stream_k) return sm90::RunStreamK<Tr>(sp, props, stream);
   }

@@ -3,9 +3,10 @@
 // The producer of the sm90 kernel: one thread of the producer warpgroup walks the CTA's tiles
 // and issues every TMA load. Per tile: K of the first key tile, then Q (once the previous tile's
 // O has left Q's space), then V, then K and V of each further key tile, each into the next free
-// stage of the ring. Key tiles go from the last to the first, as the consumers expect (masked
+// stage of its ring. Key tiles go from the last to the first, as the consumers expect (masked
 // tail and causal-diagonal tiles first). K precedes Q so that the next tile's first K load
-// overlaps the current tile's epilogue.
+// overlaps the current tile's epilogue. Where K's ring is deeper than V's (Traits::kKLeadsV), K
+// runs one key tile ahead of V instead (LoadKeyTilesKAhead).
 //
 // Paged K/V (Traits::kPaged): a key tile is block_n / box boxes of `box` keys (params.kv_box_rows:
 // the whole tile where pages hold whole tiles, else kPagedBoxRows; host_setup.h), each inside one
@@ -212,6 +213,83 @@ __device__ __forceinline__ KeyTileOf<Tr> LookupKeyTile(const Sm90Params& params,
   }
 }
 
+// The loads of one work tile's key tiles [key_begin, key_tiles), last first, in the order K(n),
+// Q (i == 0), V(n) per key tile; `pipe` counts both rings (equal depths: one position).
+template <class Tr, bool kVarlen, bool kDynamic>
+__device__ __forceinline__ void LoadKeyTilesInOrder(const Sm90Params& params, const Smem<Tr>& smem,
+                                                    const TmaIssuer<Tr, kVarlen>& tma,
+                                                    const WorkTile& w, int local_tile,
+                                                    KvPipelineState<Tr>& pipe) {
+  static_assert(Tr::kKStages == Tr::kVStages, "one position serves both rings");
+  const int count = w.key_tiles - w.key_begin;
+  KeyTileOf<Tr> next{};
+  if (count > 0) next = LookupKeyTile<Tr>(params, w, w.key_tiles - 1);
+  for (int i = 0; i < count; ++i, ++pipe.it) {
+    const int n = w.key_tiles - 1 - i;
+    const KeyTileOf<Tr> kt = next;
+    // (Paged: the table reads for key tile n - 1 are in flight during the waits below.)
+    if (n > w.key_begin) next = LookupKeyTile<Tr>(params, w, n - 1);
+    const int stage = pipe.K().Stage();
+    const uint32_t released = pipe.K().Phase() ^ 1u;
+    MbarrierWait(smem.KEmpty(stage), released);
+    tma.LoadKv(params.k_map, params.k_part_maps, smem.K(stage), smem.KFull(stage), w, n, kt);
+    if (i == 0) {
+      tma.LoadQ(w, local_tile);
+      if constexpr (kDynamic) ClaimNextTile(params, smem, local_tile);
+    }
+    MbarrierWait(smem.VEmpty(stage), released);
+    tma.LoadKv(params.v_map, params.v_part_maps, smem.V(stage), smem.VFull(stage), w, n, kt);
+  }
+}
+
+// Traits::kKLeadsV (K's ring one deeper than V's): K one key tile ahead of V, in the order
+// K(n0), Q, K(n1), V(n0), K(n2), V(n1), ..., K(n_last), V(n_last-1), V(n_last) (n0 the tile's
+// first key tile, the last in key order). The consumers take K(n + 1) (S) before they are done
+// with V(n) (P V, issued beside that S), so a K load waiting behind V's ring in K(n), V(n) order
+// is a K load the consumers' next S waits for; ahead of V, K's wait is for its own (deeper) ring
+// only, and each V load has a whole key tile's compute to land. Q stays after the tile's first K,
+// as in order, so that K overlaps the previous tile's epilogue (Q's space holds its O until
+// then), and the dynamic schedule's claim of the next tile stays right after Q. A work tile's
+// rings start and end whole: its last V is issued before the next tile's first K, so the tile
+// boundary is the in-order producer's (no look-ahead across work tiles, whose next tile the
+// dynamic schedule has not read back yet). `k_pipe` and `v_pipe` count each ring's loads; both
+// reach the consumers' count of key tiles (one K and one V per key tile), K's up to one ahead.
+template <class Tr, bool kVarlen, bool kDynamic>
+__device__ __forceinline__ void LoadKeyTilesKAhead(const Sm90Params& params, const Smem<Tr>& smem,
+                                                   const TmaIssuer<Tr, kVarlen>& tma,
+                                                   const WorkTile& w, int local_tile,
+                                                   PipelineState<Tr::kKStages>& k_pipe,
+                                                   PipelineState<Tr::kVStages>& v_pipe) {
+  const int count = w.key_tiles - w.key_begin;
+  if (count <= 0) return;  // Produce loads the tile's Q alone
+  KeyTileOf<Tr> k_tile = LookupKeyTile<Tr>(params, w, w.key_tiles - 1);  // K's next tile (n)
+  KeyTileOf<Tr> v_tile{};  // V's next tile (n + 1: one step behind)
+  // Step i: K(n) for i < count, then Q (i == 0) or V(n + 1) (i >= 1). count + 1 steps.
+  for (int i = 0; i <= count; ++i) {
+    const int n = w.key_tiles - 1 - i;
+    if (i < count) {
+      const int stage = k_pipe.Stage();
+      MbarrierWait(smem.KEmpty(stage), k_pipe.Phase() ^ 1u);
+      tma.LoadKv(params.k_map, params.k_part_maps, smem.K(stage), smem.KFull(stage), w, n,
+                 k_tile);
+      ++k_pipe.it;
+    }
+    if (i == 0) {
+      tma.LoadQ(w, local_tile);
+      if constexpr (kDynamic) ClaimNextTile(params, smem, local_tile);
+    } else {
+      const int stage = v_pipe.Stage();
+      MbarrierWait(smem.VEmpty(stage), v_pipe.Phase() ^ 1u);
+      tma.LoadKv(params.v_map, params.v_part_maps, smem.V(stage), smem.VFull(stage), w, n + 1,
+                 v_tile);
+      ++v_pipe.it;
+    }
+    v_tile = k_tile;
+    // (Paged: the table reads for key tile n - 1 are in flight during the next step's K wait.)
+    if (n > w.key_begin) k_tile = LookupKeyTile<Tr>(params, w, n - 1);
+  }
+}
+
 template <class Tr, bool kCausal, bool kVarlen, bool kDynamic, bool kStreamK>
 __device__ __forceinline__ void Produce(const Sm90Params& params, const Smem<Tr>& smem) {
   PrefetchTensorMap(&params.q_map);
@@ -225,7 +303,10 @@ __device__ __forceinline__ void Produce(const Sm90Params& params, const Smem<Tr>
     }
   }
   const TmaIssuer<Tr, kVarlen> tma{params, smem};
-  PipelineState<Tr::kStages> pipe;
+  // Ring positions: one for both rings in order, one per ring with K ahead (unused otherwise).
+  KvPipelineState<Tr> pipe;
+  PipelineState<Tr::kKStages> k_pipe;
+  PipelineState<Tr::kVStages> v_pipe;
   WorkItem item;
   item.tile = blockIdx.x;
   if constexpr (kDynamic) {
@@ -237,25 +318,12 @@ __device__ __forceinline__ void Produce(const Sm90Params& params, const Smem<Tr>
     WorkTile w = DecodeTile<kVarlen, kCausal, Tr::kBlockM, Tr::kBlockN>(params.p, params.schedule,
                                                                         item.tile);
     ApplyKeyRange(&w, item);
-    const int count = w.key_tiles - w.key_begin;
-    KeyTileOf<Tr> next{};
-    if (count > 0) next = LookupKeyTile<Tr>(params, w, w.key_tiles - 1);
-    for (int i = 0; i < count; ++i, ++pipe.it) {
-      const int n = w.key_tiles - 1 - i;
-      const KeyTileOf<Tr> kt = next;
-      // (Paged: the table reads for key tile n - 1 are in flight during the waits below.)
-      if (n > w.key_begin) next = LookupKeyTile<Tr>(params, w, n - 1);
-      const int stage = pipe.Stage();
-      const uint32_t released = pipe.Phase() ^ 1u;
-      MbarrierWait(smem.KEmpty(stage), released);
-      tma.LoadKv(params.k_map, params.k_part_maps, smem.K(stage), smem.KFull(stage), w, n, kt);
-      if (i == 0) {
-        tma.LoadQ(w, local_tile);
-        if constexpr (kDynamic) ClaimNextTile(params, smem, local_tile);
-      }
-      MbarrierWait(smem.VEmpty(stage), released);
-      tma.LoadKv(params.v_map, params.v_part_maps, smem.V(stage), smem.VFull(stage), w, n, kt);
+    if constexpr (Tr::kKLeadsV) {
+      LoadKeyTilesKAhead<Tr, kVarlen, kDynamic>(params, smem, tma, w, local_tile, k_pipe, v_pipe);
+    } else {
+      LoadKeyTilesInOrder<Tr, kVarlen, kDynamic>(params, smem, tma, w, local_tile, pipe);
     }
+    const int count = w.key_tiles - w.key_begin;
     // A tile whose rows see no key still has its Q loaded: the consumers then run the same
     // epilogue (O = 0, LSE = -inf) and the Q barrier phases stay in step.
     if (count <= 0) {

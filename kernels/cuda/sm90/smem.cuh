@@ -6,7 +6,7 @@
 //                 S = Q K^T with a separate O buffer, else once their O stores have read it
 //   k_full[s]     K tile in stage s has landed (1 arrival + K bytes); v_full likewise
 //   k_empty[s]    every consumer warp is done reading K stage s (8 or 12 arrivals); v_empty
-//                 likewise
+//                 likewise (K and V rings may differ in depth: Traits::kKStages, kVStages)
 //   tile_full[r]  dynamic schedule: the producer wrote the tile number into ring slot r (1
 //                 arrival; its release orders the slot's store before the consumers' reads)
 //   tile_empty[r] every consumer warp has read slot r (8 or 12 arrivals)
@@ -42,10 +42,10 @@ struct Smem {
   }
 
   __device__ __forceinline__ uint32_t Q() const { return base + Tr::kQOffset; }
-  __device__ __forceinline__ uint32_t K(int stage) const {
+  __device__ __forceinline__ uint32_t K(int stage) const {  // stage < kKStages
     return base + Tr::kKOffset + stage * Tr::kKvBytes;
   }
-  __device__ __forceinline__ uint32_t V(int stage) const {
+  __device__ __forceinline__ uint32_t V(int stage) const {  // stage < kVStages
     return base + Tr::kVOffset + stage * Tr::kKvBytes;
   }
 
@@ -58,20 +58,24 @@ struct Smem {
   __device__ __forceinline__ uint32_t QFull() const { return Barrier(0); }
   __device__ __forceinline__ uint32_t QFree() const { return Barrier(1); }
   __device__ __forceinline__ uint32_t KFull(int s) const { return Barrier(2 + s); }
-  __device__ __forceinline__ uint32_t KEmpty(int s) const { return Barrier(2 + Tr::kStages + s); }
-  __device__ __forceinline__ uint32_t VFull(int s) const { return Barrier(2 + 2 * Tr::kStages + s); }
+  __device__ __forceinline__ uint32_t KEmpty(int s) const { return Barrier(2 + Tr::kKStages + s); }
+  __device__ __forceinline__ uint32_t VFull(int s) const {
+    return Barrier(2 + 2 * Tr::kKStages + s);
+  }
   __device__ __forceinline__ uint32_t VEmpty(int s) const {
-    return Barrier(2 + 3 * Tr::kStages + s);
+    return Barrier(2 + 2 * Tr::kKStages + Tr::kVStages + s);
   }
 
-  __device__ __forceinline__ uint32_t TileFull(int r) const { return Barrier(2 + 4 * Tr::kStages + r); }
+  // After the K/V barriers (kKvBarriers of them).
+  static constexpr int kKvBarriers = 2 * Tr::kKStages + 2 * Tr::kVStages;
+  __device__ __forceinline__ uint32_t TileFull(int r) const { return Barrier(2 + kKvBarriers + r); }
   __device__ __forceinline__ uint32_t TileEmpty(int r) const {
-    return Barrier(2 + 4 * Tr::kStages + kTileRingSlots + r);
+    return Barrier(2 + kKvBarriers + kTileRingSlots + r);
   }
   // Ring slot r (an int after the barriers; tile_shape.h's BarrierBytes reserves it).
   __device__ __forceinline__ volatile int* TileSlot(int r) const {
     return reinterpret_cast<volatile int*>(base_ptr + Tr::kBarrierOffset +
-                                           8 * (2 + 4 * Tr::kStages + 2 * kTileRingSlots)) +
+                                           8 * (2 + kKvBarriers + 2 * kTileRingSlots)) +
            r;
   }
 
@@ -89,11 +93,17 @@ struct Smem {
     // the O stores have read it (epilogue.cuh).
     MbarrierInit(QFree(), Tr::kSeparateO ? Tr::kConsumerWarps : Tr::kConsumerWarpgroups);
 #pragma unroll
-    for (int s = 0; s < Tr::kStages; ++s) {
+    for (int s = 0; s < Tr::kVStages; ++s) {
       MbarrierInit(KFull(s), 1);
       MbarrierInit(VFull(s), 1);
       MbarrierInit(KEmpty(s), Tr::kConsumerWarps);
       MbarrierInit(VEmpty(s), Tr::kConsumerWarps);
+    }
+    // K's stages past V's (Traits::kKLeadsV).
+#pragma unroll
+    for (int s = Tr::kVStages; s < Tr::kKStages; ++s) {
+      MbarrierInit(KFull(s), 1);
+      MbarrierInit(KEmpty(s), Tr::kConsumerWarps);
     }
 #pragma unroll
     for (int r = 0; r < kTileRingSlots; ++r) {
@@ -104,13 +114,24 @@ struct Smem {
   }
 };
 
-// Position in the K/V ring: the it-th key tile a CTA processes uses stage it % kStages for the
-// (it / kStages)-th time.
+// Position in a ring of kStages stages (K's or V's): the it-th tile through the ring uses stage
+// it % kStages for the (it / kStages)-th time.
 template <int kStages>
 struct PipelineState {
   uint32_t it = 0;
   __device__ __forceinline__ int Stage() const { return static_cast<int>(it % kStages); }
   __device__ __forceinline__ uint32_t Phase() const { return (it / kStages) & 1u; }
+};
+
+// The consumers' position in both rings: they take a key tile's K and V together (S = Q K(n)^T
+// and P V(n + 1), one tile behind, in the same turn), so one count of key tiles serves both, each
+// ring's stage and phase from its own depth. (The producer, which issues K ahead of V where K's
+// ring is deeper, keeps a count per ring.) With equal depths K() and V() are the same position.
+template <class Tr>
+struct KvPipelineState {
+  uint32_t it = 0;
+  __device__ __forceinline__ PipelineState<Tr::kKStages> K() const { return {it}; }
+  __device__ __forceinline__ PipelineState<Tr::kVStages> V() const { return {it}; }
 };
 
 }  // namespace flashkv::cuda::sm90

@@ -29,8 +29,14 @@ namespace flashkv::cuda::sm90 {
 struct TileShape {
   int block_m;  // query rows per CTA tile (64 per consumer warpgroup)
   int block_n;  // keys per K/V tile (the N of S = Q K^T, the K of O += P V)
-  int stages;   // K/V tiles in flight (TMA pipeline depth)
+  int stages;   // K/V tiles in flight (TMA pipeline depth): V's ring, and K's unless k_stages
+  // K's ring where it is deeper than V's (TileKind::kPagedKStages3), else 0: `stages` K tiles.
+  int k_stages = 0;
 };
+
+// The depth of each ring of a shape: K tiles and V tiles in shared memory.
+constexpr int KStagesOf(const TileShape& s) { return s.k_stages > 0 ? s.k_stages : s.stages; }
+constexpr int VStagesOf(const TileShape& s) { return s.stages; }
 
 // The kernel shapes: which tile table a launch's kernel has (a template parameter of Traits; host
 // code picks it per launch with host_setup.h's ChooseTileKind, so the schedule, the TMA boxes and
@@ -41,6 +47,7 @@ enum class TileKind : int {
   kKeys160 = 2,         // head dim 128, contiguous, not causal: 128 x 160, O in its own buffer
   kKeys176 = 3,         // head dim 128, contiguous, not causal: 128 x 176, O staged in Q's space
   kPagedKeys80 = 4,     // head dim 256, paged: 128 x 80 as on contiguous K/V, boxes split at pages
+  kPagedKStages3 = 5,   // head dim 256, paged: 128 x 64, three K stages and two V stages
 };
 
 // Consumer warpgroups of the standard kernels; TileKind::kThreeConsumers has
@@ -103,6 +110,17 @@ constexpr bool HasWideKeyShape(int head_dim, bool paged) { return head_dim == 12
 // instead of 5), or as one 80-key box when the tile lies inside one page. Shared memory as on
 // contiguous K/V: Q 64 KB + 2 x 80 KB stages.
 constexpr bool HasPagedKeys80Shape(int head_dim, bool paged) { return head_dim == 256 && paged; }
+// Paged head dim 256 on the 64-key tiles with a third K stage (Sm90Variant::kPagedKStages3).
+// Hypothesis: at 64 keys the paged kernel's K loads are latency-bound (paged / contiguous
+// 1.09-1.11 at page 64, S 8192, causal, H100). K and V share one ring depth, and the producer
+// issues K(n) then V(n), so K can run at most two key tiles ahead, bounded by V's ring, although
+// the consumers need K(n + 1) (its S = Q K^T) before V(n) (P V, issued beside it). A third K
+// stage, with the producer issuing K one key tile ahead of V (sm90/producer.cuh), lets K run a
+// tile further. Shared memory: Q 64 KB + 3 x 32 KB K + 2 x 32 KB V = 224 KB; with the barriers
+// (148 bytes) and the 1 KB alignment slack 225.1 KB, under the 227 KB. O stays in Q's space.
+constexpr bool HasPagedKStages3Shape(int head_dim, bool paged) {
+  return head_dim == 256 && paged;
+}
 // The part boxes of kPagedKeys80, largest first: box i has PagedPartRows(i) keys (64, 32, 16), and
 // a part of r keys (a multiple of 16 below 128) takes the boxes whose sizes make up r.
 inline constexpr int kPagedParts = 3;
@@ -122,6 +140,9 @@ constexpr TileShape ChooseTileShape(int head_dim, bool paged = false,
       return HasWideKeyShape(head_dim, paged) ? TileShape{128, 176, 2} : TileShape{0, 0, 0};
     case TileKind::kPagedKeys80:
       return HasPagedKeys80Shape(head_dim, paged) ? TileShape{128, 80, 2} : TileShape{0, 0, 0};
+    case TileKind::kPagedKStages3:
+      return HasPagedKStages3Shape(head_dim, paged) ? TileShape{128, 64, 2, 3}
+                                                    : TileShape{0, 0, 0};
   }
   switch (head_dim) {
     case 64:
@@ -136,7 +157,7 @@ constexpr TileShape ChooseTileShape(int head_dim, bool paged = false,
       // O alone is 128 registers, so S is kept to 40 (80 keys, FlashAttention-3's choice):
       // Q 64 KB + 2 x 80 KB stages = 224 KB, the most that fits beside the barriers. Paged: 80 is
       // not a whole number of 64-key boxes, so 64-key tiles (S 32 registers; 192 KB; a third
-      // stage would need 256 KB).
+      // stage of both K and V would need 256 KB, of K alone 224 KB: kPagedKStages3).
       return paged ? TileShape{128, 64, 2} : TileShape{128, 80, 2};
     default:
       // 32 and 96 stay on sm80: they are not multiples of the 64-column chunk a 128-byte-swizzled
@@ -157,11 +178,11 @@ inline constexpr int kMaxSmemBytes = 227 * 1024;
 // two slots, so the producer can publish tile u + 1 while the consumers still read tile u.
 inline constexpr int kTileRingSlots = 2;
 
-// Barrier area: q_full, q_free, 4 per stage (K/V full/empty), 2 per ring slot (full/empty), then
-// the ring's int slots and one int per consumer warpgroup (the stream-K arrival order it
-// broadcasts). Reserved in every kernel so that one smem map serves every schedule.
-constexpr int BarrierBytes(int stages) {
-  return 8 * (2 + 4 * stages + 2 * kTileRingSlots) + 4 * kTileRingSlots +
+// Barrier area: q_full, q_free, 2 per K stage and 2 per V stage (full/empty), 2 per ring slot
+// (full/empty), then the ring's int slots and one int per consumer warpgroup (the stream-K arrival
+// order it broadcasts). Reserved in every kernel so that one smem map serves every schedule.
+constexpr int BarrierBytes(int k_stages, int v_stages) {
+  return 8 * (2 + 2 * k_stages + 2 * v_stages + 2 * kTileRingSlots) + 4 * kTileRingSlots +
          4 * kMaxConsumerWarpgroups;
 }
 
@@ -171,8 +192,8 @@ constexpr int SmemBytesSharingQ(int head_dim, int element_bytes, bool paged = fa
                                 TileKind kind = TileKind::kStandard) {
   const TileShape s = ChooseTileShape(head_dim, paged, kind);
   const int q = s.block_m * head_dim * element_bytes;
-  const int kv = 2 * s.stages * s.block_n * head_dim * element_bytes;
-  return q + kv + BarrierBytes(s.stages) + 1024;
+  const int kv = (KStagesOf(s) + VStagesOf(s)) * s.block_n * head_dim * element_bytes;
+  return q + kv + BarrierBytes(KStagesOf(s), VStagesOf(s)) + 1024;
 }
 
 // O gets its own buffer where it fits (head dims 64, 128): the next tile's Q then loads while
@@ -247,8 +268,13 @@ enum class Sm90Variant : int {
   // page boundaries (TileKind::kPagedKeys80) instead of 64-key tiles of one box. Other launches
   // take kAuto's kernels unchanged.
   kPagedKeys80 = 8,
+  // kAuto's kernels, but paged launches at head dim 256 on 64-key tiles (every sm90 page size is
+  // a multiple of 64, so each tile is one box in one page) with three K stages and two V stages,
+  // the producer issuing K one key tile ahead of V (TileKind::kPagedKStages3,
+  // HasPagedKStages3Shape has the hypothesis). Other launches take kAuto's kernels unchanged.
+  kPagedKStages3 = 9,
 };
-inline constexpr int kNumSm90Variants = 9;
+inline constexpr int kNumSm90Variants = 10;
 
 // Sm90Variant::kLazyRescale's threshold, in the log2 units of the scaled scores: probabilities
 // are taken against a reference at most this far below the row's true maximum, so they stay
@@ -277,6 +303,8 @@ constexpr const char* Sm90VariantName(Sm90Variant v) {
       return "stream_k";
     case Sm90Variant::kPagedKeys80:
       return "paged_keys80";
+    case Sm90Variant::kPagedKStages3:
+      return "paged_k3";
   }
   return "unknown";
 }

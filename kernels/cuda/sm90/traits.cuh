@@ -35,7 +35,11 @@ struct Traits {
   static constexpr TileShape kShape = ChooseTileShape(kHeadDim, kPaged, kKind);
   static constexpr int kBlockM = kShape.block_m;
   static constexpr int kBlockN = kShape.block_n;
-  static constexpr int kStages = kShape.stages;
+  // Ring depths: K tiles and V tiles in shared memory. Equal in every kind but kPagedKStages3,
+  // whose producer issues K one key tile ahead of V (kKLeadsV; sm90/producer.cuh).
+  static constexpr int kKStages = KStagesOf(kShape);
+  static constexpr int kVStages = VStagesOf(kShape);
+  static constexpr bool kKLeadsV = kKStages > kVStages;
   static constexpr int kRowsPerConsumer = 64;  // wgmma M
 
   static_assert(std::is_same_v<Element, __half> || std::is_same_v<Element, __nv_bfloat16>,
@@ -55,6 +59,10 @@ struct Traits {
   static_assert(kHeadDim % 64 == 0, "tiles are stored as 64-column (128-byte) swizzle chunks");
   static_assert(kBlockN % 16 == 0 && kBlockN <= 256, "P V steps over keys 16 at a time");
   static_assert(kBlockN % 8 == 0 && kBlockM % 8 == 0, "8-row swizzle atoms");
+  // Either order of issue is deadlock-free for any depths (a release of K(j) waits on loads up
+  // to V(j - 1), of V(j) on loads up to K(j + 1): both issued before K(j + depth) and
+  // V(j + depth)); K runs ahead only where its ring is deeper, the one place it gains a tile.
+  static_assert(kKStages >= kVStages && kVStages >= 2, "K's ring at least V's; two V stages");
 
   static constexpr int kChunks = kHeadDim / 64;     // 64-column chunks of a row
   static constexpr int kChunkRowBytes = 128;
@@ -94,11 +102,13 @@ struct Traits {
   static constexpr bool kSeparateO = SeparateO(kHeadDim, sizeof(Element), kPaged, kKind);
   static constexpr int kQOffset = 0;
   static constexpr int kKOffset = kQBytes;
-  static constexpr int kVOffset = kKOffset + kStages * kKvBytes;
-  static constexpr int kOOffset = kSeparateO ? kVOffset + kStages * kKvBytes : kQOffset;
-  static constexpr int kBarrierOffset = kVOffset + kStages * kKvBytes + (kSeparateO ? kQBytes : 0);
+  static constexpr int kVOffset = kKOffset + kKStages * kKvBytes;
+  static constexpr int kOOffset = kSeparateO ? kVOffset + kVStages * kKvBytes : kQOffset;
+  static constexpr int kBarrierOffset =
+      kVOffset + kVStages * kKvBytes + (kSeparateO ? kQBytes : 0);
   static constexpr int kSmemBytes = SmemBytes(kHeadDim, sizeof(Element), kPaged, kKind);
-  static_assert(kBarrierOffset + BarrierBytes(kStages) + 1024 <= kSmemBytes, "smem map");
+  static_assert(kBarrierOffset + BarrierBytes(kKStages, kVStages) + 1024 <= kSmemBytes,
+                "smem map");
   static_assert(kSmemBytes <= kMaxSmemBytes, "fits one Hopper CTA");
 
   // K-major descriptor (Q as A, K as B) of a tile whose 64-column chunks are kChunkBytes apart,

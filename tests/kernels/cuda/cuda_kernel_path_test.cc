@@ -270,6 +270,19 @@ TEST(KernelPathTest, TileKindByVariantHeadDimLayoutAndLength) {
   sm90::testing::SetVariant(sm90::Sm90Variant::kPagedKeys80);
   EXPECT_EQ(sm90::ChooseTileKind(256, true, true, true, 8192, 8192, 64), TileKind::kPagedKeys80);
   EXPECT_EQ(sm90::ChooseTileKind(128, false, false, false, 1024, kWide), TileKind::kKeys160);
+  // paged_k3: paged head dim 256 at every page size; everything else as under kAuto.
+  sm90::testing::SetVariant(sm90::Sm90Variant::kPagedKStages3);
+  for (int page : {64, kPage80, 256}) {
+    EXPECT_EQ(sm90::ChooseTileKind(256, true, true, true, 8192, 8192, page),
+              TileKind::kPagedKStages3);
+    EXPECT_EQ(sm90::ChooseTileKind(256, true, true, false, 8192, 8192, page),
+              TileKind::kPagedKStages3);
+  }
+  EXPECT_EQ(sm90::ChooseTileKind(256, false, false, true, 8192, 8192), TileKind::kStandard);
+  EXPECT_EQ(sm90::ChooseTileKind(128, true, true, true, 8192, 8192, 64), TileKind::kStandard);
+  EXPECT_EQ(sm90::ChooseTileKind(64, true, true, false, 8192, 8192, 64),
+            TileKind::kThreeConsumers);
+  EXPECT_EQ(sm90::ChooseTileKind(128, false, false, false, 1024, kWide), TileKind::kKeys160);
   sm90::testing::SetVariant(sm90::Sm90Variant::kBaseline);
   EXPECT_EQ(sm90::ChooseTileKind(256, true, true, true, 8192, 8192, 256), TileKind::kStandard);
   sm90::testing::SetVariant(sm90::Sm90Variant::kThreeConsumers);
@@ -291,6 +304,26 @@ TEST(KernelPathTest, TileKindByVariantHeadDimLayoutAndLength) {
   EXPECT_EQ(sm90::ChooseTileKind(64, false, false, false, 8192, 8192), TileKind::kStandard);
   EXPECT_EQ(sm90::ChooseTileKind(128, false, false, false, 8192, 8192), TileKind::kStandard);
   sm90::testing::SetVariant(sm90::Sm90Variant::kAuto);
+}
+
+// kPagedKStages3: the standard paged 64-key tile with a third K stage. Q 64 KB + 3 x 32 KB K +
+// 2 x 32 KB V + barriers + the 1 KB alignment slack within a CTA's 227 KB; O in Q's space.
+TEST(KernelPathTest, PagedKStages3FitsSharedMemory) {
+  using sm90::TileKind;
+  constexpr TileKind kK3 = TileKind::kPagedKStages3;
+  const sm90::TileShape shape = sm90::ChooseTileShape(256, true, kK3);
+  EXPECT_EQ(shape.block_m, 128);
+  EXPECT_EQ(shape.block_n, sm90::ChooseTileShape(256, true).block_n);
+  EXPECT_EQ(sm90::KStagesOf(shape), 3);
+  EXPECT_EQ(sm90::VStagesOf(shape), 2);
+  EXPECT_FALSE(sm90::HasTileShape(256, /*paged=*/false, kK3));
+  EXPECT_FALSE(sm90::HasTileShape(128, /*paged=*/true, kK3));
+  EXPECT_FALSE(sm90::SeparateO(256, 2, true, kK3));
+  EXPECT_EQ(sm90::BarrierBytes(3, 2), 8 * (2 + 6 + 4 + 4) + 8 + 12);
+  EXPECT_EQ(sm90::SmemBytes(256, 2, true, kK3), (64 + 5 * 32) * 1024 + 148 + 1024);
+  EXPECT_LE(sm90::SmemBytes(256, 2, true, kK3), sm90::kMaxSmemBytes);
+  // The kinds with one ring depth keep their maps: K and V of `stages` each.
+  EXPECT_EQ(sm90::SmemBytes(256, 2, true), (64 + 4 * 32) * 1024 + sm90::BarrierBytes(2, 2) + 1024);
 }
 
 // The wide key tiles: 128-row m-blocks as the standard tile (the keys change only the kernel's

@@ -22,7 +22,10 @@
 // (192-row tiles at head dim 64 whatever the length; auto takes them from 1024 queries, 2048
 // causal, longer than these cases) and paged_keys80 (head dim 256 on the contiguous kernel's
 // 80-key tiles, split into 64/32/16-key boxes at page boundaries: SameAsContiguousKernel then
-// holds it bit for bit to the contiguous kernel).
+// holds it bit for bit to the contiguous kernel) and paged_k3 (head dim 256 on 64-key tiles with
+// three K stages, the producer issuing K one key tile ahead of V: every page size; the K and V
+// rings then wrap at different tiles, which MoreTilesThanSms carries across work tiles;
+// KStages3SameAsTwoStages holds it bit for bit to the two-stage 64-key kernel).
 
 #include <cstring>
 #include <string>
@@ -170,12 +173,51 @@ TEST_P(CudaSm90PagedTest, SameAsContiguousKernel) {
   if (compared == 0) GTEST_SKIP() << "the paged tiles differ from the contiguous one here";
 }
 
+// paged_k3 against the two-stage 64-key kernel (kAuto's at page 64): the same tiles and the same
+// consumer instructions, only K's ring depth and the producer's order of issue differ, so O and
+// LSE must match bit for bit, at page sizes whose kAuto kernel differs too, and over a launch
+// where every CTA runs several tiles (the K and V rings wrap at different key tiles and carry
+// across work tiles; causal: the dynamic schedule's claims between the loads).
+TEST_P(CudaSm90PagedTest, KStages3SameAsTwoStages) {
+  if (std::get<2>(GetParam()) != Variant::kPagedKStages3 ||
+      !sm90::HasPagedKStages3Shape(head_dim_, /*paged=*/true)) {
+    GTEST_SKIP() << "paged_k3 changes paged head dim 256 alone";
+  }
+  std::vector<int> q_lens(8, 256), kv_lens;
+  for (int b = 0; b < 8; ++b) kv_lens.push_back(300 + 97 * b);
+  for (bool causal : {false, true}) {
+    const std::vector<Problem> problems = {
+        MakeProblem(dtype_, 8, 2, head_dim_, {300, 1, 129}, {450, 700, 129}, causal, 90),
+        MakeProblem(dtype_, 32, 8, head_dim_, q_lens, kv_lens, causal, 91)};
+    for (const Problem& p : problems) {
+      sm90::testing::SetVariant(Variant::kAuto);
+      ASSERT_EQ(sm90::ChooseTileKind(head_dim_, true, true, causal, 256, 1000, 64),
+                sm90::TileKind::kStandard);
+      const Result two = RunOnSm90(p, 64, Name("two K stages", 64, causal));
+      sm90::testing::SetVariant(Variant::kPagedKStages3);
+      for (int page_size : {64, 128}) {
+        const std::string what = Name("three K stages", page_size, causal) + ", " +
+                                 std::to_string(p.q_lens.size()) + " sequences";
+        ASSERT_EQ(sm90::ChooseTileKind(head_dim_, true, true, causal, 256, 1000, page_size),
+                  sm90::TileKind::kPagedKStages3);
+        const Result three = RunOnSm90(p, page_size, what);
+        ASSERT_EQ(three.out.size(), two.out.size());
+        EXPECT_EQ(std::memcmp(three.out.data(), two.out.data(), two.out.size() * 4), 0)
+            << what << ": O differs";
+        EXPECT_EQ(std::memcmp(three.lse.data(), two.lse.data(), two.lse.size() * 4), 0)
+            << what << ": LSE differs";
+      }
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Sm90Paged, CudaSm90PagedTest,
     ::testing::Combine(::testing::Values(DType::kFloat16, DType::kBFloat16),
                        ::testing::Values(64, 128, 256),
                        ::testing::Values(Variant::kBaseline, Variant::kAuto, Variant::kLazyRescale,
-                                         Variant::kThreeConsumers, Variant::kPagedKeys80)),
+                                         Variant::kThreeConsumers, Variant::kPagedKeys80,
+                                         Variant::kPagedKStages3)),
     Sm90CaseName);
 
 }  // namespace
