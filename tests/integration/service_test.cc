@@ -136,6 +136,30 @@ TEST(ServiceTest, HealthIsNotServingUntilTheServerIsReady) {
   unlink(socket.c_str());
 }
 
+// A Watch of a name the server does not know says SERVICE_UNKNOWN and stays open; the client's
+// cancel ends it (the server's reactor finishes and leaves the service), and the server still
+// answers and shuts down promptly afterwards.
+TEST(ServiceTest, HealthWatchOfAnUnknownNameSaysSoAndEndsOnCancel) {
+  absl::StatusOr<std::unique_ptr<TestServer>> server = TestServer::Start(SmallModelConfig());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = Health::NewStub((*server)->channel());
+  grpc::ClientContext context;
+  HealthCheckRequest request;
+  request.set_service("no.such.Service");
+  auto watch = stub->Watch(&context, request);
+  HealthCheckResponse update;
+  ASSERT_TRUE(watch->Read(&update));
+  EXPECT_EQ(update.status(), HealthCheckResponse::SERVICE_UNKNOWN);
+  context.TryCancel();
+  EXPECT_FALSE(watch->Read(&update));
+  EXPECT_EQ(watch->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  grpc::Status status;
+  EXPECT_EQ(Check(**server, "", &status), HealthCheckResponse::SERVING);
+  const auto drain_start = std::chrono::steady_clock::now();
+  (*server)->server().Shutdown(absl::Seconds(60));
+  EXPECT_LT(std::chrono::steady_clock::now() - drain_start, std::chrono::seconds(30));
+}
+
 TEST(ServiceTest, ReflectionListsTheServices) {
   absl::StatusOr<std::unique_ptr<TestServer>> server = TestServer::Start(SmallModelConfig());
   ASSERT_TRUE(server.ok()) << server.status();
