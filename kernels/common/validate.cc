@@ -11,6 +11,11 @@ namespace {
 
 std::string Str(int64_t v) { return std::to_string(v); }
 
+// "{batch B, row R, head H}", as every message about a tensor's strides spells them.
+std::string StridesStr(const Strides& s) {
+  return "{batch " + Str(s.batch) + ", row " + Str(s.row) + ", head " + Str(s.head) + "}";
+}
+
 bool IsSupportedHeadDim(int head_dim) {
   for (int d : kSupportedHeadDims) {
     if (d == head_dim) return true;
@@ -70,8 +75,7 @@ KernelStatus CheckTensor(const char* name, const void* data, bool has_elements, 
   const int64_t floor = is_output ? 1 : 0;
   const char* what = is_output ? "> 0" : ">= 0";
   if ((check_batch && s.batch < floor) || s.row < floor || s.head < floor) {
-    return InvalidArgument(std::string(name) + " strides {batch " + Str(s.batch) + ", row " +
-                           Str(s.row) + ", head " + Str(s.head) + "} must be " + what);
+    return InvalidArgument(std::string(name) + " strides " + StridesStr(s) + " must be " + what);
   }
   return KernelStatus::Ok();
 }
@@ -275,10 +279,8 @@ KernelStatus PagedAttentionPlan::ForLayer(const PagedLayerTensors& t, Backend ba
   const Strides& s = t.cache_strides;
   const Strides& planned = args_.cache_strides;
   if (s.batch != planned.batch || s.row != planned.row || s.head != planned.head) {
-    return InvalidArgument("cache_strides {batch " + Str(s.batch) + ", row " + Str(s.row) +
-                           ", head " + Str(s.head) + "} differ from the planned {batch " +
-                           Str(planned.batch) + ", row " + Str(planned.row) + ", head " +
-                           Str(planned.head) + "}");
+    return InvalidArgument("cache_strides " + StridesStr(s) + " differ from the planned " +
+                           StridesStr(planned));
   }
   if (t.num_blocks < args_.num_blocks) {
     return InvalidArgument("num_blocks (" + Str(t.num_blocks) + ") is less than the planned " +

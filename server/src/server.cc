@@ -1,8 +1,8 @@
 #include "flashkv/server/server.h"
 
+#include <grpcpp/ext/health_check_service_server_builder_option.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
-#include <grpcpp/health_check_service_interface.h>
 #include <spdlog/spdlog.h>
 
 #include <string>
@@ -20,6 +20,7 @@
 #include "flashkv/server/credentials.h"
 #include "flashkv/server/device_scheduler.h"
 #include "flashkv/server/executor.h"
+#include "flashkv/server/health_service.h"
 #include "flashkv/server/idle_reaper.h"
 #include "flashkv/server/kvcache_service.h"
 #include "flashkv/server/metrics.h"
@@ -62,8 +63,8 @@ class Server::Impl {
     if (auto s = CreateAttentionBackends(); !s.ok()) return s;
     attention_service_ = std::make_unique<AttentionService>(
         BackendPointers(), executor_.get(), &metrics_, auth_.get(), config_.limits, &regions_);
-    // Listening first, NOT_SERVING, so that health probes see the server while the pools are
-    // allocated and checked.
+    // Listening first, NOT_SERVING (from the first connection on: see health_service.h), so that
+    // health probes see the server while the pools are allocated and checked.
     if (auto s = StartGrpc(); !s.ok()) return s;
     if (auto s = CreateCaches(); !s.ok()) return s;
     if (auto s = StartMetrics(); !s.ok()) return s;
@@ -76,7 +77,7 @@ class Server::Impl {
       }
     }
     reaper_ = std::make_unique<IdleReaper>(caches_.get(), clock_, config_.sequence_ttl, &metrics_);
-    SetServing(true);
+    health_service_->SetServing(true);
     const kvcache::CacheStats stats = caches_->cache(0).GetStats();
     spdlog::info(
         "serving on {} ({} backend, {} device(s), {} KV blocks of {} tokens per device, {} MiB; "
@@ -102,7 +103,7 @@ class Server::Impl {
       shut_down_ = true;
     }
     if (grpc_server_ != nullptr) {
-      SetServing(false);
+      health_service_->Shutdown();
       // Ends the region streams, which would otherwise hold the drain for its whole deadline;
       // calls in flight keep the mappings they resolved.
       regions_.ReleaseAll();
@@ -198,9 +199,14 @@ class Server::Impl {
     absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
         MakeServerCredentials(config_.security);
     if (!credentials.ok()) return credentials.status();
-    grpc::EnableDefaultHealthCheckService(true);
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
     grpc::ServerBuilder builder;
+    // flashkv's own grpc.health.v1 instead of gRPC's default, which would answer "" SERVING
+    // before SetServing(false) could reach it.
+    health_service_ = std::make_unique<HealthService>(
+        std::vector<std::string>{"", kAttentionServiceName, kKvCacheServiceName});
+    builder.SetOption(std::make_unique<grpc::HealthCheckServiceServerBuilderOption>(nullptr));
+    builder.RegisterService(health_service_.get());
     ApplyServerTransportOptions(config_.transport, &builder);
     int selected_port = 0;
     builder.AddListeningPort(config_.listen_address, *credentials, &selected_port);
@@ -213,16 +219,8 @@ class Server::Impl {
                                     ": cannot bind (address in use or invalid?)");
     }
     port_ = absl::StartsWith(config_.listen_address, "unix:") ? 0 : selected_port;
-    SetServing(false);
+    if (config_.on_listening) config_.on_listening();
     return absl::OkStatus();
-  }
-
-  void SetServing(bool serving) {
-    grpc::HealthCheckServiceInterface* health = grpc_server_->GetHealthCheckService();
-    if (health == nullptr) return;
-    health->SetServingStatus("", serving);
-    health->SetServingStatus(kAttentionServiceName, serving);
-    health->SetServingStatus(kKvCacheServiceName, serving);
   }
 
   const ServerConfig config_;
@@ -241,6 +239,7 @@ class Server::Impl {
   std::unique_ptr<RegionService> region_service_;
   std::unique_ptr<AttentionService> attention_service_;
   std::unique_ptr<KvCacheService> kvcache_service_;
+  std::unique_ptr<HealthService> health_service_;
   std::unique_ptr<grpc::Server> grpc_server_;
   int port_ = 0;
 

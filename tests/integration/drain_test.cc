@@ -93,10 +93,9 @@ double MetricValue(const std::string& text, const std::string& sample) {
   return std::stod(text.substr(at + sample.size() + 2));
 }
 
-// Probes the KvCacheService's health rather than the server's (service ""): gRPC's default health
-// service answers "" SERVING from the moment the server starts until flashkv sets it NOT_SERVING
-// right after, and a probe that lands in between (seen under TSan on a loaded machine) would send
-// calls to a server still allocating its caches. A named service is unknown until that point.
+// Probes the server's health (service ""), as Kubernetes' probes do: it must not say SERVING
+// before the caches exist (flashkv's health service starts NOT_SERVING; gRPC's default one
+// answered "" SERVING at first, which a probe under TSan on a loaded machine once met).
 bool WaitForServing(const std::shared_ptr<grpc::Channel>& channel, std::chrono::seconds timeout) {
   auto stub = grpc::health::v1::Health::NewStub(channel);
   const auto end = Clock::now() + timeout;
@@ -104,7 +103,6 @@ bool WaitForServing(const std::shared_ptr<grpc::Channel>& channel, std::chrono::
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
     grpc::health::v1::HealthCheckRequest request;
-    request.set_service("flashkv.v1.KvCacheService");
     grpc::health::v1::HealthCheckResponse response;
     if (stub->Check(&context, request, &response).ok() &&
         response.status() == grpc::health::v1::HealthCheckResponse::SERVING) {

@@ -3,7 +3,9 @@
 
 #include <grpcpp/generic/generic_stub.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <chrono>
 #include <string>
 #include <thread>
 
@@ -24,22 +26,31 @@ using grpc::health::v1::Health;
 using grpc::health::v1::HealthCheckRequest;
 using grpc::health::v1::HealthCheckResponse;
 
-HealthCheckResponse::ServingStatus Check(TestServer& server, const std::string& service,
+constexpr const char* kServiceNames[] = {"", "flashkv.v1.AttentionService",
+                                         "flashkv.v1.KvCacheService"};
+
+HealthCheckResponse::ServingStatus Check(Health::Stub& stub, const std::string& service,
                                          grpc::Status* status) {
-  auto stub = Health::NewStub(server.channel());
   grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
   HealthCheckRequest request;
   request.set_service(service);
   HealthCheckResponse response;
-  *status = stub->Check(&context, request, &response);
+  *status = stub.Check(&context, request, &response);
   return response.status();
+}
+
+HealthCheckResponse::ServingStatus Check(TestServer& server, const std::string& service,
+                                         grpc::Status* status) {
+  auto stub = Health::NewStub(server.channel());
+  return Check(*stub, service, status);
 }
 
 TEST(ServiceTest, HealthIsServingOnceStartedAndNotServingWhileDraining) {
   absl::StatusOr<std::unique_ptr<TestServer>> server = TestServer::Start(SmallModelConfig());
   ASSERT_TRUE(server.ok()) << server.status();
   grpc::Status status;
-  for (const char* service : {"", "flashkv.v1.AttentionService", "flashkv.v1.KvCacheService"}) {
+  for (const char* service : kServiceNames) {
     EXPECT_EQ(Check(**server, service, &status), HealthCheckResponse::SERVING) << service;
     EXPECT_TRUE(status.ok()) << service;
   }
@@ -61,6 +72,92 @@ TEST(ServiceTest, HealthIsServingOnceStartedAndNotServingWhileDraining) {
   }
   drain.join();
   EXPECT_TRUE(saw_not_serving);
+}
+
+// From the first moment the server accepts connections (start-up held there, before the KV pools
+// exist) every name is NOT_SERVING, for Check and for a Watch opened then; SERVING once Create
+// returns; NOT_SERVING again when the drain begins, after which the Watch ends (OK) without
+// holding the drain. gRPC's default health service would answer "" SERVING at first.
+TEST(ServiceTest, HealthIsNotServingUntilTheServerIsReady) {
+  server::ServerConfig config = SmallModelConfig();
+  const std::string socket = "/tmp/flashkv-health-" + std::to_string(getpid()) + ".sock";
+  unlink(socket.c_str());
+  config.listen_address = "unix:" + socket;
+  Notification listening, ready_to_go_on;
+  config.on_listening = [&] {
+    listening.Notify();
+    ready_to_go_on.WaitForNotification();
+  };
+  absl::StatusOr<std::unique_ptr<server::Server>> server;
+  std::thread start([&] { server = server::Server::Create(config); });
+  auto stub = Health::NewStub(
+      grpc::CreateChannel(config.listen_address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext watch_context;
+  std::unique_ptr<grpc::ClientReader<HealthCheckResponse>> watch;
+  HealthCheckResponse update;
+  // No ASSERT until start-up is let go: the start thread waits for it.
+  if (listening.WaitForNotificationWithTimeout(absl::Seconds(60))) {
+    grpc::Status status;
+    for (const char* service : kServiceNames) {
+      EXPECT_EQ(Check(*stub, service, &status), HealthCheckResponse::NOT_SERVING) << service;
+      EXPECT_TRUE(status.ok()) << service << ": " << status.error_message();
+    }
+    watch = stub->Watch(&watch_context, HealthCheckRequest());
+    EXPECT_TRUE(watch->Read(&update));
+    EXPECT_EQ(update.status(), HealthCheckResponse::NOT_SERVING);
+  } else {
+    ADD_FAILURE() << "the server never listened";
+  }
+  ready_to_go_on.Notify();
+  start.join();
+  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_NE(watch, nullptr);
+
+  ASSERT_TRUE(watch->Read(&update));
+  EXPECT_EQ(update.status(), HealthCheckResponse::SERVING);
+  grpc::Status status;
+  for (const char* service : kServiceNames) {
+    EXPECT_EQ(Check(*stub, service, &status), HealthCheckResponse::SERVING) << service;
+  }
+
+  // The drain deadline is long: a Watch that held the drain would show in the time it took.
+  const auto drain_start = std::chrono::steady_clock::now();
+  std::thread drain([&] { (*server)->Shutdown(absl::Seconds(60)); });
+  ASSERT_TRUE(watch->Read(&update));
+  EXPECT_EQ(update.status(), HealthCheckResponse::NOT_SERVING);
+  EXPECT_FALSE(watch->Read(&update));
+  const grpc::Status watch_status = watch->Finish();
+  EXPECT_TRUE(watch_status.ok()) << watch_status.error_message();
+  drain.join();
+  EXPECT_LT(std::chrono::steady_clock::now() - drain_start, std::chrono::seconds(30));
+  // New calls are refused once the drain has begun.
+  EXPECT_NE(Check(*stub, "", &status), HealthCheckResponse::SERVING);
+  EXPECT_FALSE(status.ok());
+  unlink(socket.c_str());
+}
+
+// A Watch of a name the server does not know says SERVICE_UNKNOWN and stays open; the client's
+// cancel ends it (the server's reactor finishes and leaves the service), and the server still
+// answers and shuts down promptly afterwards.
+TEST(ServiceTest, HealthWatchOfAnUnknownNameSaysSoAndEndsOnCancel) {
+  absl::StatusOr<std::unique_ptr<TestServer>> server = TestServer::Start(SmallModelConfig());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = Health::NewStub((*server)->channel());
+  grpc::ClientContext context;
+  HealthCheckRequest request;
+  request.set_service("no.such.Service");
+  auto watch = stub->Watch(&context, request);
+  HealthCheckResponse update;
+  ASSERT_TRUE(watch->Read(&update));
+  EXPECT_EQ(update.status(), HealthCheckResponse::SERVICE_UNKNOWN);
+  context.TryCancel();
+  EXPECT_FALSE(watch->Read(&update));
+  EXPECT_EQ(watch->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  grpc::Status status;
+  EXPECT_EQ(Check(**server, "", &status), HealthCheckResponse::SERVING);
+  const auto drain_start = std::chrono::steady_clock::now();
+  (*server)->server().Shutdown(absl::Seconds(60));
+  EXPECT_LT(std::chrono::steady_clock::now() - drain_start, std::chrono::seconds(30));
 }
 
 TEST(ServiceTest, ReflectionListsTheServices) {

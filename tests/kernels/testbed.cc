@@ -36,6 +36,52 @@ struct OutputBuffers {
   BackendBuffer lse;
 };
 
+// One layer of a paged problem on the backend: its q and pools uploaded, its outputs poisoned
+// (OutputBuffers); Point aims a launch's per-layer pointers at them.
+struct PagedLayerBuffers {
+  explicit PagedLayerBuffers(Backend backend)
+      : q(backend), k_cache(backend), v_cache(backend), outputs(backend) {}
+
+  KernelStatus Prepare(PagedProblem* layer) {
+    FLASHKV_RETURN_IF_ERROR(Upload(layer->q, &q));
+    FLASHKV_RETURN_IF_ERROR(Upload(layer->k_cache, &k_cache));
+    FLASHKV_RETURN_IF_ERROR(Upload(layer->v_cache, &v_cache));
+    return outputs.Prepare(&layer->out, &layer->lse);
+  }
+  void Point(PagedAttentionArgs* a) const {
+    a->q = q.get();
+    a->k_cache = k_cache.get();
+    a->v_cache = v_cache.get();
+    a->out = outputs.out.get();
+    a->lse = outputs.lse_ptr();
+  }
+
+  BackendBuffer q;
+  BackendBuffer k_cache;
+  BackendBuffer v_cache;
+  OutputBuffers outputs;
+};
+
+// A paged problem's metadata (block table, cu_seqlens) on the backend, shared by its layers.
+struct PagedMetadataBuffers {
+  explicit PagedMetadataBuffers(Backend backend) : table(backend), cu_q(backend), cu_kv(backend) {}
+
+  KernelStatus Upload(const PagedProblem& p) {
+    FLASHKV_RETURN_IF_ERROR(UploadVector(p.block_table, &table));
+    FLASHKV_RETURN_IF_ERROR(UploadVector(p.cu_seqlens_q, &cu_q));
+    return UploadVector(p.cu_seqlens_kv, &cu_kv);
+  }
+  void Point(PagedAttentionArgs* a) const {
+    a->block_table = table.as<int32_t>();
+    a->cu_seqlens_q = cu_q.as<int32_t>();
+    a->cu_seqlens_kv = cu_kv.as<int32_t>();
+  }
+
+  BackendBuffer table;
+  BackendBuffer cu_q;
+  BackendBuffer cu_kv;
+};
+
 bool NeedsHostCopies(Backend backend, HostCopies host_copies) {
   return backend == Backend::kCuda || host_copies == HostCopies::kAlways;
 }
@@ -391,62 +437,40 @@ KernelStatus RunProblem(Backend backend, VarlenProblem* p, HostCopies host_copie
 }
 
 KernelStatus RunProblem(Backend backend, PagedProblem* p, HostCopies host_copies) {
-  BackendBuffer q(backend), k_cache(backend), v_cache(backend), table(backend), cu_q(backend),
-      cu_kv(backend);
-  OutputBuffers outputs(backend);
-  FLASHKV_RETURN_IF_ERROR(Upload(p->q, &q));
-  FLASHKV_RETURN_IF_ERROR(Upload(p->k_cache, &k_cache));
-  FLASHKV_RETURN_IF_ERROR(Upload(p->v_cache, &v_cache));
-  FLASHKV_RETURN_IF_ERROR(UploadVector(p->block_table, &table));
-  FLASHKV_RETURN_IF_ERROR(UploadVector(p->cu_seqlens_q, &cu_q));
-  FLASHKV_RETURN_IF_ERROR(UploadVector(p->cu_seqlens_kv, &cu_kv));
-  FLASHKV_RETURN_IF_ERROR(outputs.Prepare(&p->out, &p->lse));
+  PagedMetadataBuffers metadata(backend);
+  PagedLayerBuffers layer(backend);
+  FLASHKV_RETURN_IF_ERROR(metadata.Upload(*p));
+  FLASHKV_RETURN_IF_ERROR(layer.Prepare(p));
   PagedAttentionArgs a = p->HostArgs();
-  a.q = q.get();
-  a.k_cache = k_cache.get();
-  a.v_cache = v_cache.get();
-  a.out = outputs.out.get();
-  a.lse = outputs.lse_ptr();
-  a.block_table = table.as<int32_t>();
-  a.cu_seqlens_q = cu_q.as<int32_t>();
-  a.cu_seqlens_kv = cu_kv.as<int32_t>();
+  metadata.Point(&a);
+  layer.Point(&a);
   if (!NeedsHostCopies(backend, host_copies)) {
     a.host_block_table = a.host_cu_seqlens_q = a.host_cu_seqlens_kv = nullptr;
   }
   FLASHKV_RETURN_IF_ERROR(RunPaged(backend, a));
-  return outputs.Fetch(&p->out, &p->lse);
+  return layer.outputs.Fetch(&p->out, &p->lse);
 }
 
 KernelStatus RunPlannedLayers(Backend backend, std::vector<PagedProblem>* layers) {
-  const PagedProblem& first = layers->front();
-  BackendBuffer table(backend), cu_q(backend), cu_kv(backend);
-  FLASHKV_RETURN_IF_ERROR(UploadVector(first.block_table, &table));
-  FLASHKV_RETURN_IF_ERROR(UploadVector(first.cu_seqlens_q, &cu_q));
-  FLASHKV_RETURN_IF_ERROR(UploadVector(first.cu_seqlens_kv, &cu_kv));
+  PagedMetadataBuffers metadata(backend);
+  FLASHKV_RETURN_IF_ERROR(metadata.Upload(layers->front()));
   // Planned with layer 0's host tensors: a plan checks but never reads them, and every run
   // replaces them with its layer's.
-  PagedAttentionArgs planned = first.HostArgs();
+  PagedAttentionArgs planned = layers->front().HostArgs();
   planned.out = layers->front().out.data();
-  planned.block_table = table.as<int32_t>();
-  planned.cu_seqlens_q = cu_q.as<int32_t>();
-  planned.cu_seqlens_kv = cu_kv.as<int32_t>();
+  metadata.Point(&planned);
   if (backend == Backend::kCpu) {
     planned.host_block_table = planned.host_cu_seqlens_q = planned.host_cu_seqlens_kv = nullptr;
   }
   PagedAttentionPlan plan;
   FLASHKV_RETURN_IF_ERROR(PlanPaged(backend, planned, &plan));
   for (auto layer = layers->rbegin(); layer != layers->rend(); ++layer) {
-    BackendBuffer q(backend), k_cache(backend), v_cache(backend);
-    OutputBuffers outputs(backend);
-    FLASHKV_RETURN_IF_ERROR(Upload(layer->q, &q));
-    FLASHKV_RETURN_IF_ERROR(Upload(layer->k_cache, &k_cache));
-    FLASHKV_RETURN_IF_ERROR(Upload(layer->v_cache, &v_cache));
-    FLASHKV_RETURN_IF_ERROR(outputs.Prepare(&layer->out, &layer->lse));
-    const PagedLayerTensors tensors{q.get(),           outputs.out.get(), outputs.lse_ptr(),
-                                    k_cache.get(),     v_cache.get(),     planned.cache_strides,
-                                    planned.num_blocks};
-    FLASHKV_RETURN_IF_ERROR(RunPlannedPaged(backend, plan, tensors));
-    FLASHKV_RETURN_IF_ERROR(outputs.Fetch(&layer->out, &layer->lse));
+    PagedLayerBuffers buffers(backend);
+    FLASHKV_RETURN_IF_ERROR(buffers.Prepare(&*layer));
+    PagedAttentionArgs layer_args = planned;
+    buffers.Point(&layer_args);
+    FLASHKV_RETURN_IF_ERROR(RunPlannedPaged(backend, plan, LayerTensorsOf(layer_args)));
+    FLASHKV_RETURN_IF_ERROR(buffers.outputs.Fetch(&layer->out, &layer->lse));
   }
   return KernelStatus::Ok();
 }

@@ -213,7 +213,6 @@ class PagedAttentionPlan {
                            PagedAttentionPlan* plan);
 
   Backend backend() const { return backend_; }
-  const PagedAttentionArgs& args() const { return args_; }
   // The planned args with `tensors` in place of their pointers; kInvalidArgument naming the
   // tensor when one the launch reads or writes is null, when the pools' geometry is not the
   // planned one, or when the plan is not for `backend`.

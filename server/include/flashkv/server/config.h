@@ -4,6 +4,7 @@
 // (server/main.cc); tests and embedders fill it directly. ValidateConfig checks every field.
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -134,6 +135,10 @@ struct ServerConfig {
   std::string log_level = "info";
   // Time source of the scheduler and sequence expiry; null: the real clock. (Tests only.)
   std::shared_ptr<Clock> clock;
+  // Run on Create's thread the moment the gRPC server accepts connections, before the KV pools
+  // are allocated and warmed; start-up waits for it to return. Tests hold start-up here to probe
+  // the server while it is not ready. Null: nothing. (Tests only.)
+  std::function<void()> on_listening;
 };
 
 // Every field checked; errors name the flag-level field and its limit (INVALID_ARGUMENT).

@@ -3,10 +3,11 @@
 // One flashkv server: the gRPC services (AttentionService, KvCacheService, grpc.health.v1, server
 // reflection) on one listening address, their devices, and the Prometheus endpoint.
 //
-// Life cycle: Create() validates the config, binds the address (health NOT_SERVING), allocates
-// what every device needs and runs a warm-up launch on each, then reports SERVING. Shutdown()
-// drains: NOT_SERVING, no new calls, in-flight calls get until the deadline, then whatever is
-// left is cancelled. The destructor shuts down (with a zero deadline) if Shutdown was not called.
+// Life cycle: Create() validates the config, binds the address (health NOT_SERVING from the first
+// connection on: health_service.h), allocates what every device needs and runs a warm-up launch
+// on each, then reports SERVING. Shutdown() drains: NOT_SERVING, no new calls, in-flight calls get
+// until the deadline, then whatever is left is cancelled. The destructor shuts down (with a zero
+// deadline) if Shutdown was not called.
 //
 // Thread-safety: Shutdown, ReloadTokens and Wait may be called from any thread (Shutdown once).
 
