@@ -27,7 +27,7 @@
 # kernel costs at most the rest of that budget), BENCH_VARIANTS (auto: the sm90 variants the
 # bench runs under, one table each, paged and contiguous calls alike; any of baseline
 # dynamic_schedule auto lazy_rescale three_consumers keys160 keys176 stream_k paged_keys80
-# paged_k3 paged_keys80_lanes). The test step runs every variant the paged suite has (paged_k3
+# paged_k3 paged_keys80_lanes paged_keys64). The test step runs every variant the paged suite has (paged_k3
 # and paged_keys80_lanes included).
 set -o pipefail
 OUT=${OUT:-/tmp/out}
@@ -43,7 +43,7 @@ DEADLINE=${DEADLINE:-450}
 BENCH_VARIANTS=${BENCH_VARIANTS:-auto}
 variant_number() {  # sm90/tile_shape.h's Sm90Variant
   local names=(baseline dynamic_schedule auto lazy_rescale three_consumers keys160 keys176 stream_k
-    paged_keys80 paged_k3 paged_keys80_lanes)
+    paged_keys80 paged_k3 paged_keys80_lanes paged_keys64)
   for i in "${!names[@]}"; do [[ ${names[$i]} == "$1" ]] && echo "$i" && return; done
   echo "unknown sm90 variant $1" >&2; exit 2
 }

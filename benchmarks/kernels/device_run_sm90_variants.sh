@@ -23,7 +23,7 @@
 # BENCH_DIMS (64 128 256: fp16 at each), BF16_DIMS (128: bf16's; empty for none),
 # SEQLENS (1024 4096 8192),
 # VARIANTS (baseline dynamic_schedule; any of baseline dynamic_schedule auto lazy_rescale
-# three_consumers keys160 keys176 stream_k paged_keys80 paged_k3 paged_keys80_lanes),
+# three_consumers keys160 keys176 stream_k paged_keys80 paged_k3 paged_keys80_lanes paged_keys64),
 # TEST_VARIANTS (VARIANTS and auto, the default kernel), JOBS (16), DEADLINE (300: seconds after
 # which no step starts; each step's timeout ends by then), EXTRA_TARGETS (more ninja targets, e.g.
 # cuda_attention_benchmark for device_run_sm90_paged.sh's bench on this build: B=build/sm90v).
@@ -81,7 +81,7 @@ if has sanitize; then
   F='Sm90Instantiations/CudaSm90Test.NegativeAndZeroScale'
   P='Sm90Paged/CudaSm90PagedTest.SmallTailCase'
   paged=baseline  # and the variants of VARIANTS that change paged kernels
-  for v in auto lazy_rescale three_consumers paged_keys80 paged_k3 paged_keys80_lanes; do
+  for v in auto lazy_rescale three_consumers paged_keys80 paged_k3 paged_keys80_lanes paged_keys64; do
     [[ " $VARIANTS " == *" $v "* ]] && paged="$paged $v"
   done
   {

@@ -38,7 +38,7 @@ DTYPES = {"fp16": (torch.float16, 1), "bf16": (torch.bfloat16, 2)}
 SM90_VARIANTS = {0: "baseline", 1: "dynamic_schedule", 2: "auto", 3: "lazy_rescale",
                  4: "three_consumers", 5: "keys160", 6: "keys176",
                  7: "stream_k", 8: "paged_keys80",
-                 9: "paged_k3", 10: "paged_keys80_lanes"}
+                 9: "paged_k3", 10: "paged_keys80_lanes", 11: "paged_keys64"}
 L2_BYTES = 50 * 2**20
 
 

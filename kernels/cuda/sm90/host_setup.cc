@@ -165,6 +165,7 @@ bool TakesAutoKernels(Sm90Variant variant) {
     case Sm90Variant::kPagedKeys80:
     case Sm90Variant::kPagedKStages3:
     case Sm90Variant::kPagedKeys80Lanes:
+    case Sm90Variant::kPagedKeys64:
       return true;
     case Sm90Variant::kBaseline:
     case Sm90Variant::kDynamicSchedule:
@@ -219,24 +220,27 @@ bool PlanStreamK(Schedule* schedule, int grid, int key_tiles) {
 TileKind ChooseTileKind(int head_dim, bool paged, bool varlen, bool causal, int max_seqlen_q,
                         int max_seqlen_kv, int page_size) {
   Sm90Variant variant = ActiveVariant();
+  // No shape depends on the page size since the split tiles are issued by chunk (it did when
+  // kAuto took 64-key tiles at 64-key pages); callers still say it, for the next shape that may.
+  (void)page_size;
   // Before kAuto's split tiles: under its variant every paged head-dim-256 launch (pages are
   // multiples of 64 keys, so each 64-key tile is one box in one page) takes the third K stage.
   if (variant == Sm90Variant::kPagedKStages3 && HasPagedKStages3Shape(head_dim, paged)) {
     return TileKind::kPagedKStages3;
   }
-  // Likewise the split tiles issued by one thread per chunk, at every page size.
-  if (variant == Sm90Variant::kPagedKeys80Lanes && HasPagedKeys80Shape(head_dim, paged)) {
+  // Paged head dim 256 under kAuto (and the variants that keep its kernels elsewhere): the split
+  // 80-key tiles issued by chunk, at every page size (host_setup.h has the measurement, below
+  // ChooseTileKind); kPagedKeys80 and kPagedKeys64 force the other two paged shapes.
+  if (HasPagedKeys80Shape(head_dim, paged) && TakesAutoKernels(variant)) {
+    if (variant == Sm90Variant::kPagedKeys80) return TileKind::kPagedKeys80;
+    if (variant == Sm90Variant::kPagedKeys64) return TileKind::kStandard;
     return TileKind::kPagedKeys80Lanes;
   }
-  if (HasPagedKeys80Shape(head_dim, paged) &&
-      (variant == Sm90Variant::kPagedKeys80 ||
-       (TakesAutoKernels(variant) && page_size >= kPagedKeys80MinPageSize))) {
-    return TileKind::kPagedKeys80;
-  }
-  // kStreamK changes the schedule of kAuto's kernels, not their shapes; kPagedKeys80,
-  // kPagedKStages3 and kPagedKeys80Lanes the shape of paged head dim 256 alone.
+  // kStreamK changes the schedule of kAuto's kernels, not their shapes; the paged variants the
+  // shape of paged head dim 256 alone.
   if (variant == Sm90Variant::kStreamK || variant == Sm90Variant::kPagedKeys80 ||
-      variant == Sm90Variant::kPagedKStages3 || variant == Sm90Variant::kPagedKeys80Lanes) {
+      variant == Sm90Variant::kPagedKStages3 || variant == Sm90Variant::kPagedKeys80Lanes ||
+      variant == Sm90Variant::kPagedKeys64) {
     variant = Sm90Variant::kAuto;
   }
   if (HasThreeConsumerShape(head_dim, paged)) {

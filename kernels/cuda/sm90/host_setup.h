@@ -91,20 +91,22 @@ bool PlanStreamK(Schedule* schedule, int grid, int key_tiles);
 // they have the wide key shape (HasWideKeyShape), launches without a causal mask: kKeys160 /
 // kKeys176 under the variants of those names, and kKeys160 under kAuto for fixed-length launches
 // whose context has at least kWideKeysMinSeqlenKv keys. Where they have the split paged shape
-// (HasPagedKeys80Shape): kPagedKeys80 under the variant of that name, and under kAuto (and the
-// variants that keep kAuto's kernels elsewhere) for pages of at least kPagedKeys80MinPageSize
-// keys (page_size: the launch's, 0 for contiguous K/V); but kPagedKStages3
-// (HasPagedKStages3Shape) and kPagedKeys80Lanes at every page size under the variants of those
-// names. Else kStandard.
+// (HasPagedKeys80Shape), at every page size (page_size: the launch's, 0 for contiguous K/V):
+// kPagedKeys80Lanes under kAuto and the variants that keep kAuto's kernels elsewhere (measured
+// below); kPagedKeys80, kPagedKStages3 (HasPagedKStages3Shape) and kStandard's 64-key
+// tiles under the variants kPagedKeys80, kPagedKStages3 and kPagedKeys64. Else kStandard.
 TileKind ChooseTileKind(int head_dim, bool paged, bool varlen, bool causal, int max_seqlen_q,
                         int max_seqlen_kv, int page_size = 0);
 
-// Under kAuto, paged head dim 256 takes the 80-key split tiles from this page size on, 64-key
-// tiles below. Measured on an H200 (fp16, Hq 32 Hkv 8, varlen prefill B 4, S 4096/8192, causal and
-// not; paged / contiguous time, contiguous on its 80-key tiles, same run): page 64: 64-key tiles
-// 1.01-1.10, 80-key split 1.10-1.15 (every tile crosses a page: 2-3 boxes per chunk); page 128:
-// 1.00-1.08 -> 1.01-1.05; page 256: 1.04-1.08 -> 1.00-1.01 (most tiles one 80-key box).
-inline constexpr int kPagedKeys80MinPageSize = 128;
+// Under kAuto, paged head dim 256 takes the 80-key split tiles with one issuing thread per chunk
+// (TileKind::kPagedKeys80Lanes) at every page size. Measured on an H100, sixth session (fp16, Hq
+// 32 Hkv 8, varlen prefill B 4, S 4096/8192, causal and not; paged / contiguous time, contiguous on
+// its 80-key tiles; three runs in two calls): page 64: 64-key tiles (kPagedKeys64, kAuto's before)
+// 1.04-1.11 (causal S 8192: 1.092, 1.109, 1.096), split tiles from one thread (kPagedKeys80)
+// 1.11-1.15, by chunk 1.01-1.09 (causal S 8192: 1.074, 1.086, 1.073); page 128: 1.01-1.08 (one
+// thread) -> 0.95-1.03 (by chunk); page 256: 1.00-1.04 -> 0.97-1.02. The earlier H200 finding that
+// the one producer thread's issue rate bounds the split tiles at page 64 holds: four issuers lift
+// it.
 
 // Under kAuto, causal launches with shorter queries keep 128-row tiles. Measured on an H100 (D 64,
 // fp16, B 2, H 32): 192-row tiles lose 10% causal at S 1024 (a diagonal tile masks up to 192 rows'

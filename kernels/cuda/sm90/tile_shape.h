@@ -107,7 +107,8 @@ constexpr bool HasThreeConsumerShape(int head_dim, bool /*paged*/) { return head
 // waits in Q's space and the next tile's Q loads after the epilogue). Causal launches keep 128:
 // wider tiles on the diagonal mask more.
 constexpr bool HasWideKeyShape(int head_dim, bool paged) { return head_dim == 128 && !paged; }
-// Paged head dim 256 on the contiguous kernel's 80-key tiles (Sm90Variant::kPagedKeys80). 80 is
+// Paged head dim 256 on the contiguous kernel's 80-key tiles (TileKind::kPagedKeys80, and
+// kPagedKeys80Lanes, kAuto's, whose loads four producer threads issue by chunk). 80 is
 // not a whole number of 64-key boxes, and one box per 16 keys (the only size dividing both) cost
 // 40 TMA issues per K and V tile: 1.18-1.34x contiguous, TMA-bound. Here a tile lies in at most
 // two pages (pages are multiples of 64 keys and a tile starts on a multiple of 16, so it crosses
@@ -163,8 +164,9 @@ constexpr TileShape ChooseTileShape(int head_dim, bool paged = false,
     case 256:
       // O alone is 128 registers, so S is kept to 40 (80 keys, FlashAttention-3's choice):
       // Q 64 KB + 2 x 80 KB stages = 224 KB, the most that fits beside the barriers. Paged: 80 is
-      // not a whole number of 64-key boxes, so 64-key tiles (S 32 registers; 192 KB; a third
-      // stage of both K and V would need 256 KB, of K alone 224 KB: kPagedKStages3).
+      // not a whole number of 64-key boxes, so the standard paged tile has 64 keys (S 32
+      // registers; 192 KB; a third stage of both K and V would need 256 KB, of K alone 224 KB:
+      // kPagedKStages3); kAuto takes the split 80-key tiles instead (HasPagedKeys80Shape).
       return paged ? TileShape{128, 64, 2} : TileShape{128, 80, 2};
     default:
       // 32 and 96 stay on sm80: they are not multiples of the 64-column chunk a 128-byte-swizzled
@@ -272,8 +274,9 @@ enum class Sm90Variant : int {
   // round's idle SMs take a share of its keys. Other launches take kAuto's kernels unchanged.
   kStreamK = 7,
   // kAuto's kernels, but paged launches at head dim 256 on 80-key tiles loaded in boxes split at
-  // page boundaries (TileKind::kPagedKeys80) instead of 64-key tiles of one box. Other launches
-  // take kAuto's kernels unchanged.
+  // page boundaries, all issued by one producer thread (TileKind::kPagedKeys80; kAuto issues them
+  // by chunk, kPagedKeys80Lanes), at every page size. Other launches take kAuto's kernels
+  // unchanged.
   kPagedKeys80 = 8,
   // kAuto's kernels, but paged launches at head dim 256 on 64-key tiles (every sm90 page size is
   // a multiple of 64, so each tile is one box in one page) with three K stages and two V stages,
@@ -283,11 +286,16 @@ enum class Sm90Variant : int {
   // kPagedKeys80's kernels (paged head dim 256 on 80-key tiles split at page boundaries, at every
   // page size), but each split tile's TMA loads issued by four producer threads, one per 64-column
   // chunk, one in each warp of the producer warpgroup, instead of all by one thread
-  // (TileKind::kPagedKeys80Lanes; sm90/producer.cuh's ProduceByChunk has the hypothesis). Other
-  // launches take kAuto's kernels unchanged.
+  // (TileKind::kPagedKeys80Lanes; sm90/producer.cuh's ProduceByChunk has the hypothesis). Since
+  // the sixth session's H100 measurement kAuto takes these kernels too (host_setup.h,
+  // ChooseTileKind); the variant stays so that old device scripts keep their meaning.
   kPagedKeys80Lanes = 10,
+  // kAuto's kernels, but paged launches at head dim 256 on 64-key tiles of one box (TileKind::
+  // kStandard), kAuto's choice at pages of 64 keys before the split tiles were issued by chunk:
+  // the reference for A/B runs against kAuto, and paged_k3's two-stage twin.
+  kPagedKeys64 = 11,
 };
-inline constexpr int kNumSm90Variants = 11;
+inline constexpr int kNumSm90Variants = 12;
 
 // Sm90Variant::kLazyRescale's threshold, in the log2 units of the scaled scores: probabilities
 // are taken against a reference at most this far below the row's true maximum, so they stay
@@ -320,6 +328,8 @@ constexpr const char* Sm90VariantName(Sm90Variant v) {
       return "paged_k3";
     case Sm90Variant::kPagedKeys80Lanes:
       return "paged_keys80_lanes";
+    case Sm90Variant::kPagedKeys64:
+      return "paged_keys64";
   }
   return "unknown";
 }

@@ -260,19 +260,30 @@ TEST(KernelPathTest, TileKindByVariantHeadDimLayoutAndLength) {
   EXPECT_EQ(sm90::ChooseTileKind(128, false, false, true, 8192, 8192), TileKind::kStandard);
   EXPECT_EQ(sm90::ChooseTileKind(128, true, false, false, 8192, 8192), TileKind::kStandard);
   EXPECT_EQ(sm90::ChooseTileKind(256, false, false, false, 8192, 8192), TileKind::kStandard);
-  // Paged head dim 256: 80-key split tiles from kPagedKeys80MinPageSize keys per page.
-  const int kPage80 = sm90::kPagedKeys80MinPageSize;
-  EXPECT_EQ(sm90::ChooseTileKind(256, true, true, true, 8192, 8192, kPage80),
-            TileKind::kPagedKeys80);
-  EXPECT_EQ(sm90::ChooseTileKind(256, true, true, true, 8192, 8192, kPage80 - 64),
-            TileKind::kStandard);
+  // Paged head dim 256: 80-key split tiles issued by chunk, at every page size.
+  for (int page : {64, 128, 256}) {
+    EXPECT_EQ(sm90::ChooseTileKind(256, true, true, true, 8192, 8192, page),
+              TileKind::kPagedKeys80Lanes);
+    EXPECT_EQ(sm90::ChooseTileKind(256, true, true, false, 1024, 1024, page),
+              TileKind::kPagedKeys80Lanes);
+  }
   EXPECT_EQ(sm90::ChooseTileKind(128, true, true, true, 8192, 8192, 256), TileKind::kStandard);
-  sm90::testing::SetVariant(sm90::Sm90Variant::kPagedKeys80);
-  EXPECT_EQ(sm90::ChooseTileKind(256, true, true, true, 8192, 8192, 64), TileKind::kPagedKeys80);
-  EXPECT_EQ(sm90::ChooseTileKind(128, false, false, false, 1024, kWide), TileKind::kKeys160);
+  // paged_keys80 and paged_keys64: the other two paged shapes at every page size.
+  for (const auto& [variant, kind] :
+       {std::pair{sm90::Sm90Variant::kPagedKeys80, TileKind::kPagedKeys80},
+        std::pair{sm90::Sm90Variant::kPagedKeys64, TileKind::kStandard}}) {
+    sm90::testing::SetVariant(variant);
+    for (int page : {64, 128, 256}) {
+      EXPECT_EQ(sm90::ChooseTileKind(256, true, true, true, 8192, 8192, page), kind);
+    }
+    EXPECT_EQ(sm90::ChooseTileKind(128, false, false, false, 1024, kWide), TileKind::kKeys160);
+    EXPECT_EQ(sm90::ChooseTileKind(64, true, true, false, 8192, 8192, 64),
+              TileKind::kThreeConsumers);
+    EXPECT_TRUE(sm90::UseLazyRescale(256));
+  }
   // paged_k3: paged head dim 256 at every page size; everything else as under kAuto.
   sm90::testing::SetVariant(sm90::Sm90Variant::kPagedKStages3);
-  for (int page : {64, kPage80, 256}) {
+  for (int page : {64, 128, 256}) {
     EXPECT_EQ(sm90::ChooseTileKind(256, true, true, true, 8192, 8192, page),
               TileKind::kPagedKStages3);
     EXPECT_EQ(sm90::ChooseTileKind(256, true, true, false, 8192, 8192, page),
@@ -286,7 +297,7 @@ TEST(KernelPathTest, TileKindByVariantHeadDimLayoutAndLength) {
   // paged_keys80_lanes: paged head dim 256 on the split tiles issued by chunk at every page size;
   // everything else as under kAuto.
   sm90::testing::SetVariant(sm90::Sm90Variant::kPagedKeys80Lanes);
-  for (int page : {64, kPage80, 256}) {
+  for (int page : {64, 128, 256}) {
     EXPECT_EQ(sm90::ChooseTileKind(256, true, true, true, 8192, 8192, page),
               TileKind::kPagedKeys80Lanes);
     EXPECT_EQ(sm90::ChooseTileKind(256, true, true, false, 8192, 8192, page),
@@ -304,8 +315,8 @@ TEST(KernelPathTest, TileKindByVariantHeadDimLayoutAndLength) {
   sm90::testing::SetVariant(sm90::Sm90Variant::kThreeConsumers);
   EXPECT_EQ(sm90::ChooseTileKind(64, false, false, true, 1024, 1024), TileKind::kThreeConsumers);
   // kAuto's kernels wherever the variant changes nothing: paged head dim 256 as under kAuto.
-  EXPECT_EQ(sm90::ChooseTileKind(256, true, true, true, 8192, 8192, kPage80),
-            TileKind::kPagedKeys80);
+  EXPECT_EQ(sm90::ChooseTileKind(256, true, true, true, 8192, 8192, 128),
+            TileKind::kPagedKeys80Lanes);
   EXPECT_EQ(sm90::ChooseTileKind(128, false, false, false, 8192, 8192), TileKind::kStandard);
   for (const auto& [variant, kind] : {std::pair{sm90::Sm90Variant::kKeys160, TileKind::kKeys160},
                                       std::pair{sm90::Sm90Variant::kKeys176, TileKind::kKeys176}}) {
@@ -362,6 +373,7 @@ TEST(KernelPathTest, PagedKeys80LanesIsTheSplitTile) {
   EXPECT_FALSE(sm90::HasTileShape(256, /*paged=*/false, kLanes));
   EXPECT_FALSE(sm90::HasTileShape(128, /*paged=*/true, kLanes));
   EXPECT_STREQ(sm90::Sm90VariantName(sm90::Sm90Variant::kPagedKeys80Lanes), "paged_keys80_lanes");
+  EXPECT_STREQ(sm90::Sm90VariantName(sm90::Sm90Variant::kPagedKeys64), "paged_keys64");
 }
 
 // The wide key tiles: 128-row m-blocks as the standard tile (the keys change only the kernel's

@@ -28,7 +28,9 @@
 // KStages3SameAsTwoStages holds it bit for bit to the two-stage 64-key kernel) and
 // paged_keys80_lanes (paged_keys80's split tiles at every page size, each chunk's loads issued by
 // its own producer thread: SameAsContiguousKernel and Keys80LanesSameAsContiguousKernel, the
-// latter over the dynamic schedule too, hold it bit for bit to the contiguous kernel).
+// latter over the dynamic schedule too, hold it bit for bit to the contiguous kernel; auto takes
+// these kernels since the sixth session) and paged_keys64 (head dim 256 on 64-key tiles of one
+// box at every page size, auto's choice at 64-key pages before).
 
 #include <cstring>
 #include <string>
@@ -176,7 +178,7 @@ TEST_P(CudaSm90PagedTest, SameAsContiguousKernel) {
   if (compared == 0) GTEST_SKIP() << "the paged tiles differ from the contiguous one here";
 }
 
-// paged_k3 against the two-stage 64-key kernel (kAuto's at page 64): the same tiles and the same
+// paged_k3 against the two-stage 64-key kernel (paged_keys64's): the same tiles and the same
 // consumer instructions, only K's ring depth and the producer's order of issue differ, so O and
 // LSE must match bit for bit, at page sizes whose kAuto kernel differs too, and over a launch
 // where every CTA runs several tiles (the K and V rings wrap at different key tiles and carry
@@ -193,7 +195,7 @@ TEST_P(CudaSm90PagedTest, KStages3SameAsTwoStages) {
         MakeProblem(dtype_, 8, 2, head_dim_, {300, 1, 129}, {450, 700, 129}, causal, 90),
         MakeProblem(dtype_, 32, 8, head_dim_, q_lens, kv_lens, causal, 91)};
     for (const Problem& p : problems) {
-      sm90::testing::SetVariant(Variant::kAuto);
+      sm90::testing::SetVariant(Variant::kPagedKeys64);
       ASSERT_EQ(sm90::ChooseTileKind(head_dim_, true, true, causal, 256, 1000, 64),
                 sm90::TileKind::kStandard);
       const Result two = RunOnSm90(p, 64, Name("two K stages", 64, causal));
@@ -266,7 +268,7 @@ INSTANTIATE_TEST_SUITE_P(
                        ::testing::Values(Variant::kBaseline, Variant::kAuto, Variant::kLazyRescale,
                                          Variant::kThreeConsumers, Variant::kPagedKeys80,
                                          Variant::kPagedKStages3,
-                                         Variant::kPagedKeys80Lanes)),
+                                         Variant::kPagedKeys80Lanes, Variant::kPagedKeys64)),
     Sm90CaseName);
 
 }  // namespace
