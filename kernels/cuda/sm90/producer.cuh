@@ -346,8 +346,9 @@ __device__ __forceinline__ void LoadKeyTilesKAhead(const Sm90Params& params, con
   }
 }
 
-template <class Tr, bool kCausal, bool kVarlen, bool kDynamic, bool kStreamK>
-__device__ __forceinline__ void Produce(const Sm90Params& params, const Smem<Tr>& smem) {
+// The tensor maps an issuer reads, into the cache ahead of its first load.
+template <class Tr>
+__device__ __forceinline__ void PrefetchMaps(const Sm90Params& params) {
   PrefetchTensorMap(&params.q_map);
   PrefetchTensorMap(&params.k_map);
   PrefetchTensorMap(&params.v_map);
@@ -358,6 +359,11 @@ __device__ __forceinline__ void Produce(const Sm90Params& params, const Smem<Tr>
       PrefetchTensorMap(&params.v_part_maps[i]);
     }
   }
+}
+
+template <class Tr, bool kCausal, bool kVarlen, bool kDynamic, bool kStreamK>
+__device__ __forceinline__ void Produce(const Sm90Params& params, const Smem<Tr>& smem) {
+  PrefetchMaps<Tr>(params);
   const TmaIssuer<Tr, kVarlen> tma{params, smem};
   // Ring positions: one for both rings in order, one per ring with K ahead (unused otherwise).
   KvPipelineState<Tr> pipe;
@@ -418,14 +424,7 @@ __device__ __forceinline__ void ProduceByChunk(const Sm90Params& params, const S
                                                int chunk) {
   static_assert(Tr::kPagedSplit && !Tr::kKLeadsV && Tr::kKvIssuers == Tr::kChunks,
                 "one issuer per chunk of a split tile, K and V in order");
-  PrefetchTensorMap(&params.q_map);
-  PrefetchTensorMap(&params.k_map);
-  PrefetchTensorMap(&params.v_map);
-#pragma unroll
-  for (int i = 0; i < kPagedParts; ++i) {
-    PrefetchTensorMap(&params.k_part_maps[i]);
-    PrefetchTensorMap(&params.v_part_maps[i]);
-  }
+  PrefetchMaps<Tr>(params);
   const TmaIssuer<Tr, kVarlen> tma{params, smem};
   KvPipelineState<Tr> pipe;
   WorkItem item;

@@ -281,33 +281,22 @@ TEST(KernelPathTest, TileKindByVariantHeadDimLayoutAndLength) {
               TileKind::kThreeConsumers);
     EXPECT_TRUE(sm90::UseLazyRescale(256));
   }
-  // paged_k3: paged head dim 256 at every page size; everything else as under kAuto.
-  sm90::testing::SetVariant(sm90::Sm90Variant::kPagedKStages3);
-  for (int page : {64, 128, 256}) {
-    EXPECT_EQ(sm90::ChooseTileKind(256, true, true, true, 8192, 8192, page),
-              TileKind::kPagedKStages3);
-    EXPECT_EQ(sm90::ChooseTileKind(256, true, true, false, 8192, 8192, page),
-              TileKind::kPagedKStages3);
+  // paged_k3 (64-key tiles, a third K stage) and paged_keys80_lanes (kAuto's split tiles issued
+  // by chunk): paged head dim 256 at every page size; everything else as under kAuto.
+  for (const auto& [variant, kind] :
+       {std::pair{sm90::Sm90Variant::kPagedKStages3, TileKind::kPagedKStages3},
+        std::pair{sm90::Sm90Variant::kPagedKeys80Lanes, TileKind::kPagedKeys80Lanes}}) {
+    sm90::testing::SetVariant(variant);
+    for (int page : {64, 128, 256}) {
+      EXPECT_EQ(sm90::ChooseTileKind(256, true, true, true, 8192, 8192, page), kind);
+      EXPECT_EQ(sm90::ChooseTileKind(256, true, true, false, 8192, 8192, page), kind);
+    }
+    EXPECT_EQ(sm90::ChooseTileKind(256, false, false, true, 8192, 8192), TileKind::kStandard);
+    EXPECT_EQ(sm90::ChooseTileKind(128, true, true, true, 8192, 8192, 64), TileKind::kStandard);
+    EXPECT_EQ(sm90::ChooseTileKind(64, true, true, false, 8192, 8192, 64),
+              TileKind::kThreeConsumers);
+    EXPECT_EQ(sm90::ChooseTileKind(128, false, false, false, 1024, kWide), TileKind::kKeys160);
   }
-  EXPECT_EQ(sm90::ChooseTileKind(256, false, false, true, 8192, 8192), TileKind::kStandard);
-  EXPECT_EQ(sm90::ChooseTileKind(128, true, true, true, 8192, 8192, 64), TileKind::kStandard);
-  EXPECT_EQ(sm90::ChooseTileKind(64, true, true, false, 8192, 8192, 64),
-            TileKind::kThreeConsumers);
-  EXPECT_EQ(sm90::ChooseTileKind(128, false, false, false, 1024, kWide), TileKind::kKeys160);
-  // paged_keys80_lanes: paged head dim 256 on the split tiles issued by chunk at every page size;
-  // everything else as under kAuto.
-  sm90::testing::SetVariant(sm90::Sm90Variant::kPagedKeys80Lanes);
-  for (int page : {64, 128, 256}) {
-    EXPECT_EQ(sm90::ChooseTileKind(256, true, true, true, 8192, 8192, page),
-              TileKind::kPagedKeys80Lanes);
-    EXPECT_EQ(sm90::ChooseTileKind(256, true, true, false, 8192, 8192, page),
-              TileKind::kPagedKeys80Lanes);
-  }
-  EXPECT_EQ(sm90::ChooseTileKind(256, false, false, true, 8192, 8192), TileKind::kStandard);
-  EXPECT_EQ(sm90::ChooseTileKind(128, true, true, true, 8192, 8192, 64), TileKind::kStandard);
-  EXPECT_EQ(sm90::ChooseTileKind(64, true, true, false, 8192, 8192, 64),
-            TileKind::kThreeConsumers);
-  EXPECT_EQ(sm90::ChooseTileKind(128, false, false, false, 1024, kWide), TileKind::kKeys160);
   EXPECT_TRUE(sm90::UseDynamicSchedule(true, 512, 132));
   EXPECT_TRUE(sm90::UseLazyRescale(256));
   sm90::testing::SetVariant(sm90::Sm90Variant::kBaseline);
