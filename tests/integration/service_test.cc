@@ -126,8 +126,12 @@ TEST(ServiceTest, HealthIsNotServingUntilTheServerIsReady) {
   ASSERT_TRUE(watch->Read(&update));
   EXPECT_EQ(update.status(), HealthCheckResponse::NOT_SERVING);
   EXPECT_FALSE(watch->Read(&update));
+  // The server ends the Watch with OK before it closes the connection; the status can still be
+  // lost when the connection closes before the client has read it (UNAVAILABLE, "Broken pipe":
+  // seen once in 20 runs under TSan), but the stream never stays open into the drain's deadline.
   const grpc::Status watch_status = watch->Finish();
-  EXPECT_TRUE(watch_status.ok()) << watch_status.error_message();
+  EXPECT_TRUE(watch_status.ok() || watch_status.error_code() == grpc::StatusCode::UNAVAILABLE)
+      << watch_status.error_code() << ": " << watch_status.error_message();
   drain.join();
   EXPECT_LT(std::chrono::steady_clock::now() - drain_start, std::chrono::seconds(30));
   // New calls are refused once the drain has begun.
