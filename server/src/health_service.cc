@@ -110,28 +110,21 @@ HealthService::HealthService(const std::vector<std::string>& service_names) {
 }
 
 void HealthService::SetServing(bool serving) {
-  std::vector<HealthWatchReactor*> driven;
-  {
-    MutexLock lock(&mu_);
-    if (shut_down_) return;
-    for (auto& [name, status] : statuses_) {
-      status = serving ? HealthCheckResponse::SERVING : HealthCheckResponse::NOT_SERVING;
-    }
-    for (HealthWatchReactor* w : watchers_) {
-      if (w->Offer(StatusOf(w->name()), false)) driven.push_back(w);
-    }
-  }
-  for (HealthWatchReactor* w : driven) w->Drive();
+  Publish(serving ? HealthCheckResponse::SERVING : HealthCheckResponse::NOT_SERVING,
+          /*last=*/false);
 }
 
-void HealthService::Shutdown() {
+void HealthService::Shutdown() { Publish(HealthCheckResponse::NOT_SERVING, /*last=*/true); }
+
+void HealthService::Publish(ServingStatus status, bool last) {
   std::vector<HealthWatchReactor*> driven;
   {
     MutexLock lock(&mu_);
-    shut_down_ = true;
-    for (auto& [name, status] : statuses_) status = HealthCheckResponse::NOT_SERVING;
+    if (shut_down_ && !last) return;
+    shut_down_ = shut_down_ || last;
+    for (auto& [name, named_status] : statuses_) named_status = status;
     for (HealthWatchReactor* w : watchers_) {
-      if (w->Offer(StatusOf(w->name()), true)) driven.push_back(w);
+      if (w->Offer(StatusOf(w->name()), last)) driven.push_back(w);
     }
   }
   for (HealthWatchReactor* w : driven) w->Drive();

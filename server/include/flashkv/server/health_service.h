@@ -52,6 +52,9 @@ class HealthService final : public grpc::health::v1::Health::CallbackService {
 
  private:
   friend class HealthWatchReactor;
+  // Every name takes `status` and every Watch is offered it (`last`: then ends); after a `last`
+  // publication only another `last` one is (SetServing is ignored after Shutdown).
+  void Publish(ServingStatus status, bool last);
   // A finished Watch reactor leaves the set (from its OnDone, before it is deleted).
   void Forget(HealthWatchReactor* reactor);
   ServingStatus StatusOf(const std::string& name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
