@@ -370,12 +370,12 @@ absl::Status Runner::BuildLayer(int layer, const Slot& slot, bool poison) {
   // The data plane's contract: the client's writes are complete before the request is sent.
   if (device_inputs_) {
     if (absl::Status s = filler_->Fill(region_->data(), jobs_); !s.ok()) return s;
-  }
-  for (const auto& [offset, from, bytes] :
-       {std::tuple{slot.q_offset, slot.q, q_bytes}, std::tuple{slot.k_offset, slot.k, kv_bytes},
-        std::tuple{slot.v_offset, slot.v, kv_bytes}}) {
-    if (device_inputs_) break;
-    if (absl::Status s = ToDevice(offset, from, bytes); !s.ok()) return s;
+  } else {
+    for (const auto& [offset, from, bytes] :
+         {std::tuple{slot.q_offset, slot.q, q_bytes}, std::tuple{slot.k_offset, slot.k, kv_bytes},
+          std::tuple{slot.v_offset, slot.v, kv_bytes}}) {
+      if (absl::Status s = ToDevice(offset, from, bytes); !s.ok()) return s;
+    }
   }
   KernelStatus s = KernelStatus::Ok();
   if (poison) s = cuda::Memset(region_->data() + slot.out_offset, 0xff, q_bytes, nullptr);
