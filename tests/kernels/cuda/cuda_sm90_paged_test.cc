@@ -32,7 +32,6 @@
 // these kernels since the sixth session) and paged_keys64 (head dim 256 on 64-key tiles of one
 // box at every page size, auto's choice at 64-key pages before).
 
-#include <cstring>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -167,11 +166,7 @@ TEST_P(CudaSm90PagedTest, SameAsContiguousKernel) {
       const Result varlen = RunVarlen(p, opt);
       ASSERT_EQ(path, KernelPath::kSm90) << what << ": varlen took " << KernelPathName(path);
       // Same tiles, same instructions, same order: only where the K/V rows come from differs.
-      ASSERT_EQ(paged.out.size(), varlen.out.size());
-      EXPECT_EQ(std::memcmp(paged.out.data(), varlen.out.data(), paged.out.size() * 4), 0)
-          << what << ": O differs";
-      EXPECT_EQ(std::memcmp(paged.lse.data(), varlen.lse.data(), paged.lse.size() * 4), 0)
-          << what << ": LSE differs";
+      ExpectBitIdentical(paged, varlen, what);
       CheckAgainstReference(p, paged, what);
     }
   }
@@ -205,12 +200,7 @@ TEST_P(CudaSm90PagedTest, KStages3SameAsTwoStages) {
                                  std::to_string(p.q_lens.size()) + " sequences";
         ASSERT_EQ(sm90::ChooseTileKind(head_dim_, true, true, causal, 256, 1000, page_size),
                   sm90::TileKind::kPagedKStages3);
-        const Result three = RunOnSm90(p, page_size, what);
-        ASSERT_EQ(three.out.size(), two.out.size());
-        EXPECT_EQ(std::memcmp(three.out.data(), two.out.data(), two.out.size() * 4), 0)
-            << what << ": O differs";
-        EXPECT_EQ(std::memcmp(three.lse.data(), two.lse.data(), two.lse.size() * 4), 0)
-            << what << ": LSE differs";
+        ExpectBitIdentical(RunOnSm90(p, page_size, what), two, what);
       }
     }
   }
@@ -250,12 +240,7 @@ TEST_P(CudaSm90PagedTest, Keys80LanesSameAsContiguousKernel) {
         const std::string what = Name("keys80 lanes", page_size, causal) + ", " + seqs;
         ASSERT_EQ(sm90::ChooseTileKind(head_dim_, true, true, causal, 256, 1000, page_size),
                   sm90::TileKind::kPagedKeys80Lanes);
-        const Result lanes = RunOnSm90(p, page_size, what);
-        ASSERT_EQ(lanes.out.size(), varlen.out.size());
-        EXPECT_EQ(std::memcmp(lanes.out.data(), varlen.out.data(), varlen.out.size() * 4), 0)
-            << what << ": O differs";
-        EXPECT_EQ(std::memcmp(lanes.lse.data(), varlen.lse.data(), varlen.lse.size() * 4), 0)
-            << what << ": LSE differs";
+        ExpectBitIdentical(RunOnSm90(p, page_size, what), varlen, what);
       }
     }
   }

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <string>
@@ -311,6 +312,17 @@ inline void ExpectSameAsSimt(const Problem& p, const Result& fast, const Result&
   std::vector<double> out(simt.out.begin(), simt.out.end()), lse(simt.lse.begin(), simt.lse.end());
   ExpectClose(p.dtype, fast.out, out, "vs simt out");
   ExpectLseClose(p.dtype, fast.lse, lse, "vs simt lse");
+}
+
+// Two runs that must agree bit for bit: the same tiles and instructions in the same order, only
+// where the K/V rows come from, or which threads load them, differing.
+inline void ExpectBitIdentical(const Result& got, const Result& want, const std::string& what) {
+  ASSERT_EQ(got.out.size(), want.out.size()) << what;
+  ASSERT_EQ(got.lse.size(), want.lse.size()) << what;
+  EXPECT_EQ(std::memcmp(got.out.data(), want.out.data(), want.out.size() * sizeof(float)), 0)
+      << what << ": O differs";
+  EXPECT_EQ(std::memcmp(got.lse.data(), want.lse.data(), want.lse.size() * sizeof(float)), 0)
+      << what << ": LSE differs";
 }
 
 }  // namespace flashkv::cuda::test
