@@ -16,6 +16,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "flashkv/server/config.h"
+#include "flashkv/server/cpu_affinity.h"
 #include "flashkv/server/server.h"
 
 namespace {
@@ -54,8 +55,20 @@ void AddFlags(CLI::App& app, ServerConfig& c, std::string& dtype, std::string& b
       ->delimiter(',');
   app.add_option("--cpu-devices", c.cpu_devices, "CPU backend: independent caches (devices)")
       ->capture_default_str();
-  app.add_option("--cpu-threads", c.cpu_threads, "CPU kernel threads (0: all cores)")
+  app.add_option("--cpu-threads", c.cpu_threads,
+                 "CPU kernel threads (0: one per CPU the server may use)")
       ->capture_default_str();
+  app.add_option_function<std::string>(
+         "--cpus",
+         [&c](const std::string& text) {
+           absl::StatusOr<std::vector<int>> cpus = flashkv::server::ParseCpuList(text, "--cpus");
+           if (!cpus.ok()) throw CLI::ValidationError(std::string(cpus.status().message()));
+           c.cpus = *std::move(cpus);
+         },
+         "Keep every server thread on these CPUs (taskset list: 3, 2-5, 0,4-7); one or two "
+         "cores of its own keep a co-located runner's per-layer steps on warm caches "
+         "[default: as started]")
+      ->type_name("LIST");
   app.add_option("--kv-cache-bytes", c.kv_cache_bytes, "KV pool bytes per device (e.g. 4GiB)")
       ->transform(CLI::AsSizeValue(false));
   app.add_option("--kv-cache-fraction", c.kv_cache_fraction,

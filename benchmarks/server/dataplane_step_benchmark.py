@@ -44,6 +44,24 @@ import threading
 import time
 
 
+def cpu_list(text):
+    """'2-3,8' -> {2, 3, 8} (taskset's list syntax); None for an empty text."""
+    if not text:
+        return None
+    cpus = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def pinned_to(cpus):
+    """A preexec_fn that keeps the child (and its threads) on `cpus`, or None."""
+    if cpus is None:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
 def start_server(args, listen):
     command = [args.server, f"--backend={args.backend}", f"--listen={listen}", "--plaintext",
                "--metrics-address=off", f"--layers={args.layers}", f"--q-heads={args.q_heads}",
@@ -53,7 +71,7 @@ def start_server(args, listen):
         command += [f"--cpu-threads={args.cpu_threads}", f"--kv-cache-bytes={args.kv_cache}"]
     command += args.server_arg
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+                               text=True, preexec_fn=pinned_to(cpu_list(args.server_cpus)))
     ready = threading.Event()
     where = {}
     log = []
@@ -91,7 +109,8 @@ def run_loadgen(args, target, batch, plane):
     if step_format:  # (only then: loadgens from before StepBatch lack the flag)
         command.append(f"--step-format={step_format}")
     command[command.index("--verify=none")] = f"--verify={args.verify}"
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True,
+                          preexec_fn=pinned_to(cpu_list(args.loadgen_cpus)))
     try:
         report = json.loads(done.stdout)
     except json.JSONDecodeError:
@@ -167,6 +186,8 @@ def main():
                    help="fail a shm cell whose regions were elsewhere")
     p.add_argument("--verify", default="none",
                    help="fraction of steps recomputed on the CPU (flashkv-loadgen --verify)")
+    p.add_argument("--server-cpus", help="keep the server's threads on these CPUs (e.g. 2-3)")
+    p.add_argument("--loadgen-cpus", help="keep the load generator's threads on these CPUs")
     p.add_argument("--json-out", help="also write the rows here")
     args = p.parse_args()
 

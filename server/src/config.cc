@@ -3,6 +3,7 @@
 #include <string>
 
 #include "flashkv/attention.h"
+#include "flashkv/server/cpu_affinity.h"
 
 namespace flashkv::server {
 namespace {
@@ -63,6 +64,12 @@ absl::Status ValidateScheduler(const SchedulerConfig& s) {
 absl::Status ValidateDevices(const ServerConfig& c) {
   if (c.cpu_devices < 1 || c.cpu_devices > 64) {
     return Invalid("cpu-devices", std::to_string(c.cpu_devices), "must be in [1, 64]");
+  }
+  for (int cpu : c.cpus) {
+    if (cpu < 0 || cpu >= kMaxCpus) {
+      return Invalid("cpus", std::to_string(cpu),
+                     "must be in [0, " + std::to_string(kMaxCpus) + ")");
+    }
   }
   if (c.cpu_threads < 0 || c.cpu_threads > 1024) {
     return Invalid("cpu-threads", std::to_string(c.cpu_threads), "must be in [0, 1024]");

@@ -17,6 +17,7 @@
 #include "flashkv/server/auth.h"
 #include "flashkv/server/cache_metrics.h"
 #include "flashkv/server/cache_set.h"
+#include "flashkv/server/cpu_affinity.h"
 #include "flashkv/server/credentials.h"
 #include "flashkv/server/device_scheduler.h"
 #include "flashkv/server/executor.h"
@@ -51,7 +52,16 @@ class Server::Impl {
     absl::StatusOr<DevicePlan> plan = PlanDevices(config_);
     if (!plan.ok()) return plan.status();
     plan_ = *std::move(plan);
-    if (config_.cpu_threads > 0) cpu::SetNumThreads(config_.cpu_threads);
+    if (!config_.cpus.empty()) {
+      // Before any thread of the server starts, so that each inherits the set.
+      if (auto s = PinProcessToCpus(config_.cpus); !s.ok()) return s;
+      spdlog::info("threads kept on CPUs {}", FormatCpuList(config_.cpus));
+    }
+    if (config_.cpu_threads > 0) {
+      cpu::SetNumThreads(config_.cpu_threads);
+    } else if (!config_.cpus.empty()) {
+      cpu::SetNumThreads(static_cast<int>(config_.cpus.size()));
+    }
     const SecurityConfig& security = config_.security;
     absl::StatusOr<std::unique_ptr<Authenticator>> auth = Authenticator::Create(
         security.tokens_file,

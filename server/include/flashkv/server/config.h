@@ -104,7 +104,10 @@ struct ServerConfig {
   BackendChoice backend = BackendChoice::kAuto;
   std::vector<int> cuda_devices;
   int cpu_devices = 1;
-  int cpu_threads = 0;  // worker threads of the CPU kernels; 0: hardware concurrency
+  int cpu_threads = 0;  // worker threads of the CPU kernels; 0: one per CPU the server may use
+  // CPUs every thread of the server runs on (cpu_affinity.h; the whole process: set at the start
+  // of Server::Create); empty: wherever the process was started to run.
+  std::vector<int> cpus;
 
   // KV memory (K and V pools of all layers) per device: at most one of `kv_cache_bytes` or a
   // fraction of free device memory (CUDA) / of physical host memory (CPU). Neither set: 90% of
