@@ -25,6 +25,8 @@
 # PLANES (default bytes,shm,shm-batch,shm-pass) and TRANSPORTS (unix,tcp) narrow the main table;
 # LAYERS (16) sets the model's layer count (a decode pass's layer-0 work is spread over them;
 # 32 outlasts 4 s cells at batch 256 with its prefill).
+# SERVER_CPUS (default 2 on hosts of 4 or more cores; empty: anywhere) keeps the CUDA server's
+# threads on those CPUs (flashkv-server --cpus; docs/operations.md, "CPU placement").
 # Files back: dataplane.txt, dataplane*.json.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -35,6 +37,7 @@ export LD_LIBRARY_PATH="$PWD/$bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 bin="$PWD/$bundle/bin"
 duration=${DURATION:-8}
 verify=${VERIFY:-0.2}
+server_cpus=${SERVER_CPUS-$( (($(nproc) >= 4)) && echo 2)}
 failures=0
 fail() { echo "FAILED: $*"; failures=$((failures + 1)); }
 stamp() { echo; echo "== $1 ($(date +%T), ${SECONDS}s)"; }
@@ -104,6 +107,7 @@ for backend in cuda $([[ ${CPU:-0} == 1 ]] && echo cpu); do
   if command -v python3 >/dev/null; then
     extra=()
     [[ $backend == cuda ]] && extra=(--server-arg=--kv-cache-bytes=8GiB)
+    [[ $backend == cuda && -n $server_cpus ]] && extra+=(--server-arg=--cpus="$server_cpus")
     [[ $backend == cpu ]] && extra=(--cpu-threads=8 --kv-cache=8GiB)
     expect=$([[ $backend == cuda ]] && echo cuda || echo host)
     timeout 900 python3 benchmarks/server/dataplane_step_benchmark.py --backend="$backend" \
