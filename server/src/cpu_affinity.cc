@@ -106,13 +106,22 @@ absl::Status PinProcessToCpus(const std::vector<int>& cpus, absl::string_view fi
     }
     CPU_SET(cpu, &set);
   }
-  absl::StatusOr<std::vector<pid_t>> threads = ProcessThreads();
-  if (!threads.ok()) return threads.status();
-  for (pid_t tid : *threads) {
-    // A thread that ended since the listing is gone (ESRCH): nothing to pin.
-    if (sched_setaffinity(tid, sizeof set, &set) != 0 && errno != ESRCH) {
-      return absl::InternalError(
-          absl::StrCat("sched_setaffinity(thread ", tid, "): ", std::strerror(errno)));
+  // A thread may start while the others are pinned, from one not pinned yet: list again until
+  // a listing holds no thread that was not pinned.
+  std::vector<pid_t> pinned;
+  for (bool found_new = true; found_new;) {
+    absl::StatusOr<std::vector<pid_t>> threads = ProcessThreads();
+    if (!threads.ok()) return threads.status();
+    found_new = false;
+    for (pid_t tid : *threads) {
+      if (std::find(pinned.begin(), pinned.end(), tid) != pinned.end()) continue;
+      found_new = true;
+      pinned.push_back(tid);
+      // A thread that ended since the listing is gone (ESRCH): nothing to pin.
+      if (sched_setaffinity(tid, sizeof set, &set) != 0 && errno != ESRCH) {
+        return absl::InternalError(
+            absl::StrCat("sched_setaffinity(thread ", tid, "): ", std::strerror(errno)));
+      }
     }
   }
   return absl::OkStatus();
