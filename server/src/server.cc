@@ -57,11 +57,9 @@ class Server::Impl {
       if (auto s = PinProcessToCpus(config_.cpus); !s.ok()) return s;
       spdlog::info("threads kept on CPUs {}", FormatCpuList(config_.cpus));
     }
-    if (config_.cpu_threads > 0) {
-      cpu::SetNumThreads(config_.cpu_threads);
-    } else if (!config_.cpus.empty()) {
-      cpu::SetNumThreads(static_cast<int>(config_.cpus.size()));
-    }
+    // 0 resizes the pool to its default, one thread per CPU this thread may run on: after
+    // pinning, one per listed CPU.
+    if (config_.cpu_threads > 0 || !config_.cpus.empty()) cpu::SetNumThreads(config_.cpu_threads);
     const SecurityConfig& security = config_.security;
     absl::StatusOr<std::unique_ptr<Authenticator>> auth = Authenticator::Create(
         security.tokens_file,

@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "flashkv/cpu_backend.h"
 #include "flashkv/server/config.h"
 #include "testing/test_server.h"
 
@@ -105,11 +106,13 @@ TEST_F(CpuAffinityTest, RefusesCpusOutsideTheAllowedSetAndChangesNothing) {
 TEST_F(CpuAffinityTest, ServerKeepsItsThreadsOnTheConfiguredCpus) {
   ServerConfig config = testing::SmallModelConfig();
   config.cpus = {original_.front()};
+  config.cpu_threads = 0;  // the default: sized by the list
   absl::StatusOr<std::unique_ptr<testing::TestServer>> server = testing::TestServer::Start(config);
   ASSERT_TRUE(server.ok()) << server.status();
   // The server's threads (gRPC's, the schedulers', the kernels' pool) inherit the set.
   EXPECT_EQ(AllowedCpus().value(), (std::vector<int>{original_.front()}));
   EXPECT_EQ(NewThreadsCpus(), (std::vector<int>{original_.front()}));
+  EXPECT_EQ(cpu::NumThreads(), 1);  // the kernels' pool: one thread per listed CPU
   server->reset();
 
   ServerConfig bad = testing::SmallModelConfig();

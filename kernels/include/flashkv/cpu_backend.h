@@ -22,8 +22,8 @@ KernelStatus AppendKv(const KvAppendArgs& args);
 // Whether (dtype, head_dim) was compiled in (FLASHKV_DTYPES / FLASHKV_HEAD_DIMS).
 bool IsCompiled(DType dtype, int head_dim);
 
-// Worker threads of the shared pool (default: the hardware concurrency). Takes effect for calls
-// that start after it returns.
+// Worker threads of the shared pool (< 1, and the default: one per CPU the calling thread may run
+// on). Takes effect for calls that start after it returns.
 void SetNumThreads(int num_threads);
 int NumThreads();
 
