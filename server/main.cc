@@ -65,8 +65,8 @@ void AddFlags(CLI::App& app, ServerConfig& c, std::string& dtype, std::string& b
            if (!cpus.ok()) throw CLI::ValidationError(std::string(cpus.status().message()));
            c.cpus = *std::move(cpus);
          },
-         "Keep every server thread on these CPUs (taskset list: 3, 2-5, 0,4-7); one or two "
-         "cores of its own keep a co-located runner's per-layer steps on warm caches "
+         "Keep every server thread on these CPUs (taskset list: 3, 2-5, 0,4-7); one core of "
+         "its own keeps a co-located runner's per-layer steps on warm caches "
          "[default: as started]")
       ->type_name("LIST");
   app.add_option("--kv-cache-bytes", c.kv_cache_bytes, "KV pool bytes per device (e.g. 4GiB)")

@@ -1,11 +1,12 @@
 #pragma once
 
 // Keeps the server's threads on a set of CPUs (--cpus). A step's host work is a short burst
-// after each arrival: when the gRPC thread that receives it and the scheduler's thread hop
-// across many cores, each burst starts on a core whose caches hold other work, and on a virtual
-// machine a core idle for longer than the hypervisor's halt-poll window (~200 us) is given up
-// and woken cold. A co-located runner's layer steps arrive one at a time, so one or two cores of
-// their own keep that path warm (docs/performance.md, "One core for the serving path").
+// after each arrival, handed between threads (gRPC's poller, the callback thread, the launch's
+// wait): when they sit on different cores, each hand-over wakes a core whose caches hold other
+// work, and on a virtual machine a core idle for longer than the hypervisor's halt-poll window
+// (~200 us) is given up and woken cold. A co-located runner's layer steps arrive one at a time;
+// one core of their own keeps that path warm, two are no better than many (docs/performance.md,
+// "One core for the serving path").
 
 #include <string>
 #include <vector>
